@@ -1,0 +1,87 @@
+//! Command-line interface: clap definitions and their help text. Raw values are
+//! turned into one validated `config::Plan` before anything runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringfwd",
+    version,
+    about = "Thread-per-core io_uring TCP forwarder",
+    long_about = "ringfwd forwards TCP streams on io_uring: one pinned shard per CPU, each with its \
+own ring, SO_REUSEPORT listeners and provided buffers.\n\nExit codes: 0 ok, 1 failure after start \
+(or forced exit), 2 invalid configuration or usage, 3 host not ready (io_uring, limits, CPUs, \
+address in use)."
+)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else info).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Forward TCP connections (listeners from --config and/or --tcp).
+    Run(PlanArgs),
+    /// Validate the configuration and the host, print the resolved plan; exit 0, or 2 with the reason.
+    Check(PlanArgs),
+    /// Built-in upstream that echoes every byte back (half-close aware), on the shard runtime.
+    Echo(EchoArgs),
+    /// Start an echo upstream and a forwarder on loopback, push a verified load through, report.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// TOML configuration file (see README: Configuration).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Add a TCP listener: LISTEN=UPSTREAM[,UPSTREAM...], e.g. 127.0.0.1:8080=127.0.0.1:9000,127.0.0.1:9001.
+    #[arg(long = "tcp", value_name = "LISTEN=UPSTREAMS")]
+    pub tcp: Vec<String>,
+
+    #[command(flatten)]
+    pub shards: ShardArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ShardArgs {
+    /// Number of shards (default: one per CPU this process may use).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+
+    /// CPUs to pin the shards to, comma-separated (default: the first N available).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cpus: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Echo on this address (repeatable), e.g. 127.0.0.1:9000.
+    #[arg(long = "tcp", value_name = "ADDR", required = true)]
+    pub tcp: Vec<String>,
+
+    #[command(flatten)]
+    pub shards: ShardArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Concurrent verified streams.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub streams: usize,
+
+    /// Largest stream, in bytes (sizes are random from 0 to this).
+    #[arg(long, default_value_t = 2 << 20, value_name = "BYTES")]
+    pub max_stream: usize,
+
+    /// Ping-pong round trips per latency measurement.
+    #[arg(long, default_value_t = 5000, value_name = "N")]
+    pub round_trips: usize,
+}

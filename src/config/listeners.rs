@@ -1,0 +1,325 @@
+//! Resolving `[[tcp]]` sections, `--tcp` specs and echo addresses into listener plans, and
+//! checking that listen addresses and names are unique across all of them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use super::addr::{parse_listen, parse_upstream};
+use super::error::{ConfigError, Origin};
+use super::raw::{Field, Section, clip};
+use super::units::format_duration;
+use super::{EchoPlan, Overrides, TcpListenerPlan};
+
+const KEYS: [&str; 7] = [
+    "name",
+    "listen",
+    "upstreams",
+    "connect_timeout",
+    "idle_timeout",
+    "half_close_timeout",
+    "max_connections",
+];
+
+const MAX_UPSTREAMS: usize = 256;
+const MAX_NAME_CHARS: usize = 64;
+const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=10_000_000;
+const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A timeout key with its default and upper bound (all have a 1ms lower bound).
+struct Timeout {
+    key: &'static str,
+    default: Duration,
+    max: Duration,
+}
+
+const CONNECT_TIMEOUT: Timeout = Timeout {
+    key: "connect_timeout",
+    default: Duration::from_secs(5),
+    max: Duration::from_secs(600),
+};
+const IDLE_TIMEOUT: Timeout = Timeout {
+    key: "idle_timeout",
+    default: Duration::from_secs(600),
+    max: DAY.saturating_mul(7),
+};
+const HALF_CLOSE_TIMEOUT: Timeout = Timeout {
+    key: "half_close_timeout",
+    default: Duration::from_secs(60),
+    max: DAY.saturating_mul(7),
+};
+
+const SPEC_FORM: &str =
+    "expected LISTEN=UPSTREAM[,UPSTREAM...], like 127.0.0.1:8080=127.0.0.1:9000";
+const TCP_SOURCE: &str = "--tcp";
+const ECHO_SOURCE: &str = "echo --tcp";
+
+pub(super) struct Listeners {
+    pub tcp: Vec<TcpListenerPlan>,
+    pub echo: Vec<EchoPlan>,
+}
+
+/// File listeners first, then `--tcp` flags, then echo addresses, each in the order given.
+pub(super) fn resolve(
+    tcp: Option<Field<'_>>,
+    overrides: &Overrides,
+    shards: usize,
+) -> Result<Listeners, ConfigError> {
+    let mut registry = Registry::default();
+    let mut plans = Vec::new();
+    if let Some(field) = tcp {
+        for entry in field.array("[[tcp]], one section per listener")? {
+            let section = entry.table("[[tcp]] with listen = \"...\" and upstreams = [...]")?;
+            let (plan, claim) = file_listener(&section, shards)?;
+            registry.claim(claim)?;
+            plans.push(plan);
+        }
+    }
+    for (i, spec) in overrides.tcp.iter().enumerate() {
+        let (plan, claim) = flag_listener(i, spec)?;
+        registry.claim(claim)?;
+        plans.push(plan);
+    }
+    let mut echo = Vec::new();
+    for (i, address) in overrides.echo.iter().enumerate() {
+        let origin = Origin::new(ECHO_SOURCE, format!("{ECHO_SOURCE}[{i}]"));
+        let listen = parse_listen(address).map_err(|why| origin.error(why))?;
+        let name = address.trim().to_owned();
+        registry.claim(Claim::unnamed(listen, &name, origin))?;
+        echo.push(EchoPlan { name, listen });
+    }
+    Ok(Listeners { tcp: plans, echo })
+}
+
+fn file_listener(
+    section: &Section<'_>,
+    shards: usize,
+) -> Result<(TcpListenerPlan, Claim), ConfigError> {
+    section.deny_unknown(&KEYS, "in [[tcp]]")?;
+    let listen_example = "listen = \"0.0.0.0:8080\"";
+    let listen_field = required(section, "listen", listen_example)?;
+    let listen_text = listen_field.string(listen_example)?;
+    let listen = parse_listen(listen_text).map_err(|why| listen_field.error(why))?;
+    let claim = match section.get("name") {
+        Some(field) => {
+            let name = field.string("name = \"web\"")?;
+            check_name(name).map_err(|why| field.error(why))?;
+            Claim {
+                listen,
+                listen_at: listen_field.origin,
+                name: name.to_owned(),
+                name_at: field.origin,
+                name_given: true,
+            }
+        }
+        None => Claim::unnamed(listen, listen_text.trim(), listen_field.origin),
+    };
+    let upstreams_example = "upstreams = [\"10.0.0.5:80\"]";
+    let plan = TcpListenerPlan {
+        name: claim.name.clone(),
+        listen,
+        upstreams: upstreams(&required(section, "upstreams", upstreams_example)?)?,
+        connect_timeout: timeout(section, &CONNECT_TIMEOUT)?,
+        idle_timeout: timeout(section, &IDLE_TIMEOUT)?,
+        half_close_timeout: timeout(section, &HALF_CLOSE_TIMEOUT)?,
+        max_connections: max_connections(section.get("max_connections"), shards)?,
+    };
+    Ok((plan, claim))
+}
+
+fn required<'a>(
+    section: &Section<'a>,
+    name: &str,
+    example: &str,
+) -> Result<Field<'a>, ConfigError> {
+    section.get(name).ok_or_else(|| {
+        section.origin(name).error(format!(
+            "missing; every [[tcp]] section needs {name}, like {example}"
+        ))
+    })
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let example = "like name = \"web\"";
+    let length = name.chars().count();
+    if !(1..=MAX_NAME_CHARS).contains(&length) {
+        return Err(format!(
+            "{:?} is {length} characters long; use 1 to {MAX_NAME_CHARS}, {example}",
+            clip(name, 80)
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._:-[]".contains(c);
+    match name.chars().find(|&c| !allowed(c)) {
+        Some(bad) => Err(format!(
+            "{name:?} contains {bad:?}, which is not allowed in a name; use letters, digits and \
+             . _ : - [ ], {example}"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn upstreams(field: &Field<'_>) -> Result<Vec<SocketAddr>, ConfigError> {
+    let example = "upstreams = [\"10.0.0.5:80\", \"[2001:db8::6]:80\"]";
+    let items = field.array(example)?;
+    if items.is_empty() {
+        return Err(field.error(format!(
+            "{} is empty; list at least one upstream, like {example}",
+            field.shown()
+        )));
+    }
+    if items.len() > MAX_UPSTREAMS {
+        return Err(field.error(format!(
+            "{} upstreams are listed; at most {MAX_UPSTREAMS} are allowed per listener",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .map(|item| {
+            let text = item.string(example)?;
+            parse_upstream(text).map_err(|why| item.error(why))
+        })
+        .collect()
+}
+
+fn timeout(section: &Section<'_>, spec: &Timeout) -> Result<Duration, ConfigError> {
+    let Some(field) = section.get(spec.key) else {
+        return Ok(spec.default);
+    };
+    let example = format!("{} = \"{}\"", spec.key, format_duration(spec.default));
+    let timeout = field.duration(&example)?;
+    if (MIN_TIMEOUT..=spec.max).contains(&timeout) {
+        return Ok(timeout);
+    }
+    Err(field.error(format!(
+        "{} is out of range; use {} to {}, like {example}",
+        field.shown(),
+        format_duration(MIN_TIMEOUT),
+        format_duration(spec.max)
+    )))
+}
+
+fn max_connections(field: Option<Field<'_>>, shards: usize) -> Result<u32, ConfigError> {
+    let Some(field) = field else {
+        return Ok(DEFAULT_MAX_CONNECTIONS);
+    };
+    let example = "max_connections = 10000";
+    let n = field.integer(example)?;
+    let max = u32::try_from(n)
+        .ok()
+        .filter(|n| MAX_CONNECTIONS.contains(n))
+        .ok_or_else(|| {
+            field.error(format!(
+                "{n} is out of range; use {} to {}, like {example}",
+                MAX_CONNECTIONS.start(),
+                MAX_CONNECTIONS.end()
+            ))
+        })?;
+    if usize::try_from(max).is_ok_and(|max| max < shards) {
+        return Err(field.error(format!(
+            "{} = {max} is less than the {shards} shards; each shard enforces its own share, so \
+             allow at least {shards} or run fewer shards",
+            field.origin.key
+        )));
+    }
+    Ok(max)
+}
+
+/// `--tcp LISTEN=UP1[,UP2...]`: a listener with default timeouts and limits, named after LISTEN.
+fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), ConfigError> {
+    let origin = Origin::new(TCP_SOURCE, format!("{TCP_SOURCE}[{index}]"));
+    let fail = |why: &str| origin.error(format!("{spec:?}: {why}; {SPEC_FORM}"));
+    let Some((listen_text, upstream_text)) = spec.split_once('=') else {
+        return Err(fail(
+            "there is no \"=\" between the listen address and the upstreams",
+        ));
+    };
+    let listen = parse_listen(listen_text).map_err(|why| fail(&format!("listen address {why}")))?;
+    let parts: Vec<&str> = upstream_text.split(',').collect();
+    if parts.len() > MAX_UPSTREAMS {
+        return Err(fail(&format!(
+            "{} upstreams are listed; at most {MAX_UPSTREAMS} are allowed per listener",
+            parts.len()
+        )));
+    }
+    let upstreams = parts
+        .iter()
+        .enumerate()
+        .map(|(n, part)| {
+            parse_upstream(part).map_err(|why| fail(&format!("upstream {}: {why}", n + 1)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let claim = Claim::unnamed(listen, listen_text.trim(), origin.clone());
+    let plan = TcpListenerPlan {
+        name: claim.name.clone(),
+        listen,
+        upstreams,
+        connect_timeout: CONNECT_TIMEOUT.default,
+        idle_timeout: IDLE_TIMEOUT.default,
+        half_close_timeout: HALF_CLOSE_TIMEOUT.default,
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+    };
+    Ok((plan, claim))
+}
+
+/// A listener's address and name, and where each was given.
+struct Claim {
+    listen: SocketAddr,
+    listen_at: Origin,
+    name: String,
+    name_at: Origin,
+    name_given: bool,
+}
+
+impl Claim {
+    /// A listener named after its listen address, as written.
+    fn unnamed(listen: SocketAddr, written: &str, at: Origin) -> Self {
+        Self {
+            listen,
+            listen_at: at.clone(),
+            name: written.to_owned(),
+            name_at: at,
+            name_given: false,
+        }
+    }
+}
+
+/// Listen addresses and names taken so far, with where they were taken.
+#[derive(Default)]
+struct Registry {
+    listens: HashMap<SocketAddr, Origin>,
+    names: HashMap<String, Origin>,
+}
+
+impl Registry {
+    fn claim(&mut self, claim: Claim) -> Result<(), ConfigError> {
+        // Port 0 asks the kernel for a fresh port, so two of them never collide.
+        let taken = self.listens.get(&claim.listen);
+        if let Some(previous) = taken.filter(|_| claim.listen.port() != 0) {
+            return Err(claim.listen_at.error(format!(
+                "{} is already used by {}; each listener needs its own address",
+                claim.listen,
+                previous.describe_from(&claim.listen_at)
+            )));
+        }
+        if let Some(previous) = self.names.get(&claim.name) {
+            let previous = previous.describe_from(&claim.name_at);
+            let name = &claim.name;
+            let message = if claim.name_given {
+                format!("{name:?} is already used by {previous}; give each listener its own name")
+            } else {
+                format!(
+                    "the default name {name:?} (taken from the listen address) is already used \
+                     by {previous}; rename one of them"
+                )
+            };
+            return Err(claim.name_at.error(message));
+        }
+        self.listens.insert(claim.listen, claim.listen_at);
+        self.names.insert(claim.name, claim.name_at);
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! Configuration: TOML text plus command-line flags, resolved against the host into one validated [`Plan`].
+//!
+//! Everything the rest of the program needs is checked here, so later stages can trust the
+//! values. Every rejection names where it came from and the key's full path, quotes the bad
+//! value, says why, and says what to write instead.
+
+mod addr;
+mod error;
+mod listeners;
+mod raw;
+mod render;
+mod runtime;
+pub mod units;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use error::ConfigError;
+
+/// Facts about the host the plan is resolved against (passed in so parsing is testable).
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// CPU ids this process may run on, ascending.
+    pub available_cpus: Vec<usize>,
+}
+
+/// The fully resolved configuration: every default filled in, every value checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub runtime: RuntimePlan,
+    pub tcp: Vec<TcpListenerPlan>,
+    pub echo: Vec<EchoPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimePlan {
+    /// Number of shard threads.
+    pub shards: usize,
+    /// `len == shards`, distinct, each in `HostFacts::available_cpus`; shard `i` pins to `cpus[i]`.
+    pub cpus: Vec<usize>,
+    /// Bytes per provided receive buffer.
+    pub buffer_size: u32,
+    /// Provided buffers per shard.
+    pub buffers_per_shard: u32,
+    /// High watermark: max buffers queued per relay direction.
+    pub buffers_per_direction: u32,
+    /// io_uring SQ entries (a power of two); the CQ is 8x.
+    pub ring_entries: u32,
+    /// On SIGTERM, how long open connections may finish.
+    pub drain_timeout: Duration,
+    /// `None` turns the periodic stats log off.
+    pub stats_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpListenerPlan {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub half_close_timeout: Duration,
+    /// For the whole listener; split over shards (see [`TcpListenerPlan::shard_share`]).
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EchoPlan {
+    pub name: String,
+    pub listen: SocketAddr,
+}
+
+/// Values given on the command line; they override the file's `[runtime]` keys and add listeners.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub shards: Option<usize>,
+    pub cpus: Option<Vec<usize>>,
+    /// Raw `--tcp` specs: `LISTEN=UP1[,UP2...]`, e.g. `127.0.0.1:8080=127.0.0.1:9000,127.0.0.1:9001`.
+    pub tcp: Vec<String>,
+    /// Raw `ringfwd echo --tcp` addresses, e.g. `127.0.0.1:9000`.
+    pub echo: Vec<String>,
+}
+
+impl Plan {
+    /// `file`: `Some((display name, TOML text))` when `--config` was given.
+    pub fn resolve(
+        file: Option<(&str, &str)>,
+        overrides: &Overrides,
+        host: &HostFacts,
+    ) -> Result<Plan, ConfigError> {
+        let document = file
+            .map(|(name, text)| raw::Document::parse(name, text))
+            .transpose()?;
+        let root = document.as_ref().map(raw::Document::root);
+        if let Some(root) = &root {
+            root.deny_unknown(&["runtime", "tcp"], "at the top level")?;
+        }
+        let runtime_section = root
+            .as_ref()
+            .and_then(|root| root.get("runtime"))
+            .map(|field| field.table("[runtime] with keys like shards = 2"))
+            .transpose()?;
+        let runtime = runtime::resolve(runtime_section.as_ref(), overrides, host)?;
+        let tcp_field = root.as_ref().and_then(|root| root.get("tcp"));
+        let listeners = listeners::resolve(tcp_field, overrides, runtime.shards)?;
+        if listeners.tcp.is_empty() && listeners.echo.is_empty() {
+            return Err(nothing_to_listen_on(file.map(|(name, _)| name)));
+        }
+        Ok(Plan {
+            runtime,
+            tcp: listeners.tcp,
+            echo: listeners.echo,
+        })
+    }
+}
+
+fn nothing_to_listen_on(file_name: Option<&str>) -> ConfigError {
+    ConfigError {
+        source_name: file_name.unwrap_or("command line").to_owned(),
+        key: String::new(),
+        message: "nothing to listen on: add a [[tcp]] section to the config or pass --tcp LISTEN=UPSTREAM"
+            .to_owned(),
+    }
+}
+
+impl TcpListenerPlan {
+    /// This shard's share of `max_connections`: `max / shards`, and the first `max % shards`
+    /// shards get one more, so the shares always add up to `max_connections`.
+    ///
+    /// Returns 0 for `shards == 0` or `shard >= shards` (there is no such shard).
+    pub fn shard_share(&self, shard: usize, shards: usize) -> u32 {
+        let (Ok(shard), Ok(shards)) = (u64::try_from(shard), u64::try_from(shards)) else {
+            return 0;
+        };
+        if shard >= shards {
+            return 0;
+        }
+        let max = u64::from(self.max_connections);
+        let extra = u64::from(shard < max % shards);
+        u32::try_from(max / shards + extra).unwrap_or(u32::MAX)
+    }
+}

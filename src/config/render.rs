@@ -1,0 +1,134 @@
+//! The `ringfwd check` view of a [`Plan`]: every resolved value in TOML-like form, in human
+//! units, with derived numbers (queue sizes, buffer memory, per-shard limits) as comments.
+//!
+//! A plan with only `[[tcp]]` listeners prints as TOML that resolves back to the same plan on
+//! the same host, so the output can be used as a starting config.
+
+use std::fmt::{self, Display, Formatter};
+
+use super::units::{format_duration, format_size};
+use super::{EchoPlan, Plan, RuntimePlan, TcpListenerPlan};
+
+/// Pretty resolved plan for `ringfwd check`: every value with defaults filled in, in TOML-like
+/// form, sizes and durations in human units, plus each tcp listener's per-shard
+/// `max_connections` share.
+impl Display for Plan {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        write_runtime(f, &self.runtime)?;
+        for tcp in &self.tcp {
+            writeln!(f)?;
+            write_tcp(f, tcp, self.runtime.shards)?;
+        }
+        for echo in &self.echo {
+            writeln!(f)?;
+            write_echo(f, echo)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan) -> fmt::Result {
+    let per_shard = u64::from(runtime.buffer_size) * u64::from(runtime.buffers_per_shard);
+    let total = u64::try_from(runtime.shards).map_or(u64::MAX, |n| per_shard.saturating_mul(n));
+    writeln!(f, "[runtime]")?;
+    writeln!(f, "shards = {}", runtime.shards)?;
+    writeln!(f, "cpus = {:?}", runtime.cpus)?;
+    writeln!(
+        f,
+        "buffer_size = \"{}\"",
+        format_size(runtime.buffer_size.into())
+    )?;
+    writeln!(f, "buffers_per_shard = {}", runtime.buffers_per_shard)?;
+    writeln!(
+        f,
+        "buffers_per_direction = {}",
+        runtime.buffers_per_direction
+    )?;
+    writeln!(
+        f,
+        "ring_entries = {}  # completion queue: {} entries",
+        runtime.ring_entries,
+        runtime.ring_entries.saturating_mul(8)
+    )?;
+    writeln!(
+        f,
+        "drain_timeout = \"{}\"",
+        format_duration(runtime.drain_timeout)
+    )?;
+    let stats = runtime
+        .stats_interval
+        .map_or_else(|| "off".to_owned(), format_duration);
+    writeln!(f, "stats_interval = \"{stats}\"")?;
+    writeln!(
+        f,
+        "# receive buffers: {} per shard, {} in total",
+        format_size(per_shard),
+        format_size(total)
+    )
+}
+
+fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt::Result {
+    let upstreams: Vec<String> = tcp.upstreams.iter().map(|up| format!("\"{up}\"")).collect();
+    writeln!(f, "[[tcp]]")?;
+    writeln!(f, "name = {:?}", tcp.name)?;
+    writeln!(f, "listen = \"{}\"", tcp.listen)?;
+    writeln!(f, "upstreams = [{}]", upstreams.join(", "))?;
+    writeln!(
+        f,
+        "connect_timeout = \"{}\"",
+        format_duration(tcp.connect_timeout)
+    )?;
+    writeln!(
+        f,
+        "idle_timeout = \"{}\"",
+        format_duration(tcp.idle_timeout)
+    )?;
+    writeln!(
+        f,
+        "half_close_timeout = \"{}\"",
+        format_duration(tcp.half_close_timeout)
+    )?;
+    writeln!(
+        f,
+        "max_connections = {}  # per shard: {}",
+        tcp.max_connections,
+        share_summary(tcp, shards)
+    )
+}
+
+fn write_echo(f: &mut Formatter<'_>, echo: &EchoPlan) -> fmt::Result {
+    writeln!(f, "[[echo]]")?;
+    writeln!(f, "name = {:?}", echo.name)?;
+    writeln!(f, "listen = \"{}\"", echo.listen)
+}
+
+/// Shares take at most two values (the first shards get one more), so two ranges describe all.
+fn share_summary(tcp: &TcpListenerPlan, shards: usize) -> String {
+    let Some(last) = shards.checked_sub(1) else {
+        return "none (no shards)".to_owned();
+    };
+    let high = tcp.shard_share(0, shards);
+    let low = tcp.shard_share(last, shards);
+    if high == low {
+        return match shards {
+            1 => format!("{low} on the only shard"),
+            _ => format!("{low} on each of {shards} shards"),
+        };
+    }
+    let with_high = (0..shards)
+        .take_while(|&shard| tcp.shard_share(shard, shards) == high)
+        .count();
+    format!(
+        "{high} on {}, {low} on {}",
+        shard_range(0, with_high.saturating_sub(1)),
+        shard_range(with_high, last)
+    )
+}
+
+fn shard_range(first: usize, last: usize) -> String {
+    if first == last {
+        format!("shard {first}")
+    } else {
+        format!("shards {first}-{last}")
+    }
+}

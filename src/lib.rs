@@ -1,0 +1,18 @@
+//! ringfwd: a thread-per-core L4 (TCP) forwarder on io_uring.
+//!
+//! Layers, top to bottom (dependencies point down only):
+//! `cli`/`main` → `config` → `runtime` (control thread) → `shard` (event loop) →
+//! `tcp` (relay state machines, no I/O) → `ring`/`sys` (everything that talks to the kernel).
+//! See `../shared/DESIGN.md` and README.md.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod ring;
+pub mod runtime;
+pub mod shard;
+pub mod stats;
+pub mod sys;
+pub mod tcp;
+pub mod time;
+pub mod verify;

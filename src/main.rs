@@ -1,0 +1,105 @@
+//! ringfwd's entry point: parse the command line, build the validated plan,
+//! dispatch, and map the outcome to an exit code. No logic lives here.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringfwd::cli::{Cli, Command, PlanArgs};
+use ringfwd::config::{HostFacts, Overrides, Plan};
+use ringfwd::runtime::{self, exit};
+use ringfwd::sys::host;
+
+fn init_logging(level: Option<&str>) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| {
+            format!("--log-level {l:?} is not a level ({e}); use error, warn, info, debug or trace")
+        })?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_thread_names(true)
+        .init();
+    Ok(())
+}
+
+fn resolve(args: &PlanArgs, echo: Vec<String>) -> Result<Plan, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+            Some((path.display().to_string(), text))
+        }
+        None => None,
+    };
+    let overrides = Overrides {
+        shards: args.shards.shards,
+        cpus: args.shards.cpus.clone(),
+        tcp: args.tcp.clone(),
+        echo,
+    };
+    let host = HostFacts {
+        available_cpus: host::available_cpus(),
+    };
+    Plan::resolve(
+        file.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+        &overrides,
+        &host,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn config_error(msg: &str) -> ExitCode {
+    eprintln!("ringfwd: {msg}");
+    ExitCode::from(exit::CONFIG)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own report; only warnings and errors go to the log
+    // unless asked otherwise.
+    let level = match (&cli.command, cli.log_level.as_deref()) {
+        (Command::Demo(_), None) if std::env::var_os("RUST_LOG").is_none() => Some("warn"),
+        (_, l) => l,
+    };
+    if let Err(e) = init_logging(level) {
+        return config_error(&e);
+    }
+    match cli.command {
+        Command::Run(args) => match resolve(&args, Vec::new()) {
+            Ok(plan) => ExitCode::from(runtime::serve(&plan)),
+            Err(e) => config_error(&e),
+        },
+        Command::Check(args) => {
+            let plan = match resolve(&args, Vec::new()) {
+                Ok(p) => p,
+                Err(e) => return config_error(&e),
+            };
+            match runtime::check_host(&plan) {
+                Ok(notes) => {
+                    for n in notes {
+                        eprintln!("ringfwd: note: {n}");
+                    }
+                    print!("{plan}");
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => config_error(&e.to_string()),
+            }
+        }
+        Command::Echo(args) => {
+            let plan_args = PlanArgs {
+                config: None,
+                tcp: Vec::new(),
+                shards: args.shards,
+            };
+            match resolve(&plan_args, args.tcp) {
+                Ok(plan) => ExitCode::from(runtime::serve(&plan)),
+                Err(e) => config_error(&e),
+            }
+        }
+        Command::Demo(args) => ExitCode::from(ringfwd::demo::run(&args)),
+    }
+}

@@ -1,0 +1,202 @@
+//! The shard's provided-buffer ring (IORING_REGISTER_PBUF_RING): one arena of
+//! `count` buffers of `size` bytes, and the ring of entries the kernel takes
+//! them from. Buffers are handed out by the kernel with receive completions and
+//! handed back here, so memory is bounded per shard, not per connection.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::IoUring;
+
+/// `struct io_uring_buf`: one ring entry.
+#[repr(C)]
+struct RingEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+/// Byte offset of the ring's tail: the `resv` field of entry 0 (`struct
+/// io_uring_buf_ring` overlays its header on the first entry).
+const TAIL_OFFSET: usize = 14;
+
+/// An anonymous private mapping, unmapped on drop unless leaked.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    leaked: bool,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh anonymous private mapping; no existing memory is
+        // touched. mmap returns page-aligned memory, as the kernel requires of a
+        // buffer ring.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Mapping {
+            ptr,
+            len,
+            leaked: false,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.leaked {
+            return;
+        }
+        // SAFETY: ptr/len came from a successful mmap and are unmapped once.
+        // The owning Ring drops the io_uring (which unregisters the buffer ring)
+        // before this, and callers leak instead when operations may still be
+        // in the kernel.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+pub struct BufRing {
+    entries: Mapping,
+    arena: Mapping,
+    ring_entries: u16,
+    count: u16,
+    size: u32,
+    /// Our copy of the tail: entries written but maybe not yet published.
+    tail: u16,
+    published: u16,
+}
+
+impl BufRing {
+    /// Registers a ring of `count` buffers (1..=32768) of `size` bytes as group `bgid`.
+    pub fn new(uring: &IoUring, bgid: u16, count: u32, size: u32) -> io::Result<BufRing> {
+        if count == 0 || count > 32768 || size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "buffer ring of {count} x {size} bytes is out of range (1..=32768 buffers)"
+                ),
+            ));
+        }
+        let ring_entries = count.next_power_of_two();
+        let entries = Mapping::new(ring_entries as usize * std::mem::size_of::<RingEntry>())?;
+        let arena_len = count as usize * size as usize;
+        let arena = Mapping::new(arena_len)?;
+        let ring_entries = u16::try_from(ring_entries)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `entries` is page-aligned, sized for `ring_entries` entries,
+        // and lives in this BufRing, which the owning Ring drops only after the
+        // io_uring (so the kernel never sees it freed while registered).
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(
+                entries.ptr.as_ptr() as u64,
+                ring_entries,
+                bgid,
+                0,
+            )?;
+        }
+        let mut ring = BufRing {
+            entries,
+            arena,
+            ring_entries,
+            count: count as u16,
+            size,
+            tail: 0,
+            published: 0,
+        };
+        // The kernel-visible tail starts at 0 (fresh zeroed mapping).
+        for bid in 0..count {
+            ring.push(bid as u16);
+        }
+        ring.publish();
+        Ok(ring)
+    }
+
+    pub fn count(&self) -> u32 {
+        u32::from(self.count)
+    }
+
+    pub fn buffer_size(&self) -> u32 {
+        self.size
+    }
+
+    /// Pointer to `len` bytes of buffer `bid` at `offset`, if inside the buffer.
+    pub fn slice_ptr(&self, bid: u16, offset: u32, len: u32) -> Option<*const u8> {
+        if bid >= self.count || offset.checked_add(len)? > self.size {
+            return None;
+        }
+        let at = bid as usize * self.size as usize + offset as usize;
+        // SAFETY: bid < count and offset + len <= size, so `at` is inside the arena.
+        Some(unsafe { self.arena.ptr.as_ptr().add(at) }.cast_const())
+    }
+
+    /// The bytes of buffer `bid` (for tests and diagnostics).
+    pub fn bytes(&self, bid: u16, len: u32) -> Option<&[u8]> {
+        let p = self.slice_ptr(bid, 0, len)?;
+        // SAFETY: in-bounds (checked by slice_ptr); the caller holds the buffer
+        // (a completion handed it over), so the kernel is not writing to it.
+        Some(unsafe { std::slice::from_raw_parts(p, len as usize) })
+    }
+
+    /// Writes buffer `bid` into the next ring entry; false if `bid` is invalid.
+    pub fn push(&mut self, bid: u16) -> bool {
+        if bid >= self.count {
+            return false;
+        }
+        let mask = self.ring_entries - 1;
+        let slot = (self.tail & mask) as usize;
+        let addr = self.arena.ptr.as_ptr() as u64 + bid as u64 * u64::from(self.size);
+        // SAFETY: slot < ring_entries, so the entry is inside the mapping. The
+        // kernel only reads entries between its head and the published tail; this
+        // one is past the published tail, so the kernel does not read it yet.
+        // There are never more than `count` <= ring_entries buffers in the ring.
+        unsafe {
+            let e = self.entries.ptr.as_ptr().cast::<RingEntry>().add(slot);
+            (*e).addr = addr;
+            (*e).len = self.size;
+            (*e).bid = bid;
+        }
+        self.tail = self.tail.wrapping_add(1);
+        true
+    }
+
+    /// Makes every pushed buffer visible to the kernel (one release store).
+    pub fn publish(&mut self) {
+        if self.published == self.tail {
+            return;
+        }
+        // SAFETY: TAIL_OFFSET is inside entry 0 and 2-byte aligned; the kernel
+        // reads it with an acquire load, and this release store orders the
+        // entry writes above before the new tail.
+        unsafe {
+            let tail = self
+                .entries
+                .ptr
+                .as_ptr()
+                .add(TAIL_OFFSET)
+                .cast::<AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+        self.published = self.tail;
+    }
+
+    pub(super) fn leak(&mut self) {
+        self.entries.leaked = true;
+        self.arena.leaked = true;
+    }
+}

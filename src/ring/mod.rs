@@ -1,0 +1,393 @@
+//! Everything that puts work on an io_uring: ring setup (SINGLE_ISSUER +
+//! DEFER_TASKRUN where the kernel has them), typed and memory-safe operation
+//! builders (every pointer handed to the kernel points into memory this module
+//! owns for the ring's whole life), a full-submission-queue backlog, and waiting.
+
+pub mod bufring;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{IoUring, opcode, squeue, types};
+use socket2::SockAddr;
+
+use bufring::BufRing;
+
+/// The provided-buffer group every receive of a shard draws from.
+pub const BUFFER_GROUP: u16 = 0;
+
+/// One completion, copied out of the CQ so the ring can be used while it is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cqe {
+    pub user_data: u64,
+    pub res: i32,
+    pub flags: u32,
+}
+
+/// Which setup flags the kernel accepted, for the startup log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupMode {
+    /// SINGLE_ISSUER + DEFER_TASKRUN + COOP_TASKRUN.
+    DeferTaskrun,
+    /// SINGLE_ISSUER + COOP_TASKRUN (kernel without DEFER_TASKRUN).
+    SingleIssuer,
+    /// COOP_TASKRUN only.
+    Coop,
+    /// No task-run flags at all.
+    Plain,
+}
+
+impl SetupMode {
+    pub fn describe(self) -> &'static str {
+        match self {
+            SetupMode::DeferTaskrun => "SINGLE_ISSUER+DEFER_TASKRUN+COOP_TASKRUN",
+            SetupMode::SingleIssuer => {
+                "SINGLE_ISSUER+COOP_TASKRUN (DEFER_TASKRUN unsupported: Linux < 6.1)"
+            }
+            SetupMode::Coop => "COOP_TASKRUN only (SINGLE_ISSUER unsupported: Linux < 6.0)",
+            SetupMode::Plain => "no task-run flags (Linux < 5.19)",
+        }
+    }
+}
+
+/// Index of an upstream address registered with `Ring::add_target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetId(usize);
+/// Index of a timeout registered with `Ring::add_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeoutId(usize);
+
+/// Entries that must reach the SQ together (a connect and its linked timeout).
+type Group = (squeue::Entry, Option<squeue::Entry>);
+
+pub struct Ring {
+    // Field order matters: the ring is torn down before the memory it names.
+    uring: IoUring,
+    bufs: BufRing,
+    targets: Vec<SockAddr>,
+    // Boxed so a timespec never moves when the Vec grows: a queued linked
+    // timeout keeps pointing at it until the kernel reads it at submission.
+    #[allow(clippy::vec_box)]
+    timeouts: Vec<Box<types::Timespec>>,
+    control_buf: Box<u64>,
+    backlog: VecDeque<Group>,
+    mode: SetupMode,
+}
+
+impl Ring {
+    /// Creates the ring on the calling thread (SINGLE_ISSUER binds it to this
+    /// thread) with a CQ 8x the SQ, and registers a provided-buffer ring of
+    /// `buffers` buffers of `buffer_size` bytes.
+    pub fn new(entries: u32, buffers: u32, buffer_size: u32) -> io::Result<Ring> {
+        let (uring, mode) = build_uring(entries)?;
+        let bufs = BufRing::new(&uring, BUFFER_GROUP, buffers, buffer_size)?;
+        Ok(Ring {
+            uring,
+            bufs,
+            targets: Vec::new(),
+            timeouts: Vec::new(),
+            control_buf: Box::new(0),
+            backlog: VecDeque::new(),
+            mode,
+        })
+    }
+
+    pub fn mode(&self) -> SetupMode {
+        self.mode
+    }
+
+    pub fn sq_entries(&self) -> u32 {
+        self.uring.params().sq_entries()
+    }
+
+    pub fn cq_entries(&self) -> u32 {
+        self.uring.params().cq_entries()
+    }
+
+    /// Registers an address for `connect`; kept for the ring's life.
+    pub fn add_target(&mut self, addr: SocketAddr) -> TargetId {
+        self.targets.push(SockAddr::from(addr));
+        TargetId(self.targets.len() - 1)
+    }
+
+    pub fn target_family(&self, t: TargetId) -> Option<i32> {
+        self.targets.get(t.0).map(|a| i32::from(a.family()))
+    }
+
+    /// Registers a timeout for linked timeouts; kept for the ring's life.
+    pub fn add_timeout(&mut self, d: Duration) -> TimeoutId {
+        let ts = types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos());
+        self.timeouts.push(Box::new(ts));
+        TimeoutId(self.timeouts.len() - 1)
+    }
+
+    pub fn buffer_ring(&self) -> &BufRing {
+        &self.bufs
+    }
+
+    /// Returns buffer `bid` to the kernel (visible after `publish_buffers`).
+    pub fn release(&mut self, bid: u16) -> bool {
+        self.bufs.push(bid)
+    }
+
+    pub fn publish_buffers(&mut self) {
+        self.bufs.publish();
+    }
+
+    /// Entries queued in the backlog because the SQ was full.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    pub fn accept_multi(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
+    pub fn socket(&mut self, family: i32, user_data: u64) {
+        let e = opcode::Socket::new(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
+    /// Connect with a linked timeout; `Err` if an id is unknown (nothing queued).
+    pub fn connect(
+        &mut self,
+        fd: RawFd,
+        target: TargetId,
+        timeout: TimeoutId,
+        user_data: u64,
+        timeout_user_data: u64,
+    ) -> io::Result<()> {
+        let (Some(addr), Some(ts)) = (self.targets.get(target.0), self.timeouts.get(timeout.0))
+        else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        let connect = opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len())
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(user_data);
+        let ts: &types::Timespec = ts;
+        let link = opcode::LinkTimeout::new(ts)
+            .build()
+            .user_data(timeout_user_data);
+        self.push((connect, Some(link)));
+        Ok(())
+    }
+
+    pub fn recv_multi(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
+    /// Sends `len` bytes of provided buffer `bid` from `offset`; `Err` (nothing
+    /// queued) if that range is not inside the buffer.
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let ptr = self
+            .bufs
+            .slice_ptr(bid, offset, len)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let e = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+        Ok(())
+    }
+
+    pub fn shutdown_write(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
+    /// Cancels the operation whose user_data is `target`.
+    pub fn cancel(&mut self, target: u64, user_data: u64) {
+        let e = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
+    /// Cancels every operation on `fd`.
+    pub fn cancel_fd(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
+    pub fn close(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::Close::new(types::Fd(fd))
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
+    /// Reads the 8-byte counter of an eventfd into ring-owned memory.
+    pub fn read_eventfd(&mut self, fd: RawFd, user_data: u64) {
+        let buf: *mut u64 = &mut *self.control_buf;
+        let e = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
+    fn try_push(&mut self, group: &Group) -> bool {
+        let mut sq = self.uring.submission();
+        let need = 1 + usize::from(group.1.is_some());
+        if sq.capacity() - sq.len() < need {
+            return false;
+        }
+        // SAFETY: every pointer in these entries points into memory this Ring
+        // owns and keeps until it is dropped, after the io_uring itself: buffer
+        // slices (`bufs`), addresses (`targets`), timespecs (`timeouts`, boxed so
+        // they never move) and the eventfd counter (`control_buf`, boxed).
+        // Capacity was checked above, so both entries of a linked pair land
+        // together (a lone IO_LINK entry would link to an unrelated one).
+        unsafe {
+            let ok = sq.push(&group.0).is_ok();
+            match &group.1 {
+                Some(second) => ok && sq.push(second).is_ok(),
+                None => ok,
+            }
+        }
+    }
+
+    /// Queues `group`; a full SQ is submitted to make room, and what still does
+    /// not fit waits in the backlog (in order) for the next submit.
+    fn push(&mut self, group: Group) {
+        if self.backlog.is_empty() && self.try_push(&group) {
+            return;
+        }
+        self.backlog.push_back(group);
+        self.flush_backlog();
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(group) = self.backlog.front() {
+            let group = group.clone();
+            if !self.try_push(&group) {
+                // Hand the full SQ to the kernel, then retry once.
+                if self.uring.submit().is_err() || !self.try_push(&group) {
+                    return;
+                }
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// Submits everything queued and waits for at least one completion, at most
+    /// `timeout` (None: until one arrives). Does not block when completions are
+    /// already waiting or `nowait` is set.
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>, nowait: bool) -> io::Result<()> {
+        self.flush_backlog();
+        let ready = {
+            let mut cq = self.uring.completion();
+            cq.sync();
+            !cq.is_empty()
+        };
+        let want = usize::from(!(ready || nowait));
+        let res = match timeout {
+            Some(t) if want > 0 => {
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.uring.submitter().submit_with_args(want, &args)
+            }
+            _ => self.uring.submitter().submit_and_wait(want),
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                // Timed out, interrupted, or the CQ needs reaping first: not errors.
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                    Ok(())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Moves every available completion into `out`.
+    pub fn reap(&mut self, out: &mut Vec<Cqe>) {
+        let mut cq = self.uring.completion();
+        cq.sync();
+        for c in &mut cq {
+            out.push(Cqe {
+                user_data: c.user_data(),
+                res: c.result(),
+                flags: c.flags(),
+            });
+        }
+    }
+
+    /// Completions the kernel could not post because the CQ was full (kept, not lost).
+    pub fn cq_overflow(&mut self) -> u32 {
+        self.uring.completion().overflow()
+    }
+
+    /// Keeps the buffer memory mapped forever: for a shutdown that gave up
+    /// waiting for the kernel to return every operation.
+    pub fn leak_buffers(&mut self) {
+        self.bufs.leak();
+        // The eventfd read may still target this counter: never free it.
+        std::mem::forget(std::mem::replace(&mut self.control_buf, Box::new(0)));
+    }
+}
+
+fn build_uring(entries: u32) -> io::Result<(IoUring, SetupMode)> {
+    let cq = entries.saturating_mul(8);
+    let attempts = [
+        SetupMode::DeferTaskrun,
+        SetupMode::SingleIssuer,
+        SetupMode::Coop,
+        SetupMode::Plain,
+    ];
+    let mut last = io::Error::from(io::ErrorKind::Unsupported);
+    for mode in attempts {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq).setup_clamp().setup_submit_all();
+        match mode {
+            SetupMode::DeferTaskrun => {
+                b.setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_coop_taskrun();
+            }
+            SetupMode::SingleIssuer => {
+                b.setup_single_issuer().setup_coop_taskrun();
+            }
+            SetupMode::Coop => {
+                b.setup_coop_taskrun();
+            }
+            SetupMode::Plain => {}
+        }
+        match b.build(entries) {
+            Ok(u) => return Ok((u, mode)),
+            // EINVAL: a flag this kernel does not know; try fewer.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}

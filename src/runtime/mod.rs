@@ -1,0 +1,479 @@
+//! The control thread: checks the host, binds every shard's listeners, spawns
+//! and pins the shards, waits until each is ready, then handles signals
+//! (drain, then stop), periodic stats and exit. It never touches a connection;
+//! it talks to shards only through commands and reads their counters as snapshots.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use crate::config::Plan;
+use crate::config::units::format_duration;
+use crate::shard::engine::{ListenerKind, ListenerSpec, RouteSpec};
+use crate::shard::event_loop::{self, Command, Control, Report, RouteSetup, ShardSetup};
+use crate::stats::ShardStats;
+use crate::sys::eventfd::EventFd;
+use crate::sys::host::{self, HostError};
+use crate::sys::signals::{self, TerminationSignals};
+use crate::sys::socket::{self, ListenKind};
+use crate::time::millis;
+
+/// How long start-up waits for every shard to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After Stop, how long shards get to close everything before we exit anyway.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A listening address as bound (port 0 resolved).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub kind: &'static str,
+    pub name: String,
+    pub addr: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+struct ShardHandle {
+    commands: Sender<Command>,
+    doorbell: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+    exited: Option<(ShardStats, bool)>,
+    last: ShardStats,
+}
+
+pub struct Runtime {
+    shards: Vec<ShardHandle>,
+    reports: Receiver<Report>,
+    bound: Vec<Bound>,
+    seq: u64,
+}
+
+/// Host checks that do not create sockets (shared by `run` and `check`).
+pub fn check_host(plan: &Plan) -> Result<Vec<String>, HostError> {
+    host::check_io_uring()?;
+    let mut notes = Vec::new();
+    let rt = &plan.runtime;
+    if let Some(n) = host::ensure_memlock(rt.shards, rt.ring_entries, rt.buffers_per_shard)? {
+        notes.push(n);
+    }
+    let conns: u64 = plan.tcp.iter().map(|t| u64::from(t.max_connections)).sum();
+    let listeners = (plan.tcp.len() + plan.echo.len()) as u64 * rt.shards as u64;
+    if let Some(w) = host::ensure_nofile(conns * 2 + listeners + 64) {
+        notes.push(w);
+    }
+    Ok(notes)
+}
+
+impl Runtime {
+    /// Checks the host, binds, spawns and waits until every shard is ready.
+    pub fn start(plan: &Plan) -> Result<Runtime, HostError> {
+        for note in check_host(plan)? {
+            warn!("{note}");
+        }
+        let rt = &plan.runtime;
+        let n = rt.shards;
+        let mut listeners: Vec<Vec<(ListenerSpec, OwnedFd)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut routes = Vec::new();
+        let mut bound = Vec::new();
+        for (i, t) in plan.tcp.iter().enumerate() {
+            let route = u16::try_from(i).map_err(|_| HostError::Bind {
+                what: format!("tcp listener '{}'", t.name),
+                addr: t.listen,
+                error: "more than 65535 listeners".into(),
+            })?;
+            let (fds, addr) = socket::bind_listeners(ListenKind::Tcp, &t.name, t.listen, n)?;
+            routes.push(RouteSetup {
+                spec: RouteSpec {
+                    upstreams: t.upstreams.iter().map(|a| a.to_string()).collect(),
+                    idle_ms: millis(t.idle_timeout),
+                    half_close_ms: millis(t.half_close_timeout),
+                },
+                upstreams: t.upstreams.clone(),
+                connect_timeout: t.connect_timeout,
+            });
+            for (shard, fd) in fds.into_iter().enumerate() {
+                let spec = ListenerSpec {
+                    name: t.name.clone(),
+                    fd: -1,
+                    kind: ListenerKind::Forward { route },
+                    limit: t.shard_share(shard, n),
+                };
+                if let Some(l) = listeners.get_mut(shard) {
+                    l.push((spec, fd));
+                }
+            }
+            bound.push(Bound {
+                kind: "tcp",
+                name: t.name.clone(),
+                addr,
+                upstreams: t.upstreams.clone(),
+            });
+        }
+        for e in &plan.echo {
+            let (fds, addr) = socket::bind_listeners(ListenKind::Echo, &e.name, e.listen, n)?;
+            for (shard, fd) in fds.into_iter().enumerate() {
+                let spec = ListenerSpec {
+                    name: e.name.clone(),
+                    fd: -1,
+                    kind: ListenerKind::Echo,
+                    limit: u32::MAX,
+                };
+                if let Some(l) = listeners.get_mut(shard) {
+                    l.push((spec, fd));
+                }
+            }
+            bound.push(Bound {
+                kind: "echo",
+                name: e.name.clone(),
+                addr,
+                upstreams: Vec::new(),
+            });
+        }
+
+        let (report_tx, reports) = mpsc::channel();
+        let mut shards = Vec::with_capacity(n);
+        for (index, shard_listeners) in listeners.into_iter().enumerate() {
+            let cpu = rt.cpus.get(index).copied().unwrap_or(index);
+            let doorbell = Arc::new(EventFd::new().map_err(|e| HostError::Shard {
+                shard: index,
+                error: format!("eventfd: {e}"),
+            })?);
+            let (cmd_tx, cmd_rx) = mpsc::channel();
+            let setup = ShardSetup {
+                index,
+                cpu,
+                ring_entries: rt.ring_entries,
+                buffer_size: rt.buffer_size,
+                buffers: rt.buffers_per_shard,
+                cap: rt.buffers_per_direction,
+                listeners: shard_listeners,
+                routes: routes.clone(),
+            };
+            let control = Control {
+                commands: cmd_rx,
+                doorbell: doorbell.clone(),
+                reports: report_tx.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("rfwd-shard-{index}"))
+                .spawn(move || event_loop::run(setup, control))
+                .map_err(|e| HostError::Shard {
+                    shard: index,
+                    error: format!("spawning its thread: {e}"),
+                })?;
+            shards.push(ShardHandle {
+                commands: cmd_tx,
+                doorbell,
+                thread: Some(thread),
+                exited: None,
+                last: ShardStats::default(),
+            });
+        }
+        let mut runtime = Runtime {
+            shards,
+            reports,
+            bound,
+            seq: 0,
+        };
+        runtime.wait_ready()?;
+        Ok(runtime)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), HostError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut ready = 0;
+        while ready < self.shards.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.reports.recv_timeout(left) {
+                Ok(Report::Ready { shard, setup }) => {
+                    info!(shard, "shard ready: {setup}");
+                    ready += 1;
+                }
+                Ok(Report::Failed { shard, error }) => {
+                    self.abort_start();
+                    return Err(HostError::Shard { shard, error });
+                }
+                Ok(other) => self.record(other),
+                Err(_) => {
+                    self.abort_start();
+                    return Err(HostError::Shard {
+                        shard: ready,
+                        error: format!("not ready within {}s", READY_TIMEOUT.as_secs()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn abort_start(&mut self) {
+        self.send_all(Command::Stop);
+        for s in &mut self.shards {
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    pub fn bound(&self) -> &[Bound] {
+        &self.bound
+    }
+
+    fn send_all(&self, cmd: Command) {
+        for s in self.shards.iter().filter(|s| s.exited.is_none()) {
+            if s.commands.send(cmd).is_ok() {
+                let _ = s.doorbell.notify();
+            }
+        }
+    }
+
+    /// Stop accepting; open connections continue. Shards exit when they have none.
+    pub fn drain(&self) {
+        self.send_all(Command::Drain);
+    }
+
+    /// Close every connection now; shards exit once the kernel returned everything.
+    pub fn stop(&self) {
+        self.send_all(Command::Stop);
+    }
+
+    fn record(&mut self, report: Report) {
+        match report {
+            Report::Snapshot { shard, stats, .. } => {
+                if let Some(s) = self.shards.get_mut(shard) {
+                    s.last = stats;
+                }
+            }
+            Report::Exited {
+                shard,
+                stats,
+                clean,
+            } => {
+                if let Some(s) = self.shards.get_mut(shard) {
+                    s.last = stats.clone();
+                    s.exited = Some((stats, clean));
+                    if let Some(t) = s.thread.take() {
+                        let _ = t.join();
+                    }
+                }
+            }
+            Report::Ready { .. } | Report::Failed { .. } => {}
+        }
+    }
+
+    /// Processes reports for up to `timeout`.
+    pub fn poll(&mut self, timeout: Duration) {
+        match self.reports.recv_timeout(timeout) {
+            Ok(r) => {
+                self.record(r);
+                while let Ok(r) = self.reports.try_recv() {
+                    self.record(r);
+                }
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+        }
+    }
+
+    pub fn all_exited(&self) -> bool {
+        self.shards.iter().all(|s| s.exited.is_some())
+    }
+
+    /// A shard thread that ended without reporting (a panic).
+    pub fn crashed_shard(&self) -> Option<usize> {
+        self.shards
+            .iter()
+            .position(|s| s.exited.is_none() && s.thread.as_ref().is_some_and(|t| t.is_finished()))
+    }
+
+    /// Fresh counters from every shard, summed (exited shards contribute their final counters).
+    pub fn snapshot(&mut self, timeout: Duration) -> ShardStats {
+        self.seq += 1;
+        let seq = self.seq;
+        self.send_all(Command::Snapshot(seq));
+        let mut pending: Vec<bool> = self.shards.iter().map(|s| s.exited.is_none()).collect();
+        let deadline = Instant::now() + timeout;
+        while pending.iter().any(|p| *p) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.reports.recv_timeout(left) {
+                Ok(Report::Snapshot {
+                    shard,
+                    seq: s,
+                    stats,
+                }) => {
+                    if let Some(h) = self.shards.get_mut(shard) {
+                        h.last = stats;
+                    }
+                    if s == seq
+                        && let Some(p) = pending.get_mut(shard)
+                    {
+                        *p = false;
+                    }
+                }
+                Ok(other) => {
+                    if let Report::Exited { shard, .. } = &other
+                        && let Some(p) = pending.get_mut(*shard)
+                    {
+                        *p = false;
+                    }
+                    self.record(other);
+                }
+                Err(_) => break,
+            }
+        }
+        self.totals()
+    }
+
+    /// The latest counters of every shard, summed.
+    pub fn totals(&self) -> ShardStats {
+        let mut total = ShardStats::default();
+        for s in &self.shards {
+            total.merge(&s.last);
+        }
+        total
+    }
+
+    /// True if every shard exited having got every operation back from the kernel.
+    pub fn clean(&self) -> bool {
+        self.shards
+            .iter()
+            .all(|s| matches!(s.exited, Some((_, true))))
+    }
+
+    /// Stops every shard and waits (bounded) for them; returns the final totals.
+    pub fn shutdown(mut self) -> ShardStats {
+        self.stop();
+        let deadline = Instant::now() + STOP_GRACE;
+        while !self.all_exited() && Instant::now() < deadline {
+            self.poll(Duration::from_millis(50));
+        }
+        self.totals()
+    }
+}
+
+/// Process exit codes.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The forwarder failed after starting, or was forced to exit.
+    pub const FAILURE: u8 = 1;
+    /// Invalid configuration or command line.
+    pub const CONFIG: u8 = 2;
+    /// The host is not ready (io_uring, limits, CPUs, an address in use).
+    pub const HOST: u8 = 3;
+}
+
+/// `ringfwd run` / `ringfwd echo`: serve until signalled; returns the exit code.
+pub fn serve(plan: &Plan) -> u8 {
+    // Block before any thread exists so every shard inherits the mask.
+    let signals = match TerminationSignals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot block SIGINT/SIGTERM: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let mut rt = match Runtime::start(plan) {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("ringfwd: {e}");
+            return exit::HOST;
+        }
+    };
+    announce(&rt, plan.runtime.shards);
+    let stats_every = plan.runtime.stats_interval;
+    let mut next_stats = stats_every.map(|d| Instant::now() + d);
+    let mut drain_deadline: Option<Instant> = None;
+    let mut stop_deadline: Option<Instant> = None;
+    loop {
+        if let Some(sig) = signals.wait(Duration::from_millis(50)) {
+            let name = signals::name(sig);
+            if drain_deadline.is_some() {
+                warn!("second {name}: exiting at once without waiting for connections");
+                info!("final stats {}", rt.totals().to_kv());
+                return exit::FAILURE;
+            }
+            let active = rt.snapshot(Duration::from_millis(500)).active;
+            info!(
+                "{name}: draining — no new connections; {active} open connection(s) get up to {} to finish (send {name} again to exit at once)",
+                format_duration(plan.runtime.drain_timeout)
+            );
+            rt.drain();
+            drain_deadline = Some(Instant::now() + plan.runtime.drain_timeout);
+        }
+        rt.poll(Duration::from_millis(0));
+        if rt.all_exited() {
+            break;
+        }
+        if let Some(shard) = rt.crashed_shard() {
+            error!(shard, "shard thread died; stopping");
+            let totals = rt.shutdown();
+            info!("final stats {}", totals.to_kv());
+            return exit::FAILURE;
+        }
+        if drain_deadline.is_none() && rt.shards.iter().any(|s| s.exited.is_some()) {
+            error!("a shard stopped on its own (see the error above); stopping");
+            let totals = rt.shutdown();
+            info!("final stats {}", totals.to_kv());
+            return exit::FAILURE;
+        }
+        let now = Instant::now();
+        if let Some(d) = drain_deadline
+            && now >= d
+            && stop_deadline.is_none()
+        {
+            let active = rt.snapshot(Duration::from_millis(500)).active;
+            info!("drain_timeout reached; closing {active} remaining connection(s)");
+            rt.stop();
+            stop_deadline = Some(now + STOP_GRACE);
+        }
+        if let Some(d) = stop_deadline
+            && now >= d
+        {
+            warn!(
+                "shards did not stop within {}s; exiting anyway",
+                STOP_GRACE.as_secs()
+            );
+            info!("final stats {}", rt.totals().to_kv());
+            return exit::FAILURE;
+        }
+        if let (Some(at), Some(every)) = (next_stats, stats_every)
+            && now >= at
+        {
+            let totals = rt.snapshot(Duration::from_millis(500));
+            info!("stats {}", totals.to_kv());
+            next_stats = Some(now + every);
+        }
+    }
+    let clean = rt.clean();
+    info!("final stats {}", rt.totals().to_kv());
+    if !clean {
+        warn!("a shard exited before the kernel returned all its operations");
+    }
+    info!("stopped");
+    exit::OK
+}
+
+/// One stdout line per listener (stable format: scripts and tests read the
+/// bound port from it when the config asked for port 0).
+fn announce(rt: &Runtime, shards: usize) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for b in rt.bound() {
+        let ups: Vec<String> = b.upstreams.iter().map(|a| a.to_string()).collect();
+        let arrow = if ups.is_empty() {
+            String::new()
+        } else {
+            format!(" -> {}", ups.join(","))
+        };
+        let _ = writeln!(
+            out,
+            "listening {} {} {}{} ({} shards)",
+            b.kind, b.name, b.addr, arrow, shards
+        );
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,867 @@
+//! The shard's decisions without its I/O: decode each completion's token, find
+//! its owner (dropping stale ones), drive the connection state machines, keep
+//! listeners, timers, buffer accounting and counters, and produce `Op`s for the
+//! event loop to put on the ring. The simulator in `tests/` drives it without a
+//! kernel.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use tracing::{debug, info, warn};
+
+use super::slab::Slab;
+use super::token::{OpKind, SlotId, Token};
+use crate::stats::{CloseReason, ShardStats};
+use crate::tcp::echo::Echo;
+use crate::tcp::relay::{Relay, RelayConfig};
+use crate::tcp::{ConnOp, RecvEvent, Side};
+use crate::time::Millis;
+use crate::time::wheel::TimerWheel;
+
+/// `IORING_CQE_F_MORE`: the multishot operation stays armed.
+pub const CQE_F_MORE: u32 = 1 << 1;
+/// `IORING_CQE_F_BUFFER`: the upper 16 bits carry a provided buffer id.
+pub const CQE_F_BUFFER: u32 = 1 << 0;
+
+/// How long a listener waits before re-arming accept after an error (EMFILE...).
+/// Short enough that service resumes promptly once descriptors free up, long
+/// enough not to spin on a persistent error.
+const ACCEPT_BACKOFF_MS: Millis = 100;
+/// Log lines about individual connections allowed per shard per second; the
+/// rest are counted and summarised, so a flood cannot drown the log.
+const LOG_LINES_PER_SECOND: u32 = 20;
+
+/// One instruction for the event loop. `token`s are encoded `user_data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    AcceptMulti {
+        token: u64,
+        fd: RawFd,
+    },
+    /// Cancel the accept named by `target` (drain).
+    CancelAccept {
+        token: u64,
+        target: u64,
+    },
+    CloseListener {
+        token: u64,
+        fd: RawFd,
+    },
+    /// Close an accepted socket that is turned away.
+    Reject {
+        token: u64,
+        fd: RawFd,
+    },
+    /// Create a TCP socket of the family of `route`'s upstream `upstream`.
+    Socket {
+        token: u64,
+        route: u16,
+        upstream: u16,
+    },
+    /// Connect with `route`'s connect_timeout linked (two completions).
+    Connect {
+        token: u64,
+        timeout_token: u64,
+        fd: RawFd,
+        route: u16,
+        upstream: u16,
+    },
+    RecvMulti {
+        token: u64,
+        fd: RawFd,
+    },
+    Send {
+        token: u64,
+        fd: RawFd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+    },
+    Shutdown {
+        token: u64,
+        fd: RawFd,
+    },
+    /// Cancel the operation whose user_data is `target`.
+    CancelOne {
+        token: u64,
+        target: u64,
+    },
+    /// Cancel every operation on `fd`.
+    CancelFd {
+        token: u64,
+        fd: RawFd,
+    },
+    Close {
+        token: u64,
+        fd: RawFd,
+        linger0: bool,
+    },
+    /// Return a provided buffer to the ring (no completion).
+    Release {
+        bid: u16,
+    },
+}
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Relay to the upstreams of route `route`.
+    Forward {
+        route: u16,
+    },
+    Echo,
+}
+
+/// A listener this shard owns (its own SO_REUSEPORT socket).
+#[derive(Clone, Debug)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub fd: RawFd,
+    pub kind: ListenerKind,
+    /// This shard's share of max_connections.
+    pub limit: u32,
+}
+
+/// A forwarding target set, in state-machine units.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    /// Upstream addresses as text, for log lines.
+    pub upstreams: Vec<String>,
+    pub idle_ms: Millis,
+    pub half_close_ms: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub shard: usize,
+    pub buffers: u32,
+    pub cap: u32,
+    pub listeners: Vec<ListenerSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AcceptState {
+    Armed,
+    /// Waiting to re-arm after an error.
+    Backoff,
+    Cancelling,
+    Closing,
+    Closed,
+}
+
+struct Listener {
+    spec: ListenerSpec,
+    accept: AcceptState,
+    active: u32,
+    /// Round-robin cursor over the route's upstreams.
+    rr: u16,
+}
+
+enum Logic {
+    Relay(Relay),
+    Echo(Echo),
+}
+
+struct Conn {
+    logic: Logic,
+    fds: [Option<RawFd>; 2],
+    listener: u32,
+    /// Deadline of the earliest timer-wheel entry for this connection.
+    timer_at: Option<Millis>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum TimerKey {
+    Conn { slot: SlotId, deadline: Millis },
+    Listener(u32),
+}
+
+/// Where the shard is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Running,
+    /// Not accepting; open connections may finish.
+    Draining,
+    /// Closing every connection.
+    Stopping,
+}
+
+struct LogBudget {
+    window: Millis,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn allow(&mut self, now: Millis, shard: usize) -> bool {
+        if now.saturating_sub(self.window) >= 1000 {
+            if self.suppressed > 0 {
+                warn!(
+                    shard,
+                    suppressed = self.suppressed,
+                    "connection log lines suppressed (more than {LOG_LINES_PER_SECOND}/s); see the counters"
+                );
+            }
+            self.window = now;
+            self.used = 0;
+            self.suppressed = 0;
+        }
+        if self.used < LOG_LINES_PER_SECOND {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+pub struct Engine {
+    shard: usize,
+    conns: Slab<Conn>,
+    listeners: Vec<Listener>,
+    routes: Vec<RouteSpec>,
+    timers: TimerWheel<TimerKey>,
+    fired: Vec<TimerKey>,
+    starved: VecDeque<(SlotId, Side)>,
+    /// Buffers handed to us by receive completions and not yet released.
+    held: u32,
+    buffers: u32,
+    cap: u32,
+    /// Listener and reject operations in flight (connections count their own).
+    misc_inflight: u32,
+    mode: Mode,
+    stats: ShardStats,
+    ops: Vec<Op>,
+    scratch: Vec<ConnOp>,
+    log: LogBudget,
+}
+
+fn result(res: i32) -> Result<u32, i32> {
+    if res >= 0 { Ok(res as u32) } else { Err(-res) }
+}
+
+fn unit(res: i32) -> Result<(), i32> {
+    result(res).map(|_| ())
+}
+
+fn recv_event(res: i32, flags: u32) -> RecvEvent {
+    if res > 0 {
+        match buffer_id(flags) {
+            Some(bid) => RecvEvent::Data {
+                bid,
+                len: res as u32,
+            },
+            // Data without a buffer cannot happen with buffer select; treat as broken.
+            None => RecvEvent::Error(libc::EIO),
+        }
+    } else if res == 0 {
+        RecvEvent::Eof
+    } else {
+        match -res {
+            libc::ENOBUFS => RecvEvent::NoBuffers,
+            libc::ECANCELED => RecvEvent::Cancelled,
+            e => RecvEvent::Error(e),
+        }
+    }
+}
+
+fn buffer_id(flags: u32) -> Option<u16> {
+    (flags & CQE_F_BUFFER != 0).then_some((flags >> 16) as u16)
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, now: Millis) -> Engine {
+        let listeners = cfg
+            .listeners
+            .into_iter()
+            .map(|spec| Listener {
+                spec,
+                accept: AcceptState::Closed,
+                active: 0,
+                rr: 0,
+            })
+            .collect();
+        Engine {
+            shard: cfg.shard,
+            conns: Slab::default(),
+            listeners,
+            routes: cfg.routes,
+            timers: TimerWheel::new(now),
+            fired: Vec::new(),
+            starved: VecDeque::new(),
+            held: 0,
+            buffers: cfg.buffers,
+            cap: cfg.cap,
+            misc_inflight: 0,
+            mode: Mode::Running,
+            stats: ShardStats::default(),
+            ops: Vec::with_capacity(256),
+            scratch: Vec::with_capacity(16),
+            log: LogBudget {
+                window: now,
+                used: 0,
+                suppressed: 0,
+            },
+        }
+    }
+
+    /// Arms accept on every listener.
+    pub fn start(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i as u32);
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let mut s = self.stats.clone();
+        s.active = self.conns.len() as u64;
+        s
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether `slot` still names a live connection (tests and diagnostics).
+    pub fn is_live(&self, slot: SlotId) -> bool {
+        self.conns.get(slot).is_some()
+    }
+
+    /// Buffers held by connections (not in the kernel's ring).
+    pub fn held_buffers(&self) -> u32 {
+        self.held
+    }
+
+    /// Operations produced since the last call, for the event loop to execute.
+    pub fn take_ops(&mut self, into: &mut Vec<Op>) {
+        into.append(&mut self.ops);
+    }
+
+    /// When the event loop must call `advance` next (None: no timer pending).
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.timers.next_deadline()
+    }
+
+    /// True once draining or stopping has finished: no listener, no connection,
+    /// nothing in flight.
+    pub fn is_done(&self) -> bool {
+        self.mode != Mode::Running
+            && self.conns.is_empty()
+            && self.misc_inflight == 0
+            && self
+                .listeners
+                .iter()
+                .all(|l| l.accept == AcceptState::Closed)
+    }
+
+    fn listener_token(kind: OpKind, index: u32) -> u64 {
+        Token::new(
+            kind,
+            Side::Client,
+            SlotId {
+                index,
+                generation: 0,
+            },
+        )
+        .encode()
+    }
+
+    fn arm_accept(&mut self, index: u32) {
+        let Some(l) = self.listeners.get_mut(index as usize) else {
+            return;
+        };
+        l.accept = AcceptState::Armed;
+        self.misc_inflight += 1;
+        self.ops.push(Op::AcceptMulti {
+            token: Self::listener_token(OpKind::Accept, index),
+            fd: l.spec.fd,
+        });
+    }
+
+    fn close_listener(&mut self, index: u32) {
+        let Some(l) = self.listeners.get_mut(index as usize) else {
+            return;
+        };
+        l.accept = AcceptState::Closing;
+        self.misc_inflight += 1;
+        self.ops.push(Op::CloseListener {
+            token: Self::listener_token(OpKind::CloseListener, index),
+            fd: l.spec.fd,
+        });
+    }
+
+    fn reject(&mut self, fd: RawFd) {
+        self.misc_inflight += 1;
+        self.ops.push(Op::Reject {
+            token: Self::listener_token(OpKind::Reject, 0),
+            fd,
+        });
+    }
+
+    /// Stop accepting: cancel every accept, then close the listening sockets.
+    pub fn drain(&mut self) {
+        if self.mode == Mode::Running {
+            self.mode = Mode::Draining;
+        }
+        for i in 0..self.listeners.len() {
+            let index = i as u32;
+            match self.listeners[i].accept {
+                AcceptState::Armed => {
+                    self.listeners[i].accept = AcceptState::Cancelling;
+                    self.misc_inflight += 1;
+                    self.ops.push(Op::CancelAccept {
+                        token: Self::listener_token(OpKind::CancelAccept, index),
+                        target: Self::listener_token(OpKind::Accept, index),
+                    });
+                }
+                AcceptState::Backoff => self.close_listener(index),
+                AcceptState::Cancelling | AcceptState::Closing | AcceptState::Closed => {}
+            }
+        }
+    }
+
+    /// Close every connection now (drain_timeout passed, or a hard stop).
+    pub fn stop(&mut self, now: Millis) {
+        self.drain();
+        self.mode = Mode::Stopping;
+        for slot in self.conns.ids() {
+            if let Some(conn) = self.conns.get_mut(slot) {
+                match &mut conn.logic {
+                    Logic::Relay(r) => r.abort(CloseReason::Shutdown, &mut self.scratch),
+                    Logic::Echo(e) => e.abort(CloseReason::Shutdown, &mut self.scratch),
+                }
+            }
+            self.after_conn(slot, now);
+        }
+    }
+
+    /// One completion from the ring.
+    pub fn handle_cqe(&mut self, user_data: u64, res: i32, flags: u32, now: Millis) {
+        let Some(token) = Token::decode(user_data) else {
+            self.stale(OpKind::Close, res, flags);
+            return;
+        };
+        match token.kind {
+            OpKind::Accept => self.on_accept(token.slot.index, res, flags, now),
+            OpKind::CancelAccept | OpKind::Reject => {
+                self.misc_inflight = self.misc_inflight.saturating_sub(1)
+            }
+            OpKind::CloseListener => {
+                self.misc_inflight = self.misc_inflight.saturating_sub(1);
+                if let Some(l) = self.listeners.get_mut(token.slot.index as usize) {
+                    l.accept = AcceptState::Closed;
+                }
+            }
+            OpKind::Control => {}
+            _ => self.on_conn_cqe(token, res, flags, now),
+        }
+    }
+
+    /// A completion whose owner is gone. Whatever the kernel handed over with
+    /// it (a buffer, a descriptor) is given back so nothing leaks.
+    fn stale(&mut self, kind: OpKind, res: i32, flags: u32) {
+        self.stats.stale_completions += 1;
+        if let Some(bid) = buffer_id(flags) {
+            self.ops.push(Op::Release { bid });
+        }
+        if matches!(kind, OpKind::Socket | OpKind::Accept) && res >= 0 {
+            self.reject(res);
+        }
+        debug!(
+            shard = self.shard,
+            ?kind,
+            res,
+            "dropped a completion for a freed slot"
+        );
+    }
+
+    fn on_accept(&mut self, index: u32, res: i32, flags: u32, now: Millis) {
+        let more = flags & CQE_F_MORE != 0;
+        if !more {
+            self.misc_inflight = self.misc_inflight.saturating_sub(1);
+        }
+        let Some(l) = self.listeners.get(index as usize) else {
+            if res >= 0 {
+                self.reject(res);
+            }
+            return;
+        };
+        let (at_limit, limit, name) = (l.active >= l.spec.limit, l.spec.limit, l.spec.name.clone());
+        let mut failed = false;
+        if res >= 0 {
+            let fd = res;
+            if self.mode != Mode::Running {
+                self.stats.count_close(CloseReason::Shutdown);
+                self.reject(fd);
+            } else if at_limit {
+                self.stats.count_close(CloseReason::LimitReached);
+                self.reject(fd);
+                if self.log.allow(now, self.shard) {
+                    info!(
+                        shard = self.shard,
+                        listener = %name,
+                        limit,
+                        "connection closed at accept: this shard's share of max_connections is in use; raise max_connections if this is expected load"
+                    );
+                }
+            } else {
+                self.admit(index, fd, now);
+            }
+        } else if -res != libc::ECANCELED || self.mode == Mode::Running {
+            failed = true;
+            self.stats.accept_errors += 1;
+            let err = std::io::Error::from_raw_os_error(-res);
+            if self.log.allow(now, self.shard) {
+                warn!(
+                    shard = self.shard,
+                    listener = %name,
+                    error = %err,
+                    "accept failed; retrying in {ACCEPT_BACKOFF_MS}ms (EMFILE/ENFILE: raise `ulimit -n`)"
+                );
+            }
+        }
+        if more {
+            return;
+        }
+        match (self.mode, failed) {
+            (Mode::Running, false) => self.arm_accept(index),
+            (Mode::Running, true) => {
+                if let Some(l) = self.listeners.get_mut(index as usize) {
+                    l.accept = AcceptState::Backoff;
+                }
+                self.timers
+                    .insert(now + ACCEPT_BACKOFF_MS, TimerKey::Listener(index));
+            }
+            (Mode::Draining | Mode::Stopping, _) => self.close_listener(index),
+        }
+    }
+
+    fn admit(&mut self, index: u32, fd: RawFd, now: Millis) {
+        let Some(l) = self.listeners.get_mut(index as usize) else {
+            self.reject(fd);
+            return;
+        };
+        let logic = match l.spec.kind {
+            ListenerKind::Forward { route } => {
+                let Some(r) = self.routes.get(route as usize) else {
+                    self.reject(fd);
+                    return;
+                };
+                let n = u16::try_from(r.upstreams.len()).unwrap_or(u16::MAX).max(1);
+                let cfg = RelayConfig {
+                    upstreams: n,
+                    first_upstream: l.rr % n,
+                    idle_ms: r.idle_ms,
+                    half_close_ms: r.half_close_ms,
+                    cap: self.cap,
+                };
+                l.rr = (l.rr + 1) % n;
+                let mut relay = Relay::new(cfg, now);
+                relay.start(&mut self.scratch);
+                Logic::Relay(relay)
+            }
+            ListenerKind::Echo => {
+                let mut echo = Echo::new(self.cap);
+                echo.start(&mut self.scratch);
+                Logic::Echo(echo)
+            }
+        };
+        let conn = Conn {
+            logic,
+            fds: [Some(fd), None],
+            listener: index,
+            timer_at: None,
+        };
+        match self.conns.insert(conn) {
+            Some(slot) => {
+                l.active += 1;
+                self.stats.accepted += 1;
+                self.after_conn(slot, now);
+            }
+            None => {
+                // 16M connections on one shard: the index space is spent.
+                self.scratch.clear();
+                self.stats.count_close(CloseReason::LimitReached);
+                self.reject(fd);
+            }
+        }
+    }
+
+    fn on_conn_cqe(&mut self, token: Token, res: i32, flags: u32, now: Millis) {
+        let slot = token.slot;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            self.stale(token.kind, res, flags);
+            return;
+        };
+        let out = &mut self.scratch;
+        let stats = &mut self.stats;
+        let side = token.side;
+        if token.kind == OpKind::Recv {
+            let more = flags & CQE_F_MORE != 0;
+            let ev = recv_event(res, flags);
+            if let RecvEvent::Data { .. } = ev {
+                self.held += 1;
+            } else if let Some(bid) = buffer_id(flags) {
+                // A buffer on a completion without data: straight back.
+                self.held += 1;
+                out.push(ConnOp::Release(bid));
+            }
+            match &mut conn.logic {
+                Logic::Relay(r) => r.handle_recv(side, ev, more, now, out, stats),
+                Logic::Echo(e) => e.handle_recv(ev, more, out, stats),
+            }
+            self.after_conn(slot, now);
+            return;
+        }
+        if token.kind == OpKind::Socket && res >= 0 {
+            conn.fds[Side::Upstream.index()] = Some(res);
+        }
+        match &mut conn.logic {
+            Logic::Relay(r) => match token.kind {
+                OpKind::Send => r.handle_sent(side, result(res), now, out, stats),
+                OpKind::Socket => r.handle_socket(unit(res), out, stats),
+                OpKind::Connect => r.handle_connect(unit(res), now, out, stats),
+                OpKind::ConnectTimeout => r.handle_connect_timeout(out),
+                OpKind::Shutdown => r.handle_shutdown(side, unit(res), out),
+                OpKind::CancelRecv | OpKind::CancelAll => r.handle_cancel(out),
+                OpKind::Close => r.handle_close(side),
+                OpKind::Discard => r.handle_discard(),
+                _ => return self.unexpected(token.kind, res),
+            },
+            Logic::Echo(e) => match token.kind {
+                OpKind::Send => e.handle_sent(result(res), out, stats),
+                OpKind::Shutdown => e.handle_shutdown(unit(res), out),
+                OpKind::CancelRecv | OpKind::CancelAll => e.handle_cancel(out),
+                OpKind::Close => e.handle_close(),
+                _ => return self.unexpected(token.kind, res),
+            },
+        }
+        self.after_conn(slot, now);
+    }
+
+    fn unexpected(&mut self, kind: OpKind, res: i32) {
+        // Cannot happen: an echo connection never issues connect/socket/discard.
+        self.stats.stale_completions += 1;
+        debug!(shard = self.shard, ?kind, res, "unexpected completion kind");
+    }
+
+    /// Turns the state machine's requests into ring operations, then frees the
+    /// connection if it has finished or (re)schedules its timer.
+    fn after_conn(&mut self, slot: SlotId, now: Millis) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            self.scratch.clear();
+            return;
+        };
+        let route = match self
+            .listeners
+            .get(conn.listener as usize)
+            .map(|l| l.spec.kind)
+        {
+            Some(ListenerKind::Forward { route }) => route,
+            _ => 0,
+        };
+        let tok = |kind, side| Token::new(kind, side, slot).encode();
+        for op in self.scratch.drain(..) {
+            let fds = &mut conn.fds;
+            let fd = |side: Side| fds[side.index()].unwrap_or(-1);
+            let lowered = match op {
+                ConnOp::OpenUpstream { upstream } => Op::Socket {
+                    token: tok(OpKind::Socket, Side::Upstream),
+                    route,
+                    upstream,
+                },
+                ConnOp::Connect { upstream } => Op::Connect {
+                    token: tok(OpKind::Connect, Side::Upstream),
+                    timeout_token: tok(OpKind::ConnectTimeout, Side::Upstream),
+                    fd: fd(Side::Upstream),
+                    route,
+                    upstream,
+                },
+                ConnOp::ArmRecv(side) => Op::RecvMulti {
+                    token: tok(OpKind::Recv, side),
+                    fd: fd(side),
+                },
+                ConnOp::CancelRecv(side) => Op::CancelOne {
+                    token: tok(OpKind::CancelRecv, side),
+                    target: tok(OpKind::Recv, side),
+                },
+                ConnOp::Send {
+                    side,
+                    bid,
+                    offset,
+                    len,
+                } => Op::Send {
+                    token: tok(OpKind::Send, side),
+                    fd: fd(side),
+                    bid,
+                    offset,
+                    len,
+                },
+                ConnOp::Shutdown(side) => Op::Shutdown {
+                    token: tok(OpKind::Shutdown, side),
+                    fd: fd(side),
+                },
+                ConnOp::CancelAll(side) => Op::CancelFd {
+                    token: tok(OpKind::CancelAll, side),
+                    fd: fd(side),
+                },
+                ConnOp::Close { side, linger0 } => Op::Close {
+                    token: tok(OpKind::Close, side),
+                    fd: fds[side.index()].take().unwrap_or(-1),
+                    linger0,
+                },
+                ConnOp::Discard => Op::Close {
+                    token: tok(OpKind::Discard, Side::Upstream),
+                    fd: fds[Side::Upstream.index()].take().unwrap_or(-1),
+                    linger0: false,
+                },
+                ConnOp::Release(bid) => {
+                    self.held = self.held.saturating_sub(1);
+                    Op::Release { bid }
+                }
+                ConnOp::Starved(side) => {
+                    self.starved.push_back((slot, side));
+                    continue;
+                }
+            };
+            self.ops.push(lowered);
+        }
+
+        let (finished, deadline) = match &conn.logic {
+            Logic::Relay(r) => (r.is_finished(), r.deadline()),
+            Logic::Echo(e) => (e.is_finished(), None),
+        };
+        if !finished {
+            if let Some(d) = deadline
+                && conn.timer_at.is_none_or(|t| d < t)
+            {
+                conn.timer_at = Some(d);
+                self.timers.insert(d, TimerKey::Conn { slot, deadline: d });
+            }
+            return;
+        }
+        let Some(conn) = self.conns.remove(slot) else {
+            return;
+        };
+        if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
+            l.active = l.active.saturating_sub(1);
+        }
+        self.log_close(&conn, now);
+    }
+
+    fn log_close(&mut self, conn: &Conn, now: Millis) {
+        let (reason, errno, upstream, bytes) = match &conn.logic {
+            Logic::Relay(r) => (
+                r.reason(),
+                r.last_errno(),
+                Some(r.current_upstream()),
+                r.bytes(),
+            ),
+            Logic::Echo(e) => (e.reason(), None, None, (0, 0)),
+        };
+        let reason = reason.unwrap_or(CloseReason::Error);
+        self.stats.count_close(reason);
+        let listener = self
+            .listeners
+            .get(conn.listener as usize)
+            .map(|l| l.spec.name.as_str())
+            .unwrap_or("?");
+        let upstream_addr = match (
+            self.listeners
+                .get(conn.listener as usize)
+                .map(|l| l.spec.kind),
+            upstream,
+        ) {
+            (Some(ListenerKind::Forward { route }), Some(u)) => self
+                .routes
+                .get(route as usize)
+                .and_then(|r| r.upstreams.get(u as usize))
+                .map(String::as_str)
+                .unwrap_or("?"),
+            _ => "-",
+        };
+        let error = errno.map(|e| std::io::Error::from_raw_os_error(e).to_string());
+        if reason.is_normal() || reason == CloseReason::Shutdown {
+            debug!(
+                shard = self.shard,
+                listener,
+                upstream = upstream_addr,
+                reason = reason.name(),
+                c2u = bytes.0,
+                u2c = bytes.1,
+                "connection closed"
+            );
+        } else if self.log.allow(now, self.shard) {
+            info!(
+                shard = self.shard,
+                listener,
+                upstream = upstream_addr,
+                reason = reason.name(),
+                error = error.as_deref().unwrap_or("-"),
+                c2u = bytes.0,
+                u2c = bytes.1,
+                "connection closed"
+            );
+        }
+    }
+
+    /// Moves time to `now`: connection timeouts and accept back-offs.
+    pub fn advance(&mut self, now: Millis) {
+        self.timers.advance(now, &mut self.fired);
+        let mut fired = std::mem::take(&mut self.fired);
+        for key in fired.drain(..) {
+            match key {
+                TimerKey::Conn { slot, deadline } => {
+                    let Some(conn) = self.conns.get_mut(slot) else {
+                        continue;
+                    };
+                    if conn.timer_at != Some(deadline) {
+                        continue; // superseded by an earlier entry
+                    }
+                    conn.timer_at = None;
+                    if let Logic::Relay(r) = &mut conn.logic {
+                        r.handle_timeout(now, &mut self.scratch);
+                    }
+                    self.after_conn(slot, now);
+                }
+                TimerKey::Listener(index) => {
+                    let backoff = self
+                        .listeners
+                        .get(index as usize)
+                        .is_some_and(|l| l.accept == AcceptState::Backoff);
+                    if backoff && self.mode == Mode::Running {
+                        self.arm_accept(index);
+                    }
+                }
+            }
+        }
+        self.fired = fired;
+    }
+
+    /// Re-arms starved receives while the ring has buffers. Each woken receive
+    /// has data waiting (that is why it starved), so it either consumes buffers
+    /// — producing a completion that brings us back here — or starves again.
+    pub fn wake_starved(&mut self, now: Millis) {
+        let mut free = self.buffers.saturating_sub(self.held);
+        while free > 0 {
+            let Some((slot, side)) = self.starved.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            match &mut conn.logic {
+                Logic::Relay(r) => r.handle_buffers(side, &mut self.scratch),
+                Logic::Echo(e) => e.handle_buffers(&mut self.scratch),
+            }
+            free -= 1;
+            self.after_conn(slot, now);
+        }
+    }
+}

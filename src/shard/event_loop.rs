@@ -1,0 +1,434 @@
+//! The shard thread: pin to its CPU, create its ring and buffer ring on this
+//! thread, then loop — put the engine's operations on the ring, submit and
+//! wait (bounded by the next timer), hand every completion back to the engine.
+//! Commands from the control thread arrive through an eventfd read in the ring.
+
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::engine::{Engine, EngineConfig, ListenerSpec, Mode, Op, RouteSpec};
+use super::token::{OpKind, SlotId, Token};
+use crate::ring::{Cqe, Ring, TargetId, TimeoutId};
+use crate::stats::ShardStats;
+use crate::sys::eventfd::EventFd;
+use crate::sys::socket;
+use crate::tcp::Side;
+use crate::time::Millis;
+
+/// The longest the loop sleeps without a timer due: commands wake it anyway,
+/// this only bounds how stale the clock can get.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+/// How long a stopping shard waits for the kernel to return its last operations.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// A forwarding route as the shard needs it.
+#[derive(Clone, Debug)]
+pub struct RouteSetup {
+    pub spec: RouteSpec,
+    pub upstreams: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+}
+
+/// Everything one shard is started with.
+#[derive(Debug)]
+pub struct ShardSetup {
+    pub index: usize,
+    pub cpu: usize,
+    pub ring_entries: u32,
+    pub buffer_size: u32,
+    pub buffers: u32,
+    pub cap: u32,
+    pub listeners: Vec<(ListenerSpec, OwnedFd)>,
+    pub routes: Vec<RouteSetup>,
+}
+
+/// Control thread → shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Stop accepting; let connections finish.
+    Drain,
+    /// Close every connection now and exit.
+    Stop,
+    /// Send a `Report::Snapshot` tagged with this sequence number.
+    Snapshot(u64),
+}
+
+/// Shard → control thread.
+#[derive(Debug)]
+pub enum Report {
+    Ready {
+        shard: usize,
+        setup: String,
+    },
+    Failed {
+        shard: usize,
+        error: String,
+    },
+    Snapshot {
+        shard: usize,
+        seq: u64,
+        stats: ShardStats,
+    },
+    Exited {
+        shard: usize,
+        stats: ShardStats,
+        clean: bool,
+    },
+}
+
+pub struct Control {
+    pub commands: Receiver<Command>,
+    pub doorbell: Arc<EventFd>,
+    pub reports: Sender<Report>,
+}
+
+fn control_token() -> u64 {
+    Token::new(
+        OpKind::Control,
+        Side::Client,
+        SlotId {
+            index: 0,
+            generation: 0,
+        },
+    )
+    .encode()
+}
+
+/// Runs a shard to completion on the calling thread.
+pub fn run(setup: ShardSetup, control: Control) {
+    let shard = setup.index;
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: setup.cpu }) {
+        let _ = control.reports.send(Report::Failed {
+            shard,
+            error: format!(
+                "cannot pin to CPU {} (sched_setaffinity refused); check the CPU set with `taskset -p $$`",
+                setup.cpu
+            ),
+        });
+        return;
+    }
+    let mut ring = match Ring::new(setup.ring_entries, setup.buffers, setup.buffer_size) {
+        Ok(r) => r,
+        Err(e) => {
+            let hint = match e.raw_os_error() {
+                Some(libc::ENOMEM) => {
+                    " (out of locked memory: raise RLIMIT_MEMLOCK or lower ring_entries/buffers_per_shard; see tuning.md)"
+                }
+                _ => "",
+            };
+            let _ = control.reports.send(Report::Failed {
+                shard,
+                error: format!(
+                    "creating its io_uring ({} entries) and buffer ring ({} x {} bytes) failed: {e}{hint}",
+                    setup.ring_entries, setup.buffers, setup.buffer_size
+                ),
+            });
+            return;
+        }
+    };
+    let mut targets: Vec<Vec<TargetId>> = Vec::new();
+    let mut timeouts: Vec<TimeoutId> = Vec::new();
+    let mut routes = Vec::new();
+    for r in setup.routes {
+        targets.push(r.upstreams.iter().map(|a| ring.add_target(*a)).collect());
+        timeouts.push(ring.add_timeout(r.connect_timeout));
+        routes.push(r.spec);
+    }
+    let listeners = setup
+        .listeners
+        .into_iter()
+        .map(|(mut spec, fd)| {
+            spec.fd = fd.into_raw_fd();
+            spec
+        })
+        .collect();
+    let started = Instant::now();
+    let mut engine = Engine::new(
+        EngineConfig {
+            shard,
+            buffers: setup.buffers,
+            cap: setup.cap,
+            listeners,
+            routes,
+        },
+        0,
+    );
+    let describe = format!(
+        "cpu {} ring {} (sq {}, cq {}) buffers {} x {}",
+        setup.cpu,
+        ring.mode().describe(),
+        ring.sq_entries(),
+        ring.cq_entries(),
+        setup.buffers,
+        setup.buffer_size
+    );
+    let mut lp = Loop {
+        shard,
+        ring,
+        targets,
+        timeouts,
+        control,
+        control_armed: false,
+        ops: Vec::with_capacity(1024),
+        cqes: Vec::with_capacity(1024),
+        synthetic: Vec::new(),
+        started,
+    };
+    lp.arm_control();
+    engine.start();
+    let _ = lp.control.reports.send(Report::Ready {
+        shard,
+        setup: describe,
+    });
+    let clean = lp.run(&mut engine);
+    let _ = lp.control.reports.send(Report::Exited {
+        shard,
+        stats: engine.stats(),
+        clean,
+    });
+}
+
+struct Loop {
+    shard: usize,
+    ring: Ring,
+    targets: Vec<Vec<TargetId>>,
+    timeouts: Vec<TimeoutId>,
+    control: Control,
+    control_armed: bool,
+    ops: Vec<Op>,
+    cqes: Vec<Cqe>,
+    /// Completions made up for operations that could not be issued, fed to the
+    /// engine like real ones so its accounting stays exact.
+    synthetic: Vec<Cqe>,
+    started: Instant,
+}
+
+impl Loop {
+    fn now(&self) -> Millis {
+        crate::time::millis(self.started.elapsed())
+    }
+
+    fn arm_control(&mut self) {
+        self.ring
+            .read_eventfd(self.control.doorbell.raw(), control_token());
+        self.control_armed = true;
+    }
+
+    /// Returns true on a clean exit (every operation came back).
+    fn run(&mut self, engine: &mut Engine) -> bool {
+        let mut overflow_logged = 0;
+        loop {
+            self.execute(engine);
+            if engine.is_done() {
+                return self.quiesce();
+            }
+            let now = self.now();
+            let timeout = engine
+                .next_deadline()
+                .map(|d| Duration::from_millis(d.saturating_sub(now)))
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT);
+            if let Err(e) = self
+                .ring
+                .submit_and_wait(Some(timeout), !self.synthetic.is_empty())
+            {
+                warn!(shard = self.shard, error = %e, "io_uring_enter failed; stopping the shard");
+                engine.stop(self.now());
+                self.ring.leak_buffers();
+                return false;
+            }
+            self.ring.reap(&mut self.cqes);
+            self.cqes.append(&mut self.synthetic);
+            let now = self.now();
+            let mut cqes = std::mem::take(&mut self.cqes);
+            for c in cqes.drain(..) {
+                if c.user_data == control_token() {
+                    self.control_armed = false;
+                    self.handle_commands(engine, now);
+                    continue;
+                }
+                engine.handle_cqe(c.user_data, c.res, c.flags, now);
+            }
+            self.cqes = cqes;
+            engine.advance(now);
+            engine.wake_starved(now);
+            let overflow = self.ring.cq_overflow();
+            if overflow > overflow_logged {
+                overflow_logged = overflow;
+                warn!(
+                    shard = self.shard,
+                    overflow,
+                    "completion queue overflowed (nothing lost; consider a larger runtime.ring_entries)"
+                );
+            }
+        }
+    }
+
+    fn handle_commands(&mut self, engine: &mut Engine, now: Millis) {
+        while let Ok(cmd) = self.control.commands.try_recv() {
+            match cmd {
+                Command::Drain => {
+                    debug!(shard = self.shard, "draining");
+                    engine.drain();
+                }
+                Command::Stop => {
+                    debug!(
+                        shard = self.shard,
+                        connections = engine.connections(),
+                        "stopping"
+                    );
+                    engine.stop(now);
+                }
+                Command::Snapshot(seq) => {
+                    let _ = self.control.reports.send(Report::Snapshot {
+                        shard: self.shard,
+                        seq,
+                        stats: engine.stats(),
+                    });
+                }
+            }
+        }
+        if engine.mode() == Mode::Running || !engine.is_done() {
+            self.arm_control();
+        }
+    }
+
+    /// Puts the engine's operations on the ring.
+    fn execute(&mut self, engine: &mut Engine) {
+        engine.take_ops(&mut self.ops);
+        let mut ops = std::mem::take(&mut self.ops);
+        for op in ops.drain(..) {
+            self.execute_one(op);
+        }
+        self.ops = ops;
+        self.ring.publish_buffers();
+    }
+
+    fn fail(&mut self, user_data: u64, errno: i32) {
+        self.synthetic.push(Cqe {
+            user_data,
+            res: -errno,
+            flags: 0,
+        });
+    }
+
+    fn execute_one(&mut self, op: Op) {
+        match op {
+            Op::AcceptMulti { token, fd } => self.ring.accept_multi(fd, token),
+            Op::CancelAccept { token, target } | Op::CancelOne { token, target } => {
+                self.ring.cancel(target, token)
+            }
+            Op::CloseListener { token, fd } | Op::Reject { token, fd } => {
+                self.ring.close(fd, token)
+            }
+            Op::Socket {
+                token,
+                route,
+                upstream,
+            } => match self
+                .target(route, upstream)
+                .and_then(|t| self.ring.target_family(t))
+            {
+                Some(family) => self.ring.socket(family, token),
+                None => self.fail(token, libc::EINVAL),
+            },
+            Op::Connect {
+                token,
+                timeout_token,
+                fd,
+                route,
+                upstream,
+            } => {
+                if let Err(e) = socket::set_nodelay(fd) {
+                    debug!(shard = self.shard, error = %e, "TCP_NODELAY on upstream socket failed");
+                }
+                let timeout = self.timeouts.get(route as usize).copied();
+                match (self.target(route, upstream), timeout) {
+                    (Some(t), Some(to)) => {
+                        if self.ring.connect(fd, t, to, token, timeout_token).is_err() {
+                            self.fail(token, libc::EINVAL);
+                            self.fail(timeout_token, libc::ECANCELED);
+                        }
+                    }
+                    _ => {
+                        self.fail(token, libc::EINVAL);
+                        self.fail(timeout_token, libc::ECANCELED);
+                    }
+                }
+            }
+            Op::RecvMulti { token, fd } => self.ring.recv_multi(fd, token),
+            Op::Send {
+                token,
+                fd,
+                bid,
+                offset,
+                len,
+            } => {
+                if self.ring.send(fd, bid, offset, len, token).is_err() {
+                    warn!(
+                        shard = self.shard,
+                        bid, offset, len, "send outside its buffer refused"
+                    );
+                    self.fail(token, libc::EINVAL);
+                }
+            }
+            Op::Shutdown { token, fd } => self.ring.shutdown_write(fd, token),
+            Op::CancelFd { token, fd } => self.ring.cancel_fd(fd, token),
+            Op::Close { token, fd, linger0 } => {
+                if linger0 && let Err(e) = socket::set_linger0(fd) {
+                    debug!(shard = self.shard, error = %e, "SO_LINGER before reset failed");
+                }
+                self.ring.close(fd, token);
+            }
+            Op::Release { bid } => {
+                if !self.ring.release(bid) {
+                    warn!(
+                        shard = self.shard,
+                        bid, "release of an unknown buffer id ignored"
+                    );
+                }
+            }
+        }
+    }
+
+    fn target(&self, route: u16, upstream: u16) -> Option<TargetId> {
+        self.targets
+            .get(route as usize)?
+            .get(upstream as usize)
+            .copied()
+    }
+
+    /// Takes the control read back from the kernel before the ring (and the
+    /// memory that read names) goes away.
+    fn quiesce(&mut self) -> bool {
+        if !self.control_armed {
+            return true;
+        }
+        self.ring.cancel(control_token(), u64::MAX);
+        let deadline = Instant::now() + EXIT_GRACE;
+        while Instant::now() < deadline {
+            if self
+                .ring
+                .submit_and_wait(Some(Duration::from_millis(50)), false)
+                .is_err()
+            {
+                break;
+            }
+            self.ring.reap(&mut self.cqes);
+            if self.cqes.drain(..).any(|c| c.user_data == control_token()) {
+                return true;
+            }
+        }
+        info!(
+            shard = self.shard,
+            "kernel did not return the control read in time; leaving its memory mapped"
+        );
+        self.ring.leak_buffers();
+        false
+    }
+}

@@ -1,0 +1,140 @@
+//! `user_data` encoding: every in-flight operation is named by what it is
+//! (kind, socket side) and whom it belongs to (slab index + generation), so a
+//! completion whose slot was freed and reused is recognised as stale.
+
+use crate::tcp::Side;
+
+/// What an in-flight operation is. Values are part of `user_data`; 0 is never used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OpKind {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    Socket = 4,
+    Connect = 5,
+    ConnectTimeout = 6,
+    Shutdown = 7,
+    CancelRecv = 8,
+    CancelAll = 9,
+    Close = 10,
+    /// Close of a failed upstream attempt's socket: only its completion is awaited.
+    Discard = 11,
+    /// Close of an accepted socket turned away at the connection limit (no slot).
+    Reject = 12,
+    /// Cancel of a listener's multishot accept (drain).
+    CancelAccept = 13,
+    /// Close of a listening socket (drain).
+    CloseListener = 14,
+    /// Read on the shard's control eventfd.
+    Control = 15,
+}
+
+impl OpKind {
+    fn from_u8(v: u8) -> Option<OpKind> {
+        use OpKind::*;
+        Some(match v {
+            1 => Accept,
+            2 => Recv,
+            3 => Send,
+            4 => Socket,
+            5 => Connect,
+            6 => ConnectTimeout,
+            7 => Shutdown,
+            8 => CancelRecv,
+            9 => CancelAll,
+            10 => Close,
+            11 => Discard,
+            12 => Reject,
+            13 => CancelAccept,
+            14 => CloseListener,
+            15 => Control,
+            _ => return None,
+        })
+    }
+}
+
+/// Largest slab index a token can carry (24 bits).
+pub const MAX_INDEX: u32 = (1 << 24) - 1;
+/// Generations wrap at 24 bits; a stale completion would have to outlive 16M
+/// reuses of its slot, and slots are only freed once every completion is back.
+pub const GEN_MASK: u32 = (1 << 24) - 1;
+
+/// A slab slot: index plus the generation it had when the operation was issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotId {
+    pub index: u32,
+    pub generation: u32,
+}
+
+/// The decoded `user_data` of one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub kind: OpKind,
+    pub side: Side,
+    pub slot: SlotId,
+}
+
+impl Token {
+    pub fn new(kind: OpKind, side: Side, slot: SlotId) -> Token {
+        Token { kind, side, slot }
+    }
+
+    /// Layout: bits 0-7 kind, bit 8 side, bits 16-39 index, bits 40-63 generation.
+    pub fn encode(self) -> u64 {
+        let side = match self.side {
+            Side::Client => 0u64,
+            Side::Upstream => 1u64,
+        };
+        (self.kind as u64)
+            | (side << 8)
+            | (u64::from(self.slot.index & MAX_INDEX) << 16)
+            | (u64::from(self.slot.generation & GEN_MASK) << 40)
+    }
+
+    /// `None` for values this program never issued (corruption or a kernel bug).
+    pub fn decode(user_data: u64) -> Option<Token> {
+        let kind = OpKind::from_u8((user_data & 0xff) as u8)?;
+        let side = match (user_data >> 8) & 0xff {
+            0 => Side::Client,
+            1 => Side::Upstream,
+            _ => return None,
+        };
+        if (user_data >> 9) & 0x7f != 0 {
+            return None;
+        }
+        let index = ((user_data >> 16) & u64::from(MAX_INDEX)) as u32;
+        let generation = ((user_data >> 40) & u64::from(GEN_MASK)) as u32;
+        Some(Token {
+            kind,
+            side,
+            slot: SlotId { index, generation },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_kind_side_and_extreme_slots() {
+        for k in 1..=15u8 {
+            let kind = OpKind::from_u8(k).expect("kind");
+            for side in [Side::Client, Side::Upstream] {
+                for (index, generation) in [(0, 0), (MAX_INDEX, GEN_MASK), (12345, 678)] {
+                    let t = Token::new(kind, side, SlotId { index, generation });
+                    assert_eq!(Token::decode(t.encode()), Some(t));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_values_never_issued() {
+        assert_eq!(Token::decode(0), None);
+        assert_eq!(Token::decode(200), None);
+        assert_eq!(Token::decode(1 | (3 << 8)), None);
+        assert_eq!(Token::decode(1 | (1 << 12)), None);
+    }
+}

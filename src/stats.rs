@@ -1,0 +1,196 @@
+//! Per-shard counters: plain integers owned by one shard thread, copied out as
+//! snapshots for the control thread to sum and log (HAProxy's per-thread
+//! activity counters; nothing here is shared while the shard runs).
+
+use std::fmt::Write as _;
+
+/// Why a connection ended. Every close is counted under exactly one reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent FIN first; both directions then finished.
+    ClientEof,
+    /// The upstream sent FIN first; both directions then finished.
+    UpstreamEof,
+    /// The client reset the connection; the reset was forwarded upstream.
+    ClientReset,
+    /// The upstream reset the connection; the reset was forwarded to the client.
+    UpstreamReset,
+    /// Every upstream refused the connection.
+    ConnectRefused,
+    /// The last upstream tried did not answer within connect_timeout.
+    ConnectTimeout,
+    /// Connecting failed for another reason (unreachable, out of sockets...).
+    ConnectError,
+    /// No byte moved in either direction for idle_timeout.
+    IdleTimeout,
+    /// One direction had ended and the other was silent for half_close_timeout.
+    HalfCloseTimeout,
+    /// The listener was at max_connections; closed right after accept.
+    LimitReached,
+    /// A socket error other than a reset (the peer got a reset).
+    Error,
+    /// Closed by shutdown after drain_timeout.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 12] = [
+        CloseReason::ClientEof,
+        CloseReason::UpstreamEof,
+        CloseReason::ClientReset,
+        CloseReason::UpstreamReset,
+        CloseReason::ConnectRefused,
+        CloseReason::ConnectTimeout,
+        CloseReason::ConnectError,
+        CloseReason::IdleTimeout,
+        CloseReason::HalfCloseTimeout,
+        CloseReason::LimitReached,
+        CloseReason::Error,
+        CloseReason::Shutdown,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::ClientEof => "client_eof",
+            CloseReason::UpstreamEof => "upstream_eof",
+            CloseReason::ClientReset => "client_reset",
+            CloseReason::UpstreamReset => "upstream_reset",
+            CloseReason::ConnectRefused => "connect_refused",
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::ConnectError => "connect_error",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HalfCloseTimeout => "half_close_timeout",
+            CloseReason::LimitReached => "limit",
+            CloseReason::Error => "error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Normal ends are logged at debug; everything else at info (rate-limited).
+    pub fn is_normal(self) -> bool {
+        matches!(self, CloseReason::ClientEof | CloseReason::UpstreamEof)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one shard. Cache-line aligned so that the snapshot copies of
+/// neighbouring shards never share a line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[repr(align(64))]
+pub struct ShardStats {
+    /// Connections admitted (not counting those closed at the limit).
+    pub accepted: u64,
+    /// Connections open now (a gauge; sums across shards).
+    pub active: u64,
+    pub bytes_client_to_upstream: u64,
+    pub bytes_upstream_to_client: u64,
+    pub closes: [u64; CloseReason::COUNT],
+    /// Upstream connection attempts, and how the failed ones failed.
+    pub connect_attempts: u64,
+    pub connect_refused: u64,
+    pub connect_timeouts: u64,
+    pub connect_errors: u64,
+    /// Receives that found the shard's buffer ring empty (backpressure, no data lost).
+    pub enobufs: u64,
+    /// Receives paused because a direction held `buffers_per_direction` buffers.
+    pub recv_paused: u64,
+    /// Sends the kernel accepted only in part (continued from the offset).
+    pub short_sends: u64,
+    pub accept_errors: u64,
+    /// Completions for a slot that had been freed (dropped; a bug guard).
+    pub stale_completions: u64,
+}
+
+impl ShardStats {
+    pub fn count_close(&mut self, reason: CloseReason) {
+        if let Some(c) = self.closes.get_mut(reason.index()) {
+            *c += 1;
+        }
+    }
+
+    pub fn closes_for(&self, reason: CloseReason) -> u64 {
+        self.closes.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    /// Adds `other` into `self` (gauges add too: the sum is the process total).
+    pub fn merge(&mut self, other: &ShardStats) {
+        self.accepted += other.accepted;
+        self.active += other.active;
+        self.bytes_client_to_upstream += other.bytes_client_to_upstream;
+        self.bytes_upstream_to_client += other.bytes_upstream_to_client;
+        for (a, b) in self.closes.iter_mut().zip(other.closes.iter()) {
+            *a += b;
+        }
+        self.connect_attempts += other.connect_attempts;
+        self.connect_refused += other.connect_refused;
+        self.connect_timeouts += other.connect_timeouts;
+        self.connect_errors += other.connect_errors;
+        self.enobufs += other.enobufs;
+        self.recv_paused += other.recv_paused;
+        self.short_sends += other.short_sends;
+        self.accept_errors += other.accept_errors;
+        self.stale_completions += other.stale_completions;
+    }
+
+    /// `key=value` pairs on one line, stable names (tests and log scrapers parse them).
+    pub fn to_kv(&self) -> String {
+        let mut s = String::with_capacity(512);
+        let _ = write!(
+            s,
+            "accepted={} active={} bytes_c2u={} bytes_u2c={} connect_attempts={} connect_refused={} \
+             connect_timeouts={} connect_errors={} enobufs={} recv_paused={} short_sends={} \
+             accept_errors={} stale_completions={}",
+            self.accepted,
+            self.active,
+            self.bytes_client_to_upstream,
+            self.bytes_upstream_to_client,
+            self.connect_attempts,
+            self.connect_refused,
+            self.connect_timeouts,
+            self.connect_errors,
+            self.enobufs,
+            self.recv_paused,
+            self.short_sends,
+            self.accept_errors,
+            self.stale_completions
+        );
+        for r in CloseReason::ALL {
+            let _ = write!(s, " close_{}={}", r.name(), self.closes_for(r));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sums_every_field() {
+        let mut a = ShardStats {
+            accepted: 1,
+            enobufs: 2,
+            ..Default::default()
+        };
+        a.count_close(CloseReason::IdleTimeout);
+        let mut b = a.clone();
+        b.count_close(CloseReason::Shutdown);
+        a.merge(&b);
+        assert_eq!(a.accepted, 2);
+        assert_eq!(a.enobufs, 4);
+        assert_eq!(a.closes_for(CloseReason::IdleTimeout), 2);
+        assert_eq!(a.closes_for(CloseReason::Shutdown), 1);
+    }
+
+    #[test]
+    fn kv_names_every_reason() {
+        let s = ShardStats::default().to_kv();
+        for r in CloseReason::ALL {
+            assert!(s.contains(&format!("close_{}=0", r.name())), "{s}");
+        }
+    }
+}

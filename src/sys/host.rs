@@ -1,0 +1,447 @@
+//! Startup checks of the host: is io_uring usable (and if not, whether a sysctl
+//! or a seccomp/LSM policy blocks it), does the kernel have every opcode the
+//! engine uses, is RLIMIT_MEMLOCK enough for the rings, are enough descriptors
+//! allowed, which CPUs may we run on. Each failure says what is missing and how
+//! to fix it.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use io_uring::{IoUring, opcode};
+
+/// Something about the host that stops ringfwd from starting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostError {
+    /// kernel.io_uring_disabled = 2.
+    IoUringDisabled,
+    /// kernel.io_uring_disabled = 1 and we are not in kernel.io_uring_group.
+    IoUringRestricted {
+        group: Option<i64>,
+    },
+    /// io_uring_setup refused although the sysctl allows it: seccomp or an LSM.
+    IoUringBlocked {
+        errno: i32,
+    },
+    /// ENOSYS and no sysctl: the kernel has no io_uring at all.
+    IoUringMissing,
+    /// io_uring_setup failed with ENOMEM: locked-memory limit.
+    RingMemory {
+        limit: Option<u64>,
+    },
+    IoUringOther {
+        error: String,
+    },
+    KernelTooOld {
+        release: String,
+    },
+    OpcodeMissing {
+        name: &'static str,
+        since: &'static str,
+    },
+    MemLock {
+        limit: u64,
+        needed: u64,
+        shards: usize,
+    },
+    AddrInUse {
+        what: String,
+        addr: SocketAddr,
+    },
+    PortPermission {
+        what: String,
+        addr: SocketAddr,
+    },
+    AddrNotAvailable {
+        what: String,
+        addr: SocketAddr,
+    },
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        error: String,
+    },
+    Shard {
+        shard: usize,
+        error: String,
+    },
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::IoUringDisabled => write!(
+                f,
+                "io_uring is disabled on this host (sysctl kernel.io_uring_disabled = 2). \
+                 Enable it with `sysctl -w kernel.io_uring_disabled=0` and persist it in /etc/sysctl.d/"
+            ),
+            HostError::IoUringRestricted { group } => {
+                let g = group.map_or("the group in kernel.io_uring_group".to_string(), |g| {
+                    format!("group {g} (kernel.io_uring_group)")
+                });
+                write!(
+                    f,
+                    "io_uring is restricted on this host (sysctl kernel.io_uring_disabled = 1): only \
+                     {g} or CAP_SYS_ADMIN may use it. Add the service user to that group, or set \
+                     `sysctl -w kernel.io_uring_disabled=0`"
+                )
+            }
+            HostError::IoUringBlocked { errno } => write!(
+                f,
+                "io_uring_setup was refused ({}) although sysctl kernel.io_uring_disabled allows io_uring: \
+                 a seccomp filter or LSM policy blocks it (container runtimes' default seccomp profiles \
+                 and systemd's SystemCallFilter= do). Allow io_uring_setup, io_uring_enter and \
+                 io_uring_register for ringfwd (e.g. a custom seccomp profile, or drop @io_uring from \
+                 the unit's deny list)",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            HostError::IoUringMissing => write!(
+                f,
+                "this kernel has no io_uring (io_uring_setup: ENOSYS and no kernel.io_uring_disabled \
+                 sysctl): it was built without CONFIG_IO_URING or a filter hides the syscall. ringfwd \
+                 needs Linux 6.1 or newer with io_uring"
+            ),
+            HostError::RingMemory { limit } => write!(
+                f,
+                "io_uring_setup failed with ENOMEM: the ring does not fit in the locked-memory limit \
+                 (RLIMIT_MEMLOCK = {}). Raise it (`ulimit -l`, systemd LimitMEMLOCK=) or lower \
+                 runtime.ring_entries; see tuning.md",
+                limit.map_or("unknown".to_string(), human_bytes)
+            ),
+            HostError::IoUringOther { error } => {
+                write!(
+                    f,
+                    "io_uring is not usable on this host: io_uring_setup failed: {error}"
+                )
+            }
+            HostError::KernelTooOld { release } => write!(
+                f,
+                "Linux 6.1 or newer is required (multishot accept and receive with provided buffer \
+                 rings, DEFER_TASKRUN); this host runs {release}. Upgrade the kernel"
+            ),
+            HostError::OpcodeMissing { name, since } => write!(
+                f,
+                "the kernel's io_uring lacks {name} (added in Linux {since}), which ringfwd uses. \
+                 Upgrade the kernel"
+            ),
+            HostError::MemLock {
+                limit,
+                needed,
+                shards,
+            } => write!(
+                f,
+                "RLIMIT_MEMLOCK is {} but {shards} shard(s) need about {} of locked memory for their \
+                 rings and buffer-ring entries. Raise it: `ulimit -l {}` in the shell, \
+                 LimitMEMLOCK={} in the systemd unit, or a memlock line in \
+                 /etc/security/limits.conf; or lower runtime.ring_entries / buffers_per_shard \
+                 (see tuning.md)",
+                human_bytes(*limit),
+                human_bytes(*needed),
+                needed.div_ceil(1024) * 2,
+                needed.next_power_of_two().max(1 << 20) * 2
+            ),
+            HostError::AddrInUse { what, addr } => write!(
+                f,
+                "{what}: {addr} is already in use by another socket. Find the owner with \
+                 `ss -ltnp 'sport = :{}'` and stop it, or choose another listen address",
+                addr.port()
+            ),
+            HostError::PortPermission { what, addr } => write!(
+                f,
+                "{what}: binding {addr} needs privileges (ports below 1024 need root or \
+                 CAP_NET_BIND_SERVICE: `setcap cap_net_bind_service=+ep $(command -v ringfwd)` or \
+                 AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit)"
+            ),
+            HostError::AddrNotAvailable { what, addr } => write!(
+                f,
+                "{what}: {} is not an address of this host (see `ip addr`); listen on one of its \
+                 addresses or on 0.0.0.0 / [::]",
+                addr.ip()
+            ),
+            HostError::Bind { what, addr, error } => {
+                write!(f, "{what}: cannot listen on {addr}: {error}")
+            }
+            HostError::Shard { shard, error } => {
+                write!(f, "shard {shard} failed to start: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HostError {}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (name, size) in UNITS {
+        if n >= size {
+            let whole = n / size;
+            let tenth = (n % size) * 10 / size;
+            return if tenth == 0 {
+                format!("{whole} {name}")
+            } else {
+                format!("{whole}.{tenth} {name}")
+            };
+        }
+    }
+    format!("{n} B")
+}
+
+fn read_sysctl(path: &str) -> Option<i64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Maps an io_uring_setup failure to its cause, given the sysctls' values.
+pub fn classify_setup_error(
+    errno: i32,
+    disabled: Option<i64>,
+    group: Option<i64>,
+    memlock: Option<u64>,
+) -> HostError {
+    match (errno, disabled) {
+        (libc::EPERM, Some(2)) => HostError::IoUringDisabled,
+        (libc::EPERM, Some(1)) => HostError::IoUringRestricted { group },
+        (libc::EPERM | libc::EACCES, _) => HostError::IoUringBlocked { errno },
+        (libc::ENOSYS, None) => HostError::IoUringMissing,
+        (libc::ENOSYS, Some(_)) => HostError::IoUringBlocked { errno },
+        (libc::ENOMEM, _) => HostError::RingMemory { limit: memlock },
+        _ => HostError::IoUringOther {
+            error: std::io::Error::from_raw_os_error(errno).to_string(),
+        },
+    }
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "an unknown kernel".to_string())
+}
+
+/// (major, minor) of a release string like "6.18.44-fc".
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The opcodes the engine issues, with the Linux version that added each.
+const REQUIRED_OPCODES: [(u8, &str, &str); 11] = [
+    (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT", "5.5"),
+    (opcode::RecvMulti::CODE, "IORING_OP_RECV", "5.6"),
+    (opcode::Send::CODE, "IORING_OP_SEND", "5.6"),
+    (opcode::Socket::CODE, "IORING_OP_SOCKET", "5.19"),
+    (opcode::Connect::CODE, "IORING_OP_CONNECT", "5.5"),
+    (opcode::LinkTimeout::CODE, "IORING_OP_LINK_TIMEOUT", "5.5"),
+    (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL", "5.5"),
+    (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN", "5.11"),
+    (opcode::Close::CODE, "IORING_OP_CLOSE", "5.6"),
+    (opcode::Read::CODE, "IORING_OP_READ", "5.6"),
+    (opcode::Timeout::CODE, "IORING_OP_TIMEOUT", "5.4"),
+];
+
+/// io_uring works here and knows every opcode we use.
+pub fn check_io_uring() -> Result<(), HostError> {
+    let release = kernel_release();
+    if let Some((major, minor)) = parse_release(&release)
+        && (major, minor) < (6, 1)
+    {
+        return Err(HostError::KernelTooOld { release });
+    }
+    let ring = IoUring::new(8).map_err(|e| {
+        classify_setup_error(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            read_sysctl("/proc/sys/kernel/io_uring_disabled"),
+            read_sysctl("/proc/sys/kernel/io_uring_group"),
+            memlock_limit().map(|(soft, _)| soft),
+        )
+    })?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| HostError::IoUringOther {
+            error: format!("IORING_REGISTER_PROBE failed: {e}"),
+        })?;
+    for (code, name, since) in REQUIRED_OPCODES {
+        if !probe.is_supported(code) {
+            return Err(HostError::OpcodeMissing { name, since });
+        }
+    }
+    Ok(())
+}
+
+/// (soft, hard) RLIMIT_MEMLOCK in bytes; u64::MAX for unlimited.
+pub fn memlock_limit() -> Option<(u64, u64)> {
+    get_rlimit(libc::RLIMIT_MEMLOCK)
+}
+
+fn get_rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the live local `r`.
+    let rc = unsafe { libc::getrlimit(resource, &mut r) };
+    (rc == 0).then_some((r.rlim_cur, r.rlim_max))
+}
+
+fn set_soft_rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> bool {
+    let r = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the live local `r`.
+    unsafe { libc::setrlimit(resource, &r) == 0 }
+}
+
+/// Whether CAP_IPC_LOCK is effective (locked memory is then not limited).
+pub fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// Locked memory one shard's rings need: SQ array + SQEs, CQEs, and the
+/// provided-buffer ring entries, each rounded to pages (what the kernel pins
+/// and, without CAP_IPC_LOCK, charges to RLIMIT_MEMLOCK).
+pub fn shard_locked_bytes(ring_entries: u32, buffers: u32) -> u64 {
+    const PAGE: u64 = 4096;
+    let sq = u64::from(ring_entries);
+    let cq = sq * 8;
+    let pages = |bytes: u64| bytes.div_ceil(PAGE) * PAGE;
+    pages(sq * 4 + 64 * 4)
+        + pages(sq * 64)
+        + pages(cq * 16 + 64 * 4)
+        + pages(u64::from(buffers.next_power_of_two()) * 16)
+}
+
+/// Checks (and if the hard limit allows, raises) RLIMIT_MEMLOCK for `shards`
+/// shards. Returns a note for the log when the limit was raised.
+pub fn ensure_memlock(
+    shards: usize,
+    ring_entries: u32,
+    buffers: u32,
+) -> Result<Option<String>, HostError> {
+    if has_cap_ipc_lock() {
+        return Ok(None);
+    }
+    let needed = shard_locked_bytes(ring_entries, buffers) * shards as u64;
+    let Some((soft, hard)) = memlock_limit() else {
+        return Ok(None);
+    };
+    if soft >= needed {
+        return Ok(None);
+    }
+    if hard >= needed && set_soft_rlimit(libc::RLIMIT_MEMLOCK, needed, hard) {
+        return Ok(Some(format!(
+            "raised RLIMIT_MEMLOCK soft limit from {} to {} (hard limit {})",
+            human_bytes(soft),
+            human_bytes(needed),
+            human_bytes(hard)
+        )));
+    }
+    Err(HostError::MemLock {
+        limit: soft,
+        needed,
+        shards,
+    })
+}
+
+/// Raises the descriptor limit toward `needed` (each connection uses two).
+/// Returns a warning when the hard limit is lower than `needed`.
+pub fn ensure_nofile(needed: u64) -> Option<String> {
+    let (soft, hard) = get_rlimit(libc::RLIMIT_NOFILE)?;
+    if soft >= needed {
+        return None;
+    }
+    let target = needed.min(hard);
+    let raised = target > soft && set_soft_rlimit(libc::RLIMIT_NOFILE, target, hard);
+    let now = if raised { target } else { soft };
+    (now < needed).then(|| {
+        format!(
+            "descriptor limit (RLIMIT_NOFILE) is {now} but max_connections needs up to {needed} \
+             (two per connection); connections beyond it will fail to accept or connect. Raise it \
+             with `ulimit -n {needed}` or LimitNOFILE={needed} in the systemd unit"
+        )
+    })
+}
+
+/// CPU ids this process may run on (its affinity mask), ascending.
+pub fn available_cpus() -> Vec<usize> {
+    let mut ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_errors_name_their_cause() {
+        assert_eq!(
+            classify_setup_error(libc::EPERM, Some(2), None, None),
+            HostError::IoUringDisabled
+        );
+        assert_eq!(
+            classify_setup_error(libc::EPERM, Some(1), Some(1000), None),
+            HostError::IoUringRestricted { group: Some(1000) }
+        );
+        assert_eq!(
+            classify_setup_error(libc::EPERM, Some(0), None, None),
+            HostError::IoUringBlocked { errno: libc::EPERM }
+        );
+        assert_eq!(
+            classify_setup_error(libc::ENOSYS, None, None, None),
+            HostError::IoUringMissing
+        );
+        assert_eq!(
+            classify_setup_error(libc::ENOSYS, Some(0), None, None),
+            HostError::IoUringBlocked {
+                errno: libc::ENOSYS
+            }
+        );
+        let m = classify_setup_error(libc::ENOMEM, Some(0), None, Some(65536)).to_string();
+        assert!(m.contains("RLIMIT_MEMLOCK = 64 KiB"), "{m}");
+        let d = HostError::IoUringDisabled.to_string();
+        assert!(d.contains("kernel.io_uring_disabled"), "{d}");
+        let b = HostError::IoUringBlocked { errno: libc::EPERM }.to_string();
+        assert!(b.contains("seccomp"), "{b}");
+    }
+
+    #[test]
+    fn release_parsing() {
+        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_release("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn memlock_message_has_numbers_and_fix() {
+        let e = HostError::MemLock {
+            limit: 64 << 10,
+            needed: 3 << 20,
+            shards: 2,
+        }
+        .to_string();
+        assert!(
+            e.contains("64 KiB") && e.contains("3 MiB") && e.contains("LimitMEMLOCK"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn locked_bytes_grow_with_rings() {
+        assert!(shard_locked_bytes(2048, 4096) > shard_locked_bytes(64, 8));
+        assert_eq!(shard_locked_bytes(64, 8) % 4096, 0);
+    }
+}

@@ -1,0 +1,10 @@
+//! The rest of the kernel layer (beside `ring`): sockets, startup checks of the
+//! host, signals and the control eventfd. Every `unsafe` block of the program
+//! lives here or in `ring`.
+
+pub mod eventfd;
+pub mod host;
+pub mod signals;
+pub mod socket;
+
+pub use host::HostError;

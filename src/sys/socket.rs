@@ -1,0 +1,126 @@
+//! Sockets outside the ring: the per-shard SO_REUSEPORT listeners (bound by the
+//! control thread before shards start, so a bad address fails startup with a
+//! clear message) and the two socket options the data path sets.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::HostError;
+
+/// Accept queue length asked for; the kernel caps it at net.core.somaxconn.
+const LISTEN_BACKLOG: i32 = 65535;
+
+/// What a listener is, for error messages.
+#[derive(Clone, Copy, Debug)]
+pub enum ListenKind {
+    Tcp,
+    Echo,
+}
+
+fn bind_error(kind: ListenKind, name: &str, addr: SocketAddr, e: io::Error) -> HostError {
+    let what = match kind {
+        ListenKind::Tcp => format!("tcp listener '{name}'"),
+        ListenKind::Echo => format!("echo listener '{name}'"),
+    };
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => HostError::AddrInUse { what, addr },
+        Some(libc::EACCES) => HostError::PortPermission { what, addr },
+        Some(libc::EADDRNOTAVAIL) => HostError::AddrNotAvailable { what, addr },
+        _ => HostError::Bind {
+            what,
+            addr,
+            error: e.to_string(),
+        },
+    }
+}
+
+fn new_socket(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuseport {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        // As NGINX does: [::]:80 and 0.0.0.0:80 are separate listeners.
+        s.set_only_v6(true)?;
+    }
+    // Accepted sockets inherit TCP_NODELAY: a forwarder must not add Nagle delay.
+    s.set_tcp_nodelay(true)?;
+    Ok(s)
+}
+
+/// Binds `count` SO_REUSEPORT listening sockets on `addr` (one per shard).
+/// Port 0 picks one free port for all of them. Returns the sockets and the
+/// bound address.
+pub fn bind_listeners(
+    kind: ListenKind,
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would silently join another same-user process's group on
+        // this port and split its traffic with it; a plain bind first tells us
+        // whether anyone listens here already.
+        let probe = new_socket(addr, false).map_err(|e| bind_error(kind, name, addr, e))?;
+        probe
+            .bind(&addr.into())
+            .map_err(|e| bind_error(kind, name, addr, e))?;
+    }
+    let mut bound = addr;
+    let mut fds = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = new_socket(bound, true).map_err(|e| bind_error(kind, name, bound, e))?;
+        s.bind(&bound.into())
+            .map_err(|e| bind_error(kind, name, bound, e))?;
+        s.listen(LISTEN_BACKLOG)
+            .map_err(|e| bind_error(kind, name, bound, e))?;
+        if bound.port() == 0 {
+            bound = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| bind_error(kind, name, addr, io::Error::last_os_error()))?;
+        }
+        fds.push(OwnedFd::from(s));
+    }
+    Ok((fds, bound))
+}
+
+fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live `T` and its exact size; the kernel
+    // only reads it. A bad fd yields EBADF, never memory unsafety.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// TCP_NODELAY on an upstream socket (accepted sockets inherit it from the listener).
+pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &on)
+}
+
+/// SO_LINGER {on, 0}: the next close sends a reset, which is how a reset from
+/// one peer is forwarded to the other.
+pub fn set_linger0(fd: RawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &l)
+}

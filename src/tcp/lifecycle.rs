@@ -1,0 +1,152 @@
+//! Bookkeeping every connection shares: which operations are still in the
+//! kernel, per socket and in total, so a socket is closed only once nothing
+//! names it and a connection is freed only once every completion is back.
+
+use super::{ConnOp, Side};
+
+/// Life of one socket of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockState {
+    /// No descriptor (upstream before its socket exists, or after a failed attempt).
+    Absent,
+    Open,
+    /// Close requested; waiting for its operations to come back (they were cancelled).
+    Doomed {
+        linger0: bool,
+    },
+    CloseInFlight,
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sock {
+    state: SockState,
+    /// Operations in the kernel that use this socket's descriptor.
+    ops: u32,
+    cancel_sent: bool,
+}
+
+/// In-flight accounting of one connection.
+#[derive(Debug)]
+pub struct Lifecycle {
+    socks: [Sock; 2],
+    /// Every operation whose final completion has not arrived yet.
+    inflight: u32,
+}
+
+impl Lifecycle {
+    pub fn new(client: SockState, upstream: SockState) -> Lifecycle {
+        let sock = |state| Sock {
+            state,
+            ops: 0,
+            cancel_sent: false,
+        };
+        Lifecycle {
+            socks: [sock(client), sock(upstream)],
+            inflight: 0,
+        }
+    }
+
+    pub fn state(&self, side: Side) -> SockState {
+        self.socks[side.index()].state
+    }
+
+    pub fn set_state(&mut self, side: Side, state: SockState) {
+        self.socks[side.index()].state = state;
+        if state == SockState::Open {
+            self.socks[side.index()].cancel_sent = false;
+        }
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight
+    }
+
+    pub fn sock_ops(&self, side: Side) -> u32 {
+        self.socks[side.index()].ops
+    }
+
+    /// Records the operations just emitted (`ops` is the tail the caller pushed).
+    pub fn account(&mut self, ops: &[ConnOp]) {
+        for op in ops {
+            match *op {
+                ConnOp::OpenUpstream { .. } | ConnOp::Discard | ConnOp::CancelRecv(_) => {
+                    self.inflight += 1
+                }
+                ConnOp::CancelAll(side) => {
+                    self.inflight += 1;
+                    self.socks[side.index()].cancel_sent = true;
+                }
+                ConnOp::Connect { .. } => {
+                    // The connect and its linked timeout complete separately.
+                    self.inflight += 2;
+                    self.socks[Side::Upstream.index()].ops += 1;
+                }
+                ConnOp::ArmRecv(side) | ConnOp::Shutdown(side) | ConnOp::Send { side, .. } => {
+                    self.inflight += 1;
+                    self.socks[side.index()].ops += 1;
+                }
+                ConnOp::Close { side, .. } => {
+                    self.inflight += 1;
+                    self.socks[side.index()].state = SockState::CloseInFlight;
+                }
+                ConnOp::Release(_) | ConnOp::Starved(_) => {}
+            }
+        }
+    }
+
+    /// A final completion of an operation that did not hold a socket.
+    pub fn done(&mut self) {
+        self.inflight = self.inflight.saturating_sub(1);
+    }
+
+    /// A final completion of an operation that held `side`'s socket.
+    pub fn done_on(&mut self, side: Side) {
+        self.done();
+        let s = &mut self.socks[side.index()];
+        s.ops = s.ops.saturating_sub(1);
+    }
+
+    pub fn closed(&mut self, side: Side) {
+        self.done();
+        self.socks[side.index()].state = SockState::Closed;
+    }
+
+    /// Marks an open socket for closing: cancel what is in flight on it, or
+    /// close at once when nothing is. No-op for sockets not open.
+    pub fn doom(&mut self, side: Side, linger0: bool, out: &mut Vec<ConnOp>) {
+        if self.state(side) != SockState::Open {
+            return;
+        }
+        self.socks[side.index()].state = SockState::Doomed { linger0 };
+        self.close_when_idle(out);
+    }
+
+    /// Issues the close of every doomed socket that nothing uses any more, and
+    /// the cancel of every doomed socket that something still uses.
+    pub fn close_when_idle(&mut self, out: &mut Vec<ConnOp>) {
+        for side in [Side::Client, Side::Upstream] {
+            let s = self.socks[side.index()];
+            if let SockState::Doomed { linger0 } = s.state {
+                let op = if s.ops == 0 {
+                    ConnOp::Close { side, linger0 }
+                } else if !s.cancel_sent {
+                    ConnOp::CancelAll(side)
+                } else {
+                    continue;
+                };
+                self.account(std::slice::from_ref(&op));
+                out.push(op);
+            }
+        }
+    }
+
+    /// True once both sockets are gone and no completion is outstanding.
+    pub fn finished(&self) -> bool {
+        self.inflight == 0
+            && self
+                .socks
+                .iter()
+                .all(|s| matches!(s.state, SockState::Absent | SockState::Closed))
+    }
+}

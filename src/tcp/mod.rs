@@ -1,0 +1,93 @@
+//! TCP connection state machines: what to do next given what completed.
+//! No syscalls and no clock here — completions and the time come in, operations
+//! (`ConnOp`) go out — so the shard's event loop executes them on io_uring and
+//! the simulator in `tests/` executes them against a fake kernel.
+
+pub mod echo;
+pub mod lifecycle;
+pub mod pipe;
+pub mod relay;
+
+/// Which socket of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Upstream => 1,
+        }
+    }
+}
+
+/// An operation a connection asks its shard to perform. Each one that the
+/// kernel executes produces exactly one final completion, fed back through the
+/// matching `handle_*` method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnOp {
+    /// Create the upstream socket for `upstream` (index into the listener's list).
+    OpenUpstream { upstream: u16 },
+    /// Connect the upstream socket, with connect_timeout linked to it (two completions).
+    Connect { upstream: u16 },
+    /// Multishot receive into the shard's provided buffers.
+    ArmRecv(Side),
+    /// Cancel this side's multishot receive (pause at the high watermark).
+    CancelRecv(Side),
+    /// Send `len` bytes of buffer `bid` starting at `offset`.
+    Send {
+        side: Side,
+        bid: u16,
+        offset: u32,
+        len: u32,
+    },
+    /// shutdown(SHUT_WR): forward a FIN.
+    Shutdown(Side),
+    /// Cancel every operation on this side's socket (teardown).
+    CancelAll(Side),
+    /// Close this side's socket; `linger0` sends a reset instead of a FIN.
+    Close { side: Side, linger0: bool },
+    /// Close the socket of a failed upstream attempt (one completion, no state).
+    Discard,
+    /// Give buffer `bid` back to the shard's buffer ring (no completion).
+    Release(u16),
+    /// This side's receive ran out of buffers; wake it when buffers return (no completion).
+    Starved(Side),
+}
+
+/// A decoded receive completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvEvent {
+    Data {
+        bid: u16,
+        len: u32,
+    },
+    /// The peer sent FIN.
+    Eof,
+    /// ENOBUFS: the buffer ring was empty; the multishot receive ended, no data lost.
+    NoBuffers,
+    /// ECANCELED: our own cancel took effect.
+    Cancelled,
+    /// Any other error, as a positive errno.
+    Error(i32),
+}
+
+/// Positive errno values the state machines distinguish.
+pub mod errno {
+    pub const ECANCELED: i32 = libc::ECANCELED;
+    pub const ECONNREFUSED: i32 = libc::ECONNREFUSED;
+    pub const ECONNRESET: i32 = libc::ECONNRESET;
+    pub const EPIPE: i32 = libc::EPIPE;
+    pub const ENOBUFS: i32 = libc::ENOBUFS;
+    pub const ETIME: i32 = libc::ETIME;
+}

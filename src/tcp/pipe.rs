@@ -1,0 +1,243 @@
+//! One direction of a stream: receive from `src` into provided buffers, queue
+//! them, send them to `dst` one send at a time (continuing short sends from the
+//! offset), and forward the FIN once everything before it has been sent.
+
+use std::collections::VecDeque;
+
+use super::{ConnOp, Side};
+
+/// The receive side of the pipe (the multishot receive on `src`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvState {
+    /// Not in the kernel; armed again when the queue is short enough.
+    Stopped,
+    Armed,
+    /// Paused at the high watermark; waiting for the cancel to land.
+    Cancelling,
+    /// Ended with ENOBUFS; the shard wakes it when buffers return.
+    Starved,
+    /// EOF or error: no more data from `src`.
+    Ended,
+}
+
+/// The FIN this pipe forwards to `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fin {
+    Open,
+    InFlight,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    bid: u16,
+    len: u32,
+}
+
+/// What a send completion meant for the pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Progress; `short` when the kernel took less than was offered.
+    Progress { short: bool },
+    /// The kernel claimed more bytes than were offered (a bug): end the connection.
+    Invalid,
+}
+
+#[derive(Debug)]
+pub struct Pipe {
+    src: Side,
+    dst: Side,
+    recv: RecvState,
+    queue: VecDeque<Chunk>,
+    /// Bytes of the head chunk already sent.
+    head_sent: u32,
+    /// Bytes offered by the send in flight, if any.
+    sending: Option<u32>,
+    fin: Fin,
+    /// Teardown: no more sends; buffers go back as soon as the kernel lets go.
+    discarding: bool,
+    /// High watermark in buffers; receiving resumes at half of it.
+    cap: u32,
+    /// Bytes delivered to `dst`.
+    pub bytes: u64,
+}
+
+impl Pipe {
+    pub fn new(src: Side, dst: Side, cap: u32) -> Pipe {
+        Pipe {
+            src,
+            dst,
+            recv: RecvState::Stopped,
+            queue: VecDeque::new(),
+            head_sent: 0,
+            sending: None,
+            fin: Fin::Open,
+            discarding: false,
+            cap: cap.max(1),
+            bytes: 0,
+        }
+    }
+
+    pub fn recv_state(&self) -> RecvState {
+        self.recv
+    }
+
+    pub fn fin(&self) -> Fin {
+        self.fin
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn src_ended(&self) -> bool {
+        self.recv == RecvState::Ended
+    }
+
+    fn resume_mark(&self) -> usize {
+        (self.cap / 2) as usize
+    }
+
+    /// Arms the receive if it is stopped and the queue is below the resume mark.
+    pub fn arm_if_allowed(&mut self, out: &mut Vec<ConnOp>) {
+        if self.recv == RecvState::Stopped
+            && !self.discarding
+            && self.queue.len() <= self.resume_mark()
+        {
+            self.recv = RecvState::Armed;
+            out.push(ConnOp::ArmRecv(self.src));
+        }
+    }
+
+    /// Data arrived in buffer `bid`. Returns true when the receive was paused.
+    pub fn on_data(&mut self, bid: u16, len: u32, more: bool, out: &mut Vec<ConnOp>) -> bool {
+        if self.discarding || len == 0 {
+            out.push(ConnOp::Release(bid));
+        } else {
+            self.queue.push_back(Chunk { bid, len });
+            self.send_next(out);
+        }
+        if !more {
+            if self.recv != RecvState::Ended {
+                self.recv = RecvState::Stopped;
+            }
+            self.arm_if_allowed(out);
+            return false;
+        }
+        if self.recv == RecvState::Armed && self.queue.len() >= self.cap as usize {
+            self.recv = RecvState::Cancelling;
+            out.push(ConnOp::CancelRecv(self.src));
+            return true;
+        }
+        false
+    }
+
+    /// The receive ended without data (a final completion), now `state`.
+    pub fn on_recv_end(&mut self, state: RecvState, out: &mut Vec<ConnOp>) {
+        self.recv = state;
+        match state {
+            RecvState::Stopped => self.arm_if_allowed(out),
+            RecvState::Starved => out.push(ConnOp::Starved(self.src)),
+            RecvState::Ended => self.forward_fin_if_drained(out),
+            RecvState::Armed | RecvState::Cancelling => {}
+        }
+    }
+
+    /// Buffers came back to the ring: a starved receive may try again.
+    pub fn on_buffers(&mut self, out: &mut Vec<ConnOp>) {
+        if self.recv == RecvState::Starved {
+            self.recv = RecvState::Stopped;
+            self.arm_if_allowed(out);
+        }
+    }
+
+    /// The send in flight completed with `n` bytes written.
+    pub fn on_sent(&mut self, n: u32, out: &mut Vec<ConnOp>) -> Sent {
+        let offered = self.sending.take().unwrap_or(0);
+        if n > offered {
+            return Sent::Invalid;
+        }
+        self.bytes += u64::from(n);
+        self.head_sent += n;
+        if let Some(head) = self.queue.front().copied()
+            && self.head_sent >= head.len
+        {
+            self.queue.pop_front();
+            self.head_sent = 0;
+            out.push(ConnOp::Release(head.bid));
+            if self.recv == RecvState::Starved {
+                // This buffer went back to the ring: retry the starved receive
+                // now rather than waiting for the shard-wide wake-up.
+                self.on_buffers(out);
+            }
+        }
+        if self.discarding {
+            self.release_unsent(out);
+            return Sent::Progress { short: n < offered };
+        }
+        self.send_next(out);
+        self.arm_if_allowed(out);
+        Sent::Progress { short: n < offered }
+    }
+
+    /// The send in flight failed or was cancelled; nothing more will be sent.
+    pub fn on_send_failed(&mut self, out: &mut Vec<ConnOp>) {
+        self.sending = None;
+        self.discarding = true;
+        self.release_unsent(out);
+    }
+
+    pub fn on_fin_sent(&mut self) {
+        self.fin = Fin::Done;
+    }
+
+    /// Teardown: release every buffer the kernel is not reading from.
+    pub fn release_unsent(&mut self, out: &mut Vec<ConnOp>) {
+        self.discarding = true;
+        let keep = usize::from(self.sending.is_some());
+        while self.queue.len() > keep {
+            if let Some(c) = self.queue.pop_back() {
+                out.push(ConnOp::Release(c.bid));
+            }
+        }
+        if self.sending.is_none() {
+            self.head_sent = 0;
+        }
+    }
+
+    fn send_next(&mut self, out: &mut Vec<ConnOp>) {
+        if self.sending.is_some() || self.discarding {
+            return;
+        }
+        match self.queue.front() {
+            Some(head) => {
+                let len = head.len - self.head_sent;
+                self.sending = Some(len);
+                out.push(ConnOp::Send {
+                    side: self.dst,
+                    bid: head.bid,
+                    offset: self.head_sent,
+                    len,
+                });
+            }
+            None => self.forward_fin_if_drained(out),
+        }
+    }
+
+    fn forward_fin_if_drained(&mut self, out: &mut Vec<ConnOp>) {
+        if self.recv == RecvState::Ended
+            && self.fin == Fin::Open
+            && self.queue.is_empty()
+            && self.sending.is_none()
+            && !self.discarding
+        {
+            self.fin = Fin::InFlight;
+            out.push(ConnOp::Shutdown(self.dst));
+        }
+    }
+
+    /// True when no buffer of this pipe is held (for the end-of-life check).
+    pub fn holds_no_buffers(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
