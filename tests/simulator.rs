@@ -467,6 +467,9 @@ impl Sim {
             }
             Op::Shutdown { token, fd } => {
                 self.sock(fd, "shutdown").ops.push(token);
+                // shutdown(2) takes effect when issued (io-wq runs it at once):
+                // the FIN is on the wire before any later cancel could stop it.
+                self.fin_reaches_peer(fd);
                 self.pending.push(Pending {
                     user_data: token,
                     fd: Some(fd),
@@ -544,7 +547,7 @@ impl Sim {
         for p in &mut self.pending {
             if pred(p.user_data) {
                 match p.action {
-                    Action::Send { .. } | Action::Connect { .. } | Action::Shutdown => {
+                    Action::Send { .. } | Action::Connect { .. } => {
                         p.action = Action::Fixed(-libc::ECANCELED);
                         n += 1;
                     }
@@ -642,23 +645,9 @@ impl Sim {
                     let s = &self.socks[&fd];
                     (s.conn, s.role)
                 };
-                let other_total = {
-                    let c = &self.conns[conn];
-                    match role {
-                        Role::Client => c.upstream.total,
-                        Role::Upstream => c.client.total,
-                    }
-                };
-                let seed = self.seed;
-                let peer = self.peer_mut(conn, role);
-                let res = if peer.reset {
+                let res = if self.peer_mut(conn, role).reset {
                     -libc::ENOTCONN
                 } else {
-                    assert_eq!(
-                        peer.received, other_total,
-                        "seed {seed}: FIN forwarded to {role:?} of conn {conn} before all data"
-                    );
-                    peer.got_fin = true;
                     0
                 };
                 self.release_fd_op(p.fd, ud);
@@ -675,6 +664,30 @@ impl Sim {
                 }
                 self.deliver(ud, 0, 0);
             }
+        }
+    }
+
+    /// The FIN of a shutdown on `fd` arrives at its peer: only after all data.
+    fn fin_reaches_peer(&mut self, fd: i32) {
+        let (conn, role) = {
+            let s = &self.socks[&fd];
+            (s.conn, s.role)
+        };
+        let other_total = {
+            let c = &self.conns[conn];
+            match role {
+                Role::Client => c.upstream.total,
+                Role::Upstream => c.client.total,
+            }
+        };
+        let seed = self.seed;
+        let peer = self.peer_mut(conn, role);
+        if !peer.reset {
+            assert_eq!(
+                peer.received, other_total,
+                "seed {seed}: FIN forwarded to {role:?} of conn {conn} before all data"
+            );
+            peer.got_fin = true;
         }
     }
 

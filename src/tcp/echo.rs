@@ -90,13 +90,14 @@ impl Echo {
                 self.emit(out, |p, out| p.on_recv_end(state, out));
             }
             RecvEvent::Error(e) => {
-                self.emit(out, |p, out| p.on_recv_end(RecvState::Ended, out));
                 let reason = if e == libc::ECONNRESET {
                     CloseReason::ClientReset
                 } else {
                     CloseReason::Error
                 };
+                // Close first so the broken stream is not answered with a FIN.
                 self.begin_close(reason, out);
+                self.emit(out, |p, out| p.on_recv_end(RecvState::Ended, out));
             }
         }
         self.after(out);

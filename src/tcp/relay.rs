@@ -283,14 +283,16 @@ impl Relay {
                 self.emit(out, |r, out| r.pipes[side.index()].on_recv_end(state, out));
             }
             RecvEvent::Error(e) => {
-                self.emit(out, |r, out| {
-                    r.pipes[side.index()].on_recv_end(RecvState::Ended, out)
-                });
+                // Close first: a broken stream must not be ended with a FIN
+                // (which the pipe would forward for a plain end of input).
                 if !closing {
                     self.last_errno = Some(e);
                     let reason = reset_reason(side, e);
                     self.begin_close(reason, Ending::Reset { side }, out);
                 }
+                self.emit(out, |r, out| {
+                    r.pipes[side.index()].on_recv_end(RecvState::Ended, out)
+                });
             }
         }
         self.after(out);

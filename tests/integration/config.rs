@@ -1,0 +1,118 @@
+//! `ringfwd check` and bad input on the command line: every rejection names
+//! the key and the bad value, with exit code 2; a good config prints the plan.
+
+use crate::harness::{run_to_end, write_config};
+
+fn check(config: &str) -> (Option<i32>, String, String) {
+    let p = write_config(config);
+    run_to_end(&["check", "--config", p.to_str().expect("path")])
+}
+
+#[test]
+fn check_prints_the_resolved_plan_with_defaults() {
+    let (code, out, err) = check(
+        r#"
+[runtime]
+shards = 1
+[[tcp]]
+name = "web"
+listen = "127.0.0.1:8080"
+upstreams = ["10.0.0.5:80", "[2001:db8::6]:80"]
+"#,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    for want in [
+        "web",
+        "127.0.0.1:8080",
+        "10.0.0.5:80",
+        "[2001:db8::6]:80",
+        "connect_timeout",
+        "5s",
+        "10m",
+        "1m",
+        "10000",
+    ] {
+        assert!(out.contains(want), "plan lacks {want}:\n{out}");
+    }
+}
+
+#[test]
+fn bad_configs_are_rejected_naming_the_key() {
+    let base = "[[tcp]]\nlisten = \"127.0.0.1:8080\"\nupstreams = [\"127.0.0.1:9000\"]\n";
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{base}bogus = 1\n"), "bogus"),
+        (format!("[runtime]\nshardz = 2\n{base}"), "shardz"),
+        (
+            format!("[runtime]\nbuffer_size = \"0KiB\"\n{base}"),
+            "buffer_size",
+        ),
+        (
+            format!("[runtime]\nbuffer_size = \"64GiB\"\n{base}"),
+            "buffer_size",
+        ),
+        (
+            format!("[runtime]\nbuffers_per_shard = 0\n{base}"),
+            "buffers_per_shard",
+        ),
+        (
+            format!("{base}connect_timeout = \"5 parsecs\"\n"),
+            "connect_timeout",
+        ),
+        (format!("{base}idle_timeout = 10\n"), "idle_timeout"),
+        (
+            "[[tcp]]\nlisten = \"127.0.0.1:8080\"\nupstreams = []\n".into(),
+            "upstreams",
+        ),
+        (
+            "[[tcp]]\nlisten = \"localhost:8080\"\nupstreams = [\"127.0.0.1:1\"]\n".into(),
+            "listen",
+        ),
+        (
+            "[[tcp]]\nlisten = \"127.0.0.1:8080\"\nupstreams = [\"10.0.0.1\"]\n".into(),
+            "upstreams[0]",
+        ),
+        (
+            "[[tcp]]\nlisten = \"127.0.0.1:99999\"\nupstreams = [\"10.0.0.1:1\"]\n".into(),
+            "listen",
+        ),
+        ("[[tcp]]\nupstreams = [\"10.0.0.1:1\"]\n".into(), "listen"),
+        (format!("{base}max_connections = 0\n"), "max_connections"),
+        ("this is not toml".into(), "line"),
+    ];
+    for (text, key) in cases {
+        let (code, _, err) = check(&text);
+        assert_eq!(code, Some(2), "config accepted:\n{text}\nstderr: {err}");
+        assert!(
+            err.contains(key),
+            "error for\n{text}\ndoes not name {key:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn bad_flags_are_rejected_naming_the_flag() {
+    for (args, key) in [
+        (vec!["run", "--tcp", "127.0.0.1:8080"], "--tcp"),
+        (vec!["run", "--tcp", "127.0.0.1:8080=nowhere"], "--tcp"),
+        (
+            vec![
+                "run",
+                "--tcp",
+                "127.0.0.1:8080=127.0.0.1:1",
+                "--shards",
+                "0",
+            ],
+            "shards",
+        ),
+        (vec!["run"], "nothing to listen on"),
+        (
+            vec!["run", "--config", "/nonexistent/ringfwd.toml"],
+            "/nonexistent/ringfwd.toml",
+        ),
+    ] {
+        let (code, _, err) = run_to_end(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(key), "{args:?}: {err}");
+    }
+}

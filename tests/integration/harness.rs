@@ -1,0 +1,287 @@
+//! Helpers that run the real `ringfwd` binary: start it with a config, learn
+//! the ports it bound from its `listening ...` lines, read its counters from
+//! its `stats ...` log lines, send it signals, and always kill it (by the PID
+//! we started) when the test ends.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringfwd");
+
+/// Polls `cond` every 10ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A fresh file under the temp dir for this test process.
+pub fn temp_path(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("ringfwd-test-{}-{n}-{name}", std::process::id()))
+}
+
+pub fn write_config(text: &str) -> PathBuf {
+    let p = temp_path("config.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+/// A running ringfwd process.
+pub struct Proc {
+    child: Child,
+    pub listening: Vec<(String, String, SocketAddr)>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Starts `ringfwd args...` and waits until it printed `listeners` listening lines.
+    pub fn start(args: &[&str], listeners: usize) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringfwd");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let err_lines = stderr.clone();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if std::env::var_os("RINGFWD_TEST_ECHO_LOG").is_some() {
+                    eprintln!("[ringfwd] {line}");
+                }
+                err_lines.lock().expect("lock").push(line);
+            }
+        });
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut listening = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while listening.len() < listeners {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    if f.first() == Some(&"listening") && f.len() >= 4 {
+                        let addr = f[3].parse().expect("listening address");
+                        listening.push((f[1].to_string(), f[2].to_string(), addr));
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = stderr.lock().expect("lock").join("\n");
+                    panic!("ringfwd {args:?} did not start listening:\n{log}");
+                }
+            }
+        }
+        Proc {
+            child,
+            listening,
+            stderr,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(_, n, _)| n == name)
+            .map(|(_, _, a)| *a)
+            .unwrap_or_else(|| panic!("no listener {name} in {:?}", self.listening))
+    }
+
+    pub fn first_addr(&self) -> SocketAddr {
+        self.listening.first().expect("a listener").2
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
+    }
+
+    /// Counters from the latest `stats` (or `final stats`) log line.
+    pub fn stats(&self) -> HashMap<String, u64> {
+        let lines = self.stderr.lock().expect("lock");
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.contains(" stats accepted="))
+            .map(|l| parse_kv(l))
+            .unwrap_or_default()
+    }
+
+    pub fn stat(&self, key: &str) -> u64 {
+        self.stats().get(key).copied().unwrap_or(0)
+    }
+
+    /// Waits until counter `key` satisfies `pred` (needs a short stats_interval).
+    pub fn wait_stat(&self, key: &str, timeout: Duration, pred: impl Fn(u64) -> bool) -> u64 {
+        let ok = wait_until(timeout, || self.stats().get(key).is_some_and(|v| pred(*v)));
+        let v = self.stat(key);
+        assert!(
+            ok,
+            "counter {key} = {v} did not reach the expected value; log:\n{}",
+            self.log()
+        );
+        v
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // The test owns this child; signal it by the PID it started.
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_some() {
+            return self.status;
+        }
+        let child = &mut self.child;
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        self.status = status;
+        status
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn parse_kv(line: &str) -> HashMap<String, u64> {
+    line.split_whitespace()
+        .filter_map(|t| {
+            let (k, v) = t.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs ringfwd to completion (for `check` and failing starts).
+pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = String::new();
+    let mut err = String::new();
+    let mut o = child.stdout.take().expect("stdout");
+    let mut e = child.stderr.take().expect("stderr");
+    let t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = e.read_to_string(&mut s);
+        s
+    });
+    let _ = o.read_to_string(&mut out);
+    err.push_str(&t.join().unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return (status.code(), out, err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ringfwd {args:?} did not exit; stderr: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An echo upstream on the shard runtime (`ringfwd echo`), on a kernel-chosen port.
+pub fn echo_upstream(shards: usize) -> Proc {
+    let shards = shards.to_string();
+    Proc::start(&["echo", "--tcp", "127.0.0.1:0", "--shards", &shards], 1)
+}
+
+/// Sends `payload`, half-closes, and returns everything read until EOF.
+pub fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(payload)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut back = Vec::new();
+    s.read_to_end(&mut back)?;
+    Ok(back)
+}
+
+/// An address on 127.0.0.1 where nothing listens, so connects are refused.
+/// The socket stays bound (not listening) while the guard lives, so no one
+/// else can take the port.
+pub fn dead_port() -> (socket2::Socket, SocketAddr) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    s.bind(&any.into()).expect("bind");
+    let a = s.local_addr().expect("addr").as_socket().expect("inet");
+    (s, a)
+}
+
+/// An address whose SYNs are never answered, so connects time out: a listener
+/// with backlog 0 whose one queue slot is taken and which never accepts.
+/// Linux drops SYNs to a listener whose accept queue is full (no RST), which is
+/// exactly what a black-holed host looks like to the connecting side.
+pub fn blackhole() -> (socket2::Socket, TcpStream, SocketAddr) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    s.bind(&any.into()).expect("bind");
+    s.listen(0).expect("listen");
+    let a = s.local_addr().expect("addr").as_socket().expect("inet");
+    let filler = TcpStream::connect(a).expect("fill the accept queue");
+    // The filler is established; a second connect must now hang.
+    (s, filler, a)
+}

@@ -1,0 +1,9 @@
+//! Integration tests: they run the real `ringfwd` binary (forwarder and echo
+//! upstream) on loopback and check what a client and an upstream observe, and
+//! what the process reports.
+
+mod config;
+mod harness;
+mod lifecycle;
+mod limits;
+mod relay;
