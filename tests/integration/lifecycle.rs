@@ -128,7 +128,11 @@ fn sigterm_stops_accepting_lets_open_connections_finish_and_exits_zero() {
         .expect("exits once the connection is done");
     assert_eq!(status.code(), Some(0), "log:\n{}", fwd.log());
     assert!(fwd.log().contains("final stats"), "final stats are logged");
-    assert_eq!(fwd.stat("close_client_eof"), 1);
+    // The probes above may have got in before the listeners closed; every
+    // connection, probe or not, ended normally.
+    let s = fwd.stats();
+    assert!(s["accepted"] >= 1);
+    assert_eq!(s["close_client_eof"], s["accepted"], "{s:?}");
 }
 
 #[test]
