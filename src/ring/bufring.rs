@@ -195,6 +195,14 @@ impl BufRing {
         self.published = self.tail;
     }
 
+    /// The whole arena as one iovec (for fixed-buffer registration).
+    pub(super) fn arena_iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.arena.ptr.as_ptr().cast(),
+            iov_len: self.arena.len,
+        }
+    }
+
     pub(super) fn leak(&mut self) {
         self.entries.leaked = true;
         self.arena.leaked = true;

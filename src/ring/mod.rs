@@ -53,6 +53,19 @@ impl SetupMode {
     }
 }
 
+/// How a send puts bytes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendKind {
+    /// IORING_OP_SEND: the kernel copies the bytes (what the relay uses).
+    Copy,
+    /// IORING_OP_SEND_ZC: completes twice, the result (IORING_CQE_F_MORE) and
+    /// later a notification (IORING_CQE_F_NOTIF); the buffer may be reused only
+    /// after the notification.
+    ZeroCopy,
+    /// SEND_ZC from the arena registered by `Ring::register_arena`.
+    ZeroCopyFixed,
+}
+
 /// Index of an upstream address registered with `Ring::add_target`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TargetId(usize);
@@ -195,6 +208,7 @@ impl Ring {
     /// queued) if that range is not inside the buffer.
     pub fn send(
         &mut self,
+        kind: SendKind,
         fd: RawFd,
         bid: u16,
         offset: u32,
@@ -205,12 +219,27 @@ impl Ring {
             .bufs
             .slice_ptr(bid, offset, len)
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let e = opcode::Send::new(types::Fd(fd), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data);
-        self.push((e, None));
+        let fd = types::Fd(fd);
+        let e = match kind {
+            SendKind::Copy => opcode::Send::new(fd, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            SendKind::ZeroCopy | SendKind::ZeroCopyFixed => opcode::SendZc::new(fd, ptr, len)
+                .buf_index((kind == SendKind::ZeroCopyFixed).then_some(0))
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+        };
+        self.push((e.user_data(user_data), None));
         Ok(())
+    }
+
+    /// Registers the whole buffer arena as fixed buffer 0 (IORING_REGISTER_BUFFERS),
+    /// for `SendKind::ZeroCopyFixed`. Charged to RLIMIT_MEMLOCK without CAP_IPC_LOCK.
+    pub fn register_arena(&mut self) -> io::Result<()> {
+        let iov = self.bufs.arena_iovec();
+        // SAFETY: the iovec covers the arena, which lives as long as this Ring
+        // and is unmapped only after the io_uring (and its registration) is gone.
+        unsafe { self.uring.submitter().register_buffers(&[iov]) }
     }
 
     pub fn shutdown_write(&mut self, fd: RawFd, user_data: u64) {

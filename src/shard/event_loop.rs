@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::engine::{Engine, EngineConfig, ListenerSpec, Mode, Op, RouteSpec};
 use super::token::{OpKind, SlotId, Token};
-use crate::ring::{Cqe, Ring, TargetId, TimeoutId};
+use crate::ring::{Cqe, Ring, SendKind, TargetId, TimeoutId};
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
 use crate::sys::socket;
@@ -99,6 +99,23 @@ fn control_token() -> u64 {
     .encode()
 }
 
+/// How long ring creation retries ENOMEM: the kernel releases the locked
+/// memory of a torn-down ring asynchronously, so a restart right after a stop
+/// (same user) can briefly find the limit still taken.
+const ENOMEM_RETRY: Duration = Duration::from_secs(1);
+
+fn new_ring(setup: &ShardSetup) -> std::io::Result<Ring> {
+    let deadline = Instant::now() + ENOMEM_RETRY;
+    loop {
+        match Ring::new(setup.ring_entries, setup.buffers, setup.buffer_size) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs a shard to completion on the calling thread.
 pub fn run(setup: ShardSetup, control: Control) {
     let shard = setup.index;
@@ -112,12 +129,12 @@ pub fn run(setup: ShardSetup, control: Control) {
         });
         return;
     }
-    let mut ring = match Ring::new(setup.ring_entries, setup.buffers, setup.buffer_size) {
+    let mut ring = match new_ring(&setup) {
         Ok(r) => r,
         Err(e) => {
             let hint = match e.raw_os_error() {
                 Some(libc::ENOMEM) => {
-                    " (out of locked memory: raise RLIMIT_MEMLOCK or lower ring_entries/buffers_per_shard; see tuning.md)"
+                    " (out of locked memory: RLIMIT_MEMLOCK is charged per user, so other io_uring programs of this user count too; raise it or lower ring_entries/buffers_per_shard, see tuning.md)"
                 }
                 _ => "",
             };
@@ -369,7 +386,11 @@ impl Loop {
                 offset,
                 len,
             } => {
-                if self.ring.send(fd, bid, offset, len, token).is_err() {
+                if self
+                    .ring
+                    .send(SendKind::Copy, fd, bid, offset, len, token)
+                    .is_err()
+                {
                     warn!(
                         shard = self.shard,
                         bid, offset, len, "send outside its buffer refused"

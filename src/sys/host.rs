@@ -130,7 +130,8 @@ impl fmt::Display for HostError {
             } => write!(
                 f,
                 "RLIMIT_MEMLOCK is {} but {shards} shard(s) need about {} of locked memory for their \
-                 rings and buffer-ring entries. Raise it: `ulimit -l {}` in the shell, \
+                 rings and buffer-ring entries (the limit is per user: other io_uring programs of \
+                 the same user share it). Raise it: `ulimit -l {}` in the shell, \
                  LimitMEMLOCK={} in the systemd unit, or a memlock line in \
                  /etc/security/limits.conf; or lower runtime.ring_entries / buffers_per_shard \
                  (see tuning.md)",
@@ -239,6 +240,23 @@ const REQUIRED_OPCODES: [(u8, &str, &str); 11] = [
     (opcode::Timeout::CODE, "IORING_OP_TIMEOUT", "5.4"),
 ];
 
+/// A tiny ring for probing; ENOMEM is retried briefly because the locked
+/// memory of a ring torn down just before (a restart) is released asynchronously.
+fn probe_ring() -> std::io::Result<IoUring> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match IoUring::new(8) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOMEM)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// io_uring works here and knows every opcode we use.
 pub fn check_io_uring() -> Result<(), HostError> {
     let release = kernel_release();
@@ -247,7 +265,7 @@ pub fn check_io_uring() -> Result<(), HostError> {
     {
         return Err(HostError::KernelTooOld { release });
     }
-    let ring = IoUring::new(8).map_err(|e| {
+    let ring = probe_ring().map_err(|e| {
         classify_setup_error(
             e.raw_os_error().unwrap_or(libc::EIO),
             read_sysctl("/proc/sys/kernel/io_uring_disabled"),

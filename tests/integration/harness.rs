@@ -285,3 +285,14 @@ pub fn blackhole() -> (socket2::Socket, TcpStream, SocketAddr) {
     // The filler is established; a second connect must now hang.
     (s, filler, a)
 }
+
+/// A forwarder with one listener "t" on a kernel-chosen port to `upstreams`;
+/// `listener` adds keys to [[tcp]], `runtime` to [runtime] (stats every 100ms).
+pub fn forwarder(upstreams: &[SocketAddr], listener: &str, runtime: &str) -> Proc {
+    let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    let cfg = write_config(&format!(
+        "[runtime]\nstats_interval = \"100ms\"\n{runtime}\n[[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nupstreams = [{}]\n{listener}\n",
+        ups.join(", ")
+    ));
+    Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1)
+}

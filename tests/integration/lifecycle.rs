@@ -8,18 +8,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{Proc, echo_upstream, run_to_end, wait_until, write_config};
 
 fn forwarder(upstream: std::net::SocketAddr, runtime: &str) -> Proc {
-    let cfg = write_config(&format!(
-        r#"
-[runtime]
-stats_interval = "100ms"
-{runtime}
-[[tcp]]
-name = "t"
-listen = "127.0.0.1:0"
-upstreams = ["{upstream}"]
-"#
-    ));
-    Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1)
+    crate::harness::forwarder(&[upstream], "", runtime)
 }
 
 fn echo_once(c: &mut TcpStream, msg: &[u8]) {
@@ -218,4 +207,30 @@ fn the_demo_runs_and_verifies_its_load() {
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("every byte verified"), "{out}");
     assert!(out.contains("ringfwd") && out.contains("direct"), "{out}");
+}
+
+#[test]
+fn a_memlock_limit_too_low_for_the_rings_is_named_with_numbers() {
+    // As an unprivileged user (root has CAP_IPC_LOCK and is never limited).
+    let out = std::process::Command::new("prlimit")
+        .args([
+            "--memlock=65536:65536",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+        ])
+        .args(["--clear-groups", "--inh-caps=-all", crate::harness::BIN])
+        .args(["run", "--tcp", "127.0.0.1:0=127.0.0.1:9", "--shards", "1"])
+        .output()
+        .expect("prlimit and setpriv (util-linux) are needed for this test");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("RLIMIT_MEMLOCK is 64 KiB"),
+        "names the limit: {err}"
+    );
+    assert!(
+        err.contains("need about") && err.contains("LimitMEMLOCK"),
+        "names the need and the fix: {err}"
+    );
 }

@@ -3,30 +3,10 @@
 //! max_connections.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{
-    Proc, blackhole, dead_port, echo_upstream, round_trip, wait_until, write_config,
-};
-
-fn forwarder(upstreams: &[SocketAddr], extra: &str, runtime: &str) -> Proc {
-    let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
-    let cfg = write_config(&format!(
-        r#"
-[runtime]
-stats_interval = "100ms"
-{runtime}
-[[tcp]]
-name = "t"
-listen = "127.0.0.1:0"
-upstreams = [{}]
-{extra}
-"#,
-        ups.join(", ")
-    ));
-    Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1)
-}
+use crate::harness::{blackhole, dead_port, echo_upstream, forwarder, round_trip, wait_until};
 
 /// Reads until EOF or error; returns how the stream ended and after how long.
 fn wait_closed(s: &mut TcpStream, timeout: Duration) -> (Result<usize, ErrorKind>, Duration) {

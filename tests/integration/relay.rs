@@ -169,19 +169,7 @@ upstreams = ["ECHO"]
 }
 
 fn forwarder_to(upstream: SocketAddr, extra: &str) -> Proc {
-    let cfg = write_config(&format!(
-        r#"
-[runtime]
-shards = 2
-stats_interval = "100ms"
-[[tcp]]
-name = "t"
-listen = "127.0.0.1:0"
-upstreams = ["{upstream}"]
-{extra}
-"#
-    ));
-    Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1)
+    crate::harness::forwarder(&[upstream], extra, "shards = 2")
 }
 
 #[test]
