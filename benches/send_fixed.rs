@@ -242,7 +242,7 @@ fn main() {
         "# Setup\n\n- command: `cargo bench --bench send_fixed`\n- CPU: {}\n- cores: {}\n- kernel: {}\n- pinning: sender ring thread on CPU 0, receiver (blocking read, 256 KiB) on CPU 1\n\
          - transfer: {} GiB per run over loopback TCP, one send in flight, {} buffers rotating, {} interleaved repetitions\n",
         sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
-        sh("nproc"),
+        sh("nproc --all"),
         sh("uname -r"),
         TOTAL >> 30,
         BUFFERS,
