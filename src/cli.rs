@@ -3,15 +3,15 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ringfwd",
     version,
-    about = "Thread-per-core io_uring TCP forwarder",
-    long_about = "ringfwd forwards TCP streams on io_uring: one pinned shard per CPU, each with its \
-own ring, SO_REUSEPORT listeners and provided buffers.\n\nExit codes: 0 ok, 1 failure after start \
+    about = "Thread-per-core io_uring TCP and UDP forwarder",
+    long_about = "ringfwd forwards TCP streams and UDP datagrams on io_uring: one pinned shard per \
+CPU, each with its own ring, SO_REUSEPORT listeners, provided buffers and UDP session maps.\n\nExit codes: 0 ok, 1 failure after start \
 (or forced exit), 2 invalid configuration or usage, 3 host not ready (io_uring, limits, CPUs, \
 address in use)."
 )]
@@ -26,11 +26,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Forward TCP connections (listeners from --config and/or --tcp).
+    /// Forward TCP connections and UDP datagrams (listeners from --config, --tcp and --udp).
     Run(PlanArgs),
     /// Validate the configuration and the host, print the resolved plan; exit 0, or 2 with the reason.
     Check(PlanArgs),
-    /// Built-in upstream that echoes every byte back (half-close aware), on the shard runtime.
+    /// Built-in upstream that echoes every byte (TCP, half-close aware) or datagram (UDP) back.
     Echo(EchoArgs),
     /// Start an echo upstream and a forwarder on loopback, push a verified load through, report.
     Demo(DemoArgs),
@@ -45,6 +45,10 @@ pub struct PlanArgs {
     /// Add a TCP listener: LISTEN=UPSTREAM[,UPSTREAM...], e.g. 127.0.0.1:8080=127.0.0.1:9000,127.0.0.1:9001.
     #[arg(long = "tcp", value_name = "LISTEN=UPSTREAMS")]
     pub tcp: Vec<String>,
+
+    /// Add a UDP listener: LISTEN=UPSTREAM[,UPSTREAM...], e.g. 127.0.0.1:5353=127.0.0.1:53.
+    #[arg(long = "udp", value_name = "LISTEN=UPSTREAMS")]
+    pub udp: Vec<String>,
 
     #[command(flatten)]
     pub shards: ShardArgs,
@@ -62,10 +66,15 @@ pub struct ShardArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("addresses").required(true).multiple(true).args(["tcp", "udp"])))]
 pub struct EchoArgs {
-    /// Echo on this address (repeatable), e.g. 127.0.0.1:9000.
-    #[arg(long = "tcp", value_name = "ADDR", required = true)]
+    /// Echo TCP streams on this address (repeatable), e.g. 127.0.0.1:9000.
+    #[arg(long = "tcp", value_name = "ADDR")]
     pub tcp: Vec<String>,
+
+    /// Echo each UDP datagram back to its sender on this address (repeatable).
+    #[arg(long = "udp", value_name = "ADDR")]
+    pub udp: Vec<String>,
 
     #[command(flatten)]
     pub shards: ShardArgs,

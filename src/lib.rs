@@ -15,4 +15,5 @@ pub mod stats;
 pub mod sys;
 pub mod tcp;
 pub mod time;
+pub mod udp;
 pub mod verify;

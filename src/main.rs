@@ -28,7 +28,14 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-fn resolve(args: &PlanArgs, echo: Vec<String>) -> Result<Plan, String> {
+/// Echo addresses, for `ringfwd echo`: TCP and UDP.
+#[derive(Default)]
+struct EchoAddrs {
+    tcp: Vec<String>,
+    udp: Vec<String>,
+}
+
+fn resolve(args: &PlanArgs, echo: EchoAddrs) -> Result<Plan, String> {
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -41,7 +48,9 @@ fn resolve(args: &PlanArgs, echo: Vec<String>) -> Result<Plan, String> {
         shards: args.shards.shards,
         cpus: args.shards.cpus.clone(),
         tcp: args.tcp.clone(),
-        echo,
+        udp: args.udp.clone(),
+        echo: echo.tcp,
+        echo_udp: echo.udp,
     };
     let host = HostFacts {
         available_cpus: host::available_cpus(),
@@ -71,12 +80,12 @@ fn main() -> ExitCode {
         return config_error(&e);
     }
     match cli.command {
-        Command::Run(args) => match resolve(&args, Vec::new()) {
+        Command::Run(args) => match resolve(&args, EchoAddrs::default()) {
             Ok(plan) => ExitCode::from(runtime::serve(&plan)),
             Err(e) => config_error(&e),
         },
         Command::Check(args) => {
-            let plan = match resolve(&args, Vec::new()) {
+            let plan = match resolve(&args, EchoAddrs::default()) {
                 Ok(p) => p,
                 Err(e) => return config_error(&e),
             };
@@ -95,9 +104,14 @@ fn main() -> ExitCode {
             let plan_args = PlanArgs {
                 config: None,
                 tcp: Vec::new(),
+                udp: Vec::new(),
                 shards: args.shards,
             };
-            match resolve(&plan_args, args.tcp) {
+            let echo = EchoAddrs {
+                tcp: args.tcp,
+                udp: args.udp,
+            };
+            match resolve(&plan_args, echo) {
                 Ok(plan) => ExitCode::from(runtime::serve(&plan)),
                 Err(e) => config_error(&e),
             }

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::udp::{DropReason, SessionEnd};
+
 /// Why a connection ended. Every close is counted under exactly one reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
@@ -103,6 +105,19 @@ pub struct ShardStats {
     pub accept_errors: u64,
     /// Completions for a slot that had been freed (dropped; a bug guard).
     pub stale_completions: u64,
+    /// UDP sessions created, and open now (a gauge).
+    pub udp_sessions_created: u64,
+    pub udp_sessions_active: u64,
+    /// UDP session ends by `SessionEnd`.
+    pub udp_ends: [u64; 5],
+    pub udp_datagrams_c2u: u64,
+    pub udp_datagrams_u2c: u64,
+    pub udp_bytes_c2u: u64,
+    pub udp_bytes_u2c: u64,
+    /// UDP datagrams dropped, by `DropReason`.
+    pub udp_drops: [u64; 7],
+    /// Datagram receives that found the datagram buffer ring empty.
+    pub udp_enobufs: u64,
 }
 
 impl ShardStats {
@@ -114,6 +129,26 @@ impl ShardStats {
 
     pub fn closes_for(&self, reason: CloseReason) -> u64 {
         self.closes.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    pub fn count_udp_end(&mut self, end: SessionEnd) {
+        if let Some(c) = self.udp_ends.get_mut(end as usize) {
+            *c += 1;
+        }
+    }
+
+    pub fn udp_ends_for(&self, end: SessionEnd) -> u64 {
+        self.udp_ends.get(end as usize).copied().unwrap_or(0)
+    }
+
+    pub fn count_udp_drop(&mut self, why: DropReason) {
+        if let Some(c) = self.udp_drops.get_mut(why as usize) {
+            *c += 1;
+        }
+    }
+
+    pub fn udp_drops_for(&self, why: DropReason) -> u64 {
+        self.udp_drops.get(why as usize).copied().unwrap_or(0)
     }
 
     /// Adds `other` into `self` (gauges add too: the sum is the process total).
@@ -134,6 +169,19 @@ impl ShardStats {
         self.short_sends += other.short_sends;
         self.accept_errors += other.accept_errors;
         self.stale_completions += other.stale_completions;
+        self.udp_sessions_created += other.udp_sessions_created;
+        self.udp_sessions_active += other.udp_sessions_active;
+        for (a, b) in self.udp_ends.iter_mut().zip(other.udp_ends.iter()) {
+            *a += b;
+        }
+        self.udp_datagrams_c2u += other.udp_datagrams_c2u;
+        self.udp_datagrams_u2c += other.udp_datagrams_u2c;
+        self.udp_bytes_c2u += other.udp_bytes_c2u;
+        self.udp_bytes_u2c += other.udp_bytes_u2c;
+        for (a, b) in self.udp_drops.iter_mut().zip(other.udp_drops.iter()) {
+            *a += b;
+        }
+        self.udp_enobufs += other.udp_enobufs;
     }
 
     /// `key=value` pairs on one line, stable names (tests and log scrapers parse them).
@@ -160,6 +208,24 @@ impl ShardStats {
         );
         for r in CloseReason::ALL {
             let _ = write!(s, " close_{}={}", r.name(), self.closes_for(r));
+        }
+        let _ = write!(
+            s,
+            " udp_sessions_created={} udp_sessions_active={} udp_datagrams_c2u={} \
+             udp_datagrams_u2c={} udp_bytes_c2u={} udp_bytes_u2c={} udp_enobufs={}",
+            self.udp_sessions_created,
+            self.udp_sessions_active,
+            self.udp_datagrams_c2u,
+            self.udp_datagrams_u2c,
+            self.udp_bytes_c2u,
+            self.udp_bytes_u2c,
+            self.udp_enobufs
+        );
+        for e in SessionEnd::ALL {
+            let _ = write!(s, " udp_end_{}={}", e.name(), self.udp_ends_for(e));
+        }
+        for d in DropReason::ALL {
+            let _ = write!(s, " udp_drop_{}={}", d.name(), self.udp_drops_for(d));
         }
         s
     }
@@ -191,6 +257,12 @@ mod tests {
         let s = ShardStats::default().to_kv();
         for r in CloseReason::ALL {
             assert!(s.contains(&format!("close_{}=0", r.name())), "{s}");
+        }
+        for e in SessionEnd::ALL {
+            assert!(s.contains(&format!("udp_end_{}=0", e.name())), "{s}");
+        }
+        for d in DropReason::ALL {
+            assert!(s.contains(&format!("udp_drop_{}=0", d.name())), "{s}");
         }
     }
 }

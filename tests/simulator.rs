@@ -203,6 +203,7 @@ impl Sim {
                     idle_ms,
                     half_close_ms: idle_ms / 2,
                 }],
+                ..EngineConfig::default()
             },
             0,
         );
@@ -521,6 +522,8 @@ impl Sim {
                 self.held[bid as usize] = false;
                 self.ring.push_back(bid);
             }
+            // The simulated shard has no UDP listener, so a datagram op is an engine bug.
+            other => check!(self, false, "datagram op without a UDP listener: {other:?}"),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Resolving `[[tcp]]` sections, `--tcp` specs and echo addresses into listener plans, and
-//! checking that listen addresses and names are unique across all of them.
+//! checking that listen addresses and names are unique per protocol across all of them
+//! (`[[udp]]` keys are read in `udp.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,8 +10,9 @@ use std::time::Duration;
 use super::addr::{parse_listen, parse_upstream};
 use super::error::{ConfigError, Origin};
 use super::raw::{Field, Section, clip};
+use super::udp::{file_udp_listener, flag_udp_listener};
 use super::units::format_duration;
-use super::{EchoPlan, Overrides, TcpListenerPlan};
+use super::{EchoPlan, Overrides, Proto, TcpListenerPlan, UdpListenerPlan};
 
 const KEYS: [&str; 7] = [
     "name",
@@ -27,13 +29,13 @@ const MAX_NAME_CHARS: usize = 64;
 const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=10_000_000;
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
-const DAY: Duration = Duration::from_secs(86_400);
+pub(super) const DAY: Duration = Duration::from_secs(86_400);
 
 /// A timeout key with its default and upper bound (all have a 1ms lower bound).
-struct Timeout {
-    key: &'static str,
-    default: Duration,
-    max: Duration,
+pub(super) struct Timeout {
+    pub key: &'static str,
+    pub default: Duration,
+    pub max: Duration,
 }
 
 const CONNECT_TIMEOUT: Timeout = Timeout {
@@ -52,19 +54,23 @@ const HALF_CLOSE_TIMEOUT: Timeout = Timeout {
     max: DAY.saturating_mul(7),
 };
 
-const SPEC_FORM: &str =
+pub(super) const SPEC_FORM: &str =
     "expected LISTEN=UPSTREAM[,UPSTREAM...], like 127.0.0.1:8080=127.0.0.1:9000";
 const TCP_SOURCE: &str = "--tcp";
 const ECHO_SOURCE: &str = "echo --tcp";
+const ECHO_UDP_SOURCE: &str = "echo --udp";
 
 pub(super) struct Listeners {
     pub tcp: Vec<TcpListenerPlan>,
+    pub udp: Vec<UdpListenerPlan>,
     pub echo: Vec<EchoPlan>,
 }
 
-/// File listeners first, then `--tcp` flags, then echo addresses, each in the order given.
+/// File listeners first, then `--tcp` / `--udp` flags, then echo addresses, each in the
+/// order given.
 pub(super) fn resolve(
     tcp: Option<Field<'_>>,
+    udp: Option<Field<'_>>,
     overrides: &Overrides,
     shards: usize,
 ) -> Result<Listeners, ConfigError> {
@@ -83,15 +89,43 @@ pub(super) fn resolve(
         registry.claim(claim)?;
         plans.push(plan);
     }
-    let mut echo = Vec::new();
-    for (i, address) in overrides.echo.iter().enumerate() {
-        let origin = Origin::new(ECHO_SOURCE, format!("{ECHO_SOURCE}[{i}]"));
-        let listen = parse_listen(address).map_err(|why| origin.error(why))?;
-        let name = address.trim().to_owned();
-        registry.claim(Claim::unnamed(listen, &name, origin))?;
-        echo.push(EchoPlan { name, listen });
+    let mut udp_plans = Vec::new();
+    if let Some(field) = udp {
+        for entry in field.array("[[udp]], one section per listener")? {
+            let section = entry.table("[[udp]] with listen = \"...\" and upstreams = [...]")?;
+            let (plan, claim) = file_udp_listener(&section, shards)?;
+            registry.claim(claim)?;
+            udp_plans.push(plan);
+        }
     }
-    Ok(Listeners { tcp: plans, echo })
+    for (i, spec) in overrides.udp.iter().enumerate() {
+        let (plan, claim) = flag_udp_listener(i, spec)?;
+        registry.claim(claim)?;
+        udp_plans.push(plan);
+    }
+    let mut echo = Vec::new();
+    let echo_specs = [
+        (Proto::Tcp, ECHO_SOURCE, &overrides.echo),
+        (Proto::Udp, ECHO_UDP_SOURCE, &overrides.echo_udp),
+    ];
+    for (proto, source, addresses) in echo_specs {
+        for (i, address) in addresses.iter().enumerate() {
+            let origin = Origin::new(source, format!("{source}[{i}]"));
+            let listen = parse_listen(address).map_err(|why| origin.error(why))?;
+            let name = address.trim().to_owned();
+            registry.claim(Claim::unnamed(proto, listen, &name, origin))?;
+            echo.push(EchoPlan {
+                name,
+                listen,
+                proto,
+            });
+        }
+    }
+    Ok(Listeners {
+        tcp: plans,
+        udp: udp_plans,
+        echo,
+    })
 }
 
 fn file_listener(
@@ -99,15 +133,42 @@ fn file_listener(
     shards: usize,
 ) -> Result<(TcpListenerPlan, Claim), ConfigError> {
     section.deny_unknown(&KEYS, "in [[tcp]]")?;
+    let claim = section_claim(section, Proto::Tcp)?;
+    let upstreams_example = "upstreams = [\"10.0.0.5:80\"]";
+    let plan = TcpListenerPlan {
+        name: claim.name.clone(),
+        listen: claim.listen,
+        upstreams: upstreams(&required(
+            section,
+            Proto::Tcp,
+            "upstreams",
+            upstreams_example,
+        )?)?,
+        connect_timeout: timeout(section, &CONNECT_TIMEOUT)?,
+        idle_timeout: timeout(section, &IDLE_TIMEOUT)?,
+        half_close_timeout: timeout(section, &HALF_CLOSE_TIMEOUT)?,
+        max_connections: limit(
+            section.get("max_connections"),
+            MAX_CONNECTIONS,
+            DEFAULT_MAX_CONNECTIONS,
+            shards,
+        )?,
+    };
+    Ok((plan, claim))
+}
+
+/// The section's `listen` and optional `name`, checked.
+pub(super) fn section_claim(section: &Section<'_>, proto: Proto) -> Result<Claim, ConfigError> {
     let listen_example = "listen = \"0.0.0.0:8080\"";
-    let listen_field = required(section, "listen", listen_example)?;
+    let listen_field = required(section, proto, "listen", listen_example)?;
     let listen_text = listen_field.string(listen_example)?;
     let listen = parse_listen(listen_text).map_err(|why| listen_field.error(why))?;
-    let claim = match section.get("name") {
+    Ok(match section.get("name") {
         Some(field) => {
             let name = field.string("name = \"web\"")?;
             check_name(name).map_err(|why| field.error(why))?;
             Claim {
+                proto,
                 listen,
                 listen_at: listen_field.origin,
                 name: name.to_owned(),
@@ -115,29 +176,19 @@ fn file_listener(
                 name_given: true,
             }
         }
-        None => Claim::unnamed(listen, listen_text.trim(), listen_field.origin),
-    };
-    let upstreams_example = "upstreams = [\"10.0.0.5:80\"]";
-    let plan = TcpListenerPlan {
-        name: claim.name.clone(),
-        listen,
-        upstreams: upstreams(&required(section, "upstreams", upstreams_example)?)?,
-        connect_timeout: timeout(section, &CONNECT_TIMEOUT)?,
-        idle_timeout: timeout(section, &IDLE_TIMEOUT)?,
-        half_close_timeout: timeout(section, &HALF_CLOSE_TIMEOUT)?,
-        max_connections: max_connections(section.get("max_connections"), shards)?,
-    };
-    Ok((plan, claim))
+        None => Claim::unnamed(proto, listen, listen_text.trim(), listen_field.origin),
+    })
 }
 
-fn required<'a>(
+pub(super) fn required<'a>(
     section: &Section<'a>,
+    proto: Proto,
     name: &str,
     example: &str,
 ) -> Result<Field<'a>, ConfigError> {
     section.get(name).ok_or_else(|| {
         section.origin(name).error(format!(
-            "missing; every [[tcp]] section needs {name}, like {example}"
+            "missing; every [[{proto}]] section needs {name}, like {example}"
         ))
     })
 }
@@ -161,7 +212,7 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn upstreams(field: &Field<'_>) -> Result<Vec<SocketAddr>, ConfigError> {
+pub(super) fn upstreams(field: &Field<'_>) -> Result<Vec<SocketAddr>, ConfigError> {
     let example = "upstreams = [\"10.0.0.5:80\", \"[2001:db8::6]:80\"]";
     let items = field.array(example)?;
     if items.is_empty() {
@@ -185,7 +236,7 @@ fn upstreams(field: &Field<'_>) -> Result<Vec<SocketAddr>, ConfigError> {
         .collect()
 }
 
-fn timeout(section: &Section<'_>, spec: &Timeout) -> Result<Duration, ConfigError> {
+pub(super) fn timeout(section: &Section<'_>, spec: &Timeout) -> Result<Duration, ConfigError> {
     let Some(field) = section.get(spec.key) else {
         return Ok(spec.default);
     };
@@ -202,22 +253,17 @@ fn timeout(section: &Section<'_>, spec: &Timeout) -> Result<Duration, ConfigErro
     )))
 }
 
-fn max_connections(field: Option<Field<'_>>, shards: usize) -> Result<u32, ConfigError> {
+/// A whole-listener limit that each shard enforces a share of, so it must be at least `shards`.
+pub(super) fn limit(
+    field: Option<Field<'_>>,
+    range: RangeInclusive<u32>,
+    default: u32,
+    shards: usize,
+) -> Result<u32, ConfigError> {
     let Some(field) = field else {
-        return Ok(DEFAULT_MAX_CONNECTIONS);
+        return Ok(default);
     };
-    let example = "max_connections = 10000";
-    let n = field.integer(example)?;
-    let max = u32::try_from(n)
-        .ok()
-        .filter(|n| MAX_CONNECTIONS.contains(n))
-        .ok_or_else(|| {
-            field.error(format!(
-                "{n} is out of range; use {} to {}, like {example}",
-                MAX_CONNECTIONS.start(),
-                MAX_CONNECTIONS.end()
-            ))
-        })?;
+    let max = count(&field, range, default)?;
     if usize::try_from(max).is_ok_and(|max| max < shards) {
         return Err(field.error(format!(
             "{} = {max} is less than the {shards} shards; each shard enforces its own share, so \
@@ -228,9 +274,32 @@ fn max_connections(field: Option<Field<'_>>, shards: usize) -> Result<u32, Confi
     Ok(max)
 }
 
-/// `--tcp LISTEN=UP1[,UP2...]`: a listener with default timeouts and limits, named after LISTEN.
-fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), ConfigError> {
-    let origin = Origin::new(TCP_SOURCE, format!("{TCP_SOURCE}[{index}]"));
+/// An integer key within `range`; `like` is the value the example shows.
+pub(super) fn count(
+    field: &Field<'_>,
+    range: RangeInclusive<u32>,
+    like: u32,
+) -> Result<u32, ConfigError> {
+    let key = field.origin.key.rsplit('.').next().unwrap_or_default();
+    let example = format!("{key} = {like}");
+    let n = field.integer(&example)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            field.error(format!(
+                "{n} is out of range; use {} to {}, like {example}",
+                range.start(),
+                range.end()
+            ))
+        })
+}
+
+/// Splits a `LISTEN=UP1[,UP2...]` flag into its listen address and upstreams.
+pub(super) fn split_spec(
+    spec: &str,
+    origin: &Origin,
+) -> Result<(SocketAddr, Vec<SocketAddr>, String), ConfigError> {
     let fail = |why: &str| origin.error(format!("{spec:?}: {why}; {SPEC_FORM}"));
     let Some((listen_text, upstream_text)) = spec.split_once('=') else {
         return Err(fail(
@@ -252,7 +321,14 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
             parse_upstream(part).map_err(|why| fail(&format!("upstream {}: {why}", n + 1)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let claim = Claim::unnamed(listen, listen_text.trim(), origin.clone());
+    Ok((listen, upstreams, listen_text.trim().to_owned()))
+}
+
+/// `--tcp LISTEN=UP1[,UP2...]`: a listener with default timeouts and limits, named after LISTEN.
+fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), ConfigError> {
+    let origin = Origin::new(TCP_SOURCE, format!("{TCP_SOURCE}[{index}]"));
+    let (listen, upstreams, listen_text) = split_spec(spec, &origin)?;
+    let claim = Claim::unnamed(Proto::Tcp, listen, &listen_text, origin);
     let plan = TcpListenerPlan {
         name: claim.name.clone(),
         listen,
@@ -266,18 +342,20 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
 }
 
 /// A listener's address and name, and where each was given.
-struct Claim {
-    listen: SocketAddr,
+pub(super) struct Claim {
+    pub proto: Proto,
+    pub listen: SocketAddr,
     listen_at: Origin,
-    name: String,
+    pub name: String,
     name_at: Origin,
     name_given: bool,
 }
 
 impl Claim {
     /// A listener named after its listen address, as written.
-    fn unnamed(listen: SocketAddr, written: &str, at: Origin) -> Self {
+    pub fn unnamed(proto: Proto, listen: SocketAddr, written: &str, at: Origin) -> Self {
         Self {
+            proto,
             listen,
             listen_at: at.clone(),
             name: written.to_owned(),
@@ -287,17 +365,18 @@ impl Claim {
     }
 }
 
-/// Listen addresses and names taken so far, with where they were taken.
+/// Listen addresses and names taken so far, per protocol (a TCP and a UDP listener may share
+/// a port and a name, as the kernel keeps them apart), with where they were taken.
 #[derive(Default)]
 struct Registry {
-    listens: HashMap<SocketAddr, Origin>,
-    names: HashMap<String, Origin>,
+    listens: HashMap<(Proto, SocketAddr), Origin>,
+    names: HashMap<(Proto, String), Origin>,
 }
 
 impl Registry {
     fn claim(&mut self, claim: Claim) -> Result<(), ConfigError> {
         // Port 0 asks the kernel for a fresh port, so two of them never collide.
-        let taken = self.listens.get(&claim.listen);
+        let taken = self.listens.get(&(claim.proto, claim.listen));
         if let Some(previous) = taken.filter(|_| claim.listen.port() != 0) {
             return Err(claim.listen_at.error(format!(
                 "{} is already used by {}; each listener needs its own address",
@@ -305,9 +384,10 @@ impl Registry {
                 previous.describe_from(&claim.listen_at)
             )));
         }
-        if let Some(previous) = self.names.get(&claim.name) {
+        let name_key = (claim.proto, claim.name);
+        if let Some(previous) = self.names.get(&name_key) {
             let previous = previous.describe_from(&claim.name_at);
-            let name = &claim.name;
+            let name = &name_key.1;
             let message = if claim.name_given {
                 format!("{name:?} is already used by {previous}; give each listener its own name")
             } else {
@@ -318,8 +398,9 @@ impl Registry {
             };
             return Err(claim.name_at.error(message));
         }
-        self.listens.insert(claim.listen, claim.listen_at);
-        self.names.insert(claim.name, claim.name_at);
+        self.listens
+            .insert((claim.proto, claim.listen), claim.listen_at);
+        self.names.insert(name_key, claim.name_at);
         Ok(())
     }
 }

@@ -5,19 +5,25 @@
 //! value, says why, and says what to write instead.
 
 mod addr;
+mod cidr;
 mod error;
 mod listeners;
 mod raw;
 mod render;
 mod runtime;
+mod udp;
 pub mod units;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod udp_tests;
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use cidr::Cidr;
 pub use error::ConfigError;
 
 /// Facts about the host the plan is resolved against (passed in so parsing is testable).
@@ -32,6 +38,7 @@ pub struct HostFacts {
 pub struct Plan {
     pub runtime: RuntimePlan,
     pub tcp: Vec<TcpListenerPlan>,
+    pub udp: Vec<UdpListenerPlan>,
     pub echo: Vec<EchoPlan>,
 }
 
@@ -53,6 +60,10 @@ pub struct RuntimePlan {
     pub drain_timeout: Duration,
     /// `None` turns the periodic stats log off.
     pub stats_interval: Option<Duration>,
+    /// Largest UDP payload forwarded intact; larger ones are dropped and counted.
+    pub max_datagram: u32,
+    /// Datagram receive buffers per shard (only allocated when a UDP listener exists).
+    pub udp_buffers_per_shard: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,9 +79,42 @@ pub struct TcpListenerPlan {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct UdpListenerPlan {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+    /// A session ends after this long with no datagram in either direction.
+    pub idle_timeout: Duration,
+    /// A session ends after this many upstream replies (`max_responses = 1` for DNS).
+    pub max_responses: Option<u32>,
+    /// For the whole listener; split over shards like `max_connections`.
+    pub max_sessions: u32,
+    pub new_sessions_per_second_per_source: Option<u32>,
+    /// Client ranges let in; empty lets everyone in.
+    pub allow: Vec<Cidr>,
+}
+
+/// The transport a listener serves; TCP and UDP listeners may share an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct EchoPlan {
     pub name: String,
     pub listen: SocketAddr,
+    pub proto: Proto,
 }
 
 /// Values given on the command line; they override the file's `[runtime]` keys and add listeners.
@@ -80,8 +124,12 @@ pub struct Overrides {
     pub cpus: Option<Vec<usize>>,
     /// Raw `--tcp` specs: `LISTEN=UP1[,UP2...]`, e.g. `127.0.0.1:8080=127.0.0.1:9000,127.0.0.1:9001`.
     pub tcp: Vec<String>,
+    /// Raw `--udp` specs, same form as `--tcp`.
+    pub udp: Vec<String>,
     /// Raw `ringfwd echo --tcp` addresses, e.g. `127.0.0.1:9000`.
     pub echo: Vec<String>,
+    /// Raw `ringfwd echo --udp` addresses.
+    pub echo_udp: Vec<String>,
 }
 
 impl Plan {
@@ -96,7 +144,7 @@ impl Plan {
             .transpose()?;
         let root = document.as_ref().map(raw::Document::root);
         if let Some(root) = &root {
-            root.deny_unknown(&["runtime", "tcp"], "at the top level")?;
+            root.deny_unknown(&["runtime", "tcp", "udp"], "at the top level")?;
         }
         let runtime_section = root
             .as_ref()
@@ -105,15 +153,22 @@ impl Plan {
             .transpose()?;
         let runtime = runtime::resolve(runtime_section.as_ref(), overrides, host)?;
         let tcp_field = root.as_ref().and_then(|root| root.get("tcp"));
-        let listeners = listeners::resolve(tcp_field, overrides, runtime.shards)?;
-        if listeners.tcp.is_empty() && listeners.echo.is_empty() {
+        let udp_field = root.as_ref().and_then(|root| root.get("udp"));
+        let listeners = listeners::resolve(tcp_field, udp_field, overrides, runtime.shards)?;
+        if listeners.tcp.is_empty() && listeners.udp.is_empty() && listeners.echo.is_empty() {
             return Err(nothing_to_listen_on(file.map(|(name, _)| name)));
         }
         Ok(Plan {
             runtime,
             tcp: listeners.tcp,
+            udp: listeners.udp,
             echo: listeners.echo,
         })
+    }
+
+    /// Whether any listener (forwarding or echo) is UDP, so shards need datagram buffers.
+    pub fn has_udp(&self) -> bool {
+        !self.udp.is_empty() || self.echo.iter().any(|e| e.proto == Proto::Udp)
     }
 }
 
@@ -121,7 +176,8 @@ fn nothing_to_listen_on(file_name: Option<&str>) -> ConfigError {
     ConfigError {
         source_name: file_name.unwrap_or("command line").to_owned(),
         key: String::new(),
-        message: "nothing to listen on: add a [[tcp]] section to the config or pass --tcp LISTEN=UPSTREAM"
+        message: "nothing to listen on: add a [[tcp]] or [[udp]] section to the config, or pass \
+                  --tcp LISTEN=UPSTREAM or --udp LISTEN=UPSTREAM"
             .to_owned(),
     }
 }
@@ -132,14 +188,25 @@ impl TcpListenerPlan {
     ///
     /// Returns 0 for `shards == 0` or `shard >= shards` (there is no such shard).
     pub fn shard_share(&self, shard: usize, shards: usize) -> u32 {
-        let (Ok(shard), Ok(shards)) = (u64::try_from(shard), u64::try_from(shards)) else {
-            return 0;
-        };
-        if shard >= shards {
-            return 0;
-        }
-        let max = u64::from(self.max_connections);
-        let extra = u64::from(shard < max % shards);
-        u32::try_from(max / shards + extra).unwrap_or(u32::MAX)
+        shard_share(self.max_connections, shard, shards)
     }
+}
+
+impl UdpListenerPlan {
+    /// This shard's share of `max_sessions`, split as [`TcpListenerPlan::shard_share`] splits.
+    pub fn shard_share(&self, shard: usize, shards: usize) -> u32 {
+        shard_share(self.max_sessions, shard, shards)
+    }
+}
+
+fn shard_share(total: u32, shard: usize, shards: usize) -> u32 {
+    let (Ok(shard), Ok(shards)) = (u64::try_from(shard), u64::try_from(shards)) else {
+        return 0;
+    };
+    if shard >= shards {
+        return 0;
+    }
+    let max = u64::from(total);
+    let extra = u64::from(shard < max % shards);
+    u32::try_from(max / shards + extra).unwrap_or(u32::MAX)
 }

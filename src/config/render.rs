@@ -7,17 +7,21 @@
 use std::fmt::{self, Display, Formatter};
 
 use super::units::{format_duration, format_size};
-use super::{EchoPlan, Plan, RuntimePlan, TcpListenerPlan};
+use super::{EchoPlan, Plan, Proto, RuntimePlan, TcpListenerPlan, UdpListenerPlan};
 
 /// Pretty resolved plan for `ringfwd check`: every value with defaults filled in, in TOML-like
 /// form, sizes and durations in human units, plus each tcp listener's per-shard
 /// `max_connections` share.
 impl Display for Plan {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        write_runtime(f, &self.runtime)?;
+        write_runtime(f, &self.runtime, self.has_udp())?;
         for tcp in &self.tcp {
             writeln!(f)?;
             write_tcp(f, tcp, self.runtime.shards)?;
+        }
+        for udp in &self.udp {
+            writeln!(f)?;
+            write_udp(f, udp, self.runtime.shards)?;
         }
         for echo in &self.echo {
             writeln!(f)?;
@@ -27,7 +31,7 @@ impl Display for Plan {
     }
 }
 
-fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan) -> fmt::Result {
+fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan, udp: bool) -> fmt::Result {
     let per_shard = u64::from(runtime.buffer_size) * u64::from(runtime.buffers_per_shard);
     let total = u64::try_from(runtime.shards).map_or(u64::MAX, |n| per_shard.saturating_mul(n));
     writeln!(f, "[runtime]")?;
@@ -59,12 +63,32 @@ fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan) -> fmt::Result {
         .stats_interval
         .map_or_else(|| "off".to_owned(), format_duration);
     writeln!(f, "stats_interval = \"{stats}\"")?;
+    writeln!(f, "max_datagram = {}", runtime.max_datagram)?;
+    writeln!(
+        f,
+        "udp_buffers_per_shard = {}  # allocated only with a UDP listener",
+        runtime.udp_buffers_per_shard
+    )?;
     writeln!(
         f,
         "# receive buffers: {} per shard, {} in total",
         format_size(per_shard),
         format_size(total)
-    )
+    )?;
+    if udp {
+        let each = crate::ring::datagram::buffer_size(runtime.max_datagram);
+        let per_shard = u64::from(each) * u64::from(runtime.udp_buffers_per_shard);
+        let total = u64::try_from(runtime.shards).map_or(u64::MAX, |n| per_shard.saturating_mul(n));
+        writeln!(
+            f,
+            "# datagram buffers: {} x {} = {} per shard, {} in total",
+            runtime.udp_buffers_per_shard,
+            format_size(each.into()),
+            format_size(per_shard),
+            format_size(total)
+        )?;
+    }
+    Ok(())
 }
 
 fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt::Result {
@@ -92,23 +116,63 @@ fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt
         f,
         "max_connections = {}  # per shard: {}",
         tcp.max_connections,
-        share_summary(tcp, shards)
+        share_summary(|shard| tcp.shard_share(shard, shards), shards)
     )
+}
+
+fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt::Result {
+    let upstreams: Vec<String> = udp.upstreams.iter().map(|up| format!("\"{up}\"")).collect();
+    writeln!(f, "[[udp]]")?;
+    writeln!(f, "name = {:?}", udp.name)?;
+    writeln!(f, "listen = \"{}\"", udp.listen)?;
+    writeln!(f, "upstreams = [{}]", upstreams.join(", "))?;
+    writeln!(
+        f,
+        "idle_timeout = \"{}\"",
+        format_duration(udp.idle_timeout)
+    )?;
+    match udp.max_responses {
+        Some(n) => writeln!(f, "max_responses = {n}")?,
+        None => writeln!(f, "# max_responses: unset (sessions end by idle_timeout)")?,
+    }
+    writeln!(
+        f,
+        "max_sessions = {}  # per shard: {}",
+        udp.max_sessions,
+        share_summary(|shard| udp.shard_share(shard, shards), shards)
+    )?;
+    match udp.new_sessions_per_second_per_source {
+        Some(n) => writeln!(f, "new_sessions_per_second_per_source = {n}")?,
+        None => writeln!(
+            f,
+            "# new_sessions_per_second_per_source: unset (no rate limit)"
+        )?,
+    }
+    if udp.allow.is_empty() {
+        writeln!(f, "# allow: unset (every client)")
+    } else {
+        let ranges: Vec<String> = udp.allow.iter().map(|c| format!("\"{c}\"")).collect();
+        writeln!(f, "allow = [{}]", ranges.join(", "))
+    }
 }
 
 fn write_echo(f: &mut Formatter<'_>, echo: &EchoPlan) -> fmt::Result {
     writeln!(f, "[[echo]]")?;
     writeln!(f, "name = {:?}", echo.name)?;
-    writeln!(f, "listen = \"{}\"", echo.listen)
+    writeln!(f, "listen = \"{}\"", echo.listen)?;
+    if echo.proto == Proto::Udp {
+        writeln!(f, "proto = \"udp\"")?;
+    }
+    Ok(())
 }
 
 /// Shares take at most two values (the first shards get one more), so two ranges describe all.
-fn share_summary(tcp: &TcpListenerPlan, shards: usize) -> String {
+fn share_summary(share: impl Fn(usize) -> u32, shards: usize) -> String {
     let Some(last) = shards.checked_sub(1) else {
         return "none (no shards)".to_owned();
     };
-    let high = tcp.shard_share(0, shards);
-    let low = tcp.shard_share(last, shards);
+    let high = share(0);
+    let low = share(last);
     if high == low {
         return match shards {
             1 => format!("{low} on the only shard"),
@@ -116,7 +180,7 @@ fn share_summary(tcp: &TcpListenerPlan, shards: usize) -> String {
         };
     }
     let with_high = (0..shards)
-        .take_while(|&shard| tcp.shard_share(shard, shards) == high)
+        .take_while(|&shard| share(shard) == high)
         .count();
     format!(
         "{high} on {}, {low} on {}",

@@ -9,7 +9,7 @@ use super::raw::{Field, Section};
 use super::units::format_size;
 use super::{HostFacts, Overrides, RuntimePlan};
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 10] = [
     "shards",
     "cpus",
     "buffer_size",
@@ -18,6 +18,8 @@ const KEYS: [&str; 8] = [
     "ring_entries",
     "drain_timeout",
     "stats_interval",
+    "max_datagram",
+    "udp_buffers_per_shard",
 ];
 
 pub(super) const MAX_SHARDS: usize = 1024;
@@ -37,6 +39,11 @@ const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 /// Faster than this, the stats log costs more than it tells.
 const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
 const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(10);
+/// 65507 is the largest IPv4 UDP payload (65535 - 20 - 8); IPv6 allows 65527 without jumbograms.
+const MAX_DATAGRAM: RangeInclusive<u64> = 512..=65527;
+const DEFAULT_MAX_DATAGRAM: u32 = 65507;
+const UDP_BUFFERS_PER_SHARD: RangeInclusive<u32> = 8..=32768;
+const DEFAULT_UDP_BUFFERS_PER_SHARD: u32 = 512;
 
 const WIDEN: &str = "widen the CPU set (taskset / cgroup cpuset)";
 
@@ -104,7 +111,34 @@ pub(super) fn resolve(
         ring_entries: ring_entries(get("ring_entries"))?,
         drain_timeout: drain_timeout(get("drain_timeout"))?,
         stats_interval: stats_interval(get("stats_interval"))?,
+        max_datagram: max_datagram(get("max_datagram"))?,
+        udp_buffers_per_shard: count(
+            get("udp_buffers_per_shard"),
+            UDP_BUFFERS_PER_SHARD,
+            DEFAULT_UDP_BUFFERS_PER_SHARD,
+            "udp_buffers_per_shard = 512",
+        )?,
     })
+}
+
+fn max_datagram(field: Option<Field<'_>>) -> Result<u32, ConfigError> {
+    let Some(field) = field else {
+        return Ok(DEFAULT_MAX_DATAGRAM);
+    };
+    let example = "max_datagram = 65507 (or \"4KiB\" for DNS-sized traffic)";
+    let bytes = field.size(example)?;
+    MAX_DATAGRAM
+        .contains(&bytes)
+        .then(|| u32::try_from(bytes).ok())
+        .flatten()
+        .ok_or_else(|| {
+            field.error(format!(
+                "{} is out of range; use {} to {} bytes, like {example}",
+                field.shown(),
+                MAX_DATAGRAM.start(),
+                MAX_DATAGRAM.end()
+            ))
+        })
 }
 
 /// A cross-key check can only fail when at least one of its keys was written; the fallback

@@ -100,6 +100,8 @@ fn full_file_resolves_to_the_exact_plan() {
             ring_entries: 4096,
             drain_timeout: secs(90),
             stats_interval: None,
+            max_datagram: 65507,
+            udp_buffers_per_shard: 512,
         },
         tcp: vec![
             TcpListenerPlan {
@@ -121,6 +123,7 @@ fn full_file_resolves_to_the_exact_plan() {
                 max_connections: 10_000,
             },
         ],
+        udp: vec![],
         echo: vec![],
     };
     assert_eq!(resolve_file(text), Ok(want));
@@ -138,6 +141,8 @@ fn defaults_fill_every_missing_value() {
         ring_entries: 2048,
         drain_timeout: secs(30),
         stats_interval: Some(secs(10)),
+        max_datagram: 65507,
+        udp_buffers_per_shard: 512,
     };
     assert_eq!(plan.runtime, want);
     let tcp = &plan.tcp[0];
@@ -651,8 +656,7 @@ fn syntax_errors_give_line_and_column() {
 
 #[test]
 fn nothing_to_listen_on_is_rejected() {
-    let message =
-        "nothing to listen on: add a [[tcp]] section to the config or pass --tcp LISTEN=UPSTREAM";
+    let message = "nothing to listen on: add a [[tcp]] or [[udp]] section to the config, or pass --tcp LISTEN=UPSTREAM or --udp LISTEN=UPSTREAM";
     let err = resolve_file("[runtime]\nshards = 1\n").unwrap_err();
     assert_eq!((err.key.as_str(), err.message.as_str()), ("", message));
     assert_eq!(err.to_string(), format!("{FILE}: {message}"));
@@ -827,10 +831,12 @@ fn echo_addresses_add_echo_plans() {
             EchoPlan {
                 name: "127.0.0.1:9000".into(),
                 listen: addr("127.0.0.1:9000"),
+                proto: Proto::Tcp,
             },
             EchoPlan {
                 name: "[::1]:9000".into(),
                 listen: addr("[::1]:9000"),
+                proto: Proto::Tcp,
             },
         ]
     );

@@ -4,6 +4,7 @@
 //! owns for the ring's whole life), a full-submission-queue backlog, and waiting.
 
 pub mod bufring;
+pub mod datagram;
 
 use std::collections::VecDeque;
 use std::io;
@@ -15,9 +16,29 @@ use io_uring::{IoUring, opcode, squeue, types};
 use socket2::SockAddr;
 
 use bufring::BufRing;
+use datagram::{Datagram, Layout, SendSlot};
 
-/// The provided-buffer group every receive of a shard draws from.
+/// The provided-buffer group every stream receive of a shard draws from.
 pub const BUFFER_GROUP: u16 = 0;
+/// The provided-buffer group of datagram receives (one datagram per buffer).
+pub const DATAGRAM_GROUP: u16 = 1;
+
+/// Socket types the ring creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockType {
+    Stream,
+    Datagram,
+}
+
+/// Index of a recvmsg template registered with `Ring::add_recvmsg_template`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TemplateId(usize);
+
+/// The datagram buffer ring and one send header per buffer.
+struct DatagramPool {
+    bufs: BufRing,
+    slots: Box<[SendSlot]>,
+}
 
 /// One completion, copied out of the CQ so the ring can be used while it is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +107,11 @@ pub struct Ring {
     #[allow(clippy::vec_box)]
     timeouts: Vec<Box<types::Timespec>>,
     control_buf: Box<u64>,
+    dgram: Option<DatagramPool>,
+    // Boxed: a queued recvmsg points at its template until submission.
+    #[allow(clippy::vec_box)]
+    templates: Vec<Box<libc::msghdr>>,
+    layouts: Vec<Layout>,
     backlog: VecDeque<Group>,
     mode: SetupMode,
 }
@@ -103,9 +129,134 @@ impl Ring {
             targets: Vec::new(),
             timeouts: Vec::new(),
             control_buf: Box::new(0),
+            dgram: None,
+            templates: Vec::new(),
+            layouts: Vec::new(),
             backlog: VecDeque::new(),
             mode,
         })
+    }
+
+    /// Registers the datagram buffer ring: `count` buffers that each hold a
+    /// datagram of up to `max_datagram` bytes after the recvmsg headers.
+    pub fn add_datagram_pool(&mut self, count: u32, max_datagram: u32) -> io::Result<()> {
+        let size = datagram::buffer_size(max_datagram);
+        let bufs = BufRing::new(&self.uring, DATAGRAM_GROUP, count, size)?;
+        let slots = (0..count).map(|_| SendSlot::new()).collect();
+        self.dgram = Some(DatagramPool { bufs, slots });
+        Ok(())
+    }
+
+    /// Registers a recvmsg layout; kept for the ring's life.
+    pub fn add_recvmsg_template(&mut self, layout: Layout) -> TemplateId {
+        // Only the lengths matter to a multishot recvmsg: the kernel lays the
+        // name and control data out in each provided buffer.
+        let hdr = libc::msghdr {
+            msg_name: std::ptr::null_mut(),
+            msg_namelen: layout.namelen,
+            msg_iov: std::ptr::null_mut(),
+            msg_iovlen: 0,
+            msg_control: std::ptr::null_mut(),
+            msg_controllen: layout.controllen as usize,
+            msg_flags: 0,
+        };
+        self.templates.push(Box::new(hdr));
+        self.layouts.push(layout);
+        TemplateId(self.templates.len() - 1)
+    }
+
+    /// Multishot recvmsg into the datagram ring; `Err` if there is no datagram
+    /// ring or the template is unknown (nothing queued).
+    pub fn recvmsg_multi(
+        &mut self,
+        fd: RawFd,
+        template: TemplateId,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let (Some(_), Some(t)) = (&self.dgram, self.templates.get(template.0)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        let hdr: *const libc::msghdr = &**t;
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), hdr, DATAGRAM_GROUP)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+        Ok(())
+    }
+
+    /// Where the datagram in buffer `bid` is, as laid out by `template`.
+    pub fn parse_datagram(&self, bid: u16, template: TemplateId) -> Option<Datagram> {
+        let pool = self.dgram.as_ref()?;
+        let layout = *self.layouts.get(template.0)?;
+        let buf = pool.bufs.bytes(bid, pool.bufs.buffer_size())?;
+        datagram::parse(buf, layout)
+    }
+
+    /// Sends `len` bytes of datagram buffer `bid` at `offset` on a connected socket.
+    pub fn send_datagram(
+        &mut self,
+        fd: RawFd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let ptr = self
+            .dgram
+            .as_ref()
+            .and_then(|p| p.bufs.slice_ptr(bid, offset, len))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let e = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+        Ok(())
+    }
+
+    /// Sends `len` bytes of datagram buffer `bid` at `offset` to `dest`, from
+    /// source address `local` when set, using the buffer's own send header.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sendmsg_datagram(
+        &mut self,
+        fd: RawFd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        dest: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+        let pool = self.dgram.as_mut().ok_or_else(invalid)?;
+        let ptr = pool.bufs.slice_ptr(bid, offset, len).ok_or_else(invalid)?;
+        let slot = pool.slots.get_mut(bid as usize).ok_or_else(invalid)?;
+        slot.prepare(ptr, len, dest, local);
+        let hdr: *const libc::msghdr = &slot.hdr;
+        let e = opcode::SendMsg::new(types::Fd(fd), hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+        Ok(())
+    }
+
+    /// Returns datagram buffer `bid` to the kernel (visible after `publish_buffers`).
+    pub fn release_datagram(&mut self, bid: u16) -> bool {
+        self.dgram.as_mut().is_some_and(|p| p.bufs.push(bid))
+    }
+
+    /// connect(2) without a timeout (UDP: no handshake, completes at once).
+    pub fn connect_plain(&mut self, fd: RawFd, target: TargetId, user_data: u64) -> io::Result<()> {
+        let addr = self
+            .targets
+            .get(target.0)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let e = opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len())
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+        Ok(())
     }
 
     pub fn mode(&self) -> SetupMode {
@@ -150,6 +301,9 @@ impl Ring {
 
     pub fn publish_buffers(&mut self) {
         self.bufs.publish();
+        if let Some(p) = &mut self.dgram {
+            p.bufs.publish();
+        }
     }
 
     /// Entries queued in the backlog because the SQ was full.
@@ -165,8 +319,12 @@ impl Ring {
         self.push((e, None));
     }
 
-    pub fn socket(&mut self, family: i32, user_data: u64) {
-        let e = opcode::Socket::new(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+    pub fn socket(&mut self, family: i32, kind: SockType, user_data: u64) {
+        let ty = match kind {
+            SockType::Stream => libc::SOCK_STREAM,
+            SockType::Datagram => libc::SOCK_DGRAM,
+        };
+        let e = opcode::Socket::new(family, ty | libc::SOCK_CLOEXEC, 0)
             .build()
             .user_data(user_data);
         self.push((e, None));
@@ -289,8 +447,10 @@ impl Ring {
         }
         // SAFETY: every pointer in these entries points into memory this Ring
         // owns and keeps until it is dropped, after the io_uring itself: buffer
-        // slices (`bufs`), addresses (`targets`), timespecs (`timeouts`, boxed so
-        // they never move) and the eventfd counter (`control_buf`, boxed).
+        // slices (`bufs`, `dgram`), addresses (`targets`), timespecs (`timeouts`,
+        // boxed so they never move), recvmsg templates (`templates`, boxed), send
+        // headers (`dgram.slots`, a boxed slice that never moves) and the eventfd
+        // counter (`control_buf`, boxed).
         // Capacity was checked above, so both entries of a linked pair land
         // together (a lone IO_LINK entry would link to an unrelated one).
         unsafe {
@@ -380,6 +540,12 @@ impl Ring {
     /// waiting for the kernel to return every operation.
     pub fn leak_buffers(&mut self) {
         self.bufs.leak();
+        if let Some(p) = self.dgram.take() {
+            let mut p = p;
+            p.bufs.leak();
+            // Send headers may still be read by the kernel: never free them.
+            std::mem::forget(p);
+        }
         // The eventfd read may still target this counter: never free it.
         std::mem::forget(std::mem::replace(&mut self.control_buf, Box::new(0)));
     }

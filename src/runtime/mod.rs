@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::config::Plan;
 use crate::config::units::format_duration;
+use crate::config::{Plan, Proto};
 use crate::shard::engine::{ListenerKind, ListenerSpec, RouteSpec};
-use crate::shard::event_loop::{self, Command, Control, Report, RouteSetup, ShardSetup};
+use crate::shard::event_loop::{
+    self, Command, Control, Report, RouteSetup, ShardSetup, UdpRouteSetup,
+};
+use crate::shard::udp::{UdpKind, UdpListenerSpec, UdpRouteSpec};
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
 use crate::sys::host::{self, HostError};
@@ -52,17 +55,37 @@ pub struct Runtime {
     seq: u64,
 }
 
+/// Datagram buffers each shard allocates: none unless a UDP listener exists.
+fn datagram_buffers(plan: &Plan) -> u32 {
+    if plan.has_udp() {
+        plan.runtime.udp_buffers_per_shard
+    } else {
+        0
+    }
+}
+
 /// Host checks that do not create sockets (shared by `run` and `check`).
 pub fn check_host(plan: &Plan) -> Result<Vec<String>, HostError> {
     host::check_io_uring()?;
     let mut notes = Vec::new();
     let rt = &plan.runtime;
-    if let Some(n) = host::ensure_memlock(rt.shards, rt.ring_entries, rt.buffers_per_shard)? {
+    if let Some(n) = host::ensure_memlock(
+        rt.shards,
+        rt.ring_entries,
+        rt.buffers_per_shard,
+        datagram_buffers(plan),
+    )? {
         notes.push(n);
     }
-    let conns: u64 = plan.tcp.iter().map(|t| u64::from(t.max_connections)).sum();
-    let listeners = (plan.tcp.len() + plan.echo.len()) as u64 * rt.shards as u64;
-    if let Some(w) = host::ensure_nofile(conns * 2 + listeners + 64) {
+    // Each TCP connection holds two descriptors, each UDP session one.
+    let conns: u64 = plan
+        .tcp
+        .iter()
+        .map(|t| u64::from(t.max_connections) * 2)
+        .chain(plan.udp.iter().map(|u| u64::from(u.max_sessions)))
+        .sum();
+    let listeners = (plan.tcp.len() + plan.udp.len() + plan.echo.len()) as u64 * rt.shards as u64;
+    if let Some(w) = host::ensure_nofile(conns + listeners + 64) {
         notes.push(w);
     }
     Ok(notes)
@@ -113,7 +136,66 @@ impl Runtime {
                 upstreams: t.upstreams.clone(),
             });
         }
-        for e in &plan.echo {
+        let mut udp_listeners: Vec<Vec<(UdpListenerSpec, OwnedFd, bool)>> =
+            (0..n).map(|_| Vec::new()).collect();
+        let mut udp_routes = Vec::new();
+        for (i, u) in plan.udp.iter().enumerate() {
+            let route = u16::try_from(i).map_err(|_| HostError::Bind {
+                what: format!("udp listener '{}'", u.name),
+                addr: u.listen,
+                error: "more than 65535 listeners".into(),
+            })?;
+            let (fds, addr) = socket::bind_udp_listeners(ListenKind::Udp, &u.name, u.listen, n)?;
+            udp_routes.push(UdpRouteSetup {
+                spec: UdpRouteSpec {
+                    upstreams: u.upstreams.iter().map(|a| a.to_string()).collect(),
+                    idle_ms: millis(u.idle_timeout),
+                    max_responses: u.max_responses,
+                    new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
+                    allow: u.allow.clone(),
+                },
+                upstreams: u.upstreams.clone(),
+            });
+            for (shard, fd) in fds.into_iter().enumerate() {
+                let spec = UdpListenerSpec {
+                    name: u.name.clone(),
+                    fd: -1,
+                    kind: UdpKind::Forward { route },
+                    limit: u.shard_share(shard, n),
+                };
+                if let Some(l) = udp_listeners.get_mut(shard) {
+                    l.push((spec, fd, u.listen.ip().is_unspecified()));
+                }
+            }
+            bound.push(Bound {
+                kind: "udp",
+                name: u.name.clone(),
+                addr,
+                upstreams: u.upstreams.clone(),
+            });
+        }
+        for e in plan.echo.iter().filter(|e| e.proto == Proto::Udp) {
+            let (fds, addr) =
+                socket::bind_udp_listeners(ListenKind::UdpEcho, &e.name, e.listen, n)?;
+            for (shard, fd) in fds.into_iter().enumerate() {
+                let spec = UdpListenerSpec {
+                    name: e.name.clone(),
+                    fd: -1,
+                    kind: UdpKind::Echo,
+                    limit: u32::MAX,
+                };
+                if let Some(l) = udp_listeners.get_mut(shard) {
+                    l.push((spec, fd, e.listen.ip().is_unspecified()));
+                }
+            }
+            bound.push(Bound {
+                kind: "udp-echo",
+                name: e.name.clone(),
+                addr,
+                upstreams: Vec::new(),
+            });
+        }
+        for e in plan.echo.iter().filter(|e| e.proto == Proto::Tcp) {
             let (fds, addr) = socket::bind_listeners(ListenKind::Echo, &e.name, e.listen, n)?;
             for (shard, fd) in fds.into_iter().enumerate() {
                 let spec = ListenerSpec {
@@ -136,7 +218,8 @@ impl Runtime {
 
         let (report_tx, reports) = mpsc::channel();
         let mut shards = Vec::with_capacity(n);
-        for (index, shard_listeners) in listeners.into_iter().enumerate() {
+        let shard_inputs = listeners.into_iter().zip(udp_listeners);
+        for (index, (shard_listeners, shard_udp)) in shard_inputs.enumerate() {
             let cpu = rt.cpus.get(index).copied().unwrap_or(index);
             let doorbell = Arc::new(EventFd::new().map_err(|e| HostError::Shard {
                 shard: index,
@@ -152,6 +235,10 @@ impl Runtime {
                 cap: rt.buffers_per_direction,
                 listeners: shard_listeners,
                 routes: routes.clone(),
+                datagram_buffers: datagram_buffers(plan),
+                max_datagram: rt.max_datagram,
+                udp_listeners: shard_udp,
+                udp_routes: udp_routes.clone(),
             };
             let control = Control {
                 commands: cmd_rx,
@@ -396,9 +483,10 @@ pub fn serve(plan: &Plan) -> u8 {
                 info!("final stats {}", rt.totals().to_kv());
                 return exit::FAILURE;
             }
-            let active = rt.snapshot(Duration::from_millis(500)).active;
+            let open = rt.snapshot(Duration::from_millis(500));
+            let (active, sessions) = (open.active, open.udp_sessions_active);
             info!(
-                "{name}: draining — no new connections; {active} open connection(s) get up to {} to finish (send {name} again to exit at once)",
+                "{name}: draining — no new connections or UDP sessions; {active} open connection(s) and {sessions} UDP session(s) get up to {} to finish (send {name} again to exit at once)",
                 format_duration(plan.runtime.drain_timeout)
             );
             rt.drain();
@@ -425,8 +513,11 @@ pub fn serve(plan: &Plan) -> u8 {
             && now >= d
             && stop_deadline.is_none()
         {
-            let active = rt.snapshot(Duration::from_millis(500)).active;
-            info!("drain_timeout reached; closing {active} remaining connection(s)");
+            let open = rt.snapshot(Duration::from_millis(500));
+            let (active, sessions) = (open.active, open.udp_sessions_active);
+            info!(
+                "drain_timeout reached; closing {active} remaining connection(s) and {sessions} UDP session(s)"
+            );
             rt.stop();
             stop_deadline = Some(now + STOP_GRACE);
         }

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::slab::Slab;
 use super::token::{OpKind, SlotId, Token};
+use super::udp::{UdpConn, UdpListener, UdpListenerSpec, UdpRouteSpec, UdpWaiter};
 use crate::stats::{CloseReason, ShardStats};
 use crate::tcp::echo::Echo;
 use crate::tcp::relay::{Relay, RelayConfig};
@@ -100,6 +101,58 @@ pub enum Op {
     Release {
         bid: u16,
     },
+    /// Multishot recvmsg into the datagram buffer ring.
+    UdpRecvMulti {
+        token: u64,
+        fd: RawFd,
+        template: RecvTemplate,
+    },
+    /// Create a UDP socket of the family of `route`'s upstream `upstream`.
+    UdpSocket {
+        token: u64,
+        route: u16,
+        upstream: u16,
+    },
+    /// connect(2) a UDP socket to `route`'s upstream `upstream`.
+    UdpConnect {
+        token: u64,
+        fd: RawFd,
+        route: u16,
+        upstream: u16,
+    },
+    /// Send part of datagram buffer `bid` on a connected socket.
+    SendDatagram {
+        token: u64,
+        fd: RawFd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+    },
+    /// Send part of datagram buffer `bid` to `dest`, from `local` when set
+    /// (the address the client sent to, for wildcard listeners).
+    SendDatagramTo {
+        token: u64,
+        fd: RawFd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        dest: std::net::SocketAddr,
+        local: Option<std::net::IpAddr>,
+    },
+    /// Return a datagram buffer to its ring (no completion).
+    ReleaseDatagram {
+        bid: u16,
+    },
+}
+
+/// Which recvmsg layout (name and control space) a receive uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvTemplate {
+    /// UDP listener `n`: the source address, and the destination address when
+    /// the listener is bound to a wildcard address.
+    Listener(u32),
+    /// A session's connected socket: payload only.
+    Upstream,
 }
 
 /// What a listener serves.
@@ -131,13 +184,17 @@ pub struct RouteSpec {
     pub half_close_ms: Millis,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EngineConfig {
     pub shard: usize,
     pub buffers: u32,
     pub cap: u32,
     pub listeners: Vec<ListenerSpec>,
     pub routes: Vec<RouteSpec>,
+    /// Buffers in the datagram ring (0 when there is no UDP listener).
+    pub datagram_buffers: u32,
+    pub udp_listeners: Vec<UdpListenerSpec>,
+    pub udp_routes: Vec<UdpRouteSpec>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,9 +229,11 @@ struct Conn {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum TimerKey {
+pub(super) enum TimerKey {
     Conn { slot: SlotId, deadline: Millis },
     Listener(u32),
+    Session { slot: SlotId, deadline: Millis },
+    UdpListener(u32),
 }
 
 /// Where the shard is in its life.
@@ -187,14 +246,14 @@ pub enum Mode {
     Stopping,
 }
 
-struct LogBudget {
+pub(super) struct LogBudget {
     window: Millis,
     used: u32,
     suppressed: u64,
 }
 
 impl LogBudget {
-    fn allow(&mut self, now: Millis, shard: usize) -> bool {
+    pub(super) fn allow(&mut self, now: Millis, shard: usize) -> bool {
         if now.saturating_sub(self.window) >= 1000 {
             if self.suppressed > 0 {
                 warn!(
@@ -218,31 +277,39 @@ impl LogBudget {
 }
 
 pub struct Engine {
-    shard: usize,
+    pub(super) shard: usize,
     conns: Slab<Conn>,
     listeners: Vec<Listener>,
     routes: Vec<RouteSpec>,
-    timers: TimerWheel<TimerKey>,
+    pub(super) timers: TimerWheel<TimerKey>,
     fired: Vec<TimerKey>,
     starved: VecDeque<(SlotId, Side)>,
+    pub(super) sessions: Slab<UdpConn>,
+    pub(super) udp_listeners: Vec<UdpListener>,
+    pub(super) udp_routes: Vec<UdpRouteSpec>,
+    pub(super) udp_starved: VecDeque<UdpWaiter>,
+    /// Datagram buffers handed to us and not yet released.
+    pub(super) dgram_held: u32,
+    pub(super) dgram_buffers: u32,
+    pub(super) session_ops: Vec<crate::udp::SessionOp>,
     /// Buffers handed to us by receive completions and not yet released.
     held: u32,
     buffers: u32,
     cap: u32,
     /// Listener and reject operations in flight (connections count their own).
-    misc_inflight: u32,
-    mode: Mode,
-    stats: ShardStats,
-    ops: Vec<Op>,
+    pub(super) misc_inflight: u32,
+    pub(super) mode: Mode,
+    pub(super) stats: ShardStats,
+    pub(super) ops: Vec<Op>,
     scratch: Vec<ConnOp>,
-    log: LogBudget,
+    pub(super) log: LogBudget,
 }
 
-fn result(res: i32) -> Result<u32, i32> {
+pub(super) fn result(res: i32) -> Result<u32, i32> {
     if res >= 0 { Ok(res as u32) } else { Err(-res) }
 }
 
-fn unit(res: i32) -> Result<(), i32> {
+pub(super) fn unit(res: i32) -> Result<(), i32> {
     result(res).map(|_| ())
 }
 
@@ -267,7 +334,7 @@ fn recv_event(res: i32, flags: u32) -> RecvEvent {
     }
 }
 
-fn buffer_id(flags: u32) -> Option<u16> {
+pub(super) fn buffer_id(flags: u32) -> Option<u16> {
     (flags & CQE_F_BUFFER != 0).then_some((flags >> 16) as u16)
 }
 
@@ -283,6 +350,11 @@ impl Engine {
                 rr: 0,
             })
             .collect();
+        let udp_listeners = cfg
+            .udp_listeners
+            .into_iter()
+            .map(|spec| UdpListener::new(spec, &cfg.udp_routes))
+            .collect();
         Engine {
             shard: cfg.shard,
             conns: Slab::default(),
@@ -291,6 +363,13 @@ impl Engine {
             timers: TimerWheel::new(now),
             fired: Vec::new(),
             starved: VecDeque::new(),
+            sessions: Slab::default(),
+            udp_listeners,
+            udp_routes: cfg.udp_routes,
+            udp_starved: VecDeque::new(),
+            dgram_held: 0,
+            dgram_buffers: cfg.datagram_buffers,
+            session_ops: Vec::with_capacity(16),
             held: 0,
             buffers: cfg.buffers,
             cap: cfg.cap,
@@ -312,6 +391,9 @@ impl Engine {
         for i in 0..self.listeners.len() {
             self.arm_accept(i as u32);
         }
+        for i in 0..self.udp_listeners.len() {
+            self.arm_udp_listener(i as u32);
+        }
     }
 
     pub fn mode(&self) -> Mode {
@@ -321,7 +403,18 @@ impl Engine {
     pub fn stats(&self) -> ShardStats {
         let mut s = self.stats.clone();
         s.active = self.conns.len() as u64;
+        s.udp_sessions_active = self.sessions.len() as u64;
         s
+    }
+
+    /// UDP sessions open (or closing) on this shard.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Datagram buffers held by sessions and in-flight sends.
+    pub fn held_datagram_buffers(&self) -> u32 {
+        self.dgram_held
     }
 
     pub fn connections(&self) -> usize {
@@ -353,11 +446,13 @@ impl Engine {
     pub fn is_done(&self) -> bool {
         self.mode != Mode::Running
             && self.conns.is_empty()
+            && self.sessions.is_empty()
             && self.misc_inflight == 0
             && self
                 .listeners
                 .iter()
                 .all(|l| l.accept == AcceptState::Closed)
+            && self.udp_listeners.iter().all(UdpListener::is_closed)
     }
 
     fn listener_token(kind: OpKind, index: u32) -> u64 {
@@ -396,7 +491,7 @@ impl Engine {
         });
     }
 
-    fn reject(&mut self, fd: RawFd) {
+    pub(super) fn reject(&mut self, fd: RawFd) {
         self.misc_inflight += 1;
         self.ops.push(Op::Reject {
             token: Self::listener_token(OpKind::Reject, 0),
@@ -424,6 +519,7 @@ impl Engine {
                 AcceptState::Cancelling | AcceptState::Closing | AcceptState::Closed => {}
             }
         }
+        self.close_idle_udp_listeners();
     }
 
     /// Close every connection now (drain_timeout passed, or a hard stop).
@@ -439,6 +535,7 @@ impl Engine {
             }
             self.after_conn(slot, now);
         }
+        self.stop_sessions(now);
     }
 
     /// One completion from the ring.
@@ -459,13 +556,24 @@ impl Engine {
                 }
             }
             OpKind::Control => {}
+            OpKind::UdpListenRecv
+            | OpKind::UdpUpRecv
+            | OpKind::UdpUpSend
+            | OpKind::UdpReplySend
+            | OpKind::UdpEchoSend
+            | OpKind::UdpSocket
+            | OpKind::UdpConnect
+            | OpKind::UdpCancel
+            | OpKind::UdpClose
+            | OpKind::UdpListenCancel
+            | OpKind::UdpListenClose => self.on_udp_cqe(token, res, flags, None, now),
             _ => self.on_conn_cqe(token, res, flags, now),
         }
     }
 
     /// A completion whose owner is gone. Whatever the kernel handed over with
     /// it (a buffer, a descriptor) is given back so nothing leaks.
-    fn stale(&mut self, kind: OpKind, res: i32, flags: u32) {
+    pub(super) fn stale(&mut self, kind: OpKind, res: i32, flags: u32) {
         self.stats.stale_completions += 1;
         if let Some(bid) = buffer_id(flags) {
             self.ops.push(Op::Release { bid });
@@ -830,6 +938,8 @@ impl Engine {
                     }
                     self.after_conn(slot, now);
                 }
+                TimerKey::Session { slot, deadline } => self.session_timer(slot, deadline, now),
+                TimerKey::UdpListener(index) => self.udp_listener_timer(index),
                 TimerKey::Listener(index) => {
                     let backoff = self
                         .listeners
@@ -863,5 +973,6 @@ impl Engine {
             free -= 1;
             self.after_conn(slot, now);
         }
+        self.wake_udp_starved(now);
     }
 }

@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::engine::{Engine, EngineConfig, ListenerSpec, Mode, Op, RouteSpec};
+use super::engine::{Engine, EngineConfig, ListenerSpec, Mode, Op, RecvTemplate, RouteSpec};
 use super::token::{OpKind, SlotId, Token};
-use crate::ring::{Cqe, Ring, SendKind, TargetId, TimeoutId};
+use super::udp::{DatagramMeta, UdpListenerSpec, UdpRouteSpec};
+use crate::ring::TemplateId;
+use crate::ring::datagram::{CONTROL_SPACE, Layout, NAME_SPACE};
+use crate::ring::{Cqe, Ring, SendKind, SockType, TargetId, TimeoutId};
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
 use crate::sys::socket;
@@ -45,6 +48,20 @@ pub struct ShardSetup {
     pub cap: u32,
     pub listeners: Vec<(ListenerSpec, OwnedFd)>,
     pub routes: Vec<RouteSetup>,
+    /// Datagram buffers (0 = no UDP listener, no datagram ring).
+    pub datagram_buffers: u32,
+    pub max_datagram: u32,
+    /// UDP listeners, and whether each is bound to a wildcard address (then
+    /// replies need the destination address the client used: IP_PKTINFO).
+    pub udp_listeners: Vec<(UdpListenerSpec, OwnedFd, bool)>,
+    pub udp_routes: Vec<UdpRouteSetup>,
+}
+
+/// A UDP forwarding route as the shard needs it.
+#[derive(Clone, Debug)]
+pub struct UdpRouteSetup {
+    pub spec: UdpRouteSpec,
+    pub upstreams: Vec<SocketAddr>,
 }
 
 /// Control thread → shard.
@@ -156,6 +173,38 @@ pub fn run(setup: ShardSetup, control: Control) {
         timeouts.push(ring.add_timeout(r.connect_timeout));
         routes.push(r.spec);
     }
+    if setup.datagram_buffers > 0
+        && let Err(e) = ring.add_datagram_pool(setup.datagram_buffers, setup.max_datagram)
+    {
+        let _ = control.reports.send(Report::Failed {
+            shard,
+            error: format!(
+                "registering its datagram buffer ring ({} buffers for datagrams up to {} bytes) failed: {e}",
+                setup.datagram_buffers, setup.max_datagram
+            ),
+        });
+        return;
+    }
+    let mut udp_targets: Vec<Vec<TargetId>> = Vec::new();
+    let mut udp_routes = Vec::new();
+    for r in setup.udp_routes {
+        udp_targets.push(r.upstreams.iter().map(|a| ring.add_target(*a)).collect());
+        udp_routes.push(r.spec);
+    }
+    let upstream_template = ring.add_recvmsg_template(Layout {
+        namelen: 0,
+        controllen: 0,
+    });
+    let mut listen_templates = Vec::new();
+    let mut udp_listeners = Vec::new();
+    for (mut spec, fd, wildcard) in setup.udp_listeners {
+        listen_templates.push(ring.add_recvmsg_template(Layout {
+            namelen: NAME_SPACE,
+            controllen: if wildcard { CONTROL_SPACE } else { 0 },
+        }));
+        spec.fd = fd.into_raw_fd();
+        udp_listeners.push(spec);
+    }
     let listeners = setup
         .listeners
         .into_iter()
@@ -172,10 +221,13 @@ pub fn run(setup: ShardSetup, control: Control) {
             cap: setup.cap,
             listeners,
             routes,
+            datagram_buffers: setup.datagram_buffers,
+            udp_listeners,
+            udp_routes,
         },
         0,
     );
-    let describe = format!(
+    let mut describe = format!(
         "cpu {} ring {} (sq {}, cq {}) buffers {} x {}",
         setup.cpu,
         ring.mode().describe(),
@@ -184,11 +236,21 @@ pub fn run(setup: ShardSetup, control: Control) {
         setup.buffers,
         setup.buffer_size
     );
+    if setup.datagram_buffers > 0 {
+        describe.push_str(&format!(
+            ", datagram buffers {} x {}",
+            setup.datagram_buffers,
+            crate::ring::datagram::buffer_size(setup.max_datagram)
+        ));
+    }
     let mut lp = Loop {
         shard,
         ring,
         targets,
         timeouts,
+        udp_targets,
+        upstream_template,
+        listen_templates,
         control,
         control_armed: false,
         ops: Vec::with_capacity(1024),
@@ -215,6 +277,9 @@ struct Loop {
     ring: Ring,
     targets: Vec<Vec<TargetId>>,
     timeouts: Vec<TimeoutId>,
+    udp_targets: Vec<Vec<TargetId>>,
+    upstream_template: TemplateId,
+    listen_templates: Vec<TemplateId>,
     control: Control,
     control_armed: bool,
     ops: Vec<Op>,
@@ -269,7 +334,12 @@ impl Loop {
                     self.handle_commands(engine, now);
                     continue;
                 }
-                engine.handle_cqe(c.user_data, c.res, c.flags, now);
+                match self.datagram_meta(&c) {
+                    Some(meta) => {
+                        engine.handle_datagram_cqe(c.user_data, c.res, c.flags, meta, now)
+                    }
+                    None => engine.handle_cqe(c.user_data, c.res, c.flags, now),
+                }
             }
             self.cqes = cqes;
             engine.advance(now);
@@ -351,7 +421,7 @@ impl Loop {
                 .target(route, upstream)
                 .and_then(|t| self.ring.target_family(t))
             {
-                Some(family) => self.ring.socket(family, token),
+                Some(family) => self.ring.socket(family, SockType::Stream, token),
                 None => self.fail(token, libc::EINVAL),
             },
             Op::Connect {
@@ -414,7 +484,119 @@ impl Loop {
                     );
                 }
             }
+            Op::ReleaseDatagram { bid } => {
+                if !self.ring.release_datagram(bid) {
+                    warn!(
+                        shard = self.shard,
+                        bid, "release of an unknown datagram buffer id ignored"
+                    );
+                }
+            }
+            Op::UdpRecvMulti {
+                token,
+                fd,
+                template,
+            } => {
+                let t = match template {
+                    RecvTemplate::Listener(i) => self.listen_templates.get(i as usize).copied(),
+                    RecvTemplate::Upstream => Some(self.upstream_template),
+                };
+                let queued = t.is_some_and(|t| self.ring.recvmsg_multi(fd, t, token).is_ok());
+                if !queued {
+                    self.fail(token, libc::EINVAL);
+                }
+            }
+            Op::UdpSocket {
+                token,
+                route,
+                upstream,
+            } => match self
+                .udp_target(route, upstream)
+                .and_then(|t| self.ring.target_family(t))
+            {
+                Some(family) => self.ring.socket(family, SockType::Datagram, token),
+                None => self.fail(token, libc::EINVAL),
+            },
+            Op::UdpConnect {
+                token,
+                fd,
+                route,
+                upstream,
+            } => {
+                let queued = self
+                    .udp_target(route, upstream)
+                    .is_some_and(|t| self.ring.connect_plain(fd, t, token).is_ok());
+                if !queued {
+                    self.fail(token, libc::EINVAL);
+                }
+            }
+            Op::SendDatagram {
+                token,
+                fd,
+                bid,
+                offset,
+                len,
+            } => {
+                if self
+                    .ring
+                    .send_datagram(fd, bid, offset, len, token)
+                    .is_err()
+                {
+                    self.fail(token, libc::EINVAL);
+                }
+            }
+            Op::SendDatagramTo {
+                token,
+                fd,
+                bid,
+                offset,
+                len,
+                dest,
+                local,
+            } => {
+                if self
+                    .ring
+                    .sendmsg_datagram(fd, bid, offset, len, dest, local, token)
+                    .is_err()
+                {
+                    self.fail(token, libc::EINVAL);
+                }
+            }
         }
+    }
+
+    /// For a recvmsg completion that carries a datagram: where it is in its
+    /// buffer (`Some(None)` if the buffer could not be parsed). `None` for
+    /// every other completion.
+    fn datagram_meta(&self, c: &Cqe) -> Option<Option<DatagramMeta>> {
+        let token = Token::decode(c.user_data)?;
+        let template = match token.kind {
+            OpKind::UdpListenRecv => *self.listen_templates.get(token.slot.index as usize)?,
+            OpKind::UdpUpRecv => self.upstream_template,
+            _ => return None,
+        };
+        if c.res <= 0 || c.flags & super::engine::CQE_F_BUFFER == 0 {
+            return Some(None);
+        }
+        let bid = (c.flags >> 16) as u16;
+        Some(
+            self.ring
+                .parse_datagram(bid, template)
+                .map(|d| DatagramMeta {
+                    src: d.src,
+                    local: d.local,
+                    offset: d.offset,
+                    len: d.len,
+                    truncated: d.truncated,
+                }),
+        )
+    }
+
+    fn udp_target(&self, route: u16, upstream: u16) -> Option<TargetId> {
+        self.udp_targets
+            .get(route as usize)?
+            .get(upstream as usize)
+            .copied()
     }
 
     fn target(&self, route: u16, upstream: u16) -> Option<TargetId> {

@@ -5,3 +5,4 @@ pub mod engine;
 pub mod event_loop;
 pub mod slab;
 pub mod token;
+pub mod udp;

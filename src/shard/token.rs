@@ -28,6 +28,23 @@ pub enum OpKind {
     CloseListener = 14,
     /// Read on the shard's control eventfd.
     Control = 15,
+    /// Multishot recvmsg on a UDP listener (index = listener).
+    UdpListenRecv = 16,
+    /// Multishot recvmsg on a session's upstream socket.
+    UdpUpRecv = 17,
+    /// Datagram client→upstream on the session's socket (aux = buffer id).
+    UdpUpSend = 18,
+    /// Reply upstream→client from the listener socket (aux = buffer id).
+    UdpReplySend = 19,
+    /// Echo reply from a UDP echo listener (index = listener, aux = buffer id).
+    UdpEchoSend = 20,
+    UdpSocket = 21,
+    UdpConnect = 22,
+    UdpCancel = 23,
+    UdpClose = 24,
+    /// Cancel of a UDP listener's recvmsg (shutdown).
+    UdpListenCancel = 25,
+    UdpListenClose = 26,
 }
 
 impl OpKind {
@@ -49,16 +66,30 @@ impl OpKind {
             13 => CancelAccept,
             14 => CloseListener,
             15 => Control,
+            16 => UdpListenRecv,
+            17 => UdpUpRecv,
+            18 => UdpUpSend,
+            19 => UdpReplySend,
+            20 => UdpEchoSend,
+            21 => UdpSocket,
+            22 => UdpConnect,
+            23 => UdpCancel,
+            24 => UdpClose,
+            25 => UdpListenCancel,
+            26 => UdpListenClose,
             _ => return None,
         })
     }
 }
 
-/// Largest slab index a token can carry (24 bits).
-pub const MAX_INDEX: u32 = (1 << 24) - 1;
-/// Generations wrap at 24 bits; a stale completion would have to outlive 16M
-/// reuses of its slot, and slots are only freed once every completion is back.
-pub const GEN_MASK: u32 = (1 << 24) - 1;
+/// Largest slab index a token can carry (20 bits: a million per shard).
+pub const MAX_INDEX: u32 = (1 << 20) - 1;
+/// Generations wrap at 20 bits; a stale completion would have to outlive a
+/// million reuses of its slot, and slots are only freed once every completion
+/// is back.
+pub const GEN_MASK: u32 = (1 << 20) - 1;
+/// Largest `aux` value (15 bits: a provided-buffer id, < 32768).
+pub const MAX_AUX: u16 = (1 << 15) - 1;
 
 /// A slab slot: index plus the generation it had when the operation was issued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,14 +104,27 @@ pub struct Token {
     pub kind: OpKind,
     pub side: Side,
     pub slot: SlotId,
+    /// Per-operation datum: the buffer id of a datagram send, else 0.
+    pub aux: u16,
 }
 
 impl Token {
     pub fn new(kind: OpKind, side: Side, slot: SlotId) -> Token {
-        Token { kind, side, slot }
+        Token {
+            kind,
+            side,
+            slot,
+            aux: 0,
+        }
     }
 
-    /// Layout: bits 0-7 kind, bit 8 side, bits 16-39 index, bits 40-63 generation.
+    pub fn with_aux(mut self, aux: u16) -> Token {
+        self.aux = aux & MAX_AUX;
+        self
+    }
+
+    /// Layout: bits 0-7 kind, bit 8 side, bits 9-23 aux, bits 24-43 index,
+    /// bits 44-63 generation.
     pub fn encode(self) -> u64 {
         let side = match self.side {
             Side::Client => 0u64,
@@ -88,27 +132,27 @@ impl Token {
         };
         (self.kind as u64)
             | (side << 8)
-            | (u64::from(self.slot.index & MAX_INDEX) << 16)
-            | (u64::from(self.slot.generation & GEN_MASK) << 40)
+            | (u64::from(self.aux & MAX_AUX) << 9)
+            | (u64::from(self.slot.index & MAX_INDEX) << 24)
+            | (u64::from(self.slot.generation & GEN_MASK) << 44)
     }
 
     /// `None` for values this program never issued (corruption or a kernel bug).
     pub fn decode(user_data: u64) -> Option<Token> {
         let kind = OpKind::from_u8((user_data & 0xff) as u8)?;
-        let side = match (user_data >> 8) & 0xff {
-            0 => Side::Client,
-            1 => Side::Upstream,
-            _ => return None,
+        let side = if (user_data >> 8) & 1 == 0 {
+            Side::Client
+        } else {
+            Side::Upstream
         };
-        if (user_data >> 9) & 0x7f != 0 {
-            return None;
-        }
-        let index = ((user_data >> 16) & u64::from(MAX_INDEX)) as u32;
-        let generation = ((user_data >> 40) & u64::from(GEN_MASK)) as u32;
+        let aux = ((user_data >> 9) & u64::from(MAX_AUX)) as u16;
+        let index = ((user_data >> 24) & u64::from(MAX_INDEX)) as u32;
+        let generation = ((user_data >> 44) & u64::from(GEN_MASK)) as u32;
         Some(Token {
             kind,
             side,
             slot: SlotId { index, generation },
+            aux,
         })
     }
 }
@@ -119,12 +163,14 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind_side_and_extreme_slots() {
-        for k in 1..=15u8 {
+        for k in 1..=26u8 {
             let kind = OpKind::from_u8(k).expect("kind");
             for side in [Side::Client, Side::Upstream] {
                 for (index, generation) in [(0, 0), (MAX_INDEX, GEN_MASK), (12345, 678)] {
-                    let t = Token::new(kind, side, SlotId { index, generation });
-                    assert_eq!(Token::decode(t.encode()), Some(t));
+                    for aux in [0, 1, MAX_AUX, 12345] {
+                        let t = Token::new(kind, side, SlotId { index, generation }).with_aux(aux);
+                        assert_eq!(Token::decode(t.encode()), Some(t));
+                    }
                 }
             }
         }
@@ -134,7 +180,6 @@ mod tests {
     fn rejects_values_never_issued() {
         assert_eq!(Token::decode(0), None);
         assert_eq!(Token::decode(200), None);
-        assert_eq!(Token::decode(1 | (3 << 8)), None);
-        assert_eq!(Token::decode(1 | (1 << 12)), None);
+        assert_eq!(Token::decode(27), None);
     }
 }

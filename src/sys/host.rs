@@ -325,9 +325,10 @@ pub fn has_cap_ipc_lock() -> bool {
 }
 
 /// Locked memory one shard's rings need: SQ array + SQEs, CQEs, and the
-/// provided-buffer ring entries, each rounded to pages (what the kernel pins
-/// and, without CAP_IPC_LOCK, charges to RLIMIT_MEMLOCK).
-pub fn shard_locked_bytes(ring_entries: u32, buffers: u32) -> u64 {
+/// provided-buffer ring entries (stream and, with UDP, datagram rings), each
+/// rounded to pages (what the kernel pins and, without CAP_IPC_LOCK, charges
+/// to RLIMIT_MEMLOCK).
+pub fn shard_locked_bytes(ring_entries: u32, buffers: u32, datagram_buffers: u32) -> u64 {
     const PAGE: u64 = 4096;
     let sq = u64::from(ring_entries);
     let cq = sq * 8;
@@ -336,6 +337,7 @@ pub fn shard_locked_bytes(ring_entries: u32, buffers: u32) -> u64 {
         + pages(sq * 64)
         + pages(cq * 16 + 64 * 4)
         + pages(u64::from(buffers.next_power_of_two()) * 16)
+        + pages(u64::from(datagram_buffers.next_power_of_two()) * 16)
 }
 
 /// Checks (and if the hard limit allows, raises) RLIMIT_MEMLOCK for `shards`
@@ -344,11 +346,12 @@ pub fn ensure_memlock(
     shards: usize,
     ring_entries: u32,
     buffers: u32,
+    datagram_buffers: u32,
 ) -> Result<Option<String>, HostError> {
     if has_cap_ipc_lock() {
         return Ok(None);
     }
-    let needed = shard_locked_bytes(ring_entries, buffers) * shards as u64;
+    let needed = shard_locked_bytes(ring_entries, buffers, datagram_buffers) * shards as u64;
     let Some((soft, hard)) = memlock_limit() else {
         return Ok(None);
     };
@@ -370,7 +373,8 @@ pub fn ensure_memlock(
     })
 }
 
-/// Raises the descriptor limit toward `needed` (each connection uses two).
+/// Raises the descriptor limit toward `needed` (each TCP connection uses two,
+/// each UDP session one).
 /// Returns a warning when the hard limit is lower than `needed`.
 pub fn ensure_nofile(needed: u64) -> Option<String> {
     let (soft, hard) = get_rlimit(libc::RLIMIT_NOFILE)?;
@@ -382,9 +386,10 @@ pub fn ensure_nofile(needed: u64) -> Option<String> {
     let now = if raised { target } else { soft };
     (now < needed).then(|| {
         format!(
-            "descriptor limit (RLIMIT_NOFILE) is {now} but max_connections needs up to {needed} \
-             (two per connection); connections beyond it will fail to accept or connect. Raise it \
-             with `ulimit -n {needed}` or LimitNOFILE={needed} in the systemd unit"
+            "descriptor limit (RLIMIT_NOFILE) is {now} but max_connections and max_sessions need \
+             up to {needed} (two per TCP connection, one per UDP session); connections and \
+             sessions beyond it will fail. Raise it with `ulimit -n {needed}` or \
+             LimitNOFILE={needed} in the systemd unit, or lower the limits"
         )
     })
 }
@@ -459,7 +464,8 @@ mod tests {
 
     #[test]
     fn locked_bytes_grow_with_rings() {
-        assert!(shard_locked_bytes(2048, 4096) > shard_locked_bytes(64, 8));
-        assert_eq!(shard_locked_bytes(64, 8) % 4096, 0);
+        assert!(shard_locked_bytes(2048, 4096, 0) > shard_locked_bytes(64, 8, 0));
+        assert!(shard_locked_bytes(64, 8, 512) > shard_locked_bytes(64, 8, 0));
+        assert_eq!(shard_locked_bytes(64, 8, 0) % 4096, 0);
     }
 }

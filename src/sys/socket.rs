@@ -1,6 +1,6 @@
-//! Sockets outside the ring: the per-shard SO_REUSEPORT listeners (bound by the
-//! control thread before shards start, so a bad address fails startup with a
-//! clear message) and the two socket options the data path sets.
+//! Sockets outside the ring: the per-shard SO_REUSEPORT listeners, TCP and UDP
+//! (bound by the control thread before shards start, so a bad address fails
+//! startup with a clear message) and the two socket options the data path sets.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,12 +18,16 @@ const LISTEN_BACKLOG: i32 = 65535;
 pub enum ListenKind {
     Tcp,
     Echo,
+    Udp,
+    UdpEcho,
 }
 
 fn bind_error(kind: ListenKind, name: &str, addr: SocketAddr, e: io::Error) -> HostError {
     let what = match kind {
         ListenKind::Tcp => format!("tcp listener '{name}'"),
         ListenKind::Echo => format!("echo listener '{name}'"),
+        ListenKind::Udp => format!("udp listener '{name}'"),
+        ListenKind::UdpEcho => format!("udp echo listener '{name}'"),
     };
     match e.raw_os_error() {
         Some(libc::EADDRINUSE) => HostError::AddrInUse { what, addr },
@@ -61,11 +65,26 @@ pub fn bind_listeners(
     addr: SocketAddr,
     count: usize,
 ) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
+    bind_group(kind, name, addr, count, new_socket, |s| {
+        s.listen(LISTEN_BACKLOG)
+    })
+}
+
+/// Binds `count` sockets made by `make(addr, reuseport)` to `addr` and
+/// finishes each with `ready`.
+fn bind_group(
+    kind: ListenKind,
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+    make: fn(SocketAddr, bool) -> io::Result<Socket>,
+    ready: fn(&Socket) -> io::Result<()>,
+) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
     if addr.port() != 0 {
         // SO_REUSEPORT would silently join another same-user process's group on
         // this port and split its traffic with it; a plain bind first tells us
-        // whether anyone listens here already.
-        let probe = new_socket(addr, false).map_err(|e| bind_error(kind, name, addr, e))?;
+        // whether anyone is bound here already.
+        let probe = make(addr, false).map_err(|e| bind_error(kind, name, addr, e))?;
         probe
             .bind(&addr.into())
             .map_err(|e| bind_error(kind, name, addr, e))?;
@@ -73,11 +92,10 @@ pub fn bind_listeners(
     let mut bound = addr;
     let mut fds = Vec::with_capacity(count);
     for _ in 0..count {
-        let s = new_socket(bound, true).map_err(|e| bind_error(kind, name, bound, e))?;
+        let s = make(bound, true).map_err(|e| bind_error(kind, name, bound, e))?;
         s.bind(&bound.into())
             .map_err(|e| bind_error(kind, name, bound, e))?;
-        s.listen(LISTEN_BACKLOG)
-            .map_err(|e| bind_error(kind, name, bound, e))?;
+        ready(&s).map_err(|e| bind_error(kind, name, bound, e))?;
         if bound.port() == 0 {
             bound = s
                 .local_addr()
@@ -88,6 +106,42 @@ pub fn bind_listeners(
         fds.push(OwnedFd::from(s));
     }
     Ok((fds, bound))
+}
+
+fn new_udp_socket(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
+    // No SO_REUSEADDR: on UDP it lets unrelated sockets bind the same address
+    // and steal datagrams; SO_REUSEPORT alone forms the per-shard group.
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuseport {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if addr.ip().is_unspecified() {
+        // A wildcard socket must answer from the address each client wrote
+        // to, which only the per-datagram destination (PKTINFO) tells.
+        let on: libc::c_int = 1;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        if addr.is_ipv4() {
+            setsockopt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, &on)?;
+        } else {
+            setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, &on)?;
+        }
+    }
+    Ok(s)
+}
+
+/// Binds `count` SO_REUSEPORT UDP sockets on `addr` (one per shard), as
+/// [`bind_listeners`] does for TCP. The kernel's 4-tuple hash then keeps each
+/// client on one shard.
+pub fn bind_udp_listeners(
+    kind: ListenKind,
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
+    bind_group(kind, name, addr, count, new_udp_socket, |_| Ok(()))
 }
 
 fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {

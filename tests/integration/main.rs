@@ -7,3 +7,4 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod relay;
+mod udp;

@@ -1,0 +1,121 @@
+//! Resolving `[[udp]]` sections and `--udp` specs into [`UdpListenerPlan`]s: session timeout,
+//! response count, session and rate limits, and the client allow list.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use super::cidr::Cidr;
+use super::error::{ConfigError, Origin};
+use super::listeners::{
+    Claim, DAY, Timeout, count, limit, required, section_claim, split_spec, timeout, upstreams,
+};
+use super::raw::{Field, Section};
+use super::{Proto, UdpListenerPlan};
+
+const KEYS: [&str; 8] = [
+    "name",
+    "listen",
+    "upstreams",
+    "idle_timeout",
+    "max_responses",
+    "max_sessions",
+    "new_sessions_per_second_per_source",
+    "allow",
+];
+
+pub(super) const IDLE_TIMEOUT: Timeout = Timeout {
+    key: "idle_timeout",
+    default: Duration::from_secs(60),
+    max: DAY,
+};
+/// Each session holds one ephemeral port and one descriptor; the port range caps it anyway.
+const MAX_SESSIONS: RangeInclusive<u32> = 1..=10_000_000;
+pub(super) const DEFAULT_MAX_SESSIONS: u32 = 100_000;
+const MAX_RESPONSES: RangeInclusive<u32> = 1..=1_000_000;
+const RATE: RangeInclusive<u32> = 1..=1_000_000;
+/// A longer list belongs in a firewall, where it is matched without a linear scan.
+const MAX_ALLOW: usize = 1024;
+const UDP_SOURCE: &str = "--udp";
+
+pub(super) fn file_udp_listener(
+    section: &Section<'_>,
+    shards: usize,
+) -> Result<(UdpListenerPlan, Claim), ConfigError> {
+    section.deny_unknown(&KEYS, "in [[udp]]")?;
+    let claim = section_claim(section, Proto::Udp)?;
+    let upstreams_example = "upstreams = [\"10.0.0.53:53\"]";
+    let plan = UdpListenerPlan {
+        name: claim.name.clone(),
+        listen: claim.listen,
+        upstreams: upstreams(&required(
+            section,
+            Proto::Udp,
+            "upstreams",
+            upstreams_example,
+        )?)?,
+        idle_timeout: timeout(section, &IDLE_TIMEOUT)?,
+        max_responses: section
+            .get("max_responses")
+            .map(|f| count(&f, MAX_RESPONSES, 1))
+            .transpose()?,
+        max_sessions: limit(
+            section.get("max_sessions"),
+            MAX_SESSIONS,
+            DEFAULT_MAX_SESSIONS,
+            shards,
+        )?,
+        new_sessions_per_second_per_source: section
+            .get("new_sessions_per_second_per_source")
+            .map(|f| count(&f, RATE, 50))
+            .transpose()?,
+        allow: section
+            .get("allow")
+            .map(|f| allow(&f))
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    Ok((plan, claim))
+}
+
+fn allow(field: &Field<'_>) -> Result<Vec<Cidr>, ConfigError> {
+    let example = "allow = [\"10.0.0.0/8\", \"2001:db8::/32\"]";
+    let items = field.array(example)?;
+    if items.is_empty() {
+        return Err(field.error(format!(
+            "{} is empty, which would drop every client; list the client ranges to let in, like \
+             {example}, or remove the key to allow all",
+            field.shown()
+        )));
+    }
+    if items.len() > MAX_ALLOW {
+        return Err(field.error(format!(
+            "{} ranges are listed; at most {MAX_ALLOW} are allowed (use a firewall for more)",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .map(|item| Cidr::parse(item.string(example)?).map_err(|why| item.error(why)))
+        .collect()
+}
+
+/// `--udp LISTEN=UP1[,UP2...]`: a listener with default timeout and limits, named after LISTEN.
+pub(super) fn flag_udp_listener(
+    index: usize,
+    spec: &str,
+) -> Result<(UdpListenerPlan, Claim), ConfigError> {
+    let origin = Origin::new(UDP_SOURCE, format!("{UDP_SOURCE}[{index}]"));
+    let (listen, upstreams, listen_text) = split_spec(spec, &origin)?;
+    let claim = Claim::unnamed(Proto::Udp, listen, &listen_text, origin);
+    let plan = UdpListenerPlan {
+        name: claim.name.clone(),
+        listen,
+        upstreams,
+        idle_timeout: IDLE_TIMEOUT.default,
+        max_responses: None,
+        max_sessions: DEFAULT_MAX_SESSIONS,
+        new_sessions_per_second_per_source: None,
+        allow: Vec::new(),
+    };
+    Ok((plan, claim))
+}

@@ -1,0 +1,134 @@
+//! UDP forwarding state: sessions (one per client address per listener, each
+//! with its own connected upstream socket), the session map, and the
+//! per-source new-session limiter. Like `tcp`, no syscalls and no clock here:
+//! completions and the time come in, `SessionOp`s go out.
+
+pub mod limiter;
+pub mod map;
+pub mod session;
+
+/// A datagram the kernel handed over in provided buffer `bid`: the payload is
+/// `len` bytes at `offset` in that buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Payload {
+    pub bid: u16,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// A decoded recvmsg completion on a session's upstream socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatagramEvent {
+    Data(Payload),
+    /// Larger than the buffer (MSG_TRUNC): must be dropped, never forwarded cut.
+    Truncated {
+        bid: u16,
+    },
+    /// ENOBUFS: the datagram buffer ring was empty; the receive ended.
+    NoBuffers,
+    /// ECANCELED: our own cancel.
+    Cancelled,
+    /// Any other error, as a positive errno (ECONNREFUSED: ICMP port unreachable).
+    Error(i32),
+}
+
+/// What a session asks its shard to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionOp {
+    /// Create the session's UDP socket (family of upstream `upstream`).
+    OpenSocket { upstream: u16 },
+    /// connect(2) the socket to `upstream` (fixes the peer; no handshake).
+    Connect { upstream: u16 },
+    /// Multishot recvmsg on the upstream socket.
+    ArmRecv,
+    /// Send a client's datagram to the upstream.
+    SendUp(Payload),
+    /// Send an upstream's datagram to the client, from the listener socket.
+    SendClient(Payload),
+    /// Give a datagram buffer back (no completion).
+    Release(u16),
+    /// The upstream receive ran out of buffers; wake it when buffers return.
+    Starved,
+    /// Cancel everything on the upstream socket (teardown).
+    CancelAll,
+    /// Close the upstream socket.
+    Close,
+}
+
+/// Why a session ended. Every session end is counted under exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// No datagram in either direction for idle_timeout.
+    Idle,
+    /// The upstream answered with ICMP port unreachable (ECONNREFUSED).
+    Refused,
+    /// max_responses replies were forwarded.
+    Responses,
+    /// Creating or connecting the socket failed, or a socket error.
+    Error,
+    /// Closed by shutdown.
+    Shutdown,
+}
+
+impl SessionEnd {
+    pub const ALL: [SessionEnd; 5] = [
+        SessionEnd::Idle,
+        SessionEnd::Refused,
+        SessionEnd::Responses,
+        SessionEnd::Error,
+        SessionEnd::Shutdown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionEnd::Idle => "idle",
+            SessionEnd::Refused => "refused",
+            SessionEnd::Responses => "responses",
+            SessionEnd::Error => "error",
+            SessionEnd::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a datagram was dropped. Every drop is counted under exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Larger than max_datagram (MSG_TRUNC).
+    Truncated,
+    /// Source not in the listener's allow list.
+    Denied,
+    /// A new client while the listener's share of max_sessions is in use.
+    SessionLimit,
+    /// A new client beyond new_sessions_per_second_per_source.
+    RateLimit,
+    /// Too many datagrams of one session waiting (socket not ready or send queue full).
+    Backlog,
+    /// The kernel refused the send (other than a refusal that ends the session).
+    SendError,
+    /// A new client while the shard is draining.
+    Draining,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Truncated,
+        DropReason::Denied,
+        DropReason::SessionLimit,
+        DropReason::RateLimit,
+        DropReason::Backlog,
+        DropReason::SendError,
+        DropReason::Draining,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::Denied => "denied",
+            DropReason::SessionLimit => "session_limit",
+            DropReason::RateLimit => "rate_limit",
+            DropReason::Backlog => "backlog",
+            DropReason::SendError => "send_error",
+            DropReason::Draining => "draining",
+        }
+    }
+}

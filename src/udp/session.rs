@@ -1,0 +1,536 @@
+//! One UDP session: a client address on one listener, forwarded through its
+//! own socket connected to one upstream (so the upstream's replies on that
+//! socket belong to exactly this client). Datagrams that arrive while the
+//! socket is being opened wait (bounded); the session ends on idle timeout
+//! (refreshed by traffic either way), ICMP port unreachable, max_responses, or
+//! an error, and is freed only once every completion naming it is back.
+
+use std::collections::VecDeque;
+
+use super::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
+use crate::stats::ShardStats;
+use crate::time::Millis;
+
+#[derive(Clone, Copy, Debug)]
+pub struct SessionConfig {
+    /// Index of the upstream this session uses (round-robin choice).
+    pub upstream: u16,
+    pub idle_ms: Millis,
+    pub max_responses: Option<u32>,
+    /// Datagrams one session may have waiting or in flight, per direction.
+    pub cap: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Opening,
+    Ready,
+    Closing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recv {
+    Stopped,
+    Armed,
+    Starved,
+    Ended,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sock {
+    /// The socket operation is in flight (or failed).
+    Absent,
+    Open,
+    /// Closing; waiting for the operations that use the socket to come back.
+    Doomed,
+    CloseInFlight,
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    phase: Phase,
+    sock: Sock,
+    recv: Recv,
+    /// Operations in flight that use the upstream socket.
+    fd_ops: u32,
+    cancel_sent: bool,
+    /// Every operation whose final completion has not arrived.
+    inflight: u32,
+    pending: VecDeque<Payload>,
+    up_sends: u32,
+    reply_sends: u32,
+    responses: u32,
+    last_activity: Millis,
+    end: Option<SessionEnd>,
+    last_errno: Option<i32>,
+}
+
+impl Session {
+    pub fn new(cfg: SessionConfig, now: Millis) -> Session {
+        Session {
+            cfg,
+            phase: Phase::Opening,
+            sock: Sock::Absent,
+            recv: Recv::Stopped,
+            fd_ops: 0,
+            cancel_sent: false,
+            inflight: 0,
+            pending: VecDeque::new(),
+            up_sends: 0,
+            reply_sends: 0,
+            responses: 0,
+            last_activity: now,
+            end: None,
+            last_errno: None,
+        }
+    }
+
+    pub fn upstream(&self) -> u16 {
+        self.cfg.upstream
+    }
+
+    pub fn end(&self) -> Option<SessionEnd> {
+        self.end
+    }
+
+    pub fn last_errno(&self) -> Option<i32> {
+        self.last_errno
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.phase == Phase::Closing
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Closing
+            && self.inflight == 0
+            && matches!(self.sock, Sock::Absent | Sock::Closed)
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight
+    }
+
+    /// When `handle_timeout` must next be called.
+    pub fn deadline(&self) -> Option<Millis> {
+        match self.phase {
+            Phase::Opening | Phase::Ready => {
+                Some(self.last_activity.saturating_add(self.cfg.idle_ms))
+            }
+            Phase::Closing => None,
+        }
+    }
+
+    pub fn start(&mut self, out: &mut Vec<SessionOp>) {
+        self.inflight += 1;
+        out.push(SessionOp::OpenSocket {
+            upstream: self.cfg.upstream,
+        });
+    }
+
+    fn send_up(&mut self, p: Payload, out: &mut Vec<SessionOp>) {
+        self.inflight += 1;
+        self.fd_ops += 1;
+        self.up_sends += 1;
+        out.push(SessionOp::SendUp(p));
+    }
+
+    fn arm(&mut self, out: &mut Vec<SessionOp>) {
+        if self.recv == Recv::Stopped && self.phase == Phase::Ready {
+            self.recv = Recv::Armed;
+            self.inflight += 1;
+            self.fd_ops += 1;
+            out.push(SessionOp::ArmRecv);
+        }
+    }
+
+    /// A datagram from the client (the engine routes only to sessions not closing).
+    pub fn handle_client_datagram(
+        &mut self,
+        p: Payload,
+        now: Millis,
+        out: &mut Vec<SessionOp>,
+        stats: &mut ShardStats,
+    ) {
+        let cap = self.cfg.cap as usize;
+        match self.phase {
+            Phase::Opening if self.pending.len() < cap => {
+                self.last_activity = now;
+                self.pending.push_back(p);
+            }
+            Phase::Ready if (self.up_sends as usize) < cap => {
+                self.last_activity = now;
+                self.send_up(p, out);
+            }
+            Phase::Opening | Phase::Ready | Phase::Closing => {
+                stats.count_udp_drop(DropReason::Backlog);
+                out.push(SessionOp::Release(p.bid));
+            }
+        }
+    }
+
+    pub fn handle_socket(&mut self, res: Result<(), i32>, out: &mut Vec<SessionOp>) {
+        self.inflight = self.inflight.saturating_sub(1);
+        match res {
+            Ok(()) => {
+                self.sock = Sock::Open;
+                if self.phase == Phase::Closing {
+                    self.doom(out);
+                    return;
+                }
+                self.inflight += 1;
+                self.fd_ops += 1;
+                out.push(SessionOp::Connect {
+                    upstream: self.cfg.upstream,
+                });
+            }
+            Err(e) => {
+                self.last_errno = Some(e);
+                self.begin_close(SessionEnd::Error, out);
+            }
+        }
+    }
+
+    pub fn handle_connect(&mut self, res: Result<(), i32>, now: Millis, out: &mut Vec<SessionOp>) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.fd_ops = self.fd_ops.saturating_sub(1);
+        if self.phase == Phase::Closing {
+            self.after(out);
+            return;
+        }
+        match res {
+            Ok(()) => {
+                self.phase = Phase::Ready;
+                self.last_activity = now;
+                self.arm(out);
+                while let Some(p) = self.pending.pop_front() {
+                    self.send_up(p, out);
+                }
+            }
+            Err(e) => {
+                self.last_errno = Some(e);
+                self.begin_close(SessionEnd::Error, out);
+            }
+        }
+    }
+
+    /// A recvmsg completion on the upstream socket; `more` is IORING_CQE_F_MORE.
+    pub fn handle_upstream_recv(
+        &mut self,
+        ev: DatagramEvent,
+        more: bool,
+        now: Millis,
+        out: &mut Vec<SessionOp>,
+        stats: &mut ShardStats,
+    ) {
+        if !more {
+            self.inflight = self.inflight.saturating_sub(1);
+            self.fd_ops = self.fd_ops.saturating_sub(1);
+            self.recv = Recv::Stopped;
+        }
+        let closing = self.phase == Phase::Closing;
+        match ev {
+            DatagramEvent::Data(p) => {
+                if closing {
+                    out.push(SessionOp::Release(p.bid));
+                } else if self.reply_sends < self.cfg.cap {
+                    self.last_activity = now;
+                    self.inflight += 1;
+                    self.reply_sends += 1;
+                    out.push(SessionOp::SendClient(p));
+                    self.responses += 1;
+                    if self.cfg.max_responses.is_some_and(|m| self.responses >= m) {
+                        self.begin_close(SessionEnd::Responses, out);
+                    }
+                } else {
+                    stats.count_udp_drop(DropReason::Backlog);
+                    out.push(SessionOp::Release(p.bid));
+                }
+            }
+            DatagramEvent::Truncated { bid } => {
+                stats.count_udp_drop(DropReason::Truncated);
+                out.push(SessionOp::Release(bid));
+            }
+            DatagramEvent::NoBuffers => {
+                stats.udp_enobufs += 1;
+                if !closing {
+                    self.recv = Recv::Starved;
+                    out.push(SessionOp::Starved);
+                }
+            }
+            DatagramEvent::Cancelled => {}
+            DatagramEvent::Error(e) => {
+                self.last_errno = Some(e);
+                let end = if e == libc::ECONNREFUSED {
+                    SessionEnd::Refused
+                } else {
+                    SessionEnd::Error
+                };
+                self.begin_close(end, out);
+            }
+        }
+        if self.phase == Phase::Closing {
+            self.recv = Recv::Ended;
+            self.after(out);
+        } else if !more {
+            self.arm(out);
+        }
+    }
+
+    /// A send to the upstream completed (its buffer `bid` goes back either way).
+    pub fn handle_sent_up(
+        &mut self,
+        bid: u16,
+        res: Result<u32, i32>,
+        out: &mut Vec<SessionOp>,
+        stats: &mut ShardStats,
+    ) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.fd_ops = self.fd_ops.saturating_sub(1);
+        self.up_sends = self.up_sends.saturating_sub(1);
+        out.push(SessionOp::Release(bid));
+        match res {
+            Ok(n) => {
+                stats.udp_datagrams_c2u += 1;
+                stats.udp_bytes_c2u += u64::from(n);
+            }
+            Err(libc::ECANCELED) if self.phase == Phase::Closing => {}
+            Err(libc::ECONNREFUSED) => {
+                self.last_errno = Some(libc::ECONNREFUSED);
+                self.begin_close(SessionEnd::Refused, out);
+            }
+            Err(e) => {
+                self.last_errno = Some(e);
+                stats.count_udp_drop(DropReason::SendError);
+            }
+        }
+        self.after(out);
+    }
+
+    /// A reply to the client completed (its buffer `bid` goes back either way).
+    pub fn handle_sent_client(
+        &mut self,
+        bid: u16,
+        res: Result<u32, i32>,
+        out: &mut Vec<SessionOp>,
+        stats: &mut ShardStats,
+    ) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.reply_sends = self.reply_sends.saturating_sub(1);
+        out.push(SessionOp::Release(bid));
+        match res {
+            Ok(n) => {
+                stats.udp_datagrams_u2c += 1;
+                stats.udp_bytes_u2c += u64::from(n);
+            }
+            Err(e) => {
+                self.last_errno = Some(e);
+                stats.count_udp_drop(DropReason::SendError);
+            }
+        }
+        self.after(out);
+    }
+
+    pub fn handle_cancel(&mut self, out: &mut Vec<SessionOp>) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.after(out);
+    }
+
+    pub fn handle_close(&mut self) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.sock = Sock::Closed;
+    }
+
+    /// Datagram buffers returned: a starved upstream receive retries.
+    pub fn handle_buffers(&mut self, out: &mut Vec<SessionOp>) {
+        if self.recv == Recv::Starved {
+            self.recv = Recv::Stopped;
+            self.arm(out);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Millis, out: &mut Vec<SessionOp>) {
+        if self.deadline().is_some_and(|d| d <= now) {
+            self.begin_close(SessionEnd::Idle, out);
+        }
+    }
+
+    pub fn abort(&mut self, end: SessionEnd, out: &mut Vec<SessionOp>) {
+        self.begin_close(end, out);
+    }
+
+    fn begin_close(&mut self, end: SessionEnd, out: &mut Vec<SessionOp>) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        self.phase = Phase::Closing;
+        self.end = Some(end);
+        while let Some(p) = self.pending.pop_front() {
+            out.push(SessionOp::Release(p.bid));
+        }
+        if self.sock == Sock::Open {
+            self.doom(out);
+        }
+    }
+
+    fn doom(&mut self, out: &mut Vec<SessionOp>) {
+        self.sock = Sock::Doomed;
+        self.after(out);
+    }
+
+    /// While closing: cancel what uses the socket, close it once nothing does.
+    fn after(&mut self, out: &mut Vec<SessionOp>) {
+        if self.sock != Sock::Doomed {
+            return;
+        }
+        if self.fd_ops == 0 {
+            self.sock = Sock::CloseInFlight;
+            self.inflight += 1;
+            out.push(SessionOp::Close);
+        } else if !self.cancel_sent {
+            self.cancel_sent = true;
+            self.inflight += 1;
+            out.push(SessionOp::CancelAll);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max_responses: Option<u32>) -> SessionConfig {
+        SessionConfig {
+            upstream: 0,
+            idle_ms: 1000,
+            max_responses,
+            cap: 2,
+        }
+    }
+
+    fn p(bid: u16) -> Payload {
+        Payload {
+            bid,
+            offset: 44,
+            len: 10,
+        }
+    }
+
+    /// Opens a session up to Ready, returning it and the ops it asked for.
+    fn ready(max_responses: Option<u32>) -> (Session, ShardStats) {
+        let mut s = Session::new(cfg(max_responses), 0);
+        let mut out = Vec::new();
+        let mut st = ShardStats::default();
+        s.start(&mut out);
+        s.handle_client_datagram(p(1), 0, &mut out, &mut st);
+        s.handle_socket(Ok(()), &mut out);
+        s.handle_connect(Ok(()), 0, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                SessionOp::OpenSocket { upstream: 0 },
+                SessionOp::Connect { upstream: 0 },
+                SessionOp::ArmRecv,
+                SessionOp::SendUp(p(1)),
+            ]
+        );
+        (s, st)
+    }
+
+    #[test]
+    fn datagrams_wait_for_the_socket_and_the_wait_is_bounded() {
+        let mut s = Session::new(cfg(None), 0);
+        let mut out = Vec::new();
+        let mut st = ShardStats::default();
+        s.start(&mut out);
+        for bid in 1..=3 {
+            s.handle_client_datagram(p(bid), 0, &mut out, &mut st);
+        }
+        assert_eq!(st.udp_drops_for(DropReason::Backlog), 1, "cap is 2");
+        assert_eq!(out.last(), Some(&SessionOp::Release(3)));
+    }
+
+    #[test]
+    fn max_responses_ends_the_session_after_the_reply_is_sent() {
+        let (mut s, mut st) = ready(Some(1));
+        let mut out = Vec::new();
+        s.handle_sent_up(1, Ok(10), &mut out, &mut st);
+        s.handle_upstream_recv(DatagramEvent::Data(p(2)), true, 5, &mut out, &mut st);
+        assert_eq!(s.end(), Some(SessionEnd::Responses));
+        assert!(out.contains(&SessionOp::SendClient(p(2))));
+        assert!(
+            out.contains(&SessionOp::CancelAll),
+            "the armed receive is cancelled first"
+        );
+        assert!(!s.is_finished());
+        out.clear();
+        s.handle_upstream_recv(DatagramEvent::Cancelled, false, 6, &mut out, &mut st);
+        s.handle_cancel(&mut out);
+        assert_eq!(out, vec![SessionOp::Close]);
+        s.handle_close();
+        assert!(!s.is_finished(), "the reply is still in flight");
+        s.handle_sent_client(2, Ok(10), &mut out, &mut st);
+        assert!(s.is_finished());
+        assert_eq!(st.udp_datagrams_u2c, 1);
+    }
+
+    #[test]
+    fn icmp_refused_ends_the_session() {
+        let (mut s, mut st) = ready(None);
+        let mut out = Vec::new();
+        s.handle_upstream_recv(
+            DatagramEvent::Error(libc::ECONNREFUSED),
+            false,
+            1,
+            &mut out,
+            &mut st,
+        );
+        assert_eq!(s.end(), Some(SessionEnd::Refused));
+        assert!(
+            out.contains(&SessionOp::CancelAll),
+            "the send to the upstream is still in flight"
+        );
+    }
+
+    #[test]
+    fn traffic_either_way_refreshes_the_idle_deadline() {
+        let (mut s, mut st) = ready(None);
+        let mut out = Vec::new();
+        assert_eq!(s.deadline(), Some(1000));
+        s.handle_upstream_recv(DatagramEvent::Data(p(5)), true, 700, &mut out, &mut st);
+        assert_eq!(s.deadline(), Some(1700), "a reply refreshes it");
+        s.handle_timeout(1699, &mut out);
+        assert_eq!(s.end(), None);
+        s.handle_timeout(1700, &mut out);
+        assert_eq!(s.end(), Some(SessionEnd::Idle));
+    }
+
+    #[test]
+    fn truncated_datagrams_are_dropped_not_forwarded() {
+        let (mut s, mut st) = ready(None);
+        let mut out = Vec::new();
+        s.handle_upstream_recv(
+            DatagramEvent::Truncated { bid: 9 },
+            true,
+            1,
+            &mut out,
+            &mut st,
+        );
+        assert_eq!(out, vec![SessionOp::Release(9)]);
+        assert_eq!(st.udp_drops_for(DropReason::Truncated), 1);
+    }
+
+    #[test]
+    fn a_starved_receive_rearms_when_buffers_return() {
+        let (mut s, mut st) = ready(None);
+        let mut out = Vec::new();
+        s.handle_upstream_recv(DatagramEvent::NoBuffers, false, 1, &mut out, &mut st);
+        assert_eq!(out, vec![SessionOp::Starved]);
+        out.clear();
+        s.handle_buffers(&mut out);
+        assert_eq!(out, vec![SessionOp::ArmRecv]);
+        assert_eq!(st.udp_enobufs, 1);
+    }
+}

@@ -1,0 +1,525 @@
+//! UDP forwarding through the real binary: sessions per client, replies from
+//! the listener's address, stable upstream ports, expiry, max_responses,
+//! large and oversize datagrams, refused upstreams, limits under a flood, the
+//! allow list, IPv6 and wildcard listeners.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Proc, wait_until, write_config};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A forwarder with one UDP listener "u" on `listen` to `upstreams`; `listener`
+/// adds keys to [[udp]], `runtime` to [runtime] (stats every 100ms).
+fn udp_forwarder(listen: &str, upstreams: &[SocketAddr], listener: &str, runtime: &str) -> Proc {
+    let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    let cfg = write_config(&format!(
+        "[runtime]\nstats_interval = \"100ms\"\n{runtime}\n[[udp]]\nname = \"u\"\nlisten = \"{listen}\"\nupstreams = [{}]\n{listener}\n",
+        ups.join(", ")
+    ));
+    Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1)
+}
+
+fn udp_echo(shards: usize) -> Proc {
+    let shards = shards.to_string();
+    Proc::start(&["echo", "--udp", "127.0.0.1:0", "--shards", &shards], 1)
+}
+
+fn client(bind: &str) -> UdpSocket {
+    let s = UdpSocket::bind(bind).expect("bind client");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+/// Sends `payload` to `to` and returns the reply and where it came from.
+fn exchange(s: &UdpSocket, to: SocketAddr, payload: &[u8]) -> (Vec<u8>, SocketAddr) {
+    s.send_to(payload, to).expect("send");
+    let mut b = vec![0u8; 65536];
+    let (n, from) = s
+        .recv_from(&mut b)
+        .unwrap_or_else(|e| panic!("no reply to a {}-byte datagram: {e}", payload.len()));
+    b.truncate(n);
+    (b, from)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A test upstream: records, for every datagram, which source port sent
+/// which client id (the text before ':'), and answers by `reply`.
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<HashMap<u16, HashSet<String>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum Reply {
+    /// Echo each datagram back once.
+    Echo,
+    /// After the first datagram from a source, send it `count` datagrams,
+    /// one every `every`.
+    Stream { count: usize, every: Duration },
+}
+
+impl Upstream {
+    fn start(reply: Reply) -> Upstream {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let addr = sock.local_addr().expect("addr");
+        let seen: Arc<Mutex<HashMap<u16, HashSet<String>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut b = vec![0u8; 65536];
+            // (peer, next send time, sent so far) for Reply::Stream.
+            let mut streams: Vec<(SocketAddr, Instant, usize)> = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut b) {
+                    let data = &b[..n];
+                    let id = String::from_utf8_lossy(data)
+                        .split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen2
+                        .lock()
+                        .expect("lock")
+                        .entry(from.port())
+                        .or_default()
+                        .insert(id);
+                    match reply {
+                        Reply::Echo => {
+                            let _ = sock.send_to(data, from);
+                        }
+                        Reply::Stream { .. } => streams.push((from, Instant::now(), 0)),
+                    }
+                }
+                if let Reply::Stream { count, every } = reply {
+                    let now = Instant::now();
+                    for (peer, next, sent) in streams.iter_mut() {
+                        if *sent < count && now >= *next {
+                            let _ = sock.send_to(format!("tick:{sent}").as_bytes(), *peer);
+                            *sent += 1;
+                            *next = now + every;
+                        }
+                    }
+                }
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self) -> HashMap<u16, HashSet<String>> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn every_reply_reaches_its_client_from_the_listener_address_over_a_stable_upstream_port() {
+    const THREADS: usize = 6;
+    const CLIENTS_PER_THREAD: usize = 50;
+    const ROUNDS: usize = 8;
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder("127.0.0.1:0", &[up.addr], "", "shards = 2");
+    let listen = fwd.first_addr();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let socks: Vec<UdpSocket> = (0..CLIENTS_PER_THREAD)
+                    .map(|_| client("127.0.0.1:0"))
+                    .collect();
+                for round in 0..ROUNDS {
+                    // Ten clients of this thread have a datagram in flight at
+                    // once: concurrent, yet well inside the socket buffers, so
+                    // the kernel never has a reason to drop one.
+                    for (w, window) in socks.chunks(10).enumerate() {
+                        for (i, s) in window.iter().enumerate() {
+                            let msg = format!("c{t}-{}:{round}", w * 10 + i);
+                            s.send_to(msg.as_bytes(), listen).expect("send");
+                        }
+                        for (i, s) in window.iter().enumerate() {
+                            let c = w * 10 + i;
+                            let mut b = [0u8; 128];
+                            let (n, from) = s.recv_from(&mut b).unwrap_or_else(|e| {
+                                panic!("client c{t}-{c} got no reply in round {round}: {e}")
+                            });
+                            assert_eq!(from, listen, "the reply comes from the listener's address");
+                            let want = format!("c{t}-{c}:{round}");
+                            assert_eq!(
+                                &b[..n],
+                                want.as_bytes(),
+                                "a reply reached the wrong client"
+                            );
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let clients = (THREADS * CLIENTS_PER_THREAD) as u64;
+    fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == clients * ROUNDS as u64);
+    assert_eq!(fwd.stat("udp_sessions_created"), clients);
+    assert_eq!(fwd.stat("udp_sessions_active"), clients);
+    assert_eq!(fwd.stat("udp_datagrams_c2u"), clients * ROUNDS as u64);
+    let seen = up.seen();
+    assert_eq!(seen.len() as u64, clients, "one upstream port per client");
+    for (port, ids) in &seen {
+        assert_eq!(ids.len(), 1, "upstream port {port} carried clients {ids:?}");
+    }
+}
+
+#[test]
+fn idle_sessions_expire_and_close_their_upstream_sockets() {
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.addr],
+        "idle_timeout = \"500ms\"",
+        "shards = 2",
+    );
+    let base = open_fds(fwd.pid());
+    let socks: Vec<UdpSocket> = (0..20).map(|_| client("127.0.0.1:0")).collect();
+    for (i, s) in socks.iter().enumerate() {
+        let msg = format!("c{i}:0");
+        assert_eq!(
+            exchange(s, fwd.first_addr(), msg.as_bytes()).0,
+            msg.as_bytes()
+        );
+    }
+    let with_sessions = open_fds(fwd.pid());
+    assert!(
+        with_sessions >= base + 20,
+        "each session holds an upstream socket: {base} fds before, {with_sessions} with 20 sessions"
+    );
+    fwd.wait_stat("udp_end_idle", WAIT, |v| v == 20);
+    assert!(
+        wait_until(WAIT, || open_fds(fwd.pid()) <= base),
+        "upstream sockets are closed after expiry: {} fds, {base} before",
+        open_fds(fwd.pid())
+    );
+    fwd.wait_stat("udp_sessions_active", WAIT, |v| v == 0);
+    // The client's next datagram opens a new session.
+    let (back, _) = exchange(&socks[0], fwd.first_addr(), b"c0:1");
+    assert_eq!(back, b"c0:1");
+    fwd.wait_stat("udp_sessions_created", WAIT, |v| v == 21);
+}
+
+#[test]
+fn upstream_to_client_traffic_alone_keeps_a_session_alive() {
+    let up = Upstream::start(Reply::Stream {
+        count: 15,
+        every: Duration::from_millis(100),
+    });
+    let fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.addr],
+        "idle_timeout = \"400ms\"",
+        "shards = 2",
+    );
+    let s = client("127.0.0.1:0");
+    s.send_to(b"c0:start", fwd.first_addr()).expect("send");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut b = [0u8; 64];
+    while got.len() < 15 {
+        let (n, from) = s.recv_from(&mut b).expect("a tick from upstream");
+        assert_eq!(from, fwd.first_addr());
+        got.push(String::from_utf8_lossy(&b[..n]).into_owned());
+    }
+    let span = started.elapsed();
+    assert!(
+        span > Duration::from_millis(1000),
+        "the ticks spanned {span:?}, more than twice the idle timeout"
+    );
+    let want: Vec<String> = (0..15).map(|i| format!("tick:{i}")).collect();
+    assert_eq!(got, want, "every tick arrived in order over one session");
+    assert_eq!(
+        fwd.stat("udp_end_idle"),
+        0,
+        "no session expired while ticking"
+    );
+    assert_eq!(up.seen().len(), 1);
+    // Silence in both directions now ends it.
+    fwd.wait_stat("udp_end_idle", WAIT, |v| v == 1);
+    assert_eq!(fwd.stat("udp_sessions_created"), 1);
+}
+
+#[test]
+fn max_responses_one_frees_the_session_after_the_reply() {
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.addr],
+        "max_responses = 1\nidle_timeout = \"1h\"",
+        "shards = 2",
+    );
+    let s = client("127.0.0.1:0");
+    for i in 0..5 {
+        let msg = format!("q:{i}");
+        assert_eq!(
+            exchange(&s, fwd.first_addr(), msg.as_bytes()).0,
+            msg.as_bytes()
+        );
+        fwd.wait_stat("udp_end_responses", WAIT, |v| v == i + 1);
+        assert_eq!(fwd.stat("udp_sessions_active"), 0);
+    }
+    assert_eq!(fwd.stat("udp_sessions_created"), 5, "one session per query");
+    assert_eq!(up.seen().len(), 5, "each query from a fresh upstream port");
+}
+
+#[test]
+fn large_datagrams_arrive_intact_and_oversize_ones_are_counted_not_truncated() {
+    let echo = udp_echo(1);
+    let fwd = udp_forwarder("127.0.0.1:0", &[echo.first_addr()], "", "shards = 2");
+    let s = client("127.0.0.1:0");
+    for seed in 0..4u8 {
+        let big: Vec<u8> = (0..60_000u32)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let (back, _) = exchange(&s, fwd.first_addr(), &big);
+        assert!(back == big, "a 60000-byte datagram came back changed");
+    }
+    // The largest IPv4 datagram still fits the default buffers.
+    let max = vec![0xA5u8; 65_507];
+    assert!(exchange(&s, fwd.first_addr(), &max).0 == max);
+
+    let small = udp_forwarder(
+        "127.0.0.1:0",
+        &[echo.first_addr()],
+        "",
+        "shards = 2\nmax_datagram = 1024",
+    );
+    let c = client("127.0.0.1:0");
+    c.send_to(&[1u8; 1500], small.first_addr()).expect("send");
+    small.wait_stat("udp_drop_truncated", WAIT, |v| v == 1);
+    let fits = vec![2u8; 1024];
+    let (back, _) = exchange(&c, small.first_addr(), &fits);
+    assert_eq!(
+        back, fits,
+        "a datagram that fits passes after the oversize one"
+    );
+    let mut b = [0u8; 2048];
+    c.set_nonblocking(true).expect("nonblocking");
+    assert!(
+        c.recv_from(&mut b).is_err(),
+        "nothing of the oversize datagram was delivered"
+    );
+    small.wait_stat("udp_bytes_c2u", WAIT, |v| v == 1024);
+}
+
+#[test]
+fn a_refused_upstream_ends_the_session_and_is_counted() {
+    let dead = {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr")
+    };
+    let fwd = udp_forwarder("127.0.0.1:0", &[dead], "", "shards = 2");
+    let s = client("127.0.0.1:0");
+    s.send_to(b"anyone?", fwd.first_addr()).expect("send");
+    fwd.wait_stat("udp_end_refused", WAIT, |v| v == 1);
+    fwd.wait_stat("udp_sessions_active", WAIT, |v| v == 0);
+    // The next datagram tries again with a new session.
+    s.send_to(b"anyone?", fwd.first_addr()).expect("send");
+    fwd.wait_stat("udp_end_refused", WAIT, |v| v == 2);
+    assert_eq!(fwd.stat("udp_sessions_created"), 2);
+}
+
+/// Sends one datagram from each of `n` fresh sockets, in bursts, waiting after
+/// each burst until the forwarder has accounted for it (so no datagram is lost
+/// in a full socket buffer); returns the sockets.
+fn flood(fwd: &Proc, n: usize, accounted: impl Fn(&Proc) -> u64) -> Vec<UdpSocket> {
+    let mut socks = Vec::new();
+    let start = accounted(fwd);
+    for burst in 0..n.div_ceil(50) {
+        for _ in 0..50.min(n - burst * 50) {
+            let s = client("127.0.0.1:0");
+            s.send_to(b"flood:x", fwd.first_addr()).expect("send");
+            socks.push(s);
+        }
+        let want = start + socks.len() as u64;
+        assert!(
+            wait_until(WAIT, || accounted(fwd) >= want),
+            "the forwarder accounted for {} of {want} flood datagrams; log:\n{}",
+            accounted(fwd),
+            fwd.log()
+        );
+    }
+    socks
+}
+
+#[test]
+fn max_sessions_holds_under_a_flood_and_existing_sessions_keep_working() {
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder("127.0.0.1:0", &[up.addr], "max_sessions = 20", "shards = 2");
+    let old: Vec<UdpSocket> = (0..4).map(|_| client("127.0.0.1:0")).collect();
+    for (i, s) in old.iter().enumerate() {
+        let msg = format!("old{i}:0");
+        assert_eq!(
+            exchange(s, fwd.first_addr(), msg.as_bytes()).0,
+            msg.as_bytes()
+        );
+    }
+    let accounted = |p: &Proc| p.stat("udp_sessions_created") + p.stat("udp_drop_session_limit");
+    let _flood = flood(&fwd, 400, accounted);
+    let created = fwd.stat("udp_sessions_created");
+    assert!(
+        created <= 20,
+        "{created} sessions exist; max_sessions is 20"
+    );
+    assert!(
+        created >= 12,
+        "both shards filled their share of 10 (the kernel spreads 400 ports): {created}"
+    );
+    assert_eq!(fwd.stat("udp_drop_session_limit"), 404 - created);
+    for (i, s) in old.iter().enumerate() {
+        let msg = format!("old{i}:1");
+        let (back, from) = exchange(s, fwd.first_addr(), msg.as_bytes());
+        assert_eq!((back.as_slice(), from), (msg.as_bytes(), fwd.first_addr()));
+    }
+}
+
+#[test]
+fn the_per_source_rate_limit_holds_under_a_flood_from_many_ports() {
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.addr],
+        "new_sessions_per_second_per_source = 10",
+        "shards = 2",
+    );
+    let old = client("127.0.0.1:0");
+    assert_eq!(exchange(&old, fwd.first_addr(), b"old:0").0, b"old:0");
+    let started = Instant::now();
+    let accounted = |p: &Proc| p.stat("udp_sessions_created") + p.stat("udp_drop_rate_limit");
+    let _flood = flood(&fwd, 300, accounted);
+    let secs = started.elapsed().as_secs_f64().ceil() as u64;
+    let created = fwd.stat("udp_sessions_created");
+    // Each shard keeps its own bucket per source: burst 10 plus 10 per second, each.
+    let bound = 2 * (10 + 10 * secs);
+    assert!(
+        created <= bound,
+        "{created} sessions from one source in {secs}s; the limit allows {bound}"
+    );
+    assert!(fwd.stat("udp_drop_rate_limit") >= 300 - bound);
+    assert_eq!(exchange(&old, fwd.first_addr(), b"old:1").0, b"old:1");
+}
+
+#[test]
+fn clients_outside_the_allow_list_are_dropped_and_counted() {
+    let echo = udp_echo(1);
+    let denied = udp_forwarder(
+        "127.0.0.1:0",
+        &[echo.first_addr()],
+        "allow = [\"10.0.0.0/8\", \"2001:db8::/32\"]",
+        "shards = 2",
+    );
+    let s = client("127.0.0.1:0");
+    for _ in 0..3 {
+        s.send_to(b"let me in", denied.first_addr()).expect("send");
+    }
+    denied.wait_stat("udp_drop_denied", WAIT, |v| v == 3);
+    assert_eq!(denied.stat("udp_sessions_created"), 0);
+
+    let allowed = udp_forwarder(
+        "127.0.0.1:0",
+        &[echo.first_addr()],
+        "allow = [\"10.0.0.0/8\", \"127.0.0.1\"]",
+        "shards = 2",
+    );
+    assert_eq!(exchange(&s, allowed.first_addr(), b"hi").0, b"hi");
+    assert_eq!(allowed.stat("udp_drop_denied"), 0);
+}
+
+#[test]
+fn ipv6_clients_are_forwarded_to_an_ipv4_upstream() {
+    let echo = udp_echo(1);
+    let fwd = udp_forwarder("[::1]:0", &[echo.first_addr()], "", "shards = 2");
+    let s = client("[::1]:0");
+    for i in 0..10 {
+        let msg = format!("v6:{i}");
+        let (back, from) = exchange(&s, fwd.first_addr(), msg.as_bytes());
+        assert_eq!((back.as_slice(), from), (msg.as_bytes(), fwd.first_addr()));
+    }
+}
+
+#[test]
+fn a_wildcard_listener_replies_from_the_address_the_client_used() {
+    let echo = udp_echo(1);
+    let fwd = udp_forwarder("0.0.0.0:0", &[echo.first_addr()], "", "shards = 2");
+    let port = fwd.first_addr().port();
+    let s = client("127.0.0.1:0");
+    // One client socket writing to three of the host's addresses, twice each.
+    for last in [1u8, 2, 3, 1, 2, 3] {
+        let to = SocketAddr::from(([127, 0, 0, last], port));
+        let (back, from) = exchange(&s, to, b"which address?");
+        assert_eq!(back, b"which address?");
+        assert_eq!(
+            from, to,
+            "the reply comes from the address the client wrote to"
+        );
+    }
+    fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == 6);
+    assert_eq!(
+        fwd.stat("udp_sessions_created"),
+        3,
+        "one session per local address"
+    );
+}
+
+#[test]
+fn udp_echo_answers_each_sender() {
+    let echo = udp_echo(2);
+    let socks: Vec<UdpSocket> = (0..20).map(|_| client("127.0.0.1:0")).collect();
+    for (i, s) in socks.iter().enumerate() {
+        let msg = format!("e{i}");
+        let (back, from) = exchange(s, echo.first_addr(), msg.as_bytes());
+        assert_eq!((back.as_slice(), from), (msg.as_bytes(), echo.first_addr()));
+    }
+}
+
+#[test]
+fn sigterm_drains_udp_sessions_then_exits() {
+    let up = Upstream::start(Reply::Echo);
+    let mut fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.addr],
+        "idle_timeout = \"300ms\"",
+        "shards = 2",
+    );
+    let s = client("127.0.0.1:0");
+    assert_eq!(exchange(&s, fwd.first_addr(), b"before").0, b"before");
+    fwd.signal(libc::SIGTERM);
+    let status = fwd.wait_exit(WAIT).expect("exits once its session expired");
+    assert!(status.success(), "{status:?}; log:\n{}", fwd.log());
+    let stats = fwd.stats();
+    assert_eq!(stats.get("udp_end_idle"), Some(&1), "{stats:?}");
+    assert_eq!(stats.get("udp_sessions_active"), Some(&0));
+}
