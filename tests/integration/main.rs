@@ -3,6 +3,7 @@
 //! what the process reports.
 
 mod config;
+mod dns;
 mod harness;
 mod lifecycle;
 mod limits;
