@@ -92,6 +92,10 @@ pub struct UdpListenerPlan {
     pub new_sessions_per_second_per_source: Option<u32>,
     /// Client ranges let in; empty lets everyone in.
     pub allow: Vec<Cidr>,
+    /// SO_RCVBUF / SO_SNDBUF of each shard's listener socket; `None` keeps the
+    /// kernel default (net.core.rmem_default / wmem_default).
+    pub rcvbuf: Option<u32>,
+    pub sndbuf: Option<u32>,
 }
 
 /// The transport a listener serves; TCP and UDP listeners may share an address.

@@ -149,11 +149,18 @@ fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt
         )?,
     }
     if udp.allow.is_empty() {
-        writeln!(f, "# allow: unset (every client)")
+        writeln!(f, "# allow: unset (every client)")?;
     } else {
         let ranges: Vec<String> = udp.allow.iter().map(|c| format!("\"{c}\"")).collect();
-        writeln!(f, "allow = [{}]", ranges.join(", "))
+        writeln!(f, "allow = [{}]", ranges.join(", "))?;
     }
+    for (key, value) in [("rcvbuf", udp.rcvbuf), ("sndbuf", udp.sndbuf)] {
+        match value {
+            Some(bytes) => writeln!(f, "{key} = \"{}\"", format_size(bytes.into()))?,
+            None => writeln!(f, "# {key}: unset (kernel default)")?,
+        }
+    }
+    Ok(())
 }
 
 fn write_echo(f: &mut Formatter<'_>, echo: &EchoPlan) -> fmt::Result {

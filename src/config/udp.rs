@@ -12,7 +12,7 @@ use super::listeners::{
 use super::raw::{Field, Section};
 use super::{Proto, UdpListenerPlan};
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 10] = [
     "name",
     "listen",
     "upstreams",
@@ -21,6 +21,8 @@ const KEYS: [&str; 8] = [
     "max_sessions",
     "new_sessions_per_second_per_source",
     "allow",
+    "rcvbuf",
+    "sndbuf",
 ];
 
 pub(super) const IDLE_TIMEOUT: Timeout = Timeout {
@@ -36,6 +38,8 @@ const RATE: RangeInclusive<u32> = 1..=1_000_000;
 /// A longer list belongs in a firewall, where it is matched without a linear scan.
 const MAX_ALLOW: usize = 1024;
 const UDP_SOURCE: &str = "--udp";
+/// SO_RCVBUF / SO_SNDBUF requests; the kernel caps them at net.core.rmem_max / wmem_max.
+const SOCKET_BUFFER: RangeInclusive<u64> = (4 << 10)..=(512 << 20);
 
 pub(super) fn file_udp_listener(
     section: &Section<'_>,
@@ -73,8 +77,30 @@ pub(super) fn file_udp_listener(
             .map(|f| allow(&f))
             .transpose()?
             .unwrap_or_default(),
+        rcvbuf: socket_buffer(section.get("rcvbuf"))?,
+        sndbuf: socket_buffer(section.get("sndbuf"))?,
     };
     Ok((plan, claim))
+}
+
+fn socket_buffer(field: Option<Field<'_>>) -> Result<Option<u32>, ConfigError> {
+    let Some(field) = field else {
+        return Ok(None);
+    };
+    let key = field.origin.key.rsplit('.').next().unwrap_or_default();
+    let example = format!("{key} = \"4MiB\"");
+    let bytes = field.size(&example)?;
+    SOCKET_BUFFER
+        .contains(&bytes)
+        .then(|| u32::try_from(bytes).ok())
+        .flatten()
+        .map(Some)
+        .ok_or_else(|| {
+            field.error(format!(
+                "{} is out of range; use 4KiB to 512MiB, like {example}",
+                field.shown()
+            ))
+        })
 }
 
 fn allow(field: &Field<'_>) -> Result<Vec<Cidr>, ConfigError> {
@@ -116,6 +142,8 @@ pub(super) fn flag_udp_listener(
         max_sessions: DEFAULT_MAX_SESSIONS,
         new_sessions_per_second_per_source: None,
         allow: Vec::new(),
+        rcvbuf: None,
+        sndbuf: None,
     };
     Ok((plan, claim))
 }

@@ -58,6 +58,8 @@ fn the_documented_example_resolves_to_the_exact_plan() {
             max_sessions: 100_000,
             new_sessions_per_second_per_source: Some(50),
             allow: vec![Cidr::parse("10.0.0.0/8").unwrap()],
+            rcvbuf: None,
+            sndbuf: None,
         }]
     );
     assert!(plan.tcp.is_empty());
@@ -137,6 +139,16 @@ fn udp_rejections_name_the_key_and_the_value() {
         &["IPv4 or IPv6 address"],
     );
     assert_udp_rejected(&with("allow = \"10.0.0.0/8\""), "udp[0].allow", &["array"]);
+    assert_udp_rejected(
+        &with("rcvbuf = 100"),
+        "udp[0].rcvbuf",
+        &["out of range", "rcvbuf = \"4MiB\""],
+    );
+    assert_udp_rejected(
+        &with("sndbuf = \"1GiB\""),
+        "udp[0].sndbuf",
+        &["out of range", "512MiB"],
+    );
     assert_udp_rejected(
         &with("max_response = 1"),
         "udp[0].max_response",
@@ -243,6 +255,7 @@ fn udp_display_round_trips_and_shows_shares_and_buffers() {
         max_sessions = 11
         new_sessions_per_second_per_source = 5
         allow = ["10.0.0.0/8", "2001:db8::/32"]
+        rcvbuf = "8MiB"
         [[udp]]
         listen = "127.0.0.1:5353"
         upstreams = ["10.0.0.53:53"]
@@ -259,6 +272,8 @@ fn udp_display_round_trips_and_shows_shares_and_buffers() {
         "new_sessions_per_second_per_source = 5",
         "allow = [\"10.0.0.0/8\", \"2001:db8::/32\"]",
         "# max_responses: unset (sessions end by idle_timeout)",
+        "rcvbuf = \"8MiB\"",
+        "# sndbuf: unset (kernel default)",
     ] {
         assert!(
             shown.lines().any(|l| l == line),

@@ -55,6 +55,44 @@ pub struct Runtime {
     seq: u64,
 }
 
+/// Applies a UDP listener's rcvbuf/sndbuf to every shard's socket; warns when
+/// the kernel granted less than asked (it reports twice the usable size).
+fn socket_buffers(
+    u: &crate::config::UdpListenerPlan,
+    fds: &[OwnedFd],
+    addr: SocketAddr,
+) -> Result<(), HostError> {
+    use std::os::fd::AsRawFd as _;
+    let mut warned = false;
+    for fd in fds {
+        let granted = socket::set_buffers(fd.as_raw_fd(), u.rcvbuf, u.sndbuf).map_err(|e| {
+            HostError::Bind {
+                what: format!("udp listener '{}' (setting rcvbuf/sndbuf)", u.name),
+                addr,
+                error: e.to_string(),
+            }
+        })?;
+        let checks = [
+            ("rcvbuf", u.rcvbuf, granted.0, "net.core.rmem_max"),
+            ("sndbuf", u.sndbuf, granted.1, "net.core.wmem_max"),
+        ];
+        for (key, asked, got, sysctl) in checks {
+            if let (Some(asked), Some(got)) = (asked, got)
+                && got < asked.saturating_mul(2)
+                && !warned
+            {
+                warned = true;
+                warn!(
+                    "udp listener '{}': {key} of {asked} bytes asked, the kernel granted {} (capped by {sysctl}); raise it with `sysctl -w {sysctl}={asked}`",
+                    u.name,
+                    got / 2
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Datagram buffers each shard allocates: none unless a UDP listener exists.
 fn datagram_buffers(plan: &Plan) -> u32 {
     if plan.has_udp() {
@@ -146,6 +184,7 @@ impl Runtime {
                 error: "more than 65535 listeners".into(),
             })?;
             let (fds, addr) = socket::bind_udp_listeners(ListenKind::Udp, &u.name, u.listen, n)?;
+            socket_buffers(u, &fds, addr)?;
             udp_routes.push(UdpRouteSetup {
                 spec: UdpRouteSpec {
                     upstreams: u.upstreams.iter().map(|a| a.to_string()).collect(),

@@ -163,6 +163,40 @@ fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> 
     }
 }
 
+/// Sets SO_RCVBUF / SO_SNDBUF (`None` leaves one alone) and returns what the
+/// kernel granted, read back: it doubles a request for bookkeeping overhead
+/// and caps it at net.core.rmem_max / wmem_max.
+pub fn set_buffers(
+    fd: RawFd,
+    rcvbuf: Option<u32>,
+    sndbuf: Option<u32>,
+) -> io::Result<(Option<u32>, Option<u32>)> {
+    let mut granted = (None, None);
+    for (request, name, out) in [
+        (rcvbuf, libc::SO_RCVBUF, &mut granted.0),
+        (sndbuf, libc::SO_SNDBUF, &mut granted.1),
+    ] {
+        let Some(bytes) = request else { continue };
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        setsockopt(fd, libc::SOL_SOCKET, name, &value)?;
+        *out = Some(getsockopt_int(fd, libc::SOL_SOCKET, name)?);
+    }
+    Ok(granted)
+}
+
+fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<u32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live locals of the sizes the kernel is
+    // told; it writes at most `len` bytes into `value`.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
+    if rc == 0 {
+        Ok(u32::try_from(value).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// TCP_NODELAY on an upstream socket (accepted sockets inherit it from the listener).
 pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;

@@ -523,3 +523,35 @@ fn sigterm_drains_udp_sessions_then_exits() {
     assert_eq!(stats.get("udp_end_idle"), Some(&1), "{stats:?}");
     assert_eq!(stats.get("udp_sessions_active"), Some(&0));
 }
+
+#[test]
+fn an_rcvbuf_above_rmem_max_is_reported_with_the_sysctl_to_raise() {
+    let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(212_992);
+    let ask = (rmem_max * 2).clamp(4096, 512 << 20);
+    let echo = udp_echo(1);
+    let fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[echo.first_addr()],
+        &format!("rcvbuf = {ask}\nsndbuf = \"64KiB\""),
+        "shards = 2",
+    );
+    let s = client("127.0.0.1:0");
+    assert_eq!(
+        exchange(&s, fwd.first_addr(), b"still works").0,
+        b"still works"
+    );
+    if ask > rmem_max {
+        let log = fwd.log();
+        assert!(
+            log.contains("rcvbuf of") && log.contains("sysctl -w net.core.rmem_max="),
+            "no rmem_max warning in:\n{log}"
+        );
+        assert!(
+            !log.contains("net.core.wmem_max"),
+            "64KiB sndbuf fits: {log}"
+        );
+    }
+}
