@@ -555,3 +555,40 @@ fn an_rcvbuf_above_rmem_max_is_reported_with_the_sysctl_to_raise() {
         );
     }
 }
+
+#[test]
+fn a_tiny_datagram_ring_is_backpressure_and_every_burst_is_answered() {
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.addr],
+        "",
+        "shards = 1\nudp_buffers_per_shard = 8\nmax_datagram = 1024",
+    );
+    // Bursts of new clients: each new session holds its first datagram's
+    // buffer while its socket opens, so 8 buffers run dry within a burst.
+    let mut answered = 0u64;
+    for burst in 0..10 {
+        let socks: Vec<UdpSocket> = (0..40).map(|_| client("127.0.0.1:0")).collect();
+        for (i, s) in socks.iter().enumerate() {
+            s.send_to(format!("b{burst}-{i}:x").as_bytes(), fwd.first_addr())
+                .expect("send");
+        }
+        for (i, s) in socks.iter().enumerate() {
+            let mut b = [0u8; 64];
+            let (n, _) = s
+                .recv_from(&mut b)
+                .unwrap_or_else(|e| panic!("burst {burst} client {i} got no reply: {e}"));
+            assert_eq!(&b[..n], format!("b{burst}-{i}:x").as_bytes());
+            answered += 1;
+        }
+        fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == answered);
+        if fwd.stat("udp_enobufs") > 0 {
+            return;
+        }
+    }
+    panic!(
+        "10 bursts of 40 new sessions never ran 8 datagram buffers dry; log:\n{}",
+        fwd.log()
+    );
+}
