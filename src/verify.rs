@@ -82,9 +82,83 @@ impl Pattern {
     }
 }
 
+/// Bytes in one period of the periodic pattern: a prime, so a period never
+/// lines up with buffer, segment or request sizes.
+pub const PERIOD: usize = 65_521;
+/// Seed of the periodic pattern (fixed: sender and checker must agree).
+const PERIODIC_SEED: u64 = 0x7269_6e67_6677_6400;
+
+/// The periodic stream `ringfwd echo`'s source and request/response modes
+/// send: byte `i` of every such stream is `periodic_region()[i % PERIOD]`.
+/// The region holds two periods, so the `len <= PERIOD` bytes from stream
+/// position `p` are the contiguous slice at `p % PERIOD`: a sender sends
+/// straight from it, with no copy.
+pub fn periodic_region() -> Box<[u8]> {
+    let mut one = vec![0u8; PERIOD];
+    Pattern::new(PERIODIC_SEED).fill(&mut one);
+    let mut two = Vec::with_capacity(2 * PERIOD);
+    two.extend_from_slice(&one);
+    two.extend_from_slice(&one);
+    two.into_boxed_slice()
+}
+
+/// Checks a received periodic stream, however it is split.
+#[derive(Clone, Debug, Default)]
+pub struct PeriodicCheck {
+    /// Stream bytes checked so far.
+    pub position: u64,
+}
+
+impl PeriodicCheck {
+    /// Checks that `got` continues the stream (`region` from
+    /// `periodic_region`); on mismatch returns the stream offset of the first
+    /// wrong byte.
+    pub fn check(&mut self, region: &[u8], got: &[u8]) -> Result<(), u64> {
+        for chunk in got.chunks(PERIOD) {
+            let at = (self.position % PERIOD as u64) as usize;
+            let expect = region.get(at..at + chunk.len()).unwrap_or(&[]);
+            if expect != chunk {
+                let bad = chunk
+                    .iter()
+                    .zip(expect.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(expect.len().min(chunk.len()));
+                return Err(self.position + bad as u64);
+            }
+            self.position += chunk.len() as u64;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periodic_stream_checks_across_splits_and_catches_a_flip() {
+        let region = periodic_region();
+        assert_eq!(region.len(), 2 * PERIOD);
+        assert_eq!(region[..PERIOD], region[PERIOD..]);
+        // Three periods and a bit, sent as windows of the region.
+        let total = 3 * PERIOD + 1234;
+        let mut stream = Vec::with_capacity(total);
+        let mut pos = 0;
+        while pos < total {
+            let at = pos % PERIOD;
+            let len = (total - pos).min(PERIOD).min(40_000);
+            stream.extend_from_slice(&region[at..at + len]);
+            pos += len;
+        }
+        let mut c = PeriodicCheck::default();
+        for piece in stream.chunks(7_777) {
+            assert_eq!(c.check(&region, piece), Ok(()));
+        }
+        assert_eq!(c.position, total as u64);
+        stream[100_000] ^= 0x40;
+        let mut c = PeriodicCheck::default();
+        assert_eq!(c.check(&region, &stream), Err(100_000));
+    }
 
     #[test]
     fn same_seed_same_bytes_across_splits() {

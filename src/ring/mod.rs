@@ -93,6 +93,9 @@ pub struct TargetId(usize);
 /// Index of a timeout registered with `Ring::add_timeout`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimeoutId(usize);
+/// Index of a send region registered with `Ring::add_region`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionId(usize);
 
 /// Entries that must reach the SQ together (a connect and its linked timeout).
 type Group = (squeue::Entry, Option<squeue::Entry>);
@@ -112,6 +115,9 @@ pub struct Ring {
     #[allow(clippy::vec_box)]
     templates: Vec<Box<libc::msghdr>>,
     layouts: Vec<Layout>,
+    /// Memory sends are issued from that is not a provided buffer (a source
+    /// pattern, load-generator requests): boxed slices, so they never move.
+    regions: Vec<Box<[u8]>>,
     backlog: VecDeque<Group>,
     mode: SetupMode,
 }
@@ -132,6 +138,7 @@ impl Ring {
             dgram: None,
             templates: Vec::new(),
             layouts: Vec::new(),
+            regions: Vec::new(),
             backlog: VecDeque::new(),
             mode,
         })
@@ -391,6 +398,50 @@ impl Ring {
         Ok(())
     }
 
+    /// Hands `bytes` to the ring for the ring's whole life, as memory that
+    /// `send_region` can send from.
+    pub fn add_region(&mut self, bytes: Box<[u8]>) -> RegionId {
+        self.regions.push(bytes);
+        RegionId(self.regions.len() - 1)
+    }
+
+    pub fn region(&self, id: RegionId) -> Option<&[u8]> {
+        self.regions.get(id.0).map(|r| &r[..])
+    }
+
+    /// Writable view of a region. The caller must not change bytes that a
+    /// send still in flight reads (its completion has not been reaped).
+    pub fn region_mut(&mut self, id: RegionId) -> Option<&mut [u8]> {
+        self.regions.get_mut(id.0).map(|r| &mut r[..])
+    }
+
+    /// Sends `len` bytes of region `id` from `offset` (stream or connected
+    /// datagram socket); `Err` (nothing queued) if the range is outside it.
+    pub fn send_region(
+        &mut self,
+        fd: RawFd,
+        id: RegionId,
+        offset: u32,
+        len: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let ptr = self
+            .regions
+            .get(id.0)
+            .and_then(|r| {
+                let end = (offset as usize).checked_add(len as usize)?;
+                r.get(offset as usize..end)
+            })
+            .map(<[u8]>::as_ptr)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let e = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+        Ok(())
+    }
+
     /// Registers the whole buffer arena as fixed buffer 0 (IORING_REGISTER_BUFFERS),
     /// for `SendKind::ZeroCopyFixed`. Charged to RLIMIT_MEMLOCK without CAP_IPC_LOCK.
     pub fn register_arena(&mut self) -> io::Result<()> {
@@ -447,7 +498,8 @@ impl Ring {
         }
         // SAFETY: every pointer in these entries points into memory this Ring
         // owns and keeps until it is dropped, after the io_uring itself: buffer
-        // slices (`bufs`, `dgram`), addresses (`targets`), timespecs (`timeouts`,
+        // slices (`bufs`, `dgram`), send regions (`regions`, boxed slices that
+        // never move), addresses (`targets`), timespecs (`timeouts`,
         // boxed so they never move), recvmsg templates (`templates`, boxed), send
         // headers (`dgram.slots`, a boxed slice that never moves) and the eventfd
         // counter (`control_buf`, boxed).
@@ -546,6 +598,8 @@ impl Ring {
             // Send headers may still be read by the kernel: never free them.
             std::mem::forget(p);
         }
+        // Sends may still read the regions: never free them.
+        std::mem::forget(std::mem::take(&mut self.regions));
         // The eventfd read may still target this counter: never free it.
         std::mem::forget(std::mem::replace(&mut self.control_buf, Box::new(0)));
     }
