@@ -1,0 +1,1718 @@
+#!/usr/bin/env python3
+"""Side-by-side comparison of ringfwd with HAProxy, NGINX stream and socat.
+
+One run on one machine: build ringfwd (release), install the peers if they are
+missing, write their configs, start one `ringfwd echo` upstream and every
+forwarder on its own loopback ports, then for each workload run
+`ringfwd bench ... --json` against every target, interleaved over repetitions,
+sampling each forwarder's CPU time and memory from /proc. Results go to
+bench-results/<date>-<host>/ (setup.md, raw.csv, summary.md, chart.svg).
+
+Python 3 standard library only. Run as root (package install, /proc of
+processes running as other users, clear_refs).
+
+    benches/compare.py            # the full comparison (< 20 minutes on 2 cores)
+    benches/compare.py --quick    # a smoke run (< 3 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import fnmatch
+import html
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOOPBACK = "127.0.0.1"
+
+# Targets, in the order they appear in every table. "direct" is no forwarder:
+# the generator loads the upstream itself.
+TARGETS = ["direct", "ringfwd", "haproxy", "haproxy-splice-auto", "haproxy-splice", "nginx", "socat"]
+HAPROXY_VARIANTS = ["haproxy", "haproxy-splice-auto", "haproxy-splice"]
+UDP_CAPABLE = {"direct", "ringfwd", "nginx", "socat"}
+# Listen ports: layout base + target offset + service offset.
+TARGET_OFFSET = {t: 100 * i for i, t in enumerate(TARGETS)}
+TCP_SERVICES = {"echo": 0, "sink": 1, "source": 2, "rr": 3}
+UDP_SERVICES = {"udp": 0}  # the UDP echo; UDP ports are a separate space, same numbers
+COLORS = {
+    "direct": "#7f7f7f",
+    "ringfwd": "#d62728",
+    "haproxy": "#1f77b4",
+    "haproxy-splice-auto": "#6baed6",
+    "haproxy-splice": "#08306b",
+    "nginx": "#2ca02c",
+    "socat": "#ff7f0e",
+}
+
+
+# --------------------------------------------------------------------------
+# What runs where
+
+@dataclass
+class Layout:
+    name: str
+    base: int  # first port of this layout (upstream); targets at base + TARGET_OFFSET
+    fwd_cpus: list[int] | None  # None: not pinned
+    fwd_threads: int
+    gen_cpus: list[int] | None
+    up_cpus: list[int] | None
+    gen_shards: int
+    up_shards: int
+    note: str
+
+    def port(self, target: str, service: str) -> int:
+        off = TCP_SERVICES.get(service, UDP_SERVICES.get(service))
+        return self.base + TARGET_OFFSET[target] + off
+
+
+def make_layouts(ncpu: int) -> dict[str, Layout]:
+    if ncpu >= 2:
+        pinned = Layout(
+            "pinned", 20000, [0], 1, [1], [1], 1, 1,
+            "forwarder on CPU 0 (1 thread / worker / shard); generator (`ringfwd bench`, 1 shard) "
+            "and upstream (`ringfwd echo`, 1 shard) on CPU 1; every process started under "
+            "`taskset`, and the harness itself moves to CPU 1 while it waits and samples",
+        )
+    else:
+        pinned = Layout("pinned", 20000, [0], 1, [0], [0], 1, 1,
+                        "single CPU: everything on CPU 0")
+    unpinned = Layout(
+        "unpinned", 21000, None, 2, None, None, 2, 2,
+        "nothing under `taskset`; the forwarder runs 2 threads / workers / shards, generator "
+        "and upstream 2 shards each (ringfwd pins its shards by design, so ringfwd, the "
+        "generator and the upstream have one shard on each CPU; HAProxy threads, NGINX "
+        "workers and socat processes go where the scheduler puts them)",
+    )
+    return {"pinned": pinned, "unpinned": unpinned}
+
+
+@dataclass
+class Workload:
+    name: str
+    mode: str  # ringfwd bench mode
+    service: str  # upstream service the load needs: echo, sink, source, rr, udp
+    args: list[str]
+    metric: str  # "rate" (ops/s) or "bps" (bits/s)
+    layouts: tuple[str, ...] = ("pinned",)
+    quick_layouts: tuple[str, ...] = ()
+    what: str = ""
+
+    @property
+    def udp(self) -> bool:
+        return self.service == "udp"
+
+
+WORKLOADS = [
+    Workload("tcp-rr-1", "tcp-rr", "echo", ["--connections", "1", "--size", "64"], "rate",
+             quick_layouts=("pinned",), what="1 connection, 64 B request, 64 B echo, closed loop"),
+    Workload("tcp-rr-100", "tcp-rr", "echo", ["--connections", "100", "--size", "64"], "rate",
+             layouts=("pinned", "unpinned"), quick_layouts=("pinned", "unpinned"),
+             what="100 connections, 64 B request/response, one outstanding per connection"),
+    Workload("tcp-rr-1000", "tcp-rr", "echo", ["--connections", "1000", "--size", "64"], "rate",
+             what="1000 connections, 64 B request/response"),
+    Workload("tcp-crr-50", "tcp-crr", "echo", ["--connections", "50", "--size", "64"], "rate",
+             quick_layouts=("pinned",),
+             what="50 in flight: connect, 64 B request, 64 B response, close, repeat"),
+    Workload("tcp-stream-1-up", "tcp-stream", "sink",
+             ["--connections", "1", "--direction", "up", "--size", "64KiB"], "bps",
+             layouts=("pinned", "unpinned"), quick_layouts=("pinned",),
+             what="1 connection, 64 KiB writes to a sink"),
+    Workload("tcp-stream-8-up", "tcp-stream", "sink",
+             ["--connections", "8", "--direction", "up", "--size", "64KiB"], "bps",
+             what="8 connections, 64 KiB writes to a sink"),
+    Workload("tcp-stream-1-both", "tcp-stream", "echo",
+             ["--connections", "1", "--direction", "both", "--size", "64KiB"], "bps",
+             what="1 connection to an echo: bytes flow both ways at once"),
+    Workload("udp-rr-100", "udp-rr", "udp", ["--flows", "100", "--size", "64"], "rate",
+             quick_layouts=("pinned",), what="100 flows, one 64 B datagram outstanding each"),
+    Workload("udp-stream-8-1200", "udp-stream", "udp", ["--flows", "8", "--size", "1200"], "rate",
+             quick_layouts=("pinned",),
+             what="8 flows, 1200 B datagrams offered as fast as the generator can (32 in flight "
+                  "per flow), echoes counted"),
+    Workload("udp-stream-8-64", "udp-stream", "udp", ["--flows", "8", "--size", "64"], "rate",
+             what="8 flows, 64 B datagrams offered as fast as the generator can (32 in flight per "
+                  "flow): the packet rate"),
+]
+
+FULL = dict(reps=3, duration=3.0, warmup=1.0)
+QUICK = dict(reps=1, duration=1.0, warmup=0.5)
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+
+LOG_FILE = None
+T_START = time.monotonic()
+
+
+def log(msg: str) -> None:
+    el = time.monotonic() - T_START
+    line = f"[{int(el // 60):02d}:{int(el % 60):02d}] {msg}"
+    print(line, flush=True)
+    if LOG_FILE is not None:
+        LOG_FILE.write(line + "\n")
+        LOG_FILE.flush()
+
+
+def fmt_dur(seconds: float) -> str:
+    ms = int(round(seconds * 1000))
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def sh(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, **kw)
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        r = sh(argv, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"({argv[0]}: {e})"
+    text = (r.stdout or "") + (r.stderr or "")
+    return text.strip().splitlines()[0] if text.strip() else f"({argv[0]}: no output)"
+
+
+def taskset(cpus: list[int] | None) -> list[str]:
+    return ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+
+
+def si(x: float | None, unit: str = "", digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    for div, p in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.{digits}g}{p}{unit}"
+    return f"{x:.{digits}g}{unit}"
+
+
+def num(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def ratio(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+# --------------------------------------------------------------------------
+# /proc sampling
+
+def read_stat(pid: int) -> tuple[int, int, int] | None:
+    """(ppid, cpu ticks incl. reaped children, starttime) or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    rest = data[data.rfind(")") + 2:].split()
+    # rest[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17, starttime 22
+    ppid = int(rest[1])
+    ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+    return ppid, ticks, int(rest[19])
+
+
+def proc_table() -> dict[int, tuple[int, int, int]]:
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = read_stat(int(name))
+            if st is not None:
+                out[int(name)] = st
+    return out
+
+
+def tree(roots: list[int], table: dict | None = None) -> dict[int, tuple[int, int, int]]:
+    """The processes in the trees rooted at `roots` (each root included), with their stat."""
+    table = proc_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = {}, [r for r in roots if r in table]
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        out[p] = table[p]
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds_ticks(roots: list[int], table: dict | None = None) -> float:
+    """utime+stime+cutime+cstime from /proc/<pid>/stat over the trees (tick-sampled)."""
+    return sum(t for _, t, _ in tree(roots, table).values()) / CLK_TCK
+
+
+def reaped_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            rest = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
+        return int(rest[13]) + int(rest[14])  # cutime, cstime (fields 16, 17)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def runtime_ns(pid: int) -> int:
+    """On-CPU time of every live thread of `pid` (sum_exec_runtime, from schedstat), in ns."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def cpu_seconds(roots: list[int], table: dict | None = None) -> float:
+    """CPU time of the trees: the exact on-CPU time of every live thread (schedstat), plus the
+    children already reaped (cutime+cstime, which the kernel fills from their exact runtime).
+
+    utime/stime of a live process are tick samples: a socat child that runs for a few
+    microseconds per request between ticks shows 0 there while schedstat shows milliseconds."""
+    pids = tree(roots, table)
+    return sum(runtime_ns(p) for p in pids) / 1e9 + sum(reaped_ticks(p) for p in pids) / CLK_TCK
+
+
+def kib_field(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def memory(roots: list[int]) -> tuple[int, int, int]:
+    """(sum of VmHWM, sum of Pss, number of processes), KiB, over the trees."""
+    pids = tree(roots)
+    hwm = sum(kib_field(f"/proc/{p}/status", "VmHWM:") for p in pids)
+    pss = sum(kib_field(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
+    return hwm, pss, len(pids)
+
+
+def clear_refs(roots: list[int]) -> None:
+    for p in tree(roots):
+        try:
+            with open(f"/proc/{p}/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        except OSError:
+            pass
+
+
+def cpu_busy() -> dict[str, tuple[int, int]]:
+    """Per CPU line of /proc/stat: (busy ticks, total ticks)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu"):
+                break
+            parts = line.split()
+            vals = [int(v) for v in parts[1:]]
+            total = sum(vals[:8])
+            idle = vals[3] + vals[4]
+            out[parts[0]] = (total - idle, total)
+    return out
+
+
+def busy_fraction(a: dict, b: dict, cpu: str) -> float | None:
+    if cpu not in a or cpu not in b:
+        return None
+    db, dt_ = b[cpu][0] - a[cpu][0], b[cpu][1] - a[cpu][1]
+    return db / dt_ if dt_ > 0 else None
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+# --------------------------------------------------------------------------
+# Processes the harness starts (and only those are ever signalled)
+
+class Managed:
+    def __init__(self, name: str, argv: list[str], logdir: Path, kind: str):
+        self.name, self.argv, self.kind = name, argv, kind
+        self.log_path = logdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.starttime: int | None = None
+
+    def start(self) -> None:
+        logf = open(self.log_path, "wb")
+        # Own session: a Ctrl-C on the terminal reaches only the harness, which then
+        # ends these processes itself, by PID.
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        st = read_stat(self.proc.pid)
+        self.starttime = st[2] if st else None
+        COMMANDS.append(f"[{self.name}] " + shlex.join(self.argv))
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        # Descendants (NGINX workers, socat's forked children) with their start times,
+        # so a PID reused meanwhile by someone else is never signalled.
+        desc = {p: st[2] for p, st in tree([self.proc.pid]).items() if p != self.proc.pid}
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=1 if self.kind == "ringfwd" else 3)
+            except subprocess.TimeoutExpired:
+                if self.kind == "ringfwd":
+                    # a second signal ends a draining ringfwd at once (UDP sessions
+                    # would otherwise keep the drain open until their idle timeout)
+                    self.proc.send_signal(signal.SIGTERM)
+                    try:
+                        self.proc.wait(timeout=2)
+                    except subprocess.TimeoutExpired:
+                        pass
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait(timeout=5)
+        deadline = time.monotonic() + 2
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            left = [p for p, start in desc.items() if (st := read_stat(p)) and st[2] == start]
+            if not left:
+                break
+            for p in left:
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
+            while time.monotonic() < deadline and any(
+                    (st := read_stat(p)) and st[2] == desc[p] for p in left):
+                time.sleep(0.05)
+            deadline = time.monotonic() + 2
+
+
+COMMANDS: list[str] = []
+
+
+def port_free(port: int, kind: str) -> bool:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    try:
+        # like the servers do: TIME_WAIT leftovers of an earlier run do not count as in use
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((LOOPBACK, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def wait_tcp(port: int, proc: Managed, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited (status {proc.proc.returncode}) before "
+                               f"listening on {port}:\n{proc.log_tail()}")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} does not accept on 127.0.0.1:{port} after {timeout}s:\n"
+                       f"{proc.log_tail()}")
+
+
+def udp_bound(port: int) -> bool:
+    want = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/udp") as f:
+            return any(line.split()[1] == want for line in list(f)[1:])
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# Peers: install, configs
+
+def find_stream_module() -> str | None:
+    cands = ["/usr/lib/nginx/modules/ngx_stream_module.so",
+             "/usr/lib64/nginx/modules/ngx_stream_module.so"]
+    for d in ["/etc/nginx/modules-enabled"]:
+        if os.path.isdir(d):
+            for name in sorted(os.listdir(d)):
+                try:
+                    text = Path(d, name).read_text()
+                except OSError:
+                    continue
+                for line in text.splitlines():
+                    line = line.strip()
+                    if line.startswith("load_module") and "stream" in line:
+                        p = line.split(None, 1)[1].rstrip(";").strip()
+                        cands.append(p if p.startswith("/") else os.path.join("/usr/share/nginx", p))
+    for c in cands:
+        if os.path.exists(c):
+            return os.path.realpath(c)
+    return None
+
+
+def ensure_peers(needed: set[str]) -> None:
+    missing = []
+    if needed & set(HAPROXY_VARIANTS) and not shutil.which("haproxy"):
+        missing.append("haproxy")
+    if "nginx" in needed and (not shutil.which("nginx") or find_stream_module() is None):
+        missing += ["nginx", "libnginx-mod-stream"]
+    if "socat" in needed and not shutil.which("socat"):
+        missing.append("socat")
+    if not missing:
+        return
+    log(f"installing missing peers ({' '.join(missing)}): apt-get update -qq; apt-get install -y "
+        "haproxy nginx libnginx-mod-stream socat")
+    # Keep the packages' own services from starting (they would listen on port 80 etc.)
+    # with a policy-rc.d, only if none exists, removed right after.
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = False
+    if not policy.exists():
+        policy.write_text("#!/bin/sh\n# written by ringfwd benches/compare.py during apt-get install\nexit 101\n")
+        policy.chmod(0o755)
+        made_policy = True
+    try:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for argv in (["apt-get", "update", "-qq"],
+                     ["apt-get", "install", "-y", "haproxy", "nginx", "libnginx-mod-stream", "socat"]):
+            COMMANDS.append(shlex.join(argv))
+            r = subprocess.run(argv, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"{shlex.join(argv)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    finally:
+        if made_policy:
+            policy.unlink()
+
+
+def nofile_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def haproxy_maxconn() -> int:
+    # 2 descriptors per connection, plus pipes for splice (maxpipes = maxconn / 4, 2 each)
+    return max(1000, min(20000, (nofile_limit() - 500) // 3 // 1000 * 1000))
+
+
+def haproxy_cfg(layout: Layout, variant: str) -> str:
+    splice = {
+        "haproxy": "    # no splice: data is copied through HAProxy's buffers",
+        "haproxy-splice-auto": "    option splice-auto",
+        "haproxy-splice": "    option splice-request\n    option splice-response",
+    }[variant]
+    if not layout.fwd_cpus:
+        cpu_map = "    # not pinned (no cpu-map)"
+    elif layout.fwd_threads == 1:
+        cpu_map = f"    cpu-map 1/1 {layout.fwd_cpus[0]}"
+    else:
+        cpu_map = f"    cpu-map auto:1/1-{layout.fwd_threads} {','.join(map(str, layout.fwd_cpus))}"
+    lines = [
+        f"# HAProxy, variant {variant}, layout {layout.name}; written by benches/compare.py",
+        "global",
+        f"    nbthread {layout.fwd_threads}",
+        cpu_map,
+        f"    maxconn {haproxy_maxconn()}  # 2 descriptors each (+ splice pipes); RLIMIT_NOFILE here is {nofile_limit()}",
+        "    # no 'log' line: logging off",
+        "",
+        "defaults",
+        "    mode tcp",
+        f"    maxconn {haproxy_maxconn()}",
+        "    timeout connect 5s",
+        "    timeout client 10m",
+        "    timeout server 10m",
+        splice,
+        "",
+    ]
+    for svc in TCP_SERVICES:
+        lines += [
+            f"frontend fe_{svc}",
+            f"    bind {LOOPBACK}:{layout.port(variant, svc)}",
+            f"    default_backend be_{svc}",
+            f"backend be_{svc}",
+            f"    server up_{svc} {LOOPBACK}:{layout.port('direct', svc)}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def nginx_cfg(layout: Layout, module: str, logdir: Path) -> str:
+    if layout.fwd_cpus:
+        masks = []
+        for c in layout.fwd_cpus[: layout.fwd_threads]:
+            masks.append(format(1 << c, "b").zfill(max(layout.fwd_cpus) + 1))
+        affinity = f"worker_cpu_affinity {' '.join(masks)};"
+    else:
+        affinity = "# not pinned (no worker_cpu_affinity)"
+    lines = [
+        f"# NGINX stream, layout {layout.name}; written by benches/compare.py",
+        f"load_module {module};",
+        "daemon off;",
+        "master_process on;",
+        f"worker_processes {layout.fwd_threads};",
+        affinity,
+        f"worker_rlimit_nofile {nofile_limit()};",
+        f"pid {logdir}/nginx-{layout.name}.pid;",
+        f"error_log {logdir}/nginx-{layout.name}-error.log warn;",
+        "",
+        "events {",
+        f"    worker_connections {min(16384, nofile_limit() // 2)};  # counts client and upstream sides",
+        "}",
+        "",
+        "stream {",
+        "    # access_log is off by default in stream",
+        "    proxy_connect_timeout 5s;",
+    ]
+    for svc in TCP_SERVICES:
+        lines += [
+            "    server {",
+            f"        listen {LOOPBACK}:{layout.port('nginx', svc)} reuseport backlog=4096;",
+            f"        proxy_pass {LOOPBACK}:{layout.port('direct', svc)};",
+            "        proxy_timeout 10m;",
+            "    }",
+        ]
+    lines += [
+        "    server {",
+        f"        listen {LOOPBACK}:{layout.port('nginx', 'udp')} udp reuseport;",
+        f"        proxy_pass {LOOPBACK}:{layout.port('direct', 'udp')};",
+        "        # proxy_responses left at its default (not limited): a session lives",
+        "        # until proxy_timeout passes without a datagram, longer than any run",
+        "        proxy_timeout 60s;",
+        "    }",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# The harness
+
+@dataclass
+class Run:
+    workload: Workload
+    layout: Layout
+    target: str
+    rep: int
+
+
+class Harness:
+    def __init__(self, args, outdir: Path, binary: Path, targets: list[str],
+                 workloads: list[tuple[Workload, str]], settings: dict):
+        self.args, self.out, self.bin = args, outdir, binary
+        self.targets, self.workloads, self.settings = targets, workloads, settings
+        self.layouts = make_layouts(os.cpu_count() or 1)
+        self.procs: list[Managed] = []
+        self.fwd: dict[str, list[Managed]] = {}
+        self.upstream: Managed | None = None
+        self.rows: list[dict] = []
+        self.configs: dict[str, str] = {}  # relative path -> text, for setup.md
+        self.echo_flags = self.bench_modes = None
+        self.missing: list[str] = []
+        self.preflight: list[str] = []
+        (outdir / "logs").mkdir(parents=True, exist_ok=True)
+        (outdir / "configs").mkdir(parents=True, exist_ok=True)
+        (outdir / "runs").mkdir(parents=True, exist_ok=True)
+        self.csv_path = outdir / "raw.csv"
+
+    # ---- capabilities of the binary under test
+
+    def probe(self) -> None:
+        eh = sh([str(self.bin), "echo", "--help"]).stdout
+        self.echo_flags = {f for f in ("--tcp", "--tcp-sink", "--tcp-source", "--tcp-rr", "--udp")
+                           if f"{f} " in eh or f"{f}=" in eh or f"{f}\n" in eh}
+        bh = sh([str(self.bin), "bench", "--help"])
+        self.bench_modes = set()
+        if bh.returncode == 0:
+            for m in ("tcp-rr", "tcp-crr", "tcp-stream", "udp-rr", "udp-stream"):
+                if m in bh.stdout:
+                    self.bench_modes.add(m)
+        need = {"echo": "--tcp", "sink": "--tcp-sink", "source": "--tcp-source", "rr": "--tcp-rr",
+                "udp": "--udp"}
+        keep = []
+        for wl, lay in self.workloads:
+            if wl.mode not in self.bench_modes:
+                self.missing.append(f"{wl.name} ({lay}): `ringfwd bench {wl.mode}` does not exist in this build")
+            elif need[wl.service] not in self.echo_flags:
+                self.missing.append(f"{wl.name} ({lay}): `ringfwd echo {need[wl.service]}` does not exist in this build")
+            else:
+                keep.append((wl, lay))
+        for m in self.missing:
+            log(f"SKIPPED {m}")
+        self.workloads = keep
+
+    # ---- starting everything of one layout
+
+    def start_layout(self, lay: Layout) -> None:
+        wanted = set(self.targets)
+        logs = self.out / "logs"
+        # every port this layout uses must be free before anything starts
+        ports = []
+        for t in wanted:
+            for svc in TCP_SERVICES:
+                ports.append((lay.port(t, svc), "tcp", t))
+            if t in UDP_CAPABLE:
+                ports.append((lay.port(t, "udp"), "udp", t))
+        busy = [f"{k} 127.0.0.1:{p} ({t})" for p, k, t in ports if not port_free(p, k)]
+        if busy:
+            raise RuntimeError("ports in use, not starting: " + ", ".join(busy) +
+                               " (see `ss -ltnup`; the harness never touches processes it did not start)")
+
+        # the upstream
+        argv = taskset(lay.up_cpus) + [str(self.bin), "echo"]
+        flag = {"echo": "--tcp", "sink": "--tcp-sink", "source": "--tcp-source", "rr": "--tcp-rr"}
+        for svc, f in flag.items():
+            if f in self.echo_flags:
+                argv += [f, f"{LOOPBACK}:{lay.port('direct', svc)}"]
+        if "--tcp-rr" in self.echo_flags:
+            argv += ["--request-size", "64", "--response-size", "64"]
+        if "--udp" in self.echo_flags:
+            argv += ["--udp", f"{LOOPBACK}:{lay.port('direct', 'udp')}"]
+        argv += ["--shards", str(lay.up_shards)]
+        if lay.up_cpus:
+            argv += ["--cpus", ",".join(map(str, lay.up_cpus))]
+        up = Managed(f"upstream-{lay.name}", argv, logs, "ringfwd")
+        self._start(up)
+        self.upstream = up
+        wait_tcp(lay.port("direct", "echo"), up)
+
+        self.fwd = {"direct": []}
+        ts = taskset(lay.fwd_cpus)
+        cpus_flag = ["--cpus", ",".join(map(str, lay.fwd_cpus))] if lay.fwd_cpus else []
+        if "ringfwd" in wanted:
+            argv = ts + [str(self.bin), "run"]
+            for svc in TCP_SERVICES:
+                argv += ["--tcp", f"{LOOPBACK}:{lay.port('ringfwd', svc)}={LOOPBACK}:{lay.port('direct', svc)}"]
+            argv += ["--udp", f"{LOOPBACK}:{lay.port('ringfwd', 'udp')}={LOOPBACK}:{lay.port('direct', 'udp')}"]
+            argv += ["--shards", str(lay.fwd_threads)] + cpus_flag
+            self._start_fwd("ringfwd", [Managed(f"ringfwd-{lay.name}", argv, logs, "ringfwd")], lay)
+        for v in HAPROXY_VARIANTS:
+            if v in wanted:
+                rel = f"configs/{v}-{lay.name}.cfg"
+                text = haproxy_cfg(lay, v)
+                (self.out / rel).write_text(text)
+                self.configs[rel] = text
+                r = sh(["haproxy", "-c", "-f", str(self.out / rel)])
+                if r.returncode != 0:
+                    raise RuntimeError(f"haproxy -c -f {rel} failed:\n{r.stdout}{r.stderr}")
+                argv = ts + ["haproxy", "-db", "-f", str(self.out / rel)]
+                self._start_fwd(v, [Managed(f"{v}-{lay.name}", argv, logs, "haproxy")], lay)
+        if "nginx" in wanted:
+            module = find_stream_module()
+            if module is None:
+                raise RuntimeError("the NGINX stream module is not installed (libnginx-mod-stream)")
+            rel = f"configs/nginx-{lay.name}.conf"
+            text = nginx_cfg(lay, module, logs)
+            (self.out / rel).write_text(text)
+            self.configs[rel] = text
+            prefix = str(self.out / "logs") + "/"
+            base = ["nginx", "-p", prefix, "-e", str(logs / f"nginx-{lay.name}-error.log"),
+                    "-c", str(self.out / rel)]
+            r = sh(base + ["-t"])
+            if r.returncode != 0:
+                raise RuntimeError(f"nginx -t failed for {rel}:\n{r.stdout}{r.stderr}")
+            self._start_fwd("nginx", [Managed(f"nginx-{lay.name}", ts + base, logs, "nginx")], lay)
+        if "socat" in wanted:
+            procs = []
+            for svc in TCP_SERVICES:
+                argv = ts + ["socat", f"TCP-LISTEN:{lay.port('socat', svc)},bind={LOOPBACK},fork,reuseaddr,backlog=4096",
+                             f"TCP:{LOOPBACK}:{lay.port('direct', svc)}"]
+                procs.append(Managed(f"socat-{svc}-{lay.name}", argv, logs, "socat"))
+            # -T: a UDP child (one per client address) ends after 20 s without a datagram;
+            # within a run every flow is busy, so it never fires there
+            argv = ts + ["socat", "-T", "20", f"UDP-LISTEN:{lay.port('socat', 'udp')},bind={LOOPBACK},fork,reuseaddr",
+                         f"UDP:{LOOPBACK}:{lay.port('direct', 'udp')}"]
+            procs.append(Managed(f"socat-udp-{lay.name}", argv, logs, "socat"))
+            self._start_fwd("socat", procs, lay)
+        time.sleep(0.3)
+        self.check_forwarding(lay)
+
+    def _start(self, m: Managed) -> None:
+        m.start()
+        self.procs.append(m)
+
+    def _start_fwd(self, target: str, procs: list[Managed], lay: Layout) -> None:
+        for m in procs:
+            self._start(m)
+        self.fwd[target] = procs
+        wait_tcp(lay.port(target, "echo"), procs[0])
+        for m in procs:
+            if not m.alive():
+                raise RuntimeError(f"{m.name} exited:\n{m.log_tail()}")
+
+    def check_forwarding(self, lay: Layout) -> None:
+        """A verified byte exchange through every target before anything is measured."""
+        for t in self.targets:
+            msgs = []
+            payload = f"compare.py preflight {t} {lay.name}\n".encode() * 50
+            try:
+                with socket.create_connection((LOOPBACK, lay.port(t, "echo")), timeout=3) as s:
+                    s.sendall(payload)
+                    got = b""
+                    while len(got) < len(payload):
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        got += chunk
+                    if got != payload:
+                        raise RuntimeError(f"tcp echo through {t}: sent {len(payload)} B, got {len(got)} B back"
+                                           + ("" if payload.startswith(got) else " (different bytes)"))
+                msgs.append("tcp echo ok")
+                if "--tcp-sink" in self.echo_flags:
+                    with socket.create_connection((LOOPBACK, lay.port(t, "sink")), timeout=3) as s:
+                        s.sendall(b"x" * (1 << 20))
+                    msgs.append("sink ok")
+                if "--tcp-source" in self.echo_flags:
+                    with socket.create_connection((LOOPBACK, lay.port(t, "source")), timeout=3) as s:
+                        got = 0
+                        while got < (1 << 20):
+                            chunk = s.recv(65536)
+                            if not chunk:
+                                raise RuntimeError(f"tcp source through {t}: EOF after {got} B")
+                            got += len(chunk)
+                    msgs.append("source ok")
+                if "--tcp-rr" in self.echo_flags:
+                    with socket.create_connection((LOOPBACK, lay.port(t, "rr")), timeout=3) as s:
+                        s.sendall(b"q" * 64)
+                        got = b""
+                        while len(got) < 64:
+                            chunk = s.recv(64 - len(got))
+                            if not chunk:
+                                raise RuntimeError(f"tcp rr through {t}: EOF after {len(got)} B of a 64 B response")
+                            got += chunk
+                    msgs.append("rr ok")
+                if t in UDP_CAPABLE and "--udp" in self.echo_flags:
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                        u.settimeout(1)
+                        u.connect((LOOPBACK, lay.port(t, "udp")))
+                        dgram = f"compare.py udp preflight {t}".encode()
+                        for attempt in range(3):
+                            u.send(dgram)
+                            try:
+                                if u.recv(2048) == dgram:
+                                    break
+                            except (socket.timeout, ConnectionRefusedError):
+                                continue
+                        else:
+                            raise RuntimeError(f"udp echo through {t}: no answer in 3 tries")
+                    msgs.append("udp echo ok")
+            except OSError as e:
+                raise RuntimeError(f"preflight through {t} ({lay.name}) failed: {e}") from e
+            line = f"{lay.name}/{t}: " + ", ".join(msgs)
+            self.preflight.append(line)
+            log(f"preflight {line}")
+
+    def stop_all(self) -> None:
+        for m in reversed(self.procs):
+            try:
+                m.stop()
+            except Exception as e:  # keep ending the others
+                log(f"warning: stopping {m.name}: {e}")
+        self.procs = []
+        self.fwd = {}
+        self.upstream = None
+
+    # ---- one measured run
+
+    def bench_argv(self, wl: Workload, lay: Layout, target: str, json_path: Path) -> list[str]:
+        argv = taskset(lay.gen_cpus) + [str(self.bin), "bench", wl.mode,
+                                       "--target", f"{LOOPBACK}:{lay.port(target, wl.service)}"]
+        argv += wl.args
+        argv += ["--duration", fmt_dur(self.settings["duration"]), "--warmup", fmt_dur(self.settings["warmup"]),
+                 "--json", str(json_path), "--quiet", "--shards", str(lay.gen_shards)]
+        if lay.gen_cpus:
+            argv += ["--cpus", ",".join(map(str, lay.gen_cpus))]
+        return argv
+
+    def measure(self, run: Run) -> dict:
+        wl, lay, target = run.workload, run.layout, run.target
+        rel_json = Path("runs") / lay.name / wl.name / f"{target}-r{run.rep}.json"
+        json_path = self.out / rel_json
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        if json_path.exists():
+            json_path.unlink()
+        argv = self.bench_argv(wl, lay, target, json_path)
+        COMMANDS.append(f"[bench {wl.name} {lay.name} {target} rep {run.rep}] " + shlex.join(argv))
+        roots = [m.pid for m in self.fwd.get(target, [])]
+        up_root = [self.upstream.pid] if self.upstream else []
+        if self.upstream is None or not self.upstream.alive():
+            raise RuntimeError(f"the upstream is no longer running:\n{self.upstream.log_tail() if self.upstream else ''}")
+        dead = [m for m in self.fwd.get(target, []) if not m.alive()]
+        if dead:
+            # recorded as failed, never skipped silently; the other targets go on
+            m = dead[0]
+            tail = " | ".join(m.log_tail(4).splitlines())
+            return {"workload": wl.name, "target": target, "rep": run.rep, "pinning": lay.name,
+                    "mode": wl.mode, "ok": False, "json": "",
+                    "error": f"{m.name} is no longer running (exit status {m.proc.returncode}): {tail}"[:800]}
+        warm, dur = self.settings["warmup"], self.settings["duration"]
+        load_before = loadavg()
+        clear_refs(roots)
+        cpu_all0 = cpu_seconds(roots)
+        err_f = tempfile.TemporaryFile()
+        out_f = tempfile.TemporaryFile()
+        t0 = time.monotonic()
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f)
+        self.bench_proc = p
+        # The measured window is [t0 + warmup, t0 + warmup + duration] from the bench's start;
+        # sample a little inside it and use rates, so a late start of the bench's own window
+        # (connection setup) does not matter.
+        edge = min(0.1, dur / 10)
+        marks = [t0 + warm + edge, t0 + warm + dur / 2, t0 + warm + dur - edge]
+        samples = []  # (time, fwd cpu, gen cpu, up cpu, /proc/stat, hwm, pss, nproc)
+        for mark in marks:
+            delay = mark - time.monotonic()
+            if delay > 0:
+                try:
+                    p.wait(timeout=delay)
+                except subprocess.TimeoutExpired:
+                    pass
+            if p.poll() is not None:
+                break
+            table = proc_table()
+            hwm, pss, nproc = memory(roots) if roots else (0, 0, 0)
+            samples.append((time.monotonic(), cpu_seconds(roots, table), cpu_seconds([p.pid], table),
+                            cpu_seconds(up_root, table), cpu_busy(), hwm, pss, nproc,
+                            cpu_seconds_ticks(roots, table)))
+        limit = warm + dur + 60
+        timed_out = False
+        try:
+            p.wait(timeout=max(1.0, t0 + limit - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            p.kill()
+            p.wait()
+        self.bench_proc = None
+        wall = time.monotonic() - t0
+        cpu_all1 = cpu_seconds(roots)
+        hwm_end, pss_end, _ = memory(roots) if roots else (0, 0, 0)
+        err_f.seek(0)
+        stderr = err_f.read().decode(errors="replace")
+        out_f.seek(0)
+        stdout = out_f.read().decode(errors="replace")
+        err_f.close()
+        out_f.close()
+
+        row = {"workload": wl.name, "target": target, "rep": run.rep, "pinning": lay.name,
+               "mode": wl.mode, "load_before": load_before, "wall_s": round(wall, 2),
+               "json": str(rel_json), "exit": p.returncode}
+        data = None
+        if json_path.exists():
+            try:
+                data = json.loads(json_path.read_text())
+            except (OSError, ValueError) as e:
+                row["error"] = f"bad --json output: {e}"
+        errors = []
+        if timed_out:
+            errors.append(f"bench still running after {limit:.0f}s: killed")
+        if p.returncode != 0:
+            tail = " | ".join(l for l in stderr.strip().splitlines()[-4:] if l.strip()) or stdout.strip()[-300:]
+            errors.append(f"bench exit {p.returncode}: {tail[:600]}")
+        if data is None and "error" not in row:
+            errors.append("no --json written")
+        if data is not None and not data.get("ok", False):
+            why = data.get("failure") or data.get("first_error")
+            errors.append("bench reported ok=false" + (f" ({why})" if why else "") + ": errors "
+                          + json.dumps(data.get("errors")))
+        if "error" in row:
+            errors.insert(0, row["error"])
+        row["error"] = "; ".join(errors)
+        row["ok"] = not errors
+
+        if data is not None:
+            lat = data.get("latency_us") or {}
+            bps = data.get("bits_per_second") or {}
+            udp = data.get("udp") or {}
+            errs = data.get("errors") or {}
+            row.update({
+                "rate": data.get("rate"), "offered_rate": data.get("offered_rate"),
+                "bits_per_second": bps.get("total"), "bps_up": bps.get("up"), "bps_down": bps.get("down"),
+                "p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"),
+                "p99_9": lat.get("p99_9"), "max": lat.get("max"),
+                "elapsed_s": data.get("elapsed_s"), "ops": data.get("ops"),
+                "bytes_sent": data.get("bytes_sent"), "bytes_received": data.get("bytes_received"),
+                "udp_lost": udp.get("lost"), "loss_ratio": udp.get("loss_ratio"),
+                "errors": " ".join(f"{k}={v}" for k, v in errs.items() if v),
+            })
+        # forwarder cost over the measured window
+        if roots and len(samples) >= 2:
+            a, b = samples[0], samples[-1]
+            span = b[0] - a[0]
+            fwd_rate = (b[1] - a[1]) / span  # CPU-seconds per second
+            row["fwd_cpu_util"] = round(fwd_rate, 4)
+            # the same from utime+stime ticks alone, for comparison (undercounts short-lived runs)
+            row["fwd_cpu_util_ticks"] = round((b[8] - a[8]) / span, 4)
+            elapsed = (data or {}).get("elapsed_s") or dur
+            row["cpu_s"] = round(fwd_rate * elapsed, 4)
+            rate = row.get("rate") or 0
+            if wl.metric == "rate" and rate > 0:
+                row["cpu_us_per_op"] = round(fwd_rate / rate * 1e6, 3)
+            bits = row.get("bits_per_second") or 0
+            if bits > 0:
+                row["cpu_s_per_gb"] = round(fwd_rate / (bits / 8 / 1e9), 4)
+            row["rss_peak_kib"] = max([s[5] for s in samples] + ([hwm_end] if target != "socat" else []))
+            row["pss_kib"] = max(s[6] for s in samples)
+            row["fwd_procs"] = max(s[7] for s in samples)
+        elif roots:
+            row["cpu_s_whole_run"] = round(cpu_all1 - cpu_all0, 3)
+        if len(samples) >= 2:
+            a, b = samples[0], samples[-1]
+            span = b[0] - a[0]
+            row["gen_cpu_util"] = round((b[2] - a[2]) / span, 4)
+            row["up_cpu_util"] = round((b[3] - a[3]) / span, 4)
+            for cpu in sorted(k for k in a[4] if k != "cpu"):
+                f = busy_fraction(a[4], b[4], cpu)
+                row[f"{cpu}_busy"] = None if f is None else round(f, 4)
+            tot = busy_fraction(a[4], b[4], "cpu")
+            if tot is not None:
+                ncpu = len([k for k in a[4] if k != "cpu"])
+                known = (b[1] - a[1] + b[2] - a[2] + b[3] - a[3]) / span
+                row["other_cpu_util"] = round(tot * ncpu - known, 4)
+        if roots:
+            row["cpu_s_whole_run"] = round(cpu_all1 - cpu_all0, 3)
+        return row
+
+    # ---- the schedule
+
+    def plan(self) -> list[Run]:
+        runs = []
+        for lname in ("pinned", "unpinned"):
+            lay = self.layouts[lname]
+            for wl, l in self.workloads:
+                if l != lname:
+                    continue
+                targets = [t for t in self.targets if not wl.udp or t in UDP_CAPABLE]
+                for rep in range(1, self.settings["reps"] + 1):
+                    # rotate the order each repetition so no target always runs first
+                    k = (rep - 1) % len(targets)
+                    for t in targets[k:] + targets[:k]:
+                        runs.append(Run(wl, lay, t, rep))
+        return runs
+
+    def execute(self) -> None:
+        runs = self.plan()
+        per = self.settings["duration"] + self.settings["warmup"] + 0.6
+        log(f"{len(runs)} runs of {fmt_dur(self.settings['warmup'])} warmup + "
+            f"{fmt_dur(self.settings['duration'])} measured: about {len(runs) * per / 60:.1f} minutes")
+        current = None
+        fields = CSV_FIELDS
+        with open(self.csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for i, run in enumerate(runs, 1):
+                if current != run.layout.name:
+                    self.stop_all()
+                    time.sleep(0.5)
+                    current = run.layout.name
+                    lay = run.layout
+                    log(f"layout {lay.name}: {lay.note}")
+                    # the harness waits and samples on the generator's CPUs
+                    if lay.gen_cpus:
+                        os.sched_setaffinity(0, set(lay.gen_cpus))
+                    else:
+                        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+                    self.start_layout(lay)
+                self.settle(run)
+                row = self.measure(run)
+                self.rows.append(row)
+                w.writerow(row)
+                f.flush()
+                log(f"[{i:3d}/{len(runs)}] {run.workload.name:18s} {run.layout.name:8s} rep {run.rep} "
+                    f"{run.target:20s} {describe_row(row, run.workload)}")
+        self.stop_all()
+
+    def settle(self, run: Run) -> None:
+        """Before a run: the target's forked children of the last run are gone (socat)."""
+        if run.target != "socat":
+            time.sleep(0.2)
+            return
+        roots = [m.pid for m in self.fwd.get("socat", [])]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            t = tree(roots)
+            # TCP children end with their connections; UDP children linger up to -T 20 s
+            udp_root = [m.pid for m in self.fwd["socat"] if m.name.startswith("socat-udp")]
+            tcp_children = [p for p, st in t.items() if p not in roots and st[0] not in udp_root]
+            if not tcp_children:
+                break
+            time.sleep(0.1)
+        time.sleep(0.2)
+
+
+CSV_FIELDS = [
+    "workload", "target", "rep", "pinning", "rate", "offered_rate", "bits_per_second",
+    "p50", "p90", "p99", "p99_9", "max", "cpu_s", "cpu_us_per_op", "cpu_s_per_gb",
+    "rss_peak_kib", "pss_kib", "ok", "error",
+    # more context
+    "mode", "elapsed_s", "ops", "bps_up", "bps_down", "bytes_sent", "bytes_received",
+    "udp_lost", "loss_ratio", "errors", "fwd_cpu_util", "fwd_cpu_util_ticks", "cpu_s_whole_run", "fwd_procs",
+    "gen_cpu_util", "up_cpu_util", "cpu0_busy", "cpu1_busy", "other_cpu_util",
+    "load_before", "wall_s", "exit", "json",
+]
+
+
+def describe_row(row: dict, wl: Workload) -> str:
+    parts = []
+    if wl.metric == "bps":
+        parts.append(f"{(row.get('bits_per_second') or 0) / 1e9:.2f} Gbit/s")
+    else:
+        parts.append(f"{si(row.get('rate'), '/s')}")
+        if wl.mode == "udp-stream":
+            parts.append(f"offered {si(row.get('offered_rate'), '/s')} loss {100 * (row.get('loss_ratio') or 0):.1f}%")
+        if row.get("p99") is not None:
+            parts.append(f"p50 {num(row.get('p50'))}µs p99 {num(row.get('p99'))}µs")
+    if row.get("fwd_cpu_util") is not None:
+        parts.append(f"fwd {100 * row['fwd_cpu_util']:.0f}% CPU")
+    if row.get("rss_peak_kib"):
+        parts.append(f"RSS {row['rss_peak_kib'] / 1024:.1f} MiB")
+    if row.get("other_cpu_util") and row["other_cpu_util"] > 0.15:
+        parts.append(f"[other load {row['other_cpu_util']:.2f} CPU]")
+    parts.append("ok" if row["ok"] else f"FAILED: {row['error']}")
+    return "  ".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Summary, chart, README
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarise(rows: list[dict], workloads: list[tuple[Workload, str]], targets: list[str]) -> list[dict]:
+    """One entry per (workload, layout): per target medians, spreads, ratios."""
+    out = []
+    for wl, lay in workloads:
+        wrows = [r for r in rows if r["workload"] == wl.name and r["pinning"] == lay]
+        if not wrows:
+            continue
+        per = {}
+        for t in targets:
+            trs = [r for r in wrows if r["target"] == t]
+            if not trs:
+                continue
+            ok = [r for r in trs if r["ok"]]
+            key = "bits_per_second" if wl.metric == "bps" else "rate"
+            vals = [r.get(key) for r in ok if r.get(key) is not None]
+            per[t] = {
+                "n": len(trs), "n_ok": len(ok),
+                "value": med(vals), "min": min(vals) if vals else None, "max": max(vals) if vals else None,
+                "offered": med([r.get("offered_rate") for r in ok]),
+                "loss": med([r.get("loss_ratio") for r in ok]),
+                "p50": med([r.get("p50") for r in ok]), "p99": med([r.get("p99") for r in ok]),
+                "p99_9": med([r.get("p99_9") for r in ok]),
+                "cost": med([r.get("cpu_s_per_gb" if wl.metric == "bps" else "cpu_us_per_op") for r in ok]),
+                "util": med([r.get("fwd_cpu_util") for r in ok]),
+                "rss": med([r.get("rss_peak_kib") for r in ok]),
+                "pss": med([r.get("pss_kib") for r in ok]),
+                "errors": [r["error"] for r in trs if not r["ok"]],
+            }
+        direct = per.get("direct", {}).get("value")
+        hap = [(per[v]["value"], v) for v in HAPROXY_VARIANTS if v in per and per[v]["value"]]
+        best_hap = max(hap)[1] if hap else None
+        for t, s in per.items():
+            s["vs_direct"] = s["value"] / direct if s["value"] and direct else None
+            hv = per[best_hap]["value"] if best_hap else None
+            s["vs_haproxy"] = s["value"] / hv if s["value"] and hv else None
+        out.append({"workload": wl, "layout": lay, "per": per, "best_haproxy": best_hap})
+    return out
+
+
+def fmt_value(wl: Workload, v) -> str:
+    if v is None:
+        return "–"
+    return f"{v / 1e9:.2f} Gbit/s" if wl.metric == "bps" else si(v, "/s")
+
+
+def summary_md(summ: list[dict], meta: dict) -> str:
+    L = [f"# Comparison summary — {meta['date']} on {meta['host']}", ""]
+    L.append(f"{meta['mode_note'][0].upper()}{meta['mode_note'][1:]}. Median over {meta['reps']} repetition(s), spread is min–max of the "
+             "ok runs. Latency is the generator's round trip (µs). CPU cost is the forwarder's own CPU "
+             "time (exact on-CPU time of all its threads and processes from /proc, see setup.md) during "
+             "the measured window: CPU-µs per operation, or CPU-seconds per GB (10^9 bytes, both directions counted) "
+             "for streams; `CPU` is the share of one core it used. Peak RSS is VmHWM summed over its "
+             "processes (reset with clear_refs before each run), PSS from smaps_rollup during the run. "
+             "Ratios compare medians with direct (no forwarder) and with the best HAProxy variant of "
+             "that workload. Setup, pinning and configs: [setup.md](setup.md); every run: "
+             "[raw.csv](raw.csv); chart: [chart.svg](chart.svg).")
+    L.append("")
+    if meta.get("other_load"):
+        L.append(meta["other_load"])
+        L.append("")
+    for s in summ:
+        wl, lay = s["workload"], s["layout"]
+        L.append(f"## {wl.name} ({lay})")
+        L.append("")
+        L.append(f"`ringfwd bench {wl.mode} {' '.join(wl.args)}` — {wl.what}. Best HAProxy variant: "
+                 f"{s['best_haproxy'] or '–'}.")
+        L.append("")
+        unit = "Gbit/s" if wl.metric == "bps" else "ops/s"
+        cost = "CPU-s/GB" if wl.metric == "bps" else "CPU-µs/op"
+        hdr = ["target", f"{unit} median", "spread"]
+        if wl.mode == "udp-stream":
+            hdr += ["offered/s", "loss"]
+        if wl.metric == "rate":
+            hdr += ["p50 µs", "p99 µs"]
+        hdr += [cost, "CPU", "peak RSS MiB", "PSS MiB", "vs direct", "vs HAProxy", "runs ok"]
+        L.append("| " + " | ".join(hdr) + " |")
+        L.append("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
+        for t, d in s["per"].items():
+            if wl.metric == "bps":
+                val = f"{d['value'] / 1e9:.2f}" if d["value"] else "–"
+                spread = f"{d['min'] / 1e9:.2f}–{d['max'] / 1e9:.2f}" if d["min"] is not None else "–"
+            else:
+                val = num(d["value"]) if d["value"] else "–"
+                spread = f"{num(d['min'])}–{num(d['max'])}" if d["min"] is not None else "–"
+            cells = [t, val, spread]
+            if wl.mode == "udp-stream":
+                cells += [num(d["offered"]), "–" if d["loss"] is None else f"{100 * d['loss']:.1f}%"]
+            if wl.metric == "rate":
+                cells += [num(d["p50"]), num(d["p99"])]
+            cells += [
+                num(d["cost"]) if t != "direct" else "–",
+                f"{100 * d['util']:.0f}%" if d["util"] is not None and t != "direct" else "–",
+                f"{d['rss'] / 1024:.1f}" if d["rss"] and t != "direct" else "–",
+                f"{d['pss'] / 1024:.1f}" if d["pss"] and t != "direct" else "–",
+                ratio(d["vs_direct"]), ratio(d["vs_haproxy"]), f"{d['n_ok']}/{d['n']}",
+            ]
+            L.append("| " + " | ".join(cells) + " |")
+        fails = [(t, d) for t, d in s["per"].items() if d["errors"]]
+        if fails:
+            L.append("")
+            L.append("Failed runs (kept in raw.csv, left out of the medians):")
+            for t, d in fails:
+                L.append(f"- {t}: {len(d['errors'])} of {d['n']} failed; first: {d['errors'][0]}")
+        L.append("")
+    if meta.get("missing"):
+        L.append("## Not measured")
+        L.append("")
+        for m in meta["missing"]:
+            L.append(f"- {m}")
+        L.append("")
+    return "\n".join(L)
+
+
+def headline_md(summ: list[dict], targets: list[str], run_rel: str) -> str:
+    cols = [t for t in ["direct", "ringfwd", "haproxy*", "nginx", "socat"]
+            if t == "haproxy*" and any(v in targets for v in HAPROXY_VARIANTS) or t in targets]
+    L = ["| workload | " + " | ".join("best HAProxy" if c == "haproxy*" else c for c in cols) + " |",
+         "|---|" + "|".join("---:" for _ in cols) + "|"]
+    for s in summ:
+        wl = s["workload"]
+        cells = [f"{wl.name}" + ("" if s["layout"] == "pinned" else f" ({s['layout']})")]
+        for c in cols:
+            t = s["best_haproxy"] if c == "haproxy*" else c
+            d = s["per"].get(t) if t else None
+            if not d or not d["value"]:
+                cells.append("–" if not d else "failed")
+                continue
+            txt = fmt_value(wl, d["value"]) if c == "direct" else ratio(d["vs_direct"])
+            if wl.metric == "rate" and d.get("p99") is not None:
+                txt += f", p99 {num(d['p99'])} µs"
+            if c == "haproxy*":
+                txt += f" ({t.replace('haproxy-', '') if t != 'haproxy' else 'no splice'})"
+            cells.append(txt)
+        L.append("| " + " | ".join(cells) + " |")
+    return "\n".join(L)
+
+
+def chart_svg(summ: list[dict], targets: list[str], title: str) -> str:
+    """Small multiples: per workload, bars of rate / direct (left) and p99 latency (right)."""
+    row_h, bar_h, gap = 15, 11, 4
+    cell_w, label_w, panel_w = 600, 130, 200
+    ncols = 2
+    cells = []
+    for s in summ:
+        present = [t for t in targets if t in s["per"]]
+        cells.append((s, present))
+    heights = [40 + len(p) * row_h + 16 for _, p in cells]
+    nrows = math.ceil(len(cells) / ncols)
+    row_heights = [max(heights[r * ncols:(r + 1) * ncols] or [0]) for r in range(nrows)]
+    top = 90
+    W = ncols * cell_w + 20
+    H = top + sum(row_heights) + 40
+    esc = html.escape
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+         'font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="11">',
+         f'<rect width="{W}" height="{H}" fill="white"/>',
+         f'<text x="10" y="22" font-size="16" font-weight="bold">{esc(title)}</text>',
+         '<text x="10" y="38" fill="#444">left: throughput relative to direct (no forwarder: 1.0 = as fast as '
+         'without a forwarder), median of the repetitions, whisker = min–max</text>',
+         '<text x="10" y="52" fill="#444">right: p99 latency in µs (median); for streams, which have no '
+         'latency: the forwarder\'s CPU-seconds per GB forwarded (lower is better)</text>']
+    # legend
+    x = 10
+    for t in targets:
+        o.append(f'<rect x="{x}" y="62" width="12" height="12" fill="{COLORS.get(t, "#999")}"/>')
+        o.append(f'<text x="{x + 16}" y="72">{esc(t)}</text>')
+        x += 16 + 7 * len(t) + 18
+    y0 = top
+    for r in range(nrows):
+        for c in range(ncols):
+            idx = r * ncols + c
+            if idx >= len(cells):
+                continue
+            s, present = cells[idx]
+            wl = s["workload"]
+            cx, cy = 10 + c * cell_w, y0
+            name = wl.name + ("" if s["layout"] == "pinned" else f" ({s['layout']})")
+            direct = s["per"].get("direct", {}).get("value")
+            dtxt = f"direct = {fmt_value(wl, direct)}" if direct else "no direct baseline"
+            o.append(f'<text x="{cx}" y="{cy + 14}" font-size="13" font-weight="bold">{esc(name)}</text>')
+            o.append(f'<text x="{cx + label_w + panel_w + 40}" y="{cy + 14}" fill="#444" text-anchor="end">'
+                     f'{esc(dtxt)}</text>')
+            px1 = cx + label_w
+            px2 = cx + label_w + panel_w + 70
+            rel = [s["per"][t]["max"] / direct for t in present if direct and s["per"][t]["max"]]
+            rmax = max([1.0] + rel) * 1.05
+            # right panel: p99 latency, or for streams (no latency) the forwarder's CPU-s per GB
+            rkey, rlabel = ("p99", "p99 µs") if wl.metric == "rate" else ("cost", "forwarder CPU-s per GB")
+            rvals = [s["per"][t][rkey] for t in present if s["per"][t][rkey]]
+            lmax = max(rvals) * 1.05 if rvals else None
+            by = cy + 24
+            # axis marks
+            o.append(f'<line x1="{px1}" y1="{by - 2}" x2="{px1}" y2="{by + len(present) * row_h}" stroke="#333"/>')
+            one = px1 + panel_w / rmax
+            o.append(f'<line x1="{one:.1f}" y1="{by - 2}" x2="{one:.1f}" y2="{by + len(present) * row_h}" '
+                     'stroke="#999" stroke-dasharray="3,2"/>')
+            o.append(f'<text x="{one:.1f}" y="{by + len(present) * row_h + 11}" fill="#666" '
+                     'text-anchor="middle" font-size="9">1.0</text>')
+            if lmax:
+                o.append(f'<line x1="{px2}" y1="{by - 2}" x2="{px2}" y2="{by + len(present) * row_h}" stroke="#333"/>')
+                o.append(f'<text x="{px2}" y="{by + len(present) * row_h + 11}" fill="#666" font-size="9">'
+                         f'{esc(rlabel)}</text>')
+            for i, t in enumerate(present):
+                d = s["per"][t]
+                yy = by + i * row_h
+                col = COLORS.get(t, "#999")
+                o.append(f'<text x="{px1 - 6}" y="{yy + bar_h - 1}" text-anchor="end">{esc(t)}</text>')
+                if d["value"] and direct:
+                    v = d["value"] / direct
+                    wbar = panel_w * v / rmax
+                    o.append(f'<rect x="{px1}" y="{yy}" width="{wbar:.1f}" height="{bar_h}" fill="{col}"/>')
+                    if d["min"] is not None and d["max"] is not None and d["n_ok"] > 1:
+                        x1 = px1 + panel_w * d["min"] / direct / rmax
+                        x2 = px1 + panel_w * d["max"] / direct / rmax
+                        ym = yy + bar_h / 2
+                        o.append(f'<line x1="{x1:.1f}" y1="{ym}" x2="{x2:.1f}" y2="{ym}" stroke="black"/>')
+                        o.append(f'<line x1="{x1:.1f}" y1="{ym - 3}" x2="{x1:.1f}" y2="{ym + 3}" stroke="black"/>')
+                        o.append(f'<line x1="{x2:.1f}" y1="{ym - 3}" x2="{x2:.1f}" y2="{ym + 3}" stroke="black"/>')
+                    o.append(f'<text x="{px1 + max(wbar, panel_w * (d["max"] or 0) / direct / rmax) + 4:.1f}" '
+                             f'y="{yy + bar_h - 1}">{v:.2f}</text>')
+                elif d["n_ok"] == 0:
+                    o.append(f'<text x="{px1 + 4}" y="{yy + bar_h - 1}" fill="#b00">failed</text>')
+                if lmax and d[rkey]:
+                    wbar = (panel_w - 40) * d[rkey] / lmax
+                    o.append(f'<rect x="{px2}" y="{yy}" width="{wbar:.1f}" height="{bar_h}" fill="{col}" '
+                             'fill-opacity="0.75"/>')
+                    o.append(f'<text x="{px2 + wbar + 4:.1f}" y="{yy + bar_h - 1}">{num(d[rkey])}</text>')
+        y0 += row_heights[r]
+    o.append("</svg>")
+    return "\n".join(o)
+
+
+def update_results_readme(path: Path, run_rel: str, headline: str, meta: dict) -> None:
+    begin, end = "<!-- compare.py: latest run (begin) -->", "<!-- compare.py: latest run (end) -->"
+    section = "\n".join([
+        begin,
+        "## Latest run: ringfwd vs HAProxy, NGINX stream, socat",
+        "",
+        f"[{run_rel}/]({run_rel}/) — {meta['date']} on {meta['host']} ({meta['cpu']}, {meta['ncpu']} "
+        f"cores, kernel {meta['kernel']}), `benches/compare.py{meta['cmd_suffix']}`, "
+        f"{meta['reps']} interleaved repetitions of {meta['duration']} each, pinning: forwarder on "
+        "CPU 0, generator and upstream on CPU 1 (unless marked unpinned). Throughput relative to "
+        "direct (no forwarder) and p99 latency, medians; details in "
+        f"[summary.md]({run_rel}/summary.md), [setup.md]({run_rel}/setup.md), "
+        f"[chart.svg]({run_rel}/chart.svg).",
+        "",
+        headline,
+        "",
+        end,
+    ])
+    text = path.read_text() if path.exists() else (
+        "# Benchmark results\n\nOne directory per run: `<date>-<host>/`, each with the exact "
+        "commands, the machine, raw rows and a summary.\n\n")
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        post = rest.split(end, 1)[1]
+        text = pre + section + post
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------
+# setup.md
+
+def machine_facts() -> dict:
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    def sysctl(name):
+        try:
+            return Path("/proc/sys/" + name.replace(".", "/")).read_text().split("\n")[0].replace("\t", " ")
+        except OSError:
+            return "?"
+    mem = kib_field("/proc/meminfo", "MemTotal:")
+    return {
+        "cpu": cpu, "ncpu": os.cpu_count(), "kernel": platform.release(),
+        "mem": f"{mem / 1024 / 1024:.1f} GiB",
+        "sysctl": {k: sysctl(k) for k in ("net.ipv4.tcp_tw_reuse", "net.core.somaxconn",
+                                          "net.ipv4.ip_local_port_range", "net.core.rmem_max",
+                                          "net.core.wmem_max", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
+                                          "kernel.io_uring_disabled")},
+    }
+
+
+def setup_md(h: Harness, meta: dict, facts: dict, versions: dict) -> str:
+    L = [f"# Setup — {meta['date']} on {meta['host']}", ""]
+    L += [
+        f"- command: `{meta['cmdline']}` — {meta['mode_note']}",
+        f"- started {meta['started']}, finished {meta['finished']}, wall time {meta['wall']}"
+        + ("" if meta["complete"] else " — **interrupted, incomplete**"),
+        f"- CPU: {facts['cpu']}, {facts['ncpu']} cores (vCPUs); memory {facts['mem']}; kernel {facts['kernel']}",
+        f"- load average (1, 5, 15 min) before: {meta['load_before']}; after: {meta['load_after']}. "
+        + (meta.get("other_load", "") + " ") +
+        "The machine is shared with other engineers' builds and tests; each row of raw.csv has "
+        "`load_before`, per-CPU busy fractions during the measured window (`cpu0_busy`, `cpu1_busy`) "
+        "and `other_cpu_util` (CPU used by processes other than forwarder, generator and upstream).",
+        "- idle state: on this VM an idle vCPU halts at once, so every wakeup across CPUs costs "
+        "~150 µs of round trip. In the pinned layout each request crosses CPUs (generator on CPU 1 → "
+        "forwarder on CPU 0 → upstream on CPU 1 and back), so the request/response rates are bounded "
+        "by wakeup latency more than by forwarding work, for every forwarder alike; direct keeps "
+        "generator and upstream on one CPU and pays no cross-CPU wakeup.",
+        "",
+        "## Versions",
+        "",
+    ]
+    for k, v in versions.items():
+        L.append(f"- {k}: `{v}`")
+    L += ["", "## Kernel settings (read, not changed)", ""]
+    for k, v in facts["sysctl"].items():
+        L.append(f"- `{k}` = `{v}`")
+    L += ["", "## Settings", "",
+          f"- repetitions: {meta['reps']}, interleaved: for each workload, rep 1 runs every target, then "
+          "rep 2 every target, ...; the target order rotates by one each repetition",
+          f"- each run: `--warmup {fmt_dur(h.settings['warmup'])} --duration {fmt_dur(h.settings['duration'])}` "
+          "(the bench's own bounds), then the next run; forwarders stay up for the whole layout",
+          "- targets: " + ", ".join(h.targets) + " (HAProxy variants do not do UDP and are skipped for udp-*)",
+          ]
+    if meta.get("quick_note"):
+        L.append(f"- {meta['quick_note']}")
+    L += ["", "### Workloads", "", "| workload | layouts | bench arguments | what |", "|---|---|---|---|"]
+    for wl in WORKLOADS:
+        lays = sorted({l for w, l in h.workloads if w is wl})
+        if lays:
+            L.append(f"| {wl.name} | {', '.join(lays)} | `{wl.mode} {' '.join(wl.args)}` | {wl.what} |")
+    if h.missing:
+        L += ["", "Not run (missing in this build):", ""] + [f"- {m}" for m in h.missing]
+    L += ["", "## Pinning", ""]
+    for lay in {l for _, l in h.workloads}:
+        lo = h.layouts[lay]
+        L.append(f"- **{lo.name}**: {lo.note}.")
+    L += ["", "## Ports (all on 127.0.0.1, below the ephemeral range 32768-60999)", "",
+          "| target | layout | echo | sink | source | rr | udp echo |", "|---|---|---:|---:|---:|---:|---:|"]
+    for lay in sorted({l for _, l in h.workloads}):
+        lo = h.layouts[lay]
+        for t in h.targets:
+            L.append(f"| {t} | {lay} | " + " | ".join(str(lo.port(t, s)) for s in TCP_SERVICES) + " | "
+                     + (str(lo.port(t, "udp")) if t in UDP_CAPABLE else "–") + " |")
+    L += ["", "\"direct\" is the upstream itself (`ringfwd echo`).", "",
+          "## Measurement", "",
+          "- rate, latency (µs, HDR histogram in the generator), bits/s, UDP loss: from `ringfwd bench --json` "
+          "(one file per run under `runs/`). A run whose bench exits non-zero, writes no JSON or reports "
+          "`ok: false` is kept in raw.csv as failed with its error (stderr tail), and left out of medians.",
+          "- forwarder CPU: the on-CPU time of every live thread of every process in the forwarder's "
+          "tree (`/proc/<pid>/task/<tid>/schedstat`, the kernel's exact sum_exec_runtime) plus the "
+          "CPU time of children already reaped (cutime+cstime of /proc/<pid>/stat, socat's forks), "
+          "sampled 0.1 s after the warmup ends and 0.1 s before the measured window ends (relative "
+          "to the bench's start), as a rate; `cpu_s` = that rate × the bench's measured time, "
+          "`cpu_us_per_op` = rate / ops per second, `cpu_s_per_gb` = rate / (GB per second, both "
+          "directions). Why not utime+stime of live processes alone: on this kernel (tick CPU "
+          "accounting, HZ=250) they are tick samples, and a socat child that runs microseconds per "
+          "request between ticks shows 0 — measured side by side on socat with 100 connections: "
+          "0.15 CPU-s from ticks against 0.79 from schedstat, and 0.81 from cutime once the children "
+          "were reaped; for ringfwd (one busy process) both give 1.88. The tick-based figure is kept "
+          "in raw.csv as `fwd_cpu_util_ticks`. `cpu_s_whole_run` is the plain difference from "
+          "before the bench starts to after it exits (warmup and connection setup included). "
+          "`cpu0_busy`/`cpu1_busy` are the whole CPUs' busy fractions from /proc/stat.",
+          "- memory: `echo 5 > /proc/<pid>/clear_refs` on every process of the forwarder before each "
+          "run, then VmHWM (peak RSS) and Pss (smaps_rollup) summed over its processes, sampled three "
+          "times in the measured window (start, middle, end) and after the run; the maximum is "
+          "reported. RSS counts shared pages once per process (socat: one process per connection); "
+          "PSS shares them out.",
+          "- before measuring, a preflight exchanges verified bytes through every target "
+          "(TCP echo, sink, source; UDP echo):", ""]
+    L += [f"  - {p}" for p in h.preflight]
+    L += ["", "## Commands", "",
+          "Every process the harness started, and every bench run, in order (also in `commands.txt`):", "",
+          "```"]
+    shown = [c for c in COMMANDS if not c.startswith("[bench")]
+    benches = [c for c in COMMANDS if c.startswith("[bench")]
+    L += shown
+    seen = set()
+    for c in benches:
+        key = c.split("]")[0].rsplit(" rep ", 1)[0]
+        if key not in seen:
+            seen.add(key)
+            L.append(c.split("] ", 1)[0].rsplit(" rep ", 1)[0] + "] " + c.split("] ", 1)[1])
+    L += ["```", "", "(bench commands shown once per workload and target; repetitions differ only in the "
+          "`--json` file name.)", "", "## Config files", ""]
+    for rel, text in h.configs.items():
+        L += [f"### {rel}", "", "```", text.rstrip(), "```", ""]
+    L += ["ringfwd takes no config file here: its command line above is its whole configuration "
+          "(every other setting at its default, as printed by `ringfwd check`).", ""]
+    return "\n".join(L)
+
+
+# --------------------------------------------------------------------------
+# main
+
+def build(no_build: bool) -> tuple[Path, str]:
+    binary = REPO / "target" / "release" / "ringfwd"
+    note = ""
+    if not no_build:
+        log("cargo build --release")
+        COMMANDS.append("cargo build --release")
+        r = subprocess.run(["cargo", "build", "--release"], cwd=REPO, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("cargo build --release failed:\n" + r.stderr[-3000:])
+    if not binary.exists():
+        raise RuntimeError(f"{binary} does not exist (build it, or drop --no-build)")
+    # A private copy: other builds in the same tree must not swap the binary mid-run.
+    tmp = Path(tempfile.mkdtemp(prefix="ringfwd-compare-"))
+    copy = tmp / "ringfwd"
+    shutil.copy2(binary, copy)
+    return copy, note
+
+
+def main() -> int:
+    global LOG_FILE
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="workloads: " + ", ".join(w.name for w in WORKLOADS)
+                                        + "\ntargets: " + ", ".join(TARGETS))
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition of 0.5 s + 1 s, fewer workloads (< 3 min)")
+    ap.add_argument("--out", type=Path, help="output directory (default: bench-results/<YYYY-MM-DD>-<short hostname>/)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
+    ap.add_argument("--duration", type=float, help="measured seconds per run (default 3, quick 1)")
+    ap.add_argument("--warmup", type=float, help="warmup seconds per run (default 1, quick 0.5)")
+    ap.add_argument("--only", help="workloads to run, comma-separated, shell patterns allowed, "
+                                   "optionally @pinned/@unpinned: e.g. tcp-rr-*,tcp-stream-1-up@unpinned")
+    ap.add_argument("--targets", help="targets, comma-separated (default: all): " + ",".join(TARGETS))
+    ap.add_argument("--check", action="store_true",
+                    help="start upstream and forwarders, verify each forwards, stop (no measurement)")
+    ap.add_argument("--no-build", action="store_true", help="use target/release/ringfwd as it is")
+    ap.add_argument("--readme", choices=["auto", "yes", "no"], default="auto",
+                    help="update bench-results/README.md (auto: only for a complete, unfiltered full run)")
+    args = ap.parse_args()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    if os.geteuid() != 0:
+        print("compare.py: run as root (package install, /proc of other users' processes, clear_refs)",
+              file=sys.stderr)
+        return 2
+    settings = dict(QUICK if args.quick else FULL)
+    for k in ("reps", "duration", "warmup"):
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    if settings["reps"] < 1 or settings["duration"] < 0.1 or settings["warmup"] < 0:
+        print("compare.py: --reps >= 1, --duration >= 0.1, --warmup >= 0", file=sys.stderr)
+        return 2
+    targets = TARGETS
+    if args.targets:
+        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        bad = [t for t in targets if t not in TARGETS]
+        if bad:
+            print(f"compare.py: unknown target(s) {bad}; known: {TARGETS}", file=sys.stderr)
+            return 2
+        targets = [t for t in TARGETS if t in targets]
+    selected = []
+    for wl in WORKLOADS:
+        for lay in (wl.quick_layouts if args.quick else wl.layouts):
+            selected.append((wl, lay))
+    if args.only:
+        pats = [p.strip() for p in args.only.split(",") if p.strip()]
+        def match(wl, lay):
+            for p in pats:
+                name, _, l = p.partition("@")
+                if fnmatch.fnmatch(wl.name, name) and (not l or l == lay):
+                    return True
+            return False
+        # --only may also pick a layout a quick run would not include
+        pool = [(wl, lay) for wl in WORKLOADS for lay in wl.layouts]
+        selected = [x for x in pool if match(*x)] if not args.quick else [x for x in selected if match(*x)]
+        if not selected:
+            print(f"compare.py: --only {args.only!r} matches no workload; known: "
+                  + ", ".join(w.name for w in WORKLOADS), file=sys.stderr)
+            return 2
+    now = dt.datetime.now()
+    host = socket.gethostname().split(".")[0]
+    outdir = args.out or REPO / "bench-results" / f"{now:%Y-%m-%d}-{host}"
+    outdir = outdir.resolve()
+    outdir.mkdir(parents=True, exist_ok=True)
+    if (outdir / "runs").exists():
+        shutil.rmtree(outdir / "runs")  # results of an earlier run into the same directory
+    LOG_FILE = open(outdir / "log.txt", "w")
+    # file descriptors for 1000+ connections for the children we start (they inherit it)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 262144), max(hard, 262144)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    started = dt.datetime.now()
+    load_before = loadavg()
+    cmdline = "benches/compare.py" + ("".join(" " + shlex.quote(a) for a in sys.argv[1:]))
+    log(f"compare.py: output in {outdir}; load average {load_before}")
+    h = None
+    versions: dict = {}
+    complete = False
+    binary_dir = None
+    try:
+        needed = set(targets)
+        ensure_peers(needed)
+        binary, _ = build(args.no_build)
+        binary_dir = binary.parent
+        versions = {
+            "ringfwd": first_line([str(binary), "--version"]) + " (git " + (
+                sh(["git", "-C", str(REPO), "describe", "--always", "--dirty"]).stdout.strip() or "?") + ")",
+            "haproxy": first_line(["haproxy", "-v"]),
+            "nginx": first_line(["nginx", "-v"]),
+            "socat": next((l for l in sh(["socat", "-V"]).stdout.splitlines() if "socat version" in l),
+                          first_line(["socat", "-V"])),
+            "python": platform.python_version(),
+        }
+        dirty = sh(["git", "-C", str(REPO), "status", "--short", "--untracked-files=no"]).stdout.split("\n")
+        dirty = [l[3:] for l in dirty if l.strip()]
+        if dirty:
+            versions["ringfwd"] += " — built from a working tree with uncommitted changes in " + ", ".join(dirty)
+        log("versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()))
+        h = Harness(args, outdir, binary, targets, selected, settings)
+        h.probe()
+        if args.check:
+            for lname in ("pinned", "unpinned"):
+                h.stop_all()
+                time.sleep(0.5)
+                h.start_layout(h.layouts[lname])
+            h.stop_all()
+            log("check done: every target forwards")
+            return 0
+        if not h.workloads:
+            raise RuntimeError("nothing to run: " + "; ".join(h.missing))
+        h.execute()
+        complete = True
+    except KeyboardInterrupt:
+        log("interrupted: ending every process the harness started")
+    except Exception as e:
+        log(f"ERROR: {e}")
+        if h is not None and getattr(h, "bench_proc", None) is not None:
+            pass
+    finally:
+        if h is not None:
+            bp = getattr(h, "bench_proc", None)
+            if bp is not None and bp.poll() is None:
+                bp.kill()
+                bp.wait()
+            h.stop_all()
+        if binary_dir is not None:
+            shutil.rmtree(binary_dir, ignore_errors=True)
+    if h is None:
+        return 1
+
+    finished = dt.datetime.now()
+    wall = finished - started
+    meta = {
+        "date": f"{now:%Y-%m-%d}", "host": host, "reps": settings["reps"],
+        "duration": fmt_dur(settings["duration"]), "started": f"{started:%Y-%m-%d %H:%M:%S}",
+        "finished": f"{finished:%H:%M:%S}", "wall": f"{int(wall.total_seconds() // 60)} min {int(wall.total_seconds() % 60)} s",
+        "load_before": load_before, "load_after": loadavg(), "complete": complete,
+        "cmdline": cmdline, "missing": h.missing,
+        "mode_note": ("quick run (smoke test: 1 repetition, short runs, fewer workloads)" if args.quick
+                      else "full run"),
+        "quick_note": ("quick: 1 repetition of 0.5 s warmup + 1 s measured, workloads tcp-rr-1, "
+                       "tcp-rr-100 (pinned and unpinned), tcp-crr-50, tcp-stream-1-up, udp-rr-100, "
+                       "udp-stream-8-1200; not run: tcp-rr-1000, tcp-stream-8-up, tcp-stream-1-both, "
+                       "udp-stream-8-64, tcp-stream-1-up unpinned" if args.quick else ""),
+    }
+    others = [r["other_cpu_util"] for r in h.rows if r.get("other_cpu_util") is not None]
+    if others:
+        meta["other_load"] = (
+            f"Other load on the machine during the measured windows (CPU used by processes other "
+            f"than forwarder, generator and upstream, in CPUs of {os.cpu_count()}): median "
+            f"{statistics.median(others):.2f}, max {max(others):.2f}; runs with more than 0.15 are "
+            f"{sum(1 for o in others if o > 0.15)} of {len(others)}.")
+    facts = machine_facts()
+    meta.update({"cpu": facts["cpu"], "ncpu": facts["ncpu"], "kernel": facts["kernel"],
+                 "cmd_suffix": cmdline[len("benches/compare.py"):]})
+    (outdir / "commands.txt").write_text("\n".join(COMMANDS) + "\n")
+    summ = summarise(h.rows, h.workloads, h.targets)
+    (outdir / "setup.md").write_text(setup_md(h, meta, facts, versions))
+    (outdir / "summary.md").write_text(summary_md(summ, meta))
+    (outdir / "chart.svg").write_text(chart_svg(summ, h.targets, f"ringfwd vs HAProxy, NGINX stream, socat — "
+                                                f"{meta['date']} {host}, {meta['mode_note'].split(' (')[0]}"))
+    try:
+        run_rel = str(outdir.relative_to(REPO / "bench-results"))
+    except ValueError:
+        run_rel = str(outdir)
+    filtered = bool(args.only or args.targets or args.reps or args.duration or args.warmup)
+    if args.readme == "yes" or (args.readme == "auto" and complete and not args.quick and not filtered):
+        update_results_readme(REPO / "bench-results" / "README.md", run_rel,
+                              headline_md(summ, h.targets, run_rel), meta)
+        log("updated bench-results/README.md")
+    log("headline:\n" + headline_md(summ, h.targets, run_rel))
+    failed = [r for r in h.rows if not r["ok"]]
+    log(f"done in {meta['wall']}: {len(h.rows)} runs, {len(failed)} failed; results in {outdir}")
+    return 0 if complete and not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
