@@ -30,7 +30,8 @@ pub enum Command {
     Run(PlanArgs),
     /// Validate the configuration and the host, print the resolved plan; exit 0, or 2 with the reason.
     Check(PlanArgs),
-    /// Built-in upstream that echoes every byte (TCP, half-close aware) or datagram (UDP) back.
+    /// Built-in upstream: echo every byte (TCP, half-close aware) or datagram (UDP) back, or
+    /// serve as a TCP sink, source or request/response server for load tests.
     Echo(EchoArgs),
     /// Start an echo upstream and a forwarder on loopback, push a verified load through, report.
     Demo(DemoArgs),
@@ -66,7 +67,12 @@ pub struct ShardArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("addresses").required(true).multiple(true).args(["tcp", "udp"])))]
+#[command(group(
+    ArgGroup::new("addresses")
+        .required(true)
+        .multiple(true)
+        .args(["tcp", "udp", "tcp_sink", "tcp_source", "tcp_rr"])
+))]
 pub struct EchoArgs {
     /// Echo TCP streams on this address (repeatable), e.g. 127.0.0.1:9000.
     #[arg(long = "tcp", value_name = "ADDR")]
@@ -75,6 +81,28 @@ pub struct EchoArgs {
     /// Echo each UDP datagram back to its sender on this address (repeatable).
     #[arg(long = "udp", value_name = "ADDR")]
     pub udp: Vec<String>,
+
+    /// TCP sink on this address (repeatable): discard every byte, answer the FIN with a FIN.
+    #[arg(long = "tcp-sink", value_name = "ADDR")]
+    pub tcp_sink: Vec<String>,
+
+    /// TCP source on this address (repeatable): send the periodic verification pattern from
+    /// accept on, until the client's FIN (answered with a FIN) or reset.
+    #[arg(long = "tcp-source", value_name = "ADDR")]
+    pub tcp_source: Vec<String>,
+
+    /// TCP request/response server on this address (repeatable): for every --request-size
+    /// bytes received, send the next --response-size bytes of the periodic pattern.
+    #[arg(long = "tcp-rr", value_name = "ADDR")]
+    pub tcp_rr: Vec<String>,
+
+    /// Request size of every --tcp-rr listener, 1 to 16MiB, e.g. 64 or 4KiB [default: 64].
+    #[arg(long, value_name = "BYTES", requires = "tcp_rr")]
+    pub request_size: Option<String>,
+
+    /// Response size of every --tcp-rr listener, 1 to 16MiB [default: 64].
+    #[arg(long, value_name = "BYTES", requires = "tcp_rr")]
+    pub response_size: Option<String>,
 
     #[command(flatten)]
     pub shards: ShardArgs,

@@ -28,11 +28,17 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-/// Echo addresses, for `ringfwd echo`: TCP and UDP.
+/// Echo listeners, for `ringfwd echo`: TCP and UDP echo, TCP sink, source and
+/// request/response (with its sizes, raw).
 #[derive(Default)]
 struct EchoAddrs {
     tcp: Vec<String>,
     udp: Vec<String>,
+    sink: Vec<String>,
+    source: Vec<String>,
+    rr: Vec<String>,
+    request_size: Option<String>,
+    response_size: Option<String>,
 }
 
 fn resolve(args: &PlanArgs, echo: EchoAddrs) -> Result<Plan, String> {
@@ -51,6 +57,11 @@ fn resolve(args: &PlanArgs, echo: EchoAddrs) -> Result<Plan, String> {
         udp: args.udp.clone(),
         echo: echo.tcp,
         echo_udp: echo.udp,
+        echo_sink: echo.sink,
+        echo_source: echo.source,
+        echo_rr: echo.rr,
+        echo_request_size: echo.request_size,
+        echo_response_size: echo.response_size,
     };
     let host = HostFacts {
         available_cpus: host::available_cpus(),
@@ -110,6 +121,11 @@ fn main() -> ExitCode {
             let echo = EchoAddrs {
                 tcp: args.tcp,
                 udp: args.udp,
+                sink: args.tcp_sink,
+                source: args.tcp_source,
+                rr: args.tcp_rr,
+                request_size: args.request_size,
+                response_size: args.response_size,
             };
             match resolve(&plan_args, echo) {
                 Ok(plan) => ExitCode::from(runtime::serve(&plan)),

@@ -1073,3 +1073,747 @@ fn relay_engine_survives_random_schedules() {
 fn one_clean_seed_moves_every_byte() {
     run_seed(3);
 }
+
+/// The shard engine serving `ringfwd echo`'s sink, source and request/response
+/// listeners against a fake kernel: few buffers (ENOBUFS all the time, woken
+/// by `wake_starved`), random receive sizes and short sends, multishot
+/// receives that end on their own, FIN, resets before and after the client's
+/// FIN, stale completions, and a stop (drain_timeout) in some runs. Every
+/// byte a client gets is checked against the periodic stream at its stream
+/// position, and descriptors and buffers are checked as in the relay
+/// simulation.
+mod serve_modes {
+    use std::collections::{HashMap, VecDeque};
+
+    use ringfwd::shard::engine::{
+        CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Op,
+    };
+    use ringfwd::shard::token::{OpKind, Token};
+    use ringfwd::stats::CloseReason;
+    use ringfwd::verify::{PERIOD, PeriodicCheck, Rng, periodic_region};
+
+    /// Listening descriptors: sink, source, request/response.
+    const LISTENERS: [i32; 3] = [3, 4, 5];
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Behaviour {
+        Clean,
+        /// Resets before its FIN.
+        Resets,
+        /// Resets after its FIN, while the server may still send.
+        FinThenReset,
+    }
+
+    #[derive(Debug)]
+    struct Client {
+        listener: usize,
+        behaviour: Behaviour,
+        write_total: u64,
+        written: u64,
+        delivered: u64,
+        fin_written: bool,
+        eof_delivered: bool,
+        reset: bool,
+        /// Source: FIN once this much was read.
+        read_target: u64,
+        got: PeriodicCheck,
+        got_fin: bool,
+        fd: Option<i32>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Sock {
+        client: usize,
+        open: bool,
+        recv: Option<u64>,
+        send: bool,
+        ops: Vec<u64>,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Action {
+        Fixed(i32),
+        Send { offset: u32, len: u32 },
+        Shutdown,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    struct Pending {
+        user_data: u64,
+        fd: Option<i32>,
+        action: Action,
+    }
+
+    struct Sim {
+        seed: u64,
+        rng: Rng,
+        engine: Engine,
+        request: u64,
+        response: u64,
+        region: Box<[u8]>,
+        ring: VecDeque<u16>,
+        held: Vec<bool>,
+        /// Buffers out of the ring on behalf of other connections (what
+        /// makes this shard's receives run dry).
+        others: Vec<u16>,
+        buf_size: u64,
+        socks: HashMap<i32, Sock>,
+        next_fd: i32,
+        accept: [Option<u64>; 3],
+        pending: Vec<Pending>,
+        clients: Vec<Client>,
+        waiting: VecDeque<usize>,
+        history: Vec<(u64, Token)>,
+        stale: u64,
+        ops: Vec<Op>,
+        now: u64,
+        stopped: bool,
+    }
+
+    macro_rules! check {
+        ($sim:expr, $cond:expr, $($arg:tt)+) => {
+            if !$cond {
+                panic!("serve seed {}: {}", $sim.seed, format!($($arg)+));
+            }
+        };
+    }
+
+    impl Sim {
+        fn new(seed: u64) -> Sim {
+            let mut rng = Rng::new(seed);
+            let buffers = 1 + rng.below(6) as u32;
+            let request = 1 + rng.below(3000);
+            let response = match rng.below(3) {
+                0 => 1 + rng.below(10),
+                1 => 1 + rng.below(5000),
+                _ => 60_000 + rng.below(150_000),
+            };
+            let kinds = [
+                ListenerKind::EchoSink,
+                ListenerKind::EchoSource,
+                ListenerKind::EchoRr {
+                    request: request as u32,
+                    response: response as u32,
+                },
+            ];
+            let listeners = kinds
+                .iter()
+                .zip(LISTENERS)
+                .map(|(&kind, fd)| ListenerSpec {
+                    name: format!("{kind:?}"),
+                    fd,
+                    kind,
+                    limit: u32::MAX,
+                })
+                .collect();
+            let engine = Engine::new(
+                EngineConfig {
+                    shard: 0,
+                    buffers,
+                    cap: 1 + rng.below(4) as u32,
+                    listeners,
+                    ..EngineConfig::default()
+                },
+                0,
+            );
+            let n = 1 + rng.below(8) as usize;
+            let clients = (0..n)
+                .map(|_| {
+                    let listener = rng.below(3) as usize;
+                    let behaviour = match rng.below(5) {
+                        0 => Behaviour::Resets,
+                        1 => Behaviour::FinThenReset,
+                        _ => Behaviour::Clean,
+                    };
+                    let write_total = if listener == 2 {
+                        rng.below(20) * request + rng.below(request)
+                    } else {
+                        rng.below(100_000)
+                    };
+                    Client {
+                        listener,
+                        behaviour,
+                        write_total,
+                        written: 0,
+                        delivered: 0,
+                        fin_written: false,
+                        eof_delivered: false,
+                        reset: false,
+                        read_target: rng.below(300_000),
+                        got: PeriodicCheck::default(),
+                        got_fin: false,
+                        fd: None,
+                    }
+                })
+                .collect();
+            Sim {
+                seed,
+                buf_size: 64 + rng.below(8000),
+                rng,
+                engine,
+                request,
+                response,
+                region: periodic_region(),
+                ring: (0..buffers as u16).collect(),
+                held: vec![false; buffers as usize],
+                others: Vec::new(),
+                socks: HashMap::new(),
+                next_fd: 10,
+                accept: [None; 3],
+                pending: Vec::new(),
+                clients,
+                waiting: (0..n).collect(),
+                history: Vec::new(),
+                stale: 0,
+                ops: Vec::new(),
+                now: 0,
+                stopped: false,
+            }
+        }
+
+        fn deliver(&mut self, user_data: u64, res: i32, flags: u32) {
+            if let Some(t) = Token::decode(user_data)
+                && !matches!(
+                    t.kind,
+                    OpKind::Accept | OpKind::CancelAccept | OpKind::CloseListener | OpKind::Reject
+                )
+            {
+                self.history.push((user_data, t));
+            }
+            self.engine.handle_cqe(user_data, res, flags, self.now);
+            self.run_ops();
+        }
+
+        fn run_ops(&mut self) {
+            loop {
+                self.engine.take_ops(&mut self.ops);
+                if self.ops.is_empty() {
+                    return;
+                }
+                for op in std::mem::take(&mut self.ops) {
+                    self.execute(op);
+                }
+            }
+        }
+
+        fn sock(&mut self, fd: i32, what: &str) -> &mut Sock {
+            let seed = self.seed;
+            match self.socks.get_mut(&fd) {
+                Some(s) if s.open => s,
+                _ => panic!("serve seed {seed}: {what} on fd {fd}, not open"),
+            }
+        }
+
+        /// What the client's listener owes it so far: the stream bytes a
+        /// server may have sent by the rules of its mode.
+        fn allowed(&self, c: &Client) -> u64 {
+            match c.listener {
+                0 => 0,
+                1 => u64::MAX,
+                _ => (c.delivered / self.request) * self.response,
+            }
+        }
+
+        fn execute(&mut self, op: Op) {
+            match op {
+                Op::AcceptMulti { token, fd } => {
+                    let i = LISTENERS.iter().position(|&l| l == fd);
+                    check!(self, i.is_some(), "accept on fd {fd}");
+                    let i = i.unwrap_or(0);
+                    check!(self, self.accept[i].is_none(), "second accept on {fd}");
+                    self.accept[i] = Some(token);
+                }
+                Op::CancelAccept { token, target } => {
+                    let slot = self.accept.iter().position(|a| *a == Some(target));
+                    if let Some(i) = slot {
+                        self.accept[i] = None;
+                        self.pending.push(Pending {
+                            user_data: target,
+                            fd: None,
+                            action: Action::Fixed(-libc::ECANCELED),
+                        });
+                    }
+                    let res = if slot.is_some() { 0 } else { -libc::ENOENT };
+                    self.pending.push(Pending {
+                        user_data: token,
+                        fd: None,
+                        action: Action::Fixed(res),
+                    });
+                }
+                Op::CloseListener { token, .. } => self.pending.push(Pending {
+                    user_data: token,
+                    fd: None,
+                    action: Action::Fixed(0),
+                }),
+                Op::Reject { token, fd } => {
+                    let s = self.sock(fd, "reject");
+                    s.open = false;
+                    self.pending.push(Pending {
+                        user_data: token,
+                        fd: None,
+                        action: Action::Fixed(0),
+                    });
+                }
+                Op::RecvMulti { token, fd } => {
+                    let s = self.sock(fd, "recv");
+                    let dup = s.recv.is_some();
+                    s.recv = Some(token);
+                    s.ops.push(token);
+                    check!(self, !dup, "two receives on fd {fd}");
+                }
+                Op::SendRegion {
+                    token,
+                    fd,
+                    offset,
+                    len,
+                } => {
+                    let s = self.sock(fd, "send");
+                    let (dup, client) = (s.send, s.client);
+                    s.send = true;
+                    s.ops.push(token);
+                    check!(self, !dup, "two sends in flight on fd {fd}");
+                    let c = &self.clients[client];
+                    check!(
+                        self,
+                        u64::from(offset) == c.got.position % PERIOD as u64,
+                        "send at offset {offset} for stream position {}",
+                        c.got.position
+                    );
+                    check!(
+                        self,
+                        len > 0
+                            && len as usize <= PERIOD
+                            && (offset + len) as usize <= self.region.len(),
+                        "send {offset}+{len} outside one period of the region"
+                    );
+                    let allowed = self.allowed(c);
+                    check!(
+                        self,
+                        c.got.position + u64::from(len) <= allowed,
+                        "send up to {} with {allowed} owed",
+                        c.got.position + u64::from(len)
+                    );
+                    self.pending.push(Pending {
+                        user_data: token,
+                        fd: Some(fd),
+                        action: Action::Send { offset, len },
+                    });
+                }
+                Op::Shutdown { token, fd } => {
+                    let s = self.sock(fd, "shutdown");
+                    s.ops.push(token);
+                    let client = s.client;
+                    let c = &self.clients[client];
+                    check!(self, c.eof_delivered, "FIN before the client's FIN");
+                    if c.listener == 2 && !c.reset {
+                        let owed = (c.delivered / self.request) * self.response;
+                        check!(
+                            self,
+                            c.got.position == owed,
+                            "FIN after {} of {owed} response bytes",
+                            c.got.position
+                        );
+                    }
+                    self.clients[client].got_fin = true;
+                    self.pending.push(Pending {
+                        user_data: token,
+                        fd: Some(fd),
+                        action: Action::Shutdown,
+                    });
+                }
+                Op::CancelFd { token, fd } => {
+                    let targets = self.sock(fd, "cancel").ops.clone();
+                    let mut n = 0;
+                    if let Some(s) = self.socks.get_mut(&fd)
+                        && let Some(r) = s.recv.take()
+                    {
+                        n += 1;
+                        self.pending.push(Pending {
+                            user_data: r,
+                            fd: Some(fd),
+                            action: Action::Fixed(-libc::ECANCELED),
+                        });
+                    }
+                    for p in &mut self.pending {
+                        if targets.contains(&p.user_data)
+                            && matches!(p.action, Action::Send { .. })
+                            && self.rng.chance(1, 2)
+                        {
+                            p.action = Action::Fixed(-libc::ECANCELED);
+                            n += 1;
+                        }
+                    }
+                    self.pending.push(Pending {
+                        user_data: token,
+                        fd: None,
+                        action: Action::Fixed(if n > 0 { n } else { -libc::ENOENT }),
+                    });
+                }
+                Op::Close { token, fd, linger0 } => {
+                    let s = self.sock(fd, "close");
+                    let busy = s.ops.len();
+                    s.open = false;
+                    check!(
+                        self,
+                        busy == 0,
+                        "close of fd {fd} while {busy} op(s) name it"
+                    );
+                    check!(self, !linger0, "a server connection closes with a FIN");
+                    self.pending.push(Pending {
+                        user_data: token,
+                        fd: None,
+                        action: Action::Fixed(0),
+                    });
+                }
+                Op::Release { bid } => {
+                    let held = self.held.get(bid as usize).copied().unwrap_or(false);
+                    check!(self, held, "release of buffer {bid} not held");
+                    self.held[bid as usize] = false;
+                    self.ring.push_back(bid);
+                }
+                other => check!(self, false, "unexpected op {other:?}"),
+            }
+        }
+
+        fn release_fd_op(&mut self, fd: Option<i32>, user_data: u64) {
+            if let Some(s) = fd.and_then(|fd| self.socks.get_mut(&fd)) {
+                if let Some(i) = s.ops.iter().position(|&u| u == user_data) {
+                    s.ops.swap_remove(i);
+                }
+                if s.recv == Some(user_data) {
+                    s.recv = None;
+                }
+            }
+        }
+
+        fn complete(&mut self, p: Pending) {
+            let ud = p.user_data;
+            match p.action {
+                Action::Fixed(res) => {
+                    self.release_fd_op(p.fd, ud);
+                    self.deliver(ud, res, 0);
+                }
+                Action::Send { offset, len } => {
+                    let fd = p.fd.unwrap_or(-1);
+                    let client = self.socks.get(&fd).map(|s| s.client).unwrap_or(0);
+                    if let Some(s) = self.socks.get_mut(&fd) {
+                        s.send = false;
+                    }
+                    self.release_fd_op(p.fd, ud);
+                    let res = if self.clients[client].reset {
+                        -libc::EPIPE
+                    } else {
+                        let n = if self.rng.chance(1, 3) {
+                            1 + self.rng.below(u64::from(len)) as u32
+                        } else {
+                            len
+                        };
+                        let bytes = &self.region[offset as usize..(offset + n) as usize];
+                        let c = &mut self.clients[client];
+                        check!(self, !c.got_fin, "data after the FIN");
+                        if let Err(at) = c.got.check(&self.region, bytes) {
+                            panic!(
+                                "serve seed {}: client {client} byte {at} differs",
+                                self.seed
+                            );
+                        }
+                        n as i32
+                    };
+                    self.deliver(ud, res, 0);
+                }
+                Action::Shutdown => {
+                    let client =
+                        p.fd.and_then(|fd| self.socks.get(&fd))
+                            .map(|s| s.client)
+                            .unwrap_or(0);
+                    self.release_fd_op(p.fd, ud);
+                    let res = if self.clients[client].reset {
+                        -libc::ENOTCONN
+                    } else {
+                        0
+                    };
+                    self.deliver(ud, res, 0);
+                }
+            }
+        }
+
+        fn receive(&mut self, fd: i32) {
+            let Some(token) = self.socks.get(&fd).and_then(|s| s.recv) else {
+                return;
+            };
+            let client = self.socks[&fd].client;
+            let c = &self.clients[client];
+            let avail = c.written - c.delivered;
+            if c.reset {
+                self.release_fd_op(Some(fd), token);
+                return self.deliver(token, -libc::ECONNRESET, 0);
+            }
+            if avail == 0 {
+                if c.fin_written && !c.eof_delivered {
+                    self.clients[client].eof_delivered = true;
+                    self.release_fd_op(Some(fd), token);
+                    self.deliver(token, 0, 0);
+                }
+                return;
+            }
+            let Some(bid) = self.ring.pop_front() else {
+                self.release_fd_op(Some(fd), token);
+                return self.deliver(token, -libc::ENOBUFS, 0);
+            };
+            self.held[bid as usize] = true;
+            let n = (1 + self.rng.below(self.buf_size)).min(avail);
+            self.clients[client].delivered += n;
+            let mut flags = CQE_F_BUFFER | (u32::from(bid) << 16);
+            if self.rng.chance(1, 8) {
+                self.release_fd_op(Some(fd), token);
+            } else {
+                flags |= CQE_F_MORE;
+            }
+            self.deliver(token, n as i32, flags);
+        }
+
+        fn client_acts(&mut self, i: usize) {
+            let c = &mut self.clients[i];
+            if c.fd.is_none() || c.reset {
+                return;
+            }
+            if c.fin_written {
+                if c.behaviour == Behaviour::FinThenReset && self.rng.chance(1, 3) {
+                    c.reset = true;
+                }
+                return;
+            }
+            if c.written < c.write_total {
+                let step = 1 + self.rng.below(c.write_total / 3 + 1);
+                c.written = (c.written + step).min(c.write_total);
+            } else if c.behaviour == Behaviour::Resets {
+                c.reset = true;
+            } else if c.listener != 1 || c.got.position >= c.read_target {
+                c.fin_written = true;
+            }
+        }
+
+        fn inject_stale(&mut self) {
+            let stale: Vec<u64> = self
+                .history
+                .iter()
+                .filter(|(_, t)| !self.engine.is_live(t.slot))
+                .map(|(u, _)| *u)
+                .collect();
+            if stale.is_empty() {
+                return;
+            }
+            let ud = stale[self.rng.below(stale.len() as u64) as usize];
+            let before = self.engine.stats().stale_completions;
+            self.stale += 1;
+            match self.ring.pop_front() {
+                Some(bid) => {
+                    self.held[bid as usize] = true;
+                    self.deliver(ud, 1, CQE_F_BUFFER | (u32::from(bid) << 16));
+                    let held = self.held[bid as usize];
+                    check!(self, !held, "buffer {bid} of a stale completion kept");
+                }
+                None => self.deliver(ud, 1, 0),
+            }
+            let after = self.engine.stats().stale_completions;
+            check!(self, after == before + 1, "stale completion not recognised");
+        }
+
+        fn run(&mut self) {
+            self.engine.start();
+            self.run_ops();
+            let stop_at = self.rng.chance(1, 6).then(|| 500 + self.rng.below(20_000));
+            let mut steps = 0u64;
+            loop {
+                steps += 1;
+                check!(self, steps < 2_000_000, "did not finish");
+                if self.waiting.is_empty()
+                    && self.engine.connections() == 0
+                    && self.pending.is_empty()
+                {
+                    break;
+                }
+                if stop_at == Some(steps) {
+                    self.stopped = true;
+                    self.engine.stop(self.now);
+                    self.run_ops();
+                }
+                match self.rng.below(100) {
+                    0..=34 if !self.pending.is_empty() => {
+                        let i = self.rng.below(self.pending.len() as u64) as usize;
+                        let p = self.pending.swap_remove(i);
+                        self.complete(p);
+                    }
+                    35..=54 => {
+                        let i = self.rng.below(self.clients.len() as u64) as usize;
+                        self.client_acts(i);
+                    }
+                    55..=89 => {
+                        let fds: Vec<i32> = self
+                            .socks
+                            .iter()
+                            .filter(|(_, s)| s.open && s.recv.is_some())
+                            .map(|(f, _)| *f)
+                            .collect();
+                        if !fds.is_empty() {
+                            let fd = fds[self.rng.below(fds.len() as u64) as usize];
+                            self.receive(fd);
+                        }
+                    }
+                    90..=95 => {
+                        if let Some(&c) = self.waiting.front() {
+                            let l = self.clients[c].listener;
+                            if let Some(token) = self.accept[l] {
+                                self.waiting.pop_front();
+                                let fd = self.next_fd;
+                                self.next_fd += 1;
+                                self.socks.insert(
+                                    fd,
+                                    Sock {
+                                        client: c,
+                                        open: true,
+                                        ..Sock::default()
+                                    },
+                                );
+                                self.clients[c].fd = Some(fd);
+                                self.deliver(token, fd, CQE_F_MORE);
+                            } else if self.stopped {
+                                // The listeners are gone: this client never connects.
+                                self.waiting.pop_front();
+                            }
+                        }
+                    }
+                    96 => self.inject_stale(),
+                    97 => {
+                        if let Some(bid) = self.ring.pop_front() {
+                            self.others.push(bid);
+                        }
+                    }
+                    98 => {
+                        if let Some(bid) = self.others.pop() {
+                            self.ring.push_back(bid);
+                        }
+                    }
+                    _ => {
+                        self.now += 1 + self.rng.below(50);
+                        self.engine.advance(self.now);
+                        self.run_ops();
+                    }
+                }
+                self.engine.wake_starved(self.now);
+                self.run_ops();
+            }
+            self.final_checks();
+        }
+
+        fn final_checks(&mut self) {
+            self.ring.extend(self.others.drain(..));
+            self.engine.drain();
+            self.run_ops();
+            let mut guard = 0;
+            while !self.pending.is_empty() {
+                guard += 1;
+                check!(self, guard < 10_000, "drain did not settle");
+                let p = self.pending.swap_remove(0);
+                self.complete(p);
+            }
+            check!(self, self.engine.is_done(), "engine not done after drain");
+            check!(
+                self,
+                self.engine.held_buffers() == 0,
+                "buffers held at the end"
+            );
+            check!(
+                self,
+                self.ring.len() == self.held.len(),
+                "buffers missing from the ring"
+            );
+            for (fd, s) in &self.socks {
+                check!(
+                    self,
+                    !s.open && s.ops.is_empty(),
+                    "fd {fd} open or busy: {s:?}"
+                );
+            }
+            let stats = self.engine.stats();
+            let closes: u64 = stats.closes.iter().sum();
+            check!(
+                self,
+                closes == stats.accepted,
+                "{closes} closes for {} accepted",
+                stats.accepted
+            );
+            check!(
+                self,
+                stats.closes_for(CloseReason::Error) == 0,
+                "{}",
+                stats.to_kv()
+            );
+            if self.stopped {
+                return;
+            }
+            let mut eof = 0;
+            let mut sent = 0;
+            for (i, c) in self.clients.iter().enumerate() {
+                sent += c.got.position;
+                if c.behaviour != Behaviour::Clean {
+                    continue;
+                }
+                eof += 1;
+                check!(self, c.got_fin, "clean client {i} got no FIN");
+                match c.listener {
+                    0 => check!(self, c.got.position == 0, "the sink sent to client {i}"),
+                    1 => check!(
+                        self,
+                        c.got.position >= c.read_target,
+                        "source stopped early"
+                    ),
+                    _ => {
+                        let want = (c.write_total / self.request) * self.response;
+                        check!(
+                            self,
+                            c.got.position == want,
+                            "client {i}: {} response bytes, want {want}",
+                            c.got.position
+                        );
+                    }
+                }
+            }
+            check!(
+                self,
+                stats.closes_for(CloseReason::ClientEof) >= eof,
+                "{eof} clean clients: {}",
+                stats.to_kv()
+            );
+            check!(
+                self,
+                stats.bytes_upstream_to_client == sent,
+                "{}",
+                stats.to_kv()
+            );
+        }
+    }
+
+    #[test]
+    fn sink_source_and_rr_survive_random_schedules() {
+        let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|v| v.parse().ok()) {
+            Some(s) => vec![s],
+            None => (1..=600).collect(),
+        };
+        let mut stale = 0;
+        let mut enobufs = 0;
+        let mut short = 0;
+        for seed in seeds.iter().copied() {
+            let mut sim = Sim::new(seed);
+            sim.run();
+            stale += sim.stale;
+            enobufs += sim.engine.stats().enobufs;
+            short += sim.engine.stats().short_sends;
+        }
+        if seeds.len() > 1 {
+            assert!(stale > 0, "no stale completion injected");
+            assert!(enobufs > 0, "no receive ran out of buffers");
+            assert!(short > 0, "no short send");
+        }
+    }
+}

@@ -11,8 +11,8 @@ use super::addr::{parse_listen, parse_upstream};
 use super::error::{ConfigError, Origin};
 use super::raw::{Field, Section, clip};
 use super::udp::{file_udp_listener, flag_udp_listener};
-use super::units::format_duration;
-use super::{EchoPlan, Overrides, Proto, TcpListenerPlan, UdpListenerPlan};
+use super::units::{format_duration, format_size, parse_size};
+use super::{EchoMode, EchoPlan, Overrides, Proto, TcpListenerPlan, UdpListenerPlan};
 
 const KEYS: [&str; 7] = [
     "name",
@@ -59,6 +59,12 @@ pub(super) const SPEC_FORM: &str =
 const TCP_SOURCE: &str = "--tcp";
 const ECHO_SOURCE: &str = "echo --tcp";
 const ECHO_UDP_SOURCE: &str = "echo --udp";
+const ECHO_SINK_SOURCE: &str = "echo --tcp-sink";
+const ECHO_STREAM_SOURCE: &str = "echo --tcp-source";
+const ECHO_RR_SOURCE: &str = "echo --tcp-rr";
+/// Request and response sizes of `echo --tcp-rr`: 1 byte to 16 MiB.
+const MESSAGE_SIZE: RangeInclusive<u64> = 1..=16 << 20;
+const DEFAULT_MESSAGE_SIZE: u32 = 64;
 
 pub(super) struct Listeners {
     pub tcp: Vec<TcpListenerPlan>,
@@ -104,20 +110,48 @@ pub(super) fn resolve(
         udp_plans.push(plan);
     }
     let mut echo = Vec::new();
+    let rr = EchoMode::RequestResponse {
+        request: message_size("--request-size", overrides.echo_request_size.as_deref())?,
+        response: message_size("--response-size", overrides.echo_response_size.as_deref())?,
+    };
     let echo_specs = [
-        (Proto::Tcp, ECHO_SOURCE, &overrides.echo),
-        (Proto::Udp, ECHO_UDP_SOURCE, &overrides.echo_udp),
+        (Proto::Tcp, EchoMode::Echo, ECHO_SOURCE, &overrides.echo),
+        (
+            Proto::Udp,
+            EchoMode::Echo,
+            ECHO_UDP_SOURCE,
+            &overrides.echo_udp,
+        ),
+        (
+            Proto::Tcp,
+            EchoMode::Sink,
+            ECHO_SINK_SOURCE,
+            &overrides.echo_sink,
+        ),
+        (
+            Proto::Tcp,
+            EchoMode::Source,
+            ECHO_STREAM_SOURCE,
+            &overrides.echo_source,
+        ),
+        (Proto::Tcp, rr, ECHO_RR_SOURCE, &overrides.echo_rr),
     ];
-    for (proto, source, addresses) in echo_specs {
+    for (proto, mode, source, addresses) in echo_specs {
         for (i, address) in addresses.iter().enumerate() {
             let origin = Origin::new(source, format!("{source}[{i}]"));
             let listen = parse_listen(address).map_err(|why| origin.error(why))?;
             let name = address.trim().to_owned();
-            registry.claim(Claim::unnamed(proto, listen, &name, origin))?;
+            // A port-0 address names no listener until the kernel picks the
+            // port (the `listening` line tells them apart by kind and bound
+            // address), so `--tcp-sink 127.0.0.1:0 --tcp-rr 127.0.0.1:0` is fine.
+            if listen.port() != 0 {
+                registry.claim(Claim::unnamed(proto, listen, &name, origin))?;
+            }
             echo.push(EchoPlan {
                 name,
                 listen,
                 proto,
+                mode,
             });
         }
     }
@@ -126,6 +160,25 @@ pub(super) fn resolve(
         udp: udp_plans,
         echo,
     })
+}
+
+/// `echo --request-size` / `--response-size`: a size in bytes (units allowed), 1 to 16 MiB.
+fn message_size(flag: &str, raw: Option<&str>) -> Result<u32, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_MESSAGE_SIZE);
+    };
+    let origin = Origin::new("", format!("echo {flag}"));
+    let example = format!("like {flag} 64 or {flag} 4KiB");
+    let size = parse_size(raw).map_err(|why| origin.error(why))?;
+    if !MESSAGE_SIZE.contains(&size) {
+        return Err(origin.error(format!(
+            "{raw:?} is out of range; use {} to {} bytes ({}), {example}",
+            MESSAGE_SIZE.start(),
+            MESSAGE_SIZE.end(),
+            format_size(*MESSAGE_SIZE.end())
+        )));
+    }
+    u32::try_from(size).map_err(|_| origin.error(format!("{raw:?} is too large, {example}")))
 }
 
 fn file_listener(

@@ -15,6 +15,8 @@ mod udp;
 pub mod units;
 
 #[cfg(test)]
+mod echo_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod udp_tests;
@@ -119,6 +121,33 @@ pub struct EchoPlan {
     pub name: String,
     pub listen: SocketAddr,
     pub proto: Proto,
+    /// What a TCP listener serves (always `Echo` for UDP).
+    pub mode: EchoMode,
+}
+
+/// What a `ringfwd echo` TCP listener does with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchoMode {
+    /// `--tcp`: every byte back, FIN answered with FIN.
+    Echo,
+    /// `--tcp-sink`: receive and discard; FIN answered with FIN.
+    Sink,
+    /// `--tcp-source`: the periodic stream from accept until the client's FIN.
+    Source,
+    /// `--tcp-rr`: `response` bytes of the periodic stream per complete `request` bytes.
+    RequestResponse { request: u32, response: u32 },
+}
+
+impl EchoMode {
+    /// The listener kind in the `listening <kind> ...` line.
+    pub fn kind(self) -> &'static str {
+        match self {
+            EchoMode::Echo => "echo",
+            EchoMode::Sink => "echo-sink",
+            EchoMode::Source => "echo-source",
+            EchoMode::RequestResponse { .. } => "echo-rr",
+        }
+    }
 }
 
 /// Values given on the command line; they override the file's `[runtime]` keys and add listeners.
@@ -134,6 +163,16 @@ pub struct Overrides {
     pub echo: Vec<String>,
     /// Raw `ringfwd echo --udp` addresses.
     pub echo_udp: Vec<String>,
+    /// Raw `ringfwd echo --tcp-sink` addresses.
+    pub echo_sink: Vec<String>,
+    /// Raw `ringfwd echo --tcp-source` addresses.
+    pub echo_source: Vec<String>,
+    /// Raw `ringfwd echo --tcp-rr` addresses.
+    pub echo_rr: Vec<String>,
+    /// Raw `ringfwd echo --request-size` / `--response-size` (for every
+    /// `--tcp-rr` listener; default 64 bytes each).
+    pub echo_request_size: Option<String>,
+    pub echo_response_size: Option<String>,
 }
 
 impl Plan {

@@ -7,7 +7,7 @@
 use std::fmt::{self, Display, Formatter};
 
 use super::units::{format_duration, format_size};
-use super::{EchoPlan, Plan, Proto, RuntimePlan, TcpListenerPlan, UdpListenerPlan};
+use super::{EchoMode, EchoPlan, Plan, Proto, RuntimePlan, TcpListenerPlan, UdpListenerPlan};
 
 /// Pretty resolved plan for `ringfwd check`: every value with defaults filled in, in TOML-like
 /// form, sizes and durations in human units, plus each tcp listener's per-shard
@@ -169,6 +169,16 @@ fn write_echo(f: &mut Formatter<'_>, echo: &EchoPlan) -> fmt::Result {
     writeln!(f, "listen = \"{}\"", echo.listen)?;
     if echo.proto == Proto::Udp {
         writeln!(f, "proto = \"udp\"")?;
+    }
+    match echo.mode {
+        EchoMode::Echo => {}
+        EchoMode::Sink => writeln!(f, "mode = \"sink\"")?,
+        EchoMode::Source => writeln!(f, "mode = \"source\"")?,
+        EchoMode::RequestResponse { request, response } => {
+            writeln!(f, "mode = \"rr\"")?;
+            writeln!(f, "request_size = {request}")?;
+            writeln!(f, "response_size = {response}")?;
+        }
     }
     Ok(())
 }

@@ -832,11 +832,13 @@ fn echo_addresses_add_echo_plans() {
                 name: "127.0.0.1:9000".into(),
                 listen: addr("127.0.0.1:9000"),
                 proto: Proto::Tcp,
+                mode: EchoMode::Echo,
             },
             EchoPlan {
                 name: "[::1]:9000".into(),
                 listen: addr("[::1]:9000"),
                 proto: Proto::Tcp,
+                mode: EchoMode::Echo,
             },
         ]
     );

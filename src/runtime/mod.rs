@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::units::format_duration;
-use crate::config::{Plan, Proto};
+use crate::config::{EchoMode, Plan, Proto};
 use crate::shard::engine::{ListenerKind, ListenerSpec, RouteSpec};
 use crate::shard::event_loop::{
     self, Command, Control, Report, RouteSetup, ShardSetup, UdpRouteSetup,
@@ -236,11 +236,19 @@ impl Runtime {
         }
         for e in plan.echo.iter().filter(|e| e.proto == Proto::Tcp) {
             let (fds, addr) = socket::bind_listeners(ListenKind::Echo, &e.name, e.listen, n)?;
+            let kind = match e.mode {
+                EchoMode::Echo => ListenerKind::Echo,
+                EchoMode::Sink => ListenerKind::EchoSink,
+                EchoMode::Source => ListenerKind::EchoSource,
+                EchoMode::RequestResponse { request, response } => {
+                    ListenerKind::EchoRr { request, response }
+                }
+            };
             for (shard, fd) in fds.into_iter().enumerate() {
                 let spec = ListenerSpec {
                     name: e.name.clone(),
                     fd: -1,
-                    kind: ListenerKind::Echo,
+                    kind,
                     limit: u32::MAX,
                 };
                 if let Some(l) = listeners.get_mut(shard) {
@@ -248,7 +256,7 @@ impl Runtime {
                 }
             }
             bound.push(Bound {
-                kind: "echo",
+                kind: e.mode.kind(),
                 name: e.name.clone(),
                 addr,
                 upstreams: Vec::new(),

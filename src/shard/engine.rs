@@ -15,6 +15,7 @@ use super::udp::{UdpConn, UdpListener, UdpListenerSpec, UdpRouteSpec, UdpWaiter}
 use crate::stats::{CloseReason, ShardStats};
 use crate::tcp::echo::Echo;
 use crate::tcp::relay::{Relay, RelayConfig};
+use crate::tcp::serve::{ServeMode, Server};
 use crate::tcp::{ConnOp, RecvEvent, Side};
 use crate::time::Millis;
 use crate::time::wheel::TimerWheel;
@@ -75,6 +76,13 @@ pub enum Op {
         token: u64,
         fd: RawFd,
         bid: u16,
+        offset: u32,
+        len: u32,
+    },
+    /// Send `len` bytes of the shard's periodic region from `offset`.
+    SendRegion {
+        token: u64,
+        fd: RawFd,
         offset: u32,
         len: u32,
     },
@@ -163,6 +171,36 @@ pub enum ListenerKind {
         route: u16,
     },
     Echo,
+    /// `ringfwd echo --tcp-sink`: receive and discard.
+    EchoSink,
+    /// `ringfwd echo --tcp-source`: send the periodic stream until the client's FIN.
+    EchoSource,
+    /// `ringfwd echo --tcp-rr`: `response` bytes of the periodic stream for
+    /// every complete `request` bytes received.
+    EchoRr {
+        request: u32,
+        response: u32,
+    },
+}
+
+impl ListenerKind {
+    /// The server mode of a sink, source or request/response listener.
+    pub fn serve_mode(self) -> Option<ServeMode> {
+        match self {
+            ListenerKind::EchoSink => Some(ServeMode::Sink),
+            ListenerKind::EchoSource => Some(ServeMode::Source),
+            ListenerKind::EchoRr { request, response } => {
+                Some(ServeMode::RequestResponse { request, response })
+            }
+            ListenerKind::Forward { .. } | ListenerKind::Echo => None,
+        }
+    }
+
+    /// Whether connections of this listener send from the periodic region (so
+    /// the shard must register it).
+    pub fn sends_region(self) -> bool {
+        self.serve_mode().is_some_and(ServeMode::sends)
+    }
 }
 
 /// A listener this shard owns (its own SO_REUSEPORT socket).
@@ -218,6 +256,8 @@ struct Listener {
 enum Logic {
     Relay(Relay),
     Echo(Echo),
+    /// Sink, source or request/response.
+    Serve(Server),
 }
 
 struct Conn {
@@ -531,6 +571,7 @@ impl Engine {
                 match &mut conn.logic {
                     Logic::Relay(r) => r.abort(CloseReason::Shutdown, &mut self.scratch),
                     Logic::Echo(e) => e.abort(CloseReason::Shutdown, &mut self.scratch),
+                    Logic::Serve(s) => s.abort(CloseReason::Shutdown, &mut self.scratch),
                 }
             }
             self.after_conn(slot, now);
@@ -679,6 +720,17 @@ impl Engine {
                 echo.start(&mut self.scratch);
                 Logic::Echo(echo)
             }
+            kind @ (ListenerKind::EchoSink
+            | ListenerKind::EchoSource
+            | ListenerKind::EchoRr { .. }) => {
+                let Some(mode) = kind.serve_mode() else {
+                    self.reject(fd);
+                    return;
+                };
+                let mut server = Server::new(mode);
+                server.start(&mut self.scratch);
+                Logic::Serve(server)
+            }
         };
         let conn = Conn {
             logic,
@@ -723,6 +775,7 @@ impl Engine {
             match &mut conn.logic {
                 Logic::Relay(r) => r.handle_recv(side, ev, more, now, out, stats),
                 Logic::Echo(e) => e.handle_recv(ev, more, out, stats),
+                Logic::Serve(s) => s.handle_recv(ev, more, out, stats),
             }
             self.after_conn(slot, now);
             return;
@@ -749,12 +802,19 @@ impl Engine {
                 OpKind::Close => e.handle_close(),
                 _ => return self.unexpected(token.kind, res),
             },
+            Logic::Serve(s) => match token.kind {
+                OpKind::Send => s.handle_sent(result(res), out, stats),
+                OpKind::Shutdown => s.handle_shutdown(unit(res), out),
+                OpKind::CancelRecv | OpKind::CancelAll => s.handle_cancel(out),
+                OpKind::Close => s.handle_close(),
+                _ => return self.unexpected(token.kind, res),
+            },
         }
         self.after_conn(slot, now);
     }
 
     fn unexpected(&mut self, kind: OpKind, res: i32) {
-        // Cannot happen: an echo connection never issues connect/socket/discard.
+        // Cannot happen: an echo or server connection never issues connect/socket/discard.
         self.stats.stale_completions += 1;
         debug!(shard = self.shard, ?kind, res, "unexpected completion kind");
     }
@@ -811,6 +871,12 @@ impl Engine {
                     offset,
                     len,
                 },
+                ConnOp::SendRegion { side, offset, len } => Op::SendRegion {
+                    token: tok(OpKind::Send, side),
+                    fd: fd(side),
+                    offset,
+                    len,
+                },
                 ConnOp::Shutdown(side) => Op::Shutdown {
                     token: tok(OpKind::Shutdown, side),
                     fd: fd(side),
@@ -844,6 +910,7 @@ impl Engine {
         let (finished, deadline) = match &conn.logic {
             Logic::Relay(r) => (r.is_finished(), r.deadline()),
             Logic::Echo(e) => (e.is_finished(), None),
+            Logic::Serve(s) => (s.is_finished(), None),
         };
         if !finished {
             if let Some(d) = deadline
@@ -872,6 +939,7 @@ impl Engine {
                 r.bytes(),
             ),
             Logic::Echo(e) => (e.reason(), None, None, (0, 0)),
+            Logic::Serve(s) => (s.reason(), s.last_errno(), None, s.bytes()),
         };
         let reason = reason.unwrap_or(CloseReason::Error);
         self.stats.count_close(reason);
@@ -969,6 +1037,7 @@ impl Engine {
             match &mut conn.logic {
                 Logic::Relay(r) => r.handle_buffers(side, &mut self.scratch),
                 Logic::Echo(e) => e.handle_buffers(&mut self.scratch),
+                Logic::Serve(s) => s.handle_buffers(&mut self.scratch),
             }
             free -= 1;
             self.after_conn(slot, now);

@@ -16,7 +16,7 @@ use super::token::{OpKind, SlotId, Token};
 use super::udp::{DatagramMeta, UdpListenerSpec, UdpRouteSpec};
 use crate::ring::TemplateId;
 use crate::ring::datagram::{CONTROL_SPACE, Layout, NAME_SPACE};
-use crate::ring::{Cqe, Ring, SendKind, SockType, TargetId, TimeoutId};
+use crate::ring::{Cqe, RegionId, Ring, SendKind, SockType, TargetId, TimeoutId};
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
 use crate::sys::socket;
@@ -205,6 +205,13 @@ pub fn run(setup: ShardSetup, control: Control) {
         spec.fd = fd.into_raw_fd();
         udp_listeners.push(spec);
     }
+    // Sources and request/response servers send straight from the periodic
+    // pattern: one copy per shard, registered only where a listener needs it.
+    let region = setup
+        .listeners
+        .iter()
+        .any(|(spec, _)| spec.kind.sends_region())
+        .then(|| ring.add_region(crate::verify::periodic_region()));
     let listeners = setup
         .listeners
         .into_iter()
@@ -243,9 +250,13 @@ pub fn run(setup: ShardSetup, control: Control) {
             crate::ring::datagram::buffer_size(setup.max_datagram)
         ));
     }
+    if let Some(bytes) = region.and_then(|r| ring.region(r)).map(<[u8]>::len) {
+        describe.push_str(&format!(", periodic send region {bytes} bytes"));
+    }
     let mut lp = Loop {
         shard,
         ring,
+        region,
         targets,
         timeouts,
         udp_targets,
@@ -275,6 +286,8 @@ pub fn run(setup: ShardSetup, control: Control) {
 struct Loop {
     shard: usize,
     ring: Ring,
+    /// The periodic pattern (only on shards with a source or request/response listener).
+    region: Option<RegionId>,
     targets: Vec<Vec<TargetId>>,
     timeouts: Vec<TimeoutId>,
     udp_targets: Vec<Vec<TargetId>>,
@@ -464,6 +477,23 @@ impl Loop {
                     warn!(
                         shard = self.shard,
                         bid, offset, len, "send outside its buffer refused"
+                    );
+                    self.fail(token, libc::EINVAL);
+                }
+            }
+            Op::SendRegion {
+                token,
+                fd,
+                offset,
+                len,
+            } => {
+                let queued = self
+                    .region
+                    .is_some_and(|r| self.ring.send_region(fd, r, offset, len, token).is_ok());
+                if !queued {
+                    warn!(
+                        shard = self.shard,
+                        offset, len, "send outside the periodic region refused"
                     );
                     self.fail(token, libc::EINVAL);
                 }

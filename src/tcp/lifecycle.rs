@@ -82,7 +82,10 @@ impl Lifecycle {
                     self.inflight += 2;
                     self.socks[Side::Upstream.index()].ops += 1;
                 }
-                ConnOp::ArmRecv(side) | ConnOp::Shutdown(side) | ConnOp::Send { side, .. } => {
+                ConnOp::ArmRecv(side)
+                | ConnOp::Shutdown(side)
+                | ConnOp::Send { side, .. }
+                | ConnOp::SendRegion { side, .. } => {
                     self.inflight += 1;
                     self.socks[side.index()].ops += 1;
                 }

@@ -7,6 +7,7 @@ pub mod echo;
 pub mod lifecycle;
 pub mod pipe;
 pub mod relay;
+pub mod serve;
 
 /// Which socket of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,6 +52,9 @@ pub enum ConnOp {
         offset: u32,
         len: u32,
     },
+    /// Send `len` bytes of the shard's periodic region starting at `offset`
+    /// (`offset + len` within the region; sources and request/response servers).
+    SendRegion { side: Side, offset: u32, len: u32 },
     /// shutdown(SHUT_WR): forward a FIN.
     Shutdown(Side),
     /// Cancel every operation on this side's socket (teardown).
@@ -89,5 +93,6 @@ pub mod errno {
     pub const ECONNRESET: i32 = libc::ECONNRESET;
     pub const EPIPE: i32 = libc::EPIPE;
     pub const ENOBUFS: i32 = libc::ENOBUFS;
+    pub const ENOTCONN: i32 = libc::ENOTCONN;
     pub const ETIME: i32 = libc::ETIME;
 }

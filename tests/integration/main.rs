@@ -4,6 +4,7 @@
 
 mod config;
 mod dns;
+mod echo_modes;
 mod harness;
 mod lifecycle;
 mod limits;
