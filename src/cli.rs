@@ -35,6 +35,8 @@ pub enum Command {
     Echo(EchoArgs),
     /// Start an echo upstream and a forwarder on loopback, push a verified load through, report.
     Demo(DemoArgs),
+    /// Load generator: request/response, connection-rate, stream and UDP loads with HDR latency.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -110,7 +112,7 @@ pub struct EchoArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Concurrent verified streams.
+    /// Concurrent verified streams (random sizes and write splits, half-closed).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub streams: usize,
 
@@ -118,7 +120,144 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 2 << 20, value_name = "BYTES")]
     pub max_stream: usize,
 
-    /// Ping-pong round trips per latency measurement.
-    #[arg(long, default_value_t = 5000, value_name = "N")]
-    pub round_trips: usize,
+    /// Measured time of each load (tcp-rr, tcp-stream, udp-rr), direct and through ringfwd.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub duration: String,
+
+    /// Warmup before each load is measured.
+    #[arg(long, default_value = "500ms", value_name = "DURATION")]
+    pub warmup: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: BenchMode,
+}
+
+/// The load each bench mode offers. Every response is verified (content and
+/// size), so a forwarder that corrupts data fails the run instead of looking fast.
+#[derive(Debug, Subcommand)]
+pub enum BenchMode {
+    /// Requests and responses on long-lived connections (against `ringfwd echo --tcp`,
+    /// or `--tcp-rr` when --response-size differs from --size).
+    TcpRr(TcpRrArgs),
+    /// Connect, send one request, read the response, close, repeat.
+    TcpCrr(TcpCrrArgs),
+    /// Bulk transfer: up (to `echo --tcp-sink`), down (from `echo --tcp-source`) or both (to `echo --tcp`).
+    TcpStream(TcpStreamArgs),
+    /// One datagram out, wait for its echo (`ringfwd echo --udp`), repeat; loss counted.
+    UdpRr(UdpRrArgs),
+    /// Datagrams offered as fast as possible (or at --rate); offered vs delivered.
+    UdpStream(UdpStreamArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchCommon {
+    /// Address to load: a forwarder, or the upstream itself for a direct baseline.
+    #[arg(long, value_name = "ADDR")]
+    pub target: String,
+
+    /// Measured time (after the warmup), e.g. 10s or 500ms.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub duration: String,
+
+    /// Time the load runs before measuring starts.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub warmup: String,
+
+    /// Open loop at this total rate (requests or datagrams per second, e.g. 20k/s); latency
+    /// is measured from each request's intended send time (coordinated omission corrected).
+    #[arg(long, value_name = "N/s")]
+    pub rate: Option<String>,
+
+    /// A connect, response or datagram later than this counts as a timeout.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub timeout: String,
+
+    /// Write every figure and the exact settings as JSON to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<String>,
+
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub shards: ShardArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TcpRrArgs {
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub connections: u64,
+    /// Request size, e.g. 64 or 4KiB.
+    #[arg(long, default_value = "64", value_name = "BYTES")]
+    pub size: String,
+    /// Response size (default: the request size, as an echo answers).
+    #[arg(long, value_name = "BYTES")]
+    pub response_size: Option<String>,
+    /// Requests outstanding per connection.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub pipeline: u32,
+    #[command(flatten)]
+    pub common: BenchCommon,
+}
+
+#[derive(Debug, Args)]
+pub struct TcpCrrArgs {
+    /// Connections in flight at once.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub connections: u64,
+    /// Request size.
+    #[arg(long, default_value = "64", value_name = "BYTES")]
+    pub size: String,
+    /// Response size (default: the request size).
+    #[arg(long, value_name = "BYTES")]
+    pub response_size: Option<String>,
+    #[command(flatten)]
+    pub common: BenchCommon,
+}
+
+#[derive(Debug, Args)]
+pub struct TcpStreamArgs {
+    /// Concurrent streams.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub connections: u64,
+    /// up, down or both.
+    #[arg(long, default_value = "both", value_name = "DIR")]
+    pub direction: String,
+    /// Bytes per write (at most 64KiB).
+    #[arg(long, default_value = "65536", value_name = "BYTES")]
+    pub size: String,
+    #[command(flatten)]
+    pub common: BenchCommon,
+}
+
+#[derive(Debug, Args)]
+pub struct UdpRrArgs {
+    /// Concurrent flows (one socket each).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub flows: u64,
+    /// Datagram size (at least 24: each carries a flow, sequence and time header).
+    #[arg(long, default_value = "64", value_name = "BYTES")]
+    pub size: String,
+    #[command(flatten)]
+    pub common: BenchCommon,
+}
+
+#[derive(Debug, Args)]
+pub struct UdpStreamArgs {
+    /// Concurrent flows (one socket each).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub flows: u64,
+    /// Datagram size (at least 24).
+    #[arg(long, default_value = "1200", value_name = "BYTES")]
+    pub size: String,
+    /// Sends in flight per flow.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub window: u32,
+    #[command(flatten)]
+    pub common: BenchCommon,
 }

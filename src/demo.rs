@@ -1,15 +1,18 @@
 //! `ringfwd demo`: the one-command showcase. Starts an echo upstream and a
-//! forwarder on loopback (ports chosen by the kernel), pushes concurrent
-//! verified streams through (random sizes and write splits, half-close), then
-//! measures ping-pong latency direct and through ringfwd, and prints it all.
+//! forwarder on loopback (ports chosen by the kernel, TCP and UDP), pushes
+//! concurrent verified streams through (random sizes and write splits,
+//! half-close), then runs short `ringfwd bench` loads — tcp-rr on 1 and 64
+//! connections, tcp-stream, udp-rr — direct and through ringfwd, and prints
+//! them side by side with latency percentiles.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-
+use crate::bench::plan::{BenchPlan, Direction, Workload};
+use crate::bench::report::{Summary, dur, si};
 use crate::cli::DemoArgs;
+use crate::config::units::{format_duration, parse_duration};
 use crate::config::{HostFacts, Overrides, Plan};
 use crate::runtime::{Runtime, exit};
 use crate::sys::host::{self, human_bytes};
@@ -30,6 +33,14 @@ fn start(overrides: Overrides) -> Result<Runtime, String> {
         t.max_connections = 1024;
     }
     Runtime::start(&p).map_err(|e| e.to_string())
+}
+
+/// The address of `rt`'s first UDP (or TCP) listener.
+fn bound(rt: &Runtime, udp: bool) -> Option<SocketAddr> {
+    rt.bound()
+        .iter()
+        .find(|b| b.kind.starts_with("udp") == udp)
+        .map(|b| b.addr)
 }
 
 /// Result of one verified stream.
@@ -103,38 +114,87 @@ fn verified_stream(addr: SocketAddr, seed: u64, size: u64) -> StreamResult {
     StreamResult { bytes: got, error }
 }
 
-/// `n` ping-pongs of 64 bytes on one connection; latencies in µs.
-fn ping_pong(addr: SocketAddr, n: usize) -> Result<Histogram<u64>, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    let mut msg = [0u8; 64];
-    let mut back = [0u8; 64];
-    for i in 0..n {
-        msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let t = Instant::now();
-        s.write_all(&msg).map_err(|e| format!("write: {e}"))?;
-        s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
-        let us = t.elapsed().as_micros() as u64;
-        if back != msg {
-            return Err(format!("round trip {i}: reply differs from request"));
-        }
-        let _ = h.record(us.max(1));
-    }
-    Ok(h)
+/// One load of the side-by-side table.
+struct Load {
+    label: &'static str,
+    workload: Workload,
+    udp: bool,
 }
 
-fn row(name: &str, h: &Histogram<u64>) -> String {
-    format!(
-        "  {name:<10} {:>8} {:>8} {:>8} {:>8}   {:>9.0}/s",
-        format!("{}µs", h.value_at_quantile(0.5)),
-        format!("{}µs", h.value_at_quantile(0.9)),
-        format!("{}µs", h.value_at_quantile(0.99)),
-        format!("{}µs", h.max()),
-        if h.mean() > 0.0 { 1e6 / h.mean() } else { 0.0 }
-    )
+fn loads() -> Vec<Load> {
+    vec![
+        Load {
+            label: "tcp-rr 64 B, 1 conn",
+            workload: Workload::TcpRr {
+                connections: 1,
+                size: 64,
+                response_size: 64,
+                pipeline: 1,
+            },
+            udp: false,
+        },
+        Load {
+            label: "tcp-rr 64 B, 64 conns",
+            workload: Workload::TcpRr {
+                connections: 64,
+                size: 64,
+                response_size: 64,
+                pipeline: 1,
+            },
+            udp: false,
+        },
+        Load {
+            label: "tcp-stream, 1 conn",
+            workload: Workload::TcpStream {
+                connections: 1,
+                size: 65536,
+                direction: Direction::Both,
+            },
+            udp: false,
+        },
+        Load {
+            label: "udp-rr 64 B, 32 flows",
+            workload: Workload::UdpRr {
+                flows: 32,
+                size: 64,
+            },
+            udp: true,
+        },
+    ]
+}
+
+/// Rate (or bit rate) and latency columns of one row.
+fn cells(s: &Summary) -> String {
+    let rate = match s.plan.workload {
+        Workload::TcpStream { .. } => {
+            let (up, down) = s.bits();
+            format!("{}bit/s", si(up + down))
+        }
+        _ => format!("{}/s", si(s.rate())),
+    };
+    let lat = s.latency().map_or_else(
+        || format!("{:>9} {:>9} {:>9} {:>9}", "-", "-", "-", "-"),
+        |l| {
+            format!(
+                "{:>9} {:>9} {:>9} {:>9}",
+                dur(l.p50),
+                dur(l.p90),
+                dur(l.p99),
+                dur(l.p99_9)
+            )
+        },
+    );
+    format!("{rate:>14} {lat}")
+}
+
+fn headline(s: &Summary) -> f64 {
+    match s.plan.workload {
+        Workload::TcpStream { .. } => {
+            let (up, down) = s.bits();
+            up + down
+        }
+        _ => s.rate(),
+    }
 }
 
 pub fn run(args: &DemoArgs) -> u8 {
@@ -151,26 +211,22 @@ pub fn run(args: &DemoArgs) -> u8 {
 fn demo(args: &DemoArgs) -> Result<bool, String> {
     let echo = start(Overrides {
         echo: vec!["127.0.0.1:0".into()],
+        echo_udp: vec!["127.0.0.1:0".into()],
         ..Default::default()
     })?;
-    let echo_addr = echo
-        .bound()
-        .first()
-        .map(|b| b.addr)
-        .ok_or("echo upstream did not bind")?;
+    let echo_addr = bound(&echo, false).ok_or("echo upstream did not bind")?;
+    let echo_udp = bound(&echo, true).ok_or("UDP echo upstream did not bind")?;
     let mut fwd = start(Overrides {
         tcp: vec![format!("127.0.0.1:0={echo_addr}")],
+        udp: vec![format!("127.0.0.1:0={echo_udp}")],
         ..Default::default()
     })?;
-    let fwd_addr = fwd
-        .bound()
-        .first()
-        .map(|b| b.addr)
-        .ok_or("forwarder did not bind")?;
+    let fwd_addr = bound(&fwd, false).ok_or("forwarder did not bind")?;
+    let fwd_udp = bound(&fwd, true).ok_or("UDP forwarder did not bind")?;
     let shards = host::available_cpus().len();
     println!("ringfwd demo: echo upstream and forwarder on loopback, {shards} shard(s) each");
-    println!("  echo upstream  {echo_addr}");
-    println!("  forwarder      {fwd_addr} -> {echo_addr}\n");
+    println!("  echo upstream  tcp {echo_addr}  udp {echo_udp}");
+    println!("  forwarder      tcp {fwd_addr} -> {echo_addr}  udp {fwd_udp} -> {echo_udp}\n");
 
     let mut rng = Rng::new(0xdead_beef);
     let t = Instant::now();
@@ -209,21 +265,67 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         }
     }
 
+    let mut ok = failures.is_empty();
+    let duration = parse_duration(&args.duration)
+        .map_err(|e| format!("--duration {:?}: {e}", args.duration))?;
+    let warmup =
+        parse_duration(&args.warmup).map_err(|e| format!("--warmup {:?}: {e}", args.warmup))?;
+    // The generator gets one shard, on the last CPU (with the echo upstream);
+    // the forwarder has a shard on every CPU.
+    let gen_cpu = *host::available_cpus().last().unwrap_or(&0);
     println!(
-        "\nping-pong: 64 B request/response, 1 connection, {} round trips",
-        args.round_trips
+        "\nloads: {} measured after {} warmup each, every response verified; generator on CPU {gen_cpu}",
+        format_duration(duration),
+        format_duration(warmup)
     );
     println!(
-        "  {:<10} {:>8} {:>8} {:>8} {:>8}   {:>11}",
-        "path", "p50", "p90", "p99", "max", "rate"
+        "  {:<22} {:<8} {:>14} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "load", "path", "rate", "p50", "p90", "p99", "p99.9", "vs direct"
     );
-    let direct = ping_pong(echo_addr, args.round_trips)?;
-    println!("{}", row("direct", &direct));
-    let through = ping_pong(fwd_addr, args.round_trips)?;
-    println!("{}", row("ringfwd", &through));
+    for load in loads() {
+        let mut direct_rate = None;
+        for (path, target) in [
+            ("direct", if load.udp { echo_udp } else { echo_addr }),
+            ("ringfwd", if load.udp { fwd_udp } else { fwd_addr }),
+        ] {
+            let plan = BenchPlan {
+                workload: load.workload.clone(),
+                target,
+                duration,
+                warmup,
+                rate: None,
+                timeout: Duration::from_secs(2),
+                cpus: vec![gen_cpu],
+                json: None,
+                progress: false,
+            };
+            let label = if path == "direct" { load.label } else { "" };
+            match crate::bench::execute(&plan, false, "ringfwd demo".into()) {
+                Ok(s) => {
+                    let ratio = match direct_rate {
+                        None => {
+                            direct_rate = Some(headline(&s));
+                            String::new()
+                        }
+                        Some(d) if d > 0.0 => format!("{:.2}x", headline(&s) / d),
+                        Some(_) => "-".into(),
+                    };
+                    println!("  {label:<22} {path:<8} {} {ratio:>8}", cells(&s));
+                    if let Some(f) = s.failure() {
+                        ok = false;
+                        println!("  {:<22} FAILED: {f}", "");
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    println!("  {label:<22} {path:<8} FAILED: {e}");
+                }
+            }
+        }
+    }
 
-    // The ping-pong client has closed; give the forwarder a moment to see its
-    // FIN so the counters show every connection closed.
+    // The load clients have closed; give the forwarder a moment to see their
+    // FINs so the counters show every connection closed.
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut stats = fwd.snapshot(Duration::from_secs(2));
     while stats.active > 0 && Instant::now() < deadline {
@@ -233,5 +335,5 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
     println!("\nforwarder counters: {}", stats.to_kv());
     let _ = fwd.shutdown();
     let _ = echo.shutdown();
-    Ok(failures.is_empty())
+    Ok(ok)
 }

@@ -1,10 +1,12 @@
-//! ringfwd: a thread-per-core L4 (TCP) forwarder on io_uring.
+//! ringfwd: a thread-per-core L4 (TCP and UDP) forwarder on io_uring, with a
+//! built-in load generator (`bench`) on the same ring layer.
 //!
 //! Layers, top to bottom (dependencies point down only):
 //! `cli`/`main` → `config` → `runtime` (control thread) → `shard` (event loop) →
 //! `tcp` (relay state machines, no I/O) → `ring`/`sys` (everything that talks to the kernel).
 //! See `../shared/DESIGN.md` and README.md.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

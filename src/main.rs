@@ -133,5 +133,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => ExitCode::from(ringfwd::demo::run(&args)),
+        Command::Bench(args) => ExitCode::from(ringfwd::bench::run(&args)),
     }
 }

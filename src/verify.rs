@@ -82,9 +82,9 @@ impl Pattern {
     }
 }
 
-/// Bytes in one period of the periodic pattern: a prime, so a period never
+/// Bytes in one period of the periodic pattern: a prime (2^16 + 1), so a period never
 /// lines up with buffer, segment or request sizes.
-pub const PERIOD: usize = 65_521;
+pub const PERIOD: usize = 65_537;
 /// Seed of the periodic pattern (fixed: sender and checker must agree).
 const PERIODIC_SEED: u64 = 0x7269_6e67_6677_6400;
 

@@ -362,6 +362,18 @@ impl Ring {
         Ok(())
     }
 
+    /// One receive into a provided buffer of the stream group (the next
+    /// receive is issued only when wanted: no multishot left armed to cancel
+    /// before a close).
+    pub fn recv_once(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+            .buf_group(BUFFER_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
     pub fn recv_multi(&mut self, fd: RawFd, user_data: u64) {
         let e = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
             .build()

@@ -212,3 +212,15 @@ pub fn set_linger0(fd: RawFd) -> io::Result<()> {
     };
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &l)
 }
+
+/// A UDP socket connected to `target` from an ephemeral port (a load
+/// generator's flow: the kernel then delivers only `target`'s replies to it).
+pub fn connected_udp(target: SocketAddr) -> io::Result<OwnedFd> {
+    let s = Socket::new(
+        Domain::for_address(target),
+        Type::DGRAM.cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    s.connect(&target.into())?;
+    Ok(s.into())
+}

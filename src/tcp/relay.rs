@@ -361,7 +361,7 @@ impl Relay {
                 }
                 Err(e) => {
                     self.last_errno = Some(e);
-                    self.begin_close(CloseReason::Error, Ending::Reset { side }, out);
+                    self.begin_close(reset_reason(side, e), Ending::Reset { side }, out);
                 }
             }
         }
@@ -442,10 +442,17 @@ impl Relay {
 }
 
 /// A reset from the peer is `*Reset`; anything else broken is `Error`.
+/// ENOTCONN counts as a reset: it is what shutdown(2) returns once the peer's
+/// reset has already torn the connection down (a client that closed with a
+/// response still in flight).
 fn reset_reason(side: Side, e: i32) -> CloseReason {
     match (side, e) {
-        (Side::Client, errno::ECONNRESET | errno::EPIPE) => CloseReason::ClientReset,
-        (Side::Upstream, errno::ECONNRESET | errno::EPIPE) => CloseReason::UpstreamReset,
+        (Side::Client, errno::ECONNRESET | errno::EPIPE | errno::ENOTCONN) => {
+            CloseReason::ClientReset
+        }
+        (Side::Upstream, errno::ECONNRESET | errno::EPIPE | errno::ENOTCONN) => {
+            CloseReason::UpstreamReset
+        }
         _ => CloseReason::Error,
     }
 }

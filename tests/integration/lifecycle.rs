@@ -201,12 +201,26 @@ fn the_demo_runs_and_verifies_its_load() {
         "8",
         "--max-stream",
         "200000",
-        "--round-trips",
-        "200",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
     ]);
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("every byte verified"), "{out}");
-    assert!(out.contains("ringfwd") && out.contains("direct"), "{out}");
+    assert!(!out.contains("FAILED"), "{out}");
+    // Each load ran direct and through the forwarder, with a ratio.
+    for load in [
+        "tcp-rr 64 B, 1 conn",
+        "tcp-rr 64 B, 64 conns",
+        "tcp-stream",
+        "udp-rr",
+    ] {
+        assert!(out.contains(load), "{load} missing:\n{out}");
+    }
+    assert_eq!(out.matches(" direct ").count(), 4, "{out}");
+    assert_eq!(out.matches(" ringfwd ").count(), 4, "{out}");
+    assert_eq!(out.matches("x\n").count(), 4, "a ratio per load:\n{out}");
 }
 
 #[test]

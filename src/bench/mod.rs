@@ -1,0 +1,299 @@
+//! `ringfwd bench`: the load generator. The control thread validates the
+//! plan, spreads connections or flows over pinned generator shards (each its
+//! own io_uring, buffers and sockets, sharing nothing), starts them on one
+//! common clock, shows live progress, merges their HDR histograms and
+//! counters, and prints the table and `--json`.
+
+pub mod plan;
+pub mod record;
+pub mod report;
+pub mod shard;
+
+use std::io::{IsTerminal, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::BenchArgs;
+use crate::runtime::exit;
+use crate::sys::host;
+use plan::BenchPlan;
+use record::{Record, new_histogram};
+use report::{Summary, dur, si};
+use shard::{Report, ShardSetup};
+
+/// How long shards may take to set up (rings, buffers, sockets).
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `ringfwd bench ...`: returns the process exit code.
+pub fn run(args: &BenchArgs) -> u8 {
+    let plan = match BenchPlan::resolve(args, &host::available_cpus()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ringfwd bench: {e}");
+            return exit::CONFIG;
+        }
+    };
+    if let Err(e) = host::check_io_uring() {
+        eprintln!("ringfwd bench: {e}");
+        return exit::HOST;
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let progress = plan.progress && std::io::stderr().is_terminal();
+    let summary = match execute(&plan, progress, command) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringfwd bench: {e}");
+            return exit::FAILURE;
+        }
+    };
+    if plan.json.as_deref() != Some("-") {
+        print!("{}", summary.table());
+    }
+    if let Some(path) = &plan.json {
+        let text = match serde_json::to_string_pretty(&summary.to_json()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("ringfwd bench: encoding the JSON report failed: {e}");
+                return exit::FAILURE;
+            }
+        };
+        let written = if path == "-" {
+            writeln!(std::io::stdout(), "{text}")
+        } else {
+            std::fs::write(path, text + "\n")
+        };
+        if let Err(e) = written {
+            eprintln!("ringfwd bench: cannot write --json {path}: {e}");
+            return exit::FAILURE;
+        }
+    }
+    if let Some(f) = summary.failure() {
+        eprintln!("ringfwd bench: run FAILED: {f}");
+        return exit::FAILURE;
+    }
+    exit::OK
+}
+
+/// Runs `plan` to the end and merges what every shard measured.
+pub fn execute(plan: &BenchPlan, progress: bool, command: String) -> Result<Summary, String> {
+    let shards = plan.shards();
+    let total = plan.workload.conns();
+    let (tx, rx) = mpsc::channel();
+    let mut gos = Vec::new();
+    let mut threads = Vec::new();
+    for (index, &cpu) in plan.cpus.iter().enumerate() {
+        let conns: Vec<u32> = (0..total)
+            .filter(|c| *c as usize % shards == index)
+            .collect();
+        let setup = ShardSetup {
+            index,
+            cpu,
+            plan: plan.clone(),
+            conns,
+            total_conns: total,
+        };
+        let (go_tx, go_rx) = mpsc::channel();
+        gos.push(go_tx);
+        let reports = tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("bench-{index}"))
+            .spawn(move || shard::run(setup, reports, go_rx))
+            .map_err(|e| format!("cannot start generator shard {index}: {e}"))?;
+        threads.push(t);
+    }
+    drop(tx);
+    let abort = |gos: &[mpsc::Sender<Option<Instant>>]| {
+        for g in gos {
+            let _ = g.send(None);
+        }
+    };
+    let mut ready = 0;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while ready < shards {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Report::Ready { .. }) => ready += 1,
+            Ok(Report::Failed { shard, error }) => {
+                abort(&gos);
+                join(threads);
+                return Err(format!(
+                    "generator shard {shard} (CPU {}): {error}",
+                    plan.cpus[shard]
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                abort(&gos);
+                return Err(format!(
+                    "generator shards did not finish setting up within {READY_TIMEOUT:?}"
+                ));
+            }
+        }
+    }
+    let start = Instant::now();
+    for g in &gos {
+        let _ = g.send(Some(start));
+    }
+    let bar = progress.then(|| {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        b
+    });
+    let mut live = Live::new(shards, plan, start);
+    let mut merged = Record::default();
+    let mut clean = true;
+    let mut done = 0;
+    let mut failure = None;
+    // The run ends by itself: the bound here only guards against a shard
+    // that never reports (it would be a bug), so the command cannot hang.
+    let hard_stop = plan.warmup + plan.duration + Duration::from_secs(30);
+    while done < shards {
+        let left = (start + hard_stop).saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Report::Progress {
+                shard,
+                measuring,
+                ops,
+                errors,
+                interval,
+                ..
+            }) => {
+                if let Some(msg) = live.update(shard, measuring, ops, errors, &interval)
+                    && let Some(b) = &bar
+                {
+                    b.set_message(msg);
+                }
+            }
+            Ok(Report::Done {
+                record, clean: c, ..
+            }) => {
+                merged.merge(&record);
+                clean &= c;
+                done += 1;
+            }
+            Ok(Report::Failed { shard, error }) => {
+                failure = Some(format!("generator shard {shard}: {error}"));
+                done += 1;
+            }
+            Ok(Report::Ready { .. }) => {}
+            Err(_) => {
+                failure = Some("a generator shard did not finish in time".into());
+                break;
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    join(threads);
+    Ok(Summary {
+        plan: plan.clone(),
+        record: merged,
+        clean,
+        command,
+    })
+}
+
+fn join(threads: Vec<std::thread::JoinHandle<()>>) {
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// The live progress line: current rate and p99 over the last snapshots.
+struct Live {
+    ops: Vec<u64>,
+    errors: Vec<u64>,
+    window: Histogram<u64>,
+    last_ops: u64,
+    last_at: Instant,
+    start: Instant,
+    warmup: Duration,
+    duration: Duration,
+    reports: usize,
+    shards: usize,
+    measuring: bool,
+}
+
+impl Live {
+    fn new(shards: usize, plan: &BenchPlan, start: Instant) -> Live {
+        Live {
+            ops: vec![0; shards],
+            errors: vec![0; shards],
+            window: new_histogram(),
+            last_ops: 0,
+            last_at: start,
+            start,
+            warmup: plan.warmup,
+            duration: plan.duration,
+            reports: 0,
+            shards,
+            measuring: false,
+        }
+    }
+
+    /// Takes one shard's snapshot; returns a new line once every shard reported.
+    fn update(
+        &mut self,
+        shard: usize,
+        measuring: bool,
+        ops: u64,
+        errors: u64,
+        interval: &Histogram<u64>,
+    ) -> Option<String> {
+        if let (Some(o), Some(e)) = (self.ops.get_mut(shard), self.errors.get_mut(shard)) {
+            *o = ops;
+            *e = errors;
+        }
+        let _ = self.window.add(interval);
+        self.reports += 1;
+        if self.reports < self.shards {
+            return None;
+        }
+        self.reports = 0;
+        let now = Instant::now();
+        let total: u64 = self.ops.iter().sum();
+        if measuring && !self.measuring {
+            // Counters restarted at the end of the warmup.
+            self.measuring = true;
+            self.last_ops = 0;
+            self.last_at = self.start + self.warmup;
+        }
+        let secs = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
+        let rate = total.saturating_sub(self.last_ops) as f64 / secs;
+        self.last_ops = total;
+        self.last_at = now;
+        let p99 = if self.window.is_empty() {
+            "-".to_string()
+        } else {
+            dur(self.window.value_at_quantile(0.99) as f64 / 1000.0)
+        };
+        self.window.reset();
+        let t = now.duration_since(self.start);
+        let errors: u64 = self.errors.iter().sum();
+        Some(if measuring {
+            format!(
+                "measuring {:.1}/{:.1}s  {}/s  p99 {p99}  errors {errors}",
+                t.saturating_sub(self.warmup).as_secs_f64(),
+                self.duration.as_secs_f64(),
+                si(rate),
+            )
+        } else {
+            format!(
+                "warming up {:.1}/{:.1}s",
+                t.as_secs_f64(),
+                self.warmup.as_secs_f64()
+            )
+        })
+    }
+}

@@ -1,0 +1,324 @@
+//! The result of a bench run, and how it is shown: the end-of-run table and
+//! the `--json` document with every figure and the exact settings.
+
+use serde_json::{Value, json};
+
+use super::plan::{BenchPlan, Workload};
+use super::record::Record;
+
+/// A finished run: the plan and every shard's record merged.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub plan: BenchPlan,
+    pub record: Record,
+    /// Whether every shard got all its operations back from the kernel.
+    pub clean: bool,
+    /// The command line, for the JSON document.
+    pub command: String,
+}
+
+/// Latency figures in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Latency {
+    pub count: u64,
+    pub min: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub p99_99: f64,
+    pub max: f64,
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+impl Summary {
+    pub fn seconds(&self) -> f64 {
+        self.plan.duration.as_secs_f64()
+    }
+
+    /// Completed operations per second.
+    pub fn rate(&self) -> f64 {
+        self.record.ops as f64 / self.seconds()
+    }
+
+    /// What was offered: datagrams sent per second (udp-stream), the --rate
+    /// target (open loop), else the achieved rate.
+    pub fn offered_rate(&self) -> f64 {
+        match (&self.plan.workload, self.plan.rate) {
+            (Workload::UdpStream { .. }, _) => self.record.udp.sent as f64 / self.seconds(),
+            (_, Some(r)) => r,
+            _ => self.rate(),
+        }
+    }
+
+    /// Bits per second (up, down).
+    pub fn bits(&self) -> (f64, f64) {
+        let s = self.seconds();
+        (
+            self.record.bytes_sent as f64 * 8.0 / s,
+            self.record.bytes_received as f64 * 8.0 / s,
+        )
+    }
+
+    pub fn latency(&self) -> Option<Latency> {
+        let h = &self.record.latency;
+        if matches!(self.plan.workload, Workload::TcpStream { .. }) || h.is_empty() {
+            return None;
+        }
+        Some(Latency {
+            count: h.len(),
+            min: us(h.min()),
+            mean: h.mean() / 1000.0,
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p99_9: us(h.value_at_quantile(0.999)),
+            p99_99: us(h.value_at_quantile(0.9999)),
+            max: us(h.max()),
+        })
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.record
+            .udp
+            .sent
+            .saturating_sub(self.record.udp.received)
+    }
+
+    /// Why the run is not ok, if it is not: a verification failure (the
+    /// target corrupted data), or nothing completed at all.
+    pub fn failure(&self) -> Option<String> {
+        let r = &self.record;
+        if r.errors.verify > 0 {
+            return Some(format!(
+                "{} responses failed verification: {}",
+                r.errors.verify,
+                r.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+        let moved = match self.plan.workload {
+            Workload::TcpStream { .. } => r.bytes_sent + r.bytes_received,
+            _ => r.ops,
+        };
+        if moved == 0 {
+            return Some(format!(
+                "nothing completed in the measured window{}",
+                r.first_error
+                    .as_deref()
+                    .map(|e| format!(" (first error: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        None
+    }
+
+    pub fn ok(&self) -> bool {
+        self.failure().is_none()
+    }
+
+    pub fn to_json(&self) -> Value {
+        let p = &self.plan;
+        let w = &p.workload;
+        let (conns, flows) = if w.is_udp() {
+            (0, w.conns())
+        } else {
+            (w.conns(), 0)
+        };
+        let (pipeline, direction, window) = match *w {
+            Workload::TcpRr { pipeline, .. } => (pipeline, None, None),
+            Workload::TcpStream { direction, .. } => (1, Some(direction.name()), None),
+            Workload::UdpStream { window, .. } => (1, None, Some(window)),
+            _ => (1, None, None),
+        };
+        let (up, down) = self.bits();
+        let e = &self.record.errors;
+        let u = &self.record.udp;
+        json!({
+            "version": 1,
+            "mode": w.name(),
+            "target": p.target.to_string(),
+            "command": self.command,
+            "settings": {
+                "connections": conns,
+                "flows": flows,
+                "size": w.size(),
+                "response_size": w.response_size(),
+                "pipeline": pipeline,
+                "direction": direction,
+                "window": window,
+                "duration_s": p.duration.as_secs_f64(),
+                "warmup_s": p.warmup.as_secs_f64(),
+                "timeout_s": p.timeout.as_secs_f64(),
+                "rate": p.rate,
+                "shards": p.shards(),
+                "cpus": p.cpus,
+            },
+            "elapsed_s": self.seconds(),
+            "ops": self.record.ops,
+            "rate": self.rate(),
+            "offered_rate": self.offered_rate(),
+            "bytes_sent": self.record.bytes_sent,
+            "bytes_received": self.record.bytes_received,
+            "bits_per_second": {"up": up, "down": down, "total": up + down},
+            "latency_us": self.latency().map(|l| json!({
+                "count": l.count, "min": l.min, "mean": l.mean, "p50": l.p50, "p90": l.p90,
+                "p99": l.p99, "p99_9": l.p99_9, "p99_99": l.p99_99, "max": l.max,
+            })),
+            "udp": w.is_udp().then(|| json!({
+                "sent": u.sent,
+                "received": u.received,
+                "lost": self.lost(),
+                "late": u.late,
+                "loss_ratio": if u.sent == 0 { 0.0 } else { self.lost() as f64 / u.sent as f64 },
+            })),
+            "errors": {
+                "refused": e.refused, "reset": e.reset, "timeout": e.timeout,
+                "verify": e.verify, "other": e.other,
+            },
+            "first_error": self.record.first_error,
+            "clean_exit": self.clean,
+            "ok": self.ok(),
+            "failure": self.failure(),
+        })
+    }
+
+    /// The end-of-run table.
+    pub fn table(&self) -> String {
+        let mut out = format!("ringfwd bench {}\n\n", self.plan.describe());
+        let what = match self.plan.workload {
+            Workload::TcpRr { .. } => "requests",
+            Workload::TcpCrr { .. } => "connections",
+            Workload::TcpStream { .. } => "",
+            Workload::UdpRr { .. } => "answers",
+            Workload::UdpStream { .. } => "delivered",
+        };
+        if !what.is_empty() {
+            out.push_str(&format!(
+                "  {what:<12}  {} in {:.2} s = {}/s\n",
+                group(self.record.ops),
+                self.seconds(),
+                si(self.rate())
+            ));
+        }
+        if matches!(self.plan.workload, Workload::UdpStream { .. }) || self.plan.rate.is_some() {
+            out.push_str(&format!(
+                "  {:<12}  {}/s\n",
+                "offered",
+                si(self.offered_rate())
+            ));
+        }
+        let (up, down) = self.bits();
+        out.push_str(&format!(
+            "  {:<12}  up {}bit/s  down {}bit/s\n",
+            "throughput",
+            si(up),
+            si(down)
+        ));
+        if let Some(l) = self.latency() {
+            out.push_str(&format!(
+                "  {:<12}  min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  (mean {}, {} samples)\n",
+                "latency",
+                dur(l.min),
+                dur(l.p50),
+                dur(l.p90),
+                dur(l.p99),
+                dur(l.p99_9),
+                dur(l.p99_99),
+                dur(l.max),
+                dur(l.mean),
+                group(l.count)
+            ));
+        }
+        if self.plan.workload.is_udp() {
+            let u = &self.record.udp;
+            let ratio = if u.sent == 0 {
+                0.0
+            } else {
+                self.lost() as f64 * 100.0 / u.sent as f64
+            };
+            out.push_str(&format!(
+                "  {:<12}  sent {}  answered {}  lost {} ({ratio:.3}%)  late {}\n",
+                "datagrams",
+                group(u.sent),
+                group(u.received),
+                group(self.lost()),
+                group(u.late)
+            ));
+        }
+        let e = &self.record.errors;
+        if e.total() == 0 {
+            out.push_str(&format!("  {:<12}  none\n", "errors"));
+        } else {
+            out.push_str(&format!(
+                "  {:<12}  refused {}  reset {}  timeout {}  verify {}  other {}\n",
+                "errors", e.refused, e.reset, e.timeout, e.verify, e.other
+            ));
+            if let Some(first) = &self.record.first_error {
+                out.push_str(&format!("  {:<12}  {first}\n", "first error"));
+            }
+        }
+        match self.failure() {
+            None => out.push_str(&format!("  {:<12}  ok\n", "result")),
+            Some(f) => out.push_str(&format!("  {:<12}  FAILED: {f}\n", "result")),
+        }
+        out
+    }
+}
+
+/// 1234567 → "1,234,567".
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// 123456.7 → "123.5 k".
+pub fn si(x: f64) -> String {
+    let (v, p) = if x >= 1e9 {
+        (x / 1e9, "G")
+    } else if x >= 1e6 {
+        (x / 1e6, "M")
+    } else if x >= 1e3 {
+        (x / 1e3, "k")
+    } else {
+        (x, "")
+    };
+    format!("{v:.1} {p}")
+}
+
+/// Microseconds, shown in the unit that reads best.
+pub fn dur(us: f64) -> String {
+    if us >= 1e6 {
+        format!("{:.2}s", us / 1e6)
+    } else if us >= 1e3 {
+        format!("{:.2}ms", us / 1e3)
+    } else {
+        format!("{us:.1}µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(1234567), "1,234,567");
+        assert_eq!(group(100), "100");
+        assert_eq!(si(123_456.7), "123.5 k");
+        assert_eq!(si(17.2e9), "17.2 G");
+        assert_eq!(dur(41.25), "41.2µs");
+        assert_eq!(dur(1500.0), "1.50ms");
+    }
+}
