@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -114,15 +115,26 @@ class Workload:
     layouts: tuple[str, ...] = ("pinned",)
     quick_layouts: tuple[str, ...] = ()
     what: str = ""
+    note: str = ""  # how to read this workload's numbers, printed under its table
 
     @property
     def udp(self) -> bool:
         return self.service == "udp"
 
 
+UDP_STREAM_NOTE = (
+    "The rate is datagrams delivered back to the generator per second; offered is what it sent. "
+    "Pinned, the generator and the upstream share CPU 1, so much of the loss, direct included, "
+    "is the upstream starved by the generator, not the forwarder.")
+
 WORKLOADS = [
     Workload("tcp-rr-1", "tcp-rr", "echo", ["--connections", "1", "--size", "64"], "rate",
-             quick_layouts=("pinned",), what="1 connection, 64 B request, 64 B echo, closed loop"),
+             quick_layouts=("pinned",), what="1 connection, 64 B request, 64 B echo, closed loop",
+             note="Pinned, direct keeps generator and upstream on CPU 1, while through a forwarder "
+                  "every request crosses CPUs twice each way; with one request in flight each "
+                  "crossing is a wakeup of a halted vCPU (~150 µs here), so the forwarders' ~0.1× "
+                  "of direct is that wakeup cost, the same for all of them. Compare the forwarders "
+                  "with each other (the vs HAProxy column), not with direct."),
     Workload("tcp-rr-100", "tcp-rr", "echo", ["--connections", "100", "--size", "64"], "rate",
              layouts=("pinned", "unpinned"), quick_layouts=("pinned", "unpinned"),
              what="100 connections, 64 B request/response, one outstanding per connection"),
@@ -146,10 +158,12 @@ WORKLOADS = [
     Workload("udp-stream-8-1200", "udp-stream", "udp", ["--flows", "8", "--size", "1200"], "rate",
              quick_layouts=("pinned",),
              what="8 flows, 1200 B datagrams offered as fast as the generator can (32 in flight "
-                  "per flow), echoes counted"),
+                  "per flow), echoes counted",
+             note=UDP_STREAM_NOTE),
     Workload("udp-stream-8-64", "udp-stream", "udp", ["--flows", "8", "--size", "64"], "rate",
              what="8 flows, 64 B datagrams offered as fast as the generator can (32 in flight per "
-                  "flow): the packet rate"),
+                  "flow): the packet rate",
+             note=UDP_STREAM_NOTE),
 ]
 
 FULL = dict(reps=3, duration=3.0, warmup=1.0)
@@ -945,15 +959,19 @@ class Harness:
         errors = []
         if timed_out:
             errors.append(f"bench still running after {limit:.0f}s: killed")
+        why = (data or {}).get("failure") or (data or {}).get("first_error")
+        errs = {k: v for k, v in ((data or {}).get("errors") or {}).items() if v}
         if p.returncode != 0:
-            tail = " | ".join(l for l in stderr.strip().splitlines()[-4:] if l.strip()) or stdout.strip()[-300:]
-            errors.append(f"bench exit {p.returncode}: {tail[:600]}")
+            if why:  # the bench said why in its JSON: that, not the same words again from stderr
+                errors.append(f"bench exit {p.returncode}: {why}" + (f" (errors {errs})" if errs else ""))
+            else:
+                tail = " | ".join(l for l in stderr.strip().splitlines()[-4:] if l.strip()) or stdout.strip()[-300:]
+                errors.append(f"bench exit {p.returncode}: {tail[:600]}")
         if data is None and "error" not in row:
             errors.append("no --json written")
-        if data is not None and not data.get("ok", False):
-            why = data.get("failure") or data.get("first_error")
-            errors.append("bench reported ok=false" + (f" ({why})" if why else "") + ": errors "
-                          + json.dumps(data.get("errors")))
+        if data is not None and not data.get("ok", False) and p.returncode == 0:
+            errors.append("bench exited 0 but reported ok=false" + (f": {why}" if why else "")
+                          + (f" (errors {errs})" if errs else ""))
         if "error" in row:
             errors.insert(0, row["error"])
         row["error"] = "; ".join(errors)
@@ -1216,6 +1234,18 @@ def summary_md(summ: list[dict], meta: dict) -> str:
                 ratio(d["vs_direct"]), ratio(d["vs_haproxy"]), f"{d['n_ok']}/{d['n']}",
             ]
             L.append("| " + " | ".join(cells) + " |")
+        if wl.note:
+            L.append("")
+            L.append(wl.note)
+        socat = s["per"].get("socat")
+        if wl.udp and socat and any("verif" in e for e in socat["errors"]):
+            L.append("")
+            L.append("socat fails this workload's verification: replies arrive at the wrong flow. "
+                     "That fits how `UDP-LISTEN:...,fork` works: the listening socket receives datagrams from several clients before it is handed to "
+                     "the child forked for the first of them, so another client's datagrams go out "
+                     "through that child's upstream socket and their echoes come back to the wrong "
+                     "client. The bench checks every reply against what that flow sent and fails the "
+                     "run.")
         fails = [(t, d) for t, d in s["per"].items() if d["errors"]]
         if fails:
             L.append("")
@@ -1367,6 +1397,11 @@ def update_results_readme(path: Path, run_rel: str, headline: str, meta: dict) -
         "",
         headline,
         "",
+        "How to read it: tcp-rr-1 pinned is bounded by cross-CPU wakeups (~150 µs each on this VM) "
+        "for every forwarder alike, so compare forwarders with each other there; socat fails the "
+        "UDP workloads' verification (replies reach the wrong flow in its fork mode); machine "
+        "load, spreads, CPU cost and memory are in the summary.",
+        "",
         end,
     ])
     text = path.read_text() if path.exists() else (
@@ -1490,7 +1525,10 @@ def setup_md(h: Harness, meta: dict, facts: dict, versions: dict) -> str:
           "(TCP echo, sink, source; UDP echo):", ""]
     L += [f"  - {p}" for p in h.preflight]
     L += ["", "## Commands", "",
-          "Every process the harness started, and every bench run, in order (also in `commands.txt`):", "",
+          "Every process the harness started, and every bench run, in order (also in `commands.txt`). "
+          "`/tmp/ringfwd-compare-*/ringfwd` is the harness's private copy of `target/release/ringfwd` "
+          "(so a build in the same tree cannot replace the binary mid-run); paths under "
+          f"`{REPO}` are this checkout.", "",
           "```"]
     shown = [c for c in COMMANDS if not c.startswith("[bench")]
     benches = [c for c in COMMANDS if c.startswith("[bench")]
@@ -1531,6 +1569,82 @@ def build(no_build: bool) -> tuple[Path, str]:
     return copy, note
 
 
+NUMERIC = {"rep", "rate", "offered_rate", "bits_per_second", "p50", "p90", "p99", "p99_9", "max",
+           "cpu_s", "cpu_us_per_op", "cpu_s_per_gb", "rss_peak_kib", "pss_kib", "elapsed_s", "ops",
+           "bps_up", "bps_down", "bytes_sent", "bytes_received", "udp_lost", "loss_ratio",
+           "fwd_cpu_util", "fwd_cpu_util_ticks", "cpu_s_whole_run", "fwd_procs", "gen_cpu_util",
+           "up_cpu_util", "cpu0_busy", "cpu1_busy", "other_cpu_util", "wall_s", "exit"}
+
+
+def read_rows(path: Path) -> list[dict]:
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                if k in NUMERIC:
+                    row[k] = None if v in ("", None) else float(v)
+                elif k == "ok":
+                    row[k] = v == "True"
+                else:
+                    row[k] = v
+            row["rep"] = int(row["rep"] or 0)
+            rows.append(row)
+    return rows
+
+
+def write_reports(outdir: Path, rows: list[dict], workloads: list[tuple[Workload, str]],
+                  targets: list[str], meta: dict, update_readme: bool) -> str:
+    """summary.md, chart.svg and (if asked) the latest-run section of bench-results/README.md."""
+    others = [r["other_cpu_util"] for r in rows if r.get("other_cpu_util") is not None]
+    if others:
+        meta["other_load"] = (
+            f"Other load on the machine during the measured windows (CPU used by processes other "
+            f"than forwarder, generator and upstream, in CPUs of {os.cpu_count()}): median "
+            f"{statistics.median(others):.2f}, max {max(others):.2f}; runs with more than 0.15 are "
+            f"{sum(1 for o in others if o > 0.15)} of {len(others)}.")
+    summ = summarise(rows, workloads, targets)
+    (outdir / "summary.md").write_text(summary_md(summ, meta))
+    (outdir / "chart.svg").write_text(chart_svg(summ, targets, f"ringfwd vs HAProxy, NGINX stream, socat — "
+                                                f"{meta['date']} {meta['host']}, {meta['mode_note'].split(' (')[0]}"))
+    try:
+        run_rel = str(outdir.relative_to(REPO / "bench-results"))
+    except ValueError:
+        run_rel = str(outdir)
+    headline = headline_md(summ, targets, run_rel)
+    if update_readme:
+        update_results_readme(REPO / "bench-results" / "README.md", run_rel, headline, meta)
+        log("updated bench-results/README.md")
+    return headline
+
+
+def summarize_only(outdir: Path, readme: str) -> int:
+    """Rebuild summary.md, chart.svg (and with --readme yes the README section) from raw.csv."""
+    rows = read_rows(outdir / "raw.csv")
+    if not rows:
+        print(f"compare.py: no rows in {outdir / 'raw.csv'}", file=sys.stderr)
+        return 1
+    present = {(r["workload"], r["pinning"]) for r in rows}
+    workloads = [(wl, lay) for wl in WORKLOADS for lay in ("pinned", "unpinned") if (wl.name, lay) in present]
+    targets = [t for t in TARGETS if any(r["target"] == t for r in rows)]
+    setup = (outdir / "setup.md").read_text() if (outdir / "setup.md").exists() else ""
+    m = re.match(r"(\d{4}-\d{2}-\d{2})-(.+)", outdir.name)
+    facts = machine_facts()
+    cmd = re.search(r"- command: `benches/compare.py([^`]*)`", setup)
+    quick = bool(cmd and "--quick" in cmd.group(1))
+    meta = {
+        "date": m.group(1) if m else "?", "host": m.group(2) if m else "?",
+        "reps": max(r["rep"] for r in rows),
+        "duration": fmt_dur(statistics.median([r["elapsed_s"] for r in rows if r.get("elapsed_s")] or [0])),
+        "mode_note": ("quick run (smoke test: 1 repetition, short runs, fewer workloads)" if quick else "full run"),
+        "missing": [], "cpu": facts["cpu"], "ncpu": facts["ncpu"], "kernel": facts["kernel"],
+        "cmd_suffix": cmd.group(1) if cmd else "",
+    }
+    headline = write_reports(outdir, rows, workloads, targets, meta, readme == "yes")
+    log("headline:\n" + headline)
+    return 0
+
+
 def main() -> int:
     global LOG_FILE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -1538,7 +1652,8 @@ def main() -> int:
                                  epilog="workloads: " + ", ".join(w.name for w in WORKLOADS)
                                         + "\ntargets: " + ", ".join(TARGETS))
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition of 0.5 s + 1 s, fewer workloads (< 3 min)")
-    ap.add_argument("--out", type=Path, help="output directory (default: bench-results/<YYYY-MM-DD>-<short hostname>/)")
+    ap.add_argument("--out", type=Path, help="output directory (default: bench-results/<YYYY-MM-DD>-<short hostname>/, "
+                         "with --quick bench-results/<YYYY-MM-DD>-<short hostname>-quick/)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     ap.add_argument("--duration", type=float, help="measured seconds per run (default 3, quick 1)")
     ap.add_argument("--warmup", type=float, help="warmup seconds per run (default 1, quick 0.5)")
@@ -1547,6 +1662,9 @@ def main() -> int:
     ap.add_argument("--targets", help="targets, comma-separated (default: all): " + ",".join(TARGETS))
     ap.add_argument("--check", action="store_true",
                     help="start upstream and forwarders, verify each forwards, stop (no measurement)")
+    ap.add_argument("--summarize-only", type=Path, metavar="DIR",
+                    help="rebuild summary.md and chart.svg of an earlier run from its raw.csv "
+                         "(and the README section with --readme yes); runs nothing")
     ap.add_argument("--no-build", action="store_true", help="use target/release/ringfwd as it is")
     ap.add_argument("--readme", choices=["auto", "yes", "no"], default="auto",
                     help="update bench-results/README.md (auto: only for a complete, unfiltered full run)")
@@ -1556,6 +1674,8 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    if args.summarize_only:
+        return summarize_only(args.summarize_only.resolve(), args.readme)
     if os.geteuid() != 0:
         print("compare.py: run as root (package install, /proc of other users' processes, clear_refs)",
               file=sys.stderr)
@@ -1596,7 +1716,8 @@ def main() -> int:
             return 2
     now = dt.datetime.now()
     host = socket.gethostname().split(".")[0]
-    outdir = args.out or REPO / "bench-results" / f"{now:%Y-%m-%d}-{host}"
+    # a quick run gets its own directory, so it never overwrites the day's full run
+    outdir = args.out or REPO / "bench-results" / (f"{now:%Y-%m-%d}-{host}" + ("-quick" if args.quick else ""))
     outdir = outdir.resolve()
     outdir.mkdir(parents=True, exist_ok=True)
     if (outdir / "runs").exists():
@@ -1683,35 +1804,19 @@ def main() -> int:
                        "udp-stream-8-1200; not run: tcp-rr-1000, tcp-stream-8-up, tcp-stream-1-both, "
                        "udp-stream-8-64, tcp-stream-1-up unpinned" if args.quick else ""),
     }
-    others = [r["other_cpu_util"] for r in h.rows if r.get("other_cpu_util") is not None]
-    if others:
-        meta["other_load"] = (
-            f"Other load on the machine during the measured windows (CPU used by processes other "
-            f"than forwarder, generator and upstream, in CPUs of {os.cpu_count()}): median "
-            f"{statistics.median(others):.2f}, max {max(others):.2f}; runs with more than 0.15 are "
-            f"{sum(1 for o in others if o > 0.15)} of {len(others)}.")
     facts = machine_facts()
     meta.update({"cpu": facts["cpu"], "ncpu": facts["ncpu"], "kernel": facts["kernel"],
                  "cmd_suffix": cmdline[len("benches/compare.py"):]})
     (outdir / "commands.txt").write_text("\n".join(COMMANDS) + "\n")
-    summ = summarise(h.rows, h.workloads, h.targets)
-    (outdir / "setup.md").write_text(setup_md(h, meta, facts, versions))
-    (outdir / "summary.md").write_text(summary_md(summ, meta))
-    (outdir / "chart.svg").write_text(chart_svg(summ, h.targets, f"ringfwd vs HAProxy, NGINX stream, socat — "
-                                                f"{meta['date']} {host}, {meta['mode_note'].split(' (')[0]}"))
-    try:
-        run_rel = str(outdir.relative_to(REPO / "bench-results"))
-    except ValueError:
-        run_rel = str(outdir)
     filtered = bool(args.only or args.targets or args.reps or args.duration or args.warmup)
-    if args.readme == "yes" or (args.readme == "auto" and complete and not args.quick and not filtered):
-        update_results_readme(REPO / "bench-results" / "README.md", run_rel,
-                              headline_md(summ, h.targets, run_rel), meta)
-        log("updated bench-results/README.md")
-    log("headline:\n" + headline_md(summ, h.targets, run_rel))
+    update = args.readme == "yes" or (args.readme == "auto" and complete and not args.quick and not filtered)
+    headline = write_reports(outdir, h.rows, h.workloads, h.targets, meta, update)
+    (outdir / "setup.md").write_text(setup_md(h, meta, facts, versions))
+    log("headline:\n" + headline)
     failed = [r for r in h.rows if not r["ok"]]
     log(f"done in {meta['wall']}: {len(h.rows)} runs, {len(failed)} failed; results in {outdir}")
-    return 0 if complete and not failed else 1
+    # failed runs are results (kept in raw.csv and the summary); 1 only when the run did not finish
+    return 0 if complete else 1
 
 
 if __name__ == "__main__":
