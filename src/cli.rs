@@ -66,6 +66,11 @@ pub struct ShardArgs {
     /// CPUs to pin the shards to, comma-separated (default: the first N available).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub cpus: Option<Vec<usize>>,
+
+    /// Spin on the completion queue this long (e.g. 50us) before sleeping, trading CPU for
+    /// latency; "off" (default) never spins. Overrides runtime.busy_poll.
+    #[arg(long, value_name = "DURATION")]
+    pub busy_poll: Option<String>,
 }
 
 #[derive(Debug, Args)]

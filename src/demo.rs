@@ -298,6 +298,7 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
                 cpus: vec![gen_cpu],
                 json: None,
                 progress: false,
+                busy_poll: None,
             };
             let label = if path == "direct" { load.label } else { "" };
             match crate::bench::execute(&plan, false, "ringfwd demo".into()) {

@@ -53,6 +53,7 @@ fn resolve(args: &PlanArgs, echo: EchoAddrs) -> Result<Plan, String> {
     let overrides = Overrides {
         shards: args.shards.shards,
         cpus: args.shards.cpus.clone(),
+        busy_poll: args.shards.busy_poll.clone(),
         tcp: args.tcp.clone(),
         udp: args.udp.clone(),
         echo: echo.tcp,

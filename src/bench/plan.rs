@@ -132,6 +132,8 @@ pub struct BenchPlan {
     pub cpus: Vec<usize>,
     pub json: Option<String>,
     pub progress: bool,
+    /// Spin on the completion queue this long before sleeping.
+    pub busy_poll: Option<Duration>,
 }
 
 impl BenchPlan {
@@ -212,6 +214,20 @@ fn common(workload: Workload, c: &BenchCommon, available: &[usize]) -> Result<Be
         ));
     }
     let rate = c.rate.as_deref().map(parse_rate).transpose()?;
+    // --busy-poll (from the shard flags): the generator's own wakeups then
+    // stay out of the latency it measures, at the cost of CPU.
+    let busy_poll = match c.shards.busy_poll.as_deref().map(str::trim) {
+        None | Some("off") => None,
+        Some(v) => {
+            let d = dur("busy-poll", v)?;
+            if d > Duration::from_millis(10) {
+                return Err(format!(
+                    "--busy-poll {v:?} is longer than the 10ms maximum: use 1us..=10ms, or off"
+                ));
+            }
+            (!d.is_zero()).then_some(d)
+        }
+    };
     let cpus = match (&c.shards.cpus, c.shards.shards) {
         (Some(list), shards) => {
             if list.is_empty() {
@@ -271,6 +287,7 @@ fn common(workload: Workload, c: &BenchCommon, available: &[usize]) -> Result<Be
         cpus,
         json: c.json.clone(),
         progress: !c.quiet,
+        busy_poll,
     })
 }
 
@@ -421,6 +438,9 @@ impl BenchPlan {
             self.shards(),
             self.cpus
         ));
+        if let Some(spin) = self.busy_poll {
+            s.push_str(&format!(", busy-poll {spin:?}"));
+        }
         s
     }
 }

@@ -40,9 +40,18 @@ impl Summary {
         self.plan.duration.as_secs_f64()
     }
 
+    /// Completed operations: for udp-stream the datagrams sent in the
+    /// window that were answered (so delivered never exceeds offered).
+    pub fn ops(&self) -> u64 {
+        match self.plan.workload {
+            Workload::UdpStream { .. } => self.record.udp.received,
+            _ => self.record.ops,
+        }
+    }
+
     /// Completed operations per second.
     pub fn rate(&self) -> f64 {
-        self.record.ops as f64 / self.seconds()
+        self.ops() as f64 / self.seconds()
     }
 
     /// What was offered: datagrams sent per second (udp-stream), the --rate
@@ -156,9 +165,10 @@ impl Summary {
                 "rate": p.rate,
                 "shards": p.shards(),
                 "cpus": p.cpus,
+                "busy_poll_us": p.busy_poll.map(|d| d.as_secs_f64() * 1e6),
             },
             "elapsed_s": self.seconds(),
-            "ops": self.record.ops,
+            "ops": self.ops(),
             "rate": self.rate(),
             "offered_rate": self.offered_rate(),
             "bytes_sent": self.record.bytes_sent,
@@ -199,7 +209,7 @@ impl Summary {
         if !what.is_empty() {
             out.push_str(&format!(
                 "  {what:<12}  {} in {:.2} s = {}/s\n",
-                group(self.record.ops),
+                group(self.ops()),
                 self.seconds(),
                 si(self.rate())
             ));

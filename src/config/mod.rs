@@ -66,6 +66,8 @@ pub struct RuntimePlan {
     pub max_datagram: u32,
     /// Datagram receive buffers per shard (only allocated when a UDP listener exists).
     pub udp_buffers_per_shard: u32,
+    /// Spin on the completion queue this long before sleeping (`None`: never).
+    pub busy_poll: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +157,8 @@ impl EchoMode {
 pub struct Overrides {
     pub shards: Option<usize>,
     pub cpus: Option<Vec<usize>>,
+    /// Raw `--busy-poll` (a duration or "off").
+    pub busy_poll: Option<String>,
     /// Raw `--tcp` specs: `LISTEN=UP1[,UP2...]`, e.g. `127.0.0.1:8080=127.0.0.1:9000,127.0.0.1:9001`.
     pub tcp: Vec<String>,
     /// Raw `--udp` specs, same form as `--tcp`.

@@ -63,6 +63,10 @@ fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan, udp: bool) -> fmt
         .stats_interval
         .map_or_else(|| "off".to_owned(), format_duration);
     writeln!(f, "stats_interval = \"{stats}\"")?;
+    let spin = runtime
+        .busy_poll
+        .map_or_else(|| "off".to_owned(), format_duration);
+    writeln!(f, "busy_poll = \"{spin}\"")?;
     writeln!(f, "max_datagram = {}", runtime.max_datagram)?;
     writeln!(
         f,

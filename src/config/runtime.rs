@@ -9,7 +9,7 @@ use super::raw::{Field, Section};
 use super::units::format_size;
 use super::{HostFacts, Overrides, RuntimePlan};
 
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "shards",
     "cpus",
     "buffer_size",
@@ -20,6 +20,7 @@ const KEYS: [&str; 10] = [
     "stats_interval",
     "max_datagram",
     "udp_buffers_per_shard",
+    "busy_poll",
 ];
 
 pub(super) const MAX_SHARDS: usize = 1024;
@@ -44,6 +45,8 @@ const MAX_DATAGRAM: RangeInclusive<u64> = 512..=65527;
 const DEFAULT_MAX_DATAGRAM: u32 = 65507;
 const UDP_BUFFERS_PER_SHARD: RangeInclusive<u32> = 8..=32768;
 const DEFAULT_UDP_BUFFERS_PER_SHARD: u32 = 512;
+/// Longer spins than this only burn CPU: a wakeup costs ~150 µs here.
+const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 
 const WIDEN: &str = "widen the CPU set (taskset / cgroup cpuset)";
 
@@ -118,7 +121,52 @@ pub(super) fn resolve(
             DEFAULT_UDP_BUFFERS_PER_SHARD,
             "udp_buffers_per_shard = 512",
         )?,
+        busy_poll: busy_poll(get("busy_poll"), overrides)?,
     })
+}
+
+/// `busy_poll = "50us"` (or `--busy-poll`): how long a shard spins on its
+/// completion queue before it sleeps; `"off"` (the default) never spins.
+fn busy_poll(
+    field: Option<Field<'_>>,
+    overrides: &Overrides,
+) -> Result<Option<Duration>, ConfigError> {
+    let example = "busy_poll = \"50us\" (or \"off\")";
+    let (spin, origin, shown) = match (&overrides.busy_poll, field) {
+        (Some(text), _) => {
+            let origin = Origin::new(COMMAND_LINE, "--busy-poll");
+            if text.trim().eq_ignore_ascii_case("off") {
+                return Ok(None);
+            }
+            let d = super::units::parse_duration(text).map_err(|e| {
+                origin.error(format!("{text:?}: {e}; use a duration like 50us, or off"))
+            })?;
+            (d, origin, format!("{text:?}"))
+        }
+        (None, Some(field)) => {
+            if field
+                .as_str()
+                .is_some_and(|s| s.trim().eq_ignore_ascii_case("off"))
+            {
+                return Ok(None);
+            }
+            (
+                field.duration(example)?,
+                field.origin.clone(),
+                field.shown(),
+            )
+        }
+        (None, None) => return Ok(None),
+    };
+    if spin.is_zero() {
+        return Ok(None);
+    }
+    if spin > MAX_BUSY_POLL {
+        return Err(origin.error(format!(
+            "{shown} is longer than the 10ms maximum (longer spins only burn CPU); use 1us to 10ms, like {example}"
+        )));
+    }
+    Ok(Some(spin))
 }
 
 fn max_datagram(field: Option<Field<'_>>) -> Result<u32, ConfigError> {

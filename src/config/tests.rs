@@ -102,6 +102,7 @@ fn full_file_resolves_to_the_exact_plan() {
             stats_interval: None,
             max_datagram: 65507,
             udp_buffers_per_shard: 512,
+            busy_poll: None,
         },
         tcp: vec![
             TcpListenerPlan {
@@ -143,6 +144,7 @@ fn defaults_fill_every_missing_value() {
         stats_interval: Some(secs(10)),
         max_datagram: 65507,
         udp_buffers_per_shard: 512,
+        busy_poll: None,
     };
     assert_eq!(plan.runtime, want);
     let tcp = &plan.tcp[0];
@@ -374,10 +376,39 @@ fn runtime_rejections_name_the_key_and_the_value() {
             "runtime.stats_interval",
             &["\"5\"", "missing unit"],
         ),
+        (
+            "busy_poll = \"20ms\"",
+            "runtime.busy_poll",
+            &["\"20ms\"", "10ms maximum"],
+        ),
+        ("busy_poll = 50", "runtime.busy_poll", &["50", "unit"]),
     ];
     for (runtime, key, needles) in cases {
         assert_runtime_rejected(runtime, key, needles);
     }
+}
+
+#[test]
+fn busy_poll_is_off_by_default_and_a_flag_overrides_the_file() {
+    let on = format!("[runtime]\nbusy_poll = \"50us\"\n{LISTENER}");
+    assert_eq!(
+        resolve_file(&on).unwrap().runtime.busy_poll,
+        Some(Duration::from_micros(50))
+    );
+    let off = format!("[runtime]\nbusy_poll = \"off\"\n{LISTENER}");
+    assert_eq!(resolve_file(&off).unwrap().runtime.busy_poll, None);
+    let flag = |v: &str| Overrides {
+        busy_poll: Some(v.into()),
+        ..Overrides::default()
+    };
+    let plan = Plan::resolve(Some((FILE, &on)), &flag("off"), &host(4)).unwrap();
+    assert_eq!(plan.runtime.busy_poll, None);
+    let plan = Plan::resolve(Some((FILE, LISTENER)), &flag("200us"), &host(4)).unwrap();
+    assert_eq!(plan.runtime.busy_poll, Some(Duration::from_micros(200)));
+    let err = Plan::resolve(Some((FILE, LISTENER)), &flag("1h"), &host(4)).unwrap_err();
+    assert_eq!(err.key, "--busy-poll", "{err}");
+    let err = Plan::resolve(Some((FILE, LISTENER)), &flag("fast"), &host(4)).unwrap_err();
+    assert!(err.to_string().contains("--busy-poll"), "{err}");
 }
 
 #[test]

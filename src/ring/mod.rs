@@ -582,6 +582,26 @@ impl Ring {
         }
     }
 
+    /// One busy-poll step: submits what is queued and runs deferred task work
+    /// when the kernel flagged some (no syscall when there is neither);
+    /// true when completions are waiting.
+    pub fn poll_step(&mut self) -> io::Result<bool> {
+        self.flush_backlog();
+        let enter = {
+            let sq = self.uring.submission();
+            !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+        };
+        if enter && let Err(e) = self.uring.submitter().submit() {
+            match e.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => return Err(e),
+            }
+        }
+        let mut cq = self.uring.completion();
+        cq.sync();
+        Ok(!cq.is_empty())
+    }
+
     /// Moves every available completion into `out`.
     pub fn reap(&mut self, out: &mut Vec<Cqe>) {
         let mut cq = self.uring.completion();
@@ -630,16 +650,22 @@ fn build_uring(entries: u32) -> io::Result<(IoUring, SetupMode)> {
         let mut b = IoUring::builder();
         b.setup_cqsize(cq).setup_clamp().setup_submit_all();
         match mode {
+            // TASKRUN_FLAG makes the kernel flag pending task work in the
+            // SQ ring, so a busy-polling loop enters the kernel only when
+            // there is something to reap.
             SetupMode::DeferTaskrun => {
                 b.setup_single_issuer()
                     .setup_defer_taskrun()
-                    .setup_coop_taskrun();
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag();
             }
             SetupMode::SingleIssuer => {
-                b.setup_single_issuer().setup_coop_taskrun();
+                b.setup_single_issuer()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag();
             }
             SetupMode::Coop => {
-                b.setup_coop_taskrun();
+                b.setup_coop_taskrun().setup_taskrun_flag();
             }
             SetupMode::Plain => {}
         }

@@ -284,6 +284,7 @@ impl Runtime {
                 routes: routes.clone(),
                 datagram_buffers: datagram_buffers(plan),
                 max_datagram: rt.max_datagram,
+                busy_poll: rt.busy_poll,
                 udp_listeners: shard_udp,
                 udp_routes: udp_routes.clone(),
             };

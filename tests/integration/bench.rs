@@ -412,3 +412,38 @@ fn a_refused_target_is_counted_and_fails_the_run() {
     assert!(f(&v, "errors.refused") >= 2.0, "{v:#}");
     assert_eq!(f(&v, "ops"), 0.0);
 }
+
+#[test]
+fn a_udp_datagram_lost_in_the_warmup_counts_when_its_timeout_expires_in_the_window() {
+    // An echo that drops each client's first datagram: every flow's first
+    // request (sent in the warmup) is lost and times out inside the window.
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = s.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            if !seen.insert(from) && s.send_to(&buf[..n], from).is_err() {
+                return;
+            }
+        }
+    });
+    let (code, v, err) = bench(&[
+        "udp-rr",
+        "--target",
+        &addr.to_string(),
+        "--flows",
+        "5",
+        "--timeout",
+        "300ms",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        f(&v, "udp.lost") >= 5.0,
+        "5 flows lost their first datagram: {v:#}"
+    );
+    assert!(
+        f(&v, "ops") > 0.0,
+        "the flows went on after the timeout: {v:#}"
+    );
+}

@@ -308,3 +308,30 @@ upstreams = ["{}"]
         assert!(back == payload, "{name}: echo differs");
     }
 }
+
+#[test]
+fn busy_polling_shards_relay_every_byte() {
+    // busy_poll changes only how a shard waits: every byte must still arrive,
+    // and the shards must say they spin.
+    let config = r#"
+[runtime]
+shards = 2
+busy_poll = "50us"
+stats_interval = "100ms"
+[[tcp]]
+name = "t"
+listen = "127.0.0.1:0"
+upstreams = ["ECHO"]
+"#;
+    let (fwd, _echo, total) = many_streams(config, 40, 0xb0b0);
+    fwd.wait_stat("close_client_eof", Duration::from_secs(10), |v| v == 40);
+    let s = fwd.stats();
+    assert_eq!(s["bytes_c2u"], total);
+    assert_eq!(s["bytes_u2c"], total);
+    let log = fwd.log();
+    assert_eq!(
+        log.matches("busy-poll 50us").count(),
+        2,
+        "each shard reports its busy-poll: {log}"
+    );
+}
