@@ -118,6 +118,10 @@ pub struct ShardStats {
     pub udp_drops: [u64; 7],
     /// Datagram receives that found the datagram buffer ring empty.
     pub udp_enobufs: u64,
+    /// Event-loop turns that handled completions, and the completions they
+    /// handled: their ratio is the batch one io_uring_enter brings back.
+    pub loop_turns: u64,
+    pub completions: u64,
 }
 
 impl ShardStats {
@@ -169,6 +173,8 @@ impl ShardStats {
         self.short_sends += other.short_sends;
         self.accept_errors += other.accept_errors;
         self.stale_completions += other.stale_completions;
+        self.loop_turns += other.loop_turns;
+        self.completions += other.completions;
         self.udp_sessions_created += other.udp_sessions_created;
         self.udp_sessions_active += other.udp_sessions_active;
         for (a, b) in self.udp_ends.iter_mut().zip(other.udp_ends.iter()) {
@@ -191,7 +197,7 @@ impl ShardStats {
             s,
             "accepted={} active={} bytes_c2u={} bytes_u2c={} connect_attempts={} connect_refused={} \
              connect_timeouts={} connect_errors={} enobufs={} recv_paused={} short_sends={} \
-             accept_errors={} stale_completions={}",
+             accept_errors={} stale_completions={} loop_turns={} completions={}",
             self.accepted,
             self.active,
             self.bytes_client_to_upstream,
@@ -204,7 +210,9 @@ impl ShardStats {
             self.recv_paused,
             self.short_sends,
             self.accept_errors,
-            self.stale_completions
+            self.stale_completions,
+            self.loop_turns,
+            self.completions
         );
         for r in CloseReason::ALL {
             let _ = write!(s, " close_{}={}", r.name(), self.closes_for(r));

@@ -353,6 +353,10 @@ impl Loop {
             self.ring.reap(&mut self.cqes);
             self.cqes.append(&mut self.synthetic);
             let now = self.now();
+            if !self.cqes.is_empty() {
+                engine.stats.loop_turns += 1;
+                engine.stats.completions += self.cqes.len() as u64;
+            }
             let mut cqes = std::mem::take(&mut self.cqes);
             for c in cqes.drain(..) {
                 if c.user_data == control_token() {
