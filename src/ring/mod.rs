@@ -463,13 +463,6 @@ impl Ring {
         unsafe { self.uring.submitter().register_buffers(&[iov]) }
     }
 
-    pub fn shutdown_write(&mut self, fd: RawFd, user_data: u64) {
-        let e = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
-            .build()
-            .user_data(user_data);
-        self.push((e, None));
-    }
-
     /// Cancels the operation whose user_data is `target`.
     pub fn cancel(&mut self, target: u64, user_data: u64) {
         let e = opcode::AsyncCancel::new(target)

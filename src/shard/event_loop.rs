@@ -532,7 +532,19 @@ impl Loop {
                     self.fail(token, libc::EINVAL);
                 }
             }
-            Op::Shutdown { token, fd } => self.ring.shutdown_write(fd, token),
+            Op::Shutdown { token, fd } => {
+                // Inline, not on the ring: see `socket::shutdown_write`. The
+                // result comes back as a completion like any other.
+                let res = match socket::shutdown_write(fd) {
+                    Ok(()) => 0,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                };
+                self.synthetic.push(Cqe {
+                    user_data: token,
+                    res,
+                    flags: 0,
+                });
+            }
             Op::CancelFd { token, fd } => self.ring.cancel_fd(fd, token),
             Op::Close { token, fd, linger0 } => {
                 if linger0 && let Err(e) = socket::set_linger0(fd) {

@@ -224,3 +224,18 @@ pub fn connected_udp(target: SocketAddr) -> io::Result<OwnedFd> {
     s.connect(&target.into())?;
     Ok(s.into())
 }
+
+/// shutdown(SHUT_WR): queue a FIN. Called directly rather than as
+/// IORING_OP_SHUTDOWN, which the kernel always runs on an io-wq worker (it has
+/// no non-blocking path): that punt — a worker wakeup and two context switches
+/// for a call that never blocks — was 23% of the forwarder's CPU at 8k
+/// connections/s (perf, tcp-crr, 2026-12-01). TCP's SHUT_WR only queues a FIN.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: no pointers; a bad fd yields EBADF/ENOTSOCK, never memory unsafety.
+    let rc = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -38,14 +38,23 @@ impl Drop for Dnsmasq {
     }
 }
 
-fn start_dnsmasq(hosts: &std::path::Path) -> Dnsmasq {
-    // A port nothing holds now; dnsmasq binds it right after (a race only
-    // with another process picking the same ephemeral port in between).
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new("dnsmasq")
+/// A port below the ephemeral range (32768-60999) that is free for both UDP
+/// and TCP now (dnsmasq binds both). Ephemeral ports would race with every
+/// socket the forwarder and other tests open.
+fn free_low_port(seed: u64) -> u16 {
+    let mut rng = ringfwd::verify::Rng::new(seed);
+    loop {
+        let port = 24_000 + rng.below(8_000) as u16;
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return port;
+        }
+    }
+}
+
+fn spawn_dnsmasq(hosts: &std::path::Path, port: u16) -> Child {
+    Command::new("dnsmasq")
         .args([
             "--keep-in-foreground",
             "--conf-file=/dev/null",
@@ -61,11 +70,27 @@ fn start_dnsmasq(hosts: &std::path::Path) -> Dnsmasq {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start dnsmasq");
-    Dnsmasq {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        .expect("start dnsmasq")
+}
+
+/// dnsmasq on a free low port, answering: if something took the port
+/// between the check and dnsmasq's bind, dnsmasq exits and another port is tried.
+fn start_dnsmasq(hosts: &std::path::Path) -> Dnsmasq {
+    for attempt in 0..5u64 {
+        let port = free_low_port(u64::from(std::process::id()) ^ (attempt << 32));
+        let mut dns = Dnsmasq {
+            child: spawn_dnsmasq(hosts, port),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let answering = wait_until(Duration::from_secs(10), || {
+            matches!(dns.child.try_wait(), Ok(Some(_)))
+                || dig(dns.addr, &["+short", "h0.ringfwd.test"]).trim() == answer_for(0)
+        });
+        if answering && matches!(dns.child.try_wait(), Ok(None)) {
+            return dns;
+        }
     }
+    panic!("dnsmasq did not start answering on any of 5 free ports");
 }
 
 /// Runs dig with `args` against `server`; returns stdout.
@@ -99,13 +124,6 @@ fn dig_through_ringfwd_to_dnsmasq_gets_every_answer_right() {
         .collect();
     std::fs::write(&hosts, lines.join("\n") + "\n").expect("write hosts");
     let dns = start_dnsmasq(&hosts);
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            dig(dns.addr, &["+short", "h0.ringfwd.test"]).trim() == answer_for(0)
-        }),
-        "dnsmasq did not answer on {}",
-        dns.addr
-    );
 
     let cfg = write_config(&format!(
         "[runtime]\nshards = 2\nstats_interval = \"100ms\"\n[[udp]]\nname = \"dns\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{}\"]\nmax_responses = 1\n",
