@@ -447,3 +447,82 @@ fn a_udp_datagram_lost_in_the_warmup_counts_when_its_timeout_expires_in_the_wind
         "the flows went on after the timeout: {v:#}"
     );
 }
+
+#[test]
+fn tcp_stream_up_to_a_sink_and_down_from_a_source_and_rr_with_a_response_size() {
+    let e = Proc::start(
+        &[
+            "echo",
+            "--tcp-sink",
+            "127.0.0.1:0",
+            "--tcp-source",
+            "127.0.0.1:0",
+            "--tcp-rr",
+            "127.0.0.1:0",
+            "--request-size",
+            "100",
+            "--response-size",
+            "3000",
+            "--shards",
+            "1",
+        ],
+        3,
+    );
+    let of = |kind: &str| {
+        e.listening
+            .iter()
+            .find(|(k, _, _)| k == kind)
+            .map(|(_, _, a)| a.to_string())
+            .unwrap_or_else(|| panic!("no {kind} listener in {:?}", e.listening))
+    };
+    let (code, v, err) = bench(&[
+        "tcp-stream",
+        "--target",
+        &of("echo-sink"),
+        "--direction",
+        "up",
+        "--connections",
+        "2",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(f(&v, "bits_per_second.up") > 1e6, "{v:#}");
+    assert_eq!(f(&v, "bytes_received"), 0.0, "a sink sends nothing: {v:#}");
+
+    let (code, v, err) = bench(&[
+        "tcp-stream",
+        "--target",
+        &of("echo-source"),
+        "--direction",
+        "down",
+        "--connections",
+        "2",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(f(&v, "bits_per_second.down") > 1e6, "{v:#}");
+    assert_eq!(f(&v, "bytes_sent"), 0.0, "a download sends nothing: {v:#}");
+
+    let (code, v, err) = bench(&[
+        "tcp-rr",
+        "--target",
+        &of("echo-rr"),
+        "--connections",
+        "4",
+        "--size",
+        "100",
+        "--response-size",
+        "3000",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_sane_rr(&v, 4.0, 3000.0);
+
+    // The wrong direction for the target is caught, not measured.
+    let (code, v, _) = bench(&[
+        "tcp-stream",
+        "--target",
+        &of("echo-source"),
+        "--direction",
+        "up",
+    ]);
+    assert_eq!(code, Some(1), "an upload to a source must fail: {v:#}");
+    assert!(f(&v, "errors.verify") >= 1.0, "{v:#}");
+}
