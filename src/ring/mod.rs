@@ -463,6 +463,19 @@ impl Ring {
         unsafe { self.uring.submitter().register_buffers(&[iov]) }
     }
 
+    /// IORING_OP_SPLICE of up to `len` bytes from `fd_in` to `fd_out` (one of
+    /// them a pipe; no offsets, so the files' positions are used, as sockets
+    /// and pipes need). The kernel always runs it on an io-wq worker, where it
+    /// blocks: from a socket until some data, EOF or an error arrives, to a
+    /// socket until `len` bytes are written. It names no memory of ours.
+    pub fn splice(&mut self, fd_in: RawFd, fd_out: RawFd, len: u32, user_data: u64) {
+        let e = opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
+            .flags(libc::SPLICE_F_MOVE)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
     /// Cancels the operation whose user_data is `target`.
     pub fn cancel(&mut self, target: u64, user_data: u64) {
         let e = opcode::AsyncCancel::new(target)

@@ -226,7 +226,7 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
 }
 
 /// The opcodes the engine issues, with the Linux version that added each.
-const REQUIRED_OPCODES: [(u8, &str, &str); 11] = [
+const REQUIRED_OPCODES: [(u8, &str, &str); 12] = [
     (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT", "5.5"),
     (opcode::RecvMulti::CODE, "IORING_OP_RECV", "5.6"),
     (opcode::Send::CODE, "IORING_OP_SEND", "5.6"),
@@ -238,6 +238,7 @@ const REQUIRED_OPCODES: [(u8, &str, &str); 11] = [
     (opcode::Close::CODE, "IORING_OP_CLOSE", "5.6"),
     (opcode::Read::CODE, "IORING_OP_READ", "5.6"),
     (opcode::Timeout::CODE, "IORING_OP_TIMEOUT", "5.4"),
+    (opcode::Splice::CODE, "IORING_OP_SPLICE", "5.7"),
 ];
 
 /// A tiny ring for probing; ENOMEM is retried briefly because the locked
