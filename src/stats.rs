@@ -122,6 +122,19 @@ pub struct ShardStats {
     /// handled: their ratio is the batch one io_uring_enter brings back.
     pub loop_turns: u64,
     pub completions: u64,
+    /// Splices into a pipe that moved data, and out of one.
+    pub splices_in: u64,
+    pub splices_out: u64,
+    /// Directions that moved from buffers to a pipe, and back.
+    pub splice_switched: u64,
+    pub splice_reverted: u64,
+    /// Pipe requests refused because the shard's `max_pipes` were all lent
+    /// (the direction stayed on buffers).
+    pub pipes_exhausted: u64,
+    /// Pipes given back with data in them (teardown mid-splice), closed and replaced.
+    pub pipes_discarded: u64,
+    /// Pipes lent to directions now (a gauge; sums across shards).
+    pub pipes_in_use: u64,
 }
 
 impl ShardStats {
@@ -188,6 +201,13 @@ impl ShardStats {
             *a += b;
         }
         self.udp_enobufs += other.udp_enobufs;
+        self.splices_in += other.splices_in;
+        self.splices_out += other.splices_out;
+        self.splice_switched += other.splice_switched;
+        self.splice_reverted += other.splice_reverted;
+        self.pipes_exhausted += other.pipes_exhausted;
+        self.pipes_discarded += other.pipes_discarded;
+        self.pipes_in_use += other.pipes_in_use;
     }
 
     /// `key=value` pairs on one line, stable names (tests and log scrapers parse them).
@@ -235,6 +255,18 @@ impl ShardStats {
         for d in DropReason::ALL {
             let _ = write!(s, " udp_drop_{}={}", d.name(), self.udp_drops_for(d));
         }
+        let _ = write!(
+            s,
+            " splices_in={} splices_out={} splice_switched={} splice_reverted={} \
+             pipes_exhausted={} pipes_discarded={} pipes_in_use={}",
+            self.splices_in,
+            self.splices_out,
+            self.splice_switched,
+            self.splice_reverted,
+            self.pipes_exhausted,
+            self.pipes_discarded,
+            self.pipes_in_use
+        );
         s
     }
 }
@@ -248,6 +280,8 @@ mod tests {
         let mut a = ShardStats {
             accepted: 1,
             enobufs: 2,
+            splices_out: 3,
+            pipes_discarded: 1,
             ..Default::default()
         };
         a.count_close(CloseReason::IdleTimeout);
@@ -256,6 +290,8 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.accepted, 2);
         assert_eq!(a.enobufs, 4);
+        assert_eq!(a.splices_out, 6);
+        assert_eq!(a.pipes_discarded, 2);
         assert_eq!(a.closes_for(CloseReason::IdleTimeout), 2);
         assert_eq!(a.closes_for(CloseReason::Shutdown), 1);
     }
@@ -271,6 +307,17 @@ mod tests {
         }
         for d in DropReason::ALL {
             assert!(s.contains(&format!("udp_drop_{}=0", d.name())), "{s}");
+        }
+        for k in [
+            "splices_in",
+            "splices_out",
+            "splice_switched",
+            "splice_reverted",
+            "pipes_exhausted",
+            "pipes_discarded",
+            "pipes_in_use",
+        ] {
+            assert!(s.contains(&format!(" {k}=0")), "{s}");
         }
     }
 }

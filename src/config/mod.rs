@@ -68,6 +68,34 @@ pub struct RuntimePlan {
     pub udp_buffers_per_shard: u32,
     /// Spin on the completion queue this long before sleeping (`None`: never).
     pub busy_poll: Option<Duration>,
+    /// Which TCP relay directions move their bytes with splice.
+    pub splice: SpliceMode,
+    /// Pipes per shard for spliced directions (each one direction at a time).
+    pub max_pipes: u32,
+    /// Capacity asked for each pipe (F_SETPIPE_SZ), bytes, a power of two.
+    pub pipe_size: u32,
+}
+
+/// `runtime.splice`: which relay directions splice (socket → pipe → socket)
+/// instead of copying through the shard's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceMode {
+    /// Never: every direction uses buffers.
+    Off,
+    /// A direction switches to a pipe once it looks like a bulk transfer.
+    Auto,
+    /// Every direction splices from its first byte (testing, pure bulk deployments).
+    Always,
+}
+
+impl SpliceMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SpliceMode::Off => "off",
+            SpliceMode::Auto => "auto",
+            SpliceMode::Always => "always",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

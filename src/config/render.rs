@@ -7,7 +7,9 @@
 use std::fmt::{self, Display, Formatter};
 
 use super::units::{format_duration, format_size};
-use super::{EchoMode, EchoPlan, Plan, Proto, RuntimePlan, TcpListenerPlan, UdpListenerPlan};
+use super::{
+    EchoMode, EchoPlan, Plan, Proto, RuntimePlan, SpliceMode, TcpListenerPlan, UdpListenerPlan,
+};
 
 /// Pretty resolved plan for `ringfwd check`: every value with defaults filled in, in TOML-like
 /// form, sizes and durations in human units, plus each tcp listener's per-shard
@@ -67,6 +69,28 @@ fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan, udp: bool) -> fmt
         .busy_poll
         .map_or_else(|| "off".to_owned(), format_duration);
     writeln!(f, "busy_poll = \"{spin}\"")?;
+    writeln!(f, "splice = \"{}\"", runtime.splice.name())?;
+    if runtime.splice == SpliceMode::Off {
+        writeln!(
+            f,
+            "max_pipes = {}  # unused: splice is off",
+            runtime.max_pipes
+        )?;
+    } else {
+        let shards = u64::try_from(runtime.shards).unwrap_or(u64::MAX);
+        writeln!(
+            f,
+            "max_pipes = {}  # per shard: {} descriptors; {} pipes in total",
+            runtime.max_pipes,
+            u64::from(runtime.max_pipes) * 2,
+            u64::from(runtime.max_pipes).saturating_mul(shards)
+        )?;
+    }
+    writeln!(
+        f,
+        "pipe_size = \"{}\"  # capped by fs.pipe-max-size without CAP_SYS_RESOURCE",
+        format_size(runtime.pipe_size.into())
+    )?;
     writeln!(f, "max_datagram = {}", runtime.max_datagram)?;
     writeln!(
         f,

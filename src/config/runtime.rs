@@ -7,9 +7,9 @@ use std::time::Duration;
 use super::error::{COMMAND_LINE, ConfigError, Origin};
 use super::raw::{Field, Section};
 use super::units::format_size;
-use super::{HostFacts, Overrides, RuntimePlan};
+use super::{HostFacts, Overrides, RuntimePlan, SpliceMode};
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 14] = [
     "shards",
     "cpus",
     "buffer_size",
@@ -21,6 +21,9 @@ const KEYS: [&str; 11] = [
     "max_datagram",
     "udp_buffers_per_shard",
     "busy_poll",
+    "splice",
+    "max_pipes",
+    "pipe_size",
 ];
 
 pub(super) const MAX_SHARDS: usize = 1024;
@@ -47,6 +50,19 @@ const UDP_BUFFERS_PER_SHARD: RangeInclusive<u32> = 8..=32768;
 const DEFAULT_UDP_BUFFERS_PER_SHARD: u32 = 512;
 /// Longer spins than this only burn CPU: a wakeup costs ~150 µs here.
 const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+/// Each pipe is two descriptors, and each spliced direction may hold an
+/// io-wq kernel thread while it waits: thousands per shard would be a typo.
+const MAX_PIPES: RangeInclusive<u32> = 1..=4096;
+/// Pipes lent at once per shard: enough for every bulk transfer a shard
+/// keeps busy (its CPU saturates well before; see tuning.md, "Bulk: splice"),
+/// few enough that all of them blocked in io-wq stay cheap (64 kernel threads
+/// and 128 descriptors per shard).
+const DEFAULT_MAX_PIPES: u32 = 64;
+/// 4 KiB is one page, the smallest pipe; beyond 64 MiB a pipe only pins memory.
+const PIPE_SIZE: RangeInclusive<u64> = (4 << 10)..=(64 << 20);
+/// 1 MiB: the most an unprivileged process may ask (fs.pipe-max-size's
+/// default), and the fastest size measured (tuning.md, "Bulk: splice").
+const DEFAULT_PIPE_SIZE: u32 = 1 << 20;
 
 const WIDEN: &str = "widen the CPU set (taskset / cgroup cpuset)";
 
@@ -122,7 +138,61 @@ pub(super) fn resolve(
             "udp_buffers_per_shard = 512",
         )?,
         busy_poll: busy_poll(get("busy_poll"), overrides)?,
+        splice: splice_mode(get("splice"))?,
+        max_pipes: count(
+            get("max_pipes"),
+            MAX_PIPES,
+            DEFAULT_MAX_PIPES,
+            "max_pipes = 64 (or splice = \"off\" for none)",
+        )?,
+        pipe_size: pipe_size(get("pipe_size"))?,
     })
+}
+
+fn splice_mode(field: Option<Field<'_>>) -> Result<SpliceMode, ConfigError> {
+    let Some(field) = field else {
+        return Ok(SpliceMode::Auto);
+    };
+    let example = "splice = \"auto\" (or \"off\", \"always\")";
+    let text = field.string(example)?;
+    match text.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(SpliceMode::Auto),
+        "off" => Ok(SpliceMode::Off),
+        "always" => Ok(SpliceMode::Always),
+        _ => Err(field.error(format!(
+            "{} is not a splice mode; use \"auto\" (bulk transfers splice), \"off\" (never) or \"always\" (every direction), like {example}",
+            field.shown()
+        ))),
+    }
+}
+
+fn pipe_size(field: Option<Field<'_>>) -> Result<u32, ConfigError> {
+    let Some(field) = field else {
+        return Ok(DEFAULT_PIPE_SIZE);
+    };
+    let example = "pipe_size = \"1MiB\"";
+    let bytes = field.size(example)?;
+    let Some(size) = PIPE_SIZE
+        .contains(&bytes)
+        .then(|| u32::try_from(bytes).ok())
+        .flatten()
+    else {
+        return Err(field.error(format!(
+            "{} is out of range; use a power of two from {} to {}, like {example}",
+            field.shown(),
+            format_size(*PIPE_SIZE.start()),
+            format_size(*PIPE_SIZE.end())
+        )));
+    };
+    if !size.is_power_of_two() {
+        return Err(field.error(format!(
+            "{} is not a power of two (the kernel sizes pipes in powers of two of pages); use {} or {}, like {example}",
+            field.shown(),
+            format_size(u64::from(size.next_power_of_two() / 2)),
+            format_size(u64::from(size.next_power_of_two()))
+        )));
+    }
+    Ok(size)
 }
 
 /// `busy_poll = "50us"` (or `--busy-poll`): how long a shard spins on its

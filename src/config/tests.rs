@@ -76,6 +76,9 @@ fn full_file_resolves_to_the_exact_plan() {
         ring_entries = 4096
         drain_timeout = "1m30s"
         stats_interval = "off"
+        splice = "always"
+        max_pipes = 8
+        pipe_size = "256KiB"
 
         [[tcp]]
         name = "web"
@@ -103,6 +106,9 @@ fn full_file_resolves_to_the_exact_plan() {
             max_datagram: 65507,
             udp_buffers_per_shard: 512,
             busy_poll: None,
+            splice: SpliceMode::Always,
+            max_pipes: 8,
+            pipe_size: 256 << 10,
         },
         tcp: vec![
             TcpListenerPlan {
@@ -145,6 +151,9 @@ fn defaults_fill_every_missing_value() {
         max_datagram: 65507,
         udp_buffers_per_shard: 512,
         busy_poll: None,
+        splice: SpliceMode::Auto,
+        max_pipes: 64,
+        pipe_size: 1 << 20,
     };
     assert_eq!(plan.runtime, want);
     let tcp = &plan.tcp[0];
@@ -382,6 +391,37 @@ fn runtime_rejections_name_the_key_and_the_value() {
             &["\"20ms\"", "10ms maximum"],
         ),
         ("busy_poll = 50", "runtime.busy_poll", &["50", "unit"]),
+        (
+            "splice = \"yes\"",
+            "runtime.splice",
+            &["\"yes\"", "\"auto\"", "\"off\"", "\"always\""],
+        ),
+        (
+            "splice = true",
+            "runtime.splice",
+            &["true", "splice = \"auto\""],
+        ),
+        (
+            "max_pipes = 0",
+            "runtime.max_pipes",
+            &["0 is out of range", "1 to 4096"],
+        ),
+        (
+            "max_pipes = 5000",
+            "runtime.max_pipes",
+            &["5000", "splice = \"off\""],
+        ),
+        (
+            "pipe_size = \"1KiB\"",
+            "runtime.pipe_size",
+            &["\"1KiB\"", "out of range", "4KiB to 64MiB"],
+        ),
+        (
+            "pipe_size = \"100KiB\"",
+            "runtime.pipe_size",
+            &["\"100KiB\"", "power of two", "64KiB or 128KiB"],
+        ),
+        ("pipe_size = \"1x\"", "runtime.pipe_size", &["\"1x\""]),
     ];
     for (runtime, key, needles) in cases {
         assert_runtime_rejected(runtime, key, needles);
@@ -409,6 +449,31 @@ fn busy_poll_is_off_by_default_and_a_flag_overrides_the_file() {
     assert_eq!(err.key, "--busy-poll", "{err}");
     let err = Plan::resolve(Some((FILE, LISTENER)), &flag("fast"), &host(4)).unwrap_err();
     assert!(err.to_string().contains("--busy-poll"), "{err}");
+}
+
+#[test]
+fn splice_keys_resolve_and_off_says_the_pipes_are_unused() {
+    for (written, want) in [
+        ("off", SpliceMode::Off),
+        ("Auto", SpliceMode::Auto),
+        ("always", SpliceMode::Always),
+    ] {
+        let text = format!("[runtime]\nsplice = \"{written}\"\n{LISTENER}");
+        assert_eq!(resolve_file(&text).unwrap().runtime.splice, want);
+    }
+    let text =
+        format!("[runtime]\nsplice = \"off\"\nmax_pipes = 2\npipe_size = \"64KiB\"\n{LISTENER}");
+    let plan = resolve_file(&text).unwrap();
+    assert_eq!(
+        (plan.runtime.max_pipes, plan.runtime.pipe_size),
+        (2, 64 << 10)
+    );
+    let shown = plan.to_string();
+    assert!(
+        shown.contains("max_pipes = 2  # unused: splice is off"),
+        "{shown}"
+    );
+    assert_eq!(resolve_file(&shown), Ok(plan));
 }
 
 #[test]
@@ -956,6 +1021,9 @@ fn display_shows_every_value_and_round_trips() {
         "ring_entries = 2048  # completion queue: 16384 entries",
         "drain_timeout = \"1m30s\"",
         "stats_interval = \"off\"",
+        "splice = \"auto\"",
+        "max_pipes = 64  # per shard: 128 descriptors; 192 pipes in total",
+        "pipe_size = \"1MiB\"  # capped by fs.pipe-max-size without CAP_SYS_RESOURCE",
         "# receive buffers: 64MiB per shard, 192MiB in total",
         "[[tcp]]",
         "name = \"web\"",

@@ -16,7 +16,7 @@ use crate::config::units::format_duration;
 use crate::config::{EchoMode, Plan, Proto};
 use crate::shard::engine::{ListenerKind, ListenerSpec, RouteSpec};
 use crate::shard::event_loop::{
-    self, Command, Control, Report, RouteSetup, ShardSetup, UdpRouteSetup,
+    self, Command, Control, Report, RouteSetup, ShardSetup, SpliceSetup, UdpRouteSetup,
 };
 use crate::shard::udp::{UdpKind, UdpListenerSpec, UdpRouteSpec};
 use crate::stats::ShardStats;
@@ -102,6 +102,25 @@ fn datagram_buffers(plan: &Plan) -> u32 {
     }
 }
 
+/// The shards' splice relay: pipes only where a TCP relay can use them.
+fn splice_setup(plan: &Plan) -> SpliceSetup {
+    use crate::config::SpliceMode as Planned;
+    use crate::tcp::splice::SpliceMode;
+    let mode = match plan.runtime.splice {
+        Planned::Off => return SpliceSetup::OFF,
+        Planned::Auto => SpliceMode::Auto,
+        Planned::Always => SpliceMode::Always,
+    };
+    if plan.tcp.is_empty() {
+        return SpliceSetup::OFF;
+    }
+    SpliceSetup {
+        mode,
+        max_pipes: plan.runtime.max_pipes,
+        pipe_size: plan.runtime.pipe_size,
+    }
+}
+
 /// Host checks that do not create sockets (shared by `run` and `check`).
 pub fn check_host(plan: &Plan) -> Result<Vec<String>, HostError> {
     host::check_io_uring()?;
@@ -123,7 +142,9 @@ pub fn check_host(plan: &Plan) -> Result<Vec<String>, HostError> {
         .chain(plan.udp.iter().map(|u| u64::from(u.max_sessions)))
         .sum();
     let listeners = (plan.tcp.len() + plan.udp.len() + plan.echo.len()) as u64 * rt.shards as u64;
-    if let Some(w) = host::ensure_nofile(conns + listeners + 64) {
+    // And each splice pipe two, made at shard start.
+    let pipes = u64::from(splice_setup(plan).max_pipes) * 2 * rt.shards as u64;
+    if let Some(w) = host::ensure_nofile(conns + listeners + pipes + 64) {
         notes.push(w);
     }
     Ok(notes)
@@ -285,6 +306,7 @@ impl Runtime {
                 datagram_buffers: datagram_buffers(plan),
                 max_datagram: rt.max_datagram,
                 busy_poll: rt.busy_poll,
+                splice: splice_setup(plan),
                 udp_listeners: shard_udp,
                 udp_routes: udp_routes.clone(),
             };

@@ -16,6 +16,7 @@ use crate::stats::{CloseReason, ShardStats};
 use crate::tcp::echo::Echo;
 use crate::tcp::relay::{Relay, RelayConfig};
 use crate::tcp::serve::{ServeMode, Server};
+use crate::tcp::splice::{PipeId, SpliceConfig, SpliceEnd};
 use crate::tcp::{ConnOp, RecvEvent, Side};
 use crate::time::Millis;
 use crate::time::wheel::TimerWheel;
@@ -151,6 +152,111 @@ pub enum Op {
     ReleaseDatagram {
         bid: u16,
     },
+    /// IORING_OP_SPLICE of up to `len` bytes from `fd_in` to `fd_out` (a
+    /// socket and a pipe end, one way or the other).
+    Splice {
+        token: u64,
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: u32,
+    },
+    /// Pipe `pipe` came back with data in it (no splice names it): close
+    /// `fds` and make a replacement, reported with `Engine::restore_pipe`.
+    /// No completion.
+    ReplacePipe {
+        pipe: u16,
+        fds: PipeFds,
+    },
+}
+
+/// The two ends of one of the shard's pipes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PipeFds {
+    pub read: RawFd,
+    pub write: RawFd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PipeSlot {
+    Free(PipeFds),
+    Lent(PipeFds),
+    /// Discarded; the event loop is making a replacement.
+    Replacing,
+    /// Discarded and could not be replaced: the budget is one smaller.
+    Gone,
+}
+
+/// The shard's bounded pipe budget (HAProxy's `maxpipes`): pipes are lent
+/// to spliced directions and come back when they stop splicing.
+#[derive(Debug, Default)]
+struct PipePool {
+    slots: Vec<PipeSlot>,
+    free: Vec<u16>,
+}
+
+impl PipePool {
+    fn new(pipes: &[PipeFds]) -> PipePool {
+        let n = pipes.len().min(usize::from(u16::MAX));
+        PipePool {
+            slots: pipes.iter().take(n).map(|&f| PipeSlot::Free(f)).collect(),
+            // Lend low ids first (pop from the end).
+            free: (0..n as u16).rev().collect(),
+        }
+    }
+
+    fn take(&mut self) -> Option<PipeId> {
+        let id = self.free.pop()?;
+        let slot = self.slots.get_mut(usize::from(id))?;
+        match *slot {
+            PipeSlot::Free(f) => {
+                *slot = PipeSlot::Lent(f);
+                Some(PipeId(id))
+            }
+            _ => None,
+        }
+    }
+
+    /// The ends of a lent pipe.
+    fn lent(&self, id: PipeId) -> Option<PipeFds> {
+        match self.slots.get(usize::from(id.0))? {
+            PipeSlot::Lent(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Takes a lent pipe back: `Some(fds)` when it must be replaced.
+    fn give_back(&mut self, id: PipeId, clean: bool) -> Option<PipeFds> {
+        let slot = self.slots.get_mut(usize::from(id.0))?;
+        let PipeSlot::Lent(f) = *slot else {
+            return None;
+        };
+        if clean {
+            *slot = PipeSlot::Free(f);
+            self.free.push(id.0);
+            None
+        } else {
+            *slot = PipeSlot::Replacing;
+            Some(f)
+        }
+    }
+
+    fn restore(&mut self, id: u16, fds: Option<PipeFds>) {
+        if let Some(slot) = self.slots.get_mut(usize::from(id))
+            && *slot == PipeSlot::Replacing
+        {
+            match fds {
+                Some(f) => {
+                    *slot = PipeSlot::Free(f);
+                    self.free.push(id);
+                }
+                None => *slot = PipeSlot::Gone,
+            }
+        }
+    }
+
+    fn count(&self, pred: impl Fn(&PipeSlot) -> bool) -> usize {
+        self.slots.iter().filter(|s| pred(s)).count()
+    }
 }
 
 /// Which recvmsg layout (name and control space) a receive uses.
@@ -233,6 +339,10 @@ pub struct EngineConfig {
     pub datagram_buffers: u32,
     pub udp_listeners: Vec<UdpListenerSpec>,
     pub udp_routes: Vec<UdpRouteSpec>,
+    /// Which relay directions splice, and how.
+    pub splice: SpliceConfig,
+    /// The shard's pipes (its `max_pipes`); none: nothing splices.
+    pub pipes: Vec<PipeFds>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -343,6 +453,10 @@ pub struct Engine {
     pub(super) ops: Vec<Op>,
     scratch: Vec<ConnOp>,
     pub(super) log: LogBudget,
+    splice: SpliceConfig,
+    pipes: PipePool,
+    /// Pipe requests of the connection being lowered (answered at once).
+    pipe_wants: Vec<Side>,
 }
 
 pub(super) fn result(res: i32) -> Result<u32, i32> {
@@ -395,6 +509,11 @@ impl Engine {
             .into_iter()
             .map(|spec| UdpListener::new(spec, &cfg.udp_routes))
             .collect();
+        let splice = if cfg.pipes.is_empty() {
+            SpliceConfig::OFF
+        } else {
+            cfg.splice
+        };
         Engine {
             shard: cfg.shard,
             conns: Slab::default(),
@@ -423,7 +542,27 @@ impl Engine {
                 used: 0,
                 suppressed: 0,
             },
+            splice,
+            pipes: PipePool::new(&cfg.pipes),
+            pipe_wants: Vec::with_capacity(2),
         }
+    }
+
+    /// Pipes in the pool, and how many of them are not lent (tests and diagnostics).
+    pub fn pipes(&self) -> (usize, usize) {
+        let free = self.pipes.count(|s| matches!(s, PipeSlot::Free(_)));
+        (self.pipes.slots.len(), free)
+    }
+
+    /// The event loop replaced a discarded pipe (`None`: it could not).
+    pub fn restore_pipe(&mut self, pipe: u16, fds: Option<PipeFds>) {
+        if fds.is_none() {
+            warn!(
+                shard = self.shard,
+                pipe, "a discarded pipe could not be replaced; the shard has one pipe fewer"
+            );
+        }
+        self.pipes.restore(pipe, fds);
     }
 
     /// Arms accept on every listener.
@@ -444,6 +583,7 @@ impl Engine {
         let mut s = self.stats.clone();
         s.active = self.conns.len() as u64;
         s.udp_sessions_active = self.sessions.len() as u64;
+        s.pipes_in_use = self.pipes.count(|p| matches!(p, PipeSlot::Lent(_))) as u64;
         s
     }
 
@@ -711,7 +851,7 @@ impl Engine {
                     cap: self.cap,
                 };
                 l.rr = (l.rr + 1) % n;
-                let mut relay = Relay::new(cfg, now);
+                let mut relay = Relay::with_splice(cfg, self.splice, now);
                 relay.start(&mut self.scratch);
                 Logic::Relay(relay)
             }
@@ -786,6 +926,9 @@ impl Engine {
         match &mut conn.logic {
             Logic::Relay(r) => match token.kind {
                 OpKind::Send => r.handle_sent(side, result(res), now, out, stats),
+                OpKind::SpliceIn => r.handle_splice_in(side, result(res), now, out, stats),
+                OpKind::SpliceOut => r.handle_splice_out(side, result(res), now, out, stats),
+                OpKind::CancelSplice => r.handle_cancel(out),
                 OpKind::Socket => r.handle_socket(unit(res), out, stats),
                 OpKind::Connect => r.handle_connect(unit(res), now, out, stats),
                 OpKind::ConnectTimeout => r.handle_connect_timeout(out),
@@ -835,76 +978,132 @@ impl Engine {
             _ => 0,
         };
         let tok = |kind, side| Token::new(kind, side, slot).encode();
-        for op in self.scratch.drain(..) {
-            let fds = &mut conn.fds;
-            let fd = |side: Side| fds[side.index()].unwrap_or(-1);
-            let lowered = match op {
-                ConnOp::OpenUpstream { upstream } => Op::Socket {
-                    token: tok(OpKind::Socket, Side::Upstream),
-                    route,
-                    upstream,
-                },
-                ConnOp::Connect { upstream } => Op::Connect {
-                    token: tok(OpKind::Connect, Side::Upstream),
-                    timeout_token: tok(OpKind::ConnectTimeout, Side::Upstream),
-                    fd: fd(Side::Upstream),
-                    route,
-                    upstream,
-                },
-                ConnOp::ArmRecv(side) => Op::RecvMulti {
-                    token: tok(OpKind::Recv, side),
-                    fd: fd(side),
-                },
-                ConnOp::CancelRecv(side) => Op::CancelOne {
-                    token: tok(OpKind::CancelRecv, side),
-                    target: tok(OpKind::Recv, side),
-                },
-                ConnOp::Send {
-                    side,
-                    bid,
-                    offset,
-                    len,
-                } => Op::Send {
-                    token: tok(OpKind::Send, side),
-                    fd: fd(side),
-                    bid,
-                    offset,
-                    len,
-                },
-                ConnOp::SendRegion { side, offset, len } => Op::SendRegion {
-                    token: tok(OpKind::Send, side),
-                    fd: fd(side),
-                    offset,
-                    len,
-                },
-                ConnOp::Shutdown(side) => Op::Shutdown {
-                    token: tok(OpKind::Shutdown, side),
-                    fd: fd(side),
-                },
-                ConnOp::CancelAll(side) => Op::CancelFd {
-                    token: tok(OpKind::CancelAll, side),
-                    fd: fd(side),
-                },
-                ConnOp::Close { side, linger0 } => Op::Close {
-                    token: tok(OpKind::Close, side),
-                    fd: fds[side.index()].take().unwrap_or(-1),
-                    linger0,
-                },
-                ConnOp::Discard => Op::Close {
-                    token: tok(OpKind::Discard, Side::Upstream),
-                    fd: fds[Side::Upstream.index()].take().unwrap_or(-1),
-                    linger0: false,
-                },
-                ConnOp::Release(bid) => {
-                    self.held = self.held.saturating_sub(1);
-                    Op::Release { bid }
+        // Pipe requests are answered at once, and the answer's operations
+        // lowered in turn.
+        loop {
+            for op in self.scratch.drain(..) {
+                let fds = &mut conn.fds;
+                let fd = |side: Side| fds[side.index()].unwrap_or(-1);
+                let lowered = match op {
+                    ConnOp::OpenUpstream { upstream } => Op::Socket {
+                        token: tok(OpKind::Socket, Side::Upstream),
+                        route,
+                        upstream,
+                    },
+                    ConnOp::Connect { upstream } => Op::Connect {
+                        token: tok(OpKind::Connect, Side::Upstream),
+                        timeout_token: tok(OpKind::ConnectTimeout, Side::Upstream),
+                        fd: fd(Side::Upstream),
+                        route,
+                        upstream,
+                    },
+                    ConnOp::ArmRecv(side) => Op::RecvMulti {
+                        token: tok(OpKind::Recv, side),
+                        fd: fd(side),
+                    },
+                    ConnOp::CancelRecv(side) => Op::CancelOne {
+                        token: tok(OpKind::CancelRecv, side),
+                        target: tok(OpKind::Recv, side),
+                    },
+                    ConnOp::Send {
+                        side,
+                        bid,
+                        offset,
+                        len,
+                    } => Op::Send {
+                        token: tok(OpKind::Send, side),
+                        fd: fd(side),
+                        bid,
+                        offset,
+                        len,
+                    },
+                    ConnOp::SendRegion { side, offset, len } => Op::SendRegion {
+                        token: tok(OpKind::Send, side),
+                        fd: fd(side),
+                        offset,
+                        len,
+                    },
+                    ConnOp::Shutdown(side) => Op::Shutdown {
+                        token: tok(OpKind::Shutdown, side),
+                        fd: fd(side),
+                    },
+                    ConnOp::CancelAll(side) => Op::CancelFd {
+                        token: tok(OpKind::CancelAll, side),
+                        fd: fd(side),
+                    },
+                    ConnOp::Close { side, linger0 } => Op::Close {
+                        token: tok(OpKind::Close, side),
+                        fd: fds[side.index()].take().unwrap_or(-1),
+                        linger0,
+                    },
+                    ConnOp::Discard => Op::Close {
+                        token: tok(OpKind::Discard, Side::Upstream),
+                        fd: fds[Side::Upstream.index()].take().unwrap_or(-1),
+                        linger0: false,
+                    },
+                    ConnOp::Release(bid) => {
+                        self.held = self.held.saturating_sub(1);
+                        Op::Release { bid }
+                    }
+                    ConnOp::Starved(side) => {
+                        self.starved.push_back((slot, side));
+                        continue;
+                    }
+                    ConnOp::SpliceIn { side, pipe, len } => Op::Splice {
+                        token: tok(OpKind::SpliceIn, side),
+                        fd_in: fd(side),
+                        fd_out: self.pipes.lent(pipe).map_or(-1, |p| p.write),
+                        len,
+                    },
+                    ConnOp::SpliceOut { side, pipe, len } => Op::Splice {
+                        token: tok(OpKind::SpliceOut, side),
+                        fd_in: self.pipes.lent(pipe).map_or(-1, |p| p.read),
+                        fd_out: fd(side),
+                        len,
+                    },
+                    ConnOp::CancelSplice { side, end } => {
+                        let target = match end {
+                            SpliceEnd::In => OpKind::SpliceIn,
+                            SpliceEnd::Out => OpKind::SpliceOut,
+                        };
+                        Op::CancelOne {
+                            token: tok(OpKind::CancelSplice, side),
+                            target: tok(target, side),
+                        }
+                    }
+                    ConnOp::WantPipe(side) => {
+                        self.pipe_wants.push(side);
+                        continue;
+                    }
+                    ConnOp::ReturnPipe { pipe, clean } => match self.pipes.give_back(pipe, clean) {
+                        Some(fds) => {
+                            self.stats.pipes_discarded += 1;
+                            Op::ReplacePipe { pipe: pipe.0, fds }
+                        }
+                        None => continue,
+                    },
+                };
+                self.ops.push(lowered);
+            }
+            if self.pipe_wants.is_empty() {
+                break;
+            }
+            let wants = std::mem::take(&mut self.pipe_wants);
+            for &side in &wants {
+                let grant = self.pipes.take();
+                match &mut conn.logic {
+                    Logic::Relay(r) => {
+                        r.handle_pipe(side, grant, now, &mut self.scratch, &mut self.stats)
+                    }
+                    Logic::Echo(_) | Logic::Serve(_) => {
+                        if let Some(p) = grant {
+                            let _ = self.pipes.give_back(p, true);
+                        }
+                    }
                 }
-                ConnOp::Starved(side) => {
-                    self.starved.push_back((slot, side));
-                    continue;
-                }
-            };
-            self.ops.push(lowered);
+            }
+            self.pipe_wants = wants;
+            self.pipe_wants.clear();
         }
 
         let (finished, deadline) = match &conn.logic {

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::engine::{Engine, EngineConfig, ListenerSpec, Mode, Op, RecvTemplate, RouteSpec};
+use super::engine::{
+    Engine, EngineConfig, ListenerSpec, Mode, Op, PipeFds, RecvTemplate, RouteSpec,
+};
 use super::token::{OpKind, SlotId, Token};
 use super::udp::{DatagramMeta, UdpListenerSpec, UdpRouteSpec};
 use crate::ring::TemplateId;
@@ -19,8 +21,9 @@ use crate::ring::datagram::{CONTROL_SPACE, Layout, NAME_SPACE};
 use crate::ring::{Cqe, RegionId, Ring, SendKind, SockType, TargetId, TimeoutId};
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
-use crate::sys::socket;
+use crate::sys::{pipe, socket};
 use crate::tcp::Side;
+use crate::tcp::splice::{SpliceConfig, SpliceMode};
 use crate::time::Millis;
 
 /// The longest the loop sleeps without a timer due: commands wake it anyway,
@@ -53,10 +56,73 @@ pub struct ShardSetup {
     pub max_datagram: u32,
     /// Spin on the completion queue this long before sleeping.
     pub busy_poll: Option<Duration>,
+    /// Which relay directions splice, through how many pipes of what size.
+    pub splice: SpliceSetup,
     /// UDP listeners, and whether each is bound to a wildcard address (then
     /// replies need the destination address the client used: IP_PKTINFO).
     pub udp_listeners: Vec<(UdpListenerSpec, OwnedFd, bool)>,
     pub udp_routes: Vec<UdpRouteSetup>,
+}
+
+/// The splice relay of a shard: `max_pipes` pipes of `pipe_size` bytes,
+/// made at start (none when `mode` is off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpliceSetup {
+    pub mode: SpliceMode,
+    pub max_pipes: u32,
+    pub pipe_size: u32,
+}
+
+impl SpliceSetup {
+    pub const OFF: SpliceSetup = SpliceSetup {
+        mode: SpliceMode::Off,
+        max_pipes: 0,
+        pipe_size: 0,
+    };
+}
+
+/// Makes the shard's pipes; says in the log what the kernel would not give.
+fn make_pipes(shard: usize, s: SpliceSetup) -> Vec<Option<pipe::Pipe>> {
+    if s.mode == SpliceMode::Off {
+        return Vec::new();
+    }
+    let mut pipes = Vec::with_capacity(s.max_pipes as usize);
+    for _ in 0..s.max_pipes {
+        match pipe::Pipe::new(s.pipe_size) {
+            Ok(p) => pipes.push(Some(p)),
+            Err(e) => {
+                warn!(
+                    shard,
+                    made = pipes.len(),
+                    max_pipes = s.max_pipes,
+                    error = %e,
+                    "creating the splice pipes failed part-way; the rest of the budget is not available (EMFILE: raise `ulimit -n`)"
+                );
+                break;
+            }
+        }
+    }
+    let got = pipes
+        .iter()
+        .flatten()
+        .map(pipe::Pipe::size)
+        .min()
+        .unwrap_or(0);
+    let want = pipe::rounded(s.pipe_size);
+    if !pipes.is_empty() && got < want {
+        let limit = pipe::max_size().unwrap_or(0);
+        let (sysctl, value) = if want > limit {
+            (pipe::MAX_SIZE_SYSCTL, want.to_string())
+        } else {
+            // Within the size limit, but this user's pipes are over their page budget.
+            (pipe::USER_PAGES_SYSCTL, "<pages>".to_owned())
+        };
+        warn!(
+            shard,
+            "runtime.pipe_size = {want} bytes asked, the kernel granted {got} (capped by {sysctl}); raise it with `sysctl -w {sysctl}={value}`"
+        );
+    }
+    pipes
 }
 
 /// A UDP forwarding route as the shard needs it.
@@ -222,6 +288,21 @@ pub fn run(setup: ShardSetup, control: Control) {
             spec
         })
         .collect();
+    let pipes = make_pipes(shard, setup.splice);
+    let pipe_size = pipes
+        .iter()
+        .flatten()
+        .map(pipe::Pipe::size)
+        .min()
+        .unwrap_or(0);
+    let pipe_fds = pipes
+        .iter()
+        .flatten()
+        .map(|p| PipeFds {
+            read: p.read_fd(),
+            write: p.write_fd(),
+        })
+        .collect();
     let started = Instant::now();
     let mut engine = Engine::new(
         EngineConfig {
@@ -233,6 +314,12 @@ pub fn run(setup: ShardSetup, control: Control) {
             datagram_buffers: setup.datagram_buffers,
             udp_listeners,
             udp_routes,
+            splice: SpliceConfig {
+                mode: setup.splice.mode,
+                pipe_size,
+                buffer_size: setup.buffer_size,
+            },
+            pipes: pipe_fds,
         },
         0,
     );
@@ -261,6 +348,17 @@ pub fn run(setup: ShardSetup, control: Control) {
             crate::config::units::format_duration(spin)
         ));
     }
+    if setup.splice.mode != SpliceMode::Off {
+        let mode = match setup.splice.mode {
+            SpliceMode::Always => "always",
+            SpliceMode::Auto | SpliceMode::Off => "auto",
+        };
+        describe.push_str(&format!(
+            ", splice {mode}: {} pipes x {} bytes",
+            pipes.len(),
+            pipe_size
+        ));
+    }
     let mut lp = Loop {
         shard,
         ring,
@@ -277,6 +375,8 @@ pub fn run(setup: ShardSetup, control: Control) {
         synthetic: Vec::new(),
         started,
         busy_poll: setup.busy_poll,
+        pipes,
+        pipe_size: setup.splice.pipe_size,
     };
     lp.arm_control();
     engine.start();
@@ -311,6 +411,10 @@ struct Loop {
     synthetic: Vec<Cqe>,
     started: Instant,
     busy_poll: Option<Duration>,
+    /// The pipes the engine lends to spliced directions, by pipe id (closed
+    /// when the loop is dropped, after every operation came back).
+    pipes: Vec<Option<pipe::Pipe>>,
+    pipe_size: u32,
 }
 
 impl Loop {
@@ -437,7 +541,7 @@ impl Loop {
         engine.take_ops(&mut self.ops);
         let mut ops = std::mem::take(&mut self.ops);
         for op in ops.drain(..) {
-            self.execute_one(op);
+            self.execute_one(op, engine);
         }
         self.ops = ops;
         self.ring.publish_buffers();
@@ -451,8 +555,15 @@ impl Loop {
         });
     }
 
-    fn execute_one(&mut self, op: Op) {
+    fn execute_one(&mut self, op: Op, engine: &mut Engine) {
         match op {
+            Op::Splice {
+                token,
+                fd_in,
+                fd_out,
+                len,
+            } => self.ring.splice(fd_in, fd_out, len, token),
+            Op::ReplacePipe { pipe, fds } => self.replace_pipe(pipe, fds, engine),
             Op::AcceptMulti { token, fd } => self.ring.accept_multi(fd, token),
             Op::CancelAccept { token, target } | Op::CancelOne { token, target } => {
                 self.ring.cancel(target, token)
@@ -637,6 +748,41 @@ impl Loop {
                 {
                     self.fail(token, libc::EINVAL);
                 }
+            }
+        }
+    }
+
+    /// Closes a pipe given back with data in it (no splice names it any
+    /// more) and makes a new one in its place: rare (a teardown mid-splice),
+    /// so the two syscalls outside the ring do not matter.
+    fn replace_pipe(&mut self, id: u16, fds: PipeFds, engine: &mut Engine) {
+        let Some(slot) = self.pipes.get_mut(usize::from(id)) else {
+            return;
+        };
+        let matches = slot
+            .as_ref()
+            .is_some_and(|p| p.read_fd() == fds.read && p.write_fd() == fds.write);
+        if !matches {
+            warn!(
+                shard = self.shard,
+                pipe = id,
+                "replace of an unknown pipe ignored"
+            );
+            return;
+        }
+        *slot = None;
+        match pipe::Pipe::new(self.pipe_size) {
+            Ok(p) => {
+                let fresh = PipeFds {
+                    read: p.read_fd(),
+                    write: p.write_fd(),
+                };
+                *slot = Some(p);
+                engine.restore_pipe(id, Some(fresh));
+            }
+            Err(e) => {
+                warn!(shard = self.shard, error = %e, "creating a replacement pipe failed");
+                engine.restore_pipe(id, None);
             }
         }
     }

@@ -45,6 +45,12 @@ pub enum OpKind {
     /// Cancel of a UDP listener's recvmsg (shutdown).
     UdpListenCancel = 25,
     UdpListenClose = 26,
+    /// Splice from the socket of `side` into the direction's pipe.
+    SpliceIn = 27,
+    /// Splice from the direction's pipe to the socket of `side`.
+    SpliceOut = 28,
+    /// Cancel of a splice (by its token).
+    CancelSplice = 29,
 }
 
 impl OpKind {
@@ -77,6 +83,9 @@ impl OpKind {
             24 => UdpClose,
             25 => UdpListenCancel,
             26 => UdpListenClose,
+            27 => SpliceIn,
+            28 => SpliceOut,
+            29 => CancelSplice,
             _ => return None,
         })
     }
@@ -163,7 +172,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind_side_and_extreme_slots() {
-        for k in 1..=26u8 {
+        for k in 1..=29u8 {
             let kind = OpKind::from_u8(k).expect("kind");
             for side in [Side::Client, Side::Upstream] {
                 for (index, generation) in [(0, 0), (MAX_INDEX, GEN_MASK), (12345, 678)] {
@@ -180,6 +189,6 @@ mod tests {
     fn rejects_values_never_issued() {
         assert_eq!(Token::decode(0), None);
         assert_eq!(Token::decode(200), None);
-        assert_eq!(Token::decode(27), None);
+        assert_eq!(Token::decode(30), None);
     }
 }

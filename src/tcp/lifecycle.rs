@@ -1,7 +1,11 @@
 //! Bookkeeping every connection shares: which operations are still in the
 //! kernel, per socket and in total, so a socket is closed only once nothing
 //! names it and a connection is freed only once every completion is back.
+//! A splice names two descriptors, a socket and a pipe: it counts on the
+//! socket here, and the direction that owns the pipe keeps it until the
+//! splice is back.
 
+use super::splice::SpliceEnd;
 use super::{ConnOp, Side};
 
 /// Life of one socket of a connection.
@@ -24,6 +28,11 @@ struct Sock {
     /// Operations in the kernel that use this socket's descriptor.
     ops: u32,
     cancel_sent: bool,
+    /// A splice reading this socket is in flight (cancelled by token: the
+    /// socket is its input, which cancel-by-descriptor does not match).
+    splice_in: bool,
+    /// A splice writing this socket is in flight.
+    splice_out: bool,
 }
 
 /// In-flight accounting of one connection.
@@ -40,6 +49,8 @@ impl Lifecycle {
             state,
             ops: 0,
             cancel_sent: false,
+            splice_in: false,
+            splice_out: false,
         };
         Lifecycle {
             socks: [sock(client), sock(upstream)],
@@ -70,8 +81,21 @@ impl Lifecycle {
     pub fn account(&mut self, ops: &[ConnOp]) {
         for op in ops {
             match *op {
-                ConnOp::OpenUpstream { .. } | ConnOp::Discard | ConnOp::CancelRecv(_) => {
-                    self.inflight += 1
+                ConnOp::OpenUpstream { .. }
+                | ConnOp::Discard
+                | ConnOp::CancelRecv(_)
+                | ConnOp::CancelSplice { .. } => self.inflight += 1,
+                ConnOp::SpliceIn { side, .. } => {
+                    self.inflight += 1;
+                    let s = &mut self.socks[side.index()];
+                    s.ops += 1;
+                    s.splice_in = true;
+                }
+                ConnOp::SpliceOut { side, .. } => {
+                    self.inflight += 1;
+                    let s = &mut self.socks[side.index()];
+                    s.ops += 1;
+                    s.splice_out = true;
                 }
                 ConnOp::CancelAll(side) => {
                     self.inflight += 1;
@@ -93,7 +117,10 @@ impl Lifecycle {
                     self.inflight += 1;
                     self.socks[side.index()].state = SockState::CloseInFlight;
                 }
-                ConnOp::Release(_) | ConnOp::Starved(_) => {}
+                ConnOp::Release(_)
+                | ConnOp::Starved(_)
+                | ConnOp::WantPipe(_)
+                | ConnOp::ReturnPipe { .. } => {}
             }
         }
     }
@@ -108,6 +135,16 @@ impl Lifecycle {
         self.done();
         let s = &mut self.socks[side.index()];
         s.ops = s.ops.saturating_sub(1);
+    }
+
+    /// The final completion of a splice on `side`'s socket.
+    pub fn done_splice(&mut self, side: Side, end: SpliceEnd) {
+        self.done_on(side);
+        let s = &mut self.socks[side.index()];
+        match end {
+            SpliceEnd::In => s.splice_in = false,
+            SpliceEnd::Out => s.splice_out = false,
+        }
     }
 
     pub fn closed(&mut self, side: Side) {
@@ -134,6 +171,17 @@ impl Lifecycle {
                 let op = if s.ops == 0 {
                     ConnOp::Close { side, linger0 }
                 } else if !s.cancel_sent {
+                    // Splices are cancelled by token: a blocked one holds an
+                    // io-wq worker until the cancel interrupts it.
+                    for (named, end) in
+                        [(s.splice_in, SpliceEnd::In), (s.splice_out, SpliceEnd::Out)]
+                    {
+                        if named {
+                            let cancel = ConnOp::CancelSplice { side, end };
+                            self.account(std::slice::from_ref(&cancel));
+                            out.push(cancel);
+                        }
+                    }
                     ConnOp::CancelAll(side)
                 } else {
                     continue;

@@ -8,6 +8,9 @@ pub mod lifecycle;
 pub mod pipe;
 pub mod relay;
 pub mod serve;
+pub mod splice;
+
+use splice::{PipeId, SpliceEnd};
 
 /// Which socket of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +70,20 @@ pub enum ConnOp {
     Release(u16),
     /// This side's receive ran out of buffers; wake it when buffers return (no completion).
     Starved(Side),
+    /// Splice up to `len` bytes from `side`'s socket into `pipe`. Runs on a
+    /// kernel worker and waits there until data, EOF (0) or an error arrives.
+    SpliceIn { side: Side, pipe: PipeId, len: u32 },
+    /// Splice `len` bytes (all the pipe holds) from `pipe` to `side`'s socket.
+    SpliceOut { side: Side, pipe: PipeId, len: u32 },
+    /// Cancel the splice in from (`In`) or out to (`Out`) `side`'s socket, by
+    /// its token (cancel-by-descriptor matches only a splice's output).
+    CancelSplice { side: Side, end: SpliceEnd },
+    /// Ask the shard for a pipe for the direction that reads `side`. Answered
+    /// at once (`handle_pipe`, before any completion), no completion.
+    WantPipe(Side),
+    /// Give `pipe` back: `clean` (empty) to the pool, else it is discarded and
+    /// replaced. Only once no splice names it. No completion.
+    ReturnPipe { pipe: PipeId, clean: bool },
 }
 
 /// A decoded receive completion.

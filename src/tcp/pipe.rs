@@ -18,6 +18,11 @@ pub enum RecvState {
     Starved,
     /// EOF or error: no more data from `src`.
     Ended,
+    /// The direction is moving to a splice: the receive is being cancelled,
+    /// and is not to be armed again.
+    Leaving,
+    /// The receive is out of the kernel and stays out (the direction splices next).
+    Parked,
 }
 
 /// The FIN this pipe forwards to `dst`.
@@ -64,6 +69,12 @@ pub struct Pipe {
 
 impl Pipe {
     pub fn new(src: Side, dst: Side, cap: u32) -> Pipe {
+        Pipe::resumed(src, dst, cap, 0)
+    }
+
+    /// A pipe for a direction that already delivered `bytes` (coming back
+    /// from a splice): nothing queued, the receive not armed yet.
+    pub fn resumed(src: Side, dst: Side, cap: u32, bytes: u64) -> Pipe {
         Pipe {
             src,
             dst,
@@ -74,7 +85,7 @@ impl Pipe {
             fin: Fin::Open,
             discarding: false,
             cap: cap.max(1),
-            bytes: 0,
+            bytes,
         }
     }
 
@@ -118,9 +129,11 @@ impl Pipe {
             self.send_next(out);
         }
         if !more {
-            if self.recv != RecvState::Ended {
-                self.recv = RecvState::Stopped;
-            }
+            self.recv = match self.recv {
+                RecvState::Ended => RecvState::Ended,
+                RecvState::Leaving | RecvState::Parked => RecvState::Parked,
+                _ => RecvState::Stopped,
+            };
             self.arm_if_allowed(out);
             return false;
         }
@@ -132,15 +145,50 @@ impl Pipe {
         false
     }
 
-    /// The receive ended without data (a final completion), now `state`.
+    /// The receive ended without data (a final completion), now `state`
+    /// (a receive being stopped for a splice parks instead, unless it ended).
     pub fn on_recv_end(&mut self, state: RecvState, out: &mut Vec<ConnOp>) {
-        self.recv = state;
-        match state {
+        let leaving = matches!(self.recv, RecvState::Leaving | RecvState::Parked);
+        self.recv = if leaving && state != RecvState::Ended {
+            RecvState::Parked
+        } else {
+            state
+        };
+        match self.recv {
             RecvState::Stopped => self.arm_if_allowed(out),
             RecvState::Starved => out.push(ConnOp::Starved(self.src)),
             RecvState::Ended => self.forward_fin_if_drained(out),
-            RecvState::Armed | RecvState::Cancelling => {}
+            RecvState::Armed | RecvState::Cancelling | RecvState::Leaving | RecvState::Parked => {}
         }
+    }
+
+    /// Stops receiving for good (the direction moves to a splice): cancels an
+    /// armed receive, or parks one that is out of the kernel.
+    pub fn stop_receiving(&mut self, out: &mut Vec<ConnOp>) {
+        match self.recv {
+            RecvState::Armed => {
+                self.recv = RecvState::Leaving;
+                out.push(ConnOp::CancelRecv(self.src));
+            }
+            RecvState::Cancelling => self.recv = RecvState::Leaving,
+            RecvState::Stopped | RecvState::Starved => self.recv = RecvState::Parked,
+            RecvState::Ended | RecvState::Leaving | RecvState::Parked => {}
+        }
+    }
+
+    /// True once the receive is parked and every byte it received was sent:
+    /// the direction can splice without reordering anything.
+    pub fn ready_to_splice(&self) -> bool {
+        self.recv == RecvState::Parked
+            && self.queue.is_empty()
+            && self.sending.is_none()
+            && !self.discarding
+            && self.fin == Fin::Open
+    }
+
+    /// Teardown began or a send failed: nothing more will be sent.
+    pub fn discarding(&self) -> bool {
+        self.discarding
     }
 
     /// Buffers came back to the ring: a starved receive may try again.

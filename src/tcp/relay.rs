@@ -1,10 +1,17 @@
 //! The forwarding connection: connect to an upstream (round-robin start, next
-//! upstream on refusal or timeout), then relay both directions through two
-//! pipes, forward half-closes and resets, and enforce idle and half-close
-//! timeouts. Inputs are completions and the time; outputs are `ConnOp`s.
+//! upstream on refusal or timeout), then relay both directions, forward
+//! half-closes and resets, and enforce idle and half-close timeouts. Inputs
+//! are completions and the time; outputs are `ConnOp`s.
+//!
+//! Each direction relays through the shard's buffers ([`Pipe`]) or, for bulk
+//! transfers, through a kernel pipe with splice ([`SpliceDir`]); see
+//! [`Dir`] for how it moves between the two without reordering a byte.
 
 use super::lifecycle::{Lifecycle, SockState};
 use super::pipe::{Fin, Pipe, RecvState, Sent};
+use super::splice::{
+    PipeId, SWITCH_AFTER_FULL, SpliceConfig, SpliceDir, SpliceEnd, SpliceMode, Spliced,
+};
 use super::{ConnOp, RecvEvent, Side, errno};
 use crate::stats::{CloseReason, ShardStats};
 use crate::time::Millis;
@@ -38,13 +45,62 @@ enum Ending {
     Reset { side: Side },
 }
 
+/// How one direction moves its bytes.
+///
+/// `Buffered` → `Switching` → `Spliced` keeps byte order: the multishot
+/// receive is cancelled, what it already delivered is sent, and only once the
+/// receive's final completion is back and the queue is empty does the first
+/// splice read the socket. `Spliced` → `Buffered` happens only with the pipe
+/// empty and no splice in flight.
+#[derive(Debug)]
+enum Dir {
+    /// Through the shard's buffers; `full` counts consecutive receives that
+    /// filled a whole buffer (auto mode asks for a pipe at `SWITCH_AFTER_FULL`).
+    Buffered {
+        pipe: Pipe,
+        full: u32,
+    },
+    /// Leaving the buffers for the kernel pipe `grant`: the receive is being
+    /// stopped and the queue sent.
+    Switching {
+        pipe: Pipe,
+        grant: PipeId,
+    },
+    Spliced(SpliceDir),
+}
+
+impl Dir {
+    fn fin(&self) -> Fin {
+        match self {
+            Dir::Buffered { pipe, .. } | Dir::Switching { pipe, .. } => pipe.fin(),
+            Dir::Spliced(s) => s.fin(),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Dir::Buffered { pipe, .. } | Dir::Switching { pipe, .. } => pipe.bytes,
+            Dir::Spliced(s) => s.bytes,
+        }
+    }
+
+    /// The buffer path, if this direction is on it.
+    fn buffers(&mut self) -> Option<&mut Pipe> {
+        match self {
+            Dir::Buffered { pipe, .. } | Dir::Switching { pipe, .. } => Some(pipe),
+            Dir::Spliced(_) => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Relay {
     phase: Phase,
     life: Lifecycle,
-    /// pipes[Client] carries client→upstream, pipes[Upstream] upstream→client.
-    pipes: [Pipe; 2],
+    /// dirs[Client] carries client→upstream, dirs[Upstream] upstream→client.
+    dirs: [Dir; 2],
     cfg: RelayConfig,
+    splice: SpliceConfig,
     /// Upstream attempts made so far (the current one included).
     attempts: u16,
     last_activity: Millis,
@@ -55,16 +111,24 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay for a just-accepted client; call `start` next.
+    /// A relay for a just-accepted client that relays through buffers only;
+    /// call `start` next.
     pub fn new(cfg: RelayConfig, now: Millis) -> Relay {
+        Relay::with_splice(cfg, SpliceConfig::OFF, now)
+    }
+
+    /// A relay that may splice its directions as `splice` says.
+    pub fn with_splice(cfg: RelayConfig, splice: SpliceConfig, now: Millis) -> Relay {
+        let buffered = |src: Side| Dir::Buffered {
+            pipe: Pipe::new(src, src.other(), cfg.cap),
+            full: 0,
+        };
         Relay {
             phase: Phase::Connecting,
             life: Lifecycle::new(SockState::Open, SockState::Absent),
-            pipes: [
-                Pipe::new(Side::Client, Side::Upstream, cfg.cap),
-                Pipe::new(Side::Upstream, Side::Client, cfg.cap),
-            ],
+            dirs: [buffered(Side::Client), buffered(Side::Upstream)],
             cfg,
+            splice,
             attempts: 0,
             last_activity: now,
             first_eof: None,
@@ -107,11 +171,21 @@ impl Relay {
 
     /// Bytes delivered (client→upstream, upstream→client).
     pub fn bytes(&self) -> (u64, u64) {
-        (self.pipes[0].bytes, self.pipes[1].bytes)
+        (self.dirs[0].bytes(), self.dirs[1].bytes())
     }
 
-    /// When `handle_timeout` must next be called (idle or half-close inactivity).
+    /// When `handle_timeout` must next be called (idle or half-close
+    /// inactivity, or a silent splice whose pipe is to be reclaimed).
     pub fn deadline(&self) -> Option<Millis> {
+        let idle = self.idle_deadline()?;
+        let reclaim = self.dirs.iter().filter_map(|d| match d {
+            Dir::Spliced(s) => s.deadline(),
+            Dir::Buffered { .. } | Dir::Switching { .. } => None,
+        });
+        Some(reclaim.fold(idle, Millis::min))
+    }
+
+    fn idle_deadline(&self) -> Option<Millis> {
         match self.phase {
             Phase::Relaying => {
                 let limit = if self.first_eof.is_some() {
@@ -182,9 +256,14 @@ impl Relay {
             Ok(()) => {
                 self.phase = Phase::Relaying;
                 self.last_activity = now;
+                let always = self.splice.mode == SpliceMode::Always;
                 self.emit(out, |r, out| {
-                    for p in &mut r.pipes {
-                        p.arm_if_allowed(out);
+                    for side in [Side::Client, Side::Upstream] {
+                        if always {
+                            out.push(ConnOp::WantPipe(side));
+                        } else if let Some(p) = r.dirs[side.index()].buffers() {
+                            p.arm_if_allowed(out);
+                        }
                     }
                 });
                 return;
@@ -244,21 +323,38 @@ impl Relay {
             self.life.done_on(side);
         }
         let closing = self.phase == Phase::Closing;
+        if self.dirs[side.index()].buffers().is_none() {
+            // A spliced direction has no receive (it splices only after its
+            // receive's final completion). Data here would have to be
+            // dropped: end the connection rather than truncate the stream.
+            if let RecvEvent::Data { bid, .. } = ev {
+                self.emit(out, |_, out| out.push(ConnOp::Release(bid)));
+                self.begin_close(CloseReason::Error, Ending::Reset { side }, out);
+            }
+            self.after(out);
+            return;
+        }
         match ev {
             RecvEvent::Data { bid, len } => {
                 if !closing {
                     self.last_activity = now;
                 }
                 self.emit(out, |r, out| {
-                    let p = &mut r.pipes[side.index()];
-                    if p.on_data(bid, len, more && !closing, out) {
+                    if let Some(p) = r.dirs[side.index()].buffers()
+                        && p.on_data(bid, len, more && !closing, out)
+                    {
                         stats.recv_paused += 1;
                     }
                 });
+                if !closing {
+                    self.count_full(side, len, out);
+                }
             }
             RecvEvent::Eof => {
                 self.emit(out, |r, out| {
-                    r.pipes[side.index()].on_recv_end(RecvState::Ended, out)
+                    if let Some(p) = r.dirs[side.index()].buffers() {
+                        p.on_recv_end(RecvState::Ended, out)
+                    }
                 });
                 if !closing && self.first_eof.is_none() {
                     self.first_eof = Some(side);
@@ -272,7 +368,7 @@ impl Relay {
                 } else {
                     RecvState::Starved
                 };
-                self.emit(out, |r, out| r.pipes[side.index()].on_recv_end(state, out));
+                self.recv_ended(side, state, out);
             }
             RecvEvent::Cancelled => {
                 let state = if closing {
@@ -280,7 +376,7 @@ impl Relay {
                 } else {
                     RecvState::Stopped
                 };
-                self.emit(out, |r, out| r.pipes[side.index()].on_recv_end(state, out));
+                self.recv_ended(side, state, out);
             }
             RecvEvent::Error(e) => {
                 // Close first: a broken stream must not be ended with a FIN
@@ -290,12 +386,254 @@ impl Relay {
                     let reason = reset_reason(side, e);
                     self.begin_close(reason, Ending::Reset { side }, out);
                 }
-                self.emit(out, |r, out| {
-                    r.pipes[side.index()].on_recv_end(RecvState::Ended, out)
-                });
+                self.recv_ended(side, RecvState::Ended, out);
             }
         }
+        self.progress_switch(side, now, out, stats);
         self.after(out);
+    }
+
+    fn recv_ended(&mut self, side: Side, state: RecvState, out: &mut Vec<ConnOp>) {
+        self.emit(out, |r, out| {
+            if let Some(p) = r.dirs[side.index()].buffers() {
+                p.on_recv_end(state, out)
+            }
+        });
+    }
+
+    /// Auto mode (and always mode after a refused pipe): a direction whose
+    /// receives keep filling whole buffers asks for a pipe.
+    fn count_full(&mut self, side: Side, len: u32, out: &mut Vec<ConnOp>) {
+        if self.splice.mode == SpliceMode::Off || self.phase != Phase::Relaying {
+            return;
+        }
+        let full_buffer = len >= self.splice.buffer_size;
+        if let Dir::Buffered { pipe, full } = &mut self.dirs[side.index()] {
+            if !full_buffer || pipe.src_ended() {
+                *full = 0;
+                return;
+            }
+            *full += 1;
+            if *full >= SWITCH_AFTER_FULL {
+                *full = 0;
+                out.push(ConnOp::WantPipe(side));
+            }
+        }
+    }
+
+    /// The shard's answer to `WantPipe(side)`: a pipe, or `None` when its
+    /// budget is spent (the direction stays on buffers, as HAProxy does past
+    /// `maxpipes`).
+    pub fn handle_pipe(
+        &mut self,
+        side: Side,
+        grant: Option<PipeId>,
+        now: Millis,
+        out: &mut Vec<ConnOp>,
+        stats: &mut ShardStats,
+    ) {
+        let i = side.index();
+        let Some(grant) = grant else {
+            stats.pipes_exhausted += 1;
+            if self.phase == Phase::Relaying {
+                self.emit(out, |r, out| {
+                    if let Some(p) = r.dirs[i].buffers() {
+                        p.arm_if_allowed(out);
+                    }
+                });
+            }
+            return;
+        };
+        let eligible = self.phase == Phase::Relaying
+            && matches!(&self.dirs[i], Dir::Buffered { pipe, .. }
+                if !pipe.src_ended() && !pipe.discarding() && pipe.fin() == Fin::Open);
+        if !eligible {
+            out.push(ConnOp::ReturnPipe {
+                pipe: grant,
+                clean: true,
+            });
+            return;
+        }
+        let placeholder = Dir::Buffered {
+            pipe: Pipe::new(side, side.other(), 1),
+            full: 0,
+        };
+        if let Dir::Buffered { mut pipe, .. } = std::mem::replace(&mut self.dirs[i], placeholder) {
+            self.emit(out, |_, out| pipe.stop_receiving(out));
+            self.dirs[i] = Dir::Switching { pipe, grant };
+        }
+        self.progress_switch(side, now, out, stats);
+    }
+
+    /// Moves a switching direction on: to a splice once its buffer path is
+    /// parked and drained, or back to buffers (pipe returned unused) if its
+    /// source ended meanwhile or the connection is ending.
+    fn progress_switch(
+        &mut self,
+        side: Side,
+        now: Millis,
+        out: &mut Vec<ConnOp>,
+        stats: &mut ShardStats,
+    ) {
+        let i = side.index();
+        let (ready, abort) = match &self.dirs[i] {
+            Dir::Switching { pipe, .. } => (
+                pipe.ready_to_splice(),
+                pipe.src_ended() || pipe.discarding() || self.phase != Phase::Relaying,
+            ),
+            Dir::Buffered { .. } | Dir::Spliced(_) => return,
+        };
+        if !ready && !abort {
+            return;
+        }
+        let placeholder = Dir::Buffered {
+            pipe: Pipe::new(side, side.other(), 1),
+            full: 0,
+        };
+        let Dir::Switching { pipe, grant } = std::mem::replace(&mut self.dirs[i], placeholder)
+        else {
+            return;
+        };
+        if abort {
+            out.push(ConnOp::ReturnPipe {
+                pipe: grant,
+                clean: true,
+            });
+            self.dirs[i] = Dir::Buffered { pipe, full: 0 };
+            return;
+        }
+        stats.splice_switched += 1;
+        let splice = self.splice;
+        let bytes = pipe.bytes;
+        let mut dir = None;
+        self.emit(out, |_, out| {
+            dir = Some(SpliceDir::start(
+                side,
+                side.other(),
+                grant,
+                splice,
+                bytes,
+                now,
+                out,
+            ));
+        });
+        if let Some(d) = dir {
+            self.dirs[i] = Dir::Spliced(d);
+        }
+    }
+
+    /// The splice into the pipe of the direction reading `side` completed.
+    pub fn handle_splice_in(
+        &mut self,
+        side: Side,
+        res: Result<u32, i32>,
+        now: Millis,
+        out: &mut Vec<ConnOp>,
+        stats: &mut ShardStats,
+    ) {
+        self.life.done_splice(side, SpliceEnd::In);
+        let mut outcome = None;
+        self.emit(out, |r, out| {
+            if let Dir::Spliced(s) = &mut r.dirs[side.index()] {
+                outcome = Some(s.on_in(res, now, out));
+            }
+        });
+        if let Some(outcome) = outcome {
+            if let Spliced::Moved { bytes, .. } = outcome
+                && bytes > 0
+            {
+                stats.splices_in += 1;
+            }
+            self.spliced(side, outcome, now, out, stats);
+        }
+        self.after(out);
+    }
+
+    /// The splice out of the pipe to `side`'s socket completed.
+    pub fn handle_splice_out(
+        &mut self,
+        side: Side,
+        res: Result<u32, i32>,
+        now: Millis,
+        out: &mut Vec<ConnOp>,
+        stats: &mut ShardStats,
+    ) {
+        self.life.done_splice(side, SpliceEnd::Out);
+        let src = side.other();
+        let before = self.dirs[src.index()].bytes();
+        let mut outcome = None;
+        self.emit(out, |r, out| {
+            if let Dir::Spliced(s) = &mut r.dirs[src.index()] {
+                outcome = Some(s.on_out(res, now, out));
+            }
+        });
+        // Counted from the direction's total: a splice out that ends in a
+        // revert moved bytes too.
+        let moved = self.dirs[src.index()].bytes().saturating_sub(before);
+        if moved > 0 {
+            if self.phase != Phase::Closing {
+                self.last_activity = now;
+            }
+            stats.splices_out += 1;
+            match side {
+                Side::Upstream => stats.bytes_client_to_upstream += moved,
+                Side::Client => stats.bytes_upstream_to_client += moved,
+            }
+        }
+        if let Some(outcome) = outcome {
+            if let Spliced::Moved { short: true, .. } = outcome {
+                stats.short_sends += 1;
+            }
+            self.spliced(src, outcome, now, out, stats);
+        }
+        self.after(out);
+    }
+
+    /// What a splice completion of the direction reading `src` means for the connection.
+    fn spliced(
+        &mut self,
+        src: Side,
+        outcome: Spliced,
+        now: Millis,
+        out: &mut Vec<ConnOp>,
+        stats: &mut ShardStats,
+    ) {
+        let closing = self.phase == Phase::Closing;
+        match outcome {
+            Spliced::Moved { bytes, .. } => {
+                if bytes > 0 && !closing {
+                    self.last_activity = now;
+                }
+            }
+            Spliced::Eof => {
+                if !closing && self.first_eof.is_none() {
+                    self.first_eof = Some(src);
+                    self.last_activity = now;
+                }
+            }
+            Spliced::Reverted => {
+                stats.splice_reverted += 1;
+                let bytes = self.dirs[src.index()].bytes();
+                let mut pipe = Pipe::resumed(src, src.other(), self.cfg.cap, bytes);
+                if closing {
+                    pipe.release_unsent(out);
+                } else {
+                    self.emit(out, |_, out| pipe.arm_if_allowed(out));
+                }
+                self.dirs[src.index()] = Dir::Buffered { pipe, full: 0 };
+            }
+            Spliced::Failed { side, errno } => {
+                if !closing {
+                    self.last_errno = Some(errno);
+                    self.begin_close(reset_reason(side, errno), Ending::Reset { side }, out);
+                }
+            }
+            Spliced::Invalid => {
+                if !closing {
+                    self.begin_close(CloseReason::Error, Ending::Reset { side: src.other() }, out);
+                }
+            }
+        }
     }
 
     /// A send on `side` completed: Ok(bytes) or Err(errno).
@@ -315,7 +653,11 @@ impl Relay {
                     self.last_activity = now;
                 }
                 let mut outcome = Sent::Invalid;
-                self.emit(out, |r, out| outcome = r.pipes[src.index()].on_sent(n, out));
+                self.emit(out, |r, out| {
+                    if let Some(p) = r.dirs[src.index()].buffers() {
+                        outcome = p.on_sent(n, out);
+                    }
+                });
                 match side {
                     Side::Upstream => stats.bytes_client_to_upstream += u64::from(n),
                     Side::Client => stats.bytes_upstream_to_client += u64::from(n),
@@ -330,9 +672,14 @@ impl Relay {
                         self.begin_close(CloseReason::Error, Ending::Reset { side }, out)
                     }
                 }
+                self.progress_switch(src, now, out, stats);
             }
             Ok(_) | Err(_) => {
-                self.emit(out, |r, out| r.pipes[src.index()].on_send_failed(out));
+                self.emit(out, |r, out| {
+                    if let Some(p) = r.dirs[src.index()].buffers() {
+                        p.on_send_failed(out)
+                    }
+                });
                 if self.phase != Phase::Closing {
                     let e = res.err().unwrap_or(libc::EIO);
                     self.last_errno = Some(e);
@@ -347,11 +694,14 @@ impl Relay {
     pub fn handle_shutdown(&mut self, side: Side, res: Result<(), i32>, out: &mut Vec<ConnOp>) {
         self.life.done_on(side);
         let src = side.other();
-        self.pipes[src.index()].on_fin_sent();
+        match &mut self.dirs[src.index()] {
+            Dir::Buffered { pipe, .. } | Dir::Switching { pipe, .. } => pipe.on_fin_sent(),
+            Dir::Spliced(s) => s.on_fin_sent(),
+        }
         if self.phase != Phase::Closing {
             match res {
                 Ok(()) => {
-                    if self.pipes.iter().all(|p| p.fin() == Fin::Done) {
+                    if self.dirs.iter().all(|d| d.fin() == Fin::Done) {
                         let reason = match self.first_eof {
                             Some(Side::Upstream) => CloseReason::UpstreamEof,
                             _ => CloseReason::ClientEof,
@@ -388,13 +738,27 @@ impl Relay {
     /// Buffers returned to the shard's ring: a starved receive on `side` retries.
     pub fn handle_buffers(&mut self, side: Side, out: &mut Vec<ConnOp>) {
         if self.phase == Phase::Relaying {
-            self.emit(out, |r, out| r.pipes[side.index()].on_buffers(out));
+            self.emit(out, |r, out| {
+                if let Some(p) = r.dirs[side.index()].buffers() {
+                    p.on_buffers(out)
+                }
+            });
         }
     }
 
-    /// Time passed; ends the connection if its idle or half-close deadline is due.
+    /// Time passed; reclaims the pipes of silent splices, and ends the
+    /// connection if its idle or half-close deadline is due.
     pub fn handle_timeout(&mut self, now: Millis, out: &mut Vec<ConnOp>) {
-        if let Some(d) = self.deadline()
+        if self.phase == Phase::Relaying {
+            self.emit(out, |r, out| {
+                for d in &mut r.dirs {
+                    if let Dir::Spliced(s) = d {
+                        s.on_timer(now, out);
+                    }
+                }
+            });
+        }
+        if let Some(d) = self.idle_deadline()
             && d <= now
         {
             let reason = if self.first_eof.is_some() {
@@ -418,8 +782,23 @@ impl Relay {
         self.phase = Phase::Closing;
         self.reason = Some(reason);
         self.emit(out, |r, out| {
-            for p in &mut r.pipes {
-                p.release_unsent(out);
+            for d in &mut r.dirs {
+                match d {
+                    Dir::Buffered { pipe, .. } => pipe.release_unsent(out),
+                    Dir::Switching { pipe, grant } => {
+                        // The grant was never used: back to the pool, and the
+                        // direction ends on its buffer path.
+                        pipe.release_unsent(out);
+                        out.push(ConnOp::ReturnPipe {
+                            pipe: *grant,
+                            clean: true,
+                        });
+                        let pipe =
+                            std::mem::replace(pipe, Pipe::new(Side::Client, Side::Upstream, 1));
+                        *d = Dir::Buffered { pipe, full: 0 };
+                    }
+                    Dir::Spliced(s) => s.close(out),
+                }
             }
         });
         for side in [Side::Client, Side::Upstream] {
@@ -437,7 +816,19 @@ impl Relay {
 
     /// True when no provided buffer is held by this connection.
     pub fn holds_no_buffers(&self) -> bool {
-        self.pipes.iter().all(|p| p.holds_no_buffers())
+        self.dirs.iter().all(|d| match d {
+            Dir::Buffered { pipe, .. } | Dir::Switching { pipe, .. } => pipe.holds_no_buffers(),
+            Dir::Spliced(_) => true,
+        })
+    }
+
+    /// True when no kernel pipe is lent to this connection.
+    pub fn holds_no_pipes(&self) -> bool {
+        self.dirs.iter().all(|d| match d {
+            Dir::Buffered { .. } => true,
+            Dir::Switching { .. } => false,
+            Dir::Spliced(s) => !s.holds_pipe(),
+        })
     }
 }
 
