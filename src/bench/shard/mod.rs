@@ -549,10 +549,6 @@ impl Gen {
         }
     }
 
-}
-
-impl Gen {
-
     /// Cancels everything, closes every socket the ring opened, and waits for
     /// the kernel to return every operation; true when it did.
     fn quiesce(&mut self) -> bool {

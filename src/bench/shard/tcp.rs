@@ -237,7 +237,14 @@ impl Gen {
         self.kick_send(slot);
     }
 
-    pub(super) fn on_recv(&mut self, slot: SlotId, res: i32, bid: Option<u16>, more: bool, now: u64) {
+    pub(super) fn on_recv(
+        &mut self,
+        slot: SlotId,
+        res: i32,
+        bid: Option<u16>,
+        more: bool,
+        now: u64,
+    ) {
         if res > 0 {
             match bid {
                 Some(b) => {
@@ -353,9 +360,7 @@ impl Gen {
                     let lat = now.saturating_sub(start);
                     self.rec.ops += 1;
                     self.rec.latency_ns(lat);
-                    let _ = self
-                        .interval
-                        .record(lat.clamp(1, MAX_LATENCY_NS));
+                    let _ = self.interval.record(lat.clamp(1, MAX_LATENCY_NS));
                 }
                 done += 1;
             }
@@ -376,7 +381,12 @@ impl Gen {
     }
 
     /// Counts an error and closes the connection (it is replaced after a pause).
-    pub(super) fn fail_conn(&mut self, slot: SlotId, kind: ErrorKind, what: impl FnOnce() -> String) {
+    pub(super) fn fail_conn(
+        &mut self,
+        slot: SlotId,
+        kind: ErrorKind,
+        what: impl FnOnce() -> String,
+    ) {
         let Some(c) = self.tcp.get(slot) else { return };
         if c.state == ConnState::Closing {
             return;

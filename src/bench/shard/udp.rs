@@ -277,9 +277,7 @@ impl Gen {
             let lat = now.saturating_sub(start);
             self.rec.ops += 1;
             self.rec.latency_ns(lat);
-            let _ = self
-                .interval
-                .record(lat.clamp(1, MAX_LATENCY_NS));
+            let _ = self.interval.record(lat.clamp(1, MAX_LATENCY_NS));
         }
         if let Workload::UdpRr { .. } = self.w {
             if let Some(flow) = self.flows.get_mut(f) {
