@@ -10,4 +10,5 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod relay;
+mod splice;
 mod udp;
