@@ -1121,7 +1121,7 @@ impl Sim {
         let buf_size = u64::from(self.buf_size);
         // With splice on, most receives fill their buffer (a bulk peer), so
         // auto mode sees runs of full buffers and switches.
-        let chunk = if self.splice != SpliceMode::Off && self.rng.chance(2, 3) {
+        let chunk = if self.splice != SpliceMode::Off && self.rng.chance(7, 8) {
             buf_size
         } else {
             1 + self.rng.below(buf_size)
@@ -1509,6 +1509,7 @@ fn splice_relay_survives_random_schedules() {
     let mut totals = ringfwd::stats::ShardStats::default();
     let mut stale = 0;
     let mut modes = [0u64; 2];
+    let mut auto_switched = 0;
     for seed in seeds() {
         let mode = if seed % 2 == 1 {
             SpliceMode::Always
@@ -1520,7 +1521,11 @@ fn splice_relay_survives_random_schedules() {
         main_loop(&mut sim);
         final_checks(&mut sim);
         stale += sim.stale_injected;
-        totals.merge(&sim.engine.stats());
+        let stats = sim.engine.stats();
+        if mode == SpliceMode::Auto {
+            auto_switched += stats.splice_switched;
+        }
+        totals.merge(&stats);
     }
     if modes.iter().all(|&n| n > 50) {
         let kv = totals.to_kv();
@@ -1529,6 +1534,7 @@ fn splice_relay_survives_random_schedules() {
             ("splices in", totals.splices_in),
             ("splices out", totals.splices_out),
             ("switches to splice", totals.splice_switched),
+            ("switches to splice in auto mode", auto_switched),
             ("reverts to buffers", totals.splice_reverted),
             ("spent pipe budgets", totals.pipes_exhausted),
             ("discarded pipes", totals.pipes_discarded),

@@ -402,14 +402,26 @@ impl Relay {
     }
 
     /// Auto mode (and always mode after a refused pipe): a direction whose
-    /// receives keep filling whole buffers asks for a pipe.
+    /// receives keep filling whole buffers asks for a pipe. A receive that
+    /// does not fill its buffer ends the run of *both* directions: on its own
+    /// side the source's queue ran dry (the burst ended); on the other side
+    /// the peer spoke in between, a message of a request/response exchange,
+    /// so the bursts of this side are responses, not one stream (measured:
+    /// 64 KiB responses are slower spliced than buffered, see `SWITCH_AFTER_FULL`).
     fn count_full(&mut self, side: Side, len: u32, out: &mut Vec<ConnOp>) {
         if self.splice.mode == SpliceMode::Off || self.phase != Phase::Relaying {
             return;
         }
-        let full_buffer = len >= self.splice.buffer_size;
+        if len < self.splice.buffer_size {
+            for d in &mut self.dirs {
+                if let Dir::Buffered { full, .. } = d {
+                    *full = 0;
+                }
+            }
+            return;
+        }
         if let Dir::Buffered { pipe, full } = &mut self.dirs[side.index()] {
-            if !full_buffer || pipe.src_ended() {
+            if pipe.src_ended() {
                 *full = 0;
                 return;
             }

@@ -482,3 +482,37 @@ fn a_silent_spliced_direction_gives_its_pipe_back_and_switches_again_on_bulk() {
     assert_eq!(s["bytes_u2c"], 2 * BURST as u64, "{s:?}");
     assert_eq!(s["pipes_in_use"], 0, "{s:?}");
 }
+
+#[test]
+fn responses_of_a_request_response_exchange_stay_on_buffers_in_auto_mode() {
+    // 64 KiB responses fill four buffers each, back to back, but every 64 B
+    // request in between ends the run: measured slower spliced than buffered.
+    let up = Proc::start(
+        &[
+            "echo",
+            "--tcp-rr",
+            "127.0.0.1:0",
+            "--request-size",
+            "64",
+            "--response-size",
+            "64KiB",
+            "--shards",
+            "1",
+        ],
+        1,
+    );
+    let fwd = forwarder(&[up.first_addr()], "", "shards = 1\nsplice = \"auto\"");
+    let mut c = TcpStream::connect(fwd.first_addr()).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut response = vec![0u8; 64 << 10];
+    for _ in 0..200 {
+        c.write_all(&[7u8; 64]).expect("request");
+        c.read_exact(&mut response).expect("response");
+    }
+    drop(c);
+    fwd.wait_stat("close_client_eof", Duration::from_secs(5), |v| v == 1);
+    let s = fwd.stats();
+    assert_eq!(s["bytes_u2c"], 200 * (64 << 10), "{s:?}");
+    assert_eq!(s["splice_switched"], 0, "responses went to a pipe: {s:?}");
+}
