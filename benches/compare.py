@@ -46,11 +46,23 @@ LOOPBACK = "127.0.0.1"
 
 # Targets, in the order they appear in every table. "direct" is no forwarder:
 # the generator loads the upstream itself.
-TARGETS = ["direct", "ringfwd", "haproxy", "haproxy-splice-auto", "haproxy-splice", "nginx", "socat"]
+TARGETS = ["direct", "ringfwd", "ringfwd-busypoll", "haproxy", "haproxy-splice-auto", "haproxy-splice",
+           "haproxy-busypoll", "nginx", "socat"]
+# Every workload runs these (unless it names its own targets); the busy-polling variants run only
+# where a workload asks for them.
+DEFAULT_TARGETS = ["direct", "ringfwd", "haproxy", "haproxy-splice-auto", "haproxy-splice", "nginx", "socat"]
 HAPROXY_VARIANTS = ["haproxy", "haproxy-splice-auto", "haproxy-splice"]
-UDP_CAPABLE = {"direct", "ringfwd", "nginx", "socat"}
-# Listen ports: layout base + target offset + service offset.
-TARGET_OFFSET = {t: 100 * i for i, t in enumerate(TARGETS)}
+HAPROXY_ALL = HAPROXY_VARIANTS + ["haproxy-busypoll"]
+UDP_CAPABLE = {"direct", "ringfwd", "ringfwd-busypoll", "nginx", "socat"}
+# Started right before each of their runs and stopped right after: HAProxy's busy-polling spins
+# its thread at 100% whether or not there is traffic, which would take CPU 0 from every other
+# target's runs (ringfwd's busy_poll spins only after work, but is handled the same way).
+ON_DEMAND = {"ringfwd-busypoll", "haproxy-busypoll"}
+BUSY_POLL = "50us"
+# Listen ports: layout base + target offset + service offset (the first seven as in earlier runs).
+TARGET_OFFSET = {"direct": 0, "ringfwd": 100, "haproxy": 200, "haproxy-splice-auto": 300,
+                 "haproxy-splice": 400, "nginx": 500, "socat": 600, "ringfwd-busypoll": 700,
+                 "haproxy-busypoll": 800}
 TCP_SERVICES = {"echo": 0, "sink": 1, "source": 2, "rr": 3}
 UDP_SERVICES = {"udp": 0}  # the UDP echo; UDP ports are a separate space, same numbers
 COLORS = {
@@ -61,6 +73,8 @@ COLORS = {
     "haproxy-splice": "#08306b",
     "nginx": "#2ca02c",
     "socat": "#ff7f0e",
+    "ringfwd-busypoll": "#ff9896",
+    "haproxy-busypoll": "#9467bd",
 }
 
 
@@ -116,6 +130,8 @@ class Workload:
     quick_layouts: tuple[str, ...] = ()
     what: str = ""
     note: str = ""  # how to read this workload's numbers, printed under its table
+    targets: tuple[str, ...] | None = None  # None: DEFAULT_TARGETS
+    gen_extra: tuple[str, ...] = ()  # more `ringfwd bench` flags (the generator's --busy-poll)
 
     @property
     def udp(self) -> bool:
@@ -127,22 +143,45 @@ UDP_STREAM_NOTE = (
     "Pinned, the generator and the upstream share CPU 1, so much of the loss, direct included, "
     "is the upstream starved by the generator, not the forwarder.")
 
+BUSYPOLL_TARGETS = ("direct", "ringfwd", "ringfwd-busypoll", "haproxy", "haproxy-busypoll")
+# Request/response and connection workloads leave out HAProxy's forced splice: splice is a bulk
+# mode, and it was the slowest HAProxy variant in every one of them in the 2026-12-01 run
+# (0.64-0.90x the best variant); the time goes to the new workloads instead.
+RR_TARGETS = tuple(t for t in DEFAULT_TARGETS if t != "haproxy-splice")
+UDP_FIXED_NOTE = (
+    "Open loop at a fixed offered rate (`--rate`), so every target gets the same offered load and "
+    "delivered/s and CPU-µs per datagram compare directly. `gen+up CPU` is the CPU the generator and "
+    "the upstream used together (both on CPU 1): near 100%, CPU 1 is saturated and datagrams are "
+    "lost before any forwarder is involved, direct included.")
+
 WORKLOADS = [
     Workload("tcp-rr-1", "tcp-rr", "echo", ["--connections", "1", "--size", "64"], "rate",
              quick_layouts=("pinned",), what="1 connection, 64 B request, 64 B echo, closed loop",
+             targets=RR_TARGETS + ("ringfwd-busypoll", "haproxy-busypoll"),
              note="Pinned, direct keeps generator and upstream on CPU 1, while through a forwarder "
                   "every request crosses CPUs twice each way; with one request in flight each "
                   "crossing is a wakeup of a halted vCPU (~150 µs here), so the forwarders' ~0.1× "
                   "of direct is that wakeup cost, the same for all of them. Compare the forwarders "
-                  "with each other (the vs HAProxy column), not with direct."),
+                  "with each other (the vs HAProxy column), not with direct. ringfwd-busypoll is "
+                  f"`ringfwd run --busy-poll {BUSY_POLL}`, haproxy-busypoll HAProxy (no splice) with "
+                  "`busy-polling` in its global section; `CPU` is the forwarder's share of CPU 0."),
+    Workload("tcp-rr-1-genbusy", "tcp-rr", "echo", ["--connections", "1", "--size", "64"], "rate",
+             quick_layouts=("pinned",), targets=BUSYPOLL_TARGETS, gen_extra=("--busy-poll", BUSY_POLL),
+             what=f"as tcp-rr-1, with the generator busy-polling too (`ringfwd bench --busy-poll {BUSY_POLL}`)",
+             note="The generator spins on CPU 1 (which it shares with the upstream) for "
+                  f"{BUSY_POLL} after each completion, so the replies find it awake; compare with "
+                  "tcp-rr-1, where only the forwarder side may busy-poll."),
     Workload("tcp-rr-100", "tcp-rr", "echo", ["--connections", "100", "--size", "64"], "rate",
              layouts=("pinned", "unpinned"), quick_layouts=("pinned", "unpinned"),
-             what="100 connections, 64 B request/response, one outstanding per connection"),
+             what="100 connections, 64 B request/response, one outstanding per connection",
+             targets=RR_TARGETS),
     Workload("tcp-rr-1000", "tcp-rr", "echo", ["--connections", "1000", "--size", "64"], "rate",
-             what="1000 connections, 64 B request/response"),
+             what="1000 connections, 64 B request/response",
+             targets=RR_TARGETS),
     Workload("tcp-crr-50", "tcp-crr", "echo", ["--connections", "50", "--size", "64"], "rate",
              quick_layouts=("pinned",),
-             what="50 in flight: connect, 64 B request, 64 B response, close, repeat"),
+             what="50 in flight: connect, 64 B request, 64 B response, close, repeat",
+             targets=RR_TARGETS),
     Workload("tcp-stream-1-up", "tcp-stream", "sink",
              ["--connections", "1", "--direction", "up", "--size", "64KiB"], "bps",
              layouts=("pinned", "unpinned"), quick_layouts=("pinned",),
@@ -159,12 +198,26 @@ WORKLOADS = [
              quick_layouts=("pinned",),
              what="8 flows, 1200 B datagrams offered as fast as the generator can (32 in flight "
                   "per flow), echoes counted",
-             note=UDP_STREAM_NOTE),
+             note=UDP_STREAM_NOTE, targets=("direct", "ringfwd", "nginx")),
     Workload("udp-stream-8-64", "udp-stream", "udp", ["--flows", "8", "--size", "64"], "rate",
              what="8 flows, 64 B datagrams offered as fast as the generator can (32 in flight per "
                   "flow): the packet rate",
-             note=UDP_STREAM_NOTE),
+             note=UDP_STREAM_NOTE, targets=("direct", "ringfwd", "nginx")),
+    Workload("udp-stream-8-64-50k", "udp-stream", "udp",
+             ["--flows", "8", "--size", "64", "--rate", "50k/s"], "rate",
+             what="8 flows, 64 B datagrams offered at 50k/s in total (open loop)",
+             note=UDP_FIXED_NOTE, targets=("direct", "ringfwd", "nginx")),
+    Workload("udp-stream-8-64-150k", "udp-stream", "udp",
+             ["--flows", "8", "--size", "64", "--rate", "150k/s"], "rate", quick_layouts=("pinned",),
+             what="8 flows, 64 B datagrams offered at 150k/s in total (open loop)",
+             note=UDP_FIXED_NOTE, targets=("direct", "ringfwd", "nginx")),
 ]
+
+def workload_targets(wl: Workload, selected: list[str]) -> list[str]:
+    """The targets `wl` runs against, of those selected, in table order."""
+    want = set(wl.targets if wl.targets is not None else DEFAULT_TARGETS)
+    return [t for t in TARGETS if t in selected and t in want and (not wl.udp or t in UDP_CAPABLE)]
+
 
 FULL = dict(reps=3, duration=3.0, warmup=1.0)
 QUICK = dict(reps=1, duration=1.0, warmup=0.5)
@@ -362,6 +415,38 @@ def busy_fraction(a: dict, b: dict, cpu: str) -> float | None:
     return db / dt_ if dt_ > 0 else None
 
 
+def busy_cpus(sample_s: float = 0.3) -> float:
+    """CPUs busy over the next `sample_s` seconds, whole machine (/proc/stat)."""
+    a = cpu_busy()
+    time.sleep(sample_s)
+    b = cpu_busy()
+    f = busy_fraction(a, b, "cpu")
+    return 0.0 if f is None else f * len([k for k in a if k != "cpu"])
+
+
+class QuietGate:
+    """Waits before a run until the machine is quiet (few busy CPUs while everything the
+    harness started is idle), at most `per_run` seconds each time and `budget` in all."""
+
+    def __init__(self, per_run: float, budget: float, threshold: float = 0.3):
+        self.per_run, self.budget, self.threshold = per_run, budget, threshold
+        self.waited = 0.0
+
+    def wait(self) -> tuple[float, float]:
+        """(seconds waited, busy CPUs seen last)."""
+        t0 = time.monotonic()
+        busy = busy_cpus()
+        while busy > self.threshold:
+            spent = time.monotonic() - t0
+            if spent >= self.per_run or self.waited + spent >= self.budget:
+                break
+            time.sleep(0.5)
+            busy = busy_cpus()
+        w = time.monotonic() - t0
+        self.waited += w
+        return round(w, 2), round(busy, 3)
+
+
 def loadavg() -> str:
     try:
         with open("/proc/loadavg") as f:
@@ -554,6 +639,7 @@ def haproxy_cfg(layout: Layout, variant: str) -> str:
         "haproxy": "    # no splice: data is copied through HAProxy's buffers",
         "haproxy-splice-auto": "    option splice-auto",
         "haproxy-splice": "    option splice-request\n    option splice-response",
+        "haproxy-busypoll": "    # no splice: data is copied through HAProxy's buffers",
     }[variant]
     if not layout.fwd_cpus:
         cpu_map = "    # not pinned (no cpu-map)"
@@ -568,6 +654,8 @@ def haproxy_cfg(layout: Layout, variant: str) -> str:
         cpu_map,
         f"    maxconn {haproxy_maxconn()}  # 2 descriptors each (+ splice pipes); RLIMIT_NOFILE here is {nofile_limit()}",
         "    # no 'log' line: logging off",
+    ] + (["    busy-polling  # never sleep in the poller: spin, at 100% of the thread's CPU"]
+         if variant == "haproxy-busypoll" else []) + [
         "",
         "defaults",
         "    mode tcp",
@@ -640,6 +728,366 @@ def nginx_cfg(layout: Layout, module: str, logdir: Path) -> str:
 
 
 # --------------------------------------------------------------------------
+# Command lines of the processes under test (also used by benches/knobs.py)
+
+ECHO_FLAG = {"echo": "--tcp", "sink": "--tcp-sink", "source": "--tcp-source", "rr": "--tcp-rr", "udp": "--udp"}
+
+
+def probe_binary(binary: Path) -> tuple[set[str], set[str]]:
+    """(the `ringfwd echo` service flags, the `ringfwd bench` modes) this build has."""
+    eh = sh([str(binary), "echo", "--help"]).stdout
+    echo_flags = {f for f in ("--tcp", "--tcp-sink", "--tcp-source", "--tcp-rr", "--udp")
+                  if f"{f} " in eh or f"{f}=" in eh or f"{f}\n" in eh}
+    bh = sh([str(binary), "bench", "--help"])
+    modes = set()
+    if bh.returncode == 0:
+        for m in ("tcp-rr", "tcp-crr", "tcp-stream", "udp-rr", "udp-stream"):
+            if m in bh.stdout:
+                modes.add(m)
+    return echo_flags, modes
+
+
+def upstream_argv(binary: Path, echo_flags: set[str], ports: dict[str, int], shards: int,
+                  cpus: list[int] | None, extra: list[str] | None = None) -> list[str]:
+    """`ringfwd echo` serving each service of `ports` (echo, sink, source, rr, udp -> port) that
+    this build has, under `taskset` and `--cpus` when `cpus` is given."""
+    argv = taskset(cpus) + [str(binary), "echo"]
+    for svc in ("echo", "sink", "source", "rr"):
+        f = ECHO_FLAG[svc]
+        if svc in ports and f in echo_flags:
+            argv += [f, f"{LOOPBACK}:{ports[svc]}"]
+    if "rr" in ports and "--tcp-rr" in echo_flags:
+        argv += ["--request-size", "64", "--response-size", "64"]
+    if "udp" in ports and "--udp" in echo_flags:
+        argv += ["--udp", f"{LOOPBACK}:{ports['udp']}"]
+    argv += ["--shards", str(shards)]
+    if cpus:
+        argv += ["--cpus", ",".join(map(str, cpus))]
+    return argv + (extra or [])
+
+
+def ringfwd_argv(binary: Path, tcp: list[tuple[int, int]], udp: list[tuple[int, int]], shards: int,
+                 cpus: list[int] | None, extra: list[str] | None = None) -> list[str]:
+    """`ringfwd run` forwarding each (listen port, upstream port) pair on 127.0.0.1; under
+    `taskset` and `--cpus` when `cpus` is given; `extra`: more flags (--config, --busy-poll)."""
+    argv = taskset(cpus) + [str(binary), "run"]
+    for lp, up in tcp:
+        argv += ["--tcp", f"{LOOPBACK}:{lp}={LOOPBACK}:{up}"]
+    for lp, up in udp:
+        argv += ["--udp", f"{LOOPBACK}:{lp}={LOOPBACK}:{up}"]
+    argv += ["--shards", str(shards)] + (["--cpus", ",".join(map(str, cpus))] if cpus else [])
+    return argv + (extra or [])
+
+
+def bench_argv(binary: Path, mode: str, port: int, args: list[str], duration: float, warmup: float,
+               json_path: Path, shards: int, cpus: list[int] | None,
+               extra: list[str] | None = None) -> list[str]:
+    """`ringfwd bench MODE --target 127.0.0.1:PORT ARGS --json ...`, quiet, on `shards` shards,
+    under `taskset` and `--cpus` when `cpus` is given."""
+    argv = taskset(cpus) + [str(binary), "bench", mode, "--target", f"{LOOPBACK}:{port}"]
+    argv += args
+    argv += ["--duration", fmt_dur(duration), "--warmup", fmt_dur(warmup),
+             "--json", str(json_path), "--quiet", "--shards", str(shards)]
+    if cpus:
+        argv += ["--cpus", ",".join(map(str, cpus))]
+    return argv + (extra or [])
+
+
+# --------------------------------------------------------------------------
+# One measured bench run
+
+def measure_bench(argv: list[str], json_path: Path, roots: list[int], up_root: list[int],
+                  warm: float, dur: float, metric: str, *, target: str = "",
+                  rel_json: Path | None = None, on_popen=None, on_start=None) -> dict:
+    """Run one `ringfwd bench ... --json json_path` (argv) to its end and measure it.
+
+    While it runs, samples the CPU time of the process trees `roots` (the forwarder; empty for
+    direct), of the bench itself and of `up_root` (the upstream), the whole CPUs' busy time and
+    the forwarder's memory, three times inside the measured window [warmup, warmup + duration]
+    from the bench's start. Returns one row: the bench's figures from its JSON, the forwarder's
+    CPU rate, cost per op or per GB, peak RSS / PSS, generator and upstream CPU, ok/error.
+    `metric` is "rate" (cost per op) or "bps" (cost per GB). `on_popen(p)` is called with the
+    bench's Popen (and None when it has ended), `on_start(p)` right after it started."""
+    load_before = loadavg()
+    clear_refs(roots)
+    cpu_all0 = cpu_seconds(roots)
+    err_f = tempfile.TemporaryFile()
+    out_f = tempfile.TemporaryFile()
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f)
+    if on_popen is not None:
+        on_popen(p)
+    if on_start is not None:
+        on_start(p)
+    # The measured window is [t0 + warmup, t0 + warmup + duration] from the bench's start;
+    # sample a little inside it and use rates, so a late start of the bench's own window
+    # (connection setup) does not matter.
+    edge = min(0.1, dur / 10)
+    marks = [t0 + warm + edge, t0 + warm + dur / 2, t0 + warm + dur - edge]
+    samples = []  # (time, fwd cpu, gen cpu, up cpu, /proc/stat, hwm, pss, nproc)
+    for mark in marks:
+        delay = mark - time.monotonic()
+        if delay > 0:
+            try:
+                p.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                pass
+        if p.poll() is not None:
+            break
+        table = proc_table()
+        hwm, pss, nproc = memory(roots) if roots else (0, 0, 0)
+        samples.append((time.monotonic(), cpu_seconds(roots, table), cpu_seconds([p.pid], table),
+                        cpu_seconds(up_root, table), cpu_busy(), hwm, pss, nproc,
+                        cpu_seconds_ticks(roots, table)))
+    limit = warm + dur + 60
+    timed_out = False
+    try:
+        p.wait(timeout=max(1.0, t0 + limit - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        p.kill()
+        p.wait()
+    if on_popen is not None:
+        on_popen(None)
+    wall = time.monotonic() - t0
+    cpu_all1 = cpu_seconds(roots)
+    hwm_end, pss_end, _ = memory(roots) if roots else (0, 0, 0)
+    err_f.seek(0)
+    stderr = err_f.read().decode(errors="replace")
+    out_f.seek(0)
+    stdout = out_f.read().decode(errors="replace")
+    err_f.close()
+    out_f.close()
+
+    row = {"load_before": load_before, "wall_s": round(wall, 2),
+           "json": str(rel_json if rel_json is not None else json_path), "exit": p.returncode}
+    data = None
+    if json_path.exists():
+        try:
+            data = json.loads(json_path.read_text())
+        except (OSError, ValueError) as e:
+            row["error"] = f"bad --json output: {e}"
+    errors = []
+    if timed_out:
+        errors.append(f"bench still running after {limit:.0f}s: killed")
+    why = (data or {}).get("failure") or (data or {}).get("first_error")
+    errs = {k: v for k, v in ((data or {}).get("errors") or {}).items() if v}
+    if p.returncode != 0:
+        if why:  # the bench said why in its JSON: that, not the same words again from stderr
+            errors.append(f"bench exit {p.returncode}: {why}" + (f" (errors {errs})" if errs else ""))
+        else:
+            tail = " | ".join(l for l in stderr.strip().splitlines()[-4:] if l.strip()) or stdout.strip()[-300:]
+            errors.append(f"bench exit {p.returncode}: {tail[:600]}")
+    if data is None and "error" not in row:
+        errors.append("no --json written")
+    if data is not None and not data.get("ok", False) and p.returncode == 0:
+        errors.append("bench exited 0 but reported ok=false" + (f": {why}" if why else "")
+                      + (f" (errors {errs})" if errs else ""))
+    if "error" in row:
+        errors.insert(0, row["error"])
+    row["error"] = "; ".join(errors)
+    row["ok"] = not errors
+
+    if data is not None:
+        lat = data.get("latency_us") or {}
+        bps = data.get("bits_per_second") or {}
+        udp = data.get("udp") or {}
+        errs = data.get("errors") or {}
+        row.update({
+            "rate": data.get("rate"), "offered_rate": data.get("offered_rate"),
+            "bits_per_second": bps.get("total"), "bps_up": bps.get("up"), "bps_down": bps.get("down"),
+            "p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"),
+            "p99_9": lat.get("p99_9"), "max": lat.get("max"),
+            "elapsed_s": data.get("elapsed_s"), "ops": data.get("ops"),
+            "bytes_sent": data.get("bytes_sent"), "bytes_received": data.get("bytes_received"),
+            "udp_lost": udp.get("lost"), "loss_ratio": udp.get("loss_ratio"),
+            "errors": " ".join(f"{k}={v}" for k, v in errs.items() if v),
+        })
+    # forwarder cost over the measured window
+    if roots and len(samples) >= 2:
+        a, b = samples[0], samples[-1]
+        span = b[0] - a[0]
+        fwd_rate = (b[1] - a[1]) / span  # CPU-seconds per second
+        row["fwd_cpu_util"] = round(fwd_rate, 4)
+        # the same from utime+stime ticks alone, for comparison (undercounts short-lived runs)
+        row["fwd_cpu_util_ticks"] = round((b[8] - a[8]) / span, 4)
+        elapsed = (data or {}).get("elapsed_s") or dur
+        row["cpu_s"] = round(fwd_rate * elapsed, 4)
+        rate = row.get("rate") or 0
+        if metric == "rate" and rate > 0:
+            row["cpu_us_per_op"] = round(fwd_rate / rate * 1e6, 3)
+        bits = row.get("bits_per_second") or 0
+        if bits > 0:
+            row["cpu_s_per_gb"] = round(fwd_rate / (bits / 8 / 1e9), 4)
+        row["rss_peak_kib"] = max([s[5] for s in samples] + ([hwm_end] if target != "socat" else []))
+        row["pss_kib"] = max(s[6] for s in samples)
+        row["fwd_procs"] = max(s[7] for s in samples)
+    elif roots:
+        row["cpu_s_whole_run"] = round(cpu_all1 - cpu_all0, 3)
+    if len(samples) >= 2:
+        a, b = samples[0], samples[-1]
+        span = b[0] - a[0]
+        row["gen_cpu_util"] = round((b[2] - a[2]) / span, 4)
+        row["up_cpu_util"] = round((b[3] - a[3]) / span, 4)
+        for cpu in sorted(k for k in a[4] if k != "cpu"):
+            f = busy_fraction(a[4], b[4], cpu)
+            row[f"{cpu}_busy"] = None if f is None else round(f, 4)
+        tot = busy_fraction(a[4], b[4], "cpu")
+        if tot is not None:
+            ncpu = len([k for k in a[4] if k != "cpu"])
+            known = (b[1] - a[1] + b[2] - a[2] + b[3] - a[3]) / span
+            row["other_cpu_util"] = round(tot * ncpu - known, 4)
+    if roots:
+        row["cpu_s_whole_run"] = round(cpu_all1 - cpu_all0, 3)
+    return row
+
+
+# --------------------------------------------------------------------------
+# Memory of idle connections
+
+IDLE_NAME = "tcp-idle"  # how --only selects it
+IDLE_CONNS = 9900  # full run; see idle_note()
+IDLE_CONNS_QUICK = 2000
+IDLE_TARGETS = ["ringfwd", "haproxy", "nginx"]
+IDLE_PORT = {"ringfwd": 23000, "haproxy": 23010, "nginx": 23020}
+
+
+def idle_note(n: int) -> str:
+    return (f"{n:,} connections, not 10,000: a proxied connection holds two descriptors in the "
+            f"forwarder (client and upstream side), the hard RLIMIT_NOFILE here is {resource.getrlimit(resource.RLIMIT_NOFILE)[1]} "
+            "and root cannot raise it (no CAP_SYS_RESOURCE), so 10,000 connections would need more "
+            "descriptors than one process may have; "
+            f"{n:,} × 2 plus listeners, rings and logs fits.")
+
+
+def haproxy_idle_cfg(port: int, up_port: int, cpu: int, n: int) -> str:
+    return "\n".join([
+        "# HAProxy for the idle-connection memory test; written by benches/compare.py",
+        "global",
+        "    nbthread 1",
+        f"    cpu-map 1/1 {cpu}",
+        f"    maxconn {n + 50}  # 2 descriptors each, no splice (no pipes)",
+        "",
+        "defaults",
+        "    mode tcp",
+        f"    maxconn {n + 50}",
+        "    timeout connect 5s",
+        "    timeout client 10m",
+        "    timeout server 10m",
+        "",
+        "frontend fe_idle",
+        f"    bind {LOOPBACK}:{port}",
+        "    default_backend be_idle",
+        "backend be_idle",
+        f"    server up_idle {LOOPBACK}:{up_port}",
+        "",
+    ])
+
+
+def nginx_idle_cfg(port: int, up_port: int, cpu: int, n: int, module: str, logdir: Path) -> str:
+    return "\n".join([
+        "# NGINX stream for the idle-connection memory test; written by benches/compare.py",
+        f"load_module {module};",
+        "daemon off;",
+        "master_process on;",
+        "worker_processes 1;",
+        f"worker_cpu_affinity {format(1 << cpu, 'b')};",
+        f"worker_rlimit_nofile {nofile_limit()};",
+        f"pid {logdir}/nginx-idle.pid;",
+        f"error_log {logdir}/nginx-idle-error.log warn;",
+        "",
+        "events {",
+        f"    worker_connections {2 * n + 64};  # counts the client and the upstream side of each",
+        "}",
+        "",
+        "stream {",
+        "    proxy_connect_timeout 5s;",
+        "    server {",
+        f"        listen {LOOPBACK}:{port} reuseport backlog=4096;",
+        f"        proxy_pass {LOOPBACK}:{up_port};",
+        "        proxy_timeout 10m;",
+        "    }",
+        "}",
+        "",
+    ])
+
+
+def established(local_port: int) -> int:
+    """TCP sockets in ESTABLISHED with this local port (the upstream's accepted sockets)."""
+    r = sh(["ss", "-Htn", "state", "established", f"( sport = :{local_port} )"])
+    return len([l for l in r.stdout.splitlines() if l.strip()])
+
+
+def current_memory(roots: list[int]) -> tuple[int, int]:
+    """(sum of VmRSS, sum of Pss), KiB, over the trees."""
+    pids = tree(roots)
+    return (sum(kib_field(f"/proc/{p}/status", "VmRSS:") for p in pids),
+            sum(kib_field(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids))
+
+
+def open_idle(port: int, n: int, timeout: float = 60) -> tuple[list[socket.socket], int, float]:
+    """Open n TCP connections to 127.0.0.1:port, at most 256 connecting at once (the listen
+    backlog is not what is measured). Returns (sockets, failed, seconds)."""
+    import select
+    t0 = time.monotonic()
+    socks: list[socket.socket] = []
+    pending: dict[int, socket.socket] = {}
+    failed = 0
+    ep = select.epoll()
+    deadline = t0 + timeout
+
+    def drain(limit: int) -> None:
+        nonlocal failed
+        while len(pending) > limit and time.monotonic() < deadline:
+            for fd, _ in ep.poll(0.5):
+                sk = pending.pop(fd, None)
+                if sk is None:
+                    continue
+                ep.unregister(fd)
+                if sk.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+                    failed += 1
+                    sk.close()
+                else:
+                    socks.append(sk)
+    try:
+        for _ in range(n):
+            sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sk.setblocking(False)
+            try:
+                sk.connect((LOOPBACK, port))
+            except BlockingIOError:
+                pass
+            except OSError:
+                failed += 1
+                sk.close()
+                continue
+            pending[sk.fileno()] = sk
+            ep.register(sk.fileno(), select.EPOLLOUT)
+            if len(pending) >= 256:
+                drain(64)
+        drain(0)
+    finally:
+        for sk in pending.values():
+            sk.close()
+            failed += 1
+        ep.close()
+    return socks, failed, time.monotonic() - t0
+
+
+def wait_established(port: int, want: int, timeout: float, at_most: bool = False) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        n = established(port)
+        if (n <= want if at_most else n >= want) or time.monotonic() > deadline:
+            return n
+        time.sleep(0.25)
+
+
+def slab_kib() -> int:
+    return kib_field("/proc/meminfo", "Slab:")
+
+
+# --------------------------------------------------------------------------
 # The harness
 
 @dataclass
@@ -668,19 +1116,14 @@ class Harness:
         (outdir / "configs").mkdir(parents=True, exist_ok=True)
         (outdir / "runs").mkdir(parents=True, exist_ok=True)
         self.csv_path = outdir / "raw.csv"
+        self.idle_rows: list[dict] = []
+        self.idle_conns = IDLE_CONNS_QUICK if getattr(args, "quick", False) else IDLE_CONNS
+        self.idle_targets: list[str] = []  # set by main when the idle workload is selected
 
     # ---- capabilities of the binary under test
 
     def probe(self) -> None:
-        eh = sh([str(self.bin), "echo", "--help"]).stdout
-        self.echo_flags = {f for f in ("--tcp", "--tcp-sink", "--tcp-source", "--tcp-rr", "--udp")
-                           if f"{f} " in eh or f"{f}=" in eh or f"{f}\n" in eh}
-        bh = sh([str(self.bin), "bench", "--help"])
-        self.bench_modes = set()
-        if bh.returncode == 0:
-            for m in ("tcp-rr", "tcp-crr", "tcp-stream", "udp-rr", "udp-stream"):
-                if m in bh.stdout:
-                    self.bench_modes.add(m)
+        self.echo_flags, self.bench_modes = probe_binary(self.bin)
         need = {"echo": "--tcp", "sink": "--tcp-sink", "source": "--tcp-source", "rr": "--tcp-rr",
                 "udp": "--udp"}
         keep = []
@@ -697,8 +1140,16 @@ class Harness:
 
     # ---- starting everything of one layout
 
+    def layout_targets(self, lay: Layout) -> list[str]:
+        """Every target some workload of this layout runs against."""
+        want = set()
+        for wl, l in self.workloads:
+            if l == lay.name:
+                want.update(workload_targets(wl, self.targets))
+        return [t for t in TARGETS if t in want]
+
     def start_layout(self, lay: Layout) -> None:
-        wanted = set(self.targets)
+        wanted = self.layout_targets(lay)
         logs = self.out / "logs"
         # every port this layout uses must be free before anything starts
         ports = []
@@ -713,45 +1164,48 @@ class Harness:
                                " (see `ss -ltnup`; the harness never touches processes it did not start)")
 
         # the upstream
-        argv = taskset(lay.up_cpus) + [str(self.bin), "echo"]
-        flag = {"echo": "--tcp", "sink": "--tcp-sink", "source": "--tcp-source", "rr": "--tcp-rr"}
-        for svc, f in flag.items():
-            if f in self.echo_flags:
-                argv += [f, f"{LOOPBACK}:{lay.port('direct', svc)}"]
-        if "--tcp-rr" in self.echo_flags:
-            argv += ["--request-size", "64", "--response-size", "64"]
-        if "--udp" in self.echo_flags:
-            argv += ["--udp", f"{LOOPBACK}:{lay.port('direct', 'udp')}"]
-        argv += ["--shards", str(lay.up_shards)]
-        if lay.up_cpus:
-            argv += ["--cpus", ",".join(map(str, lay.up_cpus))]
+        argv = upstream_argv(self.bin, self.echo_flags,
+                             {svc: lay.port("direct", svc) for svc in list(TCP_SERVICES) + ["udp"]},
+                             lay.up_shards, lay.up_cpus)
         up = Managed(f"upstream-{lay.name}", argv, logs, "ringfwd")
         self._start(up)
         self.upstream = up
         wait_tcp(lay.port("direct", "echo"), up)
 
         self.fwd = {"direct": []}
+        for t in wanted:
+            if t != "direct" and t not in ON_DEMAND:
+                self.start_target(t, lay)
+        time.sleep(0.3)
+        self.check_forwarding(lay, [t for t in wanted if t not in ON_DEMAND])
+        # the on-demand targets once now, so a broken config stops the run before any measurement
+        for t in wanted:
+            if t in ON_DEMAND:
+                self.start_target(t, lay)
+                time.sleep(0.2)
+                self.check_forwarding(lay, [t])
+                self.stop_target(t)
+
+    def start_target(self, t: str, lay: Layout) -> None:
+        logs = self.out / "logs"
         ts = taskset(lay.fwd_cpus)
-        cpus_flag = ["--cpus", ",".join(map(str, lay.fwd_cpus))] if lay.fwd_cpus else []
-        if "ringfwd" in wanted:
-            argv = ts + [str(self.bin), "run"]
-            for svc in TCP_SERVICES:
-                argv += ["--tcp", f"{LOOPBACK}:{lay.port('ringfwd', svc)}={LOOPBACK}:{lay.port('direct', svc)}"]
-            argv += ["--udp", f"{LOOPBACK}:{lay.port('ringfwd', 'udp')}={LOOPBACK}:{lay.port('direct', 'udp')}"]
-            argv += ["--shards", str(lay.fwd_threads)] + cpus_flag
-            self._start_fwd("ringfwd", [Managed(f"ringfwd-{lay.name}", argv, logs, "ringfwd")], lay)
-        for v in HAPROXY_VARIANTS:
-            if v in wanted:
-                rel = f"configs/{v}-{lay.name}.cfg"
-                text = haproxy_cfg(lay, v)
-                (self.out / rel).write_text(text)
-                self.configs[rel] = text
-                r = sh(["haproxy", "-c", "-f", str(self.out / rel)])
-                if r.returncode != 0:
-                    raise RuntimeError(f"haproxy -c -f {rel} failed:\n{r.stdout}{r.stderr}")
-                argv = ts + ["haproxy", "-db", "-f", str(self.out / rel)]
-                self._start_fwd(v, [Managed(f"{v}-{lay.name}", argv, logs, "haproxy")], lay)
-        if "nginx" in wanted:
+        if t in ("ringfwd", "ringfwd-busypoll"):
+            argv = ringfwd_argv(self.bin, [(lay.port(t, svc), lay.port("direct", svc)) for svc in TCP_SERVICES],
+                                [(lay.port(t, "udp"), lay.port("direct", "udp"))],
+                                lay.fwd_threads, lay.fwd_cpus,
+                                ["--busy-poll", BUSY_POLL] if t == "ringfwd-busypoll" else [])
+            self._start_fwd(t, [Managed(f"{t}-{lay.name}", argv, logs, "ringfwd")], lay)
+        elif t in HAPROXY_ALL:
+            rel = f"configs/{t}-{lay.name}.cfg"
+            text = haproxy_cfg(lay, t)
+            (self.out / rel).write_text(text)
+            self.configs[rel] = text
+            r = sh(["haproxy", "-c", "-f", str(self.out / rel)])
+            if r.returncode != 0:
+                raise RuntimeError(f"haproxy -c -f {rel} failed:\n{r.stdout}{r.stderr}")
+            argv = ts + ["haproxy", "-db", "-f", str(self.out / rel)]
+            self._start_fwd(t, [Managed(f"{t}-{lay.name}", argv, logs, "haproxy")], lay)
+        elif t == "nginx":
             module = find_stream_module()
             if module is None:
                 raise RuntimeError("the NGINX stream module is not installed (libnginx-mod-stream)")
@@ -766,7 +1220,7 @@ class Harness:
             if r.returncode != 0:
                 raise RuntimeError(f"nginx -t failed for {rel}:\n{r.stdout}{r.stderr}")
             self._start_fwd("nginx", [Managed(f"nginx-{lay.name}", ts + base, logs, "nginx")], lay)
-        if "socat" in wanted:
+        elif t == "socat":
             procs = []
             for svc in TCP_SERVICES:
                 argv = ts + ["socat", f"TCP-LISTEN:{lay.port('socat', svc)},bind={LOOPBACK},fork,reuseaddr,backlog=4096",
@@ -778,8 +1232,16 @@ class Harness:
                          f"UDP:{LOOPBACK}:{lay.port('direct', 'udp')}"]
             procs.append(Managed(f"socat-udp-{lay.name}", argv, logs, "socat"))
             self._start_fwd("socat", procs, lay)
-        time.sleep(0.3)
-        self.check_forwarding(lay)
+        else:
+            raise RuntimeError(f"unknown target {t}")
+
+    def stop_target(self, t: str) -> None:
+        for m in self.fwd.pop(t, []):
+            try:
+                m.stop()
+            finally:
+                if m in self.procs:
+                    self.procs.remove(m)
 
     def _start(self, m: Managed) -> None:
         m.start()
@@ -794,9 +1256,9 @@ class Harness:
             if not m.alive():
                 raise RuntimeError(f"{m.name} exited:\n{m.log_tail()}")
 
-    def check_forwarding(self, lay: Layout) -> None:
+    def check_forwarding(self, lay: Layout, targets: list[str]) -> None:
         """A verified byte exchange through every target before anything is measured."""
-        for t in self.targets:
+        for t in targets:
             msgs = []
             payload = f"compare.py preflight {t} {lay.name}\n".encode() * 50
             try:
@@ -869,14 +1331,9 @@ class Harness:
     # ---- one measured run
 
     def bench_argv(self, wl: Workload, lay: Layout, target: str, json_path: Path) -> list[str]:
-        argv = taskset(lay.gen_cpus) + [str(self.bin), "bench", wl.mode,
-                                       "--target", f"{LOOPBACK}:{lay.port(target, wl.service)}"]
-        argv += wl.args
-        argv += ["--duration", fmt_dur(self.settings["duration"]), "--warmup", fmt_dur(self.settings["warmup"]),
-                 "--json", str(json_path), "--quiet", "--shards", str(lay.gen_shards)]
-        if lay.gen_cpus:
-            argv += ["--cpus", ",".join(map(str, lay.gen_cpus))]
-        return argv
+        return bench_argv(self.bin, wl.mode, lay.port(target, wl.service), wl.args,
+                          self.settings["duration"], self.settings["warmup"], json_path,
+                          lay.gen_shards, lay.gen_cpus, list(wl.gen_extra))
 
     def measure(self, run: Run) -> dict:
         wl, lay, target = run.workload, run.layout, run.target
@@ -900,135 +1357,117 @@ class Harness:
                     "mode": wl.mode, "ok": False, "json": "",
                     "error": f"{m.name} is no longer running (exit status {m.proc.returncode}): {tail}"[:800]}
         warm, dur = self.settings["warmup"], self.settings["duration"]
-        load_before = loadavg()
-        clear_refs(roots)
-        cpu_all0 = cpu_seconds(roots)
-        err_f = tempfile.TemporaryFile()
-        out_f = tempfile.TemporaryFile()
-        t0 = time.monotonic()
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f)
-        self.bench_proc = p
-        # The measured window is [t0 + warmup, t0 + warmup + duration] from the bench's start;
-        # sample a little inside it and use rates, so a late start of the bench's own window
-        # (connection setup) does not matter.
-        edge = min(0.1, dur / 10)
-        marks = [t0 + warm + edge, t0 + warm + dur / 2, t0 + warm + dur - edge]
-        samples = []  # (time, fwd cpu, gen cpu, up cpu, /proc/stat, hwm, pss, nproc)
-        for mark in marks:
-            delay = mark - time.monotonic()
-            if delay > 0:
-                try:
-                    p.wait(timeout=delay)
-                except subprocess.TimeoutExpired:
-                    pass
-            if p.poll() is not None:
-                break
-            table = proc_table()
-            hwm, pss, nproc = memory(roots) if roots else (0, 0, 0)
-            samples.append((time.monotonic(), cpu_seconds(roots, table), cpu_seconds([p.pid], table),
-                            cpu_seconds(up_root, table), cpu_busy(), hwm, pss, nproc,
-                            cpu_seconds_ticks(roots, table)))
-        limit = warm + dur + 60
-        timed_out = False
-        try:
-            p.wait(timeout=max(1.0, t0 + limit - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            p.kill()
-            p.wait()
-        self.bench_proc = None
-        wall = time.monotonic() - t0
-        cpu_all1 = cpu_seconds(roots)
-        hwm_end, pss_end, _ = memory(roots) if roots else (0, 0, 0)
-        err_f.seek(0)
-        stderr = err_f.read().decode(errors="replace")
-        out_f.seek(0)
-        stdout = out_f.read().decode(errors="replace")
-        err_f.close()
-        out_f.close()
-
         row = {"workload": wl.name, "target": target, "rep": run.rep, "pinning": lay.name,
-               "mode": wl.mode, "load_before": load_before, "wall_s": round(wall, 2),
-               "json": str(rel_json), "exit": p.returncode}
-        data = None
-        if json_path.exists():
-            try:
-                data = json.loads(json_path.read_text())
-            except (OSError, ValueError) as e:
-                row["error"] = f"bad --json output: {e}"
-        errors = []
-        if timed_out:
-            errors.append(f"bench still running after {limit:.0f}s: killed")
-        why = (data or {}).get("failure") or (data or {}).get("first_error")
-        errs = {k: v for k, v in ((data or {}).get("errors") or {}).items() if v}
-        if p.returncode != 0:
-            if why:  # the bench said why in its JSON: that, not the same words again from stderr
-                errors.append(f"bench exit {p.returncode}: {why}" + (f" (errors {errs})" if errs else ""))
-            else:
-                tail = " | ".join(l for l in stderr.strip().splitlines()[-4:] if l.strip()) or stdout.strip()[-300:]
-                errors.append(f"bench exit {p.returncode}: {tail[:600]}")
-        if data is None and "error" not in row:
-            errors.append("no --json written")
-        if data is not None and not data.get("ok", False) and p.returncode == 0:
-            errors.append("bench exited 0 but reported ok=false" + (f": {why}" if why else "")
-                          + (f" (errors {errs})" if errs else ""))
-        if "error" in row:
-            errors.insert(0, row["error"])
-        row["error"] = "; ".join(errors)
-        row["ok"] = not errors
-
-        if data is not None:
-            lat = data.get("latency_us") or {}
-            bps = data.get("bits_per_second") or {}
-            udp = data.get("udp") or {}
-            errs = data.get("errors") or {}
-            row.update({
-                "rate": data.get("rate"), "offered_rate": data.get("offered_rate"),
-                "bits_per_second": bps.get("total"), "bps_up": bps.get("up"), "bps_down": bps.get("down"),
-                "p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"),
-                "p99_9": lat.get("p99_9"), "max": lat.get("max"),
-                "elapsed_s": data.get("elapsed_s"), "ops": data.get("ops"),
-                "bytes_sent": data.get("bytes_sent"), "bytes_received": data.get("bytes_received"),
-                "udp_lost": udp.get("lost"), "loss_ratio": udp.get("loss_ratio"),
-                "errors": " ".join(f"{k}={v}" for k, v in errs.items() if v),
-            })
-        # forwarder cost over the measured window
-        if roots and len(samples) >= 2:
-            a, b = samples[0], samples[-1]
-            span = b[0] - a[0]
-            fwd_rate = (b[1] - a[1]) / span  # CPU-seconds per second
-            row["fwd_cpu_util"] = round(fwd_rate, 4)
-            # the same from utime+stime ticks alone, for comparison (undercounts short-lived runs)
-            row["fwd_cpu_util_ticks"] = round((b[8] - a[8]) / span, 4)
-            elapsed = (data or {}).get("elapsed_s") or dur
-            row["cpu_s"] = round(fwd_rate * elapsed, 4)
-            rate = row.get("rate") or 0
-            if wl.metric == "rate" and rate > 0:
-                row["cpu_us_per_op"] = round(fwd_rate / rate * 1e6, 3)
-            bits = row.get("bits_per_second") or 0
-            if bits > 0:
-                row["cpu_s_per_gb"] = round(fwd_rate / (bits / 8 / 1e9), 4)
-            row["rss_peak_kib"] = max([s[5] for s in samples] + ([hwm_end] if target != "socat" else []))
-            row["pss_kib"] = max(s[6] for s in samples)
-            row["fwd_procs"] = max(s[7] for s in samples)
-        elif roots:
-            row["cpu_s_whole_run"] = round(cpu_all1 - cpu_all0, 3)
-        if len(samples) >= 2:
-            a, b = samples[0], samples[-1]
-            span = b[0] - a[0]
-            row["gen_cpu_util"] = round((b[2] - a[2]) / span, 4)
-            row["up_cpu_util"] = round((b[3] - a[3]) / span, 4)
-            for cpu in sorted(k for k in a[4] if k != "cpu"):
-                f = busy_fraction(a[4], b[4], cpu)
-                row[f"{cpu}_busy"] = None if f is None else round(f, 4)
-            tot = busy_fraction(a[4], b[4], "cpu")
-            if tot is not None:
-                ncpu = len([k for k in a[4] if k != "cpu"])
-                known = (b[1] - a[1] + b[2] - a[2] + b[3] - a[3]) / span
-                row["other_cpu_util"] = round(tot * ncpu - known, 4)
-        if roots:
-            row["cpu_s_whole_run"] = round(cpu_all1 - cpu_all0, 3)
+               "mode": wl.mode}
+        row.update(measure_bench(argv, json_path, roots, up_root, warm, dur, wl.metric,
+                                 target=target, rel_json=rel_json,
+                                 on_popen=lambda p: setattr(self, "bench_proc", p)))
         return row
+
+    # ---- memory of idle connections
+
+    def idle_memory(self, lay: Layout) -> None:
+        """For each forwarder: a dedicated instance (1 thread / worker / shard on the layout's
+        forwarder CPU, sized for the connections), its RSS and PSS, then n idle connections
+        through it (connected end to end, no byte sent), RSS and PSS again, then closed."""
+        n = self.idle_conns
+        up_port = lay.port("direct", "echo")
+        cpu = (lay.fwd_cpus or [0])[0]
+        logs = self.out / "logs"
+        log(f"idle memory: {n:,} idle connections through each of {', '.join(self.idle_targets)}; "
+            + idle_note(n))
+        if lay.gen_cpus:
+            os.sched_setaffinity(0, set(lay.gen_cpus))
+        for t in self.idle_targets:
+            row = {"target": t, "connections": n, "pinning": lay.name}
+            port = IDLE_PORT[t]
+            procs: list[Managed] = []
+            socks: list[socket.socket] = []
+            try:
+                if not port_free(port, "tcp"):
+                    raise RuntimeError(f"port 127.0.0.1:{port} is in use")
+                if established(up_port):
+                    raise RuntimeError(f"{established(up_port)} connections to the upstream are still open")
+                ts = taskset([cpu])
+                if t == "ringfwd":
+                    argv = ringfwd_argv(self.bin, [(port, up_port)], [], 1, [cpu])
+                    procs = [Managed("ringfwd-idle", argv, logs, "ringfwd")]
+                elif t == "haproxy":
+                    rel = "configs/haproxy-idle.cfg"
+                    text = haproxy_idle_cfg(port, up_port, cpu, n)
+                    (self.out / rel).write_text(text)
+                    self.configs[rel] = text
+                    r = sh(["haproxy", "-c", "-f", str(self.out / rel)])
+                    if r.returncode != 0:
+                        raise RuntimeError(f"haproxy -c -f {rel} failed:\n{r.stdout}{r.stderr}")
+                    procs = [Managed("haproxy-idle", ts + ["haproxy", "-db", "-f", str(self.out / rel)], logs, "haproxy")]
+                elif t == "nginx":
+                    module = find_stream_module()
+                    if module is None:
+                        raise RuntimeError("the NGINX stream module is not installed")
+                    rel = "configs/nginx-idle.conf"
+                    text = nginx_idle_cfg(port, up_port, cpu, n, module, logs)
+                    (self.out / rel).write_text(text)
+                    self.configs[rel] = text
+                    base = ["nginx", "-p", str(logs) + "/", "-e", str(logs / "nginx-idle-error.log"),
+                            "-c", str(self.out / rel)]
+                    r = sh(base + ["-t"])
+                    if r.returncode != 0:
+                        raise RuntimeError(f"nginx -t failed for {rel}:\n{r.stdout}{r.stderr}")
+                    procs = [Managed("nginx-idle", ts + base, logs, "nginx")]
+                for m in procs:
+                    self._start(m)
+                wait_tcp(port, procs[0])
+                roots = [m.pid for m in procs]
+                wait_established(up_port, 0, 5, at_most=True)  # wait_tcp's own connection is gone
+                time.sleep(0.5)
+                row["rss_before_kib"], row["pss_before_kib"] = current_memory(roots)
+                slab0 = slab_kib()
+                socks, failed, secs = open_idle(port, n)
+                row["open_failed"], row["open_s"] = failed, round(secs, 2)
+                row["upstream_established"] = wait_established(up_port, len(socks), 60)
+                time.sleep(1.0)
+                row["rss_after_kib"], row["pss_after_kib"] = current_memory(roots)
+                row["slab_delta_kib"] = slab_kib() - slab0
+                hwm, _, nproc = memory(roots)
+                row["rss_peak_kib"], row["procs"] = hwm, nproc
+                k = row["upstream_established"]
+                if k:
+                    row["rss_per_conn_b"] = round((row["rss_after_kib"] - row["rss_before_kib"]) * 1024 / k)
+                    row["pss_per_conn_b"] = round((row["pss_after_kib"] - row["pss_before_kib"]) * 1024 / k)
+                    row["slab_per_conn_b"] = round(row["slab_delta_kib"] * 1024 / k)
+                for sk in socks:
+                    sk.close()
+                socks = []
+                row["left_after_close"] = wait_established(up_port, 0, 30, at_most=True)
+                time.sleep(0.5)
+                row["rss_closed_kib"], row["pss_closed_kib"] = current_memory(roots)
+                dead = [m for m in procs if not m.alive()]
+                row["ok"] = not dead and k >= n and failed == 0
+                row["error"] = "" if row["ok"] else (
+                    f"{dead[0].name} exited: {dead[0].log_tail(3)}" if dead else
+                    f"{k} of {n} reached the upstream, {failed} connects failed")
+            except Exception as e:  # recorded, the others go on
+                row["ok"], row["error"] = False, str(e)[:600]
+            finally:
+                for sk in socks:
+                    sk.close()
+                for m in procs:
+                    try:
+                        m.stop()
+                    finally:
+                        if m in self.procs:
+                            self.procs.remove(m)
+            self.idle_rows.append(row)
+            per = (f"RSS +{row.get('rss_per_conn_b', 0):,} B/conn, PSS +{row.get('pss_per_conn_b', 0):,} B/conn, "
+                   f"opened in {row.get('open_s', 0)} s") if row.get("rss_per_conn_b") is not None else ""
+            log(f"idle memory {t:8s} {n:,} connections: {per} " + ("ok" if row["ok"] else f"FAILED: {row['error']}"))
+            wait_established(up_port, 0, 10, at_most=True)
+        with open(self.out / "idle.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=IDLE_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for r in self.idle_rows:
+                w.writerow(r)
 
     # ---- the schedule
 
@@ -1039,7 +1478,7 @@ class Harness:
             for wl, l in self.workloads:
                 if l != lname:
                     continue
-                targets = [t for t in self.targets if not wl.udp or t in UDP_CAPABLE]
+                targets = workload_targets(wl, self.targets)
                 for rep in range(1, self.settings["reps"] + 1):
                     # rotate the order each repetition so no target always runs first
                     k = (rep - 1) % len(targets)
@@ -1059,6 +1498,8 @@ class Harness:
             w.writeheader()
             for i, run in enumerate(runs, 1):
                 if current != run.layout.name:
+                    if current == "pinned" and self.idle_targets and not self.idle_rows:
+                        self.idle_memory(self.layouts["pinned"])
                     self.stop_all()
                     time.sleep(0.5)
                     current = run.layout.name
@@ -1070,13 +1511,26 @@ class Harness:
                     else:
                         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
                     self.start_layout(lay)
+                if run.target in ON_DEMAND:
+                    self.start_target(run.target, run.layout)
+                    time.sleep(0.3)
                 self.settle(run)
-                row = self.measure(run)
+                try:
+                    row = self.measure(run)
+                finally:
+                    if run.target in ON_DEMAND:
+                        self.stop_target(run.target)
                 self.rows.append(row)
                 w.writerow(row)
                 f.flush()
                 log(f"[{i:3d}/{len(runs)}] {run.workload.name:18s} {run.layout.name:8s} rep {run.rep} "
                     f"{run.target:20s} {describe_row(row, run.workload)}")
+        if self.idle_targets and not self.idle_rows:
+            if current != "pinned":
+                self.stop_all()
+                time.sleep(0.5)
+                self.start_layout(self.layouts["pinned"])
+            self.idle_memory(self.layouts["pinned"])
         self.stop_all()
 
     def settle(self, run: Run) -> None:
@@ -1107,6 +1561,12 @@ CSV_FIELDS = [
     "gen_cpu_util", "up_cpu_util", "cpu0_busy", "cpu1_busy", "other_cpu_util",
     "load_before", "wall_s", "exit", "json",
 ]
+
+
+IDLE_FIELDS = ["target", "connections", "pinning", "rss_before_kib", "rss_after_kib", "pss_before_kib",
+               "pss_after_kib", "rss_per_conn_b", "pss_per_conn_b", "rss_peak_kib", "procs",
+               "rss_closed_kib", "pss_closed_kib", "slab_delta_kib", "slab_per_conn_b", "open_s",
+               "open_failed", "upstream_established", "left_after_close", "ok", "error"]
 
 
 def describe_row(row: dict, wl: Workload) -> str:
@@ -1161,6 +1621,10 @@ def summarise(rows: list[dict], workloads: list[tuple[Workload, str]], targets: 
                 "p99_9": med([r.get("p99_9") for r in ok]),
                 "cost": med([r.get("cpu_s_per_gb" if wl.metric == "bps" else "cpu_us_per_op") for r in ok]),
                 "util": med([r.get("fwd_cpu_util") for r in ok]),
+                "genup": med([(r.get("gen_cpu_util") or 0) + (r.get("up_cpu_util") or 0) for r in ok
+                              if r.get("gen_cpu_util") is not None]),
+                "cost_offered": med([r["fwd_cpu_util"] / r["offered_rate"] * 1e6 for r in ok
+                                     if r.get("fwd_cpu_util") is not None and r.get("offered_rate")]),
                 "rss": med([r.get("rss_peak_kib") for r in ok]),
                 "pss": med([r.get("pss_kib") for r in ok]),
                 "errors": [r["error"] for r in trs if not r["ok"]],
@@ -1211,7 +1675,10 @@ def summary_md(summ: list[dict], meta: dict) -> str:
             hdr += ["offered/s", "loss"]
         if wl.metric == "rate":
             hdr += ["p50 µs", "p99 µs"]
-        hdr += [cost, "CPU", "peak RSS MiB", "PSS MiB", "vs direct", "vs HAProxy", "runs ok"]
+        hdr += [cost]
+        if wl.mode == "udp-stream":
+            hdr += ["CPU-µs/offered", "gen+up CPU"]
+        hdr += ["CPU", "peak RSS MiB", "PSS MiB", "vs direct", "vs HAProxy", "runs ok"]
         L.append("| " + " | ".join(hdr) + " |")
         L.append("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
         for t, d in s["per"].items():
@@ -1226,8 +1693,11 @@ def summary_md(summ: list[dict], meta: dict) -> str:
                 cells += [num(d["offered"]), "–" if d["loss"] is None else f"{100 * d['loss']:.1f}%"]
             if wl.metric == "rate":
                 cells += [num(d["p50"]), num(d["p99"])]
+            cells += [num(d["cost"]) if t != "direct" else "–"]
+            if wl.mode == "udp-stream":
+                cells += [num(d["cost_offered"]) if t != "direct" else "–",
+                          f"{100 * d['genup']:.0f}%" if d["genup"] is not None else "–"]
             cells += [
-                num(d["cost"]) if t != "direct" else "–",
                 f"{100 * d['util']:.0f}%" if d["util"] is not None and t != "direct" else "–",
                 f"{d['rss'] / 1024:.1f}" if d["rss"] and t != "direct" else "–",
                 f"{d['pss'] / 1024:.1f}" if d["pss"] and t != "direct" else "–",
@@ -1237,6 +1707,10 @@ def summary_md(summ: list[dict], meta: dict) -> str:
         if wl.note:
             L.append("")
             L.append(wl.note)
+        extra = workload_findings(s)
+        if extra:
+            L.append("")
+            L.append(extra)
         socat = s["per"].get("socat")
         if wl.udp and socat and any("verif" in e for e in socat["errors"]):
             L.append("")
@@ -1262,6 +1736,98 @@ def summary_md(summ: list[dict], meta: dict) -> str:
     return "\n".join(L)
 
 
+def workload_findings(s: dict) -> str:
+    """Sentences computed from one workload's medians: saturation of the generator's CPU in
+    udp-stream, and what busy polling bought in tcp-rr-1."""
+    wl, per = s["workload"], s["per"]
+    out = []
+    d = per.get("direct")
+    if wl.mode == "udp-stream" and d and d.get("loss") is not None:
+        offered = d.get("offered")
+        if d["loss"] > 0.01:
+            out.append(f"**Saturated before the forwarder:** direct itself delivers only "
+                       f"{100 * (1 - d['loss']):.0f}% of the {num(offered)}/s offered (generator + "
+                       f"upstream use {100 * (d['genup'] or 0):.0f}% of a CPU on CPU 1), so at this "
+                       "rate CPU 1 is the bottleneck and the forwarders' loss is mostly not theirs; "
+                       "compare their CPU-µs per datagram, not their delivered rate.")
+        else:
+            out.append(f"Direct delivers {100 * (1 - d['loss']):.1f}% of the {num(offered)}/s offered: "
+                       "the generator and upstream keep up, so loss through a forwarder is the "
+                       "forwarder's.")
+    if "ringfwd-busypoll" in per or "haproxy-busypoll" in per:
+        parts = []
+        dp50 = d.get("p50") if d else None
+        for t in ("ringfwd", "ringfwd-busypoll", "haproxy", "haproxy-busypoll"):
+            x = per.get(t)
+            if x and x.get("p50") and dp50:
+                parts.append(f"{t} p50 {num(x['p50'])} µs = {x['p50'] / dp50:.1f}× direct's, "
+                             f"{si(x['value'], '/s')} at {100 * (x['util'] or 0):.0f}% of CPU 0")
+        rb, hb = per.get("ringfwd-busypoll"), per.get("haproxy-busypoll")
+        if rb and hb and rb.get("value") and hb.get("value"):
+            parts.append(f"ringfwd-busypoll / haproxy-busypoll: rate {rb['value'] / hb['value']:.2f}×, "
+                         f"p50 {rb['p50'] / hb['p50']:.2f}×")
+        if parts:
+            out.append("Busy polling (medians; direct p50 " + (f"{num(dp50)} µs" if dp50 else "–") + "): "
+                       + "; ".join(parts) + ".")
+    return "\n\n".join(out)
+
+
+def idle_md(idle_rows: list[dict]) -> str:
+    if not idle_rows:
+        return ""
+    n = max(int(r.get("connections") or 0) for r in idle_rows)
+    L = ["", "## Idle connections: memory", "",
+         f"{n:,} idle TCP connections opened through each forwarder (a dedicated instance, 1 thread / "
+         "worker / shard pinned on CPU 0, sized for them; each connection established end to end, "
+         "counted at the upstream; no byte sent), then closed. RSS and PSS summed over the "
+         "forwarder's processes, before and 1 s after the last one reached the upstream; per "
+         "connection = the difference / connections. Kernel memory (socket structures) is not in "
+         "RSS: `slab/conn` is the machine-wide Slab growth per connection (all four sockets of a "
+         "proxied connection: client, the forwarder's two, the upstream's), for scale. "
+         + idle_note(n), "",
+         "| target | connections | RSS before MiB | RSS after MiB | RSS per conn B | PSS before MiB | PSS after MiB | PSS per conn B | RSS after close MiB | slab/conn B | open s | ok |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    def mib(k):
+        return "–" if k in (None, "") else f"{float(k) / 1024:.1f}"
+    def b(x):
+        return "–" if x in (None, "") else f"{float(x):,.0f}"
+    for r in idle_rows:
+        L.append("| " + " | ".join([
+            r["target"], b(r.get("upstream_established")), mib(r.get("rss_before_kib")), mib(r.get("rss_after_kib")),
+            b(r.get("rss_per_conn_b")), mib(r.get("pss_before_kib")), mib(r.get("pss_after_kib")),
+            b(r.get("pss_per_conn_b")), mib(r.get("rss_closed_kib")), b(r.get("slab_per_conn_b")),
+            "–" if r.get("open_s") in (None, "") else f"{float(r['open_s']):.1f}",
+            "ok" if r.get("ok") in (True, "True") else f"FAILED: {r.get('error')}"]) + " |")
+    L += ["", "socat is not measured here: it forks one process per connection, so "
+          f"{n:,} connections would be {n:,} processes; its memory with 1000 active connections is in "
+          "the tcp-rr-1000 table.", ""]
+    return "\n".join(L)
+
+
+def memory_headline_md(summ: list[dict], idle_rows: list[dict], targets: list[str]) -> str:
+    """Peak RSS / PSS at tcp-rr-1000 and bytes per idle connection, per forwarder."""
+    rr = next((s for s in summ if s["workload"].name == "tcp-rr-1000" and s["layout"] == "pinned"), None)
+    cols = [t for t in ("ringfwd", "haproxy", "nginx", "socat")
+            if t in targets and (rr and t in rr["per"] or any(r["target"] == t for r in idle_rows))]
+    if not cols:
+        return ""
+    L = ["| memory | " + " | ".join(cols) + " |", "|---|" + "|".join("---:" for _ in cols) + "|"]
+    if rr:
+        L.append("| tcp-rr-1000: peak RSS / PSS MiB | " + " | ".join(
+            f"{rr['per'][t]['rss'] / 1024:.1f} / {rr['per'][t]['pss'] / 1024:.1f}"
+            if t in rr["per"] and rr["per"][t]["rss"] and rr["per"][t]["pss"] else "–" for t in cols) + " |")
+    if idle_rows:
+        byt = {r["target"]: r for r in idle_rows}
+        n = max(int(r.get("connections") or 0) for r in idle_rows)
+        def cell(t):
+            r = byt.get(t)
+            if not r or r.get("rss_per_conn_b") in (None, ""):
+                return "–"
+            return f"{float(r['rss_per_conn_b']):,.0f} / {float(r['pss_per_conn_b']):,.0f}"
+        L.append(f"| {n:,} idle connections: RSS / PSS bytes per connection | " + " | ".join(cell(t) for t in cols) + " |")
+    return "\n".join(L)
+
+
 def headline_md(summ: list[dict], targets: list[str], run_rel: str) -> str:
     cols = [t for t in ["direct", "ringfwd", "haproxy*", "nginx", "socat"]
             if t == "haproxy*" and any(v in targets for v in HAPROXY_VARIANTS) or t in targets]
@@ -1269,6 +1835,8 @@ def headline_md(summ: list[dict], targets: list[str], run_rel: str) -> str:
          "|---|" + "|".join("---:" for _ in cols) + "|"]
     for s in summ:
         wl = s["workload"]
+        if wl.gen_extra:
+            continue  # the busy-polling generator's sub-workload has its own headline table
         cells = [f"{wl.name}" + ("" if s["layout"] == "pinned" else f" ({s['layout']})")]
         for c in cols:
             t = s["best_haproxy"] if c == "haproxy*" else c
@@ -1395,12 +1963,18 @@ def update_results_readme(path: Path, run_rel: str, headline: str, meta: dict) -
         f"[summary.md]({run_rel}/summary.md), [setup.md]({run_rel}/setup.md), "
         f"[chart.svg]({run_rel}/chart.svg).",
         "",
+    ] + ([meta["other_load"], ""] if meta.get("other_load") else []) + [
         headline,
         "",
         "How to read it: tcp-rr-1 pinned is bounded by cross-CPU wakeups (~150 µs each on this VM) "
-        "for every forwarder alike, so compare forwarders with each other there; socat fails the "
-        "UDP workloads' verification (replies reach the wrong flow in its fork mode); machine "
-        "load, spreads, CPU cost and memory are in the summary.",
+        "for every forwarder alike, so compare forwarders with each other there (the busy-polling "
+        f"table: ringfwd `--busy-poll {BUSY_POLL}` and HAProxy `busy-polling`, with and without a "
+        "busy-polling generator, and the forwarder's share of CPU 0); udp-stream-8-64-50k/-150k "
+        "offer the same fixed rate to every target, and where direct loses datagrams too the "
+        "generator's CPU is saturated (see the summary); socat fails the UDP workloads' "
+        "verification (replies reach the wrong flow in its fork mode); machine load, spreads, CPU "
+        "cost per op and memory are in the summary; "
+        "[tuning.md](../tuning.md#reading-the-benchmarks) explains every column.",
         "",
         end,
     ])
@@ -1479,11 +2053,32 @@ def setup_md(h: Harness, meta: dict, facts: dict, versions: dict) -> str:
           ]
     if meta.get("quick_note"):
         L.append(f"- {meta['quick_note']}")
-    L += ["", "### Workloads", "", "| workload | layouts | bench arguments | what |", "|---|---|---|---|"]
+    L += ["- to keep the full run within 20 minutes with the busy-polling, fixed-rate UDP and "
+          "idle-memory workloads added, two things measured in the 2026-12-01 run are left out: "
+          "HAProxy's forced splice (`haproxy-splice`) in the request/response and connection "
+          "workloads (tcp-rr-*, tcp-crr-50; it stays in every tcp-stream workload, where splice "
+          "matters; in the earlier run it was the slowest HAProxy variant in each of those), and "
+          "socat in the udp-stream workloads (it fails their verification every time; it stays in "
+          "udp-rr-100, which shows the failure)",
+          f"- busy polling: `ringfwd-busypoll` is `ringfwd run --busy-poll {BUSY_POLL}`, "
+          "`haproxy-busypoll` HAProxy without splice plus `busy-polling` in its global section; "
+          "both are started right before each of their runs and stopped right after, because "
+          "HAProxy's busy-polling keeps its thread at 100% of CPU 0 even without traffic, which "
+          "would slow every other target's runs; `tcp-rr-1-genbusy` adds "
+          f"`--busy-poll {BUSY_POLL}` to the generator",
+          "- idle connections (`tcp-idle`): after the pinned workloads, for each of "
+          + ", ".join(h.idle_targets or ["(not run)"]) + f": a dedicated instance pinned on CPU 0, "
+          f"{h.idle_conns:,} idle connections opened through it by the harness (non-blocking "
+          "connects, at most 256 pending, each counted ESTABLISHED at the upstream with `ss`), "
+          "VmRSS and Pss (smaps_rollup) summed over its processes before and 1 s after, then the "
+          "connections closed; configs under `configs/*-idle.*`. " + idle_note(h.idle_conns)]
+    L += ["", "### Workloads", "", "| workload | layouts | bench arguments | targets | what |", "|---|---|---|---|---|"]
     for wl in WORKLOADS:
         lays = sorted({l for w, l in h.workloads if w is wl})
         if lays:
-            L.append(f"| {wl.name} | {', '.join(lays)} | `{wl.mode} {' '.join(wl.args)}` | {wl.what} |")
+            gx = (" + generator `" + " ".join(wl.gen_extra) + "`") if wl.gen_extra else ""
+            L.append(f"| {wl.name} | {', '.join(lays)} | `{wl.mode} {' '.join(wl.args)}`{gx} | "
+                     f"{', '.join(workload_targets(wl, h.targets))} | {wl.what} |")
     if h.missing:
         L += ["", "Not run (missing in this build):", ""] + [f"- {m}" for m in h.missing]
     L += ["", "## Pinning", ""]
@@ -1551,18 +2146,23 @@ def setup_md(h: Harness, meta: dict, facts: dict, versions: dict) -> str:
 # --------------------------------------------------------------------------
 # main
 
-def build(no_build: bool) -> tuple[Path, str]:
-    binary = REPO / "target" / "release" / "ringfwd"
+def build(no_build: bool, binary: Path | None = None) -> tuple[Path, str]:
+    """A private copy of the ringfwd binary to run: `binary` if given (built elsewhere, e.g.
+    from a clean checkout of a commit), else target/release/ringfwd, built first unless
+    `no_build`. Other builds in the same tree must not swap the binary mid-run."""
     note = ""
-    if not no_build:
-        log("cargo build --release")
-        COMMANDS.append("cargo build --release")
-        r = subprocess.run(["cargo", "build", "--release"], cwd=REPO, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("cargo build --release failed:\n" + r.stderr[-3000:])
+    if binary is None:
+        binary = REPO / "target" / "release" / "ringfwd"
+        if not no_build:
+            log("cargo build --release")
+            COMMANDS.append("cargo build --release")
+            r = subprocess.run(["cargo", "build", "--release"], cwd=REPO, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError("cargo build --release failed:\n" + r.stderr[-3000:])
+    else:
+        note = f"prebuilt binary {binary}"
     if not binary.exists():
         raise RuntimeError(f"{binary} does not exist (build it, or drop --no-build)")
-    # A private copy: other builds in the same tree must not swap the binary mid-run.
     tmp = Path(tempfile.mkdtemp(prefix="ringfwd-compare-"))
     copy = tmp / "ringfwd"
     shutil.copy2(binary, copy)
@@ -1593,8 +2193,33 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def busypoll_headline_md(summ: list[dict]) -> str:
+    """tcp-rr-1 with and without busy polling: p50, rate and the forwarder's CPU share."""
+    subs = [s for s in summ if s["workload"].name in ("tcp-rr-1", "tcp-rr-1-genbusy") and s["layout"] == "pinned"
+            and ("ringfwd-busypoll" in s["per"] or "haproxy-busypoll" in s["per"])]
+    if not subs:
+        return ""
+    cols = [t for t in BUSYPOLL_TARGETS if any(t in s["per"] for s in subs)]
+    L = ["| tcp-rr-1, busy polling | " + " | ".join(cols) + " |", "|---|" + "|".join("---:" for _ in cols) + "|"]
+    for s in subs:
+        name = "generator busy-polls too" if s["workload"].gen_extra else "generator does not busy-poll"
+        cells = []
+        for t in cols:
+            d = s["per"].get(t)
+            if not d or not d["value"]:
+                cells.append("–" if not d else "failed")
+                continue
+            txt = f"p50 {num(d['p50'])} µs, {si(d['value'], '/s')}"
+            if t != "direct" and d.get("util") is not None:
+                txt += f", CPU {100 * d['util']:.0f}%"
+            cells.append(txt)
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(L)
+
+
 def write_reports(outdir: Path, rows: list[dict], workloads: list[tuple[Workload, str]],
-                  targets: list[str], meta: dict, update_readme: bool) -> str:
+                  targets: list[str], meta: dict, update_readme: bool,
+                  idle_rows: list[dict] | None = None) -> str:
     """summary.md, chart.svg and (if asked) the latest-run section of bench-results/README.md."""
     others = [r["other_cpu_util"] for r in rows if r.get("other_cpu_util") is not None]
     if others:
@@ -1604,7 +2229,8 @@ def write_reports(outdir: Path, rows: list[dict], workloads: list[tuple[Workload
             f"{statistics.median(others):.2f}, max {max(others):.2f}; runs with more than 0.15 are "
             f"{sum(1 for o in others if o > 0.15)} of {len(others)}.")
     summ = summarise(rows, workloads, targets)
-    (outdir / "summary.md").write_text(summary_md(summ, meta))
+    idle_rows = idle_rows or []
+    (outdir / "summary.md").write_text(summary_md(summ, meta) + idle_md(idle_rows))
     (outdir / "chart.svg").write_text(chart_svg(summ, targets, f"ringfwd vs HAProxy, NGINX stream, socat — "
                                                 f"{meta['date']} {meta['host']}, {meta['mode_note'].split(' (')[0]}"))
     try:
@@ -1612,6 +2238,9 @@ def write_reports(outdir: Path, rows: list[dict], workloads: list[tuple[Workload
     except ValueError:
         run_rel = str(outdir)
     headline = headline_md(summ, targets, run_rel)
+    for extra in (busypoll_headline_md(summ), memory_headline_md(summ, idle_rows, targets)):
+        if extra:
+            headline += "\n\n" + extra
     if update_readme:
         update_results_readme(REPO / "bench-results" / "README.md", run_rel, headline, meta)
         log("updated bench-results/README.md")
@@ -1628,7 +2257,9 @@ def summarize_only(outdir: Path, readme: str) -> int:
     workloads = [(wl, lay) for wl in WORKLOADS for lay in ("pinned", "unpinned") if (wl.name, lay) in present]
     targets = [t for t in TARGETS if any(r["target"] == t for r in rows)]
     setup = (outdir / "setup.md").read_text() if (outdir / "setup.md").exists() else ""
-    m = re.match(r"(\d{4}-\d{2}-\d{2})-(.+)", outdir.name)
+    # the date and host as setup.md's title has them (the directory may carry a suffix: -2, -quick)
+    m = (re.search(r"^# Setup — (\d{4}-\d{2}-\d{2}) on (\S+)", setup, re.M)
+         or re.match(r"(\d{4}-\d{2}-\d{2})-(.+)", outdir.name))
     facts = machine_facts()
     cmd = re.search(r"- command: `benches/compare.py([^`]*)`", setup)
     quick = bool(cmd and "--quick" in cmd.group(1))
@@ -1640,7 +2271,11 @@ def summarize_only(outdir: Path, readme: str) -> int:
         "missing": [], "cpu": facts["cpu"], "ncpu": facts["ncpu"], "kernel": facts["kernel"],
         "cmd_suffix": cmd.group(1) if cmd else "",
     }
-    headline = write_reports(outdir, rows, workloads, targets, meta, readme == "yes")
+    idle_rows = []
+    if (outdir / "idle.csv").exists():
+        with open(outdir / "idle.csv", newline="") as f:
+            idle_rows = list(csv.DictReader(f))
+    headline = write_reports(outdir, rows, workloads, targets, meta, readme == "yes", idle_rows)
     log("headline:\n" + headline)
     return 0
 
@@ -1650,6 +2285,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="workloads: " + ", ".join(w.name for w in WORKLOADS)
+                                        + ", " + IDLE_NAME + " (idle-connection memory)"
                                         + "\ntargets: " + ", ".join(TARGETS))
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition of 0.5 s + 1 s, fewer workloads (< 3 min)")
     ap.add_argument("--out", type=Path, help="output directory (default: bench-results/<YYYY-MM-DD>-<short hostname>/, "
@@ -1666,6 +2302,10 @@ def main() -> int:
                     help="rebuild summary.md and chart.svg of an earlier run from its raw.csv "
                          "(and the README section with --readme yes); runs nothing")
     ap.add_argument("--no-build", action="store_true", help="use target/release/ringfwd as it is")
+    ap.add_argument("--binary", type=Path, help="run this prebuilt ringfwd binary instead of building the "
+                                                "tree (e.g. one built from a clean checkout of a commit)")
+    ap.add_argument("--binary-note", help="where --binary comes from, recorded in setup.md "
+                                          "(e.g. 'git archive of 54134fb, cargo build --release')")
     ap.add_argument("--readme", choices=["auto", "yes", "no"], default="auto",
                     help="update bench-results/README.md (auto: only for a complete, unfiltered full run)")
     args = ap.parse_args()
@@ -1710,10 +2350,13 @@ def main() -> int:
         # --only may also pick a layout a quick run would not include
         pool = [(wl, lay) for wl in WORKLOADS for lay in wl.layouts]
         selected = [x for x in pool if match(*x)] if not args.quick else [x for x in selected if match(*x)]
-        if not selected:
+        idle = any(fnmatch.fnmatch(IDLE_NAME, p.partition("@")[0]) for p in pats)
+        if not selected and not idle:
             print(f"compare.py: --only {args.only!r} matches no workload; known: "
-                  + ", ".join(w.name for w in WORKLOADS), file=sys.stderr)
+                  + ", ".join([w.name for w in WORKLOADS] + [IDLE_NAME]), file=sys.stderr)
             return 2
+    else:
+        idle = True
     now = dt.datetime.now()
     host = socket.gethostname().split(".")[0]
     # a quick run gets its own directory, so it never overwrites the day's full run
@@ -1741,11 +2384,12 @@ def main() -> int:
     try:
         needed = set(targets)
         ensure_peers(needed)
-        binary, _ = build(args.no_build)
+        binary, _ = build(args.no_build, args.binary)
         binary_dir = binary.parent
         versions = {
-            "ringfwd": first_line([str(binary), "--version"]) + " (git " + (
-                sh(["git", "-C", str(REPO), "describe", "--always", "--dirty"]).stdout.strip() or "?") + ")",
+            "ringfwd": first_line([str(binary), "--version"]) + (
+                f" (prebuilt {args.binary}: {args.binary_note or 'origin not given'})" if args.binary else
+                " (git " + (sh(["git", "-C", str(REPO), "describe", "--always", "--dirty"]).stdout.strip() or "?") + ")"),
             "haproxy": first_line(["haproxy", "-v"]),
             "nginx": first_line(["nginx", "-v"]),
             "socat": next((l for l in sh(["socat", "-V"]).stdout.splitlines() if "socat version" in l),
@@ -1754,10 +2398,11 @@ def main() -> int:
         }
         dirty = sh(["git", "-C", str(REPO), "status", "--short", "--untracked-files=no"]).stdout.split("\n")
         dirty = [l[3:] for l in dirty if l.strip()]
-        if dirty:
+        if dirty and not args.binary:
             versions["ringfwd"] += " — built from a working tree with uncommitted changes in " + ", ".join(dirty)
         log("versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()))
         h = Harness(args, outdir, binary, targets, selected, settings)
+        h.idle_targets = [t for t in IDLE_TARGETS if t in targets] if idle else []
         h.probe()
         if args.check:
             for lname in ("pinned", "unpinned"):
@@ -1767,7 +2412,7 @@ def main() -> int:
             h.stop_all()
             log("check done: every target forwards")
             return 0
-        if not h.workloads:
+        if not h.workloads and not h.idle_targets:
             raise RuntimeError("nothing to run: " + "; ".join(h.missing))
         h.execute()
         complete = True
@@ -1800,9 +2445,11 @@ def main() -> int:
         "mode_note": ("quick run (smoke test: 1 repetition, short runs, fewer workloads)" if args.quick
                       else "full run"),
         "quick_note": ("quick: 1 repetition of 0.5 s warmup + 1 s measured, workloads tcp-rr-1, "
-                       "tcp-rr-100 (pinned and unpinned), tcp-crr-50, tcp-stream-1-up, udp-rr-100, "
-                       "udp-stream-8-1200; not run: tcp-rr-1000, tcp-stream-8-up, tcp-stream-1-both, "
-                       "udp-stream-8-64, tcp-stream-1-up unpinned" if args.quick else ""),
+                       "tcp-rr-1-genbusy, tcp-rr-100 (pinned and unpinned), tcp-crr-50, "
+                       "tcp-stream-1-up, udp-rr-100, udp-stream-8-1200, udp-stream-8-64-150k, "
+                       f"tcp-idle with {IDLE_CONNS_QUICK:,} connections; not run: tcp-rr-1000, "
+                       "tcp-stream-8-up, tcp-stream-1-both, udp-stream-8-64, udp-stream-8-64-50k, "
+                       "tcp-stream-1-up unpinned" if args.quick else ""),
     }
     facts = machine_facts()
     meta.update({"cpu": facts["cpu"], "ncpu": facts["ncpu"], "kernel": facts["kernel"],
@@ -1810,7 +2457,7 @@ def main() -> int:
     (outdir / "commands.txt").write_text("\n".join(COMMANDS) + "\n")
     filtered = bool(args.only or args.targets or args.reps or args.duration or args.warmup)
     update = args.readme == "yes" or (args.readme == "auto" and complete and not args.quick and not filtered)
-    headline = write_reports(outdir, h.rows, h.workloads, h.targets, meta, update)
+    headline = write_reports(outdir, h.rows, h.workloads, h.targets, meta, update, h.idle_rows)
     (outdir / "setup.md").write_text(setup_md(h, meta, facts, versions))
     log("headline:\n" + headline)
     failed = [r for r in h.rows if not r["ok"]]
