@@ -2176,19 +2176,20 @@ NUMERIC = {"rep", "rate", "offered_rate", "bits_per_second", "p50", "p90", "p99"
            "up_cpu_util", "cpu0_busy", "cpu1_busy", "other_cpu_util", "wall_s", "exit"}
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path, numeric: set[str] = NUMERIC) -> list[dict]:
+    """raw.csv back as rows: `numeric` columns as floats (None when empty), `ok` as a bool."""
     rows = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             row = {}
             for k, v in r.items():
-                if k in NUMERIC:
+                if k in numeric:
                     row[k] = None if v in ("", None) else float(v)
                 elif k == "ok":
                     row[k] = v == "True"
                 else:
                     row[k] = v
-            row["rep"] = int(row["rep"] or 0)
+            row["rep"] = int(row.get("rep") or 0)
             rows.append(row)
     return rows
 
