@@ -2281,6 +2281,17 @@ def summarize_only(outdir: Path, readme: str) -> int:
     return 0
 
 
+def default_outdir(name: str, keep: bool) -> Path:
+    """bench-results/NAME, or, when `keep` and a run is already there (the day's earlier
+    full run, committed evidence), the first free NAME-2, NAME-3, ..."""
+    base = REPO / "bench-results"
+    out, n = base / name, 1
+    while keep and (out / "raw.csv").exists():
+        n += 1
+        out = base / f"{name}-{n}"
+    return out
+
+
 def main() -> int:
     global LOG_FILE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -2290,7 +2301,8 @@ def main() -> int:
                                         + "\ntargets: " + ", ".join(TARGETS))
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition of 0.5 s + 1 s, fewer workloads (< 3 min)")
     ap.add_argument("--out", type=Path, help="output directory (default: bench-results/<YYYY-MM-DD>-<short hostname>/, "
-                         "with --quick bench-results/<YYYY-MM-DD>-<short hostname>-quick/)")
+                         "or -2, -3, ... when a run is there already; with --quick "
+                         "bench-results/<YYYY-MM-DD>-<short hostname>-quick/, overwritten)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     ap.add_argument("--duration", type=float, help="measured seconds per run (default 3, quick 1)")
     ap.add_argument("--warmup", type=float, help="warmup seconds per run (default 1, quick 0.5)")
@@ -2361,7 +2373,8 @@ def main() -> int:
     now = dt.datetime.now()
     host = socket.gethostname().split(".")[0]
     # a quick run gets its own directory, so it never overwrites the day's full run
-    outdir = args.out or REPO / "bench-results" / (f"{now:%Y-%m-%d}-{host}" + ("-quick" if args.quick else ""))
+    outdir = args.out or default_outdir(f"{now:%Y-%m-%d}-{host}" + ("-quick" if args.quick else ""),
+                                        keep=not args.quick)
     outdir = outdir.resolve()
     outdir.mkdir(parents=True, exist_ok=True)
     if (outdir / "runs").exists():

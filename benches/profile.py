@@ -148,10 +148,12 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--only", default="", help="comma-separated workload names")
+    ap.add_argument("--keep-data", action="store_true",
+                    help="keep perf.data files (~1 MB each); by default only the reports stay")
     args = ap.parse_args()
     only = {w for w in args.only.split(",") if w}
     wls = [w for w in WORKLOADS if not only or w[0] in only]
-    out = args.out
+    out = args.out.resolve()  # NGINX resolves relative paths from its prefix
     for d in ("logs", "reports", "perf", "runs"):
         (out / d).mkdir(parents=True, exist_ok=True)
     C.ensure_peers({"haproxy", "nginx"})
@@ -221,6 +223,7 @@ def profile_one(name, mode, target, fwd, lp, bargs, args, out) -> dict:
     data = out / "perf" / f"{tag}.data"
     stat = out / "perf" / f"{tag}.stat"
     bench = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t_start = time.monotonic()
     time.sleep(args.warmup + 0.1)
     window = args.duration - 0.2
     # First half: count system calls and context switches (and the forwarder's CPU, with
@@ -237,23 +240,26 @@ def profile_one(name, mode, target, fwd, lp, bargs, args, out) -> dict:
     end = time.monotonic()
     cpu1 = C.cpu_seconds([fwd.pid])
     mid = tw0
+    sample_s = max(0.3, window / 2 - 0.3)
     rec = subprocess.Popen(C.taskset([LOAD_CPU]) + [
         "perf", "record", "-q", "-e", "cpu-clock", "-F", "4999", "-g", "-o", str(data),
-        "-p", ",".join(pids), "--", "sleep", f"{max(0.3, window / 2 - 0.3):.2f}"],
+        "-p", ",".join(pids), "--", "sleep", f"{sample_s:.2f}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    late = time.monotonic() + sample_s > t_start + args.warmup + args.duration
     rec.wait()
-    late = bench.poll() is not None
     _, err = bench.communicate(timeout=args.duration + args.warmup + 30)
     res = json.loads(jpath.read_text()) if jpath.exists() else {}
     rate = res.get("rate") or 0.0
     bps = (res.get("bits_per_second") or {}).get("total") or 0.0
     shares, samples = perf_buckets(data, out / "reports" / f"{tag}.txt")
+    if not args.keep_data:
+        data.unlink(missing_ok=True)
     counts = perf_stat_counts(stat)
     sys_n = counts.get("raw_syscalls:sys_enter", 0)
     cs_n = counts.get("context-switches", 0)
     ops_stat = rate * (end - mid) if rate else 0.0
     if late:
-        C.log(f"{tag}: the bench ended before perf record did: raise --duration")
+        C.log(f"{tag}: the sampling window outlasted the bench: raise --duration")
     row = {"workload": name, "target": target, "ops": res.get("ops"), "rate": round(rate, 1),
            "bits_per_second": round(bps), "samples": samples,
            "syscalls": sys_n, "context_switches": cs_n,
@@ -292,9 +298,9 @@ def summarise(rows: list[dict], args) -> str:
         "`syscall` entry/exit "
         "and descriptor lookup. Full symbol lists: reports/.",
         "",
-        "| workload | target | rate | CPU-µs/op | user | net | copy | io_uring | epoll | sched | "
-        "syscall | alloc | other kernel | syscalls/op | ctx switches/op |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | target | rate | CPU-µs/op | " + " | ".join(b.replace("-", " ") for b in ORDER)
+        + " | syscalls/op | ctx switches/op |",
+        "|---|---|---:|---:|" + "---:|" * len(ORDER) + "---:|---:|",
     ]
     for r in rows:
         rate = (f"{r['bits_per_second'] / 1e9:.2f} Gbit/s" if r["bits_per_second"]
