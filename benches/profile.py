@@ -23,6 +23,7 @@ report, flat and by bucket) and DIR/logs/. Python 3 standard library, perf, as r
 import argparse
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -182,7 +183,7 @@ def main() -> int:
             p.stop()
     fields = ["workload", "target", "ops", "rate", "bits_per_second", "samples"] + \
         [f"pct_{b}" for b in ORDER] + ["syscalls", "context_switches", "syscalls_per_op",
-                                       "cswitch_per_op", "fwd_cpu_s", "cpu_us_per_op"]
+                                       "cswitch_per_op", "fwd_cpu_s", "cpu_window_s", "cpu_us_per_op"]
     with open(out / "raw.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -213,6 +214,44 @@ def start_target(target: str, args, out: Path, layout, module: str) -> C.Managed
     return m
 
 
+class CpuAcct:
+    """The forwarder's CPU time from its own cpuacct cgroup (v1), which keeps the time of
+    threads that have exited, such as io-wq workers; falls back to /proc (live threads and
+    reaped children) where no such hierarchy is mounted."""
+
+    ROOT = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self, name: str, pids: list[str]):
+        self.pids, self.cg = pids, None
+        cg = self.ROOT / f"ringfwd-profile-{name}-{os.getpid()}"
+        try:
+            cg.mkdir(exist_ok=True)
+            for pid in pids:
+                (cg / "cgroup.procs").write_text(pid)
+            self.cg = cg
+        except OSError as e:
+            C.log(f"no cpuacct cgroup for {name} ({e}): CPU from /proc, exited threads not counted")
+
+    def seconds(self) -> float:
+        if self.cg is not None:
+            return int((self.cg / "cpuacct.usage").read_text()) / 1e9
+        return C.cpu_seconds([int(p) for p in self.pids])
+
+    def release(self) -> None:
+        """Back to the root group, then remove ours (a group with tasks cannot be removed)."""
+        if self.cg is None:
+            return
+        for pid in (self.cg / "cgroup.procs").read_text().split():
+            try:
+                (self.ROOT / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass
+        try:
+            self.cg.rmdir()
+        except OSError:
+            pass
+
+
 def profile_one(name, mode, target, fwd, lp, bargs, args, out) -> dict:
     pids = [str(p) for p in C.tree([fwd.pid])]
     tag = f"{name}-{target}"
@@ -231,14 +270,16 @@ def profile_one(name, mode, target, fwd, lp, bargs, args, out) -> dict:
     # takes a while, so it goes last.
     tids = [t.name for p in pids for t in Path(f"/proc/{p}/task").iterdir()]
     tw0 = time.monotonic()
-    cpu0 = C.cpu_seconds([fwd.pid])
+    acct = CpuAcct(tag, pids)
+    cpu0 = acct.seconds()
     st = subprocess.Popen(C.taskset([LOAD_CPU]) + [
         "perf", "stat", "-x", ",", "-o", str(stat), "-e", "raw_syscalls:sys_enter,context-switches",
         "-t", ",".join(tids), "--", "sleep", f"{window / 2:.2f}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     st.wait()
     end = time.monotonic()
-    cpu1 = C.cpu_seconds([fwd.pid])
+    cpu1 = acct.seconds()
+    acct.release()
     mid = tw0
     sample_s = max(0.3, window / 2 - 0.3)
     rec = subprocess.Popen(C.taskset([LOAD_CPU]) + [
@@ -265,7 +306,7 @@ def profile_one(name, mode, target, fwd, lp, bargs, args, out) -> dict:
            "syscalls": sys_n, "context_switches": cs_n,
            "syscalls_per_op": round(sys_n / ops_stat, 3) if ops_stat else "",
            "cswitch_per_op": round(cs_n / ops_stat, 3) if ops_stat else "",
-           "fwd_cpu_s": round(cpu1 - cpu0, 4),
+           "fwd_cpu_s": round(cpu1 - cpu0, 4), "cpu_window_s": round(end - tw0, 3),
            "cpu_us_per_op": round((cpu1 - cpu0) / (rate * (end - tw0)) * 1e6, 2)
            if rate else ""}
     for b in ORDER:
@@ -286,7 +327,8 @@ def summarise(rows: list[dict], args) -> str:
         f"measured window ({args.warmup:g} s warmup, {args.duration:g} s) `perf stat -e "
         "raw_syscalls:sys_enter,context-switches` on every thread of the forwarder for the first "
         "half (divided by the operations the bench completed in that half; CPU-µs/op is from "
-        "the same half, the forwarder's on-CPU time from /proc), `perf record -e cpu-clock -F "
+        "the same half, the forwarder's on-CPU time from its own cpuacct cgroup, which keeps exited "
+        "io-wq workers' time), `perf record -e cpu-clock -F "
         "4999 -g` on its processes for the second half. perf stat's syscall tracepoint adds a "
         "little to every system call, so the CPU-µs/op here is a bit higher than compare.py's, "
         "the more so the more syscalls a target makes. Buckets are the self time of kernel "
@@ -307,7 +349,7 @@ def summarise(rows: list[dict], args) -> str:
                 and r["workload"].startswith("tcp-stream") else f"{r['rate']:,.0f}/s")
         cost = r["cpu_us_per_op"]
         if r["workload"].startswith("tcp-stream") and r["bits_per_second"]:
-            cost = f"{r['fwd_cpu_s'] / (r['bits_per_second'] / 8e9 * (args.duration - 0.2)):.3f} s/GB"
+            cost = f"{r['fwd_cpu_s'] / (r['bits_per_second'] / 8e9 * r['cpu_window_s']):.3f} s/GB"
         lines.append(f"| {r['workload']} | {r['target']} | {rate} | {cost} | " + " | ".join(
             f"{r[f'pct_{b}']:.1f}%" for b in ORDER) + f" | {r['syscalls_per_op']} | "
             f"{r['cswitch_per_op']} |")
