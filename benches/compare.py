@@ -1646,6 +1646,12 @@ def fmt_value(wl: Workload, v) -> str:
     return f"{v / 1e9:.2f} Gbit/s" if wl.metric == "bps" else si(v, "/s")
 
 
+EXTRA_WRITEUPS = [
+    ("targets.md", "Each target of issue 5 against this run, and what limits the ones not met "
+                   "(perf profiles and syscall counts in profile/)"),
+]
+
+
 def summary_md(summ: list[dict], meta: dict) -> str:
     L = [f"# Comparison summary — {meta['date']} on {meta['host']}", ""]
     L.append(f"{meta['mode_note'][0].upper()}{meta['mode_note'][1:]}. Median over {meta['reps']} repetition(s), spread is min–max of the "
@@ -2231,7 +2237,12 @@ def write_reports(outdir: Path, rows: list[dict], workloads: list[tuple[Workload
             f"{sum(1 for o in others if o > 0.15)} of {len(others)}.")
     summ = summarise(rows, workloads, targets)
     idle_rows = idle_rows or []
-    (outdir / "summary.md").write_text(summary_md(summ, meta) + idle_md(idle_rows))
+    text = summary_md(summ, meta)
+    for name, what in EXTRA_WRITEUPS:
+        # hand-written evaluations kept beside a run (they outlive --summarize-only)
+        if (outdir / name).exists():
+            text = text.replace("\n\n", f"\n\n{what}: [{name}]({name}).\n\n", 1)
+    (outdir / "summary.md").write_text(text + idle_md(idle_rows))
     (outdir / "chart.svg").write_text(chart_svg(summ, targets, f"ringfwd vs HAProxy, NGINX stream, socat — "
                                                 f"{meta['date']} {meta['host']}, {meta['mode_note'].split(' (')[0]}"))
     try:
