@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,9 @@ pub struct Proc {
     child: Child,
     pub listening: Vec<(String, String, SocketAddr)>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Set by the stderr reader at EOF: after an exit, the last lines (the
+    /// final stats) are read only once this is set.
+    stderr_done: Arc<AtomicBool>,
     status: Option<ExitStatus>,
 }
 
@@ -63,6 +66,8 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let err_lines = stderr.clone();
         let err = child.stderr.take().expect("stderr");
+        let stderr_done = Arc::new(AtomicBool::new(false));
+        let done = stderr_done.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 if std::env::var_os("RINGFWD_TEST_ECHO_LOG").is_some() {
@@ -70,6 +75,7 @@ impl Proc {
                 }
                 err_lines.lock().expect("lock").push(line);
             }
+            done.store(true, Ordering::Release);
         });
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -103,6 +109,7 @@ impl Proc {
             child,
             listening,
             stderr,
+            stderr_done,
             status: None,
         }
     }
@@ -176,6 +183,12 @@ impl Proc {
             status = child.try_wait().ok().flatten();
             status.is_some()
         });
+        if status.is_some() {
+            // The process is gone, but its last lines may still be in the pipe:
+            // callers read the final stats right after this returns.
+            let done = &self.stderr_done;
+            wait_until(Duration::from_secs(5), || done.load(Ordering::Acquire));
+        }
         self.status = status;
         status
     }
