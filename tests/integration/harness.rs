@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use ringfwd::verify::{Pattern, Rng};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringfwd");
 
@@ -258,6 +260,142 @@ pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
 pub fn echo_upstream(shards: usize) -> Proc {
     let shards = shards.to_string();
     Proc::start(&["echo", "--tcp", "127.0.0.1:0", "--shards", &shards], 1)
+}
+
+/// How a verified stream splits its writes: one write in `large_one_in` is up
+/// to the whole write buffer, the others up to `small_max` bytes.
+#[derive(Clone, Copy)]
+pub struct Splits {
+    pub large_one_in: u64,
+    pub small_max: u64,
+    pub write_buf: usize,
+    pub read_buf: usize,
+}
+
+impl Splits {
+    /// Mostly packet-sized writes, now and then a large one.
+    pub const MIXED: Splits = Splits {
+        large_one_in: 4,
+        small_max: 1500,
+        write_buf: 96 << 10,
+        read_buf: 64 << 10,
+    };
+    /// Half of the writes large: bulk that fills buffers (and pipes).
+    pub const BULK: Splits = Splits {
+        large_one_in: 2,
+        small_max: 3000,
+        write_buf: 256 << 10,
+        read_buf: 128 << 10,
+    };
+}
+
+/// Writes `size` pattern bytes of stream `seed` to `addr` in random splits,
+/// half-closes, and checks the echo byte for byte up to EOF; an error names
+/// the seed.
+pub fn verified_stream(
+    addr: SocketAddr,
+    seed: u64,
+    size: u64,
+    splits: Splits,
+) -> Result<(), String> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("seed {seed}: connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let sender = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || -> Result<(), String> {
+            let mut rng = Rng::new(seed ^ 0xabcdef);
+            let mut pattern = Pattern::new(seed);
+            let mut buf = vec![0u8; splits.write_buf];
+            let mut left = size;
+            while left > 0 {
+                let max = if rng.chance(1, splits.large_one_in) {
+                    buf.len() as u64
+                } else {
+                    splits.small_max
+                };
+                let n = (1 + rng.below(max)).min(left) as usize;
+                pattern.fill(&mut buf[..n]);
+                writer
+                    .write_all(&buf[..n])
+                    .map_err(|e| format!("seed {seed}: write: {e}"))?;
+                left -= n as u64;
+            }
+            writer
+                .shutdown(Shutdown::Write)
+                .map_err(|e| format!("seed {seed}: shutdown: {e}"))
+        })
+        .map_err(|e| e.to_string())?;
+    let mut reader = stream;
+    let mut expect = Pattern::new(seed);
+    let mut buf = vec![0u8; splits.read_buf];
+    let mut got = 0u64;
+    let result = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Err(at) = expect.check(&buf[..n]) {
+                    break Err(format!("seed {seed}: byte {at} of {size} differs"));
+                }
+                got += n as u64;
+            }
+            Err(e) => break Err(format!("seed {seed}: read after {got}/{size}: {e}")),
+        }
+    };
+    let sent = sender
+        .join()
+        .map_err(|_| format!("seed {seed}: sender panicked"))?;
+    result?;
+    sent?;
+    if got != size {
+        return Err(format!(
+            "seed {seed}: echo ended after {got} of {size} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the (seed, size) streams `jobs` concurrently through `fwd`'s first
+/// listener and fails the test, with the forwarder's log, if any differs.
+pub fn verified_streams(fwd: &Proc, jobs: Vec<(u64, u64)>, splits: Splits, what: &str) {
+    let addr = fwd.first_addr();
+    let n = jobs.len();
+    let handles: Vec<_> = jobs
+        .into_iter()
+        .map(|(seed, size)| {
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || verified_stream(addr, seed, size, splits))
+                .expect("spawn")
+        })
+        .collect();
+    let failures: Vec<String> = handles
+        .into_iter()
+        .filter_map(|h| h.join().unwrap_or(Err("thread panicked".into())).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {n} streams failed ({what}), first: {:?}\nforwarder log:\n{}",
+        failures.len(),
+        failures.first(),
+        fwd.log()
+    );
+}
+
+/// Closes `s` with a reset (SO_LINGER 0) instead of a FIN.
+pub fn reset(s: TcpStream) {
+    let sock = socket2::Socket::from(s);
+    sock.set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(sock);
+}
+
+/// The open descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Sends `payload`, half-closes, and returns everything read until EOF.

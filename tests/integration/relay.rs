@@ -9,70 +9,9 @@ use std::time::Duration;
 
 use ringfwd::verify::{Pattern, Rng};
 
-use crate::harness::{Proc, echo_upstream, round_trip, write_config};
-
-/// Sends `size` pattern bytes in random splits, half-closes, and verifies the
-/// echo up to EOF. Returns an error text naming the seed on any difference.
-fn verified_stream(addr: SocketAddr, seed: u64, size: u64) -> Result<(), String> {
-    let stream = TcpStream::connect(addr).map_err(|e| format!("seed {seed}: connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-    let sender = std::thread::Builder::new()
-        .stack_size(256 << 10)
-        .spawn(move || -> Result<(), String> {
-            let mut rng = Rng::new(seed ^ 0xabcdef);
-            let mut pattern = Pattern::new(seed);
-            let mut buf = vec![0u8; 96 << 10];
-            let mut left = size;
-            while left > 0 {
-                // Random splits: mostly small writes, sometimes large ones.
-                let max = if rng.chance(1, 4) {
-                    buf.len() as u64
-                } else {
-                    1500
-                };
-                let n = (1 + rng.below(max)).min(left) as usize;
-                pattern.fill(&mut buf[..n]);
-                writer
-                    .write_all(&buf[..n])
-                    .map_err(|e| format!("seed {seed}: write: {e}"))?;
-                left -= n as u64;
-            }
-            writer
-                .shutdown(Shutdown::Write)
-                .map_err(|e| format!("seed {seed}: shutdown: {e}"))
-        })
-        .map_err(|e| e.to_string())?;
-    let mut reader = stream;
-    let mut expect = Pattern::new(seed);
-    let mut buf = vec![0u8; 64 << 10];
-    let mut got = 0u64;
-    let result = loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                if let Err(at) = expect.check(&buf[..n]) {
-                    break Err(format!("seed {seed}: byte {at} of {size} differs"));
-                }
-                got += n as u64;
-            }
-            Err(e) => break Err(format!("seed {seed}: read after {got}/{size}: {e}")),
-        }
-    };
-    let sent = sender
-        .join()
-        .map_err(|_| format!("seed {seed}: sender panicked"))?;
-    result?;
-    sent?;
-    if got != size {
-        return Err(format!(
-            "seed {seed}: echo ended after {got} of {size} bytes"
-        ));
-    }
-    Ok(())
-}
+use crate::harness::{
+    Proc, Splits, echo_upstream, reset, round_trip, verified_streams, write_config,
+};
 
 /// Sizes from 0 to several MiB: many small, some large.
 fn stream_size(rng: &mut Rng) -> u64 {
@@ -88,32 +27,12 @@ fn many_streams(config: &str, streams: usize, seed: u64) -> (Proc, Proc, u64) {
     let echo = echo_upstream(2);
     let cfg = write_config(&config.replace("ECHO", &echo.first_addr().to_string()));
     let fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
-    let addr = fwd.first_addr();
     let mut rng = Rng::new(seed);
     let jobs: Vec<(u64, u64)> = (0..streams)
         .map(|_| (rng.next_u64(), stream_size(&mut rng)))
         .collect();
     let total: u64 = jobs.iter().map(|j| j.1).sum();
-    let handles: Vec<_> = jobs
-        .into_iter()
-        .map(|(s, size)| {
-            std::thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || verified_stream(addr, s, size))
-                .expect("spawn")
-        })
-        .collect();
-    let failures: Vec<String> = handles
-        .into_iter()
-        .filter_map(|h| h.join().unwrap_or(Err("thread panicked".into())).err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {streams} streams failed (run seed {seed}), first: {:?}\nforwarder log:\n{}",
-        failures.len(),
-        failures.first(),
-        fwd.log()
-    );
+    verified_streams(&fwd, jobs, Splits::MIXED, &format!("run seed {seed}"));
     (fwd, echo, total)
 }
 
@@ -224,9 +143,7 @@ fn upstream_reset_reaches_the_client_as_a_reset() {
         let mut s = s;
         let mut b = [0u8; 5];
         s.read_exact(&mut b).expect("read hello");
-        let sock = socket2::Socket::from(s);
-        sock.set_linger(Some(Duration::ZERO)).expect("linger");
-        drop(sock); // RST
+        reset(s);
     });
     let mut c = TcpStream::connect(fwd.first_addr()).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10)))
@@ -261,9 +178,7 @@ fn client_reset_reaches_the_upstream_as_a_reset() {
     c.write_all(b"hello").expect("write");
     let mut ok = [0u8; 2];
     c.read_exact(&mut ok).expect("relay established");
-    let sock = socket2::Socket::from(c);
-    sock.set_linger(Some(Duration::ZERO)).expect("linger");
-    drop(sock);
+    reset(c);
     let seen = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("upstream saw something");

@@ -6,100 +6,16 @@
 //! against the stream it belongs to, and the counters must show the splices.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ringfwd::verify::{Pattern, Rng};
 
-use crate::harness::{Proc, echo_upstream, forwarder, wait_until, write_config};
-
-/// Writes `size` pattern bytes in random splits, half-closes, and checks the
-/// echo byte for byte up to EOF; an error names the seed.
-fn echoed_stream(addr: SocketAddr, seed: u64, size: u64) -> Result<(), String> {
-    let stream = TcpStream::connect(addr).map_err(|e| format!("seed {seed}: connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-    let sender = std::thread::Builder::new()
-        .stack_size(256 << 10)
-        .spawn(move || -> Result<(), String> {
-            let mut rng = Rng::new(seed ^ 0x5911ce);
-            let mut pattern = Pattern::new(seed);
-            let mut buf = vec![0u8; 256 << 10];
-            let mut left = size;
-            while left > 0 {
-                let max = if rng.chance(1, 2) {
-                    buf.len() as u64
-                } else {
-                    3000
-                };
-                let n = (1 + rng.below(max)).min(left) as usize;
-                pattern.fill(&mut buf[..n]);
-                writer
-                    .write_all(&buf[..n])
-                    .map_err(|e| format!("seed {seed}: write: {e}"))?;
-                left -= n as u64;
-            }
-            writer
-                .shutdown(Shutdown::Write)
-                .map_err(|e| format!("seed {seed}: shutdown: {e}"))
-        })
-        .map_err(|e| e.to_string())?;
-    let mut reader = stream;
-    let mut expect = Pattern::new(seed);
-    let mut buf = vec![0u8; 128 << 10];
-    let mut got = 0u64;
-    let result = loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                if let Err(at) = expect.check(&buf[..n]) {
-                    break Err(format!("seed {seed}: byte {at} of {size} differs"));
-                }
-                got += n as u64;
-            }
-            Err(e) => break Err(format!("seed {seed}: read after {got}/{size}: {e}")),
-        }
-    };
-    let sent = sender
-        .join()
-        .map_err(|_| format!("seed {seed}: sender panicked"))?;
-    result?;
-    sent?;
-    if got != size {
-        return Err(format!(
-            "seed {seed}: echo ended after {got} of {size} bytes"
-        ));
-    }
-    Ok(())
-}
-
-/// Runs `jobs` (seed, size) streams concurrently through `addr`.
-fn run_streams(addr: SocketAddr, jobs: Vec<(u64, u64)>, fwd: &Proc) {
-    let n = jobs.len();
-    let handles: Vec<_> = jobs
-        .into_iter()
-        .map(|(seed, size)| {
-            std::thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || echoed_stream(addr, seed, size))
-                .expect("spawn")
-        })
-        .collect();
-    let failures: Vec<String> = handles
-        .into_iter()
-        .filter_map(|h| h.join().unwrap_or(Err("thread panicked".into())).err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {n} streams failed, first: {:?}\nforwarder log:\n{}",
-        failures.len(),
-        failures.first(),
-        fwd.log()
-    );
-}
+use crate::harness::{
+    Proc, Splits, echo_upstream, forwarder, open_fds, reset, verified_streams, wait_until,
+    write_config,
+};
 
 /// Sizes from 0 to 6 MiB: a few small, mostly bulk.
 fn bulk_size(rng: &mut Rng) -> u64 {
@@ -141,7 +57,7 @@ fn many_spliced_streams(
         .map(|_| (rng.next_u64(), bulk_size(&mut rng)))
         .collect();
     let total: u64 = jobs.iter().map(|j| j.1).sum();
-    run_streams(fwd.first_addr(), jobs, &fwd);
+    verified_streams(&fwd, jobs, Splits::BULK, "spliced");
     fwd.wait_stat("close_client_eof", Duration::from_secs(10), |v| {
         v == streams as u64
     });
@@ -204,7 +120,7 @@ fn a_budget_of_two_pipes_splices_two_directions_and_buffers_the_rest() {
         .map(|_| (rng.next_u64(), (3 << 20) + rng.below(1 << 20)))
         .collect();
     let total: u64 = jobs.iter().map(|j| j.1).sum();
-    run_streams(fwd.first_addr(), jobs, &fwd);
+    verified_streams(&fwd, jobs, Splits::BULK, "spliced");
     fwd.wait_stat("close_client_eof", Duration::from_secs(10), |v| v == 8);
     fwd.wait_stat("pipes_in_use", Duration::from_secs(5), |v| v == 0);
     let s = fwd.stats();
@@ -220,13 +136,6 @@ fn a_budget_of_two_pipes_splices_two_directions_and_buffers_the_rest() {
         "the two pipes were not used: {s:?}"
     );
     assert!(s["splices_in"] > 0, "{s:?}");
-}
-
-/// The forwarder's open descriptors.
-fn fd_count(p: &Proc) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", p.pid()))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 /// Reads until EOF or an error, up to `cap` bytes; returns bytes and how it ended.
@@ -255,7 +164,7 @@ fn an_upstream_reset_while_splicing_reaches_the_client_as_a_reset() {
         "",
         "shards = 1\nsplice = \"always\"",
     );
-    let fds_before = fd_count(&fwd);
+    let fds_before = open_fds(fwd.pid());
     let server = std::thread::spawn(move || {
         let (mut s, _) = up.accept().expect("accept");
         // Bulk toward the client (spliced upstream→client), then a reset mid-stream.
@@ -264,9 +173,7 @@ fn an_upstream_reset_while_splicing_reaches_the_client_as_a_reset() {
         for _ in 0..12 {
             s.write_all(&chunk).expect("upstream write");
         }
-        let sock = socket2::Socket::from(s);
-        sock.set_linger(Some(Duration::ZERO)).expect("linger");
-        drop(sock);
+        reset(s);
     });
     let mut c = TcpStream::connect(fwd.first_addr()).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(20)))
@@ -283,9 +190,9 @@ fn an_upstream_reset_while_splicing_reaches_the_client_as_a_reset() {
     assert!(fwd.stat("splices_in") > 0, "{:?}", fwd.stats());
     // Pipes discarded mid-splice were replaced, not leaked or lost.
     assert!(
-        wait_until(Duration::from_secs(5), || fd_count(&fwd) == fds_before),
+        wait_until(Duration::from_secs(5), || open_fds(fwd.pid()) == fds_before),
         "descriptors: {fds_before} before, {} after",
-        fd_count(&fwd)
+        open_fds(fwd.pid())
     );
 }
 
@@ -297,7 +204,7 @@ fn a_client_reset_while_splicing_reaches_the_upstream_as_a_reset() {
         "",
         "shards = 1\nsplice = \"always\"",
     );
-    let fds_before = fd_count(&fwd);
+    let fds_before = open_fds(fwd.pid());
     let (tx, rx) = mpsc::channel();
     let server = std::thread::spawn(move || {
         let (mut s, _) = up.accept().expect("accept");
@@ -332,9 +239,7 @@ fn a_client_reset_while_splicing_reaches_the_upstream_as_a_reset() {
         "nothing spliced yet: {:?}",
         fwd.stats()
     );
-    let sock = socket2::Socket::from(c);
-    sock.set_linger(Some(Duration::ZERO)).expect("linger");
-    drop(sock);
+    reset(c);
     let (got, end) = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("upstream result");
@@ -347,9 +252,9 @@ fn a_client_reset_while_splicing_reaches_the_upstream_as_a_reset() {
     fwd.wait_stat("close_client_reset", Duration::from_secs(5), |v| v == 1);
     fwd.wait_stat("pipes_in_use", Duration::from_secs(5), |v| v == 0);
     assert!(
-        wait_until(Duration::from_secs(5), || fd_count(&fwd) == fds_before),
+        wait_until(Duration::from_secs(5), || open_fds(fwd.pid()) == fds_before),
         "descriptors: {fds_before} before, {} after",
-        fd_count(&fwd)
+        open_fds(fwd.pid())
     );
 }
 

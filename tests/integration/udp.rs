@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Proc, wait_until, write_config};
+use crate::harness::{Proc, open_fds, wait_until, write_config};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -46,12 +46,6 @@ fn exchange(s: &UdpSocket, to: SocketAddr, payload: &[u8]) -> (Vec<u8>, SocketAd
         .unwrap_or_else(|e| panic!("no reply to a {}-byte datagram: {e}", payload.len()));
     b.truncate(n);
     (b, from)
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 /// A test upstream: records, for every datagram, which source port sent
