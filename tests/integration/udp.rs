@@ -595,3 +595,36 @@ fn a_tiny_datagram_ring_is_backpressure_and_every_burst_is_answered() {
         fwd.log()
     );
 }
+
+#[test]
+fn a_burst_from_one_client_within_its_session_cap_is_forwarded_whole() {
+    // 100 datagrams sent at once from one client: the first opens the
+    // session and the rest arrive while it opens and while the first sends'
+    // completions are still to be reaped. The default cap (a quarter of 512
+    // datagram buffers) holds them all; no datagram may be dropped.
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder("127.0.0.1:0", &[up.addr], "", "shards = 1");
+    let s = client("127.0.0.1:0");
+    const BURST: usize = 100;
+    for i in 0..BURST {
+        s.send_to(format!("burst:{i}").as_bytes(), fwd.first_addr())
+            .expect("send");
+    }
+    let mut got = HashSet::new();
+    let mut b = [0u8; 64];
+    while got.len() < BURST {
+        let (n, _) = s.recv_from(&mut b).unwrap_or_else(|e| {
+            panic!(
+                "{} of {BURST} answered, then {e}; counters: {:?}",
+                got.len(),
+                fwd.stats()
+            )
+        });
+        got.insert(String::from_utf8_lossy(&b[..n]).into_owned());
+    }
+    let want: HashSet<String> = (0..BURST).map(|i| format!("burst:{i}")).collect();
+    assert_eq!(got, want);
+    fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == BURST as u64);
+    assert_eq!(fwd.stat("udp_drop_backlog"), 0);
+    assert_eq!(fwd.stat("udp_sessions_created"), 1);
+}
