@@ -339,14 +339,18 @@ def reaped_ticks(pid: int) -> int:
         return 0
 
 
+def tids(pid: int) -> list[str]:
+    """The live threads of `pid` (none once it is gone)."""
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
 def runtime_ns(pid: int) -> int:
     """On-CPU time of every live thread of `pid` (sum_exec_runtime, from schedstat), in ns."""
     total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
+    for tid in tids(pid):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 total += int(f.read().split()[0])

@@ -188,11 +188,7 @@ KNOB_TITLE = {
 def widen(pid: int, cpus: set[int] = ALL_CPUS) -> int:
     """Let every thread of `pid` run on any of `cpus` (undoes ringfwd's own shard pinning)."""
     n = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
+    for tid in C.tids(pid):
         try:
             os.sched_setaffinity(int(tid), cpus)
             n += 1

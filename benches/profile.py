@@ -268,7 +268,7 @@ def profile_one(name, mode, target, fwd, lp, bargs, args, out) -> dict:
     # First half: count system calls and context switches (and the forwarder's CPU, with
     # no sampler running); second half: sample. perf record's own wrap-up after its window
     # takes a while, so it goes last.
-    tids = [t.name for p in pids for t in Path(f"/proc/{p}/task").iterdir()]
+    tids = [t for p in pids for t in C.tids(int(p))]
     tw0 = time.monotonic()
     acct = CpuAcct(tag, pids)
     cpu0 = acct.seconds()
