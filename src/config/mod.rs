@@ -117,7 +117,8 @@ pub struct UdpListenerPlan {
     pub upstreams: Vec<SocketAddr>,
     /// A session ends after this long with no datagram in either direction.
     pub idle_timeout: Duration,
-    /// A session ends after this many upstream replies (`max_responses = 1` for DNS).
+    /// Upstream replies owed per client datagram: a session ends once every
+    /// datagram it forwarded has had them (`max_responses = 1` for DNS).
     pub max_responses: Option<u32>,
     /// For the whole listener; split over shards like `max_connections`.
     pub max_sessions: u32,

@@ -62,7 +62,7 @@ pub enum SessionEnd {
     Idle,
     /// The upstream answered with ICMP port unreachable (ECONNREFUSED).
     Refused,
-    /// max_responses replies were forwarded.
+    /// Every forwarded client datagram had its `max_responses` replies.
     Responses,
     /// Creating or connecting the socket failed, or a socket error.
     Error,

@@ -16,6 +16,8 @@ pub struct SessionConfig {
     /// Index of the upstream this session uses (round-robin choice).
     pub upstream: u16,
     pub idle_ms: Millis,
+    /// Replies expected per client datagram; the session ends once every
+    /// forwarded datagram has had them (NGINX's `proxy_responses`).
     pub max_responses: Option<u32>,
     /// Datagrams one session may have waiting or in flight, per direction.
     pub cap: u32,
@@ -61,6 +63,9 @@ pub struct Session {
     pending: VecDeque<Payload>,
     up_sends: u32,
     reply_sends: u32,
+    /// Client datagrams taken for forwarding (waiting, in flight or sent),
+    /// less those whose send failed: each is owed `max_responses` replies.
+    requests: u32,
     responses: u32,
     last_activity: Millis,
     end: Option<SessionEnd>,
@@ -80,6 +85,7 @@ impl Session {
             pending: VecDeque::new(),
             up_sends: 0,
             reply_sends: 0,
+            requests: 0,
             responses: 0,
             last_activity: now,
             end: None,
@@ -158,10 +164,12 @@ impl Session {
         match self.phase {
             Phase::Opening if self.pending.len() < cap => {
                 self.last_activity = now;
+                self.requests += 1;
                 self.pending.push_back(p);
             }
             Phase::Ready if (self.up_sends as usize) < cap => {
                 self.last_activity = now;
+                self.requests += 1;
                 self.send_up(p, out);
             }
             Phase::Opening | Phase::Ready | Phase::Closing => {
@@ -241,9 +249,7 @@ impl Session {
                     self.reply_sends += 1;
                     out.push(SessionOp::SendClient(p));
                     self.responses += 1;
-                    if self.cfg.max_responses.is_some_and(|m| self.responses >= m) {
-                        self.begin_close(SessionEnd::Responses, out);
-                    }
+                    self.end_if_answered(out);
                 } else {
                     stats.count_udp_drop(DropReason::Backlog);
                     out.push(SessionOp::Release(p.bid));
@@ -304,9 +310,28 @@ impl Session {
             Err(e) => {
                 self.last_errno = Some(e);
                 stats.count_udp_drop(DropReason::SendError);
+                // No reply is owed for a datagram the upstream never got.
+                self.requests = self.requests.saturating_sub(1);
+                self.end_if_answered(out);
             }
         }
         self.after(out);
+    }
+
+    /// With `max_responses`: ends the session once every forwarded client
+    /// datagram has had its replies. Counting per request, as NGINX does
+    /// (`responses >= proxy_responses * requests`), matters for clients that
+    /// send several queries from one socket before the first answer — a stub
+    /// resolver's A and AAAA — whose later answers would otherwise be dropped.
+    fn end_if_answered(&mut self, out: &mut Vec<SessionOp>) {
+        let Some(m) = self.cfg.max_responses else {
+            return;
+        };
+        if self.responses > 0
+            && u64::from(self.responses) >= u64::from(m) * u64::from(self.requests)
+        {
+            self.begin_close(SessionEnd::Responses, out);
+        }
     }
 
     /// A reply to the client completed (its buffer `bid` goes back either way).
@@ -474,6 +499,40 @@ mod tests {
         s.handle_sent_client(2, Ok(10), &mut out, &mut st);
         assert!(s.is_finished());
         assert_eq!(st.udp_datagrams_u2c, 1);
+    }
+
+    #[test]
+    fn max_responses_counts_per_request_so_a_second_query_gets_its_answer() {
+        // A stub resolver asks A and AAAA from one socket before either answer.
+        let (mut s, mut st) = ready(Some(1));
+        let mut out = Vec::new();
+        s.handle_client_datagram(p(2), 1, &mut out, &mut st);
+        s.handle_sent_up(1, Ok(10), &mut out, &mut st);
+        s.handle_sent_up(2, Ok(10), &mut out, &mut st);
+        out.clear();
+        s.handle_upstream_recv(DatagramEvent::Data(p(3)), true, 2, &mut out, &mut st);
+        assert_eq!(out, vec![SessionOp::SendClient(p(3))]);
+        assert_eq!(s.end(), None, "one of two answers is back");
+        s.handle_upstream_recv(DatagramEvent::Data(p(4)), true, 3, &mut out, &mut st);
+        assert!(out.contains(&SessionOp::SendClient(p(4))));
+        assert_eq!(s.end(), Some(SessionEnd::Responses));
+    }
+
+    #[test]
+    fn a_failed_send_owes_no_reply() {
+        let (mut s, mut st) = ready(Some(1));
+        let mut out = Vec::new();
+        s.handle_client_datagram(p(2), 1, &mut out, &mut st);
+        s.handle_sent_up(1, Ok(10), &mut out, &mut st);
+        s.handle_upstream_recv(DatagramEvent::Data(p(3)), true, 2, &mut out, &mut st);
+        assert_eq!(s.end(), None);
+        s.handle_sent_up(2, Err(libc::EMSGSIZE), &mut out, &mut st);
+        assert_eq!(
+            s.end(),
+            Some(SessionEnd::Responses),
+            "the one answer owed is back"
+        );
+        assert_eq!(st.udp_drops_for(DropReason::SendError), 1);
     }
 
     #[test]

@@ -60,6 +60,9 @@ struct Upstream {
 enum Reply {
     /// Echo each datagram back once.
     Echo,
+    /// Hold each source's datagrams until it has sent two, then echo both:
+    /// two requests are surely in one session before either is answered.
+    EchoPairs,
     /// After the first datagram from a source, send it `count` datagrams,
     /// one every `every`.
     Stream { count: usize, every: Duration },
@@ -78,6 +81,7 @@ impl Upstream {
             let mut b = vec![0u8; 65536];
             // (peer, next send time, sent so far) for Reply::Stream.
             let mut streams: Vec<(SocketAddr, Instant, usize)> = Vec::new();
+            let mut held: HashMap<SocketAddr, Vec<u8>> = HashMap::new();
             while !stop2.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = sock.recv_from(&mut b) {
                     let data = &b[..n];
@@ -96,6 +100,15 @@ impl Upstream {
                         Reply::Echo => {
                             let _ = sock.send_to(data, from);
                         }
+                        Reply::EchoPairs => match held.remove(&from) {
+                            Some(first) => {
+                                let _ = sock.send_to(&first, from);
+                                let _ = sock.send_to(data, from);
+                            }
+                            None => {
+                                held.insert(from, data.to_vec());
+                            }
+                        },
                         Reply::Stream { .. } => streams.push((from, Instant::now(), 0)),
                     }
                 }
@@ -296,6 +309,42 @@ fn max_responses_one_frees_the_session_after_the_reply() {
         );
     }
     assert_eq!(fwd.stat("udp_sessions_created"), 5, "one session per query");
+}
+
+/// As NGINX's `proxy_responses`: the count is per client datagram, so a
+/// client that asks twice before the first answer (a stub resolver's A and
+/// AAAA from one socket) gets both answers through one session.
+#[test]
+fn max_responses_counts_per_request_so_two_queries_in_flight_both_get_answers() {
+    let up = Upstream::start(Reply::EchoPairs);
+    let fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.addr],
+        "max_responses = 1\nidle_timeout = \"1h\"",
+        "shards = 2",
+    );
+    let s = client("127.0.0.1:0");
+    for i in 0..3u64 {
+        let (a, aaaa) = (format!("a:{i}"), format!("aaaa:{i}"));
+        s.send_to(a.as_bytes(), fwd.first_addr()).expect("send");
+        s.send_to(aaaa.as_bytes(), fwd.first_addr()).expect("send");
+        let mut got = HashSet::new();
+        let mut b = [0u8; 64];
+        for _ in 0..2 {
+            let (n, _) = s
+                .recv_from(&mut b)
+                .unwrap_or_else(|e| panic!("round {i}: only {got:?} came back: {e}"));
+            got.insert(String::from_utf8_lossy(&b[..n]).into_owned());
+        }
+        assert_eq!(got, HashSet::from([a, aaaa]), "round {i}");
+        fwd.wait_stat("udp_end_responses", WAIT, |v| v == i + 1);
+        assert_eq!(
+            fwd.stat("udp_sessions_created"),
+            i + 1,
+            "one session per pair"
+        );
+        assert_eq!(fwd.stat("udp_drop_backlog"), 0);
+    }
 }
 
 #[test]
