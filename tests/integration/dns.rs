@@ -125,14 +125,22 @@ fn dig_through_ringfwd_to_dnsmasq_gets_every_answer_right() {
     std::fs::write(&hosts, lines.join("\n") + "\n").expect("write hosts");
     let dns = start_dnsmasq(&hosts);
 
+    // The listener is on a low port, not an ephemeral one: dig sets
+    // SO_REUSEPORT on its query sockets, so as the same user it may be given
+    // the forwarder's own (reuseport) port for its source and then talk to
+    // itself — it reads its own query back ("query response not set").
+    let listen = free_low_port(u64::from(std::process::id()).rotate_left(17));
     let cfg = write_config(&format!(
-        "[runtime]\nshards = 2\nstats_interval = \"100ms\"\n[[udp]]\nname = \"dns\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{}\"]\nmax_responses = 1\n",
+        "[runtime]\nshards = 2\nstats_interval = \"100ms\"\n[[udp]]\nname = \"dns\"\nlisten = \"127.0.0.1:{listen}\"\nupstreams = [\"{}\"]\nmax_responses = 1\n",
         dns.addr
     ));
     let fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
     let via = fwd.first_addr();
 
-    // Several dig processes at once, each asking its own names in a batch.
+    // Several dig processes at once, each asking its own names in a batch,
+    // each from its own loopback address: with SO_REUSEPORT two digs can be
+    // given the same ephemeral port, and two sockets with one 4-tuple cannot
+    // both get their answers through any forwarder (nor without one).
     let digs: Vec<_> = (0..DIGS)
         .map(|d| {
             let batch = temp_path("batch");
@@ -140,7 +148,13 @@ fn dig_through_ringfwd_to_dnsmasq_gets_every_answer_right() {
                 .map(|q| format!("h{}.ringfwd.test A", d * QUERIES_PER_DIG + q))
                 .collect();
             std::fs::write(&batch, names.join("\n") + "\n").expect("write batch");
-            std::thread::spawn(move || dig(via, &["+short", "-f", batch.to_str().expect("path")]))
+            let source = format!("127.0.0.{}", 10 + d);
+            std::thread::spawn(move || {
+                dig(
+                    via,
+                    &["-b", &source, "+short", "-f", batch.to_str().expect("path")],
+                )
+            })
         })
         .collect();
     for (d, t) in digs.into_iter().enumerate() {
