@@ -115,7 +115,7 @@ pub struct ShardStats {
     pub udp_bytes_c2u: u64,
     pub udp_bytes_u2c: u64,
     /// UDP datagrams dropped, by `DropReason`.
-    pub udp_drops: [u64; 7],
+    pub udp_drops: [u64; DropReason::ALL.len()],
     /// Datagram receives that found the datagram buffer ring empty.
     pub udp_enobufs: u64,
     /// Event-loop turns that handled completions, and the completions they

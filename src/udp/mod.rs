@@ -107,10 +107,13 @@ pub enum DropReason {
     SendError,
     /// A new client while the shard is draining.
     Draining,
+    /// An upstream datagram for a session already ending (more replies than
+    /// `max_responses` owed, or after a refusal, timeout or shutdown).
+    Late,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Truncated,
         DropReason::Denied,
         DropReason::SessionLimit,
@@ -118,6 +121,7 @@ impl DropReason {
         DropReason::Backlog,
         DropReason::SendError,
         DropReason::Draining,
+        DropReason::Late,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +133,7 @@ impl DropReason {
             DropReason::Backlog => "backlog",
             DropReason::SendError => "send_error",
             DropReason::Draining => "draining",
+            DropReason::Late => "late",
         }
     }
 }

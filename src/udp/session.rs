@@ -242,6 +242,7 @@ impl Session {
         match ev {
             DatagramEvent::Data(p) => {
                 if closing {
+                    stats.count_udp_drop(DropReason::Late);
                     out.push(SessionOp::Release(p.bid));
                 } else if self.reply_sends < self.cfg.cap {
                     self.last_activity = now;
@@ -490,6 +491,11 @@ mod tests {
             "the armed receive is cancelled first"
         );
         assert!(!s.is_finished());
+        out.clear();
+        // A reply nobody asked for, before the cancel lands: dropped, counted.
+        s.handle_upstream_recv(DatagramEvent::Data(p(7)), true, 5, &mut out, &mut st);
+        assert_eq!(out, vec![SessionOp::Release(7)]);
+        assert_eq!(st.udp_drops_for(DropReason::Late), 1);
         out.clear();
         s.handle_upstream_recv(DatagramEvent::Cancelled, false, 6, &mut out, &mut st);
         s.handle_cancel(&mut out);
