@@ -16,7 +16,10 @@ Writes DIR/raw.csv, DIR/summary.md, DIR/setup.md (machine, versions, every
 command and config). Every process it starts is ended by its PID.
 
     benches/dns.py --bin target/release/ringfwd --out DIR [--reps 3] [--duration 3] [--warmup 1]
-               [--flows 1,100]
+               [--flows 1,100] [--baseline-bin OLD]
+
+--baseline-bin adds `ringfwd-per-request-baseline`: the same per-request
+forwarder run by another build, interleaved with the rest (an A/B of a change).
 """
 
 import argparse
@@ -49,6 +52,7 @@ TARGETS = [
     ("nginx-per-request", "nginx", True, UPSTREAM + 20),
     ("nginx-kept", "nginx", False, UPSTREAM + 21),
 ]
+BASELINE = ("ringfwd-per-request-baseline", "ringfwd", True, UPSTREAM + 12)
 COMMANDS: list[str] = []
 
 
@@ -234,7 +238,10 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--flows", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100])
+    ap.add_argument("--baseline-bin", type=Path, help="another ringfwd build to A/B the per-request target with")
     args = ap.parse_args()
+    if args.baseline_bin:
+        TARGETS.insert(2, BASELINE)
     binary = args.bin.resolve()
     if not binary.exists():
         print(f"{binary} not found: build it with `cargo build --release` or pass --bin", file=sys.stderr)
@@ -263,7 +270,8 @@ def main() -> int:
                 continue
             cfg = configs / f"{name}.toml"
             cfg.write_text(ringfwd_cfg(per_request, port))
-            p = Proc(name, [str(binary), "run", "--config", str(cfg)], logs, True)
+            exe = args.baseline_bin.resolve() if name == BASELINE[0] else binary
+            p = Proc(name, [str(exe), "run", "--config", str(cfg)], logs, True)
             procs.append(p)
             fwd[name] = p
             udp_answers(port, p)
@@ -298,6 +306,8 @@ def main() -> int:
                 nginx=subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
                 ringfwd=subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip(),
                 took_s=round(time.time() - t_start))
+    if args.baseline_bin:
+        meta["baseline build"] = f"{args.baseline_bin} (run by {BASELINE[0]})"
     (out / "summary.md").write_text(summarise(rows, meta, args))
     setup = [f"# Setup — benches/dns.py, {meta['date']}", ""]
     setup += [f"- {k}: {v}" for k, v in meta.items()]

@@ -578,9 +578,9 @@ impl Engine {
                     self.udp_starved.push_back(UdpWaiter::Session(slot));
                     continue;
                 }
-                SessionOp::CancelAll => Op::CancelFd {
+                SessionOp::CancelRecv => Op::CancelOne {
                     token: tok(OpKind::UdpCancel).encode(),
-                    fd,
+                    target: tok(OpKind::UdpUpRecv).encode(),
                 },
                 SessionOp::Close => Op::Close {
                     token: tok(OpKind::UdpClose).encode(),

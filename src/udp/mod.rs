@@ -49,8 +49,11 @@ pub enum SessionOp {
     Release(u16),
     /// The upstream receive ran out of buffers; wake it when buffers return.
     Starved,
-    /// Cancel everything on the upstream socket (teardown).
-    CancelAll,
+    /// Cancel the armed receive on the upstream socket (teardown), by its
+    /// user_data: a cancel by descriptor walks every armed request of the ring
+    /// (6% of the forwarder's CPU with a session per request). Sends need no
+    /// cancel: a UDP send always completes.
+    CancelRecv,
     /// Close the upstream socket.
     Close,
 }

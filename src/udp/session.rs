@@ -279,7 +279,10 @@ impl Session {
             }
         }
         if self.phase == Phase::Closing {
-            self.recv = Recv::Ended;
+            if !more {
+                // Still Armed while the kernel holds it: `after` cancels it.
+                self.recv = Recv::Ended;
+            }
             self.after(out);
         } else if !more {
             self.arm(out);
@@ -406,7 +409,8 @@ impl Session {
         self.after(out);
     }
 
-    /// While closing: cancel what uses the socket, close it once nothing does.
+    /// While closing: cancel the armed receive, close the socket once
+    /// nothing uses it (sends and connect complete by themselves).
     fn after(&mut self, out: &mut Vec<SessionOp>) {
         if self.sock != Sock::Doomed {
             return;
@@ -415,10 +419,10 @@ impl Session {
             self.sock = Sock::CloseInFlight;
             self.inflight += 1;
             out.push(SessionOp::Close);
-        } else if !self.cancel_sent {
+        } else if self.recv == Recv::Armed && !self.cancel_sent {
             self.cancel_sent = true;
             self.inflight += 1;
-            out.push(SessionOp::CancelAll);
+            out.push(SessionOp::CancelRecv);
         }
     }
 }
@@ -487,7 +491,7 @@ mod tests {
         assert_eq!(s.end(), Some(SessionEnd::Responses));
         assert!(out.contains(&SessionOp::SendClient(p(2))));
         assert!(
-            out.contains(&SessionOp::CancelAll),
+            out.contains(&SessionOp::CancelRecv),
             "the armed receive is cancelled first"
         );
         assert!(!s.is_finished());
@@ -553,10 +557,41 @@ mod tests {
             &mut st,
         );
         assert_eq!(s.end(), Some(SessionEnd::Refused));
-        assert!(
-            out.contains(&SessionOp::CancelAll),
-            "the send to the upstream is still in flight"
+        assert_eq!(
+            out,
+            vec![],
+            "the receive has ended and a send needs no cancel: wait for it"
         );
+        s.handle_sent_up(1, Ok(10), &mut out, &mut st);
+        assert_eq!(out, vec![SessionOp::Release(1), SessionOp::Close]);
+    }
+
+    #[test]
+    fn a_session_ending_on_a_reply_cancels_its_armed_receive_by_itself() {
+        // The reply that satisfies max_responses comes with the multishot
+        // receive still armed (IORING_CQE_F_MORE): it must be cancelled, or
+        // the socket would never close.
+        let (mut s, mut st) = ready(Some(1));
+        let mut out = Vec::new();
+        s.handle_sent_up(1, Ok(10), &mut out, &mut st);
+        out.clear();
+        s.handle_upstream_recv(DatagramEvent::Data(p(2)), true, 5, &mut out, &mut st);
+        assert_eq!(
+            out,
+            vec![SessionOp::SendClient(p(2)), SessionOp::CancelRecv]
+        );
+        out.clear();
+        s.handle_upstream_recv(DatagramEvent::Cancelled, false, 6, &mut out, &mut st);
+        assert_eq!(
+            out,
+            vec![SessionOp::Close],
+            "closed once the receive is back"
+        );
+        out.clear();
+        s.handle_cancel(&mut out);
+        s.handle_close();
+        s.handle_sent_client(2, Ok(10), &mut out, &mut st);
+        assert!(s.is_finished());
     }
 
     #[test]
