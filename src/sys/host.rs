@@ -47,6 +47,11 @@ pub enum HostError {
         what: String,
         addr: SocketAddr,
     },
+    /// Port 0 asked for, and no port of the ephemeral range is free.
+    NoFreePort {
+        what: String,
+        addr: SocketAddr,
+    },
     PortPermission {
         what: String,
         addr: SocketAddr,
@@ -143,8 +148,14 @@ impl fmt::Display for HostError {
             HostError::AddrInUse { what, addr } => write!(
                 f,
                 "{what}: {addr} is already in use by another socket. Find the owner with \
-                 `ss -ltnp 'sport = :{}'` and stop it, or choose another listen address",
+                 `ss -ltunp 'sport = :{}'` and stop it, or choose another listen address",
                 addr.port()
+            ),
+            HostError::NoFreePort { what, addr } => write!(
+                f,
+                "{what}: no free port for {addr}: every port of the ephemeral range \
+                 (`sysctl net.ipv4.ip_local_port_range`) is in use. Give the listener a port of \
+                 its own, or widen the range"
             ),
             HostError::PortPermission { what, addr } => write!(
                 f,

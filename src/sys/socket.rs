@@ -70,6 +70,9 @@ pub fn bind_listeners(
     })
 }
 
+/// Tries to pick a free port for port 0 this many times before giving up.
+const PORT_PICKS: usize = 8;
+
 /// Binds `count` sockets made by `make(addr, reuseport)` to `addr` and
 /// finishes each with `ready`.
 fn bind_group(
@@ -81,31 +84,69 @@ fn bind_group(
     ready: fn(&Socket) -> io::Result<()>,
 ) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
     if addr.port() != 0 {
-        // SO_REUSEPORT would silently join another same-user process's group on
-        // this port and split its traffic with it; a plain bind first tells us
-        // whether anyone is bound here already.
+        return bind_group_on(kind, name, addr, count, make, ready);
+    }
+    // Port 0: the kernel may give a SO_REUSEPORT UDP socket a port that a
+    // same-user reuseport socket already holds (it counts the two as
+    // compatible), and the two would then share datagrams. A plain socket
+    // is given a port nobody holds; the group binds to that. Another bind
+    // may take it in between: pick again.
+    let mut last = None;
+    for _ in 0..PORT_PICKS {
         let probe = make(addr, false).map_err(|e| bind_error(kind, name, addr, e))?;
         probe
             .bind(&addr.into())
-            .map_err(|e| bind_error(kind, name, addr, e))?;
+            .map_err(|e| match bind_error(kind, name, addr, e) {
+                HostError::AddrInUse { what, addr } => HostError::NoFreePort { what, addr },
+                other => other,
+            })?;
+        let picked = probe
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| bind_error(kind, name, addr, io::Error::last_os_error()))?;
+        drop(probe);
+        match bind_group_on(kind, name, picked, count, make, ready) {
+            Err(e @ HostError::AddrInUse { .. }) => last = Some(e),
+            done => return done,
+        }
     }
-    let mut bound = addr;
+    Err(last.unwrap_or_else(|| {
+        bind_error(
+            kind,
+            name,
+            addr,
+            io::Error::from_raw_os_error(libc::EADDRINUSE),
+        )
+    }))
+}
+
+/// [`bind_group`] on a given port.
+fn bind_group_on(
+    kind: ListenKind,
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+    make: fn(SocketAddr, bool) -> io::Result<Socket>,
+    ready: fn(&Socket) -> io::Result<()>,
+) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
+    // SO_REUSEPORT would silently join another same-user process's group on
+    // this port and split its traffic with it; a plain bind first tells us
+    // whether anyone is bound here already.
+    let probe = make(addr, false).map_err(|e| bind_error(kind, name, addr, e))?;
+    probe
+        .bind(&addr.into())
+        .map_err(|e| bind_error(kind, name, addr, e))?;
+    drop(probe);
     let mut fds = Vec::with_capacity(count);
     for _ in 0..count {
-        let s = make(bound, true).map_err(|e| bind_error(kind, name, bound, e))?;
-        s.bind(&bound.into())
-            .map_err(|e| bind_error(kind, name, bound, e))?;
-        ready(&s).map_err(|e| bind_error(kind, name, bound, e))?;
-        if bound.port() == 0 {
-            bound = s
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or_else(|| bind_error(kind, name, addr, io::Error::last_os_error()))?;
-        }
+        let s = make(addr, true).map_err(|e| bind_error(kind, name, addr, e))?;
+        s.bind(&addr.into())
+            .map_err(|e| bind_error(kind, name, addr, e))?;
+        ready(&s).map_err(|e| bind_error(kind, name, addr, e))?;
         fds.push(OwnedFd::from(s));
     }
-    Ok((fds, bound))
+    Ok((fds, addr))
 }
 
 fn new_udp_socket(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {

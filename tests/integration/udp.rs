@@ -677,3 +677,98 @@ fn a_burst_from_one_client_within_its_session_cap_is_forwarded_whole() {
     assert_eq!(fwd.stat("udp_drop_backlog"), 0);
     assert_eq!(fwd.stat("udp_sessions_created"), 1);
 }
+
+/// Runs `ringfwd run ARGS` in a network namespace of its own (so the test
+/// may narrow the ephemeral port range without touching the host's) whose
+/// range is `range`; returns the child and its stdout lines as they come.
+fn run_in_netns(
+    range: &str,
+    args: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let script = format!(
+        "ip link set lo up && echo '{range}' > /proc/sys/net/ipv4/ip_local_port_range && exec {} run {args}",
+        crate::harness::BIN
+    );
+    // `unshare` execs sh, which execs ringfwd: the child's PID is ringfwd's.
+    let mut child = Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn unshare (util-linux)");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The kernel counts two same-user SO_REUSEPORT UDP sockets as compatible,
+/// so a reuseport socket bound to port 0 may be given a port one already
+/// holds, and the two would share datagrams. A port-0 listener must get a
+/// port nobody holds, or fail naming the listener.
+#[test]
+fn a_port_zero_udp_listener_never_shares_a_port_already_held() {
+    let netns = std::process::Command::new("unshare")
+        .args(["--net", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !netns {
+        // Not a CI failure: an unprivileged runner cannot narrow the range
+        // anywhere but in a namespace of its own.
+        eprintln!(
+            "skipping: cannot create a network namespace (needs root or CAP_SYS_ADMIN, and unshare from util-linux)"
+        );
+        return;
+    }
+    let listeners = "--udp 127.0.0.1:40000=127.0.0.1:9 --udp 127.0.0.1:0=127.0.0.1:9 --shards 2";
+    // Two ports in the range, one held by the first listener's reuseport group.
+    let (mut child, lines) = run_in_netns("40000 40001", listeners);
+    let mut bound = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while bound.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.starts_with("listening udp") => bound.push(l),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("listening lines did not come ({e}): {bound:?}");
+            }
+        }
+    }
+    // Our own child, by PID.
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        bound[1].contains("127.0.0.1:40001"),
+        "the port-0 listener took the held port: {bound:?}"
+    );
+
+    // One port, held: no free port is left, and startup says which listener.
+    let (mut child, lines) = run_in_netns("40000 40000", listeners);
+    let exited = wait_until(WAIT, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "started, sharing the held port: {:?}",
+            lines.try_iter().collect::<Vec<_>>()
+        );
+    }
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("udp listener '127.0.0.1:0'") && err.contains("no free port"),
+        "the error names the listener and the exhausted range: {err}"
+    );
+}
