@@ -139,7 +139,11 @@ impl Gen {
                 flow.waiting = Some((seq, start, now));
             }
         }
-        if self.clock.measuring(now) {
+        // By intended time, as `received` is: after a stall, the catch-up
+        // sends of datagrams due in the warmup are not the window's (open
+        // loop; closed loop starts now). Counting them by send time made the
+        // window's count exceed its schedule and their answers look lost.
+        if self.clock.measuring(start) {
             self.rec.udp.sent += 1;
             self.rec.bytes_sent += u64::from(size);
         }
