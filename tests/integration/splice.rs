@@ -358,6 +358,9 @@ fn a_silent_spliced_direction_gives_its_pipe_back_and_switches_again_on_bulk() {
             writer
         });
         c.read_exact(&mut back).expect("burst echo");
+        // The direction's last data moved just before this: its idle bound
+        // is counted from here, not from when the counters were read.
+        let quiet_since = Instant::now();
         writer = w.join().expect("writer");
         assert_eq!(expect.check(&back), Ok(()), "burst {burst} differs");
         // A 2 MiB burst fills buffer after buffer: at least the client's
@@ -368,11 +371,11 @@ fn a_silent_spliced_direction_gives_its_pipe_back_and_switches_again_on_bulk() {
         if burst == 0 {
             // Silent for more than a second: every spliced direction gives
             // its pipe back while the connection stays open.
-            let t = Instant::now();
             fwd.wait_stat("splice_reverted", Duration::from_secs(5), |v| v >= switched);
             assert!(
-                t.elapsed() >= Duration::from_millis(500),
-                "reverted before the idle bound"
+                quiet_since.elapsed() >= Duration::from_millis(500),
+                "reverted {:?} after the last data, before the 1 s idle bound",
+                quiet_since.elapsed()
             );
             fwd.wait_stat("pipes_in_use", Duration::from_secs(5), |v| v == 0);
         }
