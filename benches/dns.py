@@ -27,7 +27,6 @@ import csv
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,12 +36,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (peer installation and NGINX's stream module)
-import splice  # noqa: E402  (per-CPU busy time from /proc/stat)
+import splice  # noqa: E402  (process handling with cpuacct groups, per-CPU busy time)
 
 LOOPBACK = "127.0.0.1"
 UPSTREAM = 23600  # below the ephemeral range, clear of compare.py and splice.py
 FWD_CPU, LOAD_CPU = 0, 1
-CGROOT = Path("/sys/fs/cgroup/cpuacct")
 
 # (name, kind, per-request sessions?, port)
 TARGETS = [
@@ -60,51 +58,22 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-class Proc:
-    """A process we started, optionally in its own cpuacct cgroup."""
+class Proc(splice.Proc):
+    """A process we started (splice.py's, stopped the same way), optionally in
+    its own cpuacct cgroup."""
+
+    CG_PREFIX = "ringfwd-dns"
 
     def __init__(self, name: str, argv: list[str], logs: Path, cgroup: bool):
-        self.name = name
-        self.logf = open(logs / f"{name}.log", "w")
-        COMMANDS.append(" ".join(argv))
-        self.p = subprocess.Popen(argv, stdout=self.logf, stderr=subprocess.STDOUT)
-        self.cg: Path | None = None
+        super().__init__(name, argv, logs)
         if cgroup:
-            cg = CGROOT / f"ringfwd-dns-{name}-{os.getpid()}"
-            try:
-                cg.mkdir(exist_ok=True)
-                (cg / "cgroup.procs").write_text(str(self.p.pid))
-                self.cg = cg
-            except OSError as e:
-                log(f"no cpuacct cgroup for {name} ({e}); its CPU is not measured")
+            self.into_cgroup()
 
     def adopt_children(self) -> None:
         """Moves processes forked before the cgroup was joined (NGINX's workers) in too."""
         if self.cg:
             for pid in compare.tree([self.p.pid]):
                 (self.cg / "cgroup.procs").write_text(str(pid))
-
-    def cpu_ns(self) -> int | None:
-        return int((self.cg / "cpuacct.usage").read_text()) if self.cg else None
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.p.send_signal(signal.SIGTERM)  # ringfwd: a second signal exits at once
-                try:
-                    self.p.wait(timeout=2)
-                except subprocess.TimeoutExpired:
-                    self.p.kill()
-                    self.p.wait()
-        self.logf.close()
-        if self.cg:
-            try:
-                self.cg.rmdir()
-            except OSError:
-                pass
 
 
 def udp_answers(port: int, proc: Proc, timeout: float = 10.0) -> None:
@@ -164,9 +133,9 @@ def measure(binary: Path, target, fwd: Proc | None, flows: int, rep: int, args, 
     name, _, _, port = target
     out = runs / f"udp-rr-{flows}-{name}-{rep}.json"
     c0, t0 = splice.cpu_times(), time.time()
-    n0 = fwd.cpu_ns() if fwd else None
+    n0 = fwd.cg_ns() if fwd else None
     res = bench(binary, port, flows, args, out)
-    n1 = fwd.cpu_ns() if fwd else None
+    n1 = fwd.cg_ns() if fwd else None
     c1, t1 = splice.cpu_times(), time.time()
     d = res["data"]
     wall = t1 - t0
@@ -247,6 +216,7 @@ def main() -> int:
         print(f"{binary} not found: build it with `cargo build --release` or pass --bin", file=sys.stderr)
         return 2
     compare.COMMANDS = COMMANDS
+    splice.COMMANDS = COMMANDS
     compare.ensure_peers({"nginx"})
     module = compare.find_stream_module()
     if module is None:

@@ -118,6 +118,8 @@ def wait_port(p: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 class Proc:
+    CG_PREFIX = "ringfwd-splice"  # cpuacct group name prefix (benches/dns.py uses its own)
+
     def __init__(self, name: str, argv: list[str], logs: Path):
         self.name, self.argv = name, argv
         self.logf = open(logs / f"{name}.log", "w")
@@ -126,7 +128,7 @@ class Proc:
         self.cg: Path | None = None
 
     def into_cgroup(self) -> None:
-        cg = CGROOT / f"ringfwd-splice-{self.name}-{os.getpid()}"
+        cg = CGROOT / f"{self.CG_PREFIX}-{self.name}-{os.getpid()}"
         try:
             cg.mkdir(exist_ok=True)
             (cg / "cgroup.procs").write_text(str(self.p.pid))

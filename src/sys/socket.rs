@@ -93,13 +93,10 @@ fn bind_group(
     // may take it in between: pick again.
     let mut last = None;
     for _ in 0..PORT_PICKS {
-        let probe = make(addr, false).map_err(|e| bind_error(kind, name, addr, e))?;
-        probe
-            .bind(&addr.into())
-            .map_err(|e| match bind_error(kind, name, addr, e) {
-                HostError::AddrInUse { what, addr } => HostError::NoFreePort { what, addr },
-                other => other,
-            })?;
+        let probe = plain_bind(kind, name, addr, make).map_err(|e| match e {
+            HostError::AddrInUse { what, addr } => HostError::NoFreePort { what, addr },
+            other => other,
+        })?;
         let picked = probe
             .local_addr()
             .ok()
@@ -121,6 +118,21 @@ fn bind_group(
     }))
 }
 
+/// A socket made by `make` without SO_REUSEPORT, bound to `addr`: it
+/// conflicts with every socket on the port, so binding it tells whether the
+/// port is free.
+fn plain_bind(
+    kind: ListenKind,
+    name: &str,
+    addr: SocketAddr,
+    make: fn(SocketAddr, bool) -> io::Result<Socket>,
+) -> Result<Socket, HostError> {
+    let s = make(addr, false).map_err(|e| bind_error(kind, name, addr, e))?;
+    s.bind(&addr.into())
+        .map_err(|e| bind_error(kind, name, addr, e))?;
+    Ok(s)
+}
+
 /// [`bind_group`] on a given port.
 fn bind_group_on(
     kind: ListenKind,
@@ -133,11 +145,7 @@ fn bind_group_on(
     // SO_REUSEPORT would silently join another same-user process's group on
     // this port and split its traffic with it; a plain bind first tells us
     // whether anyone is bound here already.
-    let probe = make(addr, false).map_err(|e| bind_error(kind, name, addr, e))?;
-    probe
-        .bind(&addr.into())
-        .map_err(|e| bind_error(kind, name, addr, e))?;
-    drop(probe);
+    drop(plain_bind(kind, name, addr, make)?);
     let mut fds = Vec::with_capacity(count);
     for _ in 0..count {
         let s = make(addr, true).map_err(|e| bind_error(kind, name, addr, e))?;
