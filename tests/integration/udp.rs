@@ -387,12 +387,23 @@ fn large_datagrams_arrive_intact_and_oversize_ones_are_counted_not_truncated() {
     small.wait_stat("udp_bytes_c2u", WAIT, |v| v == 1024);
 }
 
+/// A UDP address where nothing is bound, so datagrams to it are answered
+/// with ICMP port unreachable. Below the ephemeral range: a port freed there
+/// could be taken by any socket the suite binds to port 0 (clients, session
+/// sockets), which would then swallow the datagrams instead.
+fn dead_udp_addr() -> SocketAddr {
+    let mut rng = ringfwd::verify::Rng::new(u64::from(std::process::id()));
+    loop {
+        let port = 10_000 + rng.below(10_000) as u16;
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return SocketAddr::from(([127, 0, 0, 1], port));
+        }
+    }
+}
+
 #[test]
 fn a_refused_upstream_ends_the_session_and_is_counted() {
-    let dead = {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        s.local_addr().expect("addr")
-    };
+    let dead = dead_udp_addr();
     let fwd = udp_forwarder("127.0.0.1:0", &[dead], "", "shards = 2");
     let s = client("127.0.0.1:0");
     s.send_to(b"anyone?", fwd.first_addr()).expect("send");
