@@ -91,8 +91,9 @@ fn bind_group(
     // compatible), and the two would then share datagrams. A plain socket
     // is given a port nobody holds; the group binds to that. Another bind
     // may take it in between: pick again.
-    let mut last = None;
-    for _ in 0..PORT_PICKS {
+    let mut picks = 0;
+    loop {
+        picks += 1;
         let probe = plain_bind(kind, name, addr, make).map_err(|e| match e {
             HostError::AddrInUse { what, addr } => HostError::NoFreePort { what, addr },
             other => other,
@@ -104,18 +105,10 @@ fn bind_group(
             .ok_or_else(|| bind_error(kind, name, addr, io::Error::last_os_error()))?;
         drop(probe);
         match bind_group_on(kind, name, picked, count, make, ready) {
-            Err(e @ HostError::AddrInUse { .. }) => last = Some(e),
+            Err(HostError::AddrInUse { .. }) if picks < PORT_PICKS => {}
             done => return done,
         }
     }
-    Err(last.unwrap_or_else(|| {
-        bind_error(
-            kind,
-            name,
-            addr,
-            io::Error::from_raw_os_error(libc::EADDRINUSE),
-        )
-    }))
 }
 
 /// A socket made by `make` without SO_REUSEPORT, bound to `addr`: it
