@@ -51,7 +51,7 @@ pub enum SessionOp {
     Starved,
     /// Cancel the armed receive on the upstream socket (teardown), by its
     /// user_data: a cancel by descriptor walks every armed request of the ring
-    /// (6% of the forwarder's CPU with a session per request). Sends need no
+    /// (7% of the forwarder's samples with a session per request). Sends need no
     /// cancel: a UDP send always completes.
     CancelRecv,
     /// Close the upstream socket.
