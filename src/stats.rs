@@ -109,7 +109,7 @@ pub struct ShardStats {
     pub udp_sessions_created: u64,
     pub udp_sessions_active: u64,
     /// UDP session ends by `SessionEnd`.
-    pub udp_ends: [u64; 5],
+    pub udp_ends: [u64; SessionEnd::ALL.len()],
     pub udp_datagrams_c2u: u64,
     pub udp_datagrams_u2c: u64,
     pub udp_bytes_c2u: u64,
@@ -118,6 +118,9 @@ pub struct ShardStats {
     pub udp_drops: [u64; DropReason::ALL.len()],
     /// Datagram receives that found the datagram buffer ring empty.
     pub udp_enobufs: u64,
+    /// Embryonic UDP sessions (no upstream reply yet) evicted to admit a new
+    /// client; each also ends as `SessionEnd::Evicted`.
+    pub udp_evict_embryonic: u64,
     /// Event-loop turns that handled completions, and the completions they
     /// handled: their ratio is the batch one io_uring_enter brings back.
     pub loop_turns: u64,
@@ -201,6 +204,7 @@ impl ShardStats {
             *a += b;
         }
         self.udp_enobufs += other.udp_enobufs;
+        self.udp_evict_embryonic += other.udp_evict_embryonic;
         self.splices_in += other.splices_in;
         self.splices_out += other.splices_out;
         self.splice_switched += other.splice_switched;
@@ -255,6 +259,7 @@ impl ShardStats {
         for d in DropReason::ALL {
             let _ = write!(s, " udp_drop_{}={}", d.name(), self.udp_drops_for(d));
         }
+        let _ = write!(s, " udp_evict_embryonic={}", self.udp_evict_embryonic);
         let _ = write!(
             s,
             " splices_in={} splices_out={} splice_switched={} splice_reverted={} \
@@ -316,6 +321,7 @@ mod tests {
             "pipes_exhausted",
             "pipes_discarded",
             "pipes_in_use",
+            "udp_evict_embryonic",
         ] {
             assert!(s.contains(&format!(" {k}=0")), "{s}");
         }

@@ -209,6 +209,7 @@ impl Runtime {
             udp_routes.push(UdpRouteSetup {
                 spec: UdpRouteSpec {
                     upstreams: u.upstreams.iter().map(|a| a.to_string()).collect(),
+                    upstream_addrs: u.upstreams.clone(),
                     idle_ms: millis(u.idle_timeout),
                     max_responses: u.max_responses,
                     new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
@@ -222,6 +223,7 @@ impl Runtime {
                     fd: -1,
                     kind: UdpKind::Forward { route },
                     limit: u.shard_share(shard, n),
+                    listen: addr,
                 };
                 if let Some(l) = udp_listeners.get_mut(shard) {
                     l.push((spec, fd, u.listen.ip().is_unspecified()));
@@ -243,6 +245,7 @@ impl Runtime {
                     fd: -1,
                     kind: UdpKind::Echo,
                     limit: u32::MAX,
+                    listen: addr,
                 };
                 if let Some(l) = udp_listeners.get_mut(shard) {
                     l.push((spec, fd, e.listen.ip().is_unspecified()));

@@ -504,10 +504,11 @@ impl Engine {
                 rr: 0,
             })
             .collect();
+        let own: Vec<_> = cfg.udp_listeners.iter().map(|s| s.listen).collect();
         let udp_listeners = cfg
             .udp_listeners
             .into_iter()
-            .map(|spec| UdpListener::new(spec, &cfg.udp_routes))
+            .map(|spec| UdpListener::new(spec, &cfg.udp_routes, &own))
             .collect();
         let splice = if cfg.pipes.is_empty() {
             SpliceConfig::OFF

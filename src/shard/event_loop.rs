@@ -513,6 +513,7 @@ impl Loop {
                 Command::Drain => {
                     debug!(shard = self.shard, "draining");
                     engine.drain();
+                    engine.drain_udp_sessions(now);
                 }
                 Command::Stop => {
                     debug!(

@@ -15,7 +15,9 @@ use super::token::{OpKind, SlotId, Token};
 use crate::config::Cidr;
 use crate::tcp::Side;
 use crate::time::Millis;
+use crate::udp::admission::{Admission, EmbryonicQueue, admission};
 use crate::udp::limiter::SourceLimiter;
+use crate::udp::loops::{Loop, LoopGuard};
 use crate::udp::map::{SessionKey, SessionMap};
 use crate::udp::session::{Session, SessionConfig};
 use crate::udp::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
@@ -63,11 +65,16 @@ pub struct UdpListenerSpec {
     pub kind: UdpKind,
     /// This shard's share of max_sessions.
     pub limit: u32,
+    /// The address the listener is bound to (port resolved): no client
+    /// datagram may claim it as its source (see `udp::loops`).
+    pub listen: SocketAddr,
 }
 
 #[derive(Clone, Debug)]
 pub struct UdpRouteSpec {
     pub upstreams: Vec<String>,
+    /// The same upstreams as addresses (the loop guard compares sources with them).
+    pub upstream_addrs: Vec<SocketAddr>,
     pub idle_ms: Millis,
     pub max_responses: Option<u32>,
     pub new_sessions_per_second_per_source: Option<u32>,
@@ -95,18 +102,29 @@ pub struct UdpListener {
     /// Echo replies in flight (they use this listener's socket).
     echo_inflight: u32,
     limiter: Option<SourceLimiter>,
+    /// Sessions not yet answered by their upstream, oldest first.
+    embryonic: EmbryonicQueue<SlotId>,
+    guard: LoopGuard,
 }
 
 impl UdpListener {
-    pub(super) fn new(spec: UdpListenerSpec, routes: &[UdpRouteSpec]) -> UdpListener {
-        let limiter = match spec.kind {
-            UdpKind::Forward { route } => routes
-                .get(route as usize)
-                .and_then(|r| r.new_sessions_per_second_per_source)
-                .map(SourceLimiter::new),
+    /// `own`: every UDP listen address of the forwarder.
+    pub(super) fn new(
+        spec: UdpListenerSpec,
+        routes: &[UdpRouteSpec],
+        own: &[SocketAddr],
+    ) -> UdpListener {
+        let route = match spec.kind {
+            UdpKind::Forward { route } => routes.get(route as usize),
             UdpKind::Echo => None,
         };
+        let limiter = route
+            .and_then(|r| r.new_sessions_per_second_per_source)
+            .map(SourceLimiter::new);
+        let upstreams = route.map(|r| r.upstream_addrs.as_slice()).unwrap_or(&[]);
         UdpListener {
+            embryonic: EmbryonicQueue::default(),
+            guard: LoopGuard::new(own, upstreams),
             spec,
             recv: ListenRecv::Closed,
             sessions: SessionMap::default(),
@@ -130,6 +148,9 @@ pub struct UdpConn {
     local: Option<IpAddr>,
     fd: Option<RawFd>,
     timer_at: Option<Millis>,
+    /// Counted in its listener's embryonic queue (the session's own standing
+    /// changes first; `after_session` then takes it out of the count).
+    in_embryonic: bool,
 }
 
 /// Who waits for datagram buffers.
@@ -343,52 +364,89 @@ impl Engine {
         m: DatagramMeta,
         now: Millis,
     ) {
-        let Some(l) = self.udp_listeners.get_mut(index as usize) else {
+        let Some(l) = self.udp_listeners.get(index as usize) else {
             self.release_datagram(bid);
             return;
         };
+        if let Some(kind) = l.guard.check(src, m.local) {
+            self.drop_loop(index, bid, src, kind, now);
+            return;
+        }
         let payload = Payload {
             bid,
             offset: m.offset,
             len: m.len,
         };
-        let route = match l.spec.kind {
-            UdpKind::Echo => {
-                if l.echo_inflight >= ECHO_CAP {
-                    self.drop_datagram(DropReason::Backlog, bid);
-                    return;
-                }
-                l.echo_inflight += 1;
-                self.misc_inflight += 1;
-                self.stats.udp_datagrams_c2u += 1;
-                self.stats.udp_bytes_c2u += u64::from(m.len);
-                let token = listener_token(OpKind::UdpEchoSend, index).with_aux(bid);
-                self.ops.push(Op::SendDatagramTo {
-                    token: token.encode(),
-                    fd: l.spec.fd,
-                    bid,
-                    offset: m.offset,
-                    len: m.len,
-                    dest: src,
+        match l.spec.kind {
+            UdpKind::Echo => self.echo_datagram(index, payload, src, m.local),
+            UdpKind::Forward { route } => {
+                let key = SessionKey {
+                    client: src,
                     local: m.local,
-                });
-                return;
+                };
+                self.forward_datagram(index, route, payload, key, now);
             }
-            UdpKind::Forward { route } => route,
-        };
-        let Some(r) = self.udp_routes.get(route as usize) else {
-            self.release_datagram(bid);
+        }
+    }
+
+    /// A forged source that would make the forwarder talk to itself.
+    fn drop_loop(&mut self, index: u32, bid: u16, src: SocketAddr, kind: Loop, now: Millis) {
+        self.drop_datagram(DropReason::Loop, bid);
+        if self.log.allow(now, self.shard) {
+            let name = self
+                .udp_listeners
+                .get(index as usize)
+                .map_or("?", |l| l.spec.name.as_str());
+            warn!(shard = self.shard, listener = %name, source = %src, "dropped a UDP datagram whose source is {} (forged: forwarding it would loop); counted as udp_drop_loop", kind.describe());
+        }
+    }
+
+    fn echo_datagram(&mut self, index: u32, p: Payload, src: SocketAddr, local: Option<IpAddr>) {
+        let Some(l) = self.udp_listeners.get_mut(index as usize) else {
+            self.release_datagram(p.bid);
             return;
         };
-        if !allowed(&r.allow, src.ip()) {
-            self.drop_datagram(DropReason::Denied, bid);
+        if l.echo_inflight >= ECHO_CAP {
+            self.drop_datagram(DropReason::Backlog, p.bid);
             return;
         }
-        let key = SessionKey {
-            client: src,
-            local: m.local,
+        l.echo_inflight += 1;
+        self.misc_inflight += 1;
+        self.stats.udp_datagrams_c2u += 1;
+        self.stats.udp_bytes_c2u += u64::from(p.len);
+        let token = listener_token(OpKind::UdpEchoSend, index).with_aux(p.bid);
+        self.ops.push(Op::SendDatagramTo {
+            token: token.encode(),
+            fd: l.spec.fd,
+            bid: p.bid,
+            offset: p.offset,
+            len: p.len,
+            dest: src,
+            local,
+        });
+    }
+
+    fn forward_datagram(
+        &mut self,
+        index: u32,
+        route: u16,
+        payload: Payload,
+        key: SessionKey,
+        now: Millis,
+    ) {
+        let Some(r) = self.udp_routes.get(route as usize) else {
+            self.release_datagram(payload.bid);
+            return;
         };
-        if let Some(slot) = l.sessions.get(&key) {
+        if !allowed(&r.allow, key.client.ip()) {
+            self.drop_datagram(DropReason::Denied, payload.bid);
+            return;
+        }
+        let existing = self
+            .udp_listeners
+            .get(index as usize)
+            .and_then(|l| l.sessions.get(&key));
+        if let Some(slot) = existing {
             if let Some(c) = self.sessions.get_mut(slot) {
                 c.session.handle_client_datagram(
                     payload,
@@ -402,23 +460,83 @@ impl Engine {
         }
         // A new client.
         if self.mode != Mode::Running {
-            self.drop_datagram(DropReason::Draining, bid);
+            self.drop_datagram(DropReason::Draining, payload.bid);
             return;
         }
-        if l.active >= l.spec.limit {
-            let (name, limit) = (l.spec.name.clone(), l.spec.limit);
-            self.drop_datagram(DropReason::SessionLimit, bid);
+        match self.make_room(index, key.client, now) {
+            Ok(()) => self.open_session(index, route, payload, key, now),
+            Err(why) => self.drop_datagram(why, payload.bid),
+        }
+    }
+
+    /// Admission of a new client (see `udp::admission`). The rate limit is
+    /// asked only once the table would take the client, and a session is
+    /// evicted only once the client has passed the rate limit too.
+    fn make_room(&mut self, index: u32, client: SocketAddr, now: Millis) -> Result<(), DropReason> {
+        let Some(l) = self.udp_listeners.get_mut(index as usize) else {
+            return Err(DropReason::SessionLimit);
+        };
+        let decision = admission(l.active, l.spec.limit, l.embryonic.count());
+        if decision == Admission::Refuse {
             if self.log.allow(now, self.shard) {
-                info!(shard = self.shard, listener = %name, limit, client = %src, "new UDP session refused: this shard's share of max_sessions is in use");
+                info!(shard = self.shard, listener = %l.spec.name, limit = l.spec.limit, client = %client, "new UDP session refused: this shard's share of max_sessions is held by sessions their upstream answered (raise max_sessions)");
             }
-            return;
+            return Err(DropReason::SessionLimit);
         }
         if let Some(lim) = &mut l.limiter
-            && !lim.allow(src.ip(), now)
+            && !lim.allow(client.ip(), now)
         {
-            self.drop_datagram(DropReason::RateLimit, bid);
-            return;
+            return Err(DropReason::RateLimit);
         }
+        if decision == Admission::EvictEmbryonic && !self.evict_embryonic(index, now) {
+            // The count and the queue disagree (a bug guard): admit only below the limit.
+            let room = self
+                .udp_listeners
+                .get(index as usize)
+                .is_some_and(|l| l.active < l.spec.limit);
+            if !room {
+                return Err(DropReason::SessionLimit);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the listener's oldest embryonic session to make room; false when
+    /// it has none.
+    fn evict_embryonic(&mut self, index: u32, now: Millis) -> bool {
+        let Some(l) = self.udp_listeners.get_mut(index as usize) else {
+            return false;
+        };
+        let sessions = &self.sessions;
+        let oldest = l
+            .embryonic
+            .pop_oldest(|slot| sessions.get(*slot).is_some_and(|c| c.in_embryonic));
+        let Some(slot) = oldest else {
+            return false;
+        };
+        if let Some(c) = self.sessions.get_mut(slot) {
+            c.session.abort(SessionEnd::Evicted, &mut self.session_ops);
+        }
+        self.stats.udp_evict_embryonic += 1;
+        self.after_session(slot, now);
+        true
+    }
+
+    fn open_session(
+        &mut self,
+        index: u32,
+        route: u16,
+        payload: Payload,
+        key: SessionKey,
+        now: Millis,
+    ) {
+        let (Some(l), Some(r)) = (
+            self.udp_listeners.get_mut(index as usize),
+            self.udp_routes.get(route as usize),
+        ) else {
+            self.release_datagram(payload.bid);
+            return;
+        };
         let n = u16::try_from(r.upstreams.len()).unwrap_or(u16::MAX).max(1);
         let cfg = SessionConfig {
             upstream: l.rr % n,
@@ -433,21 +551,25 @@ impl Engine {
         let conn = UdpConn {
             session,
             listener: index,
-            client: src,
-            local: m.local,
+            client: key.client,
+            local: key.local,
             fd: None,
             timer_at: None,
+            in_embryonic: true,
         };
         match self.sessions.insert(conn) {
             Some(slot) => {
                 l.sessions.insert(key, slot);
                 l.active += 1;
+                let sessions = &self.sessions;
+                l.embryonic
+                    .push(slot, |s| sessions.get(*s).is_some_and(|c| c.in_embryonic));
                 self.stats.udp_sessions_created += 1;
                 self.after_session(slot, now);
             }
             None => {
                 self.session_ops.clear();
-                self.drop_datagram(DropReason::SessionLimit, bid);
+                self.drop_datagram(DropReason::SessionLimit, payload.bid);
             }
         }
     }
@@ -590,6 +712,10 @@ impl Engine {
             };
             self.ops.push(lowered);
         }
+        if c.in_embryonic && !c.session.is_embryonic() {
+            c.in_embryonic = false;
+            l.embryonic.leave();
+        }
         if c.session.is_closing() {
             let key = SessionKey {
                 client: c.client,
@@ -621,7 +747,11 @@ impl Engine {
             .map(String::as_str)
             .unwrap_or("?");
         match end {
-            SessionEnd::Idle | SessionEnd::Responses | SessionEnd::Shutdown => {
+            SessionEnd::Idle
+            | SessionEnd::Responses
+            | SessionEnd::Shutdown
+            | SessionEnd::Drained
+            | SessionEnd::Evicted => {
                 debug!(shard = self.shard, listener = %name, client = %c.client, upstream, end = end.name(), "UDP session ended");
             }
             SessionEnd::Refused | SessionEnd::Error => {
@@ -686,6 +816,18 @@ impl Engine {
                     }
                 }
             }
+        }
+        self.close_idle_udp_listeners();
+    }
+
+    /// Draining: each session ends once it owes its client no reply, or has
+    /// been quiet for the drain grace (`udp::session::DRAIN_GRACE_MS`).
+    pub fn drain_udp_sessions(&mut self, now: Millis) {
+        for slot in self.sessions.ids() {
+            if let Some(c) = self.sessions.get_mut(slot) {
+                c.session.handle_drain(now, &mut self.session_ops);
+            }
+            self.after_session(slot, now);
         }
         self.close_idle_udp_listeners();
     }

@@ -3,7 +3,9 @@
 //! per-source new-session limiter. Like `tcp`, no syscalls and no clock here:
 //! completions and the time come in, `SessionOp`s go out.
 
+pub mod admission;
 pub mod limiter;
+pub mod loops;
 pub mod map;
 pub mod session;
 
@@ -69,17 +71,25 @@ pub enum SessionEnd {
     Responses,
     /// Creating or connecting the socket failed, or a socket error.
     Error,
-    /// Closed by shutdown.
+    /// Closed by shutdown (drain_timeout passed, or a hard stop).
     Shutdown,
+    /// Ended by a drain: it owed its client no reply, or was quiet for
+    /// `DRAIN_GRACE_MS` after its last datagram.
+    Drained,
+    /// Evicted while embryonic (no reply from its upstream yet) to admit a
+    /// new client to a full table.
+    Evicted,
 }
 
 impl SessionEnd {
-    pub const ALL: [SessionEnd; 5] = [
+    pub const ALL: [SessionEnd; 7] = [
         SessionEnd::Idle,
         SessionEnd::Refused,
         SessionEnd::Responses,
         SessionEnd::Error,
         SessionEnd::Shutdown,
+        SessionEnd::Drained,
+        SessionEnd::Evicted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +99,8 @@ impl SessionEnd {
             SessionEnd::Responses => "responses",
             SessionEnd::Error => "error",
             SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Drained => "drained",
+            SessionEnd::Evicted => "evicted",
         }
     }
 }
@@ -113,10 +125,13 @@ pub enum DropReason {
     /// An upstream datagram for a session already ending (more replies than
     /// `max_responses` owed, or after a refusal, timeout or shutdown).
     Late,
+    /// A client datagram whose source is one of the forwarder's own UDP listen
+    /// addresses or one of the listener's upstreams (forged: it would loop).
+    Loop,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Truncated,
         DropReason::Denied,
         DropReason::SessionLimit,
@@ -125,6 +140,7 @@ impl DropReason {
         DropReason::SendError,
         DropReason::Draining,
         DropReason::Late,
+        DropReason::Loop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -137,6 +153,7 @@ impl DropReason {
             DropReason::SendError => "send_error",
             DropReason::Draining => "draining",
             DropReason::Late => "late",
+            DropReason::Loop => "loop",
         }
     }
 }

@@ -4,12 +4,28 @@
 //! socket is being opened wait (bounded); the session ends on idle timeout
 //! (refreshed by traffic either way), ICMP port unreachable, max_responses, or
 //! an error, and is freed only once every completion naming it is back.
+//!
+//! A drain (SIGTERM) ends at once every session that owes its client no
+//! reply, and lets the others run until they have been quiet for
+//! [`DRAIN_GRACE_MS`]: an idle session must not hold a stop for
+//! `drain_timeout`, but an answer on its way should still reach its client.
 
 use std::collections::VecDeque;
 
 use super::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
 use crate::stats::ShardStats;
 use crate::time::Millis;
+
+/// While draining, a session still owed a reply ends once no datagram has
+/// moved either way for this long (counted from the later of its last
+/// datagram and the start of the drain). One second is well above the time a
+/// request/response upstream takes to answer — a DNS resolver answers from
+/// cache in under a millisecond and a full recursion in tens to hundreds —
+/// so an answer on its way is delivered, while a stop is held no more than
+/// a second past the last datagram rather than for `drain_timeout` (30 s) or
+/// `idle_timeout` (60 s). A client still talking keeps its session until
+/// `drain_timeout`, as a TCP connection does.
+pub const DRAIN_GRACE_MS: Millis = 1000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SessionConfig {
@@ -28,6 +44,30 @@ enum Phase {
     Opening,
     Ready,
     Closing,
+}
+
+/// Who sent the session's last datagram: without `max_responses` the only
+/// sign of whether the client still waits for an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LastWord {
+    Client,
+    Upstream,
+}
+
+/// Whether the session's upstream has answered yet (conntrack's "assured"):
+/// a session that has only ever seen client datagrams may be a spoofed source
+/// and can be evicted to admit a new client when the table is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Embryonic,
+    Assured,
+}
+
+/// Serving normally, or draining since a time (see [`DRAIN_GRACE_MS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Serving,
+    Draining { since: Millis },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +108,9 @@ pub struct Session {
     requests: u32,
     responses: u32,
     last_activity: Millis,
+    last_word: LastWord,
+    standing: Standing,
+    life: Life,
     end: Option<SessionEnd>,
     last_errno: Option<i32>,
 }
@@ -88,8 +131,31 @@ impl Session {
             requests: 0,
             responses: 0,
             last_activity: now,
+            last_word: LastWord::Client,
+            standing: Standing::Embryonic,
+            life: Life::Serving,
             end: None,
             last_errno: None,
+        }
+    }
+
+    pub fn standing(&self) -> Standing {
+        self.standing
+    }
+
+    /// Not yet answered by its upstream and not ending: a candidate for
+    /// eviction when a new client needs its place.
+    pub fn is_embryonic(&self) -> bool {
+        self.standing == Standing::Embryonic && self.phase != Phase::Closing
+    }
+
+    /// Whether the client still waits for an answer: with `max_responses`,
+    /// a forwarded datagram lacks its replies; without it, the client sent
+    /// the last datagram.
+    pub fn owes_reply(&self) -> bool {
+        match self.cfg.max_responses {
+            Some(m) => u64::from(self.responses) < u64::from(m) * u64::from(self.requests),
+            None => self.last_word == LastWord::Client,
         }
     }
 
@@ -123,9 +189,32 @@ impl Session {
     pub fn deadline(&self) -> Option<Millis> {
         match self.phase {
             Phase::Opening | Phase::Ready => {
-                Some(self.last_activity.saturating_add(self.cfg.idle_ms))
+                let idle = self.last_activity.saturating_add(self.cfg.idle_ms);
+                Some(self.drain_deadline().map_or(idle, |d| d.min(idle)))
             }
             Phase::Closing => None,
+        }
+    }
+
+    /// While draining: when the session has been quiet for the grace.
+    fn drain_deadline(&self) -> Option<Millis> {
+        match self.life {
+            Life::Serving => None,
+            Life::Draining { since } => {
+                Some(self.last_activity.max(since).saturating_add(DRAIN_GRACE_MS))
+            }
+        }
+    }
+
+    /// The shard started draining at `now`: a session that owes no reply ends
+    /// at once; the others get until they are quiet for [`DRAIN_GRACE_MS`].
+    pub fn handle_drain(&mut self, now: Millis, out: &mut Vec<SessionOp>) {
+        if self.phase == Phase::Closing || self.life != Life::Serving {
+            return;
+        }
+        self.life = Life::Draining { since: now };
+        if !self.owes_reply() {
+            self.begin_close(SessionEnd::Drained, out);
         }
     }
 
@@ -164,11 +253,13 @@ impl Session {
         match self.phase {
             Phase::Opening if self.pending.len() < cap => {
                 self.last_activity = now;
+                self.last_word = LastWord::Client;
                 self.requests += 1;
                 self.pending.push_back(p);
             }
             Phase::Ready if (self.up_sends as usize) < cap => {
                 self.last_activity = now;
+                self.last_word = LastWord::Client;
                 self.requests += 1;
                 self.send_up(p, out);
             }
@@ -239,6 +330,10 @@ impl Session {
             self.recv = Recv::Stopped;
         }
         let closing = self.phase == Phase::Closing;
+        if matches!(ev, DatagramEvent::Data(_) | DatagramEvent::Truncated { .. }) {
+            // Only the upstream can reach a connected socket: it answered.
+            self.standing = Standing::Assured;
+        }
         match ev {
             DatagramEvent::Data(p) => {
                 if closing {
@@ -246,6 +341,7 @@ impl Session {
                     out.push(SessionOp::Release(p.bid));
                 } else if self.reply_sends < self.cfg.cap {
                     self.last_activity = now;
+                    self.last_word = LastWord::Upstream;
                     self.inflight += 1;
                     self.reply_sends += 1;
                     out.push(SessionOp::SendClient(p));
@@ -381,8 +477,13 @@ impl Session {
     }
 
     pub fn handle_timeout(&mut self, now: Millis, out: &mut Vec<SessionOp>) {
-        if self.deadline().is_some_and(|d| d <= now) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        if self.last_activity.saturating_add(self.cfg.idle_ms) <= now {
             self.begin_close(SessionEnd::Idle, out);
+        } else if self.drain_deadline().is_some_and(|d| d <= now) {
+            self.begin_close(SessionEnd::Drained, out);
         }
     }
 
@@ -605,6 +706,95 @@ mod tests {
         assert_eq!(s.end(), None);
         s.handle_timeout(1700, &mut out);
         assert_eq!(s.end(), Some(SessionEnd::Idle));
+    }
+
+    /// A session Ready with a long idle timeout, so only the drain rule ends it.
+    fn ready_long(max_responses: Option<u32>) -> (Session, ShardStats) {
+        let (mut s, st) = ready(max_responses);
+        s.cfg.idle_ms = 60_000;
+        (s, st)
+    }
+
+    #[test]
+    fn a_drain_ends_at_once_a_session_that_owes_no_reply() {
+        let (mut s, mut st) = ready_long(None);
+        let mut out = Vec::new();
+        s.handle_sent_up(1, Ok(10), &mut out, &mut st);
+        s.handle_upstream_recv(DatagramEvent::Data(p(2)), true, 5, &mut out, &mut st);
+        assert!(!s.owes_reply(), "the upstream spoke last");
+        out.clear();
+        s.handle_drain(10, &mut out);
+        assert_eq!(s.end(), Some(SessionEnd::Drained));
+        assert!(s.is_closing());
+    }
+
+    #[test]
+    fn a_drain_waits_for_an_owed_reply_then_ends_once_quiet_for_the_grace() {
+        let (mut s, mut st) = ready_long(None);
+        let mut out = Vec::new();
+        s.handle_sent_up(1, Ok(10), &mut out, &mut st);
+        assert!(s.owes_reply(), "the client spoke last");
+        s.handle_drain(100, &mut out);
+        assert_eq!(s.end(), None, "its answer may be on the way");
+        assert_eq!(
+            s.deadline(),
+            Some(100 + DRAIN_GRACE_MS),
+            "quiet since the drain began, not the idle timeout"
+        );
+        s.handle_upstream_recv(DatagramEvent::Data(p(2)), true, 500, &mut out, &mut st);
+        assert!(out.contains(&SessionOp::SendClient(p(2))), "delivered");
+        assert_eq!(s.deadline(), Some(500 + DRAIN_GRACE_MS));
+        s.handle_timeout(500 + DRAIN_GRACE_MS - 1, &mut out);
+        assert_eq!(s.end(), None);
+        s.handle_timeout(500 + DRAIN_GRACE_MS, &mut out);
+        assert_eq!(s.end(), Some(SessionEnd::Drained));
+    }
+
+    #[test]
+    fn a_drain_never_outlasts_the_grace_for_a_session_long_silent() {
+        // The client asked long ago and the upstream never answered.
+        let (mut s, mut st) = ready_long(None);
+        let mut out = Vec::new();
+        s.handle_sent_up(1, Ok(10), &mut out, &mut st);
+        s.handle_drain(30_000, &mut out);
+        assert_eq!(s.deadline(), Some(30_000 + DRAIN_GRACE_MS));
+        s.handle_timeout(30_000 + DRAIN_GRACE_MS, &mut out);
+        assert_eq!(s.end(), Some(SessionEnd::Drained));
+    }
+
+    #[test]
+    fn with_max_responses_a_drain_waits_for_exactly_the_replies_owed() {
+        let (mut s, mut st) = ready_long(Some(1));
+        let mut out = Vec::new();
+        s.handle_sent_up(1, Ok(10), &mut out, &mut st);
+        s.handle_drain(10, &mut out);
+        assert_eq!(s.end(), None, "one reply owed");
+        s.handle_upstream_recv(DatagramEvent::Data(p(2)), true, 20, &mut out, &mut st);
+        assert_eq!(s.end(), Some(SessionEnd::Responses));
+
+        // A datagram whose send failed is owed nothing.
+        let (mut s, mut st) = ready_long(Some(1));
+        s.handle_sent_up(1, Err(libc::EMSGSIZE), &mut out, &mut st);
+        assert!(!s.owes_reply());
+        s.handle_drain(10, &mut out);
+        assert_eq!(s.end(), Some(SessionEnd::Drained));
+    }
+
+    #[test]
+    fn a_session_is_embryonic_until_its_upstream_answers() {
+        let (mut s, mut st) = ready(None);
+        let mut out = Vec::new();
+        assert!(s.is_embryonic());
+        s.handle_client_datagram(p(3), 1, &mut out, &mut st);
+        assert!(s.is_embryonic(), "client datagrams prove nothing");
+        s.handle_upstream_recv(DatagramEvent::Data(p(4)), true, 2, &mut out, &mut st);
+        assert_eq!(s.standing(), Standing::Assured);
+        assert!(!s.is_embryonic());
+
+        let (mut s, _) = ready(None);
+        s.abort(SessionEnd::Evicted, &mut out);
+        assert!(!s.is_embryonic(), "an ending session is no candidate");
+        assert_eq!(s.end(), Some(SessionEnd::Evicted));
     }
 
     #[test]

@@ -12,3 +12,4 @@ mod limits;
 mod relay;
 mod splice;
 mod udp;
+mod udp_abuse;

@@ -452,14 +452,14 @@ fn max_sessions_holds_under_a_flood_and_existing_sessions_keep_working() {
     }
     let accounted = |p: &Proc| p.stat("udp_sessions_created") + p.stat("udp_drop_session_limit");
     let _flood = flood(&fwd, 400, accounted);
+    // Flood sessions not yet answered are evicted for newer ones (see
+    // udp_abuse.rs): count those that remain.
     let created = fwd.stat("udp_sessions_created");
+    let live = created - fwd.stat("udp_end_evicted");
+    assert!(live <= 20, "{live} sessions exist; max_sessions is 20");
     assert!(
-        created <= 20,
-        "{created} sessions exist; max_sessions is 20"
-    );
-    assert!(
-        created >= 12,
-        "both shards filled their share of 10 (the kernel spreads 400 ports): {created}"
+        live >= 12,
+        "both shards filled their share of 10 (the kernel spreads 400 ports): {live}"
     );
     assert_eq!(fwd.stat("udp_drop_session_limit"), 404 - created);
     for (i, s) in old.iter().enumerate() {
@@ -580,10 +580,11 @@ fn sigterm_drains_udp_sessions_then_exits() {
     let s = client("127.0.0.1:0");
     assert_eq!(exchange(&s, fwd.first_addr(), b"before").0, b"before");
     fwd.signal(libc::SIGTERM);
-    let status = fwd.wait_exit(WAIT).expect("exits once its session expired");
+    let status = fwd.wait_exit(WAIT).expect("exits once its session ended");
     assert!(status.success(), "{status:?}; log:\n{}", fwd.log());
     let stats = fwd.stats();
-    assert_eq!(stats.get("udp_end_idle"), Some(&1), "{stats:?}");
+    // Answered, it owed no reply: the drain ended it at once.
+    assert_eq!(stats.get("udp_end_drained"), Some(&1), "{stats:?}");
     assert_eq!(stats.get("udp_sessions_active"), Some(&0));
 }
 

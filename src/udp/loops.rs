@@ -1,0 +1,136 @@
+//! Forwarding-loop guard. A datagram whose (forged) source is a listener of
+//! this forwarder makes the upstream's reply go to that listener, which
+//! forwards it again — forever, at tens of thousands of datagrams a second
+//! from a single datagram, and `idle_timeout` never fires. A forged source
+//! equal to one of the listener's upstreams loops the same way when the
+//! upstream answers unsolicited datagrams. Such datagrams are dropped
+//! (`udp_drop_loop`) before any session exists.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// Which address a looping datagram claimed to come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loop {
+    /// A UDP listen address of this forwarder.
+    Listener,
+    /// An upstream of the listener that received it.
+    Upstream,
+}
+
+impl Loop {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Loop::Listener => "one of this forwarder's UDP listen addresses",
+            Loop::Upstream => "one of the listener's upstreams",
+        }
+    }
+}
+
+/// v4-mapped IPv6 (a dual-stack listener's view of an IPv4 peer) as IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// The addresses one listener must never take a datagram from. Checked per
+/// datagram: a few comparisons, no syscall.
+#[derive(Clone, Debug, Default)]
+pub struct LoopGuard {
+    /// Every UDP listen address of the forwarder (as bound, port resolved).
+    own: Vec<SocketAddr>,
+    upstreams: Vec<SocketAddr>,
+}
+
+impl LoopGuard {
+    pub fn new(own: &[SocketAddr], upstreams: &[SocketAddr]) -> LoopGuard {
+        LoopGuard {
+            own: own.iter().copied().map(canonical).collect(),
+            upstreams: upstreams.iter().copied().map(canonical).collect(),
+        }
+    }
+
+    /// Whether `ip` is an address of this host, as far as can be told
+    /// without a syscall: loopback, the address the datagram was sent to
+    /// (`local`, from IP_PKTINFO on a wildcard listener), or an address a
+    /// listener is bound to. A forged source naming another local address
+    /// of a wildcard listener is caught one hop later: the reply to it
+    /// reaches the listener from the address it was sent from.
+    fn is_local(&self, ip: IpAddr, local: Option<IpAddr>) -> bool {
+        ip.is_loopback()
+            || local.is_some_and(|l| l.to_canonical() == ip)
+            || self.own.iter().any(|a| a.ip() == ip)
+    }
+
+    /// `Some` when a datagram from `src`, sent to `local`, would loop.
+    pub fn check(&self, src: SocketAddr, local: Option<IpAddr>) -> Option<Loop> {
+        let src = canonical(src);
+        if self.upstreams.contains(&src) {
+            return Some(Loop::Upstream);
+        }
+        let listener = self.own.iter().any(|a| {
+            a.port() == src.port()
+                && (a.ip() == src.ip()
+                    || (a.ip().is_unspecified() && self.is_local(src.ip(), local)))
+        });
+        listener.then_some(Loop::Listener)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn a_source_equal_to_a_listen_address_is_a_loop() {
+        let g = LoopGuard::new(&[a("127.0.0.1:8640"), a("127.0.0.1:53")], &[]);
+        assert_eq!(g.check(a("127.0.0.1:8640"), None), Some(Loop::Listener));
+        assert_eq!(
+            g.check(a("127.0.0.1:53"), None),
+            Some(Loop::Listener),
+            "another listener of the same forwarder loops through it"
+        );
+        assert_eq!(g.check(a("127.0.0.1:8641"), None), None);
+        assert_eq!(g.check(a("127.0.0.2:8640"), None), None, "another address");
+    }
+
+    #[test]
+    fn a_wildcard_listener_owns_its_port_on_every_local_address() {
+        let g = LoopGuard::new(&[a("0.0.0.0:8640")], &[]);
+        assert_eq!(g.check(a("127.0.0.5:8640"), None), Some(Loop::Listener));
+        assert_eq!(
+            g.check(a("192.0.2.7:8640"), Some(ip("192.0.2.7"))),
+            Some(Loop::Listener),
+            "sent from the very address it was sent to"
+        );
+        assert_eq!(
+            g.check(a("192.0.2.9:8640"), Some(ip("192.0.2.7"))),
+            None,
+            "a remote client that happens to use the same port"
+        );
+        let v6 = LoopGuard::new(&[a("[::]:8640")], &[]);
+        assert_eq!(v6.check(a("[::1]:8640"), None), Some(Loop::Listener));
+        assert_eq!(
+            v6.check(a("[::ffff:127.0.0.1]:8640"), None),
+            Some(Loop::Listener),
+            "a v4 client of a dual-stack listener"
+        );
+    }
+
+    #[test]
+    fn a_source_equal_to_an_upstream_is_a_loop() {
+        let g = LoopGuard::new(&[a("127.0.0.1:8640")], &[a("127.0.0.1:53")]);
+        assert_eq!(g.check(a("127.0.0.1:53"), None), Some(Loop::Upstream));
+        assert_eq!(
+            g.check(a("[::ffff:127.0.0.1]:53"), None),
+            Some(Loop::Upstream)
+        );
+        assert_eq!(g.check(a("127.0.0.1:54"), None), None);
+    }
+}
