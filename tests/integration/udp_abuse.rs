@@ -413,6 +413,9 @@ fn a_flood_of_forged_sources_cannot_squat_the_session_table() {
     // and answered, while the flood goes on.
     let mut failures = Vec::new();
     for i in 0..NEWCOMERS {
+        if failures.len() >= 3 {
+            break; // each costs a read timeout; three say enough
+        }
         let c = client();
         let msg = format!("legit-new{i}:0");
         match exchange(&c, listen, msg.as_bytes()) {
