@@ -738,6 +738,12 @@ impl Engine {
         let Some(c) = self.sessions.remove(slot) else {
             return;
         };
+        self.count_session_end(&c, &name, route, now);
+        self.close_idle_udp_listeners();
+    }
+
+    /// Counts a freed session under its end and logs it (errors rate-limited).
+    fn count_session_end(&mut self, c: &UdpConn, name: &str, route: u16, now: Millis) {
         let end = c.session.end().unwrap_or(SessionEnd::Error);
         self.stats.count_udp_end(end);
         let upstream = self
@@ -764,7 +770,6 @@ impl Engine {
                 }
             }
         }
-        self.close_idle_udp_listeners();
     }
 
     pub(super) fn session_timer(&mut self, slot: SlotId, deadline: Millis, now: Millis) {
