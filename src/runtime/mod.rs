@@ -18,7 +18,7 @@ use crate::shard::engine::{ListenerKind, ListenerSpec, RouteSpec};
 use crate::shard::event_loop::{
     self, Command, Control, Report, RouteSetup, ShardSetup, SpliceSetup, UdpRouteSetup,
 };
-use crate::shard::udp::{UdpKind, UdpListenerSpec, UdpRouteSpec};
+use crate::shard::udp::{UDP_DRAIN_GRACE_MS, UdpKind, UdpListenerSpec, UdpRouteSpec};
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
 use crate::sys::host::{self, HostError};
@@ -559,8 +559,9 @@ pub fn serve(plan: &Plan) -> u8 {
             let open = rt.snapshot(Duration::from_millis(500));
             let (active, sessions) = (open.active, open.udp_sessions_active);
             info!(
-                "{name}: draining — no new connections or UDP sessions; {active} open connection(s) and {sessions} UDP session(s) get up to {} to finish (send {name} again to exit at once)",
-                format_duration(plan.runtime.drain_timeout)
+                "{name}: draining — no new connections or UDP sessions; {active} open connection(s) get up to {} to finish, and {sessions} UDP session(s) end once they owe no reply or have been quiet for {}ms, within the same bound (send {name} again to exit at once)",
+                format_duration(plan.runtime.drain_timeout),
+                UDP_DRAIN_GRACE_MS
             );
             rt.drain();
             drain_deadline = Some(Instant::now() + plan.runtime.drain_timeout);

@@ -19,6 +19,8 @@ use crate::udp::admission::{Admission, EmbryonicQueue, admission};
 use crate::udp::limiter::SourceLimiter;
 use crate::udp::loops::{Loop, LoopGuard};
 use crate::udp::map::{SessionKey, SessionMap};
+/// For the drain announcement: how long a UDP session owed a reply may stay quiet.
+pub use crate::udp::session::DRAIN_GRACE_MS as UDP_DRAIN_GRACE_MS;
 use crate::udp::session::{Session, SessionConfig};
 use crate::udp::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
 
