@@ -15,6 +15,7 @@ use super::token::{OpKind, SlotId, Token};
 use crate::config::Cidr;
 use crate::tcp::Side;
 use crate::time::Millis;
+use crate::udp::drops::KernelDrops;
 use crate::udp::limiter::SourceLimiter;
 use crate::udp::map::{SessionKey, SessionMap};
 use crate::udp::session::{Session, SessionConfig};
@@ -37,6 +38,8 @@ const ECHO_CAP: u32 = 1024;
 /// Re-arm delay after a listener receive error other than ENOBUFS.
 const LISTEN_BACKOFF_MS: Millis = 100;
 
+mod drops;
+
 /// Where a received datagram's payload is, as parsed from the recvmsg buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatagramMeta {
@@ -46,8 +49,11 @@ pub struct DatagramMeta {
     pub local: Option<IpAddr>,
     pub offset: u32,
     pub len: u32,
-    /// MSG_TRUNC: the datagram did not fit the buffer.
+    /// Longer than max_datagram (or MSG_TRUNC: it did not fit the buffer).
     pub truncated: bool,
+    /// The socket's kernel drop counter when this datagram was queued
+    /// (SO_RXQ_OVFL; `None` while it is 0).
+    pub drops: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +101,8 @@ pub struct UdpListener {
     /// Echo replies in flight (they use this listener's socket).
     echo_inflight: u32,
     limiter: Option<SourceLimiter>,
+    /// Datagrams the kernel dropped on this shard's socket, counted so far.
+    drops: KernelDrops,
 }
 
 impl UdpListener {
@@ -114,6 +122,7 @@ impl UdpListener {
             rr: 0,
             echo_inflight: 0,
             limiter,
+            drops: KernelDrops::default(),
         }
     }
 
@@ -130,6 +139,8 @@ pub struct UdpConn {
     local: Option<IpAddr>,
     fd: Option<RawFd>,
     timer_at: Option<Millis>,
+    /// Datagrams the kernel dropped on the upstream socket, counted so far.
+    drops: KernelDrops,
 }
 
 /// Who waits for datagram buffers.
@@ -255,6 +266,9 @@ impl Engine {
             self.misc_inflight = self.misc_inflight.saturating_sub(1);
         }
         let mut backoff = false;
+        if let Some(reading) = meta.and_then(|m| m.drops) {
+            self.note_listener_drops(index, reading);
+        }
         match (res, buffer_id(flags)) {
             (r, Some(bid)) if r > 0 => {
                 self.dgram_held += 1;
@@ -437,6 +451,7 @@ impl Engine {
             local: m.local,
             fd: None,
             timer_at: None,
+            drops: KernelDrops::default(),
         };
         match self.sessions.insert(conn) {
             Some(slot) => {
@@ -470,6 +485,10 @@ impl Engine {
         let s = &mut c.session;
         match token.kind {
             OpKind::UdpUpRecv => {
+                if let Some(reading) = meta.and_then(|m| m.drops) {
+                    let n = c.drops.observe(reading);
+                    stats.count_udp_drops(DropReason::RcvbufU2c, u64::from(n));
+                }
                 let more = flags & CQE_F_MORE != 0;
                 let ev = match (res, buffer_id(flags)) {
                     (r, Some(bid)) if r > 0 => {

@@ -3,6 +3,7 @@
 //! per-source new-session limiter. Like `tcp`, no syscalls and no clock here:
 //! completions and the time come in, `SessionOp`s go out.
 
+pub mod drops;
 pub mod limiter;
 pub mod map;
 pub mod session;
@@ -96,7 +97,7 @@ impl SessionEnd {
 /// Why a datagram was dropped. Every drop is counted under exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// Larger than max_datagram (MSG_TRUNC).
+    /// Larger than max_datagram (MSG_TRUNC, or longer than the limit).
     Truncated,
     /// Source not in the listener's allow list.
     Denied,
@@ -113,10 +114,16 @@ pub enum DropReason {
     /// An upstream datagram for a session already ending (more replies than
     /// `max_responses` owed, or after a refusal, timeout or shutdown).
     Late,
+    /// Dropped by the kernel on a listener socket (its receive queue was full,
+    /// `rcvbuf`): datagrams from clients that ringfwd never saw.
+    RcvbufC2u,
+    /// Dropped by the kernel on a session's upstream socket (`session_rcvbuf`):
+    /// upstream replies that ringfwd never saw.
+    RcvbufU2c,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Truncated,
         DropReason::Denied,
         DropReason::SessionLimit,
@@ -125,6 +132,8 @@ impl DropReason {
         DropReason::SendError,
         DropReason::Draining,
         DropReason::Late,
+        DropReason::RcvbufC2u,
+        DropReason::RcvbufU2c,
     ];
 
     pub fn name(self) -> &'static str {
@@ -137,6 +146,8 @@ impl DropReason {
             DropReason::SendError => "send_error",
             DropReason::Draining => "draining",
             DropReason::Late => "late",
+            DropReason::RcvbufC2u => "rcvbuf_c2u",
+            DropReason::RcvbufU2c => "rcvbuf_u2c",
         }
     }
 }
