@@ -1028,3 +1028,31 @@ fn the_default_max_datagram_is_exact_over_ipv6() {
     // the default buffer's rounded room.
     assert_exact_limit("[::1]:0", "[::1]:0", "shards = 1", 65507, &[65508, 65527]);
 }
+
+#[test]
+fn a_session_rcvbuf_above_rmem_max_is_reported_with_the_sysctl_to_raise() {
+    let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(212_992);
+    if rmem_max >= 512 << 20 {
+        eprintln!("skipping: net.core.rmem_max is above the largest session_rcvbuf");
+        return;
+    }
+    let ask = (rmem_max * 2).clamp(4096, 512 << 20);
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.addr],
+        &format!("session_rcvbuf = {ask}"),
+        "shards = 1",
+    );
+    let s = client("127.0.0.1:0");
+    assert_eq!(exchange(&s, fwd.first_addr(), b"works").0, b"works");
+    let log = fwd.log();
+    assert!(
+        log.contains(&format!("session_rcvbuf of {ask} bytes asked"))
+            && log.contains(&format!("sysctl -w net.core.rmem_max={ask}")),
+        "no rmem_max warning for session_rcvbuf in:\n{log}"
+    );
+}
