@@ -4,7 +4,7 @@
 //! Commands from the control thread arrive through an eventfd read in the ring.
 
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -662,17 +662,7 @@ impl Loop {
                 });
             }
             Op::CancelFd { token, fd } => self.ring.cancel_fd(fd, token),
-            Op::Close { token, fd, linger0 } => {
-                if linger0 && let Err(e) = socket::set_linger0(fd) {
-                    debug!(shard = self.shard, error = %e, "SO_LINGER before reset failed");
-                }
-                if Engine::wants_drops_before_close(token)
-                    && let Ok(reading) = socket::kernel_drops(fd)
-                {
-                    engine.udp_socket_drops(token, reading);
-                }
-                self.ring.close(fd, token);
-            }
+            Op::Close { token, fd, linger0 } => self.close(token, fd, linger0, engine),
             Op::Release { bid } => {
                 if !self.ring.release(bid) {
                     warn!(
@@ -826,11 +816,26 @@ impl Loop {
         )
     }
 
+    /// Closes `fd` on the ring: with a reset first (`linger0`), and for a UDP
+    /// socket after reading its kernel drop counter, the last chance to see
+    /// drops that no received datagram reported.
+    fn close(&mut self, token: u64, fd: RawFd, linger0: bool, engine: &mut Engine) {
+        if linger0 && let Err(e) = socket::set_linger0(fd) {
+            debug!(shard = self.shard, error = %e, "SO_LINGER before reset failed");
+        }
+        if Engine::wants_drops_before_close(token)
+            && let Ok(reading) = socket::kernel_drops(fd)
+        {
+            engine.udp_socket_drops(token, reading);
+        }
+        self.ring.close(fd, token);
+    }
+
     /// Before a session's socket connects (and can receive): SO_RXQ_OVFL so
     /// its replies report the kernel's drops, and the route's
     /// `session_rcvbuf` (the control thread already warned if the kernel
     /// caps it). A failure only loses that, not the session.
-    fn prepare_session_socket(&self, fd: i32, route: u16) {
+    fn prepare_session_socket(&self, fd: RawFd, route: u16) {
         if let Err(e) = socket::set_rxq_ovfl(fd) {
             debug!(shard = self.shard, error = %e, "SO_RXQ_OVFL on a UDP session socket failed");
         }

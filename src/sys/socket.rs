@@ -246,9 +246,8 @@ pub fn set_rxq_ovfl(fd: RawFd) -> io::Result<()> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &on)
 }
 
-/// `SK_MEMINFO_DROPS`, the index of the drop counter in SO_MEMINFO's array
-/// (include/uapi/linux/sock_diag.h; Linux 4.?+).
-const SK_MEMINFO_DROPS: usize = 8;
+/// Where the drop counter is in SO_MEMINFO's array (include/uapi/linux/sock_diag.h).
+const SK_MEMINFO_DROPS: usize = libc::SK_MEMINFO_DROPS as usize;
 
 /// The socket's cumulative drop counter (what `ss -m` shows as `d` and
 /// /proc/net/udp as `drops`), read with SO_MEMINFO: the drops a

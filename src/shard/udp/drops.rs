@@ -5,11 +5,12 @@
 //! (listeners at every stats snapshot, every socket just before its close)
 //! for the drops after the last datagram queued, which no datagram reports.
 
-use super::super::engine::Engine;
-use super::super::token::{OpKind, SlotId, Token};
-use super::ListenRecv;
-use crate::udp::DropReason;
 use std::os::fd::RawFd;
+
+use super::ListenRecv;
+use crate::shard::engine::Engine;
+use crate::shard::token::{OpKind, SlotId, Token};
+use crate::udp::DropReason;
 
 impl Engine {
     /// A reading of listener `index`'s drop counter: client datagrams lost.
