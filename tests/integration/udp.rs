@@ -1056,3 +1056,39 @@ fn a_session_rcvbuf_above_rmem_max_is_reported_with_the_sysctl_to_raise() {
         "no rmem_max warning for session_rcvbuf in:\n{log}"
     );
 }
+
+#[test]
+fn after_drops_a_wildcard_listener_still_replies_from_the_address_the_client_used() {
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder("0.0.0.0:0", &[up.addr], "rcvbuf = \"4KiB\"", "shards = 1");
+    let to = SocketAddr::from(([127, 0, 0, 2], fwd.first_addr().port()));
+    let s = client("127.0.0.1:0");
+    freeze(&fwd);
+    for i in 0..300 {
+        s.send_to(format!("w:{i:0100}").as_bytes(), to)
+            .expect("send");
+    }
+    let dropped = kernel_udp_drops(to.port());
+    fwd.signal(libc::SIGCONT);
+    assert!(dropped > 0, "the 4KiB queue must overflow");
+    // Sent into a drained queue, so that it is not dropped too.
+    fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == 300 - dropped);
+    // This datagram carries both the drop counter and the destination
+    // (PKTINFO): the control room must hold the two.
+    s.send_to(b"after", to).expect("send");
+    let mut b = [0u8; 256];
+    loop {
+        let (n, from) = s
+            .recv_from(&mut b)
+            .unwrap_or_else(|e| panic!("{e}; counters {:?}", fwd.stats()));
+        assert_eq!(
+            from, to,
+            "a reply from another address than the client used"
+        );
+        if &b[..n] == b"after" {
+            break;
+        }
+    }
+    fwd.wait_stat("udp_drop_rcvbuf_c2u", WAIT, |v| v == dropped);
+    assert_eq!(fwd.stat("udp_sessions_created"), 1);
+}
