@@ -167,6 +167,13 @@ impl ShardStats {
         }
     }
 
+    /// Counts `n` drops at once (the kernel's, learned as a counter's growth).
+    pub fn count_udp_drops(&mut self, why: DropReason, n: u64) {
+        if let Some(c) = self.udp_drops.get_mut(why as usize) {
+            *c += n;
+        }
+    }
+
     pub fn udp_drops_for(&self, why: DropReason) -> u64 {
         self.udp_drops.get(why as usize).copied().unwrap_or(0)
     }

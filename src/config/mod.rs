@@ -129,6 +129,9 @@ pub struct UdpListenerPlan {
     /// kernel default (net.core.rmem_default / wmem_default).
     pub rcvbuf: Option<u32>,
     pub sndbuf: Option<u32>,
+    /// SO_RCVBUF of each session's upstream socket, where the upstream's
+    /// replies wait; `None` keeps the kernel default.
+    pub session_rcvbuf: Option<u32>,
 }
 
 /// The transport a listener serves; TCP and UDP listeners may share an address.

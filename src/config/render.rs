@@ -182,7 +182,11 @@ fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt
         let ranges: Vec<String> = udp.allow.iter().map(|c| format!("\"{c}\"")).collect();
         writeln!(f, "allow = [{}]", ranges.join(", "))?;
     }
-    for (key, value) in [("rcvbuf", udp.rcvbuf), ("sndbuf", udp.sndbuf)] {
+    for (key, value) in [
+        ("rcvbuf", udp.rcvbuf),
+        ("sndbuf", udp.sndbuf),
+        ("session_rcvbuf", udp.session_rcvbuf),
+    ] {
         match value {
             Some(bytes) => writeln!(f, "{key} = \"{}\"", format_size(bytes.into()))?,
             None => writeln!(f, "# {key}: unset (kernel default)")?,

@@ -12,7 +12,7 @@ use super::listeners::{
 use super::raw::{Field, Section};
 use super::{Proto, UdpListenerPlan};
 
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "name",
     "listen",
     "upstreams",
@@ -23,6 +23,7 @@ const KEYS: [&str; 10] = [
     "allow",
     "rcvbuf",
     "sndbuf",
+    "session_rcvbuf",
 ];
 
 pub(super) const IDLE_TIMEOUT: Timeout = Timeout {
@@ -79,6 +80,7 @@ pub(super) fn file_udp_listener(
             .unwrap_or_default(),
         rcvbuf: socket_buffer(section.get("rcvbuf"))?,
         sndbuf: socket_buffer(section.get("sndbuf"))?,
+        session_rcvbuf: socket_buffer(section.get("session_rcvbuf"))?,
     };
     Ok((plan, claim))
 }
@@ -144,6 +146,7 @@ pub(super) fn flag_udp_listener(
         allow: Vec::new(),
         rcvbuf: None,
         sndbuf: None,
+        session_rcvbuf: None,
     };
     Ok((plan, claim))
 }

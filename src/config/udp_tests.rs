@@ -60,6 +60,7 @@ fn the_documented_example_resolves_to_the_exact_plan() {
             allow: vec![Cidr::parse("10.0.0.0/8").unwrap()],
             rcvbuf: None,
             sndbuf: None,
+            session_rcvbuf: None,
         }]
     );
     assert!(plan.tcp.is_empty());
@@ -143,6 +144,11 @@ fn udp_rejections_name_the_key_and_the_value() {
         &with("rcvbuf = 100"),
         "udp[0].rcvbuf",
         &["out of range", "rcvbuf = \"4MiB\""],
+    );
+    assert_udp_rejected(
+        &with("session_rcvbuf = \"1KiB\""),
+        "udp[0].session_rcvbuf",
+        &["out of range", "session_rcvbuf = \"4MiB\""],
     );
     assert_udp_rejected(
         &with("sndbuf = \"1GiB\""),
@@ -256,6 +262,7 @@ fn udp_display_round_trips_and_shows_shares_and_buffers() {
         new_sessions_per_second_per_source = 5
         allow = ["10.0.0.0/8", "2001:db8::/32"]
         rcvbuf = "8MiB"
+        session_rcvbuf = "1MiB"
         [[udp]]
         listen = "127.0.0.1:5353"
         upstreams = ["10.0.0.53:53"]
@@ -264,7 +271,7 @@ fn udp_display_round_trips_and_shows_shares_and_buffers() {
     let shown = plan.to_string();
     for line in [
         "max_datagram = 4000",
-        "# datagram buffers: 512 x 4KiB = 2MiB per shard, 4MiB in total",
+        "# datagram buffers: 512 x 4160B = 2080KiB per shard, 4160KiB in total",
         "[[udp]]",
         "name = \"dns\"",
         "max_responses = 1",
@@ -274,6 +281,7 @@ fn udp_display_round_trips_and_shows_shares_and_buffers() {
         "# max_responses: unset (sessions end by idle_timeout)",
         "rcvbuf = \"8MiB\"",
         "# sndbuf: unset (kernel default)",
+        "session_rcvbuf = \"1MiB\"",
     ] {
         assert!(
             shown.lines().any(|l| l == line),

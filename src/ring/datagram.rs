@@ -1,8 +1,9 @@
 //! Datagram plumbing on the ring: recvmsg templates (how much name and control
 //! space each multishot recvmsg reserves), parsing what the kernel wrote into a
 //! provided buffer (`struct io_uring_recvmsg_out`, the source address, the
-//! IP_PKTINFO destination, the payload, MSG_TRUNC), and the `msghdr` each
-//! datagram send needs, kept per buffer so it lives until the send completes.
+//! IP_PKTINFO destination, the SO_RXQ_OVFL drop counter, the payload,
+//! MSG_TRUNC), and the `msghdr` each datagram send needs, kept per buffer so
+//! it lives until the send completes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -10,21 +11,62 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 pub const RECVMSG_OUT: u32 = 16;
 /// Name space reserved for a source address (sockaddr_in6 is 28 bytes).
 pub const NAME_SPACE: u32 = 32;
-/// Control space reserved for one IP_PKTINFO / IPV6_PKTINFO message.
-pub const CONTROL_SPACE: u32 = 48;
-/// Bytes of a datagram buffer that are not payload, at most.
-pub const OVERHEAD: u32 = RECVMSG_OUT + NAME_SPACE + CONTROL_SPACE;
+/// `struct cmsghdr`: len (u64), level, type.
+const CMSG_HDR: u32 = 16;
+/// CMSG_SPACE: a control message's header and data, padded to 8 bytes.
+const fn cmsg_space(data: u32) -> u32 {
+    CMSG_HDR + data.next_multiple_of(8)
+}
+/// Control space of one IPV6_PKTINFO message (`struct in6_pktinfo`, 20
+/// bytes), which also holds an IP_PKTINFO one (`struct in_pktinfo`, 12).
+pub const PKTINFO_SPACE: u32 = cmsg_space(20);
+/// Control space of the SO_RXQ_OVFL message (a u32 drop counter).
+pub const OVFL_SPACE: u32 = cmsg_space(4);
+/// Bytes of a datagram buffer that are not payload, at most (the widest
+/// layout: a wildcard listener's).
+pub const OVERHEAD: u32 = RECVMSG_OUT + NAME_SPACE + PKTINFO_SPACE + OVFL_SPACE;
 
 /// Buffer size that holds `max_datagram` payload bytes after the headers.
+/// Rounding leaves more room than that; `parse` holds datagrams to
+/// `max_datagram` itself, so the room never raises the limit.
 pub fn buffer_size(max_datagram: u32) -> u32 {
     (max_datagram + OVERHEAD).next_multiple_of(64)
 }
 
-/// What one recvmsg reserves before the payload.
+/// What one recvmsg reserves before the payload. The kernel lays every
+/// datagram out at these fixed offsets, used or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub namelen: u32,
     pub controllen: u32,
+}
+
+impl Layout {
+    /// A session's upstream socket: connected (no name), the drop counter only.
+    pub const UPSTREAM: Layout = Layout {
+        namelen: 0,
+        controllen: OVFL_SPACE,
+    };
+
+    /// A listener socket: the sender's address and the drop counter, and on a
+    /// wildcard address the destination (PKTINFO) a reply must come from.
+    /// The kernel writes SO_RXQ_OVFL before PKTINFO: with room for one only,
+    /// PKTINFO would be cut (MSG_CTRUNC).
+    pub fn listener(wildcard: bool) -> Layout {
+        Layout {
+            namelen: NAME_SPACE,
+            controllen: if wildcard {
+                PKTINFO_SPACE + OVFL_SPACE
+            } else {
+                OVFL_SPACE
+            },
+        }
+    }
+
+    /// Where the payload starts in a buffer.
+    pub fn payload_at(self) -> u32 {
+        RECVMSG_OUT + self.namelen + self.controllen
+    }
 }
 
 /// A received datagram, as found in its buffer.
@@ -33,8 +75,13 @@ pub struct Datagram {
     pub src: Option<SocketAddr>,
     /// The address the datagram was sent to (IP_PKTINFO), when asked for.
     pub local: Option<IpAddr>,
+    /// The socket's cumulative drop counter (SO_RXQ_OVFL) when the kernel
+    /// queued this datagram; `None` while it was 0 (the kernel then sends
+    /// no message).
+    pub drops: Option<u32>,
     pub offset: u32,
     pub len: u32,
+    /// Longer than the configured maximum or than the buffer (MSG_TRUNC).
     pub truncated: bool,
 }
 
@@ -73,37 +120,58 @@ pub fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
-/// The destination address from IP_PKTINFO / IPV6_PKTINFO control messages.
-fn parse_pktinfo(control: &[u8]) -> Option<IpAddr> {
+/// What the control messages of one datagram said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Control {
+    /// The destination address (IP_PKTINFO / IPV6_PKTINFO).
+    local: Option<IpAddr>,
+    /// The socket's drop counter (SO_RXQ_OVFL).
+    drops: Option<u32>,
+}
+
+/// Reads the control messages ringfwd asks for; others are skipped, and a
+/// malformed one ends the walk with what was read before it.
+fn parse_control(control: &[u8]) -> Control {
+    let mut out = Control::default();
     let mut at = 0usize;
     while at + 16 <= control.len() {
-        let len = usize::try_from(u64::from_ne_bytes(array(control, at)?)).ok()?;
-        let level = i32::from_ne_bytes(array(control, at + 8)?);
-        let kind = i32::from_ne_bytes(array(control, at + 12)?);
+        let Some(len) = array(control, at)
+            .map(u64::from_ne_bytes)
+            .and_then(|l| usize::try_from(l).ok())
+        else {
+            break;
+        };
+        let level = array(control, at + 8).map(i32::from_ne_bytes);
+        let kind = array(control, at + 12).map(i32::from_ne_bytes);
         let data = at + 16;
         match (level, kind) {
             // struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
             // spec_dst is the local address the datagram arrived on, the one a
             // reply must come from (addr is the header's, which may be broadcast).
-            (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
-                return Some(IpAddr::V4(Ipv4Addr::from(array::<4>(control, data + 4)?)));
+            (Some(libc::IPPROTO_IP), Some(libc::IP_PKTINFO)) => {
+                out.local = array::<4>(control, data + 4).map(|a| IpAddr::V4(Ipv4Addr::from(a)));
             }
             // struct in6_pktinfo { in6_addr addr; int ifindex; }
-            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
-                return Some(IpAddr::V6(Ipv6Addr::from(array::<16>(control, data)?)));
+            (Some(libc::IPPROTO_IPV6), Some(libc::IPV6_PKTINFO)) => {
+                out.local = array::<16>(control, data).map(|a| IpAddr::V6(Ipv6Addr::from(a)));
+            }
+            (Some(libc::SOL_SOCKET), Some(libc::SO_RXQ_OVFL)) => {
+                out.drops = u32_at(control, data);
             }
             _ => {}
         }
         if len < 16 {
-            return None;
+            break;
         }
         at += len.next_multiple_of(8);
     }
-    None
+    out
 }
 
 /// Parses a multishot recvmsg result in `buf` (the whole provided buffer).
-pub fn parse(buf: &[u8], layout: Layout) -> Option<Datagram> {
+/// A datagram longer than `max_payload` is `truncated` even when the buffer
+/// held it: the configured limit is exact, whatever the buffer's rounding.
+pub fn parse(buf: &[u8], layout: Layout, max_payload: u32) -> Option<Datagram> {
     let namelen = u32_at(buf, 0)?;
     let controllen = u32_at(buf, 4)?;
     let payloadlen = u32_at(buf, 8)?;
@@ -118,16 +186,21 @@ pub fn parse(buf: &[u8], layout: Layout) -> Option<Datagram> {
     } else {
         None
     };
-    let local = if layout.controllen > 0 && controllen > 0 {
+    let control = if layout.controllen > 0 && controllen > 0 {
         let n = controllen.min(layout.controllen) as usize;
-        parse_pktinfo(buf.get(control_at..control_at + n)?)
+        parse_control(buf.get(control_at..control_at + n)?)
     } else {
-        None
+        Control::default()
     };
-    let truncated = flags & (libc::MSG_TRUNC as u32) != 0 || payloadlen as usize > room;
+    // Without MSG_TRUNC asked for, payloadlen is what was copied, never more
+    // than the room; a longer datagram sets MSG_TRUNC in `flags`.
+    let truncated = flags & (libc::MSG_TRUNC as u32) != 0
+        || payloadlen as usize > room
+        || payloadlen > max_payload;
     Some(Datagram {
         src,
-        local,
+        local: control.local,
+        drops: control.drops,
         offset: u32::try_from(payload_at).ok()?,
         len: payloadlen.min(u32::try_from(room).ok()?),
         truncated,
@@ -249,27 +322,44 @@ impl Default for SendSlot {
 mod tests {
     use super::*;
 
+    /// An SO_RXQ_OVFL control message carrying `drops`.
+    fn ovfl(drops: u32) -> Vec<u8> {
+        let mut c = vec![0u8; OVFL_SPACE as usize];
+        c[0..8].copy_from_slice(&20u64.to_ne_bytes());
+        c[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        c[12..16].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
+        c[16..20].copy_from_slice(&drops.to_ne_bytes());
+        c
+    }
+
+    fn pktinfo(ip: IpAddr) -> Vec<u8> {
+        let mut c = [0u8; 64];
+        let n = write_pktinfo(ip, &mut c);
+        c[..n as usize].to_vec()
+    }
+
+    /// A buffer as the kernel fills it for `payload` (cut to the room, with
+    /// MSG_TRUNC, as a recvmsg without MSG_TRUNC in its flags reports it).
     fn recvmsg_buffer(
         src: SocketAddr,
-        pktinfo: Option<IpAddr>,
+        control: &[u8],
         payload: &[u8],
         layout: Layout,
         size: usize,
     ) -> Vec<u8> {
         let mut b = vec![0u8; size];
         let mut name = [0u8; 28];
-        let n = write_sockaddr(src, &mut name);
-        let mut control = [0u8; 64];
-        let c = pktinfo.map_or(0, |ip| write_pktinfo(ip, &mut control));
+        let n = write_sockaddr(src, &mut name).min(layout.namelen);
+        let c = control.len().min(layout.controllen as usize);
         b[0..4].copy_from_slice(&n.to_ne_bytes());
-        b[4..8].copy_from_slice(&c.to_ne_bytes());
-        b[8..12].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
+        b[4..8].copy_from_slice(&(c as u32).to_ne_bytes());
         let name_at = 16;
         b[name_at..name_at + n as usize].copy_from_slice(&name[..n as usize]);
         let control_at = name_at + layout.namelen as usize;
-        b[control_at..control_at + c as usize].copy_from_slice(&control[..c as usize]);
-        let payload_at = control_at + layout.controllen as usize;
+        b[control_at..control_at + c].copy_from_slice(&control[..c]);
+        let payload_at = layout.payload_at() as usize;
         let fit = payload.len().min(size - payload_at);
+        b[8..12].copy_from_slice(&(fit as u32).to_ne_bytes());
         b[payload_at..payload_at + fit].copy_from_slice(&payload[..fit]);
         if fit < payload.len() {
             b[12..16].copy_from_slice(&(libc::MSG_TRUNC as u32).to_ne_bytes());
@@ -278,21 +368,21 @@ mod tests {
     }
 
     #[test]
-    fn parses_source_pktinfo_and_payload() {
-        let layout = Layout {
-            namelen: NAME_SPACE,
-            controllen: CONTROL_SPACE,
-        };
+    fn parses_source_pktinfo_drops_and_payload() {
+        let layout = Layout::listener(true);
         for (src, local) in [
             ("192.0.2.7:5353", "198.51.100.1"),
             ("[2001:db8::7]:5353", "2001:db8::1"),
         ] {
             let src: SocketAddr = src.parse().expect("addr");
             let local: IpAddr = local.parse().expect("ip");
-            let b = recvmsg_buffer(src, Some(local), b"hello", layout, 256);
-            let d = parse(&b, layout).expect("parse");
+            // The kernel's order: SO_RXQ_OVFL (sock_recv_cmsgs), then PKTINFO.
+            let control = [ovfl(7), pktinfo(local)].concat();
+            let b = recvmsg_buffer(src, &control, b"hello", layout, 256);
+            let d = parse(&b, layout, 512).expect("parse");
             assert_eq!(d.src, Some(src));
             assert_eq!(d.local, Some(local));
+            assert_eq!(d.drops, Some(7));
             assert!(!d.truncated);
             let at = d.offset as usize;
             assert_eq!(&b[at..at + d.len as usize], b"hello");
@@ -300,24 +390,77 @@ mod tests {
     }
 
     #[test]
-    fn a_datagram_larger_than_the_buffer_is_truncated() {
-        let layout = Layout {
-            namelen: NAME_SPACE,
-            controllen: 0,
-        };
+    fn an_upstream_datagram_carries_the_drop_counter() {
         let src: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let b = recvmsg_buffer(src, None, &[7u8; 500], layout, 128);
-        let d = parse(&b, layout).expect("parse");
+        let b = recvmsg_buffer(src, &ovfl(u32::MAX), b"x", Layout::UPSTREAM, 128);
+        let d = parse(&b, Layout::UPSTREAM, 512).expect("parse");
+        assert_eq!((d.src, d.drops, d.len), (None, Some(u32::MAX), 1));
+        let quiet = recvmsg_buffer(src, &[], b"x", Layout::UPSTREAM, 128);
+        assert_eq!(
+            parse(&quiet, Layout::UPSTREAM, 512).expect("parse").drops,
+            None
+        );
+    }
+
+    #[test]
+    fn the_control_room_holds_every_message_asked_for() {
+        // SAFETY: CMSG_SPACE only computes a length.
+        let space = |n: usize| unsafe { libc::CMSG_SPACE(n as u32) };
+        let in6 = std::mem::size_of::<libc::in6_pktinfo>();
+        let in4 = std::mem::size_of::<libc::in_pktinfo>();
+        assert_eq!(PKTINFO_SPACE, space(in6));
+        assert!(PKTINFO_SPACE >= space(in4));
+        assert_eq!(OVFL_SPACE, space(std::mem::size_of::<u32>()));
+        assert_eq!(
+            Layout::listener(true).controllen,
+            space(in6) + space(std::mem::size_of::<u32>())
+        );
+        assert!(NAME_SPACE as usize >= std::mem::size_of::<libc::sockaddr_in6>());
+    }
+
+    #[test]
+    fn every_layout_has_room_for_max_datagram_and_no_more_is_taken() {
+        let layouts = [
+            Layout::UPSTREAM,
+            Layout::listener(false),
+            Layout::listener(true),
+        ];
+        for max in [512, 513, 1024, 1400, 4096, 65507, 65527] {
+            let size = buffer_size(max);
+            assert_eq!(size % 64, 0);
+            for layout in layouts {
+                let room = size - layout.payload_at();
+                assert!(room >= max, "{layout:?} {max}: room {room}");
+                let src: SocketAddr = "[::1]:1".parse().expect("addr");
+                // Exactly max passes; max + 1 fits the rounded buffer (or
+                // is cut by it) and is refused either way.
+                let fits = recvmsg_buffer(src, &[], &vec![1; max as usize], layout, size as usize);
+                let d = parse(&fits, layout, max).expect("parse");
+                assert!(!d.truncated, "{layout:?} {max}");
+                assert_eq!(d.len, max);
+                let over =
+                    recvmsg_buffer(src, &[], &vec![1; max as usize + 1], layout, size as usize);
+                assert!(
+                    parse(&over, layout, max).expect("parse").truncated,
+                    "{layout:?} {max}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_datagram_larger_than_the_buffer_is_truncated() {
+        let layout = Layout::listener(false);
+        let src: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b = recvmsg_buffer(src, &[], &[7u8; 500], layout, 128);
+        let d = parse(&b, layout, 65507).expect("parse");
         assert!(d.truncated);
         assert!(d.offset as usize + d.len as usize <= 128);
     }
 
     #[test]
     fn garbage_does_not_panic() {
-        let layout = Layout {
-            namelen: NAME_SPACE,
-            controllen: CONTROL_SPACE,
-        };
+        let layout = Layout::listener(true);
         let mut x = 0x1234_5678u32;
         for size in [0usize, 3, 15, 16, 40, 95, 96, 200] {
             let b: Vec<u8> = (0..size)
@@ -328,15 +471,9 @@ mod tests {
                     x as u8
                 })
                 .collect();
-            let _ = parse(&b, layout);
+            let _ = parse(&b, layout, 512);
             let _ = parse_sockaddr(&b);
-            let _ = parse_pktinfo(&b);
+            let _ = parse_control(&b);
         }
-    }
-
-    #[test]
-    fn buffer_size_holds_the_largest_datagram_after_headers() {
-        assert!(buffer_size(65507) >= 65507 + OVERHEAD);
-        assert_eq!(buffer_size(65507) % 64, 0);
     }
 }

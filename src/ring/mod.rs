@@ -38,6 +38,8 @@ pub struct TemplateId(usize);
 struct DatagramPool {
     bufs: BufRing,
     slots: Box<[SendSlot]>,
+    /// The configured limit: buffers are rounded up, datagrams are not.
+    max_datagram: u32,
 }
 
 /// One completion, copied out of the CQ so the ring can be used while it is handled.
@@ -150,7 +152,11 @@ impl Ring {
         let size = datagram::buffer_size(max_datagram);
         let bufs = BufRing::new(&self.uring, DATAGRAM_GROUP, count, size)?;
         let slots = (0..count).map(|_| SendSlot::new()).collect();
-        self.dgram = Some(DatagramPool { bufs, slots });
+        self.dgram = Some(DatagramPool {
+            bufs,
+            slots,
+            max_datagram,
+        });
         Ok(())
     }
 
@@ -191,12 +197,13 @@ impl Ring {
         Ok(())
     }
 
-    /// Where the datagram in buffer `bid` is, as laid out by `template`.
+    /// Where the datagram in buffer `bid` is, as laid out by `template`;
+    /// one longer than `max_datagram` is `truncated`.
     pub fn parse_datagram(&self, bid: u16, template: TemplateId) -> Option<Datagram> {
         let pool = self.dgram.as_ref()?;
         let layout = *self.layouts.get(template.0)?;
         let buf = pool.bufs.bytes(bid, pool.bufs.buffer_size())?;
-        datagram::parse(buf, layout)
+        datagram::parse(buf, layout, pool.max_datagram)
     }
 
     /// Sends `len` bytes of datagram buffer `bid` at `offset` on a connected socket.

@@ -93,6 +93,27 @@ fn socket_buffers(
     Ok(())
 }
 
+/// Warns, as `socket_buffers` does for listeners, when the kernel would give
+/// session sockets less `session_rcvbuf` than asked. Probed once on a socket
+/// of the first upstream's family: every session socket is capped the same.
+fn session_buffer(u: &crate::config::UdpListenerPlan) {
+    let (Some(asked), Some(up)) = (u.session_rcvbuf, u.upstreams.first()) else {
+        return;
+    };
+    match socket::probe_rcvbuf(*up, asked) {
+        Ok(got) if got < asked.saturating_mul(2) => warn!(
+            "udp listener '{}': session_rcvbuf of {asked} bytes asked, the kernel granted {} (capped by net.core.rmem_max); raise it with `sysctl -w net.core.rmem_max={asked}`",
+            u.name,
+            got / 2
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(
+            "udp listener '{}': probing session_rcvbuf of {asked} bytes failed ({e}); session sockets may keep the kernel default",
+            u.name
+        ),
+    }
+}
+
 /// Datagram buffers each shard allocates: none unless a UDP listener exists.
 fn datagram_buffers(plan: &Plan) -> u32 {
     if plan.has_udp() {
@@ -216,7 +237,9 @@ impl Runtime {
                     allow: u.allow.clone(),
                 },
                 upstreams: u.upstreams.clone(),
+                session_rcvbuf: u.session_rcvbuf,
             });
+            session_buffer(u);
             for (shard, fd) in fds.into_iter().enumerate() {
                 let spec = UdpListenerSpec {
                     name: u.name.clone(),

@@ -4,7 +4,7 @@
 //! Commands from the control thread arrive through an eventfd read in the ring.
 
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use super::engine::{
 use super::token::{OpKind, SlotId, Token};
 use super::udp::{DatagramMeta, UdpListenerSpec, UdpRouteSpec};
 use crate::ring::TemplateId;
-use crate::ring::datagram::{CONTROL_SPACE, Layout, NAME_SPACE};
+use crate::ring::datagram::Layout;
 use crate::ring::{Cqe, RegionId, Ring, SendKind, SockType, TargetId, TimeoutId};
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
@@ -130,6 +130,8 @@ fn make_pipes(shard: usize, s: SpliceSetup) -> Vec<Option<pipe::Pipe>> {
 pub struct UdpRouteSetup {
     pub spec: UdpRouteSpec,
     pub upstreams: Vec<SocketAddr>,
+    /// SO_RCVBUF of each session's upstream socket (`None`: kernel default).
+    pub session_rcvbuf: Option<u32>,
 }
 
 /// Control thread → shard.
@@ -255,22 +257,21 @@ pub fn run(setup: ShardSetup, control: Control) {
     }
     let mut udp_targets: Vec<Vec<TargetId>> = Vec::new();
     let mut udp_routes = Vec::new();
+    let mut udp_rcvbuf = Vec::new();
     for r in setup.udp_routes {
         udp_targets.push(r.upstreams.iter().map(|a| ring.add_target(*a)).collect());
         udp_routes.push(r.spec);
+        udp_rcvbuf.push(r.session_rcvbuf);
     }
-    let upstream_template = ring.add_recvmsg_template(Layout {
-        namelen: 0,
-        controllen: 0,
-    });
+    let upstream_template = ring.add_recvmsg_template(Layout::UPSTREAM);
     let mut listen_templates = Vec::new();
     let mut udp_listeners = Vec::new();
     for (mut spec, fd, wildcard) in setup.udp_listeners {
-        listen_templates.push(ring.add_recvmsg_template(Layout {
-            namelen: NAME_SPACE,
-            controllen: if wildcard { CONTROL_SPACE } else { 0 },
-        }));
+        listen_templates.push(ring.add_recvmsg_template(Layout::listener(wildcard)));
         spec.fd = fd.into_raw_fd();
+        if let Err(e) = socket::set_rxq_ovfl(spec.fd) {
+            warn!(shard, listener = %spec.name, error = %e, "SO_RXQ_OVFL failed: datagrams the kernel drops on this listener are counted only at stats snapshots");
+        }
         udp_listeners.push(spec);
     }
     // Sources and request/response servers send straight from the periodic
@@ -366,6 +367,7 @@ pub fn run(setup: ShardSetup, control: Control) {
         targets,
         timeouts,
         udp_targets,
+        udp_rcvbuf,
         upstream_template,
         listen_templates,
         control,
@@ -400,6 +402,8 @@ struct Loop {
     targets: Vec<Vec<TargetId>>,
     timeouts: Vec<TimeoutId>,
     udp_targets: Vec<Vec<TargetId>>,
+    /// `session_rcvbuf` by UDP route.
+    udp_rcvbuf: Vec<Option<u32>>,
     upstream_template: TemplateId,
     listen_templates: Vec<TemplateId>,
     control: Control,
@@ -524,6 +528,7 @@ impl Loop {
                     engine.stop(now);
                 }
                 Command::Snapshot(seq) => {
+                    Self::read_listener_drops(engine);
                     let _ = self.control.reports.send(Report::Snapshot {
                         shard: self.shard,
                         seq,
@@ -658,12 +663,7 @@ impl Loop {
                 });
             }
             Op::CancelFd { token, fd } => self.ring.cancel_fd(fd, token),
-            Op::Close { token, fd, linger0 } => {
-                if linger0 && let Err(e) = socket::set_linger0(fd) {
-                    debug!(shard = self.shard, error = %e, "SO_LINGER before reset failed");
-                }
-                self.ring.close(fd, token);
-            }
+            Op::Close { token, fd, linger0 } => self.close(token, fd, linger0, engine),
             Op::Release { bid } => {
                 if !self.ring.release(bid) {
                     warn!(
@@ -711,6 +711,7 @@ impl Loop {
                 route,
                 upstream,
             } => {
+                self.prepare_session_socket(fd, route);
                 let queued = self
                     .udp_target(route, upstream)
                     .is_some_and(|t| self.ring.connect_plain(fd, t, token).is_ok());
@@ -811,8 +812,50 @@ impl Loop {
                     offset: d.offset,
                     len: d.len,
                     truncated: d.truncated,
+                    drops: d.drops,
                 }),
         )
+    }
+
+    /// Closes `fd` on the ring: with a reset first (`linger0`), and for a UDP
+    /// socket after reading its kernel drop counter, the last chance to see
+    /// drops that no received datagram reported.
+    fn close(&mut self, token: u64, fd: RawFd, linger0: bool, engine: &mut Engine) {
+        if linger0 && let Err(e) = socket::set_linger0(fd) {
+            debug!(shard = self.shard, error = %e, "SO_LINGER before reset failed");
+        }
+        if Engine::wants_drops_before_close(token)
+            && let Ok(reading) = socket::kernel_drops(fd)
+        {
+            engine.udp_socket_drops(token, reading);
+        }
+        self.ring.close(fd, token);
+    }
+
+    /// Before a session's socket connects (and can receive): SO_RXQ_OVFL so
+    /// its replies report the kernel's drops, and the route's
+    /// `session_rcvbuf` (the control thread already warned if the kernel
+    /// caps it). A failure only loses that, not the session.
+    fn prepare_session_socket(&self, fd: RawFd, route: u16) {
+        if let Err(e) = socket::set_rxq_ovfl(fd) {
+            debug!(shard = self.shard, error = %e, "SO_RXQ_OVFL on a UDP session socket failed");
+        }
+        let rcvbuf = self.udp_rcvbuf.get(route as usize).copied().flatten();
+        if rcvbuf.is_some()
+            && let Err(e) = socket::set_buffers(fd, rcvbuf, None)
+        {
+            debug!(shard = self.shard, error = %e, "SO_RCVBUF on a UDP session socket failed");
+        }
+    }
+
+    /// Reads every open listener's kernel drop counter into the engine, so
+    /// a snapshot counts the drops no received datagram has reported yet.
+    fn read_listener_drops(engine: &mut Engine) {
+        for (index, fd) in engine.udp_listener_sockets() {
+            if let Ok(reading) = socket::kernel_drops(fd) {
+                engine.note_listener_drops(index, reading);
+            }
+        }
     }
 
     fn udp_target(&self, route: u16, upstream: u16) -> Option<TargetId> {

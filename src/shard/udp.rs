@@ -16,6 +16,7 @@ use crate::config::Cidr;
 use crate::tcp::Side;
 use crate::time::Millis;
 use crate::udp::admission::{Admission, EmbryonicQueue, admission};
+use crate::udp::drops::KernelDrops;
 use crate::udp::limiter::SourceLimiter;
 use crate::udp::loops::{Loop, LoopGuard};
 use crate::udp::map::{SessionKey, SessionMap};
@@ -41,6 +42,8 @@ const ECHO_CAP: u32 = 1024;
 /// Re-arm delay after a listener receive error other than ENOBUFS.
 const LISTEN_BACKOFF_MS: Millis = 100;
 
+mod drops;
+
 /// Where a received datagram's payload is, as parsed from the recvmsg buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatagramMeta {
@@ -50,8 +53,11 @@ pub struct DatagramMeta {
     pub local: Option<IpAddr>,
     pub offset: u32,
     pub len: u32,
-    /// MSG_TRUNC: the datagram did not fit the buffer.
+    /// Longer than max_datagram (or MSG_TRUNC: it did not fit the buffer).
     pub truncated: bool,
+    /// The socket's kernel drop counter when this datagram was queued
+    /// (SO_RXQ_OVFL; `None` while it is 0).
+    pub drops: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +113,8 @@ pub struct UdpListener {
     /// Sessions not yet answered by their upstream, oldest first.
     embryonic: EmbryonicQueue<SlotId>,
     guard: LoopGuard,
+    /// Datagrams the kernel dropped on this shard's socket, counted so far.
+    drops: KernelDrops,
 }
 
 impl UdpListener {
@@ -134,6 +142,7 @@ impl UdpListener {
             rr: 0,
             echo_inflight: 0,
             limiter,
+            drops: KernelDrops::default(),
         }
     }
 
@@ -153,6 +162,8 @@ pub struct UdpConn {
     /// Counted in its listener's embryonic queue (the session's own standing
     /// changes first; `after_session` then takes it out of the count).
     in_embryonic: bool,
+    /// Datagrams the kernel dropped on the upstream socket, counted so far.
+    drops: KernelDrops,
 }
 
 /// Who waits for datagram buffers.
@@ -278,6 +289,9 @@ impl Engine {
             self.misc_inflight = self.misc_inflight.saturating_sub(1);
         }
         let mut backoff = false;
+        if let Some(reading) = meta.and_then(|m| m.drops) {
+            self.note_listener_drops(index, reading);
+        }
         match (res, buffer_id(flags)) {
             (r, Some(bid)) if r > 0 => {
                 self.dgram_held += 1;
@@ -558,6 +572,7 @@ impl Engine {
             fd: None,
             timer_at: None,
             in_embryonic: true,
+            drops: KernelDrops::default(),
         };
         match self.sessions.insert(conn) {
             Some(slot) => {
@@ -594,6 +609,10 @@ impl Engine {
         let s = &mut c.session;
         match token.kind {
             OpKind::UdpUpRecv => {
+                if let Some(reading) = meta.and_then(|m| m.drops) {
+                    let n = c.drops.observe(reading);
+                    stats.count_udp_drops(DropReason::RcvbufU2c, u64::from(n));
+                }
                 let more = flags & CQE_F_MORE != 0;
                 let ev = match (res, buffer_id(flags)) {
                     (r, Some(bid)) if r > 0 => {

@@ -239,6 +239,58 @@ fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<u32> {
     }
 }
 
+/// SO_RXQ_OVFL: every datagram received then carries the socket's
+/// cumulative drop counter in a control message (sent while it is nonzero).
+pub fn set_rxq_ovfl(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &on)
+}
+
+/// Where the drop counter is in SO_MEMINFO's array (include/uapi/linux/sock_diag.h).
+const SK_MEMINFO_DROPS: usize = libc::SK_MEMINFO_DROPS as usize;
+
+/// The socket's cumulative drop counter (what `ss -m` shows as `d` and
+/// /proc/net/udp as `drops`), read with SO_MEMINFO: the drops a
+/// SO_RXQ_OVFL message cannot report, those after the last datagram queued.
+pub fn kernel_drops(fd: RawFd) -> io::Result<u32> {
+    let mut info = [0u32; SK_MEMINFO_DROPS + 1];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` and `len` are live locals and `len` is `info`'s size;
+    // the kernel writes at most `len` bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let have = len as usize / std::mem::size_of::<u32>();
+    match info.get(SK_MEMINFO_DROPS) {
+        Some(d) if have > SK_MEMINFO_DROPS => Ok(*d),
+        _ => Err(io::Error::from(io::ErrorKind::Unsupported)),
+    }
+}
+
+/// What the kernel grants a UDP socket of `family` asking for `rcvbuf`
+/// bytes of SO_RCVBUF (it doubles a request and caps it at
+/// net.core.rmem_max): a probe, so the control thread can warn once before
+/// every session socket is given the same.
+pub fn probe_rcvbuf(family: SocketAddr, rcvbuf: u32) -> io::Result<u32> {
+    let s = Socket::new(
+        Domain::for_address(family),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+    let (granted, _) = set_buffers(fd, Some(rcvbuf), None)?;
+    Ok(granted.unwrap_or(0))
+}
+
 /// TCP_NODELAY on an upstream socket (accepted sockets inherit it from the listener).
 pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;

@@ -4,6 +4,7 @@
 //! completions and the time come in, `SessionOp`s go out.
 
 pub mod admission;
+pub mod drops;
 pub mod limiter;
 pub mod loops;
 pub mod map;
@@ -108,7 +109,7 @@ impl SessionEnd {
 /// Why a datagram was dropped. Every drop is counted under exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// Larger than max_datagram (MSG_TRUNC).
+    /// Larger than max_datagram (MSG_TRUNC, or longer than the limit).
     Truncated,
     /// Source not in the listener's allow list.
     Denied,
@@ -128,10 +129,16 @@ pub enum DropReason {
     /// A client datagram whose source is one of the forwarder's own UDP listen
     /// addresses or one of the listener's upstreams (forged: it would loop).
     Loop,
+    /// Dropped by the kernel on a listener socket (its receive queue was full,
+    /// `rcvbuf`): datagrams from clients that ringfwd never saw.
+    RcvbufC2u,
+    /// Dropped by the kernel on a session's upstream socket (`session_rcvbuf`):
+    /// upstream replies that ringfwd never saw.
+    RcvbufU2c,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Truncated,
         DropReason::Denied,
         DropReason::SessionLimit,
@@ -141,6 +148,8 @@ impl DropReason {
         DropReason::Draining,
         DropReason::Late,
         DropReason::Loop,
+        DropReason::RcvbufC2u,
+        DropReason::RcvbufU2c,
     ];
 
     pub fn name(self) -> &'static str {
@@ -154,6 +163,8 @@ impl DropReason {
             DropReason::Draining => "draining",
             DropReason::Late => "late",
             DropReason::Loop => "loop",
+            DropReason::RcvbufC2u => "rcvbuf_c2u",
+            DropReason::RcvbufU2c => "rcvbuf_u2c",
         }
     }
 }

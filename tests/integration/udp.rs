@@ -784,3 +784,312 @@ fn a_port_zero_udp_listener_never_shares_a_port_already_held() {
         "the error names the listener and the exhausted range: {err}"
     );
 }
+
+/// What the kernel counts as dropped on the UDP sockets bound to `port`
+/// (the `drops` column of /proc/net/udp and udp6, what `ss -m` shows as `d`).
+fn kernel_udp_drops(port: u16) -> u64 {
+    let want = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&want))
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Stops `p` with SIGSTOP and waits until every thread of it is stopped
+/// (io_uring's kernel workers, `iou-*`, are not user threads and are left
+/// out), so the kernel queues or drops what is sent to it meanwhile.
+fn freeze(p: &Proc) {
+    p.signal(libc::SIGSTOP);
+    let pid = p.pid();
+    let stopped = wait_until(WAIT, || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the parenthesised name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            comm.starts_with("iou-") || matches!(state, Some("T") | Some("t"))
+        })
+    });
+    assert!(stopped, "ringfwd {pid} did not stop");
+}
+
+#[test]
+fn datagrams_the_kernel_drops_on_a_listener_are_counted_exactly() {
+    let up = Upstream::start(Reply::Echo);
+    // A 4KiB rcvbuf (8KiB charged) queues about ten small datagrams.
+    let fwd = udp_forwarder("127.0.0.1:0", &[up.addr], "rcvbuf = \"4KiB\"", "shards = 1");
+    let s = client("127.0.0.1:0");
+    let port = fwd.first_addr().port();
+    assert_eq!(kernel_udp_drops(port), 0);
+    freeze(&fwd);
+    const SENT: u64 = 300;
+    for i in 0..SENT {
+        s.send_to(format!("c2u:{i:0100}").as_bytes(), fwd.first_addr())
+            .expect("send");
+    }
+    let dropped = kernel_udp_drops(port);
+    fwd.signal(libc::SIGCONT);
+    assert!(
+        dropped > 0 && dropped < SENT,
+        "{dropped} of {SENT} dropped: the queue must fill, not stay empty"
+    );
+    fwd.wait_stat("udp_datagrams_c2u", WAIT, |v| v == SENT - dropped);
+    // Every datagram queued before the drops began carries a counter of 0:
+    // only a read of the socket at the snapshot can see these.
+    fwd.wait_stat("udp_drop_rcvbuf_c2u", WAIT, |v| v == dropped);
+    assert_eq!(kernel_udp_drops(port), dropped, "no drop after the thaw");
+    assert_eq!(fwd.stat("udp_drop_rcvbuf_u2c"), 0);
+}
+
+#[test]
+fn datagrams_the_kernel_drops_on_a_session_socket_are_counted_with_session_rcvbuf() {
+    let up = UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
+    up.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.local_addr().expect("addr")],
+        "session_rcvbuf = \"4KiB\"",
+        "shards = 1\ndrain_timeout = \"1s\"",
+    );
+    let c = client("127.0.0.1:0");
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    c.send_to(b"open", fwd.first_addr()).expect("send");
+    let mut b = [0u8; 256];
+    let (_, session) = up.recv_from(&mut b).expect("the session's first datagram");
+    // A burst of replies while ringfwd is stopped, `rounds` times; returns
+    // what the kernel dropped on the session socket each time.
+    let burst = |round: u32| {
+        freeze(&fwd);
+        let before = kernel_udp_drops(session.port());
+        for i in 0..200 {
+            up.send_to(format!("u2c:{round}:{i:0100}").as_bytes(), session)
+                .expect("send reply");
+        }
+        let dropped = kernel_udp_drops(session.port()) - before;
+        fwd.signal(libc::SIGCONT);
+        // The kernel default (208KiB here) would queue all 200: a drop says
+        // session_rcvbuf reached the session's socket.
+        assert!(
+            dropped > 0 && dropped < 200,
+            "round {round}: {dropped} dropped"
+        );
+        dropped
+    };
+    let first = burst(0);
+    fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == 200 - first);
+    // The replies queued before the drops carry no counter; the next one
+    // queued after them does (SO_RXQ_OVFL).
+    up.send_to(b"after", session).expect("send");
+    fwd.wait_stat("udp_drop_rcvbuf_u2c", WAIT, |v| v == first);
+    let forwarded = 200 - first + 1;
+    fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == forwarded);
+    // Drops after the last reply queued are read from the socket at its
+    // close (here the drain's: the session owes no reply, so it ends at once).
+    let second = burst(1);
+    fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == forwarded + 200 - second);
+    fwd.signal(libc::SIGTERM);
+    assert!(
+        fwd.wait_exit(WAIT).is_some(),
+        "no exit; log:\n{}",
+        fwd.log()
+    );
+    assert_eq!(fwd.stat("udp_end_drained"), 1);
+    assert_eq!(fwd.stat("udp_drop_rcvbuf_u2c"), first + second);
+    assert_eq!(fwd.stat("udp_drop_rcvbuf_c2u"), 0);
+}
+
+/// A test upstream that answers each datagram `N:...` with a datagram of N
+/// bytes, so a test chooses the size of each reply.
+struct SizedUpstream {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SizedUpstream {
+    fn start(bind: &str) -> SizedUpstream {
+        let sock = UdpSocket::bind(bind).expect("bind upstream");
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let addr = sock.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut b = vec![0u8; 65536];
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut b) else {
+                    continue;
+                };
+                let asked = String::from_utf8_lossy(&b[..n.min(16)])
+                    .split(':')
+                    .next()
+                    .and_then(|v| v.parse::<usize>().ok());
+                if let Some(len) = asked {
+                    let _ = sock.send_to(&vec![b'r'; len], from);
+                }
+            }
+        });
+        SizedUpstream {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SizedUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A request of `len` bytes asking for a reply of `reply` bytes.
+fn sized_request(len: usize, reply: usize) -> Vec<u8> {
+    let mut r = format!("{reply}:").into_bytes();
+    r.resize(len, b'.');
+    r
+}
+
+/// Through a forwarder on `listen` with `max` as max_datagram: a datagram of
+/// exactly `max` bytes passes each way, and `over` (longer) ones are dropped
+/// and counted as truncated, each way.
+fn assert_exact_limit(
+    listen: &str,
+    upstream_bind: &str,
+    runtime: &str,
+    max: usize,
+    over: &[usize],
+) {
+    let up = SizedUpstream::start(upstream_bind);
+    let fwd = udp_forwarder(listen, &[up.addr], "", runtime);
+    let c = client(&format!(
+        "{}:0",
+        if listen.starts_with('[') {
+            "[::1]"
+        } else {
+            "127.0.0.1"
+        }
+    ));
+    let to = fwd.first_addr();
+    let (back, _) = exchange(&c, to, &sized_request(max, max));
+    assert_eq!(
+        back.len(),
+        max,
+        "a {max}-byte reply to a {max}-byte request"
+    );
+    let mut dropped = 0;
+    for &len in over {
+        // Client to upstream: the request never reaches it, so no reply.
+        c.send_to(&sized_request(len, 16), to).expect("send");
+        dropped += 1;
+        fwd.wait_stat("udp_drop_truncated", WAIT, |v| v == dropped);
+        // Upstream to client: the reply is dropped on the session socket.
+        c.send_to(&sized_request(32, len), to).expect("send");
+        dropped += 1;
+        fwd.wait_stat("udp_drop_truncated", WAIT, |v| v == dropped);
+        // Nothing of either came back: the next reply is the next request's.
+        let (back, _) = exchange(&c, to, &sized_request(32, 7));
+        assert_eq!(back.len(), 7, "after {len}-byte datagrams each way");
+    }
+    assert_eq!(fwd.stat("udp_end_error"), 0);
+}
+
+#[test]
+fn max_datagram_512_is_exact_each_way() {
+    // The buffer holds 592 payload bytes (rounding, unused control room).
+    assert_exact_limit(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "shards = 1\nmax_datagram = 512",
+        512,
+        &[513, 592, 600],
+    );
+}
+
+#[test]
+fn the_default_max_datagram_is_exact_over_ipv6() {
+    // IPv6 carries up to 65527 payload bytes, past IPv4's 65507 and within
+    // the default buffer's rounded room.
+    assert_exact_limit("[::1]:0", "[::1]:0", "shards = 1", 65507, &[65508, 65527]);
+}
+
+#[test]
+fn a_session_rcvbuf_above_rmem_max_is_reported_with_the_sysctl_to_raise() {
+    let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(212_992);
+    if rmem_max >= 512 << 20 {
+        eprintln!("skipping: net.core.rmem_max is above the largest session_rcvbuf");
+        return;
+    }
+    let ask = (rmem_max * 2).clamp(4096, 512 << 20);
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder(
+        "127.0.0.1:0",
+        &[up.addr],
+        &format!("session_rcvbuf = {ask}"),
+        "shards = 1",
+    );
+    let s = client("127.0.0.1:0");
+    assert_eq!(exchange(&s, fwd.first_addr(), b"works").0, b"works");
+    let log = fwd.log();
+    assert!(
+        log.contains(&format!("session_rcvbuf of {ask} bytes asked"))
+            && log.contains(&format!("sysctl -w net.core.rmem_max={ask}")),
+        "no rmem_max warning for session_rcvbuf in:\n{log}"
+    );
+}
+
+#[test]
+fn after_drops_a_wildcard_listener_still_replies_from_the_address_the_client_used() {
+    let up = Upstream::start(Reply::Echo);
+    let fwd = udp_forwarder("0.0.0.0:0", &[up.addr], "rcvbuf = \"4KiB\"", "shards = 1");
+    let to = SocketAddr::from(([127, 0, 0, 2], fwd.first_addr().port()));
+    let s = client("127.0.0.1:0");
+    freeze(&fwd);
+    for i in 0..300 {
+        s.send_to(format!("w:{i:0100}").as_bytes(), to)
+            .expect("send");
+    }
+    let dropped = kernel_udp_drops(to.port());
+    fwd.signal(libc::SIGCONT);
+    assert!(dropped > 0, "the 4KiB queue must overflow");
+    // Sent into a drained queue, so that it is not dropped too.
+    fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == 300 - dropped);
+    // This datagram carries both the drop counter and the destination
+    // (PKTINFO): the control room must hold the two.
+    s.send_to(b"after", to).expect("send");
+    let mut b = [0u8; 256];
+    loop {
+        let (n, from) = s
+            .recv_from(&mut b)
+            .unwrap_or_else(|e| panic!("{e}; counters {:?}", fwd.stats()));
+        assert_eq!(
+            from, to,
+            "a reply from another address than the client used"
+        );
+        if &b[..n] == b"after" {
+            break;
+        }
+    }
+    fwd.wait_stat("udp_drop_rcvbuf_c2u", WAIT, |v| v == dropped);
+    assert_eq!(fwd.stat("udp_sessions_created"), 1);
+}
