@@ -531,3 +531,59 @@ fn tcp_stream_up_to_a_sink_and_down_from_a_source_and_rr_with_a_response_size() 
     assert_eq!(code, Some(1), "an upload to a source must fail: {v:#}");
     assert!(f(&v, "errors.verify") >= 1.0, "{v:#}");
 }
+
+/// Streams end like the request/response modes: a FIN from the generator,
+/// the rest read up to the target's FIN, and a close with nothing unread. So
+/// the forwarder under test counts every connection as ended by the client's
+/// FIN and none by a reset, in every direction.
+#[test]
+fn tcp_stream_ends_its_connections_with_a_fin_not_a_reset() {
+    let e = Proc::start(
+        &[
+            "echo",
+            "--tcp",
+            "127.0.0.1:0",
+            "--tcp-sink",
+            "127.0.0.1:0",
+            "--tcp-source",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ],
+        3,
+    );
+    let of = |kind: &str| -> SocketAddr {
+        e.listening
+            .iter()
+            .find(|(k, _, _)| k == kind)
+            .map(|(_, _, a)| *a)
+            .unwrap_or_else(|| panic!("no {kind} listener in {:?}", e.listening))
+    };
+    for (direction, kind) in [
+        ("up", "echo-sink"),
+        ("down", "echo-source"),
+        ("both", "echo"),
+    ] {
+        let fwd = forwarder(&[of(kind)], "", "shards = 1");
+        let t = fwd.first_addr().to_string();
+        let (code, v, err) = bench(&[
+            "tcp-stream",
+            "--target",
+            &t,
+            "--direction",
+            direction,
+            "--connections",
+            "3",
+        ]);
+        assert_eq!(code, Some(0), "{direction}: {err}");
+        assert_eq!(v["ok"], Value::Bool(true), "{direction}: {v:#}");
+        let eof = fwd.wait_stat("close_client_eof", Duration::from_secs(5), |n| n >= 3);
+        assert_eq!(eof, 3, "{direction}: one client FIN per connection");
+        assert_eq!(
+            fwd.stat("close_client_reset"),
+            0,
+            "{direction}: the generator reset a connection; log:\n{}",
+            fwd.log()
+        );
+    }
+}
