@@ -587,3 +587,65 @@ fn tcp_stream_ends_its_connections_with_a_fin_not_a_reset() {
         );
     }
 }
+
+/// The demo runs each load direct and through its forwarder in interleaved
+/// rounds and shows each side's median and range, the ratio of the medians
+/// and the range of the paired ratios, and says in words whether any side
+/// was noisy. Its clients all end with a FIN: its forwarder counts no reset.
+#[test]
+fn the_demo_shows_the_spread_of_interleaved_runs_and_its_clients_never_reset() {
+    let (code, out, err) = run_to_end(&[
+        "demo",
+        "--streams",
+        "8",
+        "--max-stream",
+        "200000",
+        "--duration",
+        "600ms",
+        "--warmup",
+        "150ms",
+    ]);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("3 interleaved runs per path") && out.contains("each 200ms measured"),
+        "the runs share --duration:\n{out}"
+    );
+    assert!(
+        out.contains("min–max") && out.contains("ratio range"),
+        "{out}"
+    );
+    // Every ringfwd row: median, min–max, latencies, paired range, ratio.
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains(" ringfwd ")).collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let ratio = cols.last().expect("a ratio");
+        assert!(ratio.ends_with('x'), "{row}");
+        let range = cols.get(cols.len() - 2).expect("a range");
+        let (lo, hi) = range.split_once('–').expect("lo–hi");
+        let (lo, hi, r): (f64, f64, f64) = (
+            lo.parse().expect("lo"),
+            hi.parse().expect("hi"),
+            ratio.trim_end_matches('x').parse().expect("ratio"),
+        );
+        assert!(lo <= hi && lo > 0.0, "{row}");
+        // The ratio of medians need not lie in the paired range, but it is
+        // of the same order.
+        assert!(r > lo / 4.0 && r < hi * 4.0, "{row}");
+    }
+    assert!(
+        out.contains("\nsteady: on every load") || out.contains("\nnoisy: a side's min–max"),
+        "the noise verdict in words:\n{out}"
+    );
+    let counters = out
+        .lines()
+        .find_map(|l| l.strip_prefix("forwarder counters: "))
+        .expect("the forwarder's counters");
+    let kv = crate::harness::parse_kv(counters);
+    assert_eq!(kv.get("close_client_reset"), Some(&0), "{counters}");
+    assert_eq!(
+        kv.get("close_client_eof"),
+        kv.get("accepted"),
+        "every connection ended by the client's FIN: {counters}"
+    );
+}
