@@ -7,6 +7,7 @@ mod config;
 mod dns;
 mod echo_modes;
 mod harness;
+mod known;
 mod lifecycle;
 mod limits;
 mod relay;
