@@ -5,6 +5,7 @@
 mod bench;
 mod config;
 mod dns;
+mod docs;
 mod echo_modes;
 mod harness;
 mod known;
