@@ -537,7 +537,9 @@ fn run_loads(args: &DemoArgs, targets: Targets) -> Result<bool, String> {
         parse_duration(&args.warmup).map_err(|e| format!("--warmup {:?}: {e}", args.warmup))?;
     // The time of one load on one path is shared by its rounds, so the demo
     // takes about as long as with one run each.
-    let (run_for, warm_for) = (duration / ROUNDS, warmup / ROUNDS);
+    // Whole milliseconds: they print plainly and no run is shorter for it.
+    let share = |d: Duration| Duration::from_millis((d / ROUNDS).as_millis() as u64);
+    let (run_for, warm_for) = (share(duration).max(Duration::from_millis(1)), share(warmup));
     // The generator gets one shard, on the last CPU (with the echo upstream);
     // the forwarder has a shard on every CPU.
     let gen_cpu = *host::available_cpus().last().unwrap_or(&0);
