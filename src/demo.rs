@@ -566,9 +566,10 @@ fn run_loads(args: &DemoArgs, targets: Targets) -> Result<bool, String> {
     let mut notes = Vec::new();
     for load in loads() {
         let paths = if load.udp { targets.udp } else { targets.tcp };
+        let [direct, _] = paths;
         let plan = BenchPlan {
             workload: load.workload.clone(),
-            target: paths[0],
+            target: direct,
             duration: run_for,
             warmup: warm_for,
             rate: None,
