@@ -125,11 +125,11 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 2 << 20, value_name = "BYTES")]
     pub max_stream: usize,
 
-    /// Measured time of each load (tcp-rr, tcp-stream, udp-rr), direct and through ringfwd.
+    /// Measured time of each load (tcp-rr, tcp-stream, udp-rr), direct and through ringfwd; shared by its 3 interleaved runs.
     #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub duration: String,
 
-    /// Warmup before each load is measured.
+    /// Warmup before each load is measured; shared by its 3 interleaved runs.
     #[arg(long, default_value = "500ms", value_name = "DURATION")]
     pub warmup: String,
 }

@@ -2,8 +2,10 @@
 //! forwarder on loopback (ports chosen by the kernel, TCP and UDP), pushes
 //! concurrent verified streams through (random sizes and write splits,
 //! half-close), then runs short `ringfwd bench` loads — tcp-rr on 1 and 64
-//! connections, tcp-stream, udp-rr — direct and through ringfwd, and prints
-//! them side by side with latency percentiles.
+//! connections, tcp-stream, udp-rr — direct and through ringfwd, interleaved
+//! over a few rounds, and prints them side by side: each side's median and
+//! range, latency percentiles, the ratio of the medians with its range, and
+//! which loads were too noisy for their ratio to mean much.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -15,6 +17,7 @@ use crate::cli::DemoArgs;
 use crate::config::units::{format_duration, parse_duration};
 use crate::config::{HostFacts, Overrides, Plan};
 use crate::runtime::{Runtime, exit};
+use crate::stats::CloseReason;
 use crate::sys::host::{self, human_bytes};
 use crate::verify::{Pattern, Rng};
 
@@ -163,28 +166,161 @@ fn loads() -> Vec<Load> {
     ]
 }
 
-/// Rate (or bit rate) and latency columns of one row.
-fn cells(s: &Summary) -> String {
-    let rate = match s.plan.workload {
-        Workload::TcpStream { .. } => {
-            let (up, down) = s.bits();
-            format!("{}bit/s", si(up + down))
+/// Interleaved runs of each load on each path: one run can be disturbed by
+/// other load on the host, and a lone ratio cannot show that.
+const ROUNDS: u32 = 3;
+/// A side whose min–max over its runs exceeds this share of its median is
+/// flagged noisy.
+const NOISY_SPREAD: f64 = 0.20;
+
+/// Median and range of one side's samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(samples: &[f64]) -> Option<Spread> {
+        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        let (&min, &max) = (v.first()?, v.last()?);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            *v.get(mid)?
+        } else {
+            (*v.get(mid - 1)? + *v.get(mid)?) / 2.0
+        };
+        Some(Spread { median, min, max })
+    }
+
+    /// min–max as a share of the median (infinite for a zero median).
+    fn relative(&self) -> f64 {
+        if self.median > 0.0 {
+            (self.max - self.min) / self.median
+        } else if self.max > self.min {
+            f64::INFINITY
+        } else {
+            0.0
         }
-        _ => format!("{}/s", si(s.rate())),
+    }
+}
+
+/// Which side of a comparison moved between its runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moved {
+    Baseline,
+    Forwarded,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Noise {
+    Steady,
+    Noisy(Moved),
+}
+
+/// One load, direct against through the forwarder, over its rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Comparison {
+    direct: Spread,
+    forwarded: Spread,
+    /// Median forwarded over median direct; none for a zero baseline.
+    ratio: Option<f64>,
+    /// Lowest and highest ratio of one round's pair (run back to back, so
+    /// they shared the host's conditions).
+    ratio_range: Option<(f64, f64)>,
+    noise: Noise,
+}
+
+/// Summarises rounds of (direct, forwarded) headline figures; `None`
+/// without a round.
+fn compare(rounds: &[(f64, f64)], noisy_spread: f64) -> Option<Comparison> {
+    let direct = Spread::of(&rounds.iter().map(|r| r.0).collect::<Vec<_>>())?;
+    let forwarded = Spread::of(&rounds.iter().map(|r| r.1).collect::<Vec<_>>())?;
+    let ratio = (direct.median > 0.0).then(|| forwarded.median / direct.median);
+    let paired: Vec<f64> = rounds
+        .iter()
+        .filter(|(d, _)| *d > 0.0)
+        .map(|(d, f)| f / d)
+        .collect();
+    let ratio_range = Spread::of(&paired).map(|s| (s.min, s.max));
+    let noise = match (
+        direct.relative() > noisy_spread,
+        forwarded.relative() > noisy_spread,
+    ) {
+        (false, false) => Noise::Steady,
+        (true, false) => Noise::Noisy(Moved::Baseline),
+        (false, true) => Noise::Noisy(Moved::Forwarded),
+        (true, true) => Noise::Noisy(Moved::Both),
     };
-    let lat = s.latency().map_or_else(
-        || format!("{:>9} {:>9} {:>9} {:>9}", "-", "-", "-", "-"),
-        |l| {
-            format!(
-                "{:>9} {:>9} {:>9} {:>9}",
-                dur(l.p50),
-                dur(l.p90),
-                dur(l.p99),
-                dur(l.p99_9)
-            )
-        },
-    );
-    format!("{rate:>14} {lat}")
+    Some(Comparison {
+        direct,
+        forwarded,
+        ratio,
+        ratio_range,
+        noise,
+    })
+}
+
+/// The plain-words note under the table for a noisy load.
+fn noise_note(label: &str, c: &Comparison, unit: &str) -> Option<String> {
+    let Noise::Noisy(moved) = c.noise else {
+        return None;
+    };
+    let side = |name: &str, s: &Spread| {
+        let share = if s.relative().is_finite() {
+            format!("{:.0}% of its median", s.relative() * 100.0)
+        } else {
+            "its median is 0".into()
+        };
+        format!(
+            "{name} ranged {}{unit} to {}{unit} ({share})",
+            si(s.min),
+            si(s.max)
+        )
+    };
+    let what = match moved {
+        Moved::Baseline => side("the baseline", &c.direct),
+        Moved::Forwarded => side("the forwarded runs", &c.forwarded),
+        Moved::Both => format!(
+            "{}, and {}",
+            side("the baseline", &c.direct),
+            side("the forwarded runs", &c.forwarded)
+        ),
+    };
+    Some(format!(
+        "  {label}: {what}; other load on this host moved it, so read its ratio as rough."
+    ))
+}
+
+/// The bench runs of one load on one path, and what failed.
+#[derive(Default)]
+struct Runs {
+    ok: Vec<Summary>,
+    failures: Vec<String>,
+}
+
+/// The unit of a load's headline figure.
+fn unit_of(w: &Workload) -> &'static str {
+    match w {
+        Workload::TcpStream { .. } => "bit/s",
+        _ => "/s",
+    }
+}
+
+fn latency_cells(s: Option<&Summary>) -> String {
+    match s.and_then(Summary::latency) {
+        Some(l) => format!(
+            "{:>9} {:>9} {:>9} {:>9}",
+            dur(l.p50),
+            dur(l.p90),
+            dur(l.p99),
+            dur(l.p99_9)
+        ),
+        None => format!("{:>9} {:>9} {:>9} {:>9}", "-", "-", "-", "-"),
+    }
 }
 
 fn headline(s: &Summary) -> f64 {
@@ -195,6 +331,108 @@ fn headline(s: &Summary) -> f64 {
         }
         _ => s.rate(),
     }
+}
+
+/// The run whose figure is nearest the median: its latencies are shown.
+fn median_run(runs: &[Summary], median: f64) -> Option<&Summary> {
+    runs.iter().min_by(|a, b| {
+        (headline(a) - median)
+            .abs()
+            .total_cmp(&(headline(b) - median).abs())
+    })
+}
+
+/// Runs `plan` ROUNDS times against each of `targets`, interleaved and
+/// alternating which goes first, so a disturbance of the host hits both
+/// sides alike.
+fn measure(plan: &BenchPlan, targets: [SocketAddr; 2]) -> [Runs; 2] {
+    let mut runs: [Runs; 2] = Default::default();
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let (Some(&target), Some(out)) = (targets.get(side), runs.get_mut(side)) else {
+                continue;
+            };
+            let plan = BenchPlan {
+                target,
+                ..plan.clone()
+            };
+            match crate::bench::execute(&plan, false, "ringfwd demo".into()) {
+                Ok(s) => {
+                    if let Some(f) = s.failure() {
+                        out.failures.push(f);
+                    }
+                    out.ok.push(s);
+                }
+                Err(e) => out.failures.push(e),
+            }
+        }
+    }
+    runs
+}
+
+/// Prints one load's two rows (and its failures); returns its noise note
+/// and whether every run passed.
+fn show_load(load: &Load, runs: &[Runs; 2]) -> (Option<String>, bool) {
+    let unit = unit_of(&load.workload);
+    let [direct, forwarded] = runs;
+    let rounds: Vec<(f64, f64)> = direct
+        .ok
+        .iter()
+        .zip(&forwarded.ok)
+        .map(|(d, f)| (headline(d), headline(f)))
+        .collect();
+    let cmp = compare(&rounds, NOISY_SPREAD);
+    let mut passed = true;
+    for (path, side) in [("direct", direct), ("ringfwd", forwarded)] {
+        let label = if path == "direct" { load.label } else { "" };
+        let spread = cmp.map(|c| {
+            if path == "direct" {
+                c.direct
+            } else {
+                c.forwarded
+            }
+        });
+        let moved = match cmp.map(|c| c.noise) {
+            Some(Noise::Noisy(Moved::Both)) => true,
+            Some(Noise::Noisy(Moved::Baseline)) => path == "direct",
+            Some(Noise::Noisy(Moved::Forwarded)) => path == "ringfwd",
+            _ => false,
+        };
+        let (rate, range) = spread.map_or(("-".into(), "-".into()), |s| {
+            (
+                format!("{}{unit}", si(s.median)),
+                format!(
+                    "{}–{}",
+                    si(s.min).replace(' ', ""),
+                    si(s.max).replace(' ', "")
+                ),
+            )
+        });
+        let shown = spread.and_then(|s| median_run(&side.ok, s.median));
+        let flag = if moved { "noisy" } else { "" };
+        let ratio = match (path, cmp) {
+            ("ringfwd", Some(c)) => {
+                let r = c.ratio.map_or("-".into(), |r| format!("{r:.2}x"));
+                let span = c
+                    .ratio_range
+                    .map_or("-".into(), |(lo, hi)| format!("{lo:.2}–{hi:.2}"));
+                format!("{span:>11} {r:>7}")
+            }
+            _ => String::new(),
+        };
+        let row = format!(
+            "  {label:<22} {path:<8} {rate:>14} {range:>17} {flag:<5} {} {ratio}",
+            latency_cells(shown)
+        );
+        println!("{}", row.trim_end());
+        for f in side.failures.iter().take(3) {
+            passed = false;
+            println!("  {:<22} FAILED: {f}", "");
+        }
+    }
+    let note = cmp.and_then(|c| noise_note(load.label, &c, unit));
+    (note, passed)
 }
 
 pub fn run(args: &DemoArgs) -> u8 {
@@ -228,6 +466,23 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
     println!("  echo upstream  tcp {echo_addr}  udp {echo_udp}");
     println!("  forwarder      tcp {fwd_addr} -> {echo_addr}  udp {fwd_udp} -> {echo_udp}\n");
 
+    let streams_ok = verified_streams(args, fwd_addr);
+    let loads_ok = run_loads(
+        args,
+        Targets {
+            tcp: [echo_addr, fwd_addr],
+            udp: [echo_udp, fwd_udp],
+        },
+    )?;
+    show_counters(&mut fwd);
+    let _ = fwd.shutdown();
+    let _ = echo.shutdown();
+    Ok(streams_ok && loads_ok)
+}
+
+/// Pushes `--streams` concurrent verified streams through the forwarder;
+/// true when every byte came back.
+fn verified_streams(args: &DemoArgs, fwd_addr: SocketAddr) -> bool {
     let mut rng = Rng::new(0xdead_beef);
     let t = Instant::now();
     let handles: Vec<_> = (0..args.streams)
@@ -264,69 +519,91 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
             println!("             {f}");
         }
     }
+    failures.is_empty()
+}
 
-    let mut ok = failures.is_empty();
+/// [direct, through the forwarder] addresses.
+struct Targets {
+    tcp: [SocketAddr; 2],
+    udp: [SocketAddr; 2],
+}
+
+/// Runs every load on both paths and prints the table and its noise notes;
+/// true when every run passed.
+fn run_loads(args: &DemoArgs, targets: Targets) -> Result<bool, String> {
     let duration = parse_duration(&args.duration)
         .map_err(|e| format!("--duration {:?}: {e}", args.duration))?;
     let warmup =
         parse_duration(&args.warmup).map_err(|e| format!("--warmup {:?}: {e}", args.warmup))?;
+    // The time of one load on one path is shared by its rounds, so the demo
+    // takes about as long as with one run each.
+    // Whole milliseconds: they print plainly and no run is shorter for it.
+    let share = |d: Duration| Duration::from_millis((d / ROUNDS).as_millis() as u64);
+    let (run_for, warm_for) = (share(duration).max(Duration::from_millis(1)), share(warmup));
     // The generator gets one shard, on the last CPU (with the echo upstream);
     // the forwarder has a shard on every CPU.
     let gen_cpu = *host::available_cpus().last().unwrap_or(&0);
     println!(
-        "\nloads: {} measured after {} warmup each, every response verified; generator on CPU {gen_cpu}",
-        format_duration(duration),
-        format_duration(warmup)
+        "\nloads: {ROUNDS} interleaved runs per path (straight to the echo upstream, and through the forwarder), each {} measured after {} warmup; every response verified; generator on CPU {gen_cpu}",
+        format_duration(run_for),
+        format_duration(warm_for)
     );
     println!(
-        "  {:<22} {:<8} {:>14} {:>9} {:>9} {:>9} {:>9} {:>8}",
-        "load", "path", "rate", "p50", "p90", "p99", "p99.9", "vs direct"
+        "  {:<22} {:<8} {:>14} {:>17} {:<5} {:>9} {:>9} {:>9} {:>9} {:>11} {:>7}",
+        "load",
+        "path",
+        "median",
+        "min–max",
+        "",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "ratio range",
+        "vs direct"
     );
+    let mut ok = true;
+    let mut notes = Vec::new();
     for load in loads() {
-        let mut direct_rate = None;
-        for (path, target) in [
-            ("direct", if load.udp { echo_udp } else { echo_addr }),
-            ("ringfwd", if load.udp { fwd_udp } else { fwd_addr }),
-        ] {
-            let plan = BenchPlan {
-                workload: load.workload.clone(),
-                target,
-                duration,
-                warmup,
-                rate: None,
-                timeout: Duration::from_secs(2),
-                cpus: vec![gen_cpu],
-                json: None,
-                progress: false,
-                busy_poll: None,
-            };
-            let label = if path == "direct" { load.label } else { "" };
-            match crate::bench::execute(&plan, false, "ringfwd demo".into()) {
-                Ok(s) => {
-                    let ratio = match direct_rate {
-                        None => {
-                            direct_rate = Some(headline(&s));
-                            String::new()
-                        }
-                        Some(d) if d > 0.0 => format!("{:.2}x", headline(&s) / d),
-                        Some(_) => "-".into(),
-                    };
-                    println!("  {label:<22} {path:<8} {} {ratio:>8}", cells(&s));
-                    if let Some(f) = s.failure() {
-                        ok = false;
-                        println!("  {:<22} FAILED: {f}", "");
-                    }
-                }
-                Err(e) => {
-                    ok = false;
-                    println!("  {label:<22} {path:<8} FAILED: {e}");
-                }
-            }
+        let paths = if load.udp { targets.udp } else { targets.tcp };
+        let [direct, _] = paths;
+        let plan = BenchPlan {
+            workload: load.workload.clone(),
+            target: direct,
+            duration: run_for,
+            warmup: warm_for,
+            rate: None,
+            timeout: Duration::from_secs(2),
+            cpus: vec![gen_cpu],
+            json: None,
+            progress: false,
+            busy_poll: None,
+        };
+        let runs = measure(&plan, paths);
+        let (note, passed) = show_load(&load, &runs);
+        ok &= passed;
+        notes.extend(note);
+    }
+    if notes.is_empty() {
+        println!(
+            "\nsteady: on every load each side's min–max over its {ROUNDS} runs is within {:.0}% of its median.",
+            NOISY_SPREAD * 100.0
+        );
+    } else {
+        println!(
+            "\nnoisy: a side's min–max over its {ROUNDS} runs is more than {:.0}% of its median; the ratio of such a load is not a clean measurement of the forwarder:",
+            NOISY_SPREAD * 100.0
+        );
+        for n in notes {
+            println!("{n}");
         }
     }
+    Ok(ok)
+}
 
-    // The load clients have closed; give the forwarder a moment to see their
-    // FINs so the counters show every connection closed.
+/// Prints the forwarder's counters once the load clients' connections are
+/// closed; every client of the demo ends with a FIN, so a reset is named.
+fn show_counters(fwd: &mut Runtime) {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut stats = fwd.snapshot(Duration::from_secs(2));
     while stats.active > 0 && Instant::now() < deadline {
@@ -334,7 +611,101 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         stats = fwd.snapshot(Duration::from_secs(2));
     }
     println!("\nforwarder counters: {}", stats.to_kv());
-    let _ = fwd.shutdown();
-    let _ = echo.shutdown();
-    Ok(ok)
+    let resets = stats.closes_for(CloseReason::ClientReset);
+    if resets > 0 {
+        println!(
+            "note: {resets} connection(s) were ended by a client reset; the demo's clients end with a FIN, so a stream was cut off at the end of its run"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_the_median_and_range_of_the_samples() {
+        let s = Spread::of(&[12.0, 10.0, 11.0]).expect("samples");
+        assert_eq!(
+            s,
+            Spread {
+                median: 11.0,
+                min: 10.0,
+                max: 12.0
+            }
+        );
+        assert!((s.relative() - 2.0 / 11.0).abs() < 1e-12);
+        let even = Spread::of(&[4.0, 1.0, 3.0, 2.0]).expect("samples");
+        assert_eq!(even.median, 2.5);
+        assert_eq!(Spread::of(&[]), None);
+        assert_eq!(Spread::of(&[0.0, 0.0]).map(|s| s.relative()), Some(0.0));
+        assert_eq!(
+            Spread::of(&[0.0, 0.0, 5.0]).map(|s| s.relative()),
+            Some(f64::INFINITY)
+        );
+    }
+
+    #[test]
+    fn steady_rounds_give_the_ratio_of_medians_and_the_paired_range() {
+        let c = compare(&[(100.0, 90.0), (104.0, 91.0), (98.0, 95.0)], 0.2).expect("rounds");
+        assert_eq!(c.noise, Noise::Steady);
+        assert_eq!(c.direct.median, 100.0);
+        assert_eq!(c.forwarded.median, 91.0);
+        assert!((c.ratio.expect("ratio") - 0.91).abs() < 1e-12);
+        let (lo, hi) = c.ratio_range.expect("range");
+        assert!((lo - 91.0 / 104.0).abs() < 1e-12, "{lo}");
+        assert!((hi - 95.0 / 98.0).abs() < 1e-12, "{hi}");
+        assert_eq!(noise_note("x", &c, "/s"), None);
+    }
+
+    #[test]
+    fn a_disturbed_baseline_is_flagged_and_named_in_plain_words() {
+        // The reported case: the direct run was disturbed in one round and the
+        // lone ratio read 5.48x.
+        let c = compare(
+            &[
+                (10_000.0, 54_800.0),
+                (60_000.0, 55_000.0),
+                (59_000.0, 54_000.0),
+            ],
+            0.2,
+        )
+        .expect("rounds");
+        assert_eq!(c.noise, Noise::Noisy(Moved::Baseline));
+        // The median is robust to the one disturbed round.
+        assert!((c.ratio.expect("ratio") - 54_800.0 / 59_000.0).abs() < 1e-12);
+        let note = noise_note("tcp-rr 64 B, 1 conn", &c, "/s").expect("a note");
+        assert!(
+            note.contains("the baseline ranged 10.0 k/s to 60.0 k/s"),
+            "{note}"
+        );
+        assert!(note.contains("85% of its median"), "{note}");
+        assert!(note.contains("other load on this host"), "{note}");
+        let zero = compare(&[(0.0, 5.0), (0.0, 5.0), (9.0, 5.0)], 0.2).expect("rounds");
+        let note = noise_note("z", &zero, "/s").expect("a note");
+        assert!(note.contains("(its median is 0)"), "{note}");
+    }
+
+    #[test]
+    fn the_threshold_decides_which_side_is_noisy() {
+        // Direct spread 20/100 = exactly the threshold: not over it.
+        let rounds = [(90.0, 50.0), (100.0, 80.0), (110.0, 100.0)];
+        assert_eq!(
+            compare(&rounds, 0.2).map(|c| c.noise),
+            Some(Noise::Noisy(Moved::Forwarded))
+        );
+        assert_eq!(
+            compare(&rounds, 0.1).map(|c| c.noise),
+            Some(Noise::Noisy(Moved::Both))
+        );
+        assert_eq!(compare(&rounds, 1.0).map(|c| c.noise), Some(Noise::Steady));
+        assert_eq!(compare(&[], 0.2), None);
+    }
+
+    #[test]
+    fn a_zero_baseline_gives_no_ratio() {
+        let c = compare(&[(0.0, 5.0), (0.0, 5.0)], 0.2).expect("rounds");
+        assert_eq!(c.ratio, None);
+        assert_eq!(c.ratio_range, None);
+    }
 }

@@ -4,7 +4,8 @@
 //! Layers, top to bottom (dependencies point down only):
 //! `cli`/`main` → `config` → `runtime` (control thread) → `shard` (event loop) →
 //! `tcp` (relay state machines, no I/O) → `ring`/`sys` (everything that talks to the kernel).
-//! See `../shared/DESIGN.md` and README.md.
+//! See ARCHITECTURE.md (the code map, the life of a connection and a datagram)
+//! and README.md.
 
 pub mod bench;
 pub mod cli;

@@ -80,31 +80,7 @@ pub fn run(args: &BenchArgs) -> u8 {
 /// Runs `plan` to the end and merges what every shard measured.
 pub fn execute(plan: &BenchPlan, progress: bool, command: String) -> Result<Summary, String> {
     let shards = plan.shards();
-    let total = plan.workload.conns();
-    let (tx, rx) = mpsc::channel();
-    let mut gos = Vec::new();
-    let mut threads = Vec::new();
-    for (index, &cpu) in plan.cpus.iter().enumerate() {
-        let conns: Vec<u32> = (0..total)
-            .filter(|c| *c as usize % shards == index)
-            .collect();
-        let setup = ShardSetup {
-            index,
-            cpu,
-            plan: plan.clone(),
-            conns,
-            total_conns: total,
-        };
-        let (go_tx, go_rx) = mpsc::channel();
-        gos.push(go_tx);
-        let reports = tx.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("bench-{index}"))
-            .spawn(move || shard::run(setup, reports, go_rx))
-            .map_err(|e| format!("cannot start generator shard {index}: {e}"))?;
-        threads.push(t);
-    }
-    drop(tx);
+    let Spawned { rx, gos, threads } = spawn_shards(plan)?;
     let abort = |gos: &[mpsc::Sender<Option<Instant>>]| {
         for g in gos {
             let _ = g.send(None);
@@ -202,6 +178,45 @@ pub fn execute(plan: &BenchPlan, progress: bool, command: String) -> Result<Summ
         clean,
         command,
     })
+}
+
+/// The generator shards of a run, started and waiting for the common start.
+struct Spawned {
+    rx: mpsc::Receiver<Report>,
+    /// Each shard's start signal: the common epoch, or `None` to abort.
+    gos: Vec<mpsc::Sender<Option<Instant>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Spreads the connections or flows over one pinned shard per CPU of `plan`.
+fn spawn_shards(plan: &BenchPlan) -> Result<Spawned, String> {
+    let shards = plan.shards();
+    let total = plan.workload.conns();
+    let (tx, rx) = mpsc::channel();
+    let mut gos = Vec::new();
+    let mut threads = Vec::new();
+    for (index, &cpu) in plan.cpus.iter().enumerate() {
+        let conns: Vec<u32> = (0..total)
+            .filter(|c| *c as usize % shards == index)
+            .collect();
+        let setup = ShardSetup {
+            index,
+            cpu,
+            plan: plan.clone(),
+            conns,
+            total_conns: total,
+        };
+        let (go_tx, go_rx) = mpsc::channel();
+        gos.push(go_tx);
+        let reports = tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("bench-{index}"))
+            .spawn(move || shard::run(setup, reports, go_rx))
+            .map_err(|e| format!("cannot start generator shard {index}: {e}"))?;
+        threads.push(t);
+    }
+    drop(tx);
+    Ok(Spawned { rx, gos, threads })
 }
 
 fn join(threads: Vec<std::thread::JoinHandle<()>>) {

@@ -531,3 +531,121 @@ fn tcp_stream_up_to_a_sink_and_down_from_a_source_and_rr_with_a_response_size() 
     assert_eq!(code, Some(1), "an upload to a source must fail: {v:#}");
     assert!(f(&v, "errors.verify") >= 1.0, "{v:#}");
 }
+
+/// Streams end like the request/response modes: a FIN from the generator,
+/// the rest read up to the target's FIN, and a close with nothing unread. So
+/// the forwarder under test counts every connection as ended by the client's
+/// FIN and none by a reset, in every direction.
+#[test]
+fn tcp_stream_ends_its_connections_with_a_fin_not_a_reset() {
+    let e = Proc::start(
+        &[
+            "echo",
+            "--tcp",
+            "127.0.0.1:0",
+            "--tcp-sink",
+            "127.0.0.1:0",
+            "--tcp-source",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ],
+        3,
+    );
+    let of = |kind: &str| -> SocketAddr {
+        e.listening
+            .iter()
+            .find(|(k, _, _)| k == kind)
+            .map(|(_, _, a)| *a)
+            .unwrap_or_else(|| panic!("no {kind} listener in {:?}", e.listening))
+    };
+    for (direction, kind) in [
+        ("up", "echo-sink"),
+        ("down", "echo-source"),
+        ("both", "echo"),
+    ] {
+        let fwd = forwarder(&[of(kind)], "", "shards = 1");
+        let t = fwd.first_addr().to_string();
+        let (code, v, err) = bench(&[
+            "tcp-stream",
+            "--target",
+            &t,
+            "--direction",
+            direction,
+            "--connections",
+            "3",
+        ]);
+        assert_eq!(code, Some(0), "{direction}: {err}");
+        assert_eq!(v["ok"], Value::Bool(true), "{direction}: {v:#}");
+        let eof = fwd.wait_stat("close_client_eof", Duration::from_secs(5), |n| n >= 3);
+        assert_eq!(eof, 3, "{direction}: one client FIN per connection");
+        assert_eq!(
+            fwd.stat("close_client_reset"),
+            0,
+            "{direction}: the generator reset a connection; log:\n{}",
+            fwd.log()
+        );
+    }
+}
+
+/// The demo runs each load direct and through its forwarder in interleaved
+/// rounds and shows each side's median and range, the ratio of the medians
+/// and the range of the paired ratios, and says in words whether any side
+/// was noisy. Its clients all end with a FIN: its forwarder counts no reset.
+#[test]
+fn the_demo_shows_the_spread_of_interleaved_runs_and_its_clients_never_reset() {
+    let (code, out, err) = run_to_end(&[
+        "demo",
+        "--streams",
+        "8",
+        "--max-stream",
+        "200000",
+        "--duration",
+        "600ms",
+        "--warmup",
+        "150ms",
+    ]);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("3 interleaved runs per path") && out.contains("each 200ms measured"),
+        "the runs share --duration:\n{out}"
+    );
+    assert!(
+        out.contains("min–max") && out.contains("ratio range"),
+        "{out}"
+    );
+    // Every ringfwd row: median, min–max, latencies, paired range, ratio.
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains(" ringfwd ")).collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let ratio = cols.last().expect("a ratio");
+        assert!(ratio.ends_with('x'), "{row}");
+        let range = cols.get(cols.len() - 2).expect("a range");
+        let (lo, hi) = range.split_once('–').expect("lo–hi");
+        let (lo, hi, r): (f64, f64, f64) = (
+            lo.parse().expect("lo"),
+            hi.parse().expect("hi"),
+            ratio.trim_end_matches('x').parse().expect("ratio"),
+        );
+        assert!(lo <= hi && lo > 0.0, "{row}");
+        // The ratio of medians need not lie in the paired range, but it is
+        // of the same order.
+        assert!(r > lo / 4.0 && r < hi * 4.0, "{row}");
+    }
+    assert!(
+        out.contains("\nsteady: on every load") || out.contains("\nnoisy: a side's min–max"),
+        "the noise verdict in words:\n{out}"
+    );
+    let counters = out
+        .lines()
+        .find_map(|l| l.strip_prefix("forwarder counters: "))
+        .expect("the forwarder's counters");
+    let kv = crate::harness::parse_kv(counters);
+    assert_eq!(kv.get("close_client_reset"), Some(&0), "{counters}");
+    assert_eq!(
+        kv.get("close_client_eof"),
+        kv.get("accepted"),
+        "every connection ended by the client's FIN: {counters}"
+    );
+}

@@ -5,8 +5,10 @@
 mod bench;
 mod config;
 mod dns;
+mod docs;
 mod echo_modes;
 mod harness;
+mod known;
 mod lifecycle;
 mod limits;
 mod relay;

@@ -122,6 +122,13 @@ pub fn run(setup: ShardSetup, reports: Sender<Report>, go: Receiver<Option<Insta
 enum ConnState {
     Connecting,
     Open,
+    /// tcp-stream after the window: nothing more is queued; the FIN goes out
+    /// once the send in flight is back.
+    Finishing,
+    /// tcp-stream after the window: FIN sent, reading (and dropping) until
+    /// the target's FIN, so the close finds nothing unread and sends a FIN,
+    /// not a reset.
+    Draining,
     /// Cancel issued; the close follows once every operation is back.
     Closing,
 }
@@ -385,12 +392,16 @@ impl Gen {
         let mut next_progress = PROGRESS_EVERY_NS;
         let mut next_scan = TIMEOUT_SCAN_NS;
         let mut warm = self.clock.warm_end == 0;
-        // After the window: UDP replies still count, and TCP requests in
-        // flight are let finish so connections end with a clean close, not
-        // a reset from unread responses.
+        // After the window: UDP replies still count, TCP requests in flight
+        // are let finish and streams are ended with a FIN and read to the
+        // target's FIN, so connections end with a clean close, not a reset
+        // from unread bytes. Past `stop_at` whatever is left is cut off.
         let stop_at = self.clock.end + END_GRACE_NS.min(self.timeout_ns);
         self.begin(now);
         loop {
+            if now >= self.clock.end {
+                self.finish_streams();
+            }
             if now >= stop_at || (now >= self.clock.end && self.settled()) {
                 break;
             }
@@ -470,7 +481,12 @@ impl Gen {
     /// Nothing is awaited any more (checked only after the window).
     fn settled(&self) -> bool {
         match self.w {
-            Workload::TcpStream { .. } => true,
+            // Every stream has seen the target's FIN and is closing.
+            Workload::TcpStream { .. } => self.tcp.ids().into_iter().all(|slot| {
+                self.tcp
+                    .get(slot)
+                    .is_none_or(|c| c.state == ConnState::Closing)
+            }),
             Workload::UdpRr { .. } | Workload::UdpStream { .. } => false,
             _ => self.tcp.ids().into_iter().all(|slot| {
                 self.tcp

@@ -212,12 +212,52 @@ impl Gen {
         }
     }
 
+    /// After the window: every open stream stops queueing and ends with a
+    /// FIN (at once, or when its send in flight is back), then reads on to
+    /// the target's FIN. The request/response modes need none of this: they
+    /// stop issuing and close once their responses are in, with nothing
+    /// unread.
+    pub(super) fn finish_streams(&mut self) {
+        if !matches!(self.w, Workload::TcpStream { .. }) {
+            return;
+        }
+        for slot in self.tcp.ids() {
+            if let Some(c) = self.tcp.get_mut(slot)
+                && c.state == ConnState::Open
+            {
+                c.state = ConnState::Finishing;
+                c.tx_owed = 0;
+                self.send_fin(slot);
+            }
+        }
+    }
+
+    /// A finishing stream with no send in flight: shutdown(SHUT_WR) queues
+    /// its FIN, and it drains.
+    fn send_fin(&mut self, slot: SlotId) {
+        let Some(c) = self.tcp.get_mut(slot) else {
+            return;
+        };
+        if c.state != ConnState::Finishing || c.sending {
+            return;
+        }
+        let Some(fd) = c.fd else { return };
+        match socket::shutdown_write(fd) {
+            Ok(()) => c.state = ConnState::Draining,
+            // Nothing to drain on a connection that is already gone.
+            Err(_) => self.close_conn(slot, false),
+        }
+    }
+
     pub(super) fn on_sent(&mut self, slot: SlotId, res: i32, now: u64) {
         let measuring = self.clock.measuring(now);
         let Some(c) = self.tcp.get_mut(slot) else {
             return;
         };
         c.sending = false;
+        if c.state == ConnState::Finishing {
+            return self.send_fin(slot);
+        }
         if c.state != ConnState::Open {
             return;
         }
@@ -256,14 +296,14 @@ impl Gen {
                 }),
             }
         } else if res == 0 {
-            let open = self
-                .tcp
-                .get(slot)
-                .is_some_and(|c| c.state == ConnState::Open);
-            if open {
-                self.fail_conn(slot, ErrorKind::Reset, || {
+            match self.tcp.get(slot).map(|c| c.state) {
+                Some(ConnState::Open) => self.fail_conn(slot, ErrorKind::Reset, || {
                     "the target closed the connection in the middle of the load".into()
-                });
+                }),
+                // The target's FIN after ours: everything was read, so the
+                // close sends no reset.
+                Some(ConnState::Finishing | ConnState::Draining) => self.close_conn(slot, false),
+                _ => {}
             }
             return;
         } else if -res != libc::ENOBUFS && -res != libc::ECANCELED {
@@ -280,7 +320,11 @@ impl Gen {
         // Re-arm a receive that ended (ENOBUFS, or single-shot crr).
         let Some(c) = self.tcp.get(slot) else { return };
         let Some(fd) = c.fd else { return };
-        if more || c.state != ConnState::Open {
+        let reading = matches!(
+            c.state,
+            ConnState::Open | ConnState::Finishing | ConnState::Draining
+        );
+        if more || !reading {
             return;
         }
         match self.w {
