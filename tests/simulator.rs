@@ -1069,8 +1069,12 @@ impl Sim {
             }
         };
         let seed = self.seed;
+        // A client whose every upstream failed gets a FIN with nothing before it.
+        let never_connected = !self.conns[conn].connected;
         let peer = self.peer_mut(conn, role);
-        if !peer.reset {
+        if never_connected && role == Role::Client {
+            peer.got_fin = true;
+        } else if !peer.reset {
             assert_eq!(
                 peer.received, other_total,
                 "seed {seed}: FIN forwarded to {role:?} of conn {conn} before all data"
@@ -1464,6 +1468,17 @@ fn final_checks(sim: &mut Sim) {
             stats.accepted,
             stats.to_kv()
         );
+    }
+    // A client whose every upstream failed got a FIN (not just a close,
+    // which resets a client that sent data).
+    for (i, c) in sim.conns.iter().enumerate() {
+        if !c.connected && !sim.rejected[i] {
+            check!(
+                sim,
+                c.client.got_fin,
+                "conn {i}: no upstream, and no FIN to the client"
+            );
+        }
     }
     // A reset from one peer reaches the other as a reset (SO_LINGER 0 before
     // close), and nothing else does.
@@ -2328,5 +2343,244 @@ mod serve_modes {
             assert!(enobufs > 0, "no receive ran out of buffers");
             assert!(short > 0, "no short send");
         }
+    }
+}
+
+/// Scripted runs of the shard engine, one completion at a time: what a
+/// client gets when no upstream answers, and how accepting pauses when the
+/// shard's descriptor budget is spent.
+mod scripted {
+    use ringfwd::shard::engine::{
+        CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Op, RouteSpec,
+    };
+    use ringfwd::stats::CloseReason;
+    use ringfwd::tcp::relay::{LINGER_MAX_BYTES, LINGER_MS};
+
+    const LISTEN_FD: i32 = 3;
+    const CLIENT_FD: i32 = 100;
+    const UPSTREAM_FD: i32 = 101;
+
+    struct Script {
+        engine: Engine,
+        accept: u64,
+    }
+
+    impl Script {
+        fn new(cfg: EngineConfig) -> Script {
+            let mut engine = Engine::new(cfg, 0);
+            engine.start();
+            let mut s = Script { engine, accept: 0 };
+            let ops = s.ops();
+            s.accept = match ops.as_slice() {
+                [Op::AcceptMulti { token, fd }] if *fd == LISTEN_FD => *token,
+                other => panic!("start: expected one accept, got {other:?}"),
+            };
+            s
+        }
+
+        fn forwarder(buffers: u32) -> EngineConfig {
+            EngineConfig {
+                shard: 0,
+                buffers,
+                cap: 4,
+                listeners: vec![ListenerSpec {
+                    name: "dead".into(),
+                    fd: LISTEN_FD,
+                    kind: ListenerKind::Forward { route: 0 },
+                    limit: 1000,
+                }],
+                routes: vec![RouteSpec {
+                    upstreams: vec!["127.0.0.1:1".into()],
+                    idle_ms: 60_000,
+                    half_close_ms: 60_000,
+                }],
+                ..EngineConfig::default()
+            }
+        }
+
+        fn ops(&mut self) -> Vec<Op> {
+            let mut ops = Vec::new();
+            self.engine.take_ops(&mut ops);
+            ops
+        }
+
+        fn cqe(&mut self, user_data: u64, res: i32, flags: u32, now: u64) -> Vec<Op> {
+            self.engine.handle_cqe(user_data, res, flags, now);
+            self.ops()
+        }
+
+        /// Accepts `fd` and refuses its only upstream: returns the client's
+        /// shutdown and receive tokens and the operations that came with them.
+        fn refused_client(&mut self, fd: i32) -> (u64, u64, Vec<Op>) {
+            let ops = self.cqe(self.accept, fd, CQE_F_MORE, 0);
+            let [Op::Socket { token: socket, .. }] = ops.as_slice() else {
+                panic!("accept: expected the upstream socket, got {ops:?}");
+            };
+            let ops = self.cqe(*socket, UPSTREAM_FD, 0, 0);
+            let [
+                Op::Connect {
+                    token,
+                    timeout_token,
+                    ..
+                },
+            ] = ops.as_slice()
+            else {
+                panic!("socket: expected a connect, got {ops:?}");
+            };
+            let (connect, timeout) = (*token, *timeout_token);
+            let mut ops = self.cqe(connect, -libc::ECONNREFUSED, 0, 0);
+            ops.extend(self.cqe(timeout, -libc::ECANCELED, 0, 0));
+            assert!(
+                !ops.iter()
+                    .any(|op| matches!(op, Op::Close { fd: f, .. } if *f == fd)),
+                "the client was closed at once (a reset when it had sent data): {ops:?}"
+            );
+            let shutdown = ops.iter().find_map(|op| match op {
+                Op::Shutdown { token, fd: f } if *f == fd => Some(*token),
+                _ => None,
+            });
+            let recv = ops.iter().find_map(|op| match op {
+                Op::RecvMulti { token, fd: f } if *f == fd => Some(*token),
+                _ => None,
+            });
+            let (Some(shutdown), Some(recv)) = (shutdown, recv) else {
+                panic!("refused: expected a FIN to the client and a receive, got {ops:?}");
+            };
+            for op in &ops {
+                if let Op::Close {
+                    token,
+                    fd: UPSTREAM_FD,
+                    ..
+                } = op
+                {
+                    assert!(self.cqe(*token, 0, 0, 0).is_empty());
+                }
+            }
+            assert!(self.cqe(shutdown, 0, 0, 0).is_empty());
+            (shutdown, recv, ops)
+        }
+
+        fn data(&mut self, recv: u64, bid: u16, len: i32, now: u64) -> Vec<Op> {
+            let flags = CQE_F_BUFFER | CQE_F_MORE | (u32::from(bid) << 16);
+            self.cqe(recv, len, flags, now)
+        }
+
+        /// Completes the client's close (and the cancel before it, if any)
+        /// found in `ops`; checks it is a FIN close, not a reset.
+        fn finish_close(&mut self, recv: u64, ops: Vec<Op>, now: u64) {
+            let mut ops = ops;
+            if let Some(cancel) = ops.iter().find_map(|op| match op {
+                Op::CancelFd {
+                    token,
+                    fd: CLIENT_FD,
+                } => Some(*token),
+                _ => None,
+            }) {
+                ops = self.cqe(recv, -libc::ECANCELED, 0, now);
+                ops.extend(self.cqe(cancel, 1, 0, now));
+            }
+            let close = ops.iter().find_map(|op| match op {
+                Op::Close {
+                    token,
+                    fd: CLIENT_FD,
+                    linger0,
+                } => Some((*token, *linger0)),
+                _ => None,
+            });
+            let Some((close, linger0)) = close else {
+                panic!("expected the client's close, got {ops:?}");
+            };
+            assert!(!linger0, "the client was reset (SO_LINGER 0)");
+            assert!(self.cqe(close, 0, 0, now).is_empty());
+            assert_eq!(self.engine.connections(), 0, "the connection was not freed");
+            assert_eq!(self.engine.held_buffers(), 0, "buffers still held");
+            let stats = self.engine.stats();
+            assert_eq!(
+                stats.closes_for(CloseReason::ConnectRefused),
+                1,
+                "{}",
+                stats.to_kv()
+            );
+        }
+    }
+
+    /// The client sent a request before its upstream refused: it gets a FIN,
+    /// its bytes are read and dropped (each buffer released at once), and its
+    /// own FIN closes the connection at once — a close, not a reset.
+    #[test]
+    fn dead_upstream_gives_the_client_a_fin_and_reads_until_its_fin() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        for bid in [3, 5] {
+            let ops = s.data(recv, bid, 500, 10);
+            assert_eq!(ops, [Op::Release { bid }], "data while lingering");
+            assert_eq!(s.engine.held_buffers(), 0);
+        }
+        let ops = s.cqe(recv, 0, 0, 20);
+        s.finish_close(recv, ops, 20);
+    }
+
+    /// A client that never sends its FIN is closed after `LINGER_MS`.
+    #[test]
+    fn dead_upstream_lingering_ends_after_its_time() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        assert_eq!(s.data(recv, 1, 100, 5), [Op::Release { bid: 1 }]);
+        s.engine.advance(LINGER_MS - 1);
+        assert!(s.ops().is_empty(), "lingering ended early");
+        s.engine.advance(LINGER_MS);
+        let ops = s.ops();
+        s.finish_close(recv, ops, LINGER_MS);
+    }
+
+    /// A client that keeps sending is closed once `LINGER_MAX_BYTES` were dropped.
+    #[test]
+    fn dead_upstream_lingering_ends_at_its_byte_bound() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        let chunk = 16 * 1024;
+        let mut sent = 0;
+        let mut ops = Vec::new();
+        while sent < LINGER_MAX_BYTES {
+            ops = s.data(recv, 2, chunk, 5);
+            sent += chunk as u64;
+            if sent < LINGER_MAX_BYTES {
+                assert_eq!(ops, [Op::Release { bid: 2 }]);
+            }
+        }
+        s.finish_close(recv, ops, 5);
+    }
+
+    /// A stop (drain_timeout passed) ends the lingering at once, still
+    /// counted as the connect failure.
+    #[test]
+    fn stop_ends_lingering_at_once() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        s.engine.stop(5);
+        let ops = s.ops();
+        s.finish_close(recv, ops, 5);
+    }
+
+    /// A lingering receive that finds no buffer waits for buffers like any
+    /// other (it is woken when they return), not a reset.
+    #[test]
+    fn lingering_receive_without_buffers_is_woken() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        assert!(s.cqe(recv, -libc::ENOBUFS, 0, 5).is_empty());
+        s.engine.wake_starved(6);
+        let ops = s.ops();
+        let Some(recv) = ops.iter().find_map(|op| match op {
+            Op::RecvMulti {
+                token,
+                fd: CLIENT_FD,
+            } => Some(*token),
+            _ => None,
+        }) else {
+            panic!("starved lingering receive not re-armed: {ops:?}");
+        };
+        let ops = s.cqe(recv, 0, 0, 7);
+        s.finish_close(recv, ops, 7);
     }
 }

@@ -929,7 +929,7 @@ impl Engine {
                 OpKind::SpliceIn => r.handle_splice_in(side, result(res), now, out, stats),
                 OpKind::SpliceOut => r.handle_splice_out(side, result(res), now, out, stats),
                 OpKind::CancelSplice => r.handle_cancel(out),
-                OpKind::Socket => r.handle_socket(unit(res), out, stats),
+                OpKind::Socket => r.handle_socket(unit(res), now, out, stats),
                 OpKind::Connect => r.handle_connect(unit(res), now, out, stats),
                 OpKind::ConnectTimeout => r.handle_connect_timeout(out),
                 OpKind::Shutdown => r.handle_shutdown(side, unit(res), out),

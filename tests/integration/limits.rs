@@ -38,6 +38,42 @@ fn refused_upstream_closes_the_client_promptly() {
     assert_eq!(fwd.stat("connect_refused"), 1);
 }
 
+/// Every HTTP client sends its request before it reads: with no upstream it
+/// must see the end of the stream (as from HAProxy or NGINX), not the
+/// `ECONNRESET` that closing a socket with unread data sends.
+#[test]
+fn a_dead_upstream_gives_a_client_that_sent_data_a_fin_not_a_reset() {
+    let (_guard, dead) = dead_port();
+    let fwd = forwarder(&[dead], "", "shards = 1");
+    let clients = 10;
+    for i in 0..clients {
+        let mut c = TcpStream::connect(fwd.first_addr()).expect("connect");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+            .expect("request");
+        let (end, _) = wait_closed(&mut c, Duration::from_secs(5));
+        assert_eq!(end, Ok(0), "client {i}: an end of stream, not a reset");
+    }
+    fwd.wait_stat("close_connect_refused", Duration::from_secs(5), |v| {
+        v == clients
+    });
+}
+
+/// The same when the request surely arrived first: the upstream times out.
+#[test]
+fn a_timed_out_upstream_gives_a_client_that_sent_data_a_fin_not_a_reset() {
+    let (_l, _filler, hole) = blackhole();
+    let fwd = forwarder(&[hole], r#"connect_timeout = "300ms""#, "shards = 1");
+    let mut c = TcpStream::connect(fwd.first_addr()).expect("connect");
+    c.write_all(&[7u8; 20_000]).expect("request");
+    let (end, took) = wait_closed(&mut c, Duration::from_secs(10));
+    assert_eq!(end, Ok(0), "an end of stream, not a reset");
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+    // Its own FIN ends the lingering at once.
+    drop(c);
+    fwd.wait_stat("close_connect_timeout", Duration::from_secs(5), |v| v == 1);
+    assert_eq!(fwd.stat("active"), 0);
+}
+
 #[test]
 fn a_refused_upstream_is_skipped_for_the_next_one() {
     let (_guard, dead) = dead_port();
