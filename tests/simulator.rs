@@ -20,8 +20,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use ringfwd::shard::engine::{
-    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Op, PipeFds,
-    RouteSpec,
+    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, FdBudget, ListenerKind, ListenerSpec, Op,
+    PipeFds, RouteSpec,
 };
 use ringfwd::shard::token::{OpKind, Token};
 use ringfwd::stats::CloseReason;
@@ -197,6 +197,8 @@ struct Sim {
     next_fd: i32,
     pending: Vec<Pending>,
     accept: Option<u64>,
+    /// Whether the armed accept is multishot.
+    accept_multi: bool,
     conns: Vec<SimConn>,
     slot_conn: HashMap<(u32, u32), usize>,
     waiting_clients: VecDeque<usize>,
@@ -216,6 +218,14 @@ struct Sim {
     pipes_gone: usize,
     /// Pipes discarded (each must have held data).
     pipes_discarded: usize,
+    /// Descriptors the engine may hold for connections (None: no limit).
+    fd_budget: Option<u32>,
+}
+
+/// One seed in four runs with a descriptor budget of one to three relays
+/// (taken from the seed, not the random stream, so other seeds replay as before).
+fn fd_budget(seed: u64) -> Option<u32> {
+    (seed % 4 == 1).then(|| 2 * (1 + (seed / 4 % 3) as u32))
 }
 
 fn trace() -> bool {
@@ -309,6 +319,7 @@ impl Sim {
                         write: p.write,
                     })
                     .collect(),
+                fd_budget: fd_budget(seed).map_or(FdBudget::Unlimited, FdBudget::Max),
                 ..EngineConfig::default()
             },
             0,
@@ -344,6 +355,7 @@ impl Sim {
             let _ = i;
         }
         let waiting = (0..clients).collect();
+        let fd_budget = fd_budget(seed);
         Sim {
             seed,
             rng,
@@ -358,6 +370,7 @@ impl Sim {
             next_fd,
             pending: Vec::new(),
             accept: None,
+            accept_multi: false,
             conns,
             slot_conn: HashMap::new(),
             waiting_clients: waiting,
@@ -372,6 +385,7 @@ impl Sim {
             pipe_fds,
             pipes_gone: 0,
             pipes_discarded: 0,
+            fd_budget,
         }
     }
 
@@ -456,10 +470,11 @@ impl Sim {
             eprintln!("t={}   op {op:?}", self.now);
         }
         match op {
-            Op::AcceptMulti { token, fd } => {
+            Op::AcceptMulti { token, fd } | Op::Accept { token, fd } => {
                 check!(self, fd == LISTEN_FD, "accept on fd {fd}");
                 check!(self, self.accept.is_none(), "second accept armed");
                 self.accept = Some(token);
+                self.accept_multi = matches!(op, Op::AcceptMulti { .. });
             }
             Op::CancelAccept { token, target } => {
                 let found = self.accept.take() == Some(target);
@@ -1302,7 +1317,7 @@ fn main_loop(sim: &mut Sim) {
                     sim.waiting_clients.pop_front();
                     let fd = sim.new_sock(conn, Role::Client);
                     sim.conns[conn].client_fd = fd;
-                    let more = sim.rng.chance(7, 8);
+                    let more = sim.rng.chance(7, 8) && sim.accept_multi;
                     if !more {
                         sim.accept = None;
                     }
@@ -1341,6 +1356,16 @@ fn main_loop(sim: &mut Sim) {
         }
         sim.engine.wake_starved(sim.now);
         sim.run_ops();
+        // Accepting pauses before a connection could lack its descriptors
+        // (the fake kernel stops a cancelled accept at once).
+        if let Some(budget) = sim.fd_budget {
+            let held = 2 * sim.engine.connections() as u32;
+            check!(
+                sim,
+                held <= budget,
+                "{held} descriptors held over a budget of {budget}"
+            );
+        }
     }
 }
 
@@ -1585,16 +1610,22 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn relay_engine_survives_random_schedules() {
     let mut stale = 0;
-    for seed in seeds() {
+    let mut paused = 0;
+    let seeds = seeds();
+    for &seed in &seeds {
         let mut sim = Sim::new(seed);
         main_loop(&mut sim);
         final_checks(&mut sim);
         stale += sim.stale_injected;
+        paused += sim.engine.stats().accept_paused_fd;
     }
     assert!(
         stale > 0,
         "the schedule never injected a stale completion; the test lost its teeth"
     );
+    if seeds.len() > 100 {
+        assert!(paused > 0, "no seed ever paused accepting for descriptors");
+    }
 }
 
 #[test]
@@ -2351,7 +2382,8 @@ mod serve_modes {
 /// shard's descriptor budget is spent.
 mod scripted {
     use ringfwd::shard::engine::{
-        CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Op, RouteSpec,
+        CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, FdBudget, ListenerKind, ListenerSpec, Op,
+        RouteSpec,
     };
     use ringfwd::stats::CloseReason;
     use ringfwd::tcp::relay::{LINGER_MAX_BYTES, LINGER_MS};
@@ -2363,19 +2395,50 @@ mod scripted {
     struct Script {
         engine: Engine,
         accept: u64,
+        /// Whether the armed accept is multishot (its completions say MORE).
+        multi: bool,
+    }
+
+    /// The accept armed by `ops`, and whether it is multishot.
+    fn armed(ops: &[Op]) -> Option<(u64, bool)> {
+        ops.iter().find_map(|op| match *op {
+            Op::AcceptMulti {
+                token,
+                fd: LISTEN_FD,
+            } => Some((token, true)),
+            Op::Accept {
+                token,
+                fd: LISTEN_FD,
+            } => Some((token, false)),
+            _ => None,
+        })
     }
 
     impl Script {
         fn new(cfg: EngineConfig) -> Script {
             let mut engine = Engine::new(cfg, 0);
             engine.start();
-            let mut s = Script { engine, accept: 0 };
+            let mut s = Script {
+                engine,
+                accept: 0,
+                multi: false,
+            };
             let ops = s.ops();
-            s.accept = match ops.as_slice() {
-                [Op::AcceptMulti { token, fd }] if *fd == LISTEN_FD => *token,
-                other => panic!("start: expected one accept, got {other:?}"),
+            (s.accept, s.multi) = match (armed(&ops), ops.len()) {
+                (Some(a), 1) => a,
+                _ => panic!("start: expected one accept, got {ops:?}"),
             };
             s
+        }
+
+        /// A client arrives on the armed accept.
+        fn accept_client(&mut self, fd: i32, now: u64) -> Vec<Op> {
+            let flags = if self.multi { CQE_F_MORE } else { 0 };
+            let ops = self.cqe(self.accept, fd, flags, now);
+            if let Some((_, multi)) = armed(&ops) {
+                self.multi = multi;
+            }
+            ops
         }
 
         fn forwarder(buffers: u32) -> EngineConfig {
@@ -2412,11 +2475,14 @@ mod scripted {
         /// Accepts `fd` and refuses its only upstream: returns the client's
         /// shutdown and receive tokens and the operations that came with them.
         fn refused_client(&mut self, fd: i32) -> (u64, u64, Vec<Op>) {
-            let ops = self.cqe(self.accept, fd, CQE_F_MORE, 0);
-            let [Op::Socket { token: socket, .. }] = ops.as_slice() else {
+            let ops = self.accept_client(fd, 0);
+            let Some(socket) = ops.iter().find_map(|op| match op {
+                Op::Socket { token, .. } => Some(*token),
+                _ => None,
+            }) else {
                 panic!("accept: expected the upstream socket, got {ops:?}");
             };
-            let ops = self.cqe(*socket, UPSTREAM_FD, 0, 0);
+            let ops = self.cqe(socket, UPSTREAM_FD, 0, 0);
             let [
                 Op::Connect {
                     token,
@@ -2560,6 +2626,138 @@ mod scripted {
         s.engine.stop(5);
         let ops = s.ops();
         s.finish_close(recv, ops, 5);
+    }
+
+    fn budgeted(budget: u32) -> EngineConfig {
+        EngineConfig {
+            fd_budget: FdBudget::Max(budget),
+            ..Script::forwarder(8)
+        }
+    }
+
+    fn has(ops: &[Op], pred: impl Fn(&Op) -> bool) -> bool {
+        ops.iter().any(pred)
+    }
+
+    /// Far from its budget a listener takes clients with a multishot accept;
+    /// once the room is below what one may take at once (the listen queue),
+    /// it cancels it and takes them one at a time.
+    #[test]
+    fn near_the_descriptor_budget_clients_are_accepted_one_at_a_time() {
+        let room = 4096 * 2;
+        let mut s = Script::new(budgeted(room + 1));
+        assert!(s.multi, "multishot accept with room for the listen queue");
+        let ops = s.accept_client(CLIENT_FD, 0);
+        let cancel = ops.iter().find_map(|op| match op {
+            Op::CancelAccept { target, .. } => Some(*target),
+            _ => None,
+        });
+        assert_eq!(
+            cancel,
+            Some(s.accept),
+            "multishot kept near the budget: {ops:?}"
+        );
+        let ops = s.cqe(s.accept, -libc::ECANCELED, 0, 0);
+        assert!(
+            matches!(armed(&ops), Some((_, false))),
+            "expected a single accept: {ops:?}"
+        );
+        let stats = s.engine.stats();
+        assert_eq!((stats.accept_errors, stats.accept_paused_fd), (0, 0));
+    }
+
+    /// With room for two relays' descriptors, the second admit leaves the
+    /// accept unarmed (clients wait in the kernel's queue), counted once, and
+    /// the first connection's end re-arms it.
+    #[test]
+    fn accepting_pauses_at_the_descriptor_budget_and_resumes_when_a_connection_ends() {
+        let mut s = Script::new(budgeted(4));
+        assert!(!s.multi, "a multishot accept with room for two connections");
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        let ops = s.accept_client(200, 1);
+        assert!(has(&ops, |op| matches!(op, Op::Socket { .. })), "{ops:?}");
+        assert_eq!(armed(&ops), None, "accepting past the budget: {ops:?}");
+        assert_eq!(s.engine.stats().accept_paused_fd, 1);
+        s.engine.advance(500);
+        assert!(s.ops().is_empty(), "re-armed while the budget is full");
+        let stats = s.engine.stats();
+        assert_eq!((stats.accept_errors, stats.accept_paused_fd), (0, 1));
+        // The first client's FIN ends its lingering; its close frees room.
+        let ops = s.cqe(recv, 0, 0, 600);
+        let close = ops.iter().find_map(|op| match op {
+            Op::Close {
+                token,
+                fd: CLIENT_FD,
+                ..
+            } => Some(*token),
+            _ => None,
+        });
+        let ops = s.cqe(close.expect("client close"), 0, 0, 600);
+        assert!(
+            armed(&ops).is_some(),
+            "accepting did not resume when descriptors came back: {ops:?}"
+        );
+    }
+
+    /// EMFILE from accept is a pause with a back-off, not an accept error.
+    #[test]
+    fn emfile_from_accept_pauses_accepting_for_the_backoff() {
+        let mut s = Script::new(budgeted(100));
+        let ops = s.cqe(s.accept, -libc::EMFILE, 0, 0);
+        assert!(ops.is_empty(), "{ops:?}");
+        let stats = s.engine.stats();
+        assert_eq!((stats.accept_errors, stats.accept_paused_fd), (0, 1));
+        s.engine.advance(99);
+        assert!(s.ops().is_empty(), "re-armed before the back-off");
+        s.engine.advance(100);
+        let ops = s.ops();
+        assert!(armed(&ops).is_some(), "{ops:?}");
+    }
+
+    /// EMFILE from the upstream socket() stops accepting too (new clients
+    /// would fail the same way); the client it hit gets a FIN.
+    #[test]
+    fn emfile_from_the_upstream_socket_pauses_accepting() {
+        let mut s = Script::new(budgeted(100));
+        let ops = s.accept_client(CLIENT_FD, 0);
+        let Some(token) = ops.iter().find_map(|op| match op {
+            Op::Socket { token, .. } => Some(*token),
+            _ => None,
+        }) else {
+            panic!("{ops:?}");
+        };
+        let ops = s.cqe(token, -libc::EMFILE, 0, 0);
+        assert!(
+            has(&ops, |op| matches!(op, Op::CancelAccept { .. })),
+            "{ops:?}"
+        );
+        assert!(
+            has(&ops, |op| matches!(op, Op::Shutdown { fd: CLIENT_FD, .. })),
+            "{ops:?}"
+        );
+        assert_eq!(s.engine.stats().accept_paused_fd, 1);
+        assert!(s.cqe(s.accept, -libc::ECANCELED, 0, 0).is_empty());
+        s.engine.advance(100);
+        let ops = s.ops();
+        assert!(armed(&ops).is_some(), "{ops:?}");
+    }
+
+    /// A drain closes a listener paused for descriptors.
+    #[test]
+    fn drain_closes_a_paused_listener() {
+        let mut s = Script::new(budgeted(2));
+        let ops = s.accept_client(CLIENT_FD, 0);
+        assert_eq!(armed(&ops), None, "{ops:?}");
+        assert_eq!(s.engine.stats().accept_paused_fd, 1);
+        s.engine.drain();
+        let ops = s.ops();
+        assert!(
+            has(&ops, |op| matches!(
+                op,
+                Op::CloseListener { fd: LISTEN_FD, .. }
+            )),
+            "{ops:?}"
+        );
     }
 
     /// A lingering receive that finds no buffer waits for buffers like any
