@@ -2760,6 +2760,70 @@ mod scripted {
         );
     }
 
+    /// A new UDP session needs a descriptor for its upstream socket: with
+    /// none left in the budget its first datagram is dropped and counted,
+    /// not a session that fails at socket().
+    #[test]
+    fn a_new_udp_session_without_a_descriptor_is_dropped_and_counted() {
+        use ringfwd::shard::udp::{DatagramMeta, UdpKind, UdpListenerSpec, UdpRouteSpec};
+        use ringfwd::udp::DropReason;
+        let mut engine = Engine::new(
+            EngineConfig {
+                shard: 0,
+                datagram_buffers: 8,
+                udp_listeners: vec![UdpListenerSpec {
+                    name: "dns".into(),
+                    fd: 7,
+                    kind: UdpKind::Forward { route: 0 },
+                    limit: 100,
+                }],
+                udp_routes: vec![UdpRouteSpec {
+                    upstreams: vec!["127.0.0.1:53".into()],
+                    idle_ms: 1000,
+                    max_responses: None,
+                    new_sessions_per_second_per_source: None,
+                    allow: Vec::new(),
+                }],
+                fd_budget: FdBudget::Max(1),
+                ..EngineConfig::default()
+            },
+            0,
+        );
+        engine.start();
+        let mut ops = Vec::new();
+        engine.take_ops(&mut ops);
+        let Some(recv) = ops.iter().find_map(|op| match op {
+            Op::UdpRecvMulti { token, .. } => Some(*token),
+            _ => None,
+        }) else {
+            panic!("{ops:?}");
+        };
+        let mut datagram = |engine: &mut Engine, bid: u16, port: u16| {
+            let meta = DatagramMeta {
+                src: Some(format!("10.0.0.1:{port}").parse().expect("addr")),
+                local: None,
+                offset: 0,
+                len: 10,
+                truncated: false,
+            };
+            let flags = CQE_F_BUFFER | CQE_F_MORE | (u32::from(bid) << 16);
+            engine.handle_datagram_cqe(recv, 10, flags, Some(meta), 0);
+            let mut ops = Vec::new();
+            engine.take_ops(&mut ops);
+            ops
+        };
+        let ops = datagram(&mut engine, 0, 1000);
+        assert!(
+            ops.iter().any(|op| matches!(op, Op::UdpSocket { .. })),
+            "first session within the budget: {ops:?}"
+        );
+        let ops = datagram(&mut engine, 1, 1001);
+        assert_eq!(ops, [Op::ReleaseDatagram { bid: 1 }]);
+        let stats = engine.stats();
+        assert_eq!(stats.udp_drops_for(DropReason::SessionLimit), 1);
+        assert_eq!(stats.udp_sessions_created, 1);
+    }
+
     /// A lingering receive that finds no buffer waits for buffers like any
     /// other (it is woken when they return), not a reset.
     #[test]

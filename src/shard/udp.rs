@@ -405,10 +405,8 @@ impl Engine {
             self.drop_datagram(DropReason::Draining, bid);
             return;
         }
-        // Its upstream socket needs a descriptor of the shard's budget.
         if !self.fds.room(1, self.sessions.len()) {
-            self.drop_datagram(DropReason::SessionLimit, bid);
-            return;
+            return self.drop_datagram(DropReason::SessionLimit, bid); // no descriptor for its socket
         }
         if l.active >= l.spec.limit {
             let (name, limit) = (l.spec.name.clone(), l.spec.limit);
