@@ -2798,7 +2798,7 @@ mod scripted {
         }) else {
             panic!("{ops:?}");
         };
-        let mut datagram = |engine: &mut Engine, bid: u16, port: u16| {
+        let datagram = |engine: &mut Engine, bid: u16, port: u16| {
             let meta = DatagramMeta {
                 src: Some(format!("10.0.0.1:{port}").parse().expect("addr")),
                 local: None,
