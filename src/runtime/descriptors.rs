@@ -111,8 +111,13 @@ pub fn budget(limits: &[Limit], fixed: u64, shards: usize, nofile: NoFile) -> Bu
             .raised_from
             .map(|from| format!(" (raised from {from})"))
             .unwrap_or_default();
+        let allows = if nofile.limit >= need && !limits.is_empty() {
+            format!("covers every max_connections and max_sessions ({need} needed)")
+        } else {
+            format!("at most {cap} per process (`ulimit -n` to raise)")
+        };
         Note::Info(format!(
-            "descriptor limit {}{raised}: at most {cap} per process (`ulimit -n` to raise)",
+            "descriptor limit {}{raised}: {allows}",
             nofile.limit
         ))
     };
@@ -191,10 +196,10 @@ mod tests {
     #[test]
     fn a_configured_limit_within_the_limit_is_an_info_line() {
         let limits = [tcp(100, LimitSource::Explicit)];
-        assert!(matches!(
-            budget(&limits, 2, 1, nofile(4096)).note,
-            Note::Info(_)
-        ));
+        match budget(&limits, 2, 1, nofile(4096)).note {
+            Note::Info(text) => assert!(text.contains("covers every max_connections"), "{text}"),
+            Note::Warn(text) => panic!("{text}"),
+        }
     }
 
     #[test]
