@@ -46,7 +46,7 @@ fn relaying() -> (Relay, ShardStats, Vec<ConnOp>) {
     r.start(&mut out);
     assert_eq!(out, [ConnOp::OpenUpstream { upstream: 0 }]);
     out.clear();
-    r.handle_socket(Ok(()), &mut out, &mut stats);
+    r.handle_socket(Ok(()), 0, &mut out, &mut stats);
     assert_eq!(out, [ConnOp::Connect { upstream: 0 }]);
     out.clear();
     r.handle_connect(Ok(()), 0, &mut out, &mut stats);

@@ -102,8 +102,8 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             match runtime::check_host(&plan) {
-                Ok(notes) => {
-                    for n in notes {
+                Ok(report) => {
+                    for n in report.warnings.iter().chain(&report.notes) {
                         eprintln!("ringfwd: note: {n}");
                     }
                     print!("{plan}");

@@ -138,6 +138,10 @@ pub struct ShardStats {
     pub pipes_discarded: u64,
     /// Pipes lent to directions now (a gauge; sums across shards).
     pub pipes_in_use: u64,
+    /// Times a listener stopped accepting because the shard's descriptor
+    /// budget had no room for another connection (or accept/socket said
+    /// EMFILE/ENFILE); clients wait in the listen queue meanwhile.
+    pub accept_paused_fd: u64,
 }
 
 impl ShardStats {
@@ -219,6 +223,7 @@ impl ShardStats {
         self.pipes_exhausted += other.pipes_exhausted;
         self.pipes_discarded += other.pipes_discarded;
         self.pipes_in_use += other.pipes_in_use;
+        self.accept_paused_fd += other.accept_paused_fd;
     }
 
     /// `key=value` pairs on one line, stable names (tests and log scrapers parse them).
@@ -279,6 +284,7 @@ impl ShardStats {
             self.pipes_discarded,
             self.pipes_in_use
         );
+        let _ = write!(s, " accept_paused_fd={}", self.accept_paused_fd);
         s
     }
 }
@@ -329,6 +335,7 @@ mod tests {
             "pipes_discarded",
             "pipes_in_use",
             "udp_evict_embryonic",
+            "accept_paused_fd",
         ] {
             assert!(s.contains(&format!(" {k}=0")), "{s}");
         }

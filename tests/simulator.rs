@@ -20,8 +20,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use ringfwd::shard::engine::{
-    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Op, PipeFds,
-    RouteSpec,
+    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, FdBudget, ListenerKind, ListenerSpec, Op,
+    PipeFds, RouteSpec,
 };
 use ringfwd::shard::token::{OpKind, Token};
 use ringfwd::stats::CloseReason;
@@ -197,6 +197,8 @@ struct Sim {
     next_fd: i32,
     pending: Vec<Pending>,
     accept: Option<u64>,
+    /// Whether the armed accept is multishot.
+    accept_multi: bool,
     conns: Vec<SimConn>,
     slot_conn: HashMap<(u32, u32), usize>,
     waiting_clients: VecDeque<usize>,
@@ -216,6 +218,14 @@ struct Sim {
     pipes_gone: usize,
     /// Pipes discarded (each must have held data).
     pipes_discarded: usize,
+    /// Descriptors the engine may hold for connections (None: no limit).
+    fd_budget: Option<u32>,
+}
+
+/// One seed in four runs with a descriptor budget of one to three relays
+/// (taken from the seed, not the random stream, so other seeds replay as before).
+fn fd_budget(seed: u64) -> Option<u32> {
+    (seed % 4 == 1).then(|| 2 * (1 + (seed / 4 % 3) as u32))
 }
 
 fn trace() -> bool {
@@ -309,6 +319,7 @@ impl Sim {
                         write: p.write,
                     })
                     .collect(),
+                fd_budget: fd_budget(seed).map_or(FdBudget::Unlimited, FdBudget::Max),
                 ..EngineConfig::default()
             },
             0,
@@ -344,6 +355,7 @@ impl Sim {
             let _ = i;
         }
         let waiting = (0..clients).collect();
+        let fd_budget = fd_budget(seed);
         Sim {
             seed,
             rng,
@@ -358,6 +370,7 @@ impl Sim {
             next_fd,
             pending: Vec::new(),
             accept: None,
+            accept_multi: false,
             conns,
             slot_conn: HashMap::new(),
             waiting_clients: waiting,
@@ -372,6 +385,7 @@ impl Sim {
             pipe_fds,
             pipes_gone: 0,
             pipes_discarded: 0,
+            fd_budget,
         }
     }
 
@@ -456,10 +470,11 @@ impl Sim {
             eprintln!("t={}   op {op:?}", self.now);
         }
         match op {
-            Op::AcceptMulti { token, fd } => {
+            Op::AcceptMulti { token, fd } | Op::Accept { token, fd } => {
                 check!(self, fd == LISTEN_FD, "accept on fd {fd}");
                 check!(self, self.accept.is_none(), "second accept armed");
                 self.accept = Some(token);
+                self.accept_multi = matches!(op, Op::AcceptMulti { .. });
             }
             Op::CancelAccept { token, target } => {
                 let found = self.accept.take() == Some(target);
@@ -1069,8 +1084,12 @@ impl Sim {
             }
         };
         let seed = self.seed;
+        // A client whose every upstream failed gets a FIN with nothing before it.
+        let never_connected = !self.conns[conn].connected;
         let peer = self.peer_mut(conn, role);
-        if !peer.reset {
+        if never_connected && role == Role::Client {
+            peer.got_fin = true;
+        } else if !peer.reset {
             assert_eq!(
                 peer.received, other_total,
                 "seed {seed}: FIN forwarded to {role:?} of conn {conn} before all data"
@@ -1298,7 +1317,7 @@ fn main_loop(sim: &mut Sim) {
                     sim.waiting_clients.pop_front();
                     let fd = sim.new_sock(conn, Role::Client);
                     sim.conns[conn].client_fd = fd;
-                    let more = sim.rng.chance(7, 8);
+                    let more = sim.rng.chance(7, 8) && sim.accept_multi;
                     if !more {
                         sim.accept = None;
                     }
@@ -1337,6 +1356,16 @@ fn main_loop(sim: &mut Sim) {
         }
         sim.engine.wake_starved(sim.now);
         sim.run_ops();
+        // Accepting pauses before a connection could lack its descriptors
+        // (the fake kernel stops a cancelled accept at once).
+        if let Some(budget) = sim.fd_budget {
+            let held = 2 * sim.engine.connections() as u32;
+            check!(
+                sim,
+                held <= budget,
+                "{held} descriptors held over a budget of {budget}"
+            );
+        }
     }
 }
 
@@ -1465,6 +1494,17 @@ fn final_checks(sim: &mut Sim) {
             stats.to_kv()
         );
     }
+    // A client whose every upstream failed got a FIN (not just a close,
+    // which resets a client that sent data).
+    for (i, c) in sim.conns.iter().enumerate() {
+        if !c.connected && !sim.rejected[i] {
+            check!(
+                sim,
+                c.client.got_fin,
+                "conn {i}: no upstream, and no FIN to the client"
+            );
+        }
+    }
     // A reset from one peer reaches the other as a reset (SO_LINGER 0 before
     // close), and nothing else does.
     let mut linger0 = [0u64; 2];
@@ -1570,16 +1610,22 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn relay_engine_survives_random_schedules() {
     let mut stale = 0;
-    for seed in seeds() {
+    let mut paused = 0;
+    let seeds = seeds();
+    for &seed in &seeds {
         let mut sim = Sim::new(seed);
         main_loop(&mut sim);
         final_checks(&mut sim);
         stale += sim.stale_injected;
+        paused += sim.engine.stats().accept_paused_fd;
     }
     assert!(
         stale > 0,
         "the schedule never injected a stale completion; the test lost its teeth"
     );
+    if seeds.len() > 100 {
+        assert!(paused > 0, "no seed ever paused accepting for descriptors");
+    }
 }
 
 #[test]
@@ -2328,5 +2374,478 @@ mod serve_modes {
             assert!(enobufs > 0, "no receive ran out of buffers");
             assert!(short > 0, "no short send");
         }
+    }
+}
+
+/// Scripted runs of the shard engine, one completion at a time: what a
+/// client gets when no upstream answers, and how accepting pauses when the
+/// shard's descriptor budget is spent.
+mod scripted {
+    use ringfwd::shard::engine::{
+        CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, FdBudget, ListenerKind, ListenerSpec, Op,
+        RouteSpec,
+    };
+    use ringfwd::stats::CloseReason;
+    use ringfwd::tcp::relay::{LINGER_MAX_BYTES, LINGER_MS};
+
+    const LISTEN_FD: i32 = 3;
+    const CLIENT_FD: i32 = 100;
+    const UPSTREAM_FD: i32 = 101;
+
+    struct Script {
+        engine: Engine,
+        accept: u64,
+        /// Whether the armed accept is multishot (its completions say MORE).
+        multi: bool,
+    }
+
+    /// The accept armed by `ops`, and whether it is multishot.
+    fn armed(ops: &[Op]) -> Option<(u64, bool)> {
+        ops.iter().find_map(|op| match *op {
+            Op::AcceptMulti {
+                token,
+                fd: LISTEN_FD,
+            } => Some((token, true)),
+            Op::Accept {
+                token,
+                fd: LISTEN_FD,
+            } => Some((token, false)),
+            _ => None,
+        })
+    }
+
+    impl Script {
+        fn new(cfg: EngineConfig) -> Script {
+            let mut engine = Engine::new(cfg, 0);
+            engine.start();
+            let mut s = Script {
+                engine,
+                accept: 0,
+                multi: false,
+            };
+            let ops = s.ops();
+            (s.accept, s.multi) = match (armed(&ops), ops.len()) {
+                (Some(a), 1) => a,
+                _ => panic!("start: expected one accept, got {ops:?}"),
+            };
+            s
+        }
+
+        /// A client arrives on the armed accept.
+        fn accept_client(&mut self, fd: i32, now: u64) -> Vec<Op> {
+            let flags = if self.multi { CQE_F_MORE } else { 0 };
+            let ops = self.cqe(self.accept, fd, flags, now);
+            if let Some((_, multi)) = armed(&ops) {
+                self.multi = multi;
+            }
+            ops
+        }
+
+        fn forwarder(buffers: u32) -> EngineConfig {
+            EngineConfig {
+                shard: 0,
+                buffers,
+                cap: 4,
+                listeners: vec![ListenerSpec {
+                    name: "dead".into(),
+                    fd: LISTEN_FD,
+                    kind: ListenerKind::Forward { route: 0 },
+                    limit: 1000,
+                }],
+                routes: vec![RouteSpec {
+                    upstreams: vec!["127.0.0.1:1".into()],
+                    idle_ms: 60_000,
+                    half_close_ms: 60_000,
+                }],
+                ..EngineConfig::default()
+            }
+        }
+
+        fn ops(&mut self) -> Vec<Op> {
+            let mut ops = Vec::new();
+            self.engine.take_ops(&mut ops);
+            ops
+        }
+
+        fn cqe(&mut self, user_data: u64, res: i32, flags: u32, now: u64) -> Vec<Op> {
+            self.engine.handle_cqe(user_data, res, flags, now);
+            self.ops()
+        }
+
+        /// Accepts `fd` and refuses its only upstream: returns the client's
+        /// shutdown and receive tokens and the operations that came with them.
+        fn refused_client(&mut self, fd: i32) -> (u64, u64, Vec<Op>) {
+            let ops = self.accept_client(fd, 0);
+            let Some(socket) = ops.iter().find_map(|op| match op {
+                Op::Socket { token, .. } => Some(*token),
+                _ => None,
+            }) else {
+                panic!("accept: expected the upstream socket, got {ops:?}");
+            };
+            let ops = self.cqe(socket, UPSTREAM_FD, 0, 0);
+            let [
+                Op::Connect {
+                    token,
+                    timeout_token,
+                    ..
+                },
+            ] = ops.as_slice()
+            else {
+                panic!("socket: expected a connect, got {ops:?}");
+            };
+            let (connect, timeout) = (*token, *timeout_token);
+            let mut ops = self.cqe(connect, -libc::ECONNREFUSED, 0, 0);
+            ops.extend(self.cqe(timeout, -libc::ECANCELED, 0, 0));
+            assert!(
+                !ops.iter()
+                    .any(|op| matches!(op, Op::Close { fd: f, .. } if *f == fd)),
+                "the client was closed at once (a reset when it had sent data): {ops:?}"
+            );
+            let shutdown = ops.iter().find_map(|op| match op {
+                Op::Shutdown { token, fd: f } if *f == fd => Some(*token),
+                _ => None,
+            });
+            let recv = ops.iter().find_map(|op| match op {
+                Op::RecvMulti { token, fd: f } if *f == fd => Some(*token),
+                _ => None,
+            });
+            let (Some(shutdown), Some(recv)) = (shutdown, recv) else {
+                panic!("refused: expected a FIN to the client and a receive, got {ops:?}");
+            };
+            for op in &ops {
+                if let Op::Close {
+                    token,
+                    fd: UPSTREAM_FD,
+                    ..
+                } = op
+                {
+                    assert!(self.cqe(*token, 0, 0, 0).is_empty());
+                }
+            }
+            assert!(self.cqe(shutdown, 0, 0, 0).is_empty());
+            (shutdown, recv, ops)
+        }
+
+        fn data(&mut self, recv: u64, bid: u16, len: i32, now: u64) -> Vec<Op> {
+            let flags = CQE_F_BUFFER | CQE_F_MORE | (u32::from(bid) << 16);
+            self.cqe(recv, len, flags, now)
+        }
+
+        /// Completes the client's close (and the cancel before it, if any)
+        /// found in `ops`; checks it is a FIN close, not a reset.
+        fn finish_close(&mut self, recv: u64, ops: Vec<Op>, now: u64) {
+            let mut ops = ops;
+            if let Some(cancel) = ops.iter().find_map(|op| match op {
+                Op::CancelFd {
+                    token,
+                    fd: CLIENT_FD,
+                } => Some(*token),
+                _ => None,
+            }) {
+                ops = self.cqe(recv, -libc::ECANCELED, 0, now);
+                ops.extend(self.cqe(cancel, 1, 0, now));
+            }
+            let close = ops.iter().find_map(|op| match op {
+                Op::Close {
+                    token,
+                    fd: CLIENT_FD,
+                    linger0,
+                } => Some((*token, *linger0)),
+                _ => None,
+            });
+            let Some((close, linger0)) = close else {
+                panic!("expected the client's close, got {ops:?}");
+            };
+            assert!(!linger0, "the client was reset (SO_LINGER 0)");
+            assert!(self.cqe(close, 0, 0, now).is_empty());
+            assert_eq!(self.engine.connections(), 0, "the connection was not freed");
+            assert_eq!(self.engine.held_buffers(), 0, "buffers still held");
+            let stats = self.engine.stats();
+            assert_eq!(
+                stats.closes_for(CloseReason::ConnectRefused),
+                1,
+                "{}",
+                stats.to_kv()
+            );
+        }
+    }
+
+    /// The client sent a request before its upstream refused: it gets a FIN,
+    /// its bytes are read and dropped (each buffer released at once), and its
+    /// own FIN closes the connection at once — a close, not a reset.
+    #[test]
+    fn dead_upstream_gives_the_client_a_fin_and_reads_until_its_fin() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        for bid in [3, 5] {
+            let ops = s.data(recv, bid, 500, 10);
+            assert_eq!(ops, [Op::Release { bid }], "data while lingering");
+            assert_eq!(s.engine.held_buffers(), 0);
+        }
+        let ops = s.cqe(recv, 0, 0, 20);
+        s.finish_close(recv, ops, 20);
+    }
+
+    /// A client that never sends its FIN is closed after `LINGER_MS`.
+    #[test]
+    fn dead_upstream_lingering_ends_after_its_time() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        assert_eq!(s.data(recv, 1, 100, 5), [Op::Release { bid: 1 }]);
+        s.engine.advance(LINGER_MS - 1);
+        assert!(s.ops().is_empty(), "lingering ended early");
+        s.engine.advance(LINGER_MS);
+        let ops = s.ops();
+        s.finish_close(recv, ops, LINGER_MS);
+    }
+
+    /// A client that keeps sending is closed once `LINGER_MAX_BYTES` were dropped.
+    #[test]
+    fn dead_upstream_lingering_ends_at_its_byte_bound() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        let chunk = 16 * 1024;
+        let mut sent = 0;
+        let mut ops = Vec::new();
+        while sent < LINGER_MAX_BYTES {
+            ops = s.data(recv, 2, chunk, 5);
+            sent += chunk as u64;
+            if sent < LINGER_MAX_BYTES {
+                assert_eq!(ops, [Op::Release { bid: 2 }]);
+            }
+        }
+        s.finish_close(recv, ops, 5);
+    }
+
+    /// A stop (drain_timeout passed) ends the lingering at once, still
+    /// counted as the connect failure.
+    #[test]
+    fn stop_ends_lingering_at_once() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        s.engine.stop(5);
+        let ops = s.ops();
+        s.finish_close(recv, ops, 5);
+    }
+
+    fn budgeted(budget: u32) -> EngineConfig {
+        EngineConfig {
+            fd_budget: FdBudget::Max(budget),
+            ..Script::forwarder(8)
+        }
+    }
+
+    fn has(ops: &[Op], pred: impl Fn(&Op) -> bool) -> bool {
+        ops.iter().any(pred)
+    }
+
+    /// Far from its budget a listener takes clients with a multishot accept;
+    /// once the room is below what one may take at once (the listen queue),
+    /// it cancels it and takes them one at a time.
+    #[test]
+    fn near_the_descriptor_budget_clients_are_accepted_one_at_a_time() {
+        let room = 4096 * 2;
+        let mut s = Script::new(budgeted(room + 1));
+        assert!(s.multi, "multishot accept with room for the listen queue");
+        let ops = s.accept_client(CLIENT_FD, 0);
+        let cancel = ops.iter().find_map(|op| match op {
+            Op::CancelAccept { target, .. } => Some(*target),
+            _ => None,
+        });
+        assert_eq!(
+            cancel,
+            Some(s.accept),
+            "multishot kept near the budget: {ops:?}"
+        );
+        let ops = s.cqe(s.accept, -libc::ECANCELED, 0, 0);
+        assert!(
+            matches!(armed(&ops), Some((_, false))),
+            "expected a single accept: {ops:?}"
+        );
+        let stats = s.engine.stats();
+        assert_eq!((stats.accept_errors, stats.accept_paused_fd), (0, 0));
+    }
+
+    /// With room for two relays' descriptors, the second admit leaves the
+    /// accept unarmed (clients wait in the kernel's queue), counted once, and
+    /// the first connection's end re-arms it.
+    #[test]
+    fn accepting_pauses_at_the_descriptor_budget_and_resumes_when_a_connection_ends() {
+        let mut s = Script::new(budgeted(4));
+        assert!(!s.multi, "a multishot accept with room for two connections");
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        let ops = s.accept_client(200, 1);
+        assert!(has(&ops, |op| matches!(op, Op::Socket { .. })), "{ops:?}");
+        assert_eq!(armed(&ops), None, "accepting past the budget: {ops:?}");
+        assert_eq!(s.engine.stats().accept_paused_fd, 1);
+        s.engine.advance(500);
+        assert!(s.ops().is_empty(), "re-armed while the budget is full");
+        let stats = s.engine.stats();
+        assert_eq!((stats.accept_errors, stats.accept_paused_fd), (0, 1));
+        // The first client's FIN ends its lingering; its close frees room.
+        let ops = s.cqe(recv, 0, 0, 600);
+        let close = ops.iter().find_map(|op| match op {
+            Op::Close {
+                token,
+                fd: CLIENT_FD,
+                ..
+            } => Some(*token),
+            _ => None,
+        });
+        let ops = s.cqe(close.expect("client close"), 0, 0, 600);
+        assert!(
+            armed(&ops).is_some(),
+            "accepting did not resume when descriptors came back: {ops:?}"
+        );
+    }
+
+    /// EMFILE from accept is a pause with a back-off, not an accept error.
+    #[test]
+    fn emfile_from_accept_pauses_accepting_for_the_backoff() {
+        let mut s = Script::new(budgeted(100));
+        let ops = s.cqe(s.accept, -libc::EMFILE, 0, 0);
+        assert!(ops.is_empty(), "{ops:?}");
+        let stats = s.engine.stats();
+        assert_eq!((stats.accept_errors, stats.accept_paused_fd), (0, 1));
+        s.engine.advance(99);
+        assert!(s.ops().is_empty(), "re-armed before the back-off");
+        s.engine.advance(100);
+        let ops = s.ops();
+        assert!(armed(&ops).is_some(), "{ops:?}");
+    }
+
+    /// EMFILE from the upstream socket() stops accepting too (new clients
+    /// would fail the same way); the client it hit gets a FIN.
+    #[test]
+    fn emfile_from_the_upstream_socket_pauses_accepting() {
+        let mut s = Script::new(budgeted(100));
+        let ops = s.accept_client(CLIENT_FD, 0);
+        let Some(token) = ops.iter().find_map(|op| match op {
+            Op::Socket { token, .. } => Some(*token),
+            _ => None,
+        }) else {
+            panic!("{ops:?}");
+        };
+        let ops = s.cqe(token, -libc::EMFILE, 0, 0);
+        assert!(
+            has(&ops, |op| matches!(op, Op::CancelAccept { .. })),
+            "{ops:?}"
+        );
+        assert!(
+            has(&ops, |op| matches!(op, Op::Shutdown { fd: CLIENT_FD, .. })),
+            "{ops:?}"
+        );
+        assert_eq!(s.engine.stats().accept_paused_fd, 1);
+        assert!(s.cqe(s.accept, -libc::ECANCELED, 0, 0).is_empty());
+        s.engine.advance(100);
+        let ops = s.ops();
+        assert!(armed(&ops).is_some(), "{ops:?}");
+    }
+
+    /// A drain closes a listener paused for descriptors.
+    #[test]
+    fn drain_closes_a_paused_listener() {
+        let mut s = Script::new(budgeted(2));
+        let ops = s.accept_client(CLIENT_FD, 0);
+        assert_eq!(armed(&ops), None, "{ops:?}");
+        assert_eq!(s.engine.stats().accept_paused_fd, 1);
+        s.engine.drain();
+        let ops = s.ops();
+        assert!(
+            has(&ops, |op| matches!(
+                op,
+                Op::CloseListener { fd: LISTEN_FD, .. }
+            )),
+            "{ops:?}"
+        );
+    }
+
+    /// A new UDP session needs a descriptor for its upstream socket: with
+    /// none left in the budget its first datagram is dropped and counted,
+    /// not a session that fails at socket().
+    #[test]
+    fn a_new_udp_session_without_a_descriptor_is_dropped_and_counted() {
+        use ringfwd::shard::udp::{DatagramMeta, UdpKind, UdpListenerSpec, UdpRouteSpec};
+        use ringfwd::udp::DropReason;
+        let mut engine = Engine::new(
+            EngineConfig {
+                shard: 0,
+                datagram_buffers: 8,
+                udp_listeners: vec![UdpListenerSpec {
+                    name: "dns".into(),
+                    fd: 7,
+                    kind: UdpKind::Forward { route: 0 },
+                    limit: 100,
+                    listen: "127.0.0.1:5353".parse().expect("addr"),
+                }],
+                udp_routes: vec![UdpRouteSpec {
+                    upstreams: vec!["127.0.0.1:53".into()],
+                    upstream_addrs: vec!["127.0.0.1:53".parse().expect("addr")],
+                    idle_ms: 1000,
+                    max_responses: None,
+                    new_sessions_per_second_per_source: None,
+                    allow: Vec::new(),
+                }],
+                fd_budget: FdBudget::Max(1),
+                ..EngineConfig::default()
+            },
+            0,
+        );
+        engine.start();
+        let mut ops = Vec::new();
+        engine.take_ops(&mut ops);
+        let Some(recv) = ops.iter().find_map(|op| match op {
+            Op::UdpRecvMulti { token, .. } => Some(*token),
+            _ => None,
+        }) else {
+            panic!("{ops:?}");
+        };
+        let datagram = |engine: &mut Engine, bid: u16, port: u16| {
+            let meta = DatagramMeta {
+                src: Some(format!("10.0.0.1:{port}").parse().expect("addr")),
+                local: None,
+                offset: 0,
+                len: 10,
+                truncated: false,
+                drops: None,
+            };
+            let flags = CQE_F_BUFFER | CQE_F_MORE | (u32::from(bid) << 16);
+            engine.handle_datagram_cqe(recv, 10, flags, Some(meta), 0);
+            let mut ops = Vec::new();
+            engine.take_ops(&mut ops);
+            ops
+        };
+        let ops = datagram(&mut engine, 0, 1000);
+        assert!(
+            ops.iter().any(|op| matches!(op, Op::UdpSocket { .. })),
+            "first session within the budget: {ops:?}"
+        );
+        let ops = datagram(&mut engine, 1, 1001);
+        assert_eq!(ops, [Op::ReleaseDatagram { bid: 1 }]);
+        let stats = engine.stats();
+        assert_eq!(stats.udp_drops_for(DropReason::SessionLimit), 1);
+        assert_eq!(stats.udp_sessions_created, 1);
+    }
+
+    /// A lingering receive that finds no buffer waits for buffers like any
+    /// other (it is woken when they return), not a reset.
+    #[test]
+    fn lingering_receive_without_buffers_is_woken() {
+        let mut s = Script::new(Script::forwarder(8));
+        let (_, recv, _) = s.refused_client(CLIENT_FD);
+        assert!(s.cqe(recv, -libc::ENOBUFS, 0, 5).is_empty());
+        s.engine.wake_starved(6);
+        let ops = s.ops();
+        let Some(recv) = ops.iter().find_map(|op| match op {
+            Op::RecvMulti {
+                token,
+                fd: CLIENT_FD,
+            } => Some(*token),
+            _ => None,
+        }) else {
+            panic!("starved lingering receive not re-armed: {ops:?}");
+        };
+        let ops = s.cqe(recv, 0, 0, 7);
+        s.finish_close(recv, ops, 7);
     }
 }

@@ -206,6 +206,7 @@ fn file_listener(
             DEFAULT_MAX_CONNECTIONS,
             shards,
         )?,
+        max_connections_given: super::LimitSource::of(&section.get("max_connections")),
     };
     Ok((plan, claim))
 }
@@ -390,6 +391,7 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         idle_timeout: IDLE_TIMEOUT.default,
         half_close_timeout: HALF_CLOSE_TIMEOUT.default,
         max_connections: DEFAULT_MAX_CONNECTIONS,
+        max_connections_given: super::LimitSource::Default,
     };
     Ok((plan, claim))
 }

@@ -98,6 +98,24 @@ impl SpliceMode {
     }
 }
 
+/// Whether a limit was written in the configuration or is the default: a
+/// default the descriptor limit cannot meet is a note, a configured one a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSource {
+    Explicit,
+    Default,
+}
+
+impl LimitSource {
+    pub(crate) fn of<T>(field: &Option<T>) -> LimitSource {
+        if field.is_some() {
+            LimitSource::Explicit
+        } else {
+            LimitSource::Default
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TcpListenerPlan {
     pub name: String,
@@ -108,6 +126,7 @@ pub struct TcpListenerPlan {
     pub half_close_timeout: Duration,
     /// For the whole listener; split over shards (see [`TcpListenerPlan::shard_share`]).
     pub max_connections: u32,
+    pub max_connections_given: LimitSource,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +141,7 @@ pub struct UdpListenerPlan {
     pub max_responses: Option<u32>,
     /// For the whole listener; split over shards like `max_connections`.
     pub max_sessions: u32,
+    pub max_sessions_given: LimitSource,
     pub new_sessions_per_second_per_source: Option<u32>,
     /// Client ranges let in; empty lets everyone in.
     pub allow: Vec<Cidr>,

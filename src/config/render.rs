@@ -142,10 +142,21 @@ fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt
     )?;
     writeln!(
         f,
-        "max_connections = {}  # per shard: {}",
+        "{}max_connections = {}  # per shard: {}",
+        default_mark(tcp.max_connections_given),
         tcp.max_connections,
         share_summary(|shard| tcp.shard_share(shard, shards), shards)
     )
+}
+
+/// A defaulted limit is shown commented out, so the shown plan reads back
+/// as the same plan (a configured limit warns when the descriptor limit
+/// cannot meet it; a default is only capped).
+fn default_mark(given: super::LimitSource) -> &'static str {
+    match given {
+        super::LimitSource::Explicit => "",
+        super::LimitSource::Default => "# (default) ",
+    }
 }
 
 fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt::Result {
@@ -165,7 +176,8 @@ fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt
     }
     writeln!(
         f,
-        "max_sessions = {}  # per shard: {}",
+        "{}max_sessions = {}  # per shard: {}",
+        default_mark(udp.max_sessions_given),
         udp.max_sessions,
         share_summary(|shard| udp.shard_share(shard, shards), shards)
     )?;

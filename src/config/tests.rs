@@ -119,6 +119,7 @@ fn full_file_resolves_to_the_exact_plan() {
                 idle_timeout: secs(3600),
                 half_close_timeout: secs(30),
                 max_connections: 5001,
+                max_connections_given: LimitSource::Explicit,
             },
             TcpListenerPlan {
                 name: "[::]:8443".into(),
@@ -128,6 +129,7 @@ fn full_file_resolves_to_the_exact_plan() {
                 idle_timeout: secs(600),
                 half_close_timeout: secs(60),
                 max_connections: 10_000,
+                max_connections_given: LimitSource::Default,
             },
         ],
         udp: vec![],
@@ -869,6 +871,7 @@ fn tcp_flags_add_listeners_with_defaults() {
             idle_timeout: secs(600),
             half_close_timeout: secs(60),
             max_connections: 10_000,
+            max_connections_given: LimitSource::Default,
         }
     );
     assert_eq!(plan.tcp[2].upstreams, vec![addr("[::1]:9000")]);
@@ -968,6 +971,7 @@ fn shard_shares_add_up() {
         idle_timeout: secs(1),
         half_close_timeout: secs(1),
         max_connections,
+        max_connections_given: LimitSource::Explicit,
     };
     let cases = [
         (1, 1),

@@ -69,6 +69,7 @@ pub(super) fn file_udp_listener(
             DEFAULT_MAX_SESSIONS,
             shards,
         )?,
+        max_sessions_given: super::LimitSource::of(&section.get("max_sessions")),
         new_sessions_per_second_per_source: section
             .get("new_sessions_per_second_per_source")
             .map(|f| count(&f, RATE, 50))
@@ -142,6 +143,7 @@ pub(super) fn flag_udp_listener(
         idle_timeout: IDLE_TIMEOUT.default,
         max_responses: None,
         max_sessions: DEFAULT_MAX_SESSIONS,
+        max_sessions_given: super::LimitSource::Default,
         new_sessions_per_second_per_source: None,
         allow: Vec::new(),
         rcvbuf: None,

@@ -56,6 +56,7 @@ fn the_documented_example_resolves_to_the_exact_plan() {
             idle_timeout: Duration::from_secs(60),
             max_responses: Some(1),
             max_sessions: 100_000,
+            max_sessions_given: LimitSource::Explicit,
             new_sessions_per_second_per_source: Some(50),
             allow: vec![Cidr::parse("10.0.0.0/8").unwrap()],
             rcvbuf: None,

@@ -333,6 +333,16 @@ impl Ring {
         self.push((e, None));
     }
 
+    /// One accept (no multishot): a listener near its descriptor budget
+    /// takes clients one at a time.
+    pub fn accept_one(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
     pub fn socket(&mut self, family: i32, kind: SockType, user_data: u64) {
         let ty = match kind {
             SockType::Stream => libc::SOCK_STREAM,

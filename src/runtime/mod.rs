@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::config::units::format_duration;
 use crate::config::{EchoMode, Plan, Proto};
-use crate::shard::engine::{ListenerKind, ListenerSpec, RouteSpec};
+use crate::shard::engine::{FdBudget, ListenerKind, ListenerSpec, RouteSpec};
 use crate::shard::event_loop::{
     self, Command, Control, Report, RouteSetup, ShardSetup, SpliceSetup, UdpRouteSetup,
 };
@@ -25,6 +25,8 @@ use crate::sys::host::{self, HostError};
 use crate::sys::signals::{self, TerminationSignals};
 use crate::sys::socket::{self, ListenKind};
 use crate::time::millis;
+
+mod descriptors;
 
 /// How long start-up waits for every shard to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,10 +144,23 @@ fn splice_setup(plan: &Plan) -> SpliceSetup {
     }
 }
 
+/// What the host checks found: warnings, notes at info level, and each
+/// shard's descriptor budget.
+#[derive(Debug)]
+pub struct HostReport {
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+    pub fd_budget: FdBudget,
+}
+
 /// Host checks that do not create sockets (shared by `run` and `check`).
-pub fn check_host(plan: &Plan) -> Result<Vec<String>, HostError> {
+pub fn check_host(plan: &Plan) -> Result<HostReport, HostError> {
     host::check_io_uring()?;
-    let mut notes = Vec::new();
+    let mut report = HostReport {
+        warnings: Vec::new(),
+        notes: Vec::new(),
+        fd_budget: FdBudget::Unlimited,
+    };
     let rt = &plan.runtime;
     if let Some(n) = host::ensure_memlock(
         rt.shards,
@@ -153,29 +168,34 @@ pub fn check_host(plan: &Plan) -> Result<Vec<String>, HostError> {
         rt.buffers_per_shard,
         datagram_buffers(plan),
     )? {
-        notes.push(n);
+        report.warnings.push(n);
     }
-    // Each TCP connection holds two descriptors, each UDP session one.
-    let conns: u64 = plan
-        .tcp
-        .iter()
-        .map(|t| u64::from(t.max_connections) * 2)
-        .chain(plan.udp.iter().map(|u| u64::from(u.max_sessions)))
-        .sum();
+    // Listening sockets of every shard, and each splice pipe's two ends
+    // (made at shard start), are outside the connections' budget.
     let listeners = (plan.tcp.len() + plan.udp.len() + plan.echo.len()) as u64 * rt.shards as u64;
-    // And each splice pipe two, made at shard start.
     let pipes = u64::from(splice_setup(plan).max_pipes) * 2 * rt.shards as u64;
-    if let Some(w) = host::ensure_nofile(conns + listeners + pipes + 64) {
-        notes.push(w);
+    let limits = descriptors::limits(plan);
+    let needed = descriptors::needed(&limits, listeners + pipes, rt.shards);
+    if let Some(nofile) = host::ensure_nofile(needed) {
+        let budget = descriptors::budget(&limits, listeners + pipes, rt.shards, nofile);
+        report.fd_budget = budget.per_shard;
+        match budget.note {
+            descriptors::Note::Warn(w) => report.warnings.push(w),
+            descriptors::Note::Info(n) => report.notes.push(n),
+        }
     }
-    Ok(notes)
+    Ok(report)
 }
 
 impl Runtime {
     /// Checks the host, binds, spawns and waits until every shard is ready.
     pub fn start(plan: &Plan) -> Result<Runtime, HostError> {
-        for note in check_host(plan)? {
-            warn!("{note}");
+        let host = check_host(plan)?;
+        for warning in &host.warnings {
+            warn!("{warning}");
+        }
+        for note in &host.notes {
+            info!("{note}");
         }
         let rt = &plan.runtime;
         let n = rt.shards;
@@ -335,6 +355,7 @@ impl Runtime {
                 splice: splice_setup(plan),
                 udp_listeners: shard_udp,
                 udp_routes: udp_routes.clone(),
+                fd_budget: host.fd_budget,
             };
             let control = Control {
                 commands: cmd_rx,

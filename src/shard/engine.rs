@@ -30,6 +30,13 @@ pub const CQE_F_BUFFER: u32 = 1 << 0;
 /// Short enough that service resumes promptly once descriptors free up, long
 /// enough not to spin on a persistent error.
 const ACCEPT_BACKOFF_MS: Millis = 100;
+/// A multishot accept takes every client waiting in the listen queue in one
+/// go (the kernel loops while the queue is not empty), and that queue holds
+/// up to `net.core.somaxconn` clients (4096 by default since Linux 5.4). So a
+/// listener uses it only while the descriptor budget has room for that many
+/// connections; below, it accepts one client at a time, so a burst cannot be
+/// accepted past the budget and then fail for want of an upstream socket.
+const MULTISHOT_ACCEPT_ROOM: u32 = 4096;
 /// Log lines about individual connections allowed per shard per second; the
 /// rest are counted and summarised, so a flood cannot drown the log.
 const LOG_LINES_PER_SECOND: u32 = 20;
@@ -38,6 +45,11 @@ const LOG_LINES_PER_SECOND: u32 = 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     AcceptMulti {
+        token: u64,
+        fd: RawFd,
+    },
+    /// One accept (a listener near its descriptor budget).
+    Accept {
         token: u64,
         fd: RawFd,
     },
@@ -302,6 +314,17 @@ impl ListenerKind {
         }
     }
 
+    /// Descriptors one connection of this listener holds.
+    pub fn descriptors(self) -> u32 {
+        match self {
+            ListenerKind::Forward { .. } => 2,
+            ListenerKind::Echo
+            | ListenerKind::EchoSink
+            | ListenerKind::EchoSource
+            | ListenerKind::EchoRr { .. } => 1,
+        }
+    }
+
     /// Whether connections of this listener send from the periodic region (so
     /// the shard must register it).
     pub fn sends_region(self) -> bool {
@@ -343,16 +366,89 @@ pub struct EngineConfig {
     pub splice: SpliceConfig,
     /// The shard's pipes (its `max_pipes`); none: nothing splices.
     pub pipes: Vec<PipeFds>,
+    /// Descriptors its connections and sessions may hold.
+    pub fd_budget: FdBudget,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AcceptState {
-    Armed,
-    /// Waiting to re-arm after an error.
+    Armed(Accepting),
+    /// Waiting to re-arm after an error or EMFILE/ENFILE (a timer).
     Backoff,
+    /// Its accept is being cancelled to stop accepting for a while.
+    Pausing(Pause),
+    /// Not accepting until the descriptor budget has room again.
+    Paused,
+    /// Its accept is being cancelled for a drain.
     Cancelling,
     Closing,
     Closed,
+}
+
+/// How a listener's accept takes clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accepting {
+    /// Multishot: while the budget has room for `MULTISHOT_ACCEPT_ROOM`.
+    Many,
+    One,
+}
+
+/// Why a listener's accept is being cancelled while running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pause {
+    /// The budget's room fell below what a multishot accept may take at
+    /// once: re-arm as a single accept, or pause until a connection ends.
+    Room,
+    /// accept or socket() said EMFILE/ENFILE: resume after a back-off.
+    OutOfFds,
+}
+
+/// How a listener's accept ended (its completion without IORING_CQE_F_MORE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AcceptEnd {
+    /// Cancelled by us, or the multishot ran out on its own.
+    Normal,
+    Failed,
+    OutOfFds,
+}
+
+fn is_out_of_fds(errno: i32) -> bool {
+    matches!(errno, libc::EMFILE | libc::ENFILE)
+}
+
+/// Descriptors a shard may hold for its connections and sessions: its share
+/// of RLIMIT_NOFILE after the listeners, pipes and a reserve (see
+/// `runtime::check_host`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FdBudget {
+    /// No limit known (tests, or getrlimit failed).
+    #[default]
+    Unlimited,
+    Max(u32),
+}
+
+/// The descriptors a shard's connections and sessions hold, against its budget.
+#[derive(Debug, Default)]
+pub(super) struct Descriptors {
+    budget: FdBudget,
+    /// Held by connections, from accept until the connection is freed: two
+    /// per relay (client and upstream, reserved together so an accepted
+    /// client never lacks its upstream socket), one per built-in server.
+    conns: u32,
+}
+
+impl Descriptors {
+    /// Whether `n` more fit beside what connections and `sessions` (one
+    /// socket each) hold.
+    pub(super) fn room(&self, n: u32, sessions: usize) -> bool {
+        match self.budget {
+            FdBudget::Unlimited => true,
+            FdBudget::Max(max) => {
+                let held = u64::from(self.conns) + sessions as u64;
+                held + u64::from(n) <= u64::from(max)
+            }
+        }
+    }
 }
 
 struct Listener {
@@ -457,6 +553,8 @@ pub struct Engine {
     pipes: PipePool,
     /// Pipe requests of the connection being lowered (answered at once).
     pipe_wants: Vec<Side>,
+    /// Descriptors held against the shard's budget.
+    pub(super) fds: Descriptors,
 }
 
 pub(super) fn result(res: i32) -> Result<u32, i32> {
@@ -546,6 +644,10 @@ impl Engine {
             splice,
             pipes: PipePool::new(&cfg.pipes),
             pipe_wants: Vec::with_capacity(2),
+            fds: Descriptors {
+                budget: cfg.fd_budget,
+                conns: 0,
+            },
         }
     }
 
@@ -649,15 +751,25 @@ impl Engine {
     }
 
     fn arm_accept(&mut self, index: u32) {
+        let sessions = self.sessions.len();
         let Some(l) = self.listeners.get_mut(index as usize) else {
             return;
         };
-        l.accept = AcceptState::Armed;
+        let token = Self::listener_token(OpKind::Accept, index);
+        let fd = l.spec.fd;
+        let need = l.spec.kind.descriptors();
+        let op = if self
+            .fds
+            .room(need.saturating_mul(MULTISHOT_ACCEPT_ROOM), sessions)
+        {
+            l.accept = AcceptState::Armed(Accepting::Many);
+            Op::AcceptMulti { token, fd }
+        } else {
+            l.accept = AcceptState::Armed(Accepting::One);
+            Op::Accept { token, fd }
+        };
         self.misc_inflight += 1;
-        self.ops.push(Op::AcceptMulti {
-            token: Self::listener_token(OpKind::Accept, index),
-            fd: l.spec.fd,
-        });
+        self.ops.push(op);
     }
 
     fn close_listener(&mut self, index: u32) {
@@ -688,7 +800,7 @@ impl Engine {
         for i in 0..self.listeners.len() {
             let index = i as u32;
             match self.listeners[i].accept {
-                AcceptState::Armed => {
+                AcceptState::Armed(_) => {
                     self.listeners[i].accept = AcceptState::Cancelling;
                     self.misc_inflight += 1;
                     self.ops.push(Op::CancelAccept {
@@ -696,8 +808,12 @@ impl Engine {
                         target: Self::listener_token(OpKind::Accept, index),
                     });
                 }
-                AcceptState::Backoff => self.close_listener(index),
-                AcceptState::Cancelling | AcceptState::Closing | AcceptState::Closed => {}
+                AcceptState::Backoff | AcceptState::Paused => self.close_listener(index),
+                // A pause's cancel is in flight: its final completion closes the listener.
+                AcceptState::Pausing(_)
+                | AcceptState::Cancelling
+                | AcceptState::Closing
+                | AcceptState::Closed => {}
             }
         }
         self.close_idle_udp_listeners();
@@ -783,7 +899,8 @@ impl Engine {
             return;
         };
         let (at_limit, limit, name) = (l.active >= l.spec.limit, l.spec.limit, l.spec.name.clone());
-        let mut failed = false;
+        let pausing = matches!(l.accept, AcceptState::Pausing(_));
+        let mut ended = AcceptEnd::Normal;
         if res >= 0 {
             let fd = res;
             if self.mode != Mode::Running {
@@ -802,9 +919,15 @@ impl Engine {
                 }
             } else {
                 self.admit(index, fd, now);
+                if more {
+                    self.narrow_accept(index);
+                }
             }
-        } else if -res != libc::ECANCELED || self.mode == Mode::Running {
-            failed = true;
+        } else if is_out_of_fds(-res) && self.mode == Mode::Running {
+            ended = AcceptEnd::OutOfFds;
+            self.note_fd_pause(&name, -res, now);
+        } else if -res != libc::ECANCELED || (self.mode == Mode::Running && !pausing) {
+            ended = AcceptEnd::Failed;
             self.stats.accept_errors += 1;
             let err = std::io::Error::from_raw_os_error(-res);
             if self.log.allow(now, self.shard) {
@@ -812,23 +935,146 @@ impl Engine {
                     shard = self.shard,
                     listener = %name,
                     error = %err,
-                    "accept failed; retrying in {ACCEPT_BACKOFF_MS}ms (EMFILE/ENFILE: raise `ulimit -n`)"
+                    "accept failed; retrying in {ACCEPT_BACKOFF_MS}ms"
                 );
             }
         }
         if more {
             return;
         }
-        match (self.mode, failed) {
-            (Mode::Running, false) => self.arm_accept(index),
-            (Mode::Running, true) => {
-                if let Some(l) = self.listeners.get_mut(index as usize) {
-                    l.accept = AcceptState::Backoff;
-                }
-                self.timers
-                    .insert(now + ACCEPT_BACKOFF_MS, TimerKey::Listener(index));
+        match self.mode {
+            Mode::Running => self.accept_ended(index, ended, now),
+            Mode::Draining | Mode::Stopping => self.close_listener(index),
+        }
+    }
+
+    /// A listener's accept is out of the kernel while running: re-arm it, or
+    /// wait for the back-off timer, or for descriptors to come back.
+    fn accept_ended(&mut self, index: u32, ended: AcceptEnd, now: Millis) {
+        let Some(l) = self.listeners.get(index as usize) else {
+            return;
+        };
+        let (state, need, name) = (l.accept, l.spec.kind.descriptors(), l.spec.name.clone());
+        let backoff = matches!(ended, AcceptEnd::Failed | AcceptEnd::OutOfFds)
+            || state == AcceptState::Pausing(Pause::OutOfFds);
+        if backoff {
+            self.set_accept(index, AcceptState::Backoff);
+            self.timers
+                .insert(now + ACCEPT_BACKOFF_MS, TimerKey::Listener(index));
+        } else if self.fd_room(need) {
+            self.arm_accept(index);
+        } else {
+            self.note_budget_pause(&name, now);
+            self.set_accept(index, AcceptState::Paused);
+        }
+    }
+
+    fn set_accept(&mut self, index: u32, state: AcceptState) {
+        if let Some(l) = self.listeners.get_mut(index as usize) {
+            l.accept = state;
+        }
+    }
+
+    /// After an admit by a multishot accept: once the budget's room is below
+    /// what it may take at once, cancel it; its final completion re-arms a
+    /// single accept, or pauses accepting (clients wait in the kernel's
+    /// listen queue, resumed by `resume_accepts`) when there is no room for
+    /// one more, rather than accept clients without the descriptors to serve them.
+    fn narrow_accept(&mut self, index: u32) {
+        let Some(l) = self.listeners.get(index as usize) else {
+            return;
+        };
+        let need = l.spec.kind.descriptors();
+        if l.accept != AcceptState::Armed(Accepting::Many)
+            || self.fd_room(need.saturating_mul(MULTISHOT_ACCEPT_ROOM))
+        {
+            return;
+        }
+        self.cancel_accept(index, Pause::Room);
+    }
+
+    fn cancel_accept(&mut self, index: u32, why: Pause) {
+        self.set_accept(index, AcceptState::Pausing(why));
+        self.misc_inflight += 1;
+        self.ops.push(Op::CancelAccept {
+            token: Self::listener_token(OpKind::CancelAccept, index),
+            target: Self::listener_token(OpKind::Accept, index),
+        });
+    }
+
+    fn note_budget_pause(&mut self, name: &str, now: Millis) {
+        self.stats.accept_paused_fd += 1;
+        if self.log.allow(now, self.shard) {
+            info!(
+                shard = self.shard,
+                listener = %name,
+                budget = ?self.fds.budget,
+                "accepting paused: this shard's descriptor budget is in use (its share of `ulimit -n`); clients wait in the listen queue until connections close"
+            );
+        }
+    }
+
+    /// accept or socket() said EMFILE/ENFILE: the process or the system is
+    /// out of descriptors although the budget had room (something else holds
+    /// them). Counted as a pause; accepting resumes after the back-off.
+    fn note_fd_pause(&mut self, name: &str, errno: i32, now: Millis) {
+        self.stats.accept_paused_fd += 1;
+        if self.log.allow(now, self.shard) {
+            let err = std::io::Error::from_raw_os_error(errno);
+            warn!(
+                shard = self.shard,
+                listener = %name,
+                error = %err,
+                "out of descriptors; accepting paused for {ACCEPT_BACKOFF_MS}ms (raise `ulimit -n`, or `fs.file-max` for ENFILE)"
+            );
+        }
+    }
+
+    /// An upstream socket could not be made for lack of descriptors: stop
+    /// every accepting listener for a back-off, so new clients wait in the
+    /// listen queue instead of being accepted and failing the same way.
+    fn pause_all_out_of_fds(&mut self, errno: i32, now: Millis) {
+        let armed: Vec<u32> = (0..self.listeners.len() as u32)
+            .filter(|&i| {
+                self.listeners
+                    .get(i as usize)
+                    .is_some_and(|l| matches!(l.accept, AcceptState::Armed(_)))
+            })
+            .collect();
+        let Some(&first) = armed.first() else {
+            return;
+        };
+        let name = self
+            .listeners
+            .get(first as usize)
+            .map(|l| l.spec.name.clone())
+            .unwrap_or_default();
+        self.note_fd_pause(&name, errno, now);
+        for index in armed {
+            self.cancel_accept(index, Pause::OutOfFds);
+        }
+    }
+
+    /// Whether the shard's descriptor budget has room for `n` more (a TCP
+    /// relay needs 2, a UDP session 1). Listeners, pipes and the control
+    /// thread's descriptors are outside the budget.
+    pub fn fd_room(&self, n: u32) -> bool {
+        self.fds.room(n, self.sessions.len())
+    }
+
+    /// Re-arms the listeners paused for descriptors once there is room.
+    fn resume_accepts(&mut self) {
+        if self.mode != Mode::Running {
+            return;
+        }
+        for i in 0..self.listeners.len() {
+            let need = match self.listeners.get(i) {
+                Some(l) if l.accept == AcceptState::Paused => l.spec.kind.descriptors(),
+                _ => continue,
+            };
+            if self.fd_room(need) {
+                self.arm_accept(i as u32);
             }
-            (Mode::Draining | Mode::Stopping, _) => self.close_listener(index),
         }
     }
 
@@ -879,9 +1125,11 @@ impl Engine {
             listener: index,
             timer_at: None,
         };
+        let need = l.spec.kind.descriptors();
         match self.conns.insert(conn) {
             Some(slot) => {
                 l.active += 1;
+                self.fds.conns += need;
                 self.stats.accepted += 1;
                 self.after_conn(slot, now);
             }
@@ -895,6 +1143,9 @@ impl Engine {
     }
 
     fn on_conn_cqe(&mut self, token: Token, res: i32, flags: u32, now: Millis) {
+        if token.kind == OpKind::Socket && res < 0 && is_out_of_fds(-res) {
+            self.pause_all_out_of_fds(-res, now);
+        }
         let slot = token.slot;
         let Some(conn) = self.conns.get_mut(slot) else {
             self.stale(token.kind, res, flags);
@@ -930,7 +1181,7 @@ impl Engine {
                 OpKind::SpliceIn => r.handle_splice_in(side, result(res), now, out, stats),
                 OpKind::SpliceOut => r.handle_splice_out(side, result(res), now, out, stats),
                 OpKind::CancelSplice => r.handle_cancel(out),
-                OpKind::Socket => r.handle_socket(unit(res), out, stats),
+                OpKind::Socket => r.handle_socket(unit(res), now, out, stats),
                 OpKind::Connect => r.handle_connect(unit(res), now, out, stats),
                 OpKind::ConnectTimeout => r.handle_connect_timeout(out),
                 OpKind::Shutdown => r.handle_shutdown(side, unit(res), out),
@@ -1126,8 +1377,10 @@ impl Engine {
         };
         if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
             l.active = l.active.saturating_sub(1);
+            self.fds.conns = self.fds.conns.saturating_sub(l.spec.kind.descriptors());
         }
         self.log_close(&conn, now);
+        self.resume_accepts();
     }
 
     fn log_close(&mut self, conn: &Conn, now: Millis) {
@@ -1214,12 +1467,15 @@ impl Engine {
                         .get(index as usize)
                         .is_some_and(|l| l.accept == AcceptState::Backoff);
                     if backoff && self.mode == Mode::Running {
-                        self.arm_accept(index);
+                        // Back to accepting, or to waiting for the budget.
+                        self.set_accept(index, AcceptState::Paused);
                     }
                 }
             }
         }
         self.fired = fired;
+        // UDP sessions ending free descriptors too.
+        self.resume_accepts();
     }
 
     /// Re-arms starved receives while the ring has buffers. Each woken receive

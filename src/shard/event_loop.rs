@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::engine::{
-    Engine, EngineConfig, ListenerSpec, Mode, Op, PipeFds, RecvTemplate, RouteSpec,
+    Engine, EngineConfig, FdBudget, ListenerSpec, Mode, Op, PipeFds, RecvTemplate, RouteSpec,
 };
 use super::token::{OpKind, SlotId, Token};
 use super::udp::{DatagramMeta, UdpListenerSpec, UdpRouteSpec};
@@ -62,6 +62,9 @@ pub struct ShardSetup {
     /// replies need the destination address the client used: IP_PKTINFO).
     pub udp_listeners: Vec<(UdpListenerSpec, OwnedFd, bool)>,
     pub udp_routes: Vec<UdpRouteSetup>,
+    /// Descriptors this shard's connections and sessions may hold (its
+    /// share of RLIMIT_NOFILE); past it, accepting pauses.
+    pub fd_budget: FdBudget,
 }
 
 /// The splice relay of a shard: `max_pipes` pipes of `pipe_size` bytes,
@@ -321,6 +324,7 @@ pub fn run(setup: ShardSetup, control: Control) {
                 buffer_size: setup.buffer_size,
             },
             pipes: pipe_fds,
+            fd_budget: setup.fd_budget,
         },
         0,
     );
@@ -571,6 +575,7 @@ impl Loop {
             } => self.ring.splice(fd_in, fd_out, len, token),
             Op::ReplacePipe { pipe, fds } => self.replace_pipe(pipe, fds, engine),
             Op::AcceptMulti { token, fd } => self.ring.accept_multi(fd, token),
+            Op::Accept { token, fd } => self.ring.accept_one(fd, token),
             Op::CancelAccept { token, target } | Op::CancelOne { token, target } => {
                 self.ring.cancel(target, token)
             }

@@ -489,6 +489,9 @@ impl Engine {
     /// asked only once the table would take the client, and a session is
     /// evicted only once the client has passed the rate limit too.
     fn make_room(&mut self, index: u32, client: SocketAddr, now: Millis) -> Result<(), DropReason> {
+        if !self.fds.room(1, self.sessions.len()) {
+            return Err(DropReason::SessionLimit); // no descriptor for its socket
+        }
         let Some(l) = self.udp_listeners.get_mut(index as usize) else {
             return Err(DropReason::SessionLimit);
         };

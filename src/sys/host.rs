@@ -385,24 +385,34 @@ pub fn ensure_memlock(
     })
 }
 
-/// Raises the descriptor limit toward `needed` (each TCP connection uses two,
-/// each UDP session one).
-/// Returns a warning when the hard limit is lower than `needed`.
-pub fn ensure_nofile(needed: u64) -> Option<String> {
+/// RLIMIT_NOFILE once [`ensure_nofile`] has raised what it could.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoFile {
+    /// The soft limit in effect (what the process may open).
+    pub limit: u64,
+    pub hard: u64,
+    /// The soft limit before, when it was raised.
+    pub raised_from: Option<u64>,
+}
+
+/// Raises the soft descriptor limit toward `needed`, up to the hard limit
+/// (raising the hard limit needs privilege; that is the operator's call).
+/// Returns the limit now in effect, or `None` when it cannot be read; the
+/// caller turns it into a per-shard budget and decides what to tell.
+pub fn ensure_nofile(needed: u64) -> Option<NoFile> {
     let (soft, hard) = get_rlimit(libc::RLIMIT_NOFILE)?;
-    if soft >= needed {
-        return None;
-    }
     let target = needed.min(hard);
-    let raised = target > soft && set_soft_rlimit(libc::RLIMIT_NOFILE, target, hard);
-    let now = if raised { target } else { soft };
-    (now < needed).then(|| {
-        format!(
-            "descriptor limit (RLIMIT_NOFILE) is {now} but max_connections and max_sessions need \
-             up to {needed} (two per TCP connection, one per UDP session); connections and \
-             sessions beyond it will fail. Raise it with `ulimit -n {needed}` or \
-             LimitNOFILE={needed} in the systemd unit, or lower the limits"
-        )
+    if target > soft && set_soft_rlimit(libc::RLIMIT_NOFILE, target, hard) {
+        return Some(NoFile {
+            limit: target,
+            hard,
+            raised_from: Some(soft),
+        });
+    }
+    Some(NoFile {
+        limit: soft,
+        hard,
+        raised_from: None,
     })
 }
 

@@ -29,10 +29,30 @@ pub struct RelayConfig {
     pub cap: u32,
 }
 
+/// How much a client whose upstream could not be reached may still send
+/// after its FIN before the relay closes anyway. Closing a socket with unread
+/// data makes the kernel send a reset, which the client sees as
+/// `ECONNRESET` instead of the end of the stream; HAProxy and NGINX answer a
+/// dead upstream with a FIN, so the relay reads and discards what the client
+/// already sent (a request, typically a few KiB) until its FIN. Bounded so a
+/// client that keeps sending cannot hold the connection: 64 KiB covers any
+/// request head and a small body.
+pub const LINGER_MAX_BYTES: u64 = 64 * 1024;
+/// How long the relay waits for that client's FIN (see [`LINGER_MAX_BYTES`]):
+/// a client that reads the FIN answers within a round trip; one second covers
+/// a slow peer without holding the descriptor for long.
+pub const LINGER_MS: Millis = 1_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Connecting,
     Relaying,
+    /// No upstream could be reached: the client got a FIN and what it sends
+    /// is read and discarded until its FIN, `until`, or `LINGER_MAX_BYTES`.
+    Lingering {
+        until: Millis,
+        discarded: u64,
+    },
     Closing,
 }
 
@@ -139,7 +159,7 @@ impl Relay {
 
     /// Begins the first upstream attempt.
     pub fn start(&mut self, out: &mut Vec<ConnOp>) {
-        self.next_attempt(None, out);
+        self.next_attempt(None, self.last_activity, out);
     }
 
     /// The upstream index the current attempt uses.
@@ -195,6 +215,7 @@ impl Relay {
                 };
                 Some(self.last_activity.saturating_add(limit))
             }
+            Phase::Lingering { until, .. } => Some(until),
             Phase::Connecting | Phase::Closing => None,
         }
     }
@@ -212,6 +233,7 @@ impl Relay {
     pub fn handle_socket(
         &mut self,
         res: Result<(), i32>,
+        now: Millis,
         out: &mut Vec<ConnOp>,
         stats: &mut ShardStats,
     ) {
@@ -219,7 +241,7 @@ impl Relay {
         match res {
             Ok(()) => {
                 self.life.set_state(Side::Upstream, SockState::Open);
-                if self.phase == Phase::Closing {
+                if self.phase != Phase::Connecting {
                     self.life.doom(Side::Upstream, false, out);
                     return;
                 }
@@ -230,10 +252,10 @@ impl Relay {
             Err(e) => {
                 stats.connect_errors += 1;
                 self.last_errno = Some(e);
-                if self.phase != Phase::Closing {
-                    self.begin_close(CloseReason::ConnectError, Ending::Graceful, out);
+                if self.phase == Phase::Connecting {
+                    self.linger(CloseReason::ConnectError, now, out);
                 } else {
-                    self.life.close_when_idle(out);
+                    self.after(out);
                 }
             }
         }
@@ -248,8 +270,8 @@ impl Relay {
         stats: &mut ShardStats,
     ) {
         self.life.done_on(Side::Upstream);
-        if self.phase == Phase::Closing {
-            self.life.close_when_idle(out);
+        if self.phase != Phase::Connecting {
+            self.after(out);
             return;
         }
         let failure = match res {
@@ -287,25 +309,88 @@ impl Relay {
         // The failed socket is closed on its own; the next attempt gets a fresh one.
         self.life.set_state(Side::Upstream, SockState::Absent);
         self.emit(out, |_, out| out.push(ConnOp::Discard));
-        self.next_attempt(Some(failure), out);
+        self.next_attempt(Some(failure), now, out);
     }
 
     /// The connect's linked timeout completed (fired, or cancelled by the connect).
     pub fn handle_connect_timeout(&mut self, out: &mut Vec<ConnOp>) {
         self.life.done();
-        if self.phase == Phase::Closing {
-            self.life.close_when_idle(out);
-        }
+        self.after(out);
     }
 
-    fn next_attempt(&mut self, failure: Option<CloseReason>, out: &mut Vec<ConnOp>) {
+    fn next_attempt(&mut self, failure: Option<CloseReason>, now: Millis, out: &mut Vec<ConnOp>) {
         if self.attempts < self.cfg.upstreams {
             self.attempts += 1;
             let upstream = self.current_upstream();
             self.emit(out, |_, out| out.push(ConnOp::OpenUpstream { upstream }));
         } else {
-            let reason = failure.unwrap_or(CloseReason::ConnectError);
-            self.begin_close(reason, Ending::Graceful, out);
+            self.linger(failure.unwrap_or(CloseReason::ConnectError), now, out);
+        }
+    }
+
+    /// Every upstream failed: FIN to the client, then read and discard what
+    /// it sent (see [`LINGER_MAX_BYTES`]) so the close does not reset it.
+    /// The connection is counted under `reason` whatever ends the lingering.
+    fn linger(&mut self, reason: CloseReason, now: Millis, out: &mut Vec<ConnOp>) {
+        self.reason = Some(reason);
+        self.phase = Phase::Lingering {
+            until: now.saturating_add(LINGER_MS),
+            discarded: 0,
+        };
+        self.emit(out, |r, out| {
+            // Nothing was relayed; this stops the pipes from forwarding the
+            // client's FIN to the upstream that never was.
+            for d in &mut r.dirs {
+                if let Some(p) = d.buffers() {
+                    p.release_unsent(out);
+                }
+            }
+            out.push(ConnOp::Shutdown(Side::Client));
+            out.push(ConnOp::ArmRecv(Side::Client));
+        });
+    }
+
+    /// A receive completion while lingering: data is released at once (an
+    /// idle lingering client holds no buffer); its FIN, an error, the byte
+    /// bound or a receive that cannot continue ends the lingering.
+    fn linger_recv(
+        &mut self,
+        ev: RecvEvent,
+        more: bool,
+        out: &mut Vec<ConnOp>,
+        stats: &mut ShardStats,
+    ) {
+        let Phase::Lingering { until, discarded } = self.phase else {
+            return;
+        };
+        match ev {
+            RecvEvent::Data { bid, len } => {
+                let discarded = discarded.saturating_add(u64::from(len));
+                self.phase = Phase::Lingering { until, discarded };
+                self.emit(out, |_, out| {
+                    out.push(ConnOp::Release(bid));
+                    if !more && discarded < LINGER_MAX_BYTES {
+                        out.push(ConnOp::ArmRecv(Side::Client));
+                    }
+                });
+                if discarded >= LINGER_MAX_BYTES {
+                    self.end_linger(out);
+                }
+            }
+            RecvEvent::NoBuffers => {
+                stats.enobufs += 1;
+                out.push(ConnOp::Starved(Side::Client));
+            }
+            RecvEvent::Eof | RecvEvent::Cancelled | RecvEvent::Error(_) => self.end_linger(out),
+        }
+    }
+
+    /// Lingering is over: close the client (a FIN was already sent).
+    fn end_linger(&mut self, out: &mut Vec<ConnOp>) {
+        if let Phase::Lingering { .. } = self.phase {
+            self.phase = Phase::Closing;
+            self.life.doom(Side::Client, false, out);
+            self.life.doom(Side::Upstream, false, out);
         }
     }
 
@@ -321,6 +406,11 @@ impl Relay {
     ) {
         if !more {
             self.life.done_on(side);
+        }
+        if let Phase::Lingering { .. } = self.phase {
+            self.linger_recv(ev, more, out, stats);
+            self.after(out);
+            return;
         }
         let closing = self.phase == Phase::Closing;
         if self.dirs[side.index()].buffers().is_none() {
@@ -705,6 +795,13 @@ impl Relay {
     /// The FIN forwarded to `side` (shutdown SHUT_WR) completed.
     pub fn handle_shutdown(&mut self, side: Side, res: Result<(), i32>, out: &mut Vec<ConnOp>) {
         self.life.done_on(side);
+        if let Phase::Lingering { .. } = self.phase {
+            // The client reset already: nothing to wait for.
+            if res.is_err() {
+                self.end_linger(out);
+            }
+            return;
+        }
         let src = side.other();
         match &mut self.dirs[src.index()] {
             Dir::Buffered { pipe, .. } | Dir::Switching { pipe, .. } => pipe.on_fin_sent(),
@@ -749,6 +846,10 @@ impl Relay {
 
     /// Buffers returned to the shard's ring: a starved receive on `side` retries.
     pub fn handle_buffers(&mut self, side: Side, out: &mut Vec<ConnOp>) {
+        if let (Phase::Lingering { .. }, Side::Client) = (self.phase, side) {
+            self.emit(out, |_, out| out.push(ConnOp::ArmRecv(Side::Client)));
+            return;
+        }
         if self.phase == Phase::Relaying {
             self.emit(out, |r, out| {
                 if let Some(p) = r.dirs[side.index()].buffers() {
@@ -761,6 +862,12 @@ impl Relay {
     /// Time passed; reclaims the pipes of silent splices, and ends the
     /// connection if its idle or half-close deadline is due.
     pub fn handle_timeout(&mut self, now: Millis, out: &mut Vec<ConnOp>) {
+        if let Phase::Lingering { until, .. } = self.phase {
+            if until <= now {
+                self.end_linger(out);
+            }
+            return;
+        }
         if self.phase == Phase::Relaying {
             self.emit(out, |r, out| {
                 for d in &mut r.dirs {
@@ -784,6 +891,11 @@ impl Relay {
 
     /// Ends the connection now (shutdown after drain_timeout).
     pub fn abort(&mut self, reason: CloseReason, out: &mut Vec<ConnOp>) {
+        if let Phase::Lingering { .. } = self.phase {
+            // Counted under the connect failure that started the lingering.
+            self.end_linger(out);
+            return;
+        }
         self.begin_close(reason, Ending::Graceful, out);
     }
 

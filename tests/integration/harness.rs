@@ -57,7 +57,21 @@ pub struct Proc {
 impl Proc {
     /// Starts `ringfwd args...` and waits until it printed `listeners` listening lines.
     pub fn start(args: &[&str], listeners: usize) -> Proc {
-        let mut child = Command::new(BIN)
+        Proc::launch(Command::new(BIN), args, listeners)
+    }
+
+    /// As `start`, with RLIMIT_NOFILE (soft and hard) set to `nofile` by
+    /// `prlimit`, which execs ringfwd (so the pid is ringfwd's).
+    pub fn start_with_nofile(nofile: u64, args: &[&str], listeners: usize) -> Proc {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(BIN);
+        Proc::launch(cmd, args, listeners)
+    }
+
+    fn launch(mut cmd: Command, args: &[&str], listeners: usize) -> Proc {
+        let mut child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -3,10 +3,12 @@
 //! max_connections.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{blackhole, dead_port, echo_upstream, forwarder, round_trip, wait_until};
+use crate::harness::{
+    Proc, blackhole, dead_port, echo_upstream, forwarder, round_trip, wait_until, write_config,
+};
 
 /// Reads until EOF or error; returns how the stream ended and after how long.
 fn wait_closed(s: &mut TcpStream, timeout: Duration) -> (Result<usize, ErrorKind>, Duration) {
@@ -36,6 +38,42 @@ fn refused_upstream_closes_the_client_promptly() {
     );
     fwd.wait_stat("close_connect_refused", Duration::from_secs(5), |v| v == 1);
     assert_eq!(fwd.stat("connect_refused"), 1);
+}
+
+/// Every HTTP client sends its request before it reads: with no upstream it
+/// must see the end of the stream (as from HAProxy or NGINX), not the
+/// `ECONNRESET` that closing a socket with unread data sends.
+#[test]
+fn a_dead_upstream_gives_a_client_that_sent_data_a_fin_not_a_reset() {
+    let (_guard, dead) = dead_port();
+    let fwd = forwarder(&[dead], "", "shards = 1");
+    let clients = 10;
+    for i in 0..clients {
+        let mut c = TcpStream::connect(fwd.first_addr()).expect("connect");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+            .expect("request");
+        let (end, _) = wait_closed(&mut c, Duration::from_secs(5));
+        assert_eq!(end, Ok(0), "client {i}: an end of stream, not a reset");
+    }
+    fwd.wait_stat("close_connect_refused", Duration::from_secs(5), |v| {
+        v == clients
+    });
+}
+
+/// The same when the request surely arrived first: the upstream times out.
+#[test]
+fn a_timed_out_upstream_gives_a_client_that_sent_data_a_fin_not_a_reset() {
+    let (_l, _filler, hole) = blackhole();
+    let fwd = forwarder(&[hole], r#"connect_timeout = "300ms""#, "shards = 1");
+    let mut c = TcpStream::connect(fwd.first_addr()).expect("connect");
+    c.write_all(&[7u8; 20_000]).expect("request");
+    let (end, took) = wait_closed(&mut c, Duration::from_secs(10));
+    assert_eq!(end, Ok(0), "an end of stream, not a reset");
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+    // Its own FIN ends the lingering at once.
+    drop(c);
+    fwd.wait_stat("close_connect_timeout", Duration::from_secs(5), |v| v == 1);
+    assert_eq!(fwd.stat("active"), 0);
 }
 
 #[test]
@@ -251,4 +289,133 @@ fn connections_beyond_max_connections_are_closed_and_counted() {
     );
     let back = round_trip(fwd.first_addr(), b"again").expect("round trip");
     assert_eq!(back, b"again");
+}
+
+/// `forwarder`, started with RLIMIT_NOFILE `nofile` (soft and hard).
+fn forwarder_with_nofile(nofile: u64, upstreams: &[SocketAddr], listener: &str) -> Proc {
+    let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    let cfg = write_config(&format!(
+        "[runtime]\nshards = 1\nstats_interval = \"100ms\"\n[[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nupstreams = [{}]\n{listener}\n",
+        ups.join(", ")
+    ));
+    Proc::start_with_nofile(nofile, &["run", "--config", cfg.to_str().expect("path")], 1)
+}
+
+/// The TCP connection cap the forwarder announced at start.
+fn announced_cap(fwd: &Proc) -> u64 {
+    let log = fwd.log();
+    log.lines()
+        .find_map(|l| {
+            let rest = l.split("at most ").nth(1)?;
+            rest.split(" TCP connections").next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no descriptor cap announced:\n{log}"))
+}
+
+/// The defaults ask for more descriptors than a 4096 limit holds: that is
+/// the host capping them, not a mistake, so it is an info line with the cap.
+#[test]
+fn default_limits_under_a_low_descriptor_limit_say_the_cap_without_a_warning() {
+    let (_guard, dead) = dead_port();
+    let fwd = forwarder_with_nofile(4096, &[dead], "");
+    let log = fwd.log();
+    assert!(
+        !log.lines().any(|l| l.contains(" WARN ")),
+        "a warning at default limits:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("descriptor limit 4096: at most ")),
+        "no info line with the descriptor cap:\n{log}"
+    );
+    assert!(announced_cap(&fwd) > 1000);
+}
+
+/// A configured limit the descriptor limit cannot meet warns, naming it.
+#[test]
+fn a_configured_max_connections_over_the_descriptor_limit_warns_naming_the_key() {
+    let (_guard, dead) = dead_port();
+    let fwd = forwarder_with_nofile(4096, &[dead], "max_connections = 50000");
+    let log = fwd.log();
+    assert!(
+        log.lines().any(|l| l.contains(" WARN ")
+            && l.contains("tcp listener 't' max_connections = 50000")
+            && l.contains("ulimit -n")),
+        "no warning naming max_connections:\n{log}"
+    );
+}
+
+/// Reads what each client has been echoed so far, without blocking; a reset
+/// or an end of stream fails the test (a queued client must just wait).
+fn poll_echoes(clients: &mut [TcpStream], got: &mut [Vec<u8>]) {
+    let mut b = [0u8; 64];
+    for (i, (c, g)) in clients.iter_mut().zip(got.iter_mut()).enumerate() {
+        loop {
+            match c.read(&mut b) {
+                Ok(0) => panic!("client {i} was closed instead of served or queued"),
+                Ok(n) => g.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("client {i}: {e} (accepted and then reset?)"),
+            }
+        }
+    }
+}
+
+/// Under a low descriptor limit the forwarder accepts only the clients it
+/// has descriptors for (client and upstream) and leaves the rest in the
+/// listen queue, instead of accepting them and resetting them when the
+/// upstream socket cannot be made; they are served once descriptors return.
+#[test]
+fn out_of_descriptors_the_forwarder_stops_accepting_instead_of_resetting() {
+    let echo = echo_upstream(1);
+    let fwd = forwarder_with_nofile(256, &[echo.first_addr()], "");
+    let cap = announced_cap(&fwd) as usize;
+    assert!((10..200).contains(&cap), "cap {cap}");
+    let extra = 20;
+    let n = cap + extra;
+    let msg = |i: usize| format!("client {i:04}\n").into_bytes();
+    let mut clients: Vec<TcpStream> = (0..n)
+        .map(|i| {
+            let mut c = TcpStream::connect(fwd.first_addr()).expect("connect");
+            c.write_all(&msg(i)).expect("write");
+            c.set_nonblocking(true).expect("nonblocking");
+            c
+        })
+        .collect();
+    let mut got = vec![Vec::new(); n];
+    let served = |got: &[Vec<u8>]| (0..n).filter(|&i| got[i] == msg(i)).count();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            poll_echoes(&mut clients, &mut got);
+            served(&got) == cap
+        }),
+        "{} of {cap} clients served",
+        served(&got)
+    );
+    fwd.wait_stat("accept_paused_fd", Duration::from_secs(5), |v| v >= 1);
+    assert_eq!(fwd.stat("accepted"), cap as u64, "{:?}", fwd.stats());
+    poll_echoes(&mut clients, &mut got);
+    assert_eq!(served(&got), cap, "served past the descriptor budget");
+    // Served clients leave; the queued ones are accepted and served.
+    let done: Vec<usize> = (0..n).filter(|&i| got[i] == msg(i)).take(extra).collect();
+    for &i in done.iter().rev() {
+        drop(clients.remove(i));
+        got.remove(i);
+    }
+    let left: Vec<usize> = (0..n).filter(|i| !done.contains(i)).collect();
+    let served_left =
+        |got: &[Vec<u8>]| left.iter().zip(got).filter(|&(&i, g)| *g == msg(i)).count();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            poll_echoes(&mut clients, &mut got);
+            served_left(&got) == left.len()
+        }),
+        "{} of {} clients served after others left",
+        served_left(&got),
+        left.len()
+    );
+    let s = fwd.stats();
+    assert_eq!(s["close_connect_error"], 0, "{s:?}");
+    assert_eq!(s["accept_errors"], 0, "{s:?}");
+    assert!(s["accept_paused_fd"] >= 1, "{s:?}");
 }
