@@ -707,14 +707,10 @@ impl Relay {
                     self.last_activity = now;
                 }
             }
-            Spliced::Eof => {
-                if !closing && self.first_eof.is_none() {
-                    self.first_eof = Some(src);
-                    self.last_activity = now;
+            Spliced::Reverted | Spliced::Ended => {
+                if outcome == Spliced::Reverted {
+                    stats.splice_reverted += 1;
                 }
-            }
-            Spliced::Reverted => {
-                stats.splice_reverted += 1;
                 let bytes = self.dirs[src.index()].bytes();
                 let mut pipe = Pipe::resumed(src, src.other(), self.cfg.cap, bytes);
                 if closing {

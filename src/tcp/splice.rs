@@ -117,8 +117,10 @@ pub enum Spliced {
     /// interrupted splice retried); `short` for a splice out that wrote less
     /// than it offered.
     Moved { bytes: u32, short: bool },
-    /// The source sent FIN; the FIN to `dst` was issued (the pipe was empty).
-    Eof,
+    /// The splice read returned 0 (end of stream, or a TCP urgent mark): the
+    /// pipe went back empty; receive through buffers again, which tells EOF
+    /// from the mark.
+    Ended,
     /// The pipe went back to the pool; relay this direction through buffers again.
     Reverted,
     /// The socket of `side` failed with errno `errno`: end the connection.
@@ -238,13 +240,15 @@ impl SpliceDir {
             };
         }
         match res {
+            // A splice read returns 0 at end of stream, and also at a TCP
+            // urgent mark (tcp_read_sock stops there): taking it for EOF
+            // half-closed the direction and lost every byte after an urgent
+            // one. Only a receive tells the two apart, so the direction goes
+            // back to buffers (the pipe is empty here): recv reads past the
+            // mark, or returns 0 at a real EOF, which the buffered path forwards.
             Ok(0) => {
                 self.release(out);
-                if self.fin == Fin::Open {
-                    self.fin = Fin::InFlight;
-                    out.push(ConnOp::Shutdown(self.dst));
-                }
-                Spliced::Eof
+                Spliced::Ended
             }
             Ok(n) => {
                 self.in_pipe = self.in_pipe.saturating_add(n);
@@ -449,20 +453,19 @@ mod tests {
     }
 
     #[test]
-    fn eof_forwards_the_fin_and_returns_the_pipe_clean() {
+    fn a_zero_read_returns_the_pipe_clean_and_leaves_the_fin_to_the_buffered_receive() {
+        // EOF and a TCP urgent mark both read 0 through splice; the buffered
+        // receive that follows tells them apart, so no FIN is sent here.
         let (mut d, mut out) = started(SpliceMode::Always);
-        assert_eq!(d.on_in(Ok(0), 1, &mut out), Spliced::Eof);
+        assert_eq!(d.on_in(Ok(0), 1, &mut out), Spliced::Ended);
         assert_eq!(
             out,
-            [
-                ConnOp::ReturnPipe {
-                    pipe: P,
-                    clean: true
-                },
-                ConnOp::Shutdown(Side::Upstream)
-            ]
+            [ConnOp::ReturnPipe {
+                pipe: P,
+                clean: true
+            }]
         );
-        assert_eq!(d.fin(), Fin::InFlight);
+        assert_eq!(d.fin(), Fin::Open);
         assert!(!d.holds_pipe());
     }
 
