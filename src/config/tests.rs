@@ -1255,3 +1255,19 @@ fn hostile_shapes_do_not_panic() {
     };
     assert!(Plan::resolve(None, &overrides, &host(2)).is_err());
 }
+
+#[test]
+fn deeply_nested_input_is_an_error_not_a_crash() {
+    // The TOML parser has its own recursion limit; this pins that it holds
+    // (a stack overflow would abort the whole test binary, not fail a test).
+    let depth = 100_000;
+    let inputs = [
+        format!("a = {}{}", "[".repeat(depth), "]".repeat(depth)),
+        format!("a = {}1{}", "{a = ".repeat(depth), "}".repeat(depth)),
+        format!("{}b = 1", "a.".repeat(depth)),
+    ];
+    for text in inputs {
+        let err = resolve_file(&text).expect_err("refused");
+        assert!(err.message.contains("invalid TOML"), "{err}");
+    }
+}
