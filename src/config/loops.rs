@@ -97,14 +97,14 @@ pub(super) fn reject_loops(
                 .find(|l| reaches(l.listen, upstream));
             let Some(listener) = hit else { continue };
             let (origin, named) = group.at.name(index, upstream);
-            let verb = if canonical(upstream) == listener.listen {
-                "is"
+            let (verb, wildcard) = if canonical(upstream) == listener.listen {
+                ("is", "")
             } else {
-                "reaches the wildcard"
+                ("reaches", ", which listens on every local address")
             };
             return Err(origin.error(format!(
-                "{named} {verb} {}: a forwarding loop ({} until descriptors run out); point the \
-                 upstream at the service ringfwd forwards to, on another port or host",
+                "{named} {verb} {}{wildcard}: a forwarding loop ({} until descriptors run out); \
+                 point the upstream at the service ringfwd forwards to, on another port or host",
                 listen_name(listener, &origin),
                 what_loops(group.proto)
             )));

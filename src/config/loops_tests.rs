@@ -62,7 +62,7 @@ fn an_upstream_that_is_the_listeners_own_address_names_both_keys() {
     let shown = err.to_string();
     assert!(
         shown.starts_with(
-            "ringfwd.toml: tcp[0].upstreams[1] = 127.0.0.1:8080 reaches the wildcard tcp[0].listen (0.0.0.0:8080): a forwarding loop"
+            "ringfwd.toml: tcp[0].upstreams[1] = 127.0.0.1:8080 reaches tcp[0].listen (0.0.0.0:8080), which listens on every local address: a forwarding loop"
         ),
         "{shown}"
     );

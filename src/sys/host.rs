@@ -191,11 +191,12 @@ impl fmt::Display for HostError {
                 listen,
             } => write!(
                 f,
-                "{upstream_of}: upstream {upstream} is an address of this host (see `ip addr`) on \
-                 the port of {listener}, which listens on {listen}, every address: a forwarding \
+                "{upstream_of}: upstream {upstream} is an address of this host (see `ip addr`), \
+                 and {listener} listens on port {} of every address ({listen}): a forwarding \
                  loop (what it receives would be forwarded back to ringfwd, again and again, \
                  until descriptors run out). Point the upstream at the service ringfwd forwards \
-                 to, on another port or host, or make the listener listen on specific addresses"
+                 to, on another port or host, or make the listener listen on specific addresses",
+                listen.port()
             ),
         }
     }

@@ -3,6 +3,7 @@
 //! what the process reports.
 
 mod bench;
+mod check;
 mod config;
 mod dns;
 mod echo_modes;
@@ -10,5 +11,6 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod relay;
+mod signals;
 mod splice;
 mod udp;
