@@ -16,7 +16,16 @@ use crate::config::units::{format_duration, parse_duration};
 use crate::config::{HostFacts, Overrides, Plan};
 use crate::runtime::{Runtime, exit};
 use crate::sys::host::{self, human_bytes};
+use crate::sys::output;
 use crate::verify::{Pattern, Rng};
+
+/// `println!` that never panics: a closed or full stdout (`ringfwd demo |
+/// head`) loses the report's lines, and the demo still ends normally.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 fn plan(overrides: Overrides) -> Result<Plan, String> {
     let host = HostFacts {
@@ -202,7 +211,7 @@ pub fn run(args: &DemoArgs) -> u8 {
         Ok(true) => exit::OK,
         Ok(false) => exit::FAILURE,
         Err(e) => {
-            eprintln!("ringfwd demo: {e}");
+            output::message(&format!("ringfwd demo: {e}"));
             exit::HOST
         }
     }
@@ -224,9 +233,9 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
     let fwd_addr = bound(&fwd, false).ok_or("forwarder did not bind")?;
     let fwd_udp = bound(&fwd, true).ok_or("UDP forwarder did not bind")?;
     let shards = host::available_cpus().len();
-    println!("ringfwd demo: echo upstream and forwarder on loopback, {shards} shard(s) each");
-    println!("  echo upstream  tcp {echo_addr}  udp {echo_udp}");
-    println!("  forwarder      tcp {fwd_addr} -> {echo_addr}  udp {fwd_udp} -> {echo_udp}\n");
+    say!("ringfwd demo: echo upstream and forwarder on loopback, {shards} shard(s) each");
+    say!("  echo upstream  tcp {echo_addr}  udp {echo_udp}");
+    say!("  forwarder      tcp {fwd_addr} -> {echo_addr}  udp {fwd_udp} -> {echo_udp}\n");
 
     let mut rng = Rng::new(0xdead_beef);
     let t = Instant::now();
@@ -249,7 +258,7 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
     let secs = t.elapsed().as_secs_f64();
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
     let failures: Vec<&String> = results.iter().filter_map(|r| r.error.as_ref()).collect();
-    println!(
+    say!(
         "streams:   {} concurrent connections, {} each way in {:.2}s ({:.2} Gbit/s echoed), half-closed by the client",
         args.streams,
         human_bytes(bytes),
@@ -257,11 +266,11 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         bytes as f64 * 8.0 / secs.max(1e-9) / 1e9
     );
     if failures.is_empty() {
-        println!("           every byte verified");
+        say!("           every byte verified");
     } else {
-        println!("           {} stream(s) FAILED:", failures.len());
+        say!("           {} stream(s) FAILED:", failures.len());
         for f in failures.iter().take(5) {
-            println!("             {f}");
+            say!("             {f}");
         }
     }
 
@@ -273,14 +282,21 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
     // The generator gets one shard, on the last CPU (with the echo upstream);
     // the forwarder has a shard on every CPU.
     let gen_cpu = *host::available_cpus().last().unwrap_or(&0);
-    println!(
+    say!(
         "\nloads: {} measured after {} warmup each, every response verified; generator on CPU {gen_cpu}",
         format_duration(duration),
         format_duration(warmup)
     );
-    println!(
+    say!(
         "  {:<22} {:<8} {:>14} {:>9} {:>9} {:>9} {:>9} {:>8}",
-        "load", "path", "rate", "p50", "p90", "p99", "p99.9", "vs direct"
+        "load",
+        "path",
+        "rate",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "vs direct"
     );
     for load in loads() {
         let mut direct_rate = None;
@@ -311,15 +327,15 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
                         Some(d) if d > 0.0 => format!("{:.2}x", headline(&s) / d),
                         Some(_) => "-".into(),
                     };
-                    println!("  {label:<22} {path:<8} {} {ratio:>8}", cells(&s));
+                    say!("  {label:<22} {path:<8} {} {ratio:>8}", cells(&s));
                     if let Some(f) = s.failure() {
                         ok = false;
-                        println!("  {:<22} FAILED: {f}", "");
+                        say!("  {:<22} FAILED: {f}", "");
                     }
                 }
                 Err(e) => {
                     ok = false;
-                    println!("  {label:<22} {path:<8} FAILED: {e}");
+                    say!("  {label:<22} {path:<8} FAILED: {e}");
                 }
             }
         }
@@ -333,7 +349,7 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         std::thread::sleep(Duration::from_millis(10));
         stats = fwd.snapshot(Duration::from_secs(2));
     }
-    println!("\nforwarder counters: {}", stats.to_kv());
+    say!("\nforwarder counters: {}", stats.to_kv());
     let _ = fwd.shutdown();
     let _ = echo.shutdown();
     Ok(ok)
