@@ -1271,3 +1271,17 @@ fn deeply_nested_input_is_an_error_not_a_crash() {
         assert!(err.message.contains("invalid TOML"), "{err}");
     }
 }
+
+#[test]
+fn an_ipv4_mapped_listen_address_names_the_key_and_the_ipv4_form() {
+    assert_file_rejected(
+        "[[tcp]]\nlisten = \"[::ffff:127.0.0.1]:8080\"\nupstreams = [\"10.0.0.1:80\"]\n",
+        "tcp[0].listen",
+        &["IPv4-mapped", "like 127.0.0.1:8080"],
+    );
+    assert_file_rejected(
+        "[[udp]]\nlisten = \"[::ffff:0.0.0.0]:53\"\nupstreams = [\"10.0.0.53:53\"]\n",
+        "udp[0].listen",
+        &["like 0.0.0.0:53"],
+    );
+}
