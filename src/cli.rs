@@ -28,7 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Forward TCP connections and UDP datagrams (listeners from --config, --tcp and --udp).
     Run(PlanArgs),
-    /// Validate the configuration and the host, print the resolved plan; exit 0, or 2 with the reason.
+    /// Validate the configuration and the host (binding every listener as run does), print the
+    /// resolved plan; exit 0, 2 (configuration) or 3 (host) with the reason.
     Check(PlanArgs),
     /// Built-in upstream: echo every byte (TCP, half-close aware) or datagram (UDP) back, or
     /// serve as a TCP sink, source or request/response server for load tests.

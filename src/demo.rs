@@ -19,7 +19,16 @@ use crate::config::{HostFacts, Overrides, Plan};
 use crate::runtime::{Runtime, exit};
 use crate::stats::CloseReason;
 use crate::sys::host::{self, human_bytes};
+use crate::sys::output;
 use crate::verify::{Pattern, Rng};
+
+/// `println!` that never panics: a closed or full stdout (`ringfwd demo |
+/// head`) loses the report's lines, and the demo still ends normally.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 fn plan(overrides: Overrides) -> Result<Plan, String> {
     let host = HostFacts {
@@ -425,10 +434,10 @@ fn show_load(load: &Load, runs: &[Runs; 2]) -> (Option<String>, bool) {
             "  {label:<22} {path:<8} {rate:>14} {range:>17} {flag:<5} {} {ratio}",
             latency_cells(shown)
         );
-        println!("{}", row.trim_end());
+        say!("{}", row.trim_end());
         for f in side.failures.iter().take(3) {
             passed = false;
-            println!("  {:<22} FAILED: {f}", "");
+            say!("  {:<22} FAILED: {f}", "");
         }
     }
     let note = cmp.and_then(|c| noise_note(load.label, &c, unit));
@@ -440,7 +449,7 @@ pub fn run(args: &DemoArgs) -> u8 {
         Ok(true) => exit::OK,
         Ok(false) => exit::FAILURE,
         Err(e) => {
-            eprintln!("ringfwd demo: {e}");
+            output::message(&format!("ringfwd demo: {e}"));
             exit::HOST
         }
     }
@@ -462,9 +471,9 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
     let fwd_addr = bound(&fwd, false).ok_or("forwarder did not bind")?;
     let fwd_udp = bound(&fwd, true).ok_or("UDP forwarder did not bind")?;
     let shards = host::available_cpus().len();
-    println!("ringfwd demo: echo upstream and forwarder on loopback, {shards} shard(s) each");
-    println!("  echo upstream  tcp {echo_addr}  udp {echo_udp}");
-    println!("  forwarder      tcp {fwd_addr} -> {echo_addr}  udp {fwd_udp} -> {echo_udp}\n");
+    say!("ringfwd demo: echo upstream and forwarder on loopback, {shards} shard(s) each");
+    say!("  echo upstream  tcp {echo_addr}  udp {echo_udp}");
+    say!("  forwarder      tcp {fwd_addr} -> {echo_addr}  udp {fwd_udp} -> {echo_udp}\n");
 
     let streams_ok = verified_streams(args, fwd_addr);
     let loads_ok = run_loads(
@@ -504,7 +513,7 @@ fn verified_streams(args: &DemoArgs, fwd_addr: SocketAddr) -> bool {
     let secs = t.elapsed().as_secs_f64();
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
     let failures: Vec<&String> = results.iter().filter_map(|r| r.error.as_ref()).collect();
-    println!(
+    say!(
         "streams:   {} concurrent connections, {} each way in {:.2}s ({:.2} Gbit/s echoed), half-closed by the client",
         args.streams,
         human_bytes(bytes),
@@ -512,11 +521,11 @@ fn verified_streams(args: &DemoArgs, fwd_addr: SocketAddr) -> bool {
         bytes as f64 * 8.0 / secs.max(1e-9) / 1e9
     );
     if failures.is_empty() {
-        println!("           every byte verified");
+        say!("           every byte verified");
     } else {
-        println!("           {} stream(s) FAILED:", failures.len());
+        say!("           {} stream(s) FAILED:", failures.len());
         for f in failures.iter().take(5) {
-            println!("             {f}");
+            say!("             {f}");
         }
     }
     failures.is_empty()
@@ -543,12 +552,12 @@ fn run_loads(args: &DemoArgs, targets: Targets) -> Result<bool, String> {
     // The generator gets one shard, on the last CPU (with the echo upstream);
     // the forwarder has a shard on every CPU.
     let gen_cpu = *host::available_cpus().last().unwrap_or(&0);
-    println!(
+    say!(
         "\nloads: {ROUNDS} interleaved runs per path (straight to the echo upstream, and through the forwarder), each {} measured after {} warmup; every response verified; generator on CPU {gen_cpu}",
         format_duration(run_for),
         format_duration(warm_for)
     );
-    println!(
+    say!(
         "  {:<22} {:<8} {:>14} {:>17} {:<5} {:>9} {:>9} {:>9} {:>9} {:>11} {:>7}",
         "load",
         "path",
@@ -585,17 +594,17 @@ fn run_loads(args: &DemoArgs, targets: Targets) -> Result<bool, String> {
         notes.extend(note);
     }
     if notes.is_empty() {
-        println!(
+        say!(
             "\nsteady: on every load each side's min–max over its {ROUNDS} runs is within {:.0}% of its median.",
             NOISY_SPREAD * 100.0
         );
     } else {
-        println!(
+        say!(
             "\nnoisy: a side's min–max over its {ROUNDS} runs is more than {:.0}% of its median; the ratio of such a load is not a clean measurement of the forwarder:",
             NOISY_SPREAD * 100.0
         );
         for n in notes {
-            println!("{n}");
+            say!("{n}");
         }
     }
     Ok(ok)
@@ -610,10 +619,10 @@ fn show_counters(fwd: &mut Runtime) {
         std::thread::sleep(Duration::from_millis(10));
         stats = fwd.snapshot(Duration::from_secs(2));
     }
-    println!("\nforwarder counters: {}", stats.to_kv());
+    say!("\nforwarder counters: {}", stats.to_kv());
     let resets = stats.closes_for(CloseReason::ClientReset);
     if resets > 0 {
-        println!(
+        say!(
             "note: {resets} connection(s) were ended by a client reset; the demo's clients end with a FIN, so a stream was cut off at the end of its run"
         );
     }

@@ -8,6 +8,7 @@ use ringfwd::cli::{Cli, Command, PlanArgs};
 use ringfwd::config::{HostFacts, Overrides, Plan};
 use ringfwd::runtime::{self, exit};
 use ringfwd::sys::host;
+use ringfwd::sys::output::{self, LogWriter, Printed};
 
 fn init_logging(level: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
@@ -21,7 +22,11 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        // A closed or full stderr must cost log lines, not the process: the
+        // writer swallows (and counts) errors, and tracing-subscriber's own
+        // report of a failed write would panic on that same broken stderr.
+        .with_writer(LogWriter::stderr)
+        .log_internal_errors(false)
         .with_target(false)
         .with_thread_names(true)
         .init();
@@ -44,8 +49,7 @@ struct EchoAddrs {
 fn resolve(args: &PlanArgs, echo: EchoAddrs) -> Result<Plan, String> {
     let file = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+            let text = ringfwd::config::file::read(path).map_err(|e| e.to_string())?;
             Some((path.display().to_string(), text))
         }
         None => None,
@@ -76,8 +80,32 @@ fn resolve(args: &PlanArgs, echo: EchoAddrs) -> Result<Plan, String> {
 }
 
 fn config_error(msg: &str) -> ExitCode {
-    eprintln!("ringfwd: {msg}");
+    output::message(&format!("ringfwd: {msg}"));
     ExitCode::from(exit::CONFIG)
+}
+
+/// `ringfwd check`: the host checks `run` makes (binding every listener
+/// included), then the plan on stdout. A reader that closes stdout early
+/// (`check | head`) ends the command quietly with the check's own result; any
+/// other write error is a failure (exit 1).
+fn check(plan: &Plan) -> ExitCode {
+    let report = match runtime::check(plan) {
+        Ok(report) => report,
+        Err(e) => {
+            output::message(&format!("ringfwd: {e}"));
+            return ExitCode::from(exit::HOST);
+        }
+    };
+    for n in report.warnings.iter().chain(&report.notes) {
+        output::message(&format!("ringfwd: note: {n}"));
+    }
+    match output::print(&plan.to_string()) {
+        Printed::All | Printed::ReaderGone => ExitCode::from(exit::OK),
+        Printed::Failed(e) => {
+            output::message(&format!("ringfwd: cannot write the plan to stdout: {e}"));
+            ExitCode::from(exit::FAILURE)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -96,22 +124,10 @@ fn main() -> ExitCode {
             Ok(plan) => ExitCode::from(runtime::serve(&plan)),
             Err(e) => config_error(&e),
         },
-        Command::Check(args) => {
-            let plan = match resolve(&args, EchoAddrs::default()) {
-                Ok(p) => p,
-                Err(e) => return config_error(&e),
-            };
-            match runtime::check_host(&plan) {
-                Ok(report) => {
-                    for n in report.warnings.iter().chain(&report.notes) {
-                        eprintln!("ringfwd: note: {n}");
-                    }
-                    print!("{plan}");
-                    ExitCode::from(exit::OK)
-                }
-                Err(e) => config_error(&e.to_string()),
-            }
-        }
+        Command::Check(args) => match resolve(&args, EchoAddrs::default()) {
+            Ok(plan) => check(&plan),
+            Err(e) => config_error(&e),
+        },
         Command::Echo(args) => {
             let plan_args = PlanArgs {
                 config: None,

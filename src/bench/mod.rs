@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::BenchArgs;
 use crate::runtime::exit;
-use crate::sys::host;
+use crate::sys::{host, output};
 use plan::BenchPlan;
 use record::{Record, new_histogram};
 use report::{Summary, dur, si};
@@ -32,12 +32,12 @@ pub fn run(args: &BenchArgs) -> u8 {
     let plan = match BenchPlan::resolve(args, &host::available_cpus()) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("ringfwd bench: {e}");
+            output::message(&format!("ringfwd bench: {e}"));
             return exit::CONFIG;
         }
     };
     if let Err(e) = host::check_io_uring() {
-        eprintln!("ringfwd bench: {e}");
+        output::message(&format!("ringfwd bench: {e}"));
         return exit::HOST;
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -45,18 +45,21 @@ pub fn run(args: &BenchArgs) -> u8 {
     let summary = match execute(&plan, progress, command) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ringfwd bench: {e}");
+            output::message(&format!("ringfwd bench: {e}"));
             return exit::FAILURE;
         }
     };
     if plan.json.as_deref() != Some("-") {
-        print!("{}", summary.table());
+        // A closed or full stdout loses the table, never panics.
+        let _ = write!(std::io::stdout(), "{}", summary.table());
     }
     if let Some(path) = &plan.json {
         let text = match serde_json::to_string_pretty(&summary.to_json()) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("ringfwd bench: encoding the JSON report failed: {e}");
+                output::message(&format!(
+                    "ringfwd bench: encoding the JSON report failed: {e}"
+                ));
                 return exit::FAILURE;
             }
         };
@@ -66,12 +69,12 @@ pub fn run(args: &BenchArgs) -> u8 {
             std::fs::write(path, text + "\n")
         };
         if let Err(e) = written {
-            eprintln!("ringfwd bench: cannot write --json {path}: {e}");
+            output::message(&format!("ringfwd bench: cannot write --json {path}: {e}"));
             return exit::FAILURE;
         }
     }
     if let Some(f) = summary.failure() {
-        eprintln!("ringfwd bench: run FAILED: {f}");
+        output::message(&format!("ringfwd bench: run FAILED: {f}"));
         return exit::FAILURE;
     }
     exit::OK

@@ -8,14 +8,34 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 const HINT: &str = "write an IP address and port, like 127.0.0.1:8080 or [::1]:8080";
 
 /// An address to listen on. Port 0 is allowed: the kernel picks one.
+///
+/// An IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]:8080`) is refused rather
+/// than rewritten: IPv6 listeners are IPV6_V6ONLY (as NGINX's), and the
+/// kernel refuses to bind one to a mapped address (EINVAL), so the operator
+/// is told the IPv4 form to write, and the listener's name stays what they wrote.
 pub(super) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let addr = parse_literal(text)?;
+    if let SocketAddr::V6(v6) = addr
+        && let Some(v4) = v6.ip().to_ipv4_mapped()
+    {
+        return Err(format!(
+            "{:?} is an IPv4-mapped IPv6 address, which an IPv6 listener cannot bind (ringfwd's \
+             IPv6 listeners take IPv6 only); write the IPv4 address, like {}",
+            text.trim(),
+            SocketAddr::new(v4.into(), addr.port())
+        ));
+    }
+    Ok(addr)
+}
+
+fn parse_literal(text: &str) -> Result<SocketAddr, String> {
     let text = text.trim();
     text.parse().map_err(|_| diagnose(text))
 }
 
 /// An address to connect to: a real port and a real host are required.
 pub(super) fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
-    let addr = parse_listen(text)?;
+    let addr = parse_literal(text)?;
     let text = text.trim();
     if addr.ip().is_unspecified() {
         return Err(format!(
@@ -211,6 +231,18 @@ mod tests {
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(err.contains(&format!("{:?}", text.trim())), "{err}");
         }
+    }
+
+    #[test]
+    fn an_ipv4_mapped_listen_address_is_refused_with_the_ipv4_form() {
+        let err = parse_listen("[::ffff:127.0.0.1]:8080").expect_err("mapped");
+        assert!(
+            err.contains("IPv4-mapped") && err.contains("like 127.0.0.1:8080"),
+            "{err}"
+        );
+        // An upstream may be mapped: connecting to it reaches the IPv4 address.
+        assert!(parse_upstream("[::ffff:127.0.0.1]:9000").is_ok());
+        assert!(parse_listen("[::1]:8080").is_ok());
     }
 
     #[test]

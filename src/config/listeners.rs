@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::addr::{parse_listen, parse_upstream};
 use super::error::{ConfigError, Origin};
+use super::loops::{ListenAt, UpstreamsAt, UpstreamsKey, reject_loops};
 use super::raw::{Field, Section, clip};
 use super::udp::{file_udp_listener, flag_udp_listener};
 use super::units::{format_duration, format_size, parse_size};
@@ -81,17 +82,25 @@ pub(super) fn resolve(
     shards: usize,
 ) -> Result<Listeners, ConfigError> {
     let mut registry = Registry::default();
+    let mut places = Places::default();
     let mut plans = Vec::new();
     if let Some(field) = tcp {
         for entry in field.array("[[tcp]], one section per listener")? {
             let section = entry.table("[[tcp]] with listen = \"...\" and upstreams = [...]")?;
             let (plan, claim) = file_listener(&section, shards)?;
+            let key = UpstreamsKey::Array(section.origin("upstreams"));
+            places.add(&claim, key, &plan.upstreams);
             registry.claim(claim)?;
             plans.push(plan);
         }
     }
     for (i, spec) in overrides.tcp.iter().enumerate() {
         let (plan, claim) = flag_listener(i, spec)?;
+        places.add(
+            &claim,
+            UpstreamsKey::Flag(claim.listen_at.clone()),
+            &plan.upstreams,
+        );
         registry.claim(claim)?;
         plans.push(plan);
     }
@@ -100,15 +109,23 @@ pub(super) fn resolve(
         for entry in field.array("[[udp]], one section per listener")? {
             let section = entry.table("[[udp]] with listen = \"...\" and upstreams = [...]")?;
             let (plan, claim) = file_udp_listener(&section, shards)?;
+            let key = UpstreamsKey::Array(section.origin("upstreams"));
+            places.add(&claim, key, &plan.upstreams);
             registry.claim(claim)?;
             udp_plans.push(plan);
         }
     }
     for (i, spec) in overrides.udp.iter().enumerate() {
         let (plan, claim) = flag_udp_listener(i, spec)?;
+        places.add(
+            &claim,
+            UpstreamsKey::Flag(claim.listen_at.clone()),
+            &plan.upstreams,
+        );
         registry.claim(claim)?;
         udp_plans.push(plan);
     }
+    reject_loops(&places.listens, &places.upstreams)?;
     let mut echo = Vec::new();
     let rr = EchoMode::RequestResponse {
         request: message_size("--request-size", overrides.echo_request_size.as_deref())?,
@@ -394,6 +411,29 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         max_connections_given: super::LimitSource::Default,
     };
     Ok((plan, claim))
+}
+
+/// Where every forwarding listener's address and upstreams were given, for
+/// the forwarding-loop check.
+#[derive(Default)]
+struct Places {
+    listens: Vec<ListenAt>,
+    upstreams: Vec<UpstreamsAt>,
+}
+
+impl Places {
+    fn add(&mut self, claim: &Claim, key: UpstreamsKey, upstreams: &[SocketAddr]) {
+        self.listens.push(ListenAt {
+            proto: claim.proto,
+            listen: claim.listen,
+            at: claim.listen_at.clone(),
+        });
+        self.upstreams.push(UpstreamsAt {
+            proto: claim.proto,
+            upstreams: upstreams.to_vec(),
+            at: key,
+        });
+    }
 }
 
 /// A listener's address and name, and where each was given.

@@ -7,7 +7,9 @@
 mod addr;
 mod cidr;
 mod error;
+pub mod file;
 mod listeners;
+mod loops;
 mod raw;
 mod render;
 mod runtime;
@@ -16,6 +18,8 @@ pub mod units;
 
 #[cfg(test)]
 mod echo_tests;
+#[cfg(test)]
+mod loops_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -27,6 +31,7 @@ use std::time::Duration;
 
 pub use cidr::Cidr;
 pub use error::ConfigError;
+pub use loops::{LocalLoop, local_loop};
 
 /// Facts about the host the plan is resolved against (passed in so parsing is testable).
 #[derive(Debug, Clone)]

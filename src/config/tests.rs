@@ -1259,3 +1259,33 @@ fn hostile_shapes_do_not_panic() {
     };
     assert!(Plan::resolve(None, &overrides, &host(2)).is_err());
 }
+
+#[test]
+fn deeply_nested_input_is_an_error_not_a_crash() {
+    // The TOML parser has its own recursion limit; this pins that it holds
+    // (a stack overflow would abort the whole test binary, not fail a test).
+    let depth = 100_000;
+    let inputs = [
+        format!("a = {}{}", "[".repeat(depth), "]".repeat(depth)),
+        format!("a = {}1{}", "{a = ".repeat(depth), "}".repeat(depth)),
+        format!("{}b = 1", "a.".repeat(depth)),
+    ];
+    for text in inputs {
+        let err = resolve_file(&text).expect_err("refused");
+        assert!(err.message.contains("invalid TOML"), "{err}");
+    }
+}
+
+#[test]
+fn an_ipv4_mapped_listen_address_names_the_key_and_the_ipv4_form() {
+    assert_file_rejected(
+        "[[tcp]]\nlisten = \"[::ffff:127.0.0.1]:8080\"\nupstreams = [\"10.0.0.1:80\"]\n",
+        "tcp[0].listen",
+        &["IPv4-mapped", "like 127.0.0.1:8080"],
+    );
+    assert_file_rejected(
+        "[[udp]]\nlisten = \"[::ffff:0.0.0.0]:53\"\nupstreams = [\"10.0.0.53:53\"]\n",
+        "udp[0].listen",
+        &["like 0.0.0.0:53"],
+    );
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::units::format_duration;
-use crate::config::{EchoMode, Plan, Proto};
+use crate::config::{EchoMode, Plan, Proto, local_loop};
 use crate::shard::engine::{FdBudget, ListenerKind, ListenerSpec, RouteSpec};
 use crate::shard::event_loop::{
     self, Command, Control, Report, RouteSetup, ShardSetup, SpliceSetup, UdpRouteSetup,
@@ -22,7 +22,8 @@ use crate::shard::udp::{UDP_DRAIN_GRACE_MS, UdpKind, UdpListenerSpec, UdpRouteSp
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
 use crate::sys::host::{self, HostError};
-use crate::sys::signals::{self, TerminationSignals};
+use crate::sys::output;
+use crate::sys::signals::{ControlSignals, Intent, Signal};
 use crate::sys::socket::{self, ListenKind};
 use crate::time::millis;
 
@@ -155,6 +156,7 @@ pub struct HostReport {
 
 /// Host checks that do not create sockets (shared by `run` and `check`).
 pub fn check_host(plan: &Plan) -> Result<HostReport, HostError> {
+    reject_local_loops(plan)?;
     host::check_io_uring()?;
     let mut report = HostReport {
         warnings: Vec::new(),
@@ -187,6 +189,75 @@ pub fn check_host(plan: &Plan) -> Result<HostReport, HostError> {
     Ok(report)
 }
 
+/// A wildcard listener that receives one of the plan's upstreams through
+/// another address of this host (the config alone cannot tell).
+fn reject_local_loops(plan: &Plan) -> Result<(), HostError> {
+    let Some(found) = local_loop(plan, &host::local_addresses()) else {
+        return Ok(());
+    };
+    Err(HostError::ForwardingLoop {
+        upstream_of: format!("{} listener '{}'", found.proto, found.upstream_of),
+        upstream: found.upstream,
+        listener: format!("{} listener '{}'", found.proto, found.listener),
+        listen: found.listen,
+    })
+}
+
+/// One listener's SO_REUSEPORT group (a socket per shard) and its address.
+type Group = (Vec<OwnedFd>, SocketAddr);
+
+/// Every listener's group, bound in `run`'s order: forwarding TCP and UDP
+/// listeners, then UDP and TCP echo listeners.
+struct Groups {
+    tcp: Vec<Group>,
+    udp: Vec<Group>,
+    udp_echo: Vec<Group>,
+    tcp_echo: Vec<Group>,
+}
+
+/// Binds every listener as `run` does, so `check` meets the same errors
+/// (address in use, not on this host, a port below 1024 without the
+/// capability) through the same code.
+fn bind_groups(plan: &Plan) -> Result<Groups, HostError> {
+    let n = plan.runtime.shards;
+    let tcp = plan
+        .tcp
+        .iter()
+        .map(|t| socket::bind_listeners(ListenKind::Tcp, &t.name, t.listen, n))
+        .collect::<Result<_, _>>()?;
+    let udp = plan
+        .udp
+        .iter()
+        .map(|u| {
+            let (fds, addr) = socket::bind_udp_listeners(ListenKind::Udp, &u.name, u.listen, n)?;
+            socket_buffers(u, &fds, addr)?;
+            Ok((fds, addr))
+        })
+        .collect::<Result<_, HostError>>()?;
+    let echo = |proto: Proto| plan.echo.iter().filter(move |e| e.proto == proto);
+    let udp_echo = echo(Proto::Udp)
+        .map(|e| socket::bind_udp_listeners(ListenKind::UdpEcho, &e.name, e.listen, n))
+        .collect::<Result<_, _>>()?;
+    let tcp_echo = echo(Proto::Tcp)
+        .map(|e| socket::bind_listeners(ListenKind::Echo, &e.name, e.listen, n))
+        .collect::<Result<_, _>>()?;
+    Ok(Groups {
+        tcp,
+        udp,
+        udp_echo,
+        tcp_echo,
+    })
+}
+
+/// `ringfwd check`: every host check `run` makes before it spawns shards —
+/// [`check_host`], then binding every listener (closed again on return).
+/// Returns what `run` would log.
+pub fn check(plan: &Plan) -> Result<HostReport, HostError> {
+    let report = check_host(plan)?;
+    drop(bind_groups(plan)?);
+    Ok(report)
+}
+
 impl Runtime {
     /// Checks the host, binds, spawns and waits until every shard is ready.
     pub fn start(plan: &Plan) -> Result<Runtime, HostError> {
@@ -202,13 +273,13 @@ impl Runtime {
         let mut listeners: Vec<Vec<(ListenerSpec, OwnedFd)>> = (0..n).map(|_| Vec::new()).collect();
         let mut routes = Vec::new();
         let mut bound = Vec::new();
-        for (i, t) in plan.tcp.iter().enumerate() {
+        let groups = bind_groups(plan)?;
+        for ((i, t), (fds, addr)) in plan.tcp.iter().enumerate().zip(groups.tcp) {
             let route = u16::try_from(i).map_err(|_| HostError::Bind {
                 what: format!("tcp listener '{}'", t.name),
                 addr: t.listen,
                 error: "more than 65535 listeners".into(),
             })?;
-            let (fds, addr) = socket::bind_listeners(ListenKind::Tcp, &t.name, t.listen, n)?;
             routes.push(RouteSetup {
                 spec: RouteSpec {
                     upstreams: t.upstreams.iter().map(|a| a.to_string()).collect(),
@@ -239,14 +310,12 @@ impl Runtime {
         let mut udp_listeners: Vec<Vec<(UdpListenerSpec, OwnedFd, bool)>> =
             (0..n).map(|_| Vec::new()).collect();
         let mut udp_routes = Vec::new();
-        for (i, u) in plan.udp.iter().enumerate() {
+        for ((i, u), (fds, addr)) in plan.udp.iter().enumerate().zip(groups.udp) {
             let route = u16::try_from(i).map_err(|_| HostError::Bind {
                 what: format!("udp listener '{}'", u.name),
                 addr: u.listen,
                 error: "more than 65535 listeners".into(),
             })?;
-            let (fds, addr) = socket::bind_udp_listeners(ListenKind::Udp, &u.name, u.listen, n)?;
-            socket_buffers(u, &fds, addr)?;
             udp_routes.push(UdpRouteSetup {
                 spec: UdpRouteSpec {
                     upstreams: u.upstreams.iter().map(|a| a.to_string()).collect(),
@@ -279,9 +348,8 @@ impl Runtime {
                 upstreams: u.upstreams.clone(),
             });
         }
-        for e in plan.echo.iter().filter(|e| e.proto == Proto::Udp) {
-            let (fds, addr) =
-                socket::bind_udp_listeners(ListenKind::UdpEcho, &e.name, e.listen, n)?;
+        let udp_echo = plan.echo.iter().filter(|e| e.proto == Proto::Udp);
+        for (e, (fds, addr)) in udp_echo.zip(groups.udp_echo) {
             for (shard, fd) in fds.into_iter().enumerate() {
                 let spec = UdpListenerSpec {
                     name: e.name.clone(),
@@ -301,8 +369,8 @@ impl Runtime {
                 upstreams: Vec::new(),
             });
         }
-        for e in plan.echo.iter().filter(|e| e.proto == Proto::Tcp) {
-            let (fds, addr) = socket::bind_listeners(ListenKind::Echo, &e.name, e.listen, n)?;
+        let tcp_echo = plan.echo.iter().filter(|e| e.proto == Proto::Tcp);
+        for (e, (fds, addr)) in tcp_echo.zip(groups.tcp_echo) {
             let kind = match e.mode {
                 EchoMode::Echo => ListenerKind::Echo,
                 EchoMode::Sink => ListenerKind::EchoSink,
@@ -569,13 +637,56 @@ pub mod exit {
     pub const HOST: u8 = 3;
 }
 
+/// Counters for a `stats` / `final stats` log line: the shards' totals and
+/// the log sink's own `log_write_errors`.
+fn stats_kv(totals: &ShardStats) -> String {
+    format!(
+        "{} log_write_errors={}",
+        totals.to_kv(),
+        output::log_write_errors()
+    )
+}
+
+/// What a signal did to the serve loop.
+enum Signalled {
+    /// Ignored (logged); serving goes on.
+    Ignored,
+    /// The first stop signal: draining until the deadline.
+    Draining(Instant),
+    /// A second stop signal: exit now.
+    ExitNow,
+}
+
+fn on_signal(rt: &mut Runtime, plan: &Plan, sig: Signal, draining: bool) -> Signalled {
+    let name = sig.name();
+    if let Intent::Ignore { why } = sig.intent() {
+        warn!("{name} ignored: {why}");
+        return Signalled::Ignored;
+    }
+    if draining {
+        warn!("second {name}: exiting at once without waiting for connections");
+        return Signalled::ExitNow;
+    }
+    let open = rt.snapshot(Duration::from_millis(500));
+    let (active, sessions) = (open.active, open.udp_sessions_active);
+    info!(
+        "{name}: draining — no new connections or UDP sessions; {active} open connection(s) get up to {} to finish, and {sessions} UDP session(s) end once they owe no reply or have been quiet for {}ms, within the same bound (send {name} again to exit at once)",
+        format_duration(plan.runtime.drain_timeout),
+        UDP_DRAIN_GRACE_MS
+    );
+    rt.drain();
+    Signalled::Draining(Instant::now() + plan.runtime.drain_timeout)
+}
+
 /// `ringfwd run` / `ringfwd echo`: serve until signalled; returns the exit code.
 pub fn serve(plan: &Plan) -> u8 {
     // Block before any thread exists so every shard inherits the mask.
-    let signals = match TerminationSignals::block() {
+    let signals = match ControlSignals::block() {
         Ok(s) => s,
         Err(e) => {
-            error!("cannot block SIGINT/SIGTERM: {e}");
+            error!(
+                "cannot block the control signals (SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2): {e}"
+            );
             return exit::FAILURE;
         }
     };
@@ -583,7 +694,7 @@ pub fn serve(plan: &Plan) -> u8 {
         Ok(rt) => rt,
         Err(e) => {
             error!("{e}");
-            eprintln!("ringfwd: {e}");
+            output::message(&format!("ringfwd: {e}"));
             return exit::HOST;
         }
     };
@@ -594,21 +705,14 @@ pub fn serve(plan: &Plan) -> u8 {
     let mut stop_deadline: Option<Instant> = None;
     loop {
         if let Some(sig) = signals.wait(Duration::from_millis(50)) {
-            let name = signals::name(sig);
-            if drain_deadline.is_some() {
-                warn!("second {name}: exiting at once without waiting for connections");
-                info!("final stats {}", rt.totals().to_kv());
-                return exit::FAILURE;
+            match on_signal(&mut rt, plan, sig, drain_deadline.is_some()) {
+                Signalled::Ignored => {}
+                Signalled::Draining(deadline) => drain_deadline = Some(deadline),
+                Signalled::ExitNow => {
+                    info!("final stats {}", stats_kv(&rt.totals()));
+                    return exit::FAILURE;
+                }
             }
-            let open = rt.snapshot(Duration::from_millis(500));
-            let (active, sessions) = (open.active, open.udp_sessions_active);
-            info!(
-                "{name}: draining — no new connections or UDP sessions; {active} open connection(s) get up to {} to finish, and {sessions} UDP session(s) end once they owe no reply or have been quiet for {}ms, within the same bound (send {name} again to exit at once)",
-                format_duration(plan.runtime.drain_timeout),
-                UDP_DRAIN_GRACE_MS
-            );
-            rt.drain();
-            drain_deadline = Some(Instant::now() + plan.runtime.drain_timeout);
         }
         rt.poll(Duration::from_millis(0));
         if rt.all_exited() {
@@ -617,13 +721,13 @@ pub fn serve(plan: &Plan) -> u8 {
         if let Some(shard) = rt.crashed_shard() {
             error!(shard, "shard thread died; stopping");
             let totals = rt.shutdown();
-            info!("final stats {}", totals.to_kv());
+            info!("final stats {}", stats_kv(&totals));
             return exit::FAILURE;
         }
         if drain_deadline.is_none() && rt.shards.iter().any(|s| s.exited.is_some()) {
             error!("a shard stopped on its own (see the error above); stopping");
             let totals = rt.shutdown();
-            info!("final stats {}", totals.to_kv());
+            info!("final stats {}", stats_kv(&totals));
             return exit::FAILURE;
         }
         let now = Instant::now();
@@ -646,19 +750,19 @@ pub fn serve(plan: &Plan) -> u8 {
                 "shards did not stop within {}s; exiting anyway",
                 STOP_GRACE.as_secs()
             );
-            info!("final stats {}", rt.totals().to_kv());
+            info!("final stats {}", stats_kv(&rt.totals()));
             return exit::FAILURE;
         }
         if let (Some(at), Some(every)) = (next_stats, stats_every)
             && now >= at
         {
             let totals = rt.snapshot(Duration::from_millis(500));
-            info!("stats {}", totals.to_kv());
+            info!("stats {}", stats_kv(&totals));
             next_stats = Some(now + every);
         }
     }
     let clean = rt.clean();
-    info!("final stats {}", rt.totals().to_kv());
+    info!("final stats {}", stats_kv(&rt.totals()));
     if !clean {
         warn!("a shard exited before the kernel returned all its operations");
     }

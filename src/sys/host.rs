@@ -5,7 +5,7 @@
 //! to fix it.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use io_uring::{IoUring, opcode};
 
@@ -68,6 +68,15 @@ pub enum HostError {
     Shard {
         shard: usize,
         error: String,
+    },
+    /// An upstream that is an address of this host on a wildcard
+    /// listener's port: ringfwd would forward to itself.
+    ForwardingLoop {
+        /// e.g. "tcp listener 'web'".
+        upstream_of: String,
+        upstream: SocketAddr,
+        listener: String,
+        listen: SocketAddr,
     },
 }
 
@@ -175,6 +184,20 @@ impl fmt::Display for HostError {
             HostError::Shard { shard, error } => {
                 write!(f, "shard {shard} failed to start: {error}")
             }
+            HostError::ForwardingLoop {
+                upstream_of,
+                upstream,
+                listener,
+                listen,
+            } => write!(
+                f,
+                "{upstream_of}: upstream {upstream} is an address of this host (see `ip addr`), \
+                 and {listener} listens on port {} of every address ({listen}): a forwarding \
+                 loop (what it receives would be forwarded back to ringfwd, again and again, \
+                 until descriptors run out). Point the upstream at the service ringfwd forwards \
+                 to, on another port or host, or make the listener listen on specific addresses",
+                listen.port()
+            ),
         }
     }
 }
@@ -416,6 +439,51 @@ pub fn ensure_nofile(needed: u64) -> Option<NoFile> {
     })
 }
 
+/// The IP addresses of this host's interfaces (getifaddrs); empty if they
+/// cannot be read, which only skips the check that uses them.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into the live local `list`.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut addrs = Vec::new();
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        if let Some(ip) = sockaddr_ip(entry.ifa_addr) {
+            addrs.push(ip);
+        }
+        cursor = entry.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once; no reference into it outlives this.
+    unsafe { libc::freeifaddrs(list) };
+    addrs
+}
+
+/// The IP of an interface address, if it is IPv4 or IPv6.
+fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: getifaddrs gives a valid sockaddr whose sa_family says which
+    // larger struct it is; each is read only as the family it names.
+    unsafe {
+        match i32::from((*sa).sa_family) {
+            libc::AF_INET => {
+                let v4 = &*sa.cast::<libc::sockaddr_in>();
+                Some(IpAddr::from(v4.sin_addr.s_addr.to_ne_bytes()))
+            }
+            libc::AF_INET6 => {
+                let v6 = &*sa.cast::<libc::sockaddr_in6>();
+                Some(IpAddr::from(v6.sin6_addr.s6_addr))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// CPU ids this process may run on (its affinity mask), ascending.
 pub fn available_cpus() -> Vec<usize> {
     let mut ids: Vec<usize> = core_affinity::get_core_ids()
@@ -461,6 +529,15 @@ mod tests {
         assert!(d.contains("kernel.io_uring_disabled"), "{d}");
         let b = HostError::IoUringBlocked { errno: libc::EPERM }.to_string();
         assert!(b.contains("seccomp"), "{b}");
+    }
+
+    #[test]
+    fn local_addresses_include_loopback() {
+        let local = local_addresses();
+        assert!(
+            local.contains(&IpAddr::from([127, 0, 0, 1])),
+            "lo's 127.0.0.1 is listed: {local:?}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod eventfd;
 pub mod host;
+pub mod output;
 pub mod pipe;
 pub mod signals;
 pub mod socket;

@@ -16,14 +16,14 @@ fn check_prints_the_resolved_plan_with_defaults() {
 shards = 1
 [[tcp]]
 name = "web"
-listen = "127.0.0.1:8080"
+listen = "127.0.0.1:0"
 upstreams = ["10.0.0.5:80", "[2001:db8::6]:80"]
 "#,
     );
     assert_eq!(code, Some(0), "{err}");
     for want in [
         "web",
-        "127.0.0.1:8080",
+        "127.0.0.1:0",
         "10.0.0.5:80",
         "[2001:db8::6]:80",
         "connect_timeout",

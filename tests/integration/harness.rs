@@ -461,3 +461,15 @@ pub fn forwarder(upstreams: &[SocketAddr], listener: &str, runtime: &str) -> Pro
     ));
     Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1)
 }
+
+/// The write end of a pipe whose reader has already exited: a stdout or
+/// stderr whose every write fails with EPIPE.
+pub fn closed_pipe() -> Stdio {
+    let mut reader = Command::new("true")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn true");
+    let write_end = reader.stdin.take().expect("pipe");
+    reader.wait().expect("true exits");
+    Stdio::from(write_end)
+}

@@ -226,25 +226,28 @@ fn the_demo_runs_and_verifies_its_load() {
 #[test]
 fn a_memlock_limit_too_low_for_the_rings_is_named_with_numbers() {
     // As an unprivileged user (root has CAP_IPC_LOCK and is never limited).
-    let out = std::process::Command::new("prlimit")
-        .args([
-            "--memlock=65536:65536",
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-        ])
-        .args(["--clear-groups", "--inh-caps=-all", crate::harness::BIN])
-        .args(["run", "--tcp", "127.0.0.1:0=127.0.0.1:9", "--shards", "1"])
-        .output()
-        .expect("prlimit and setpriv (util-linux) are needed for this test");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(
-        err.contains("RLIMIT_MEMLOCK is 64 KiB"),
-        "names the limit: {err}"
-    );
-    assert!(
-        err.contains("need about") && err.contains("LimitMEMLOCK"),
-        "names the need and the fix: {err}"
-    );
+    // `check` makes the same host check as `run`, with the same exit code.
+    for cmd in ["run", "check"] {
+        let out = std::process::Command::new("prlimit")
+            .args([
+                "--memlock=65536:65536",
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+            ])
+            .args(["--clear-groups", "--inh-caps=-all", crate::harness::BIN])
+            .args([cmd, "--tcp", "127.0.0.1:0=127.0.0.1:9", "--shards", "1"])
+            .output()
+            .expect("prlimit and setpriv (util-linux) are needed for this test");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{cmd}: {err}");
+        assert!(
+            err.contains("RLIMIT_MEMLOCK is 64 KiB"),
+            "{cmd} names the limit: {err}"
+        );
+        assert!(
+            err.contains("need about") && err.contains("LimitMEMLOCK"),
+            "{cmd} names the need and the fix: {err}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! what the process reports.
 
 mod bench;
+mod check;
 mod config;
 mod dns;
 mod docs;
@@ -12,6 +13,7 @@ mod known;
 mod lifecycle;
 mod limits;
 mod relay;
+mod signals;
 mod splice;
 mod udp;
 mod udp_abuse;
