@@ -189,6 +189,29 @@ impl Proc {
     }
 
     /// Waits for the process to exit, up to `timeout`.
+    /// Waits until every thread of the process is stopped (after SIGSTOP or
+    /// SIGTSTP: delivery is asynchronous, so a test that acts on a stopped
+    /// process must wait for it). io_uring's kernel workers (`iou-*`) are not
+    /// user threads and are left out.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let pid = self.pid();
+        wait_until(timeout, || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the parenthesised name.
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next());
+                comm.starts_with("iou-") || matches!(state, Some("T") | Some("t"))
+            })
+        })
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.status.is_some() {
             return self.status;

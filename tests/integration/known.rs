@@ -90,6 +90,10 @@ fn a_stopped_forwarder_still_has_handshakes_completed_but_relays_nothing() {
     let echo = echo_upstream(1);
     let fwd = forwarder(&[echo.first_addr()], "", "shards = 1");
     fwd.signal(libc::SIGTSTP);
+    assert!(
+        fwd.wait_stopped(Duration::from_secs(5)),
+        "SIGTSTP did not stop ringfwd"
+    );
     // The kernel completes the handshake into the listen backlog.
     let mut c = TcpStream::connect_timeout(&fwd.first_addr(), Duration::from_secs(5))
         .expect("a stopped forwarder's kernel still accepts");

@@ -802,28 +802,11 @@ fn kernel_udp_drops(port: u16) -> u64 {
         .sum()
 }
 
-/// Stops `p` with SIGSTOP and waits until every thread of it is stopped
-/// (io_uring's kernel workers, `iou-*`, are not user threads and are left
-/// out), so the kernel queues or drops what is sent to it meanwhile.
+/// Stops `p` with SIGSTOP and waits until it is stopped, so the kernel
+/// queues or drops what is sent to it meanwhile.
 fn freeze(p: &Proc) {
     p.signal(libc::SIGSTOP);
-    let pid = p.pid();
-    let stopped = wait_until(WAIT, || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().all(|t| {
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            // The state follows the parenthesised name.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            comm.starts_with("iou-") || matches!(state, Some("T") | Some("t"))
-        })
-    });
-    assert!(stopped, "ringfwd {pid} did not stop");
+    assert!(p.wait_stopped(WAIT), "ringfwd {} did not stop", p.pid());
 }
 
 #[test]
