@@ -60,6 +60,18 @@ impl Proc {
         Proc::launch(Command::new(BIN), args, listeners)
     }
 
+    /// As `start`, in a process group of its own. The kernel discards
+    /// SIGTSTP sent to an orphaned process group (no member's parent in
+    /// another group of the session), as the test runner's group is when CI
+    /// starts it without a terminal; a group of its own, whose parent (this
+    /// test) is in another group of the same session, is not orphaned.
+    pub fn start_in_own_group(args: &[&str], listeners: usize) -> Proc {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new(BIN);
+        cmd.process_group(0);
+        Proc::launch(cmd, args, listeners)
+    }
+
     /// As `start`, with RLIMIT_NOFILE (soft and hard) set to `nofile` by
     /// `prlimit`, which execs ringfwd (so the pid is ringfwd's).
     pub fn start_with_nofile(nofile: u64, args: &[&str], listeners: usize) -> Proc {

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
-use crate::harness::{echo_upstream, forwarder};
+use crate::harness::{Proc, echo_upstream, forwarder, write_config};
 
 /// Sends one byte as TCP urgent data (send with MSG_OOB).
 fn send_urgent(s: &TcpStream, byte: u8) {
@@ -88,7 +88,11 @@ fn a_connection_over_max_connections_is_closed_with_a_fin() {
 #[test]
 fn a_stopped_forwarder_still_has_handshakes_completed_but_relays_nothing() {
     let echo = echo_upstream(1);
-    let fwd = forwarder(&[echo.first_addr()], "", "shards = 1");
+    let cfg = write_config(&format!(
+        "[runtime]\nshards = 1\n[[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{}\"]\n",
+        echo.first_addr()
+    ));
+    let fwd = Proc::start_in_own_group(&["run", "--config", cfg.to_str().expect("path")], 1);
     fwd.signal(libc::SIGTSTP);
     assert!(
         fwd.wait_stopped(Duration::from_secs(5)),

@@ -153,18 +153,16 @@ fn idle_connections_are_closed_after_idle_timeout() {
 #[test]
 fn traffic_keeps_a_connection_past_idle_timeout() {
     let echo = echo_upstream(1);
-    let fwd = forwarder(
-        &[echo.first_addr()],
-        r#"idle_timeout = "300ms""#,
-        "shards = 1",
-    );
+    let fwd = forwarder(&[echo.first_addr()], r#"idle_timeout = "1s""#, "shards = 1");
     let mut c = TcpStream::connect(fwd.first_addr()).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let start = Instant::now();
     let mut b = [0u8; 1];
-    // Something moves every 100 ms for 1.2 s: four idle timeouts' worth.
-    while start.elapsed() < Duration::from_millis(1200) {
+    // Something moves every 100 ms for 3 s: three idle timeouts' worth. The
+    // timeout is ten gaps long, so a test thread descheduled for a few
+    // hundred ms on a loaded machine (CI saw it with 300ms) is not idle.
+    while start.elapsed() < Duration::from_secs(3) {
         c.write_all(b"x").expect("write while active");
         c.read_exact(&mut b).expect("echo while active");
         std::thread::sleep(Duration::from_millis(100));

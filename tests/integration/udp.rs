@@ -193,9 +193,20 @@ fn every_reply_reaches_its_client_from_the_listener_address_over_a_stable_upstre
     }
     let clients = (THREADS * CLIENTS_PER_THREAD) as u64;
     fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v == clients * ROUNDS as u64);
-    assert_eq!(fwd.stat("udp_sessions_created"), clients);
-    assert_eq!(fwd.stat("udp_sessions_active"), clients);
-    assert_eq!(fwd.stat("udp_datagrams_c2u"), clients * ROUNDS as u64);
+    let stats = fwd.stats();
+    let ended: Vec<String> = stats
+        .iter()
+        .filter(|(k, v)| (k.starts_with("udp_end_") || k.starts_with("udp_drop_")) && **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let counter = |k: &str| stats.get(k).copied().unwrap_or(0);
+    assert_eq!(counter("udp_sessions_created"), clients, "{ended:?}");
+    assert_eq!(counter("udp_sessions_active"), clients, "{ended:?}");
+    assert_eq!(
+        counter("udp_datagrams_c2u"),
+        clients * ROUNDS as u64,
+        "{ended:?}"
+    );
     let seen = up.seen();
     assert_eq!(seen.len() as u64, clients, "one upstream port per client");
     for (port, ids) in &seen {
