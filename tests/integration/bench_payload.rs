@@ -223,7 +223,10 @@ fn expect_size_frames_responses_by_their_size() {
     );
     assert_eq!(code, Some(1), "{v:#}");
     assert!(f(&v, "errors.verify") >= 1.0, "{v:#}");
-    assert!(err.contains("no request asked for"), "{err}");
+    assert!(
+        err.contains("no request asked for (response larger than --expect-size?)"),
+        "{err}"
+    );
 }
 
 /// A TCP server answering every `request`-byte request with `answer`, one

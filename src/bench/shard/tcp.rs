@@ -401,8 +401,13 @@ impl Gen {
         while left > 0 {
             if c.outstanding.is_empty() {
                 let id = c.id;
+                let flag = match self.rx_check {
+                    RxCheck::Pattern => "--response-size",
+                    RxCheck::Exact { .. } => "--expect",
+                    RxCheck::Size => "--expect-size",
+                };
                 self.fail_conn(slot, ErrorKind::Verify, || {
-                    format!("connection {id}: {left} bytes arrived that no request asked for (response larger than --response-size?)")
+                    format!("connection {id}: {left} bytes arrived that no request asked for (response larger than {flag}?)")
                 });
                 return;
             }
