@@ -189,8 +189,39 @@ pub struct BenchCommon {
     #[arg(long)]
     pub quiet: bool,
 
+    /// Write the latency histogram as HdrHistogram's percentile distribution text (the table
+    /// wrk2 prints and HdrHistogram's plotter reads), values in microseconds.
+    #[arg(long, value_name = "FILE")]
+    pub percentiles: Option<String>,
+
+    /// Write the latency histogram as an HdrHistogram interval log (V2, compressed): one
+    /// interval covering the measured window, values in nanoseconds.
+    #[arg(long, value_name = "FILE")]
+    pub histogram_log: Option<String>,
+
     #[command(flatten)]
     pub shards: ShardArgs,
+}
+
+/// Any protocol's bytes instead of the verified pattern.
+#[derive(Debug, Args)]
+pub struct PayloadArgs {
+    /// Request bytes: TEXT with \r \n \t \\ \xHH escapes, or @FILE (raw bytes, up to 16MiB);
+    /// needs --expect or --expect-size (they tell where a response ends).
+    #[arg(long, value_name = "TEXT|@FILE", conflicts_with = "size")]
+    pub payload: Option<String>,
+    /// The exact response to every --payload request (TEXT with escapes, or @FILE); any other
+    /// response is a verification error.
+    #[arg(
+        long,
+        value_name = "TEXT|@FILE",
+        requires = "payload",
+        conflicts_with = "expect_size"
+    )]
+    pub expect: Option<String>,
+    /// Every response to a --payload request is exactly this many bytes (content unchecked).
+    #[arg(long, value_name = "BYTES", requires = "payload")]
+    pub expect_size: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +239,8 @@ pub struct TcpRrArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub pipeline: u32,
     #[command(flatten)]
+    pub payload: PayloadArgs,
+    #[command(flatten)]
     pub common: BenchCommon,
 }
 
@@ -222,6 +255,8 @@ pub struct TcpCrrArgs {
     /// Response size (default: the request size).
     #[arg(long, value_name = "BYTES")]
     pub response_size: Option<String>,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
     #[command(flatten)]
     pub common: BenchCommon,
 }
@@ -249,6 +284,8 @@ pub struct UdpRrArgs {
     /// Datagram size (at least 24: each carries a flow, sequence and time header).
     #[arg(long, default_value = "64", value_name = "BYTES")]
     pub size: String,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
     #[command(flatten)]
     pub common: BenchCommon,
 }

@@ -587,6 +587,9 @@ fn run_loads(args: &DemoArgs, targets: Targets) -> Result<bool, String> {
             json: None,
             progress: false,
             busy_poll: None,
+            payload: None,
+            percentiles: None,
+            histogram_log: None,
         };
         let runs = measure(&plan, paths);
         let (note, passed) = show_load(&load, &runs);

@@ -4,6 +4,8 @@
 //! common clock, shows live progress, merges their HDR histograms and
 //! counters, and prints the table and `--json`.
 
+pub mod hdr_out;
+pub mod payload;
 pub mod plan;
 pub mod record;
 pub mod report;
@@ -11,7 +13,7 @@ pub mod shard;
 
 use std::io::{IsTerminal, Write};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -73,11 +75,32 @@ pub fn run(args: &BenchArgs) -> u8 {
             return exit::FAILURE;
         }
     }
+    if let Err(e) = write_histograms(&plan, &summary) {
+        output::message(&format!("ringfwd bench: {e}"));
+        return exit::FAILURE;
+    }
     if let Some(f) = summary.failure() {
         output::message(&format!("ringfwd bench: run FAILED: {f}"));
         return exit::FAILURE;
     }
     exit::OK
+}
+
+/// `--percentiles` and `--histogram-log`: the merged latency histogram in
+/// HdrHistogram's formats (written for a failed run too: its latencies are
+/// what there is to look at).
+fn write_histograms(plan: &BenchPlan, summary: &Summary) -> Result<(), String> {
+    let h = &summary.record.latency;
+    if let Some(path) = &plan.percentiles {
+        std::fs::write(path, hdr_out::percentile_text(h))
+            .map_err(|e| format!("cannot write --percentiles {path}: {e}"))?;
+    }
+    if let Some(path) = &plan.histogram_log {
+        let log = hdr_out::interval_log(h, summary.measured_from, plan.duration, &plan.describe())?;
+        std::fs::write(path, log)
+            .map_err(|e| format!("cannot write --histogram-log {path}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Runs `plan` to the end and merges what every shard measured.
@@ -113,6 +136,7 @@ pub fn execute(plan: &BenchPlan, progress: bool, command: String) -> Result<Summ
         }
     }
     let start = Instant::now();
+    let measured_from = SystemTime::now() + plan.warmup;
     for g in &gos {
         let _ = g.send(Some(start));
     }
@@ -180,6 +204,7 @@ pub fn execute(plan: &BenchPlan, progress: bool, command: String) -> Result<Summ
         record: merged,
         clean,
         command,
+        measured_from,
     })
 }
 

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::cli::{BenchArgs, BenchCommon, BenchMode};
+use super::payload::{self, Expect, Payload};
+use crate::cli::{BenchArgs, BenchCommon, BenchMode, PayloadArgs};
 use crate::config::units::{parse_duration, parse_size};
 
 /// Largest request, response or datagram size accepted.
@@ -134,6 +135,13 @@ pub struct BenchPlan {
     pub progress: bool,
     /// Spin on the completion queue this long before sleeping.
     pub busy_poll: Option<Duration>,
+    /// `--payload`: the user's request bytes and expected response, instead
+    /// of the verified pattern (tcp-rr, tcp-crr, udp-rr).
+    pub payload: Option<Payload>,
+    /// `--percentiles FILE`: the percentile distribution text.
+    pub percentiles: Option<String>,
+    /// `--histogram-log FILE`: the HdrHistogram interval log.
+    pub histogram_log: Option<String>,
 }
 
 impl BenchPlan {
@@ -150,6 +158,48 @@ fn size_flag(flag: &str, v: &str, min: u64, max: u64) -> Result<u32, String> {
         ));
     }
     u32::try_from(n).map_err(|_| format!("--{flag} {v:?} is too large"))
+}
+
+/// --size and --response-size (default: the request size).
+fn sizes(size: &str, response: Option<&str>) -> Result<(u32, u32), String> {
+    let size = size_flag("size", size, 1, MAX_MESSAGE)?;
+    let response_size = match response {
+        Some(v) => size_flag("response-size", v, 1, MAX_MESSAGE)?,
+        None => size,
+    };
+    Ok((size, response_size))
+}
+
+/// --payload with --expect or --expect-size, each at most `max` bytes.
+fn payload_flags(
+    a: &PayloadArgs,
+    response_size: bool,
+    max: u64,
+) -> Result<Option<Payload>, String> {
+    let Some(text) = &a.payload else {
+        return Ok(None);
+    };
+    if response_size {
+        return Err(
+            "--response-size does not apply with --payload: give --expect or --expect-size".into(),
+        );
+    }
+    let request = payload::load("payload", text, max)?;
+    let response = match (&a.expect, &a.expect_size) {
+        (Some(e), _) => Expect::Exact(payload::load("expect", e, max)?.into()),
+        (None, Some(n)) => Expect::Size(size_flag("expect-size", n, 1, max)?),
+        (None, None) => {
+            return Err(
+                "--payload needs --expect TEXT|@FILE (the exact response) or --expect-size N: \
+                 the generator cannot know where a response of an arbitrary protocol ends"
+                    .into(),
+            );
+        }
+    };
+    Ok(Some(Payload {
+        request: request.into(),
+        response,
+    }))
 }
 
 fn count_flag(flag: &str, n: u64) -> Result<u32, String> {
@@ -288,18 +338,22 @@ fn common(workload: Workload, c: &BenchCommon, available: &[usize]) -> Result<Be
         json: c.json.clone(),
         progress: !c.quiet,
         busy_poll,
+        payload: None,
+        percentiles: c.percentiles.clone(),
+        histogram_log: c.histogram_log.clone(),
     })
 }
 
 impl BenchPlan {
     /// Validates `args`; `available` are the CPUs this process may run on.
     pub fn resolve(args: &BenchArgs, available: &[usize]) -> Result<BenchPlan, String> {
+        let mut payload = None;
         let (workload, c) = match &args.mode {
             BenchMode::TcpRr(a) => {
-                let size = size_flag("size", &a.size, 1, MAX_MESSAGE)?;
-                let response_size = match &a.response_size {
-                    Some(v) => size_flag("response-size", v, 1, MAX_MESSAGE)?,
-                    None => size,
+                payload = payload_flags(&a.payload, a.response_size.is_some(), MAX_MESSAGE)?;
+                let (size, response_size) = match &payload {
+                    Some(p) => (p.request.len() as u32, p.response.len()),
+                    None => sizes(&a.size, a.response_size.as_deref())?,
                 };
                 if a.pipeline == 0 || a.pipeline > 1024 {
                     return Err(format!(
@@ -318,10 +372,10 @@ impl BenchPlan {
                 )
             }
             BenchMode::TcpCrr(a) => {
-                let size = size_flag("size", &a.size, 1, MAX_MESSAGE)?;
-                let response_size = match &a.response_size {
-                    Some(v) => size_flag("response-size", v, 1, MAX_MESSAGE)?,
-                    None => size,
+                payload = payload_flags(&a.payload, a.response_size.is_some(), MAX_MESSAGE)?;
+                let (size, response_size) = match &payload {
+                    Some(p) => (p.request.len() as u32, p.response.len()),
+                    None => sizes(&a.size, a.response_size.as_deref())?,
                 };
                 (
                     Workload::TcpCrr {
@@ -352,13 +406,20 @@ impl BenchPlan {
                     &a.common,
                 )
             }
-            BenchMode::UdpRr(a) => (
-                Workload::UdpRr {
-                    flows: count_flag("flows", a.flows)?,
-                    size: size_flag("size", &a.size, UDP_HEADER, MAX_UDP)?,
-                },
-                &a.common,
-            ),
+            BenchMode::UdpRr(a) => {
+                payload = payload_flags(&a.payload, false, MAX_UDP)?;
+                let size = match &payload {
+                    Some(p) => p.request.len() as u32,
+                    None => size_flag("size", &a.size, UDP_HEADER, MAX_UDP)?,
+                };
+                (
+                    Workload::UdpRr {
+                        flows: count_flag("flows", a.flows)?,
+                        size,
+                    },
+                    &a.common,
+                )
+            }
             BenchMode::UdpStream(a) => {
                 if a.window == 0 || a.window > 1024 {
                     return Err(format!(
@@ -389,7 +450,30 @@ impl BenchPlan {
                 ));
             }
         }
-        common(workload, c, available)
+        let mut plan = common(workload, c, available)?;
+        plan.payload = payload;
+        if plan.percentiles.is_some() || plan.histogram_log.is_some() {
+            let flag = if plan.percentiles.is_some() {
+                "--percentiles"
+            } else {
+                "--histogram-log"
+            };
+            if let Workload::TcpStream { .. } = plan.workload {
+                return Err(format!(
+                    "{flag} does not apply to tcp-stream: it measures no latency"
+                ));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// `--payload` and its expectation, escaped and cut short, for the report.
+    pub fn payload_text(&self, p: &Payload) -> String {
+        let expect = match &p.response {
+            Expect::Exact(b) => format!("expect {}", payload::show(b, 32)),
+            Expect::Size(n) => format!("expect-size {n}"),
+        };
+        format!("{} {expect}", payload::show(&p.request, 32))
     }
 
     /// The settings as given, for the report and `--json`.
@@ -426,6 +510,9 @@ impl BenchPlan {
                 size,
                 window,
             } => s.push_str(&format!("flows {flows} size {size} window {window}")),
+        }
+        if let Some(p) = &self.payload {
+            s.push_str(&format!(" payload {}", self.payload_text(p)));
         }
         match self.rate {
             Some(r) => s.push_str(&format!(" rate {r}/s (open loop)")),

@@ -15,6 +15,8 @@ pub struct Summary {
     pub clean: bool,
     /// The command line, for the JSON document.
     pub command: String,
+    /// Wall-clock start of the measured window (for `--histogram-log`).
+    pub measured_from: std::time::SystemTime,
 }
 
 /// Latency figures in microseconds.
@@ -166,6 +168,7 @@ impl Summary {
                 "shards": p.shards(),
                 "cpus": p.cpus,
                 "busy_poll_us": p.busy_poll.map(|d| d.as_secs_f64() * 1e6),
+                "payload": p.payload.as_ref().map(|x| p.payload_text(x)),
             },
             "elapsed_s": self.seconds(),
             "ops": self.ops(),

@@ -13,7 +13,7 @@ use crate::harness::{Proc, temp_path, wait_until, write_config};
 const QUERIES_PER_DIG: usize = 100;
 const DIGS: usize = 4;
 
-fn have(tool: &str) -> bool {
+pub(crate) fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
@@ -21,13 +21,13 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn answer_for(i: usize) -> String {
+pub(crate) fn answer_for(i: usize) -> String {
     format!("10.77.{}.{}", i / 250, i % 250 + 1)
 }
 
-struct Dnsmasq {
+pub(crate) struct Dnsmasq {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Drop for Dnsmasq {
@@ -41,7 +41,7 @@ impl Drop for Dnsmasq {
 /// A port below the ephemeral range (32768-60999) that is free for both UDP
 /// and TCP now (dnsmasq binds both). Ephemeral ports would race with every
 /// socket the forwarder and other tests open.
-fn free_low_port(seed: u64) -> u16 {
+pub(crate) fn free_low_port(seed: u64) -> u16 {
     let mut rng = ringfwd::verify::Rng::new(seed);
     loop {
         let port = 24_000 + rng.below(8_000) as u16;
@@ -75,7 +75,7 @@ fn spawn_dnsmasq(hosts: &std::path::Path, port: u16) -> Child {
 
 /// dnsmasq on a free low port, answering: if something took the port
 /// between the check and dnsmasq's bind, dnsmasq exits and another port is tried.
-fn start_dnsmasq(hosts: &std::path::Path) -> Dnsmasq {
+pub(crate) fn start_dnsmasq(hosts: &std::path::Path) -> Dnsmasq {
     for attempt in 0..5u64 {
         let port = free_low_port(u64::from(std::process::id()) ^ (attempt << 32));
         let mut dns = Dnsmasq {

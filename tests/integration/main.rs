@@ -3,6 +3,7 @@
 //! what the process reports.
 
 mod bench;
+mod bench_payload;
 mod check;
 mod config;
 mod dns;

@@ -7,11 +7,13 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::payload::{Expect, repeat_region};
 use super::plan::{BenchPlan, UDP_HEADER, Workload};
 use super::record::{ErrorKind, Record, new_histogram};
 use crate::ring::{Cqe, RegionId, Ring, TargetId, TimeoutId};
@@ -19,7 +21,7 @@ use crate::shard::slab::Slab;
 use crate::shard::token::{OpKind, SlotId, Token};
 use crate::sys::socket;
 use crate::tcp::Side;
-use crate::verify::{PeriodicCheck, periodic_region};
+use crate::verify::{PERIOD, PeriodicCheck, periodic_region};
 
 mod tcp;
 mod udp;
@@ -220,6 +222,29 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Where the request/response modes' request bytes come from: a region
+/// holding a repeating unit, so a send at any stream position is one
+/// contiguous slice of it.
+#[derive(Clone, Copy, Debug)]
+struct TxSource {
+    region: RegionId,
+    /// Bytes of the repeating unit (the pattern's period, or the --payload).
+    period: u64,
+    /// Longest send from any offset below `period`.
+    max_write: u64,
+}
+
+/// How responses are checked (and, with --payload, where one ends).
+#[derive(Clone, Debug)]
+enum RxCheck {
+    /// The periodic verification pattern.
+    Pattern,
+    /// --expect: every response is `unit`; `region` holds it repeated.
+    Exact { region: RegionId, unit: Arc<[u8]> },
+    /// --expect-size: only the size is checked.
+    Size,
+}
+
 struct Gen {
     shard: usize,
     ring: Ring,
@@ -230,6 +255,10 @@ struct Gen {
     period_ns: Option<f64>,
     total_conns: u32,
     pattern: RegionId,
+    tx: TxSource,
+    rx_check: RxCheck,
+    /// udp-rr with --payload: what every reply must be (no header then).
+    udp_expect: Option<Expect>,
     /// UDP: one `size`-byte slot per flow and window entry.
     slots: Option<RegionId>,
     target: TargetId,
@@ -274,7 +303,11 @@ impl Gen {
         let local = s.conns.len() as u64;
         let (buf_size, want) = match w {
             Workload::TcpStream { .. } => (64 << 10, local * 8),
-            Workload::UdpRr { size, .. } => (round64(u64::from(size) + 64), local * 4),
+            Workload::UdpRr { size, .. } => {
+                // A --payload reply may be larger than its request (DNS).
+                let reply = s.plan.payload.as_ref().map_or(0, |p| p.response.len());
+                (round64(u64::from(size.max(reply)) + 64), local * 4)
+            }
             Workload::UdpStream { size, window, .. } => {
                 (round64(u64::from(size) + 64), local * u64::from(window) * 2)
             }
@@ -293,6 +326,35 @@ impl Gen {
             )
         })?;
         let pattern = ring.add_region(periodic_region());
+        let (tx, rx_check, udp_expect) = match &s.plan.payload {
+            None => (
+                TxSource {
+                    region: pattern,
+                    period: PERIOD as u64,
+                    max_write: PERIOD as u64 - 1,
+                },
+                RxCheck::Pattern,
+                None,
+            ),
+            Some(p) => {
+                let bytes = repeat_region(&p.request);
+                let period = p.request.len() as u64;
+                let max_write = (bytes.len() as u64).saturating_sub(period).max(1);
+                let tx = TxSource {
+                    region: ring.add_region(bytes),
+                    period,
+                    max_write,
+                };
+                let rx = match &p.response {
+                    Expect::Exact(unit) => RxCheck::Exact {
+                        region: ring.add_region(repeat_region(unit)),
+                        unit: unit.clone(),
+                    },
+                    Expect::Size(_) => RxCheck::Size,
+                };
+                (tx, rx, Some(p.response.clone()))
+            }
+        };
         let target = ring.add_target(s.plan.target);
         let connect_timeout = ring.add_timeout(s.plan.timeout);
         let family = ring
@@ -318,6 +380,9 @@ impl Gen {
             period_ns,
             total_conns: s.total_conns,
             pattern,
+            tx,
+            rx_check,
+            udp_expect,
             slots: None,
             target,
             target_addr: s.plan.target,
@@ -357,11 +422,17 @@ impl Gen {
         let mut region = vec![0u8; s.conns.len() * window * size].into_boxed_slice();
         let pattern = periodic_region();
         for slot in region.chunks_mut(size) {
-            // The payload after the header is the pattern from offset 0: what
-            // every reply is checked against.
-            let body = UDP_HEADER as usize;
-            slot[..4].copy_from_slice(&UDP_MAGIC);
-            slot[body..].copy_from_slice(&pattern[..size - body]);
+            match &s.plan.payload {
+                // --payload: the datagram is the user's bytes, with no header.
+                Some(p) => slot.copy_from_slice(&p.request),
+                None => {
+                    // The payload after the header is the pattern from offset 0: what
+                    // every reply is checked against.
+                    let body = UDP_HEADER as usize;
+                    slot[..4].copy_from_slice(&UDP_MAGIC);
+                    slot[body..].copy_from_slice(&pattern[..size - body]);
+                }
+            }
         }
         self.slots = Some(self.ring.add_region(region));
         for &id in &s.conns {

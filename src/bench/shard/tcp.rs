@@ -5,7 +5,8 @@
 
 use std::cmp::Reverse;
 
-use super::{ConnState, Gen, RECONNECT_BACKOFF_NS, TcpConn, tok};
+use super::{ConnState, Gen, RECONNECT_BACKOFF_NS, RxCheck, TcpConn, tok};
+use crate::bench::payload::{RepeatCheck, show};
 use crate::bench::plan::{Direction, Workload};
 use crate::bench::record::{ErrorKind, MAX_LATENCY_NS};
 use crate::ring::SockType;
@@ -185,11 +186,11 @@ impl Gen {
     }
 
     /// Starts the next send if none is in flight: straight from the pattern
-    /// region, at most one period so the window is contiguous.
+    /// region (or the --payload's), short enough that the window is contiguous.
     pub(super) fn kick_send(&mut self, slot: SlotId) {
-        let write = match self.w {
-            Workload::TcpStream { size, .. } => u64::from(size),
-            _ => PERIOD as u64 - 1,
+        let (region, period, write) = match self.w {
+            Workload::TcpStream { size, .. } => (self.pattern, PERIOD as u64, u64::from(size)),
+            _ => (self.tx.region, self.tx.period, self.tx.max_write),
         };
         let Some(c) = self.tcp.get_mut(slot) else {
             return;
@@ -199,10 +200,10 @@ impl Gen {
         }
         let Some(fd) = c.fd else { return };
         let len = c.tx_owed.min(write) as u32;
-        let offset = (c.tx_pos % PERIOD as u64) as u32;
+        let offset = (c.tx_pos % period) as u32;
         if self
             .ring
-            .send_region(fd, self.pattern, offset, len, tok(OpKind::Send, slot))
+            .send_region(fd, region, offset, len, tok(OpKind::Send, slot))
             .is_ok()
         {
             if let Some(c) = self.tcp.get_mut(slot) {
@@ -370,11 +371,23 @@ impl Gen {
             });
             return;
         }
-        if let Err(at) = c.rx.check(pattern, data) {
-            let id = c.id;
-            self.fail_conn(slot, ErrorKind::Verify, || {
+        let id = c.id;
+        let verdict = match &self.rx_check {
+            RxCheck::Pattern => c.rx.check(pattern, data).map_err(|at| {
                 format!("connection {id}: received byte {at} of the response stream differs from what was expected")
-            });
+            }),
+            RxCheck::Exact { region, unit } => {
+                let from = c.rx.position;
+                let mut check = RepeatCheck { position: from };
+                let expect = self.ring.region(*region).unwrap_or(&[]);
+                let r = check.check(expect, unit.len(), data);
+                c.rx.position = check.position;
+                r.map_err(|at| mismatch(id, unit, from, at, data))
+            }
+            RxCheck::Size => Ok(()),
+        };
+        if let Err(what) = verdict {
+            self.fail_conn(slot, ErrorKind::Verify, || what);
             return;
         }
         if measuring {
@@ -388,8 +401,13 @@ impl Gen {
         while left > 0 {
             if c.outstanding.is_empty() {
                 let id = c.id;
+                let flag = match self.rx_check {
+                    RxCheck::Pattern => "--response-size",
+                    RxCheck::Exact { .. } => "--expect",
+                    RxCheck::Size => "--expect-size",
+                };
                 self.fail_conn(slot, ErrorKind::Verify, || {
-                    format!("connection {id}: {left} bytes arrived that no request asked for (response larger than --response-size?)")
+                    format!("connection {id}: {left} bytes arrived that no request asked for (response larger than {flag}?)")
                 });
                 return;
             }
@@ -513,5 +531,53 @@ impl Gen {
                 self.maybe_retire(slot, now);
             }
         }
+    }
+}
+
+/// Longest excerpt of an --expect mismatch shown in the first error.
+const SHOWN: usize = 64;
+
+/// An --expect response that differs at stream offset `at`, when the read
+/// `data` started at stream offset `from`: the expected response and what
+/// came from the start of that response (or of this read, if it began in an
+/// earlier one), escaped and cut short.
+fn mismatch(id: u32, unit: &[u8], from: u64, at: u64, data: &[u8]) -> String {
+    let period = unit.len().max(1) as u64;
+    let resp_start = at - at % period;
+    let skip = resp_start.saturating_sub(from) as usize;
+    let got = data.get(skip..).unwrap_or(&[]);
+    let got = got.get(..got.len().min(SHOWN)).unwrap_or(got);
+    let note = if resp_start < from {
+        format!(" (from its byte {})", from - resp_start)
+    } else {
+        String::new()
+    };
+    format!(
+        "connection {id}: response {} differs from --expect at its byte {}: expected {}, got {}{note}",
+        resp_start / period + 1,
+        at % period,
+        show(unit, SHOWN),
+        show(got, SHOWN),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mismatch;
+
+    #[test]
+    fn a_mismatch_shows_expected_and_got_escaped() {
+        // The second response starts at stream offset 7, where the read does.
+        let m = mismatch(3, b"+PONG\r\n", 7, 7, b"-ERR unknown command\r\n");
+        assert!(
+            m.contains(r#"response 2 differs from --expect at its byte 0: expected "+PONG\r\n", got "-ERR unknown command\r\n""#),
+            "{m}"
+        );
+        let m = mismatch(3, b"abcdef", 8, 9, b"dXf");
+        assert!(m.contains(r#"got "dXf" (from its byte 2)"#), "{m}");
+        assert!(
+            m.contains("response 2") && m.contains("at its byte 3"),
+            "{m}"
+        );
     }
 }

@@ -6,9 +6,13 @@ use std::cmp::Reverse;
 use std::os::fd::AsRawFd;
 
 use super::{Gen, UDP_MAGIC, flow_tok};
+use crate::bench::payload::{Expect, show};
 use crate::bench::plan::{UDP_HEADER, Workload};
 use crate::bench::record::{ErrorKind, MAX_LATENCY_NS};
 use crate::shard::token::{OpKind, Token};
+
+/// Longest excerpt of a reply shown in the first error.
+const SHOWN: usize = 64;
 
 impl Gen {
     pub(super) fn slot_offset(&self, f: usize, w: usize) -> (u32, u32) {
@@ -109,14 +113,17 @@ impl Gen {
         let Some(region) = self.ring.region_mut(slots) else {
             return false;
         };
-        let Some(hdr) = region.get_mut(offset as usize..offset as usize + UDP_HEADER as usize)
-        else {
-            return false;
-        };
-        // Safe to rewrite: this slot's previous send has completed (`busy`).
-        hdr[4..8].copy_from_slice(&id.to_le_bytes());
-        hdr[8..16].copy_from_slice(&seq.to_le_bytes());
-        hdr[16..24].copy_from_slice(&start.to_le_bytes());
+        // A --payload datagram is the user's bytes as they are: no header.
+        if self.udp_expect.is_none() {
+            let Some(hdr) = region.get_mut(offset as usize..offset as usize + UDP_HEADER as usize)
+            else {
+                return false;
+            };
+            // Safe to rewrite: this slot's previous send has completed (`busy`).
+            hdr[4..8].copy_from_slice(&id.to_le_bytes());
+            hdr[8..16].copy_from_slice(&seq.to_le_bytes());
+            hdr[16..24].copy_from_slice(&start.to_le_bytes());
+        }
         if self
             .ring
             .send_region(
@@ -218,6 +225,9 @@ impl Gen {
     }
 
     pub(super) fn on_datagram(&mut self, f: usize, bid: u16, len: u32, now: u64) {
+        if self.udp_expect.is_some() {
+            return self.on_payload_reply(f, bid, len, now);
+        }
         let size = self.w.size();
         let (Some(data), Some(pattern)) = (
             self.ring.buffer_ring().bytes(bid, len),
@@ -289,6 +299,62 @@ impl Gen {
             }
             self.udp_try_send(f, now);
         }
+    }
+
+    /// A reply to a --payload request (udp-rr). It carries no header, so it
+    /// is matched by state: it answers the flow's request only while one is
+    /// outstanding; a reply with none outstanding (its request timed out,
+    /// or the target answered twice) counts as late. A reply to a timed-out
+    /// request that arrives after the flow's next request went out cannot
+    /// be told apart from that request's answer: it is counted as it (with a
+    /// shorter latency). --timeout well above the target's worst reply time
+    /// keeps that from happening.
+    fn on_payload_reply(&mut self, f: usize, bid: u16, len: u32, now: u64) {
+        let Some(data) = self.ring.buffer_ring().bytes(bid, len) else {
+            return;
+        };
+        let Some(flow) = self.flows.get(f) else {
+            return;
+        };
+        let (id, waiting) = (flow.id, flow.waiting);
+        let wrong = match &self.udp_expect {
+            Some(Expect::Exact(want)) if data != &want[..] => Some(format!(
+                "flow {id}: a reply differs from --expect: expected {}, got {}",
+                show(want, SHOWN),
+                show(data, SHOWN)
+            )),
+            Some(Expect::Size(want)) if len != *want => Some(format!(
+                "flow {id}: a reply of {len} bytes is not the --expect-size {want} bytes"
+            )),
+            _ => None,
+        };
+        if let Some(what) = wrong {
+            if now < self.clock.end {
+                self.rec.error(ErrorKind::Verify, || what);
+            }
+        } else if let Some((_, start, _)) = waiting {
+            if start >= self.clock.warm_end && start < self.clock.end {
+                self.rec.udp.received += 1;
+                self.rec.bytes_received += u64::from(len);
+            }
+            if self.clock.measuring(now) {
+                let lat = now.saturating_sub(start);
+                self.rec.ops += 1;
+                self.rec.latency_ns(lat);
+                let _ = self.interval.record(lat.clamp(1, MAX_LATENCY_NS));
+            }
+        } else {
+            if self.clock.measuring(now) {
+                self.rec.udp.late += 1;
+            }
+            return;
+        }
+        // Answered, or a wrong reply that may have been the awaited one: go
+        // on rather than wait for a timeout.
+        if let Some(flow) = self.flows.get_mut(f) {
+            flow.waiting = None;
+        }
+        self.udp_try_send(f, now);
     }
 
     pub(super) fn udp_scan_timeouts(&mut self, now: u64) {
