@@ -4,6 +4,7 @@
 //! common clock, shows live progress, merges their HDR histograms and
 //! counters, and prints the table and `--json`.
 
+pub mod capacity;
 pub mod plan;
 pub mod record;
 pub mod report;
