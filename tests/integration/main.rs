@@ -3,6 +3,7 @@
 //! what the process reports.
 
 mod bench;
+mod capacity;
 mod check;
 mod config;
 mod dns;

@@ -1,0 +1,159 @@
+//! The `--capacity` chart: latency percentiles against offered rate, one
+//! point per step, both axes logarithmic (the growth phase doubles the rate,
+//! and latency past the knee grows by orders of magnitude). Drawn with
+//! plotters' SVG backend only, so no font or bitmap stack is built.
+
+use plotters::prelude::*;
+
+use super::capacity::{Outcome, Settings, Step};
+use super::report::{dur, si};
+
+const SIZE: (u32, u32) = (900, 560);
+
+/// One percentile's curve: its name, colour and the value taken from a step.
+struct Curve {
+    name: &'static str,
+    color: RGBColor,
+    value: fn(&Step) -> f64,
+}
+
+const CURVES: [Curve; 3] = [
+    Curve {
+        name: "p50",
+        color: RGBColor(31, 119, 180),
+        value: |s| s.measured.p50,
+    },
+    Curve {
+        name: "p99",
+        color: RGBColor(214, 39, 40),
+        value: |s| s.measured.p99,
+    },
+    Curve {
+        name: "p99.9",
+        color: RGBColor(148, 103, 189),
+        value: |s| s.measured.p99_9,
+    },
+];
+
+/// The chart as an SVG document; `title` names the target and load.
+pub fn svg(
+    title: &str,
+    settings: &Settings,
+    steps: &[Step],
+    outcome: &Outcome,
+) -> Result<String, String> {
+    let mut sorted: Vec<&Step> = steps.iter().collect();
+    sorted.sort_by(|a, b| a.measured.offered.total_cmp(&b.measured.offered));
+    let (x_lo, x_hi) = bounds(sorted.iter().map(|s| s.measured.offered));
+    let ys = sorted
+        .iter()
+        .flat_map(|s| CURVES.iter().map(move |c| (c.value)(s)))
+        .chain(settings.slos.iter().map(|s| s.limit_us));
+    let (y_lo, y_hi) = bounds(ys);
+    let mut buf = String::new();
+    draw(
+        &mut buf,
+        title,
+        settings,
+        &sorted,
+        outcome,
+        (x_lo, x_hi),
+        (y_lo, y_hi),
+    )
+    .map_err(|e| format!("drawing the chart failed: {e}"))?;
+    Ok(buf)
+}
+
+/// A log axis range around the finite positive values, with some margin.
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if hi <= 0.0 {
+        return (1.0, 10.0);
+    }
+    (lo / 1.5, (hi * 1.5).max(lo * 2.0))
+}
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+fn draw(
+    buf: &mut String,
+    title: &str,
+    settings: &Settings,
+    steps: &[&Step],
+    outcome: &Outcome,
+    x: (f64, f64),
+    y: (f64, f64),
+) -> DrawResult {
+    let root = SVGBackend::with_string(buf, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(72)
+        .build_cartesian_2d((x.0..x.1).log_scale(), (y.0..y.1).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("offered rate (requests/s)")
+        .y_desc("latency")
+        .x_label_formatter(&|v| format!("{}/s", si(*v).trim_end()))
+        .y_label_formatter(&|v| dur(*v))
+        .draw()?;
+    let grey = RGBColor(90, 90, 90);
+    for slo in &settings.slos {
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(x.0, slo.limit_us), (x.1, slo.limit_us)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))?
+            .label(format!("SLO {} ≤ {}", slo.name, dur(slo.limit_us)))
+            .legend(move |(px, py)| PathElement::new([(px, py), (px + 18, py)], grey));
+    }
+    if let Some(rate) = outcome.rate() {
+        let green = RGBColor(44, 160, 44);
+        chart
+            .draw_series(LineSeries::new(
+                [(rate, y.0), (rate, y.1)],
+                green.stroke_width(2),
+            ))?
+            .label(format!("capacity {}/s", si(rate).trim_end()))
+            .legend(move |(px, py)| PathElement::new([(px, py), (px + 18, py)], green));
+    }
+    for curve in &CURVES {
+        let points: Vec<(f64, f64, bool)> = steps
+            .iter()
+            .map(|s| (s.measured.offered, (curve.value)(s), s.held()))
+            .filter(|(_, v, _)| v.is_finite() && *v > 0.0)
+            .collect();
+        let color = curve.color;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|&(r, v, _)| (r, v)),
+                color.stroke_width(2),
+            ))?
+            .label(curve.name)
+            .legend(move |(px, py)| PathElement::new([(px, py), (px + 18, py)], color));
+        // Held steps are filled dots, broken ones crosses.
+        chart.draw_series(points.iter().map(|&(r, v, held)| {
+            if held {
+                Circle::new((r, v), 4, color.filled()).into_dyn()
+            } else {
+                Cross::new((r, v), 5, color.stroke_width(2)).into_dyn()
+            }
+        }))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
