@@ -2014,7 +2014,8 @@ CAPACITY_QUICK = dict(start="1000", max="400k", step=1.0, warmup=0.5)
 CAPACITY_FIELDS = ["target", "slo", "step", "offered", "achieved", "p50_us", "p99_us", "p99_9_us",
                    "error_ratio", "held", "misses"]
 CAPACITY_RESULT_FIELDS = ["target", "slo", "capacity", "outcome", "broken_at", "steps", "wall_s",
-                          "load_before", "load_after", "ok", "error", "json"]
+                          "quiet_wait_s", "busy_cpus_before", "load_before", "load_after", "ok",
+                          "error", "json"]
 
 
 def capacity_selected(only: str | None) -> bool:
@@ -2053,6 +2054,9 @@ def run_capacity(h: "Harness", quick: bool) -> tuple[list[dict], list[dict]]:
         f"through {', '.join(targets)}; steps of {fmt_dur(cfg['warmup'])} warmup + "
         f"{fmt_dur(cfg['step'])}, from {cfg['start']}/s up to {cfg['max']}/s")
     results, steps = [], []
+    # the other agents' load moves a tail objective more than anything else: before each search
+    # wait (bounded) for a quiet machine, and record what it was
+    gate = QuietGate(per_run=30, budget=150)
     outdir = h.out / "runs" / "capacity"
     outdir.mkdir(parents=True, exist_ok=True)
     for i, slo in enumerate(CAPACITY_SLOS):
@@ -2061,7 +2065,9 @@ def run_capacity(h: "Harness", quick: bool) -> tuple[list[dict], list[dict]]:
             rel = Path("runs") / "capacity" / f"{t}-p99-{slo}.json"
             argv = capacity_argv(h.bin, lay, t, slo, cfg, h.out / rel, (h.out / rel).with_suffix(".svg"))
             COMMANDS.append(f"[capacity {t} p99 {slo}] " + shlex.join(argv))
-            row = {"target": t, "slo": slo, "json": str(rel), "load_before": loadavg()}
+            waited, busy = gate.wait()
+            row = {"target": t, "slo": slo, "json": str(rel), "load_before": loadavg(),
+                   "quiet_wait_s": waited, "busy_cpus_before": busy}
             dead = [m for m in h.fwd.get(t, []) if not m.alive()]
             t0 = time.monotonic()
             if dead:
@@ -2144,11 +2150,13 @@ def capacity_md(results: list[dict], steps: list[dict], meta: dict) -> str:
          "[capacity.csv](capacity.csv), [capacity-steps.csv](capacity-steps.csv); each search's "
          "table, JSON and own chart: runs/capacity/.", "",
          capacity_headline_md(results), "",
-         "| target | p99 objective | capacity | steps | wall | load before → after |",
-         "|---|---|---:|---:|---:|---|"]
+         "| target | p99 objective | capacity | steps | wall | busy CPUs before (of "
+         f"{os.cpu_count()}) | load average before → after |",
+         "|---|---|---:|---:|---:|---:|---|"]
     for r in results:
         L.append(f"| {r['target']} | ≤ {r['slo']} | {capacity_text(r)} | {r.get('steps', '–')} | "
-                 f"{r['wall_s']} s | {r['load_before']} → {r['load_after']} |")
+                 f"{r['wall_s']} s | {r.get('busy_cpus_before', '–')} | {r['load_before']} → "
+                 f"{r['load_after']} |")
     L += ["", "Steps (offered → achieved, p99, held):", ""]
     for r in results:
         mine = [s for s in steps if s["target"] == r["target"] and s["slo"] == r["slo"]]
