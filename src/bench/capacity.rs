@@ -28,9 +28,18 @@ pub const MAX_BISECT_STEPS: usize = 5;
 /// (about a million) times `--start-rate`.
 pub const MAX_GROWTH_STEPS: usize = 21;
 
+/// A step that breaks is run once more at the same rate, and only a second
+/// break counts: on a shared host a burst of other work (or the hypervisor)
+/// breaks a single step's tail at random, while overload breaks every run.
+/// Noise can only break steps, never make an overloaded one hold, so the
+/// retry removes false breaks without hiding real ones. At most this many
+/// retries per search: enough to confirm every break of a clean search (the
+/// one that ends the growth and one per bisection step).
+pub const MAX_RETRIES: usize = MAX_BISECT_STEPS + 1;
+
 /// Hard bound on the steps of one search, so its duration is bounded:
-/// every growth step plus the bisection.
-pub const MAX_STEPS: usize = MAX_GROWTH_STEPS + MAX_BISECT_STEPS;
+/// every growth step, the bisection and the retries.
+pub const MAX_STEPS: usize = MAX_GROWTH_STEPS + MAX_BISECT_STEPS + MAX_RETRIES;
 
 /// A step holds only if the target completed at least this share of what was
 /// offered: an open loop whose target falls behind has a growing backlog,
@@ -71,7 +80,7 @@ impl Settings {
             rate *= GROWTH;
             growth += 1;
         }
-        (growth + MAX_BISECT_STEPS).min(MAX_STEPS)
+        (growth + MAX_BISECT_STEPS + MAX_RETRIES).min(MAX_STEPS)
     }
 }
 
@@ -135,11 +144,21 @@ impl Miss {
     }
 }
 
+/// Whether a step is the first run at its rate or the retry of a break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    First,
+    /// The run after a break at the same rate: its verdict is the rate's.
+    Retry,
+}
+
 /// One finished step: what it measured and why it broke (empty: it held).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
     pub measured: Measured,
     pub misses: Vec<Miss>,
+    /// Set by `Search::record`.
+    pub attempt: Attempt,
 }
 
 impl Step {
@@ -169,7 +188,11 @@ impl Step {
                 offered: measured.offered,
             });
         }
-        Step { measured, misses }
+        Step {
+            measured,
+            misses,
+            attempt: Attempt::First,
+        }
     }
 
     pub fn held(&self) -> bool {
@@ -223,8 +246,10 @@ pub struct Search {
     steps: Vec<Step>,
     /// Highest rate that held.
     held: Option<f64>,
-    /// Lowest rate that broke (always above `held`).
+    /// Lowest rate that broke (always above `held`), confirmed by a retry
+    /// unless the retries were used up.
     broken: Option<f64>,
+    retries: usize,
 }
 
 impl Search {
@@ -235,6 +260,7 @@ impl Search {
             steps: Vec::new(),
             held: None,
             broken: None,
+            retries: 0,
         }
     }
 
@@ -248,8 +274,14 @@ impl Search {
             return Next::Run(self.start);
         }
         let capped = self.steps.len() >= MAX_STEPS;
+        if let Some(rate) = self.to_retry()
+            && !capped
+        {
+            return Next::Run(rate);
+        }
         match (self.held, self.broken) {
-            (None, _) => Next::Done(Outcome::BelowStart { start: self.start }),
+            (None, None) => Next::Run(self.start),
+            (None, Some(_)) => Next::Done(Outcome::BelowStart { start: self.start }),
             (Some(h), None) if h >= self.max => Next::Done(Outcome::AtLeastMax { max: self.max }),
             (Some(h), None) if capped => Next::Done(Outcome::Found {
                 rate: h,
@@ -264,16 +296,29 @@ impl Search {
         }
     }
 
+    /// The rate of the last step if it broke on its first run and a retry
+    /// is left.
+    fn to_retry(&self) -> Option<f64> {
+        let last = self.steps.last()?;
+        (!last.held() && last.attempt == Attempt::First && self.retries < MAX_RETRIES)
+            .then_some(last.measured.offered)
+    }
+
     /// Takes the result of the step `next` asked for.
-    pub fn record(&mut self, step: Step) {
+    pub fn record(&mut self, mut step: Step) {
         let rate = step.measured.offered;
+        if self.to_retry() == Some(rate) {
+            step.attempt = Attempt::Retry;
+            self.retries += 1;
+        }
+        let counts = step.attempt == Attempt::Retry || self.retries >= MAX_RETRIES;
         if step.held() {
             // Only rates below the lowest broken one are ever offered, so a
             // held step always raises the floor of the bracket.
             if self.held.is_none_or(|h| rate > h) {
                 self.held = Some(rate);
             }
-        } else if self.broken.is_none_or(|b| rate < b) {
+        } else if counts && self.broken.is_none_or(|b| rate < b) {
             self.broken = Some(rate);
         }
         self.steps.push(step);
@@ -380,9 +425,14 @@ mod tests {
         let s = settings(1000.0, 2_000_000.0);
         let (_, steps) = search(&s, &knee(5000.0));
         let rates: Vec<f64> = steps.iter().map(|s| s.measured.offered).collect();
-        assert_eq!(&rates[..4], &[1000.0, 2000.0, 4000.0, 8000.0]);
-        assert_eq!(rates[4], 6000.0);
-        assert_eq!(rates[5], 5000.0);
+        // Each break is confirmed by a retry at the same rate.
+        assert_eq!(
+            &rates[..8],
+            &[
+                1000.0, 2000.0, 4000.0, 8000.0, 8000.0, 6000.0, 6000.0, 5000.0
+            ]
+        );
+        assert_eq!(steps[4].attempt, Attempt::Retry);
     }
 
     #[test]
@@ -391,7 +441,7 @@ mod tests {
         let (o, steps) = search(&s, &knee(500.0));
         assert_eq!(o, Outcome::BelowStart { start: 1000.0 });
         assert_eq!(o.rate(), None);
-        assert_eq!(steps.len(), 1);
+        assert_eq!(steps.len(), 2, "the start rate broke twice");
     }
 
     #[test]
@@ -513,14 +563,26 @@ mod tests {
             let (o, steps) = search(&s, &noisy);
             assert!(steps.len() <= s.worst_case_steps(), "seed {seed}");
             let mut lowest_broken = f64::INFINITY;
-            for st in &steps {
-                assert!(
-                    st.measured.offered < lowest_broken,
-                    "seed {seed}: offered {} after {lowest_broken} broke",
-                    st.measured.offered
-                );
-                if !st.held() {
-                    lowest_broken = st.measured.offered;
+            for (i, st) in steps.iter().enumerate() {
+                let rate = st.measured.offered;
+                match st.attempt {
+                    Attempt::Retry => {
+                        assert_eq!(
+                            Some(rate),
+                            i.checked_sub(1).map(|p| steps[p].measured.offered)
+                        )
+                    }
+                    Attempt::First => assert!(
+                        rate < lowest_broken,
+                        "seed {seed}: offered {rate} after {lowest_broken} broke"
+                    ),
+                }
+                // A break counts once retried, or when no retry follows.
+                let retried = steps
+                    .get(i + 1)
+                    .is_some_and(|n| n.attempt == Attempt::Retry);
+                if !st.held() && !retried {
+                    lowest_broken = lowest_broken.min(rate);
                 }
             }
             match o {
@@ -538,17 +600,63 @@ mod tests {
     fn the_worst_case_step_count_covers_growth_and_bisection() {
         assert_eq!(
             settings(1000.0, 1000.0).worst_case_steps(),
-            1 + MAX_BISECT_STEPS
+            1 + MAX_BISECT_STEPS + MAX_RETRIES
         );
         // 1k, 2k, ..., 1024k, 2M (clipped): 12 growth steps.
         assert_eq!(
             settings(1000.0, 2_000_000.0).worst_case_steps(),
-            12 + MAX_BISECT_STEPS
+            12 + MAX_BISECT_STEPS + MAX_RETRIES
         );
         assert_eq!(settings(1.0, 1e8).worst_case_steps(), MAX_STEPS);
         // The largest allowed ratio needs exactly every growth step.
         let (o, steps) = search(&settings(1.0, 1_048_576.0), &knee(1e9));
         assert_eq!(o, Outcome::AtLeastMax { max: 1_048_576.0 });
         assert_eq!(steps.len(), MAX_GROWTH_STEPS);
+    }
+
+    #[test]
+    fn a_single_noisy_break_is_retried_and_does_not_end_the_growth() {
+        let s = settings(1000.0, 2_000_000.0);
+        let runs_at_4k = std::cell::Cell::new(0);
+        let target = |r: f64| {
+            if r == 4000.0 {
+                runs_at_4k.set(runs_at_4k.get() + 1);
+                if runs_at_4k.get() == 1 {
+                    return (9_000.0, r);
+                }
+            }
+            knee(50_000.0)(r)
+        };
+        let (o, steps) = search(&s, &target);
+        assert_eq!(runs_at_4k.get(), 2);
+        assert_eq!(steps[3].attempt, Attempt::Retry);
+        assert!(steps[3].held());
+        let rate = o.rate().unwrap_or(0.0);
+        assert!((50_000.0 * 0.95..=50_000.0).contains(&rate), "{o:?}");
+    }
+
+    #[test]
+    fn retries_are_bounded_and_then_a_break_counts_at_once() {
+        let s = settings(1000.0, 2_000_000.0);
+        // Every first run breaks, every retry holds (there is no knee).
+        let runs = std::cell::Cell::new(0u32);
+        let target = |r: f64| {
+            runs.set(runs.get() + 1);
+            if runs.get() % 2 == 1 {
+                (9_000.0, r)
+            } else {
+                knee(1e9)(r)
+            }
+        };
+        let (o, steps) = search(&s, &target);
+        let retries = steps.iter().filter(|s| s.attempt == Attempt::Retry).count();
+        assert_eq!(retries, MAX_RETRIES);
+        assert!(steps.len() <= s.worst_case_steps());
+        // 1000 .. 32000 held on their retries; the first run at 64000 broke
+        // with no retry left, so it counts.
+        assert!(
+            matches!(o, Outcome::Found { rate, broken_at: Some(b) } if rate >= 32_000.0 && b <= 64_000.0),
+            "{o:?}"
+        );
     }
 }

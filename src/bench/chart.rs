@@ -98,6 +98,8 @@ fn draw(
         .build_cartesian_2d((x.0..x.1).log_scale(), (y.0..y.1).log_scale())?;
     chart
         .configure_mesh()
+        .x_labels(12)
+        .y_labels(12)
         .x_desc("offered rate (requests/s)")
         .y_desc("latency")
         .x_label_formatter(&|v| format!("{}/s", si(*v).trim_end()))

@@ -137,14 +137,15 @@ fn run_capacity(
             ));
             return exit::FAILURE;
         }
-        let step = capacity::Step::judge(report::measured(&summary, settings), settings);
-        let _ = writeln!(
-            human,
-            "{}",
-            CapacityReport::row(search.steps().len() + 1, &step)
-        );
-        let _ = human.flush();
-        search.record(step);
+        search.record(capacity::Step::judge(
+            report::measured(&summary, settings),
+            settings,
+        ));
+        // The search marks a retry when it records the step, so the row follows.
+        if let Some(step) = search.steps().last() {
+            let _ = writeln!(human, "{}", CapacityReport::row(search.steps().len(), step));
+            let _ = human.flush();
+        }
     };
     let report = CapacityReport {
         plan: plan.clone(),

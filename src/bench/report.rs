@@ -399,7 +399,7 @@ impl CapacityReport {
         let per_step = plan.warmup + s.step_duration;
         let worst = per_step * steps as u32;
         format!(
-            "ringfwd bench {} {}, {} {}, capacity search\n  objectives    {}, errors ≤ {}%, achieved ≥ {:.0}% of offered\n  rates         from {} doubling up to {}, then bisecting to {:.0}%\n  duration      at most {steps} steps x ({:?} warmup + {:?}) = up to {:.0}s\n\n{}\n",
+            "ringfwd bench {} {}, {} {}, capacity search\n  objectives    {}, errors ≤ {}%, achieved ≥ {:.0}% of offered\n  rates         from {} doubling up to {}, then bisecting to {:.0}%; a break is retried once\n  duration      at most {steps} steps x ({:?} warmup + {:?}) = up to {:.0}s\n\n{}\n",
             plan.workload.name(),
             plan.target,
             plan.workload.conns(),
@@ -440,11 +440,16 @@ impl CapacityReport {
     pub fn row(index: usize, step: &capacity::Step) -> String {
         let m = &step.measured;
         let lat = |v: f64| if v.is_finite() { dur(v) } else { "-".into() };
+        let retry = step.attempt == capacity::Attempt::Retry;
         let held = if step.held() {
-            "yes".to_string()
+            if retry { "yes, on retry" } else { "yes" }.to_string()
         } else {
             let why: Vec<String> = step.misses.iter().map(|m| m.text()).collect();
-            format!("no: {}", why.join("; "))
+            format!(
+                "{}: {}",
+                if retry { "no again" } else { "no" },
+                why.join("; ")
+            )
         };
         format!(
             "  {index:>4}  {:>11}  {:>11}  {:>9}  {:>9}  {:>9}  {:>7.3}%  {held}",
@@ -500,6 +505,10 @@ impl CapacityReport {
                     "offered": m.offered,
                     "achieved": m.achieved,
                     "held": st.held(),
+                    "attempt": match st.attempt {
+                        capacity::Attempt::First => "first",
+                        capacity::Attempt::Retry => "retry",
+                    },
                     "misses": st.misses.iter().map(|x| x.text()).collect::<Vec<_>>(),
                     "ops": m.ops,
                     "errors": m.errors,
@@ -529,6 +538,7 @@ impl CapacityReport {
                 "max_errors": s.max_errors,
                 "min_achieved": capacity::MIN_ACHIEVED,
                 "resolution": capacity::RESOLUTION,
+                "max_retries": capacity::MAX_RETRIES,
                 "slo": s.slos.iter().map(|o| json!({
                     "percentile": o.name, "quantile": o.quantile, "limit_us": o.limit_us,
                 })).collect::<Vec<_>>(),

@@ -150,7 +150,8 @@ fn the_capacity_search_finds_a_serial_servers_capacity_within_15_percent() {
         "{out}"
     );
     let steps = steps(&v);
-    // Growth from 100/s: 100, 200, 400 held, 800 broke, then bisection.
+    // Growth from 100/s: 100, 200, 400 held, 800 broke (and again on its
+    // retry), then bisection.
     let offered: Vec<f64> = steps
         .iter()
         .map(|s| s["offered"].as_f64().unwrap_or(0.0))
@@ -167,6 +168,15 @@ fn the_capacity_search_finds_a_serial_servers_capacity_within_15_percent() {
         }
     }
     assert_eq!(steps[3]["held"], false, "800/s is past the capacity: {out}");
+    assert_eq!(
+        (
+            steps[4]["offered"].as_f64(),
+            &steps[4]["attempt"],
+            &steps[4]["held"]
+        ),
+        (Some(800.0), &Value::from("retry"), &Value::Bool(false)),
+        "{out}"
+    );
     let best_held = steps
         .iter()
         .filter(|s| s["held"] == true)
@@ -217,7 +227,9 @@ fn a_held_max_rate_and_a_broken_start_rate_are_said_so() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(v["capacity"]["outcome"], "below_start", "{v:#}");
     assert_eq!(v["capacity"]["rate"], Value::Null, "{v:#}");
-    assert_eq!(steps(&v).len(), 1, "{out}");
+    // The first run's break, and its retry's.
+    assert_eq!(steps(&v).len(), 2, "{out}");
+    assert_eq!(steps(&v)[1]["attempt"], "retry", "{out}");
     assert!(out.contains("capacity: none at p99 ≤ 40ms"), "{out}");
 }
 
