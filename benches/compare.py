@@ -2007,8 +2007,9 @@ CAPACITY_NAME = "tcp-rr-capacity"  # how --only selects it
 CAPACITY_TARGETS = ["ringfwd", "haproxy", "nginx"]
 CAPACITY_SLOS = ["1ms", "5ms"]  # p99 objectives, one search each
 CAPACITY_CONNS = 100
-# Full: 1k/s doubling to at most 400k/s (15 steps at most) of 1 s warmup + 2 s measured, i.e.
-# at most 45 s per search and 4.5 minutes for the 6; quick halves the steps.
+# Full: 1k/s doubling to at most 400k/s (at most 10 growth steps, 5 bisections, 6 retries) of
+# 1 s warmup + 2 s measured: at most 63 s per search (about 40 s in practice: a dozen steps),
+# so 4-6 minutes for the 6; quick halves the steps.
 CAPACITY_FULL = dict(start="1000", max="400k", step=2.0, warmup=1.0)
 CAPACITY_QUICK = dict(start="1000", max="400k", step=1.0, warmup=0.5)
 CAPACITY_FIELDS = ["target", "slo", "step", "offered", "achieved", "p50_us", "p99_us", "p99_9_us",

@@ -177,6 +177,10 @@ fn the_capacity_search_finds_a_serial_servers_capacity_within_15_percent() {
         (Some(800.0), &Value::from("retry"), &Value::Bool(false)),
         "{out}"
     );
+    assert!(
+        out.contains("no again: p99"),
+        "the retry's row says so: {out}"
+    );
     let best_held = steps
         .iter()
         .filter(|s| s["held"] == true)
