@@ -2171,9 +2171,9 @@ def capacity_md(results: list[dict], steps: list[dict], meta: dict) -> str:
 
 def capacity_svg(steps: list[dict], results: list[dict], title: str) -> str:
     """p99 against offered rate for each target, side by side on shared log axes, both objectives'
-    steps together (one curve per target); dashed lines at the objectives, a tick at each
-    capacity."""
-    W, H, ml, mr, mt, mb = 960, 520, 80, 170, 50, 60
+    steps together (one curve per target, one point per rate); dashed lines at the objectives, a
+    tick at each capacity."""
+    W, H, ml, mr, mt, mb = 1040, 520, 80, 250, 50, 60
     pts = [s for s in steps if s.get("p99_us") not in (None, "")]
     if not pts:
         return f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="80"><text x="10" y="40">no capacity steps</text></svg>'
@@ -2214,7 +2214,9 @@ def capacity_svg(steps: list[dict], results: list[dict], title: str) -> str:
         o.append(f'<text x="{ml + pw - 4}" y="{y - 4:.1f}" text-anchor="end" fill="#555">SLO p99 ≤ {slo}</text>')
     ly = mt + 10
     for t in CAPACITY_TARGETS:
-        mine = sorted((s for s in pts if s["target"] == t), key=lambda s: float(s["offered"]))
+        # one point per rate: the last run there (a retry carries the verdict)
+        last = {float(s["offered"]): s for s in pts if s["target"] == t}
+        mine = [last[k] for k in sorted(last)]
         if not mine:
             continue
         c = COLORS.get(t, "#000")
@@ -2262,7 +2264,8 @@ def update_capacity_readme(path: Path, run_rel: str, headline: str, meta: dict) 
         "from intended send times, errors ≤ 0.1%, achieved within 5% of offered), searched by "
         "`ringfwd bench tcp-rr --capacity`; pinned: forwarder on CPU 0, generator and upstream on "
         f"CPU 1. Steps and load: [summary.md]({run_rel}/summary.md); curves: "
-        f"[capacity.svg]({run_rel}/capacity.svg).",
+        f"[capacity.svg]({run_rel}/capacity.svg)."
+        + (f" Read first: [notes.md]({run_rel}/notes.md)." if (REPO / "bench-results" / run_rel / "notes.md").exists() else ""),
         "",
         headline,
         "",

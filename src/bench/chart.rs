@@ -42,7 +42,12 @@ pub fn svg(
     steps: &[Step],
     outcome: &Outcome,
 ) -> Result<String, String> {
-    let mut sorted: Vec<&Step> = steps.iter().collect();
+    // One point per rate: the last run there (a retry carries the verdict).
+    let mut sorted: Vec<&Step> = Vec::new();
+    for s in steps {
+        sorted.retain(|k| k.measured.offered != s.measured.offered);
+        sorted.push(s);
+    }
     sorted.sort_by(|a, b| a.measured.offered.total_cmp(&b.measured.offered));
     let (x_lo, x_hi) = bounds(sorted.iter().map(|s| s.measured.offered));
     let ys = sorted
@@ -98,8 +103,9 @@ fn draw(
         .build_cartesian_2d((x.0..x.1).log_scale(), (y.0..y.1).log_scale())?;
     chart
         .configure_mesh()
-        .x_labels(12)
-        .y_labels(12)
+        .x_labels(8)
+        .y_labels(8)
+        .light_line_style(RGBColor(242, 242, 242))
         .x_desc("offered rate (requests/s)")
         .y_desc("latency")
         .x_label_formatter(&|v| format!("{}/s", si(*v).trim_end()))
