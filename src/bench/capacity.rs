@@ -128,6 +128,10 @@ impl Miss {
     pub fn text(&self) -> String {
         use super::report::dur;
         match self {
+            // No latency sample at all: nothing completed in the step.
+            Miss::Slo {
+                name, measured_us, ..
+            } if !measured_us.is_finite() => format!("{name} unmeasured: nothing completed"),
             Miss::Slo {
                 name,
                 measured_us,
@@ -526,6 +530,13 @@ mod tests {
             }]
         );
         assert_eq!(step.misses[0].text(), "p50 150.0µs > 100.0µs");
+        let none = Measured {
+            at_slo: vec![f64::INFINITY, f64::INFINITY],
+            ..measure(1000.0, &knee(1e9))
+        };
+        let step = Step::judge(none, &s);
+        assert_eq!(step.misses.len(), 2, "an unmeasured percentile breaks");
+        assert_eq!(step.misses[0].text(), "p99 unmeasured: nothing completed");
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub fn svg(
         sorted.push(s);
     }
     sorted.sort_by(|a, b| a.measured.offered.total_cmp(&b.measured.offered));
+    // The x axis is linear in log10(rate): plotters' log axis labels only
+    // powers of ten, and a search often spans less than one decade.
     let (x_lo, x_hi) = bounds(sorted.iter().map(|s| s.measured.offered));
+    let (x_lo, x_hi) = (x_lo.log10(), x_hi.log10());
     let ys = sorted
         .iter()
         .flat_map(|s| CURVES.iter().map(move |c| (c.value)(s)))
@@ -67,6 +70,15 @@ pub fn svg(
     )
     .map_err(|e| format!("drawing the chart failed: {e}"))?;
     Ok(buf)
+}
+
+/// "850/s", "12.5k/s": a rate as an axis label.
+fn rate_label(r: f64) -> String {
+    if r >= 1000.0 {
+        format!("{}/s", si(r).replace(' ', ""))
+    } else {
+        format!("{r:.0}/s")
+    }
 }
 
 /// A log axis range around the finite positive values, with some margin.
@@ -100,15 +112,15 @@ fn draw(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(72)
-        .build_cartesian_2d((x.0..x.1).log_scale(), (y.0..y.1).log_scale())?;
+        .build_cartesian_2d(x.0..x.1, (y.0..y.1).log_scale())?;
     chart
         .configure_mesh()
         .x_labels(8)
         .y_labels(8)
         .light_line_style(RGBColor(242, 242, 242))
-        .x_desc("offered rate (requests/s)")
-        .y_desc("latency")
-        .x_label_formatter(&|v| format!("{}/s", si(*v).trim_end()))
+        .x_desc("offered rate (requests/s, log)")
+        .y_desc("latency (log)")
+        .x_label_formatter(&|v| rate_label(10f64.powf(*v)))
         .y_label_formatter(&|v| dur(*v))
         .draw()?;
     let grey = RGBColor(90, 90, 90);
@@ -127,7 +139,7 @@ fn draw(
         let green = RGBColor(44, 160, 44);
         chart
             .draw_series(LineSeries::new(
-                [(rate, y.0), (rate, y.1)],
+                [(rate.log10(), y.0), (rate.log10(), y.1)],
                 green.stroke_width(2),
             ))?
             .label(format!("capacity {}/s", si(rate).trim_end()))
@@ -136,7 +148,7 @@ fn draw(
     for curve in &CURVES {
         let points: Vec<(f64, f64, bool)> = steps
             .iter()
-            .map(|s| (s.measured.offered, (curve.value)(s), s.held()))
+            .map(|s| (s.measured.offered.log10(), (curve.value)(s), s.held()))
             .filter(|(_, v, _)| v.is_finite() && *v > 0.0)
             .collect();
         let color = curve.color;
