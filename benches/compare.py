@@ -11,7 +11,7 @@ bench-results/<date>-<host>/ (setup.md, raw.csv, summary.md, chart.svg).
 Python 3 standard library only. Run as root (package install, /proc of
 processes running as other users, clear_refs).
 
-    benches/compare.py            # the full comparison (< 20 minutes on 2 cores)
+    benches/compare.py            # the full comparison (< 25 minutes on 2 cores, capacity at SLO included)
     benches/compare.py --quick    # a smoke run (< 3 minutes)
 """
 
