@@ -41,10 +41,11 @@ pub const MAX_RETRIES: usize = MAX_BISECT_STEPS + 1;
 /// every growth step, the bisection and the retries.
 pub const MAX_STEPS: usize = MAX_GROWTH_STEPS + MAX_BISECT_STEPS + MAX_RETRIES;
 
-/// A step holds only if the target completed at least this share of what was
-/// offered: an open loop whose target falls behind has a growing backlog,
-/// even when the latency percentiles of a short step do not show it yet.
-pub const MIN_ACHIEVED: f64 = 0.95;
+/// A step holds only if the achieved rate is within this fraction of the
+/// offered one. Below: the target fell behind and an open loop's backlog
+/// grows, even when a short step's percentiles do not show it yet. Above:
+/// the step was draining a backlog the target built up in the warmup.
+pub const RATE_TOLERANCE: f64 = 0.05;
 
 /// One latency objective, e.g. `p99=1ms`.
 #[derive(Clone, Debug, PartialEq)]
@@ -120,8 +121,8 @@ pub enum Miss {
     },
     /// More errors than `--max-errors`.
     Errors { ratio: f64, limit: f64 },
-    /// The target completed less than [`MIN_ACHIEVED`] of the offered rate.
-    Short { achieved: f64, offered: f64 },
+    /// The achieved rate is not within [`RATE_TOLERANCE`] of the offered one.
+    Rate { achieved: f64, offered: f64 },
 }
 
 impl Miss {
@@ -140,9 +141,9 @@ impl Miss {
             Miss::Errors { ratio, limit } => {
                 format!("errors {:.3}% > {:.3}%", ratio * 100.0, limit * 100.0)
             }
-            Miss::Short { achieved, offered } => format!(
-                "achieved {achieved:.0}/s < {:.0}% of {offered:.0}/s",
-                MIN_ACHIEVED * 100.0,
+            Miss::Rate { achieved, offered } => format!(
+                "achieved {achieved:.0}/s not within {:.0}% of {offered:.0}/s",
+                RATE_TOLERANCE * 100.0,
             ),
         }
     }
@@ -186,8 +187,8 @@ impl Step {
                 limit: settings.max_errors,
             });
         }
-        if measured.achieved < MIN_ACHIEVED * measured.offered {
-            misses.push(Miss::Short {
+        if (measured.achieved - measured.offered).abs() > RATE_TOLERANCE * measured.offered {
+            misses.push(Miss::Rate {
                 achieved: measured.achieved,
                 offered: measured.offered,
             });
@@ -499,13 +500,23 @@ mod tests {
         };
         assert!(matches!(
             Step::judge(short, &s).misses[..],
-            [Miss::Short { .. }]
+            [Miss::Rate { .. }]
         ));
-        let at_edge = Measured {
-            achieved: 950.0,
-            ..ok
+        let draining = Measured {
+            achieved: 1051.0,
+            ..ok.clone()
         };
-        assert!(Step::judge(at_edge, &s).held());
+        assert_eq!(
+            Step::judge(draining, &s).misses[0].text(),
+            "achieved 1051/s not within 5% of 1000/s"
+        );
+        for edge in [950.0, 1050.0] {
+            let at_edge = Measured {
+                achieved: edge,
+                ..ok.clone()
+            };
+            assert!(Step::judge(at_edge, &s).held(), "{edge}");
+        }
     }
 
     #[test]
@@ -547,7 +558,7 @@ mod tests {
         let (o, _) = search(&s, &|r: f64| (100.0, r.min(40_000.0)));
         let rate = o.rate().unwrap_or(0.0);
         assert!(
-            (40_000.0 * 0.95..=40_000.0 / MIN_ACHIEVED).contains(&rate),
+            (40_000.0 * 0.95..=40_000.0 / (1.0 - RATE_TOLERANCE)).contains(&rate),
             "{o:?}"
         );
     }

@@ -399,7 +399,7 @@ impl CapacityReport {
         let per_step = plan.warmup + s.step_duration;
         let worst = per_step * steps as u32;
         format!(
-            "ringfwd bench {} {}, {} {}, capacity search\n  objectives    {}, errors ≤ {}%, achieved ≥ {:.0}% of offered\n  rates         from {} doubling up to {}, then bisecting to {:.0}%; a break is retried once\n  duration      at most {steps} steps x ({:?} warmup + {:?}) = up to {:.0}s\n\n{}\n",
+            "ringfwd bench {} {}, {} {}, capacity search\n  objectives    {}, errors ≤ {}%, achieved within {:.0}% of offered\n  rates         from {} doubling up to {}, then bisecting to {:.0}%; a break is retried once\n  duration      at most {steps} steps x ({:?} warmup + {:?}) = up to {:.0}s\n\n{}\n",
             plan.workload.name(),
             plan.target,
             plan.workload.conns(),
@@ -410,7 +410,7 @@ impl CapacityReport {
             },
             Self::objectives(s),
             s.max_errors * 100.0,
-            capacity::MIN_ACHIEVED * 100.0,
+            capacity::RATE_TOLERANCE * 100.0,
             per_s(s.start_rate),
             per_s(s.max_rate),
             capacity::RESOLUTION * 100.0,
@@ -536,7 +536,7 @@ impl CapacityReport {
                 "start_rate": s.start_rate,
                 "max_rate": s.max_rate,
                 "max_errors": s.max_errors,
-                "min_achieved": capacity::MIN_ACHIEVED,
+                "rate_tolerance": capacity::RATE_TOLERANCE,
                 "resolution": capacity::RESOLUTION,
                 "max_retries": capacity::MAX_RETRIES,
                 "slo": s.slos.iter().map(|o| json!({
