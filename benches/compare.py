@@ -11,7 +11,7 @@ bench-results/<date>-<host>/ (setup.md, raw.csv, summary.md, chart.svg).
 Python 3 standard library only. Run as root (package install, /proc of
 processes running as other users, clear_refs).
 
-    benches/compare.py            # the full comparison (< 20 minutes on 2 cores)
+    benches/compare.py            # the full comparison (< 25 minutes on 2 cores, capacity at SLO included)
     benches/compare.py --quick    # a smoke run (< 3 minutes)
 """
 
@@ -1152,8 +1152,8 @@ class Harness:
                 want.update(workload_targets(wl, self.targets))
         return [t for t in TARGETS if t in want]
 
-    def start_layout(self, lay: Layout) -> None:
-        wanted = self.layout_targets(lay)
+    def start_layout(self, lay: Layout, only: list[str] | None = None) -> None:
+        wanted = self.layout_targets(lay) if only is None else only
         logs = self.out / "logs"
         # every port this layout uses must be free before anything starts
         ports = []
@@ -2001,6 +2001,318 @@ def update_results_readme(path: Path, run_rel: str, headline: str, meta: dict) -
 
 
 # --------------------------------------------------------------------------
+# Capacity at SLO: `ringfwd bench tcp-rr --capacity` through each forwarder
+
+CAPACITY_NAME = "tcp-rr-capacity"  # how --only selects it
+CAPACITY_TARGETS = ["ringfwd", "haproxy", "nginx"]
+CAPACITY_SLOS = ["1ms", "5ms"]  # p99 objectives, one search each
+CAPACITY_CONNS = 100
+# Full: 1k/s doubling to at most 400k/s (at most 10 growth steps, 5 bisections, 6 retries) of
+# 1 s warmup + 2 s measured: at most 63 s per search (about 40 s in practice: a dozen steps),
+# so 4-6 minutes for the 6; quick halves the steps.
+CAPACITY_FULL = dict(start="1000", max="400k", step=2.0, warmup=1.0)
+CAPACITY_QUICK = dict(start="1000", max="400k", step=1.0, warmup=0.5)
+CAPACITY_FIELDS = ["target", "slo", "step", "offered", "achieved", "p50_us", "p99_us", "p99_9_us",
+                   "error_ratio", "held", "misses"]
+CAPACITY_RESULT_FIELDS = ["target", "slo", "capacity", "outcome", "broken_at", "steps", "wall_s",
+                          "quiet_wait_s", "busy_cpus_before", "load_before", "load_after", "ok",
+                          "error", "json"]
+
+
+def capacity_selected(only: str | None) -> bool:
+    if not only:
+        return True
+    return any(fnmatch.fnmatch(CAPACITY_NAME, p.strip().partition("@")[0])
+               for p in only.split(",") if p.strip())
+
+
+def capacity_argv(binary: Path, lay: Layout, target: str, slo: str, cfg: dict,
+                  json_path: Path, chart_path: Path) -> list[str]:
+    argv = taskset(lay.gen_cpus) + [
+        str(binary), "bench", "tcp-rr", "--target", f"{LOOPBACK}:{lay.port(target, 'echo')}",
+        "--connections", str(CAPACITY_CONNS), "--size", "64", "--capacity", "--slo", f"p99={slo}",
+        "--start-rate", cfg["start"], "--max-rate", cfg["max"],
+        "--step-duration", fmt_dur(cfg["step"]), "--warmup", fmt_dur(cfg["warmup"]),
+        "--json", str(json_path), "--chart", str(chart_path), "--quiet",
+        "--shards", str(lay.gen_shards)]
+    if lay.gen_cpus:
+        argv += ["--cpus", ",".join(map(str, lay.gen_cpus))]
+    return argv
+
+
+def run_capacity(h: "Harness", quick: bool) -> tuple[list[dict], list[dict]]:
+    """Each target's capacity at each p99 objective, pinned (forwarder on CPU 0, generator and
+    upstream on CPU 1); the targets' order rotates between objectives. Returns (results, steps)."""
+    cfg = CAPACITY_QUICK if quick else CAPACITY_FULL
+    lay = h.layouts["pinned"]
+    targets = [t for t in CAPACITY_TARGETS if t in h.targets]
+    h.stop_all()
+    time.sleep(0.5)
+    if lay.gen_cpus:
+        os.sched_setaffinity(0, set(lay.gen_cpus))
+    h.start_layout(lay, only=targets)
+    log(f"capacity at SLO: tcp-rr, {CAPACITY_CONNS} connections, p99 ≤ {' and ≤ '.join(CAPACITY_SLOS)}, "
+        f"through {', '.join(targets)}; steps of {fmt_dur(cfg['warmup'])} warmup + "
+        f"{fmt_dur(cfg['step'])}, from {cfg['start']}/s up to {cfg['max']}/s")
+    results, steps = [], []
+    # the other agents' load moves a tail objective more than anything else: before each search
+    # wait (bounded) for a quiet machine, and record what it was
+    gate = QuietGate(per_run=30, budget=150)
+    outdir = h.out / "runs" / "capacity"
+    outdir.mkdir(parents=True, exist_ok=True)
+    for i, slo in enumerate(CAPACITY_SLOS):
+        k = i % len(targets)
+        for t in targets[k:] + targets[:k]:
+            rel = Path("runs") / "capacity" / f"{t}-p99-{slo}.json"
+            argv = capacity_argv(h.bin, lay, t, slo, cfg, h.out / rel, (h.out / rel).with_suffix(".svg"))
+            COMMANDS.append(f"[capacity {t} p99 {slo}] " + shlex.join(argv))
+            waited, busy = gate.wait()
+            row = {"target": t, "slo": slo, "json": str(rel), "load_before": loadavg(),
+                   "quiet_wait_s": waited, "busy_cpus_before": busy}
+            dead = [m for m in h.fwd.get(t, []) if not m.alive()]
+            t0 = time.monotonic()
+            if dead:
+                row.update(ok=False, error=f"{dead[0].name} is no longer running: {dead[0].log_tail(3)}")
+            else:
+                r = subprocess.run(argv, capture_output=True, text=True)
+                (outdir / f"{t}-p99-{slo}.txt").write_text(r.stdout + r.stderr)
+                try:
+                    doc = json.loads((h.out / rel).read_text())
+                    cap = doc["capacity"]
+                    row.update(ok=r.returncode == 0, capacity=cap["rate"], outcome=cap["outcome"],
+                               broken_at=cap["broken_at"], steps=len(cap["steps"]),
+                               error="" if r.returncode == 0 else r.stderr[-400:])
+                    for s in cap["steps"]:
+                        steps.append({"target": t, "slo": slo, "step": s["step"], "offered": s["offered"],
+                                      "achieved": s["achieved"], "p50_us": s["p50_us"],
+                                      "p99_us": s["p99_us"], "p99_9_us": s["p99_9_us"],
+                                      "error_ratio": s["error_ratio"], "held": s["held"],
+                                      "misses": "; ".join(s["misses"])})
+                except (OSError, ValueError, KeyError) as e:
+                    row.update(ok=False, error=f"exit {r.returncode}: {e}: {r.stderr[-400:]}")
+            row["wall_s"] = round(time.monotonic() - t0, 1)
+            row["load_after"] = loadavg()
+            results.append(row)
+            log(f"capacity {t:8s} p99 ≤ {slo}: " + (
+                f"{capacity_text(row)} in {row.get('steps')} steps, {row['wall_s']} s" if row["ok"]
+                else f"FAILED: {row['error']}"))
+    h.stop_all()
+    for name, fields, rows in (("capacity.csv", CAPACITY_RESULT_FIELDS, results),
+                               ("capacity-steps.csv", CAPACITY_FIELDS, steps)):
+        with open(h.out / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow(r)
+    return results, steps
+
+
+def capacity_text(row: dict | None) -> str:
+    if not row or not row.get("ok"):
+        return "failed"
+    rate, outcome = row.get("capacity"), row.get("outcome")
+    if outcome == "below_start":
+        return "below the start rate"
+    if rate is None:
+        return "–"
+    return ("≥ " if outcome == "at_least_max" else "") + si(float(rate), "/s")
+
+
+def capacity_headline_md(results: list[dict]) -> str:
+    by = {(r["target"], r["slo"]): r for r in results}
+    targets = [t for t in CAPACITY_TARGETS if any(r["target"] == t for r in results)]
+    L = [f"| capacity at SLO (tcp-rr, {CAPACITY_CONNS} connections, 64 B) | "
+         + " | ".join(targets) + " |",
+         "|---|" + "|".join("---:" for _ in targets) + "|"]
+    for slo in CAPACITY_SLOS:
+        base = by.get(("ringfwd", slo))
+        cells = [f"p99 ≤ {slo}"]
+        for t in targets:
+            r = by.get((t, slo))
+            txt = capacity_text(r)
+            if (t != "ringfwd" and r and base and r.get("ok") and base.get("ok")
+                    and r.get("capacity") and base.get("capacity")):
+                txt += f" ({float(r['capacity']) / float(base['capacity']):.2f}× ringfwd)"
+            cells.append(txt)
+        L.append("| " + " | ".join(cells) + " |")
+    return "\n".join(L)
+
+
+def capacity_md(results: list[dict], steps: list[dict], meta: dict) -> str:
+    cfg = CAPACITY_QUICK if meta.get("quick") else CAPACITY_FULL
+    L = ["## Capacity at SLO", "",
+         f"The highest offered rate (open loop, {CAPACITY_CONNS} connections, 64 B requests, "
+         "latency from each request's intended send time) at which p99 stays within the objective, "
+         "errors within 0.1% and the achieved rate within 5% of the offered one, found by "
+         f"`ringfwd bench tcp-rr --capacity`: from {cfg['start']}/s doubling until a step breaks "
+         f"(at most {cfg['max']}/s), then bisecting to 5%; steps of {fmt_dur(cfg['warmup'])} "
+         f"warmup + {fmt_dur(cfg['step'])} measured. Pinned: forwarder on CPU 0, generator and "
+         "upstream on CPU 1. Chart: [capacity.svg](capacity.svg); rows: "
+         "[capacity.csv](capacity.csv), [capacity-steps.csv](capacity-steps.csv); each search's "
+         "table, JSON and own chart: runs/capacity/.", "",
+         capacity_headline_md(results), "",
+         "| target | p99 objective | capacity | steps | wall | busy CPUs before (of "
+         f"{os.cpu_count()}) | load average before → after |",
+         "|---|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        L.append(f"| {r['target']} | ≤ {r['slo']} | {capacity_text(r)} | {r.get('steps', '–')} | "
+                 f"{r['wall_s']} s | {r.get('busy_cpus_before', '–')} | {r['load_before']} → "
+                 f"{r['load_after']} |")
+    L += ["", "Steps (offered → achieved, p99, held):", ""]
+    for r in results:
+        mine = [s for s in steps if s["target"] == r["target"] and s["slo"] == r["slo"]]
+        if not mine:
+            continue
+        cells = [f"{si(s['offered'])}→{si(s['achieved'])} {num(s['p99_us'])} µs "
+                 + ("✓" if s["held"] else "✗") for s in mine]
+        L.append(f"- {r['target']}, p99 ≤ {r['slo']}: " + ", ".join(cells))
+    return "\n".join(L) + "\n"
+
+
+def capacity_svg(steps: list[dict], results: list[dict], title: str) -> str:
+    """p99 against offered rate for each target, side by side on shared log axes, both objectives'
+    steps together (one curve per target, one point per rate); dashed lines at the objectives, a
+    tick at each capacity."""
+    W, H, ml, mr, mt, mb = 1040, 520, 80, 250, 50, 60
+    pts = [s for s in steps if s.get("p99_us") not in (None, "")]
+    if not pts:
+        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="80"><text x="10" y="40">no capacity steps</text></svg>'
+    xs = [float(s["offered"]) for s in pts]
+    ys = [float(s["p99_us"]) for s in pts] + [parse_us(s) for s in CAPACITY_SLOS]
+    x0, x1 = math.log10(min(xs) / 1.3), math.log10(max(xs) * 1.3)
+    y0, y1 = math.log10(max(min(ys) / 1.5, 1.0)), math.log10(max(ys) * 1.5)
+    pw, ph = W - ml - mr, H - mt - mb
+
+    def X(v: float) -> float:
+        return ml + (math.log10(v) - x0) / (x1 - x0) * pw
+
+    def Y(v: float) -> float:
+        return mt + ph - (math.log10(max(v, 10 ** y0)) - y0) / (y1 - y0) * ph
+
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+         f'<rect width="{W}" height="{H}" fill="white"/>',
+         f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15">{html.escape(title)}</text>',
+         f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
+    for e in range(math.floor(x0), math.ceil(x1) + 1):
+        for m in (1, 2, 5):
+            v = m * 10 ** e
+            if x0 <= math.log10(v) <= x1:
+                o.append(f'<line x1="{X(v):.1f}" y1="{mt}" x2="{X(v):.1f}" y2="{mt + ph}" stroke="#eee"/>')
+                o.append(f'<text x="{X(v):.1f}" y="{mt + ph + 16}" text-anchor="middle">{si(v, "/s")}</text>')
+    for e in range(math.floor(y0), math.ceil(y1) + 1):
+        v = 10 ** e
+        if y0 <= e <= y1:
+            o.append(f'<line x1="{ml}" y1="{Y(v):.1f}" x2="{ml + pw}" y2="{Y(v):.1f}" stroke="#eee"/>')
+            label = f"{v / 1000:g} ms" if v >= 1000 else f"{v:g} µs"
+            o.append(f'<text x="{ml - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{label}</text>')
+    o.append(f'<text x="{ml + pw / 2}" y="{H - 14}" text-anchor="middle">offered rate (requests/s, log)</text>')
+    o.append(f'<text x="18" y="{mt + ph / 2}" text-anchor="middle" transform="rotate(-90 18 {mt + ph / 2})">'
+             'p99 latency (log)</text>')
+    for slo in CAPACITY_SLOS:
+        y = Y(parse_us(slo))
+        o.append(f'<line x1="{ml}" y1="{y:.1f}" x2="{ml + pw}" y2="{y:.1f}" stroke="#555" stroke-dasharray="6 4"/>')
+        o.append(f'<text x="{ml + pw - 4}" y="{y - 4:.1f}" text-anchor="end" fill="#555">SLO p99 ≤ {slo}</text>')
+    ly = mt + 10
+    for t in CAPACITY_TARGETS:
+        # one point per rate: the last run there (a retry carries the verdict)
+        last = {float(s["offered"]): s for s in pts if s["target"] == t}
+        mine = [last[k] for k in sorted(last)]
+        if not mine:
+            continue
+        c = COLORS.get(t, "#000")
+        path = " ".join(f"{X(float(s['offered'])):.1f},{Y(float(s['p99_us'])):.1f}" for s in mine)
+        o.append(f'<polyline points="{path}" fill="none" stroke="{c}" stroke-width="2"/>')
+        for s in mine:
+            x, y = X(float(s["offered"])), Y(float(s["p99_us"]))
+            if str(s["held"]) in ("True", "true"):
+                o.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{c}"/>')
+            else:
+                o.append(f'<path d="M{x - 4:.1f},{y - 4:.1f}L{x + 4:.1f},{y + 4:.1f}M{x - 4:.1f},{y + 4:.1f}'
+                         f'L{x + 4:.1f},{y - 4:.1f}" stroke="{c}" stroke-width="2"/>')
+        for r in results:
+            if r["target"] == t and r.get("ok") and r.get("capacity"):
+                x = X(float(r["capacity"]))
+                y = Y(parse_us(r["slo"]))
+                o.append(f'<line x1="{x:.1f}" y1="{y - 9:.1f}" x2="{x:.1f}" y2="{y + 9:.1f}" stroke="{c}" stroke-width="3"/>')
+        o.append(f'<line x1="{ml + pw + 14}" y1="{ly}" x2="{ml + pw + 34}" y2="{ly}" stroke="{c}" stroke-width="2"/>')
+        caps = ", ".join(f"{capacity_text(r)} @{r['slo']}" for r in results if r["target"] == t)
+        o.append(f'<text x="{ml + pw + 40}" y="{ly + 4}">{html.escape(t)}</text>')
+        o.append(f'<text x="{ml + pw + 14}" y="{ly + 20}" font-size="10">{html.escape(caps)}</text>')
+        ly += 42
+    o.append(f'<text x="{ml + pw + 14}" y="{ly + 4}" font-size="10">● held  ✗ broke  | capacity</text>')
+    o.append("</svg>")
+    return "\n".join(o) + "\n"
+
+
+def parse_us(slo: str) -> float:
+    m = re.fullmatch(r"(\d+)(us|µs|ms|s)", slo)
+    if not m:
+        raise ValueError(f"objective {slo!r}: use e.g. 500us, 1ms or 2s")
+    return float(m.group(1)) * {"us": 1, "µs": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+
+
+def update_capacity_readme(path: Path, run_rel: str, headline: str, meta: dict) -> None:
+    """The headline of bench-results/README.md: capacity at SLO, above the latest full run."""
+    begin, end = "<!-- compare.py: capacity at SLO (begin) -->", "<!-- compare.py: capacity at SLO (end) -->"
+    section = "\n".join([
+        begin,
+        "## Headline: capacity at SLO",
+        "",
+        f"[{run_rel}/]({run_rel}/) — {meta['date']} on {meta['host']} ({meta['cpu']}, {meta['ncpu']} "
+        f"cores, kernel {meta['kernel']}), `benches/compare.py{meta['cmd_suffix']}`. The highest "
+        "offered rate at which each forwarder keeps p99 within the objective (open loop, latency "
+        "from intended send times, errors ≤ 0.1%, achieved within 5% of offered), searched by "
+        "`ringfwd bench tcp-rr --capacity`; pinned: forwarder on CPU 0, generator and upstream on "
+        f"CPU 1. Steps and load: [summary.md]({run_rel}/summary.md); curves: "
+        f"[capacity.svg]({run_rel}/capacity.svg)."
+        + (f" Read first: [notes.md]({run_rel}/notes.md)." if (REPO / "bench-results" / run_rel / "notes.md").exists() else ""),
+        "",
+        headline,
+        "",
+        end,
+    ])
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        text = pre + section + rest.split(end, 1)[1]
+    else:
+        # right under the introduction, above the latest full run
+        anchor = "<!-- compare.py: latest run (begin) -->"
+        if anchor in text:
+            pre, post = text.split(anchor, 1)
+            text = pre + section + "\n\n" + anchor + post
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def write_capacity_reports(outdir: Path, results: list[dict], steps: list[dict], meta: dict,
+                           update_readme: bool) -> str:
+    (outdir / "capacity.svg").write_text(capacity_svg(
+        steps, results, f"tcp-rr, {CAPACITY_CONNS} connections: p99 against offered rate — "
+                        f"{meta['date']} {meta['host']}"))
+    text = capacity_md(results, steps, meta)
+    summary = outdir / "summary.md"
+    if summary.exists() and "## Capacity at SLO" not in summary.read_text():
+        summary.write_text(summary.read_text().rstrip("\n") + "\n\n" + text)
+    elif not summary.exists():
+        summary.write_text(f"# Capacity at SLO — {meta['date']} {meta['host']}\n\n"
+                           f"`benches/compare.py{meta['cmd_suffix']}`, {meta['started']} – "
+                           f"{meta['finished']} ({meta['wall']}); {meta['cpu']}, {meta['ncpu']} "
+                           f"cores, kernel {meta['kernel']}; load average before "
+                           f"{meta['load_before']}, after {meta['load_after']}.\n\n" + text)
+    headline = capacity_headline_md(results)
+    if update_readme:
+        try:
+            run_rel = str(outdir.relative_to(REPO / "bench-results"))
+        except ValueError:
+            run_rel = str(outdir)
+        update_capacity_readme(REPO / "bench-results" / "README.md", run_rel, headline, meta)
+        log("updated the capacity headline of bench-results/README.md")
+    return headline
+
+
+# --------------------------------------------------------------------------
 # setup.md
 
 def machine_facts() -> dict:
@@ -2321,7 +2633,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     ap.add_argument("--duration", type=float, help="measured seconds per run (default 3, quick 1)")
     ap.add_argument("--warmup", type=float, help="warmup seconds per run (default 1, quick 0.5)")
-    ap.add_argument("--only", help="workloads to run, comma-separated, shell patterns allowed, "
+    ap.add_argument("--only", help="workloads to run, comma-separated, shell patterns allowed "
+                                   f"({CAPACITY_NAME}: capacity at SLO through ringfwd, HAProxy, NGINX), "
                                    "optionally @pinned/@unpinned: e.g. tcp-rr-*,tcp-stream-1-up@unpinned")
     ap.add_argument("--targets", help="targets, comma-separated (default: all): " + ",".join(TARGETS))
     ap.add_argument("--check", action="store_true",
@@ -2379,9 +2692,9 @@ def main() -> int:
         pool = [(wl, lay) for wl in WORKLOADS for lay in wl.layouts]
         selected = [x for x in pool if match(*x)] if not args.quick else [x for x in selected if match(*x)]
         idle = any(fnmatch.fnmatch(IDLE_NAME, p.partition("@")[0]) for p in pats)
-        if not selected and not idle:
+        if not selected and not idle and not capacity_selected(args.only):
             print(f"compare.py: --only {args.only!r} matches no workload; known: "
-                  + ", ".join([w.name for w in WORKLOADS] + [IDLE_NAME]), file=sys.stderr)
+                  + ", ".join([w.name for w in WORKLOADS] + [IDLE_NAME, CAPACITY_NAME]), file=sys.stderr)
             return 2
     else:
         idle = True
@@ -2441,9 +2754,13 @@ def main() -> int:
             h.stop_all()
             log("check done: every target forwards")
             return 0
-        if not h.workloads and not h.idle_targets:
+        # the quick smoke run leaves the capacity search out unless --only names it
+        capacity = capacity_selected(args.only) and (not args.quick or bool(args.only))
+        if not h.workloads and not h.idle_targets and not capacity:
             raise RuntimeError("nothing to run: " + "; ".join(h.missing))
         h.execute()
+        if capacity:
+            h.capacity = run_capacity(h, args.quick)
         complete = True
     except KeyboardInterrupt:
         log("interrupted: ending every process the harness started")
@@ -2486,7 +2803,16 @@ def main() -> int:
     (outdir / "commands.txt").write_text("\n".join(COMMANDS) + "\n")
     filtered = bool(args.only or args.targets or args.reps or args.duration or args.warmup)
     update = args.readme == "yes" or (args.readme == "auto" and complete and not args.quick and not filtered)
-    headline = write_reports(outdir, h.rows, h.workloads, h.targets, meta, update, h.idle_rows)
+    headline = ""
+    if h.rows or h.idle_rows or not getattr(h, "capacity", None):
+        headline = write_reports(outdir, h.rows, h.workloads, h.targets, meta, update, h.idle_rows)
+    if getattr(h, "capacity", None):
+        meta["quick"] = args.quick
+        # a capacity-only run (--only tcp-rr-capacity) may update its own headline section
+        only_capacity = bool(args.only) and not h.workloads and not h.idle_rows
+        update_cap = args.readme == "yes" or (args.readme == "auto" and complete and not args.quick
+                                              and (not filtered or only_capacity))
+        headline = write_capacity_reports(outdir, *h.capacity, meta, update_cap) + "\n\n" + headline
     (outdir / "setup.md").write_text(setup_md(h, meta, facts, versions))
     log("headline:\n" + headline)
     failed = [r for r in h.rows if not r["ok"]]

@@ -37,7 +37,7 @@ pub enum Command {
     /// Start an echo upstream and a forwarder on loopback, push a verified load through, report.
     Demo(DemoArgs),
     /// Load generator: request/response, connection-rate, stream and UDP loads with HDR latency.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +224,44 @@ pub struct PayloadArgs {
     pub expect_size: Option<String>,
 }
 
+/// `--capacity`: search for the highest offered rate that meets the latency
+/// objectives (tcp-rr, tcp-crr and udp-rr).
+#[derive(Debug, Args)]
+pub struct CapacityArgs {
+    /// Search for the highest open-loop rate at which every --slo holds, errors stay within
+    /// --max-errors and the achieved rate is within 5% of the offered one: rates double from
+    /// --start-rate until a step breaks, then bisect to 5%. Each step is a full run (--warmup,
+    /// then --step-duration).
+    #[arg(long, conflicts_with_all = ["rate", "duration"], requires = "slo")]
+    pub capacity: bool,
+
+    /// Latency objective PERCENTILE=LIMIT (repeatable), e.g. p99=1ms or p50=200us.
+    #[arg(long, value_name = "pNN=DURATION", requires = "capacity")]
+    pub slo: Vec<String>,
+
+    /// Largest share of failed requests a step may have, e.g. 0.1% or 0 [default: 0.1%].
+    #[arg(long, value_name = "RATIO", requires = "capacity")]
+    pub max_errors: Option<String>,
+
+    /// First rate offered [default: 1000/s].
+    #[arg(long, value_name = "N/s", requires = "capacity")]
+    pub start_rate: Option<String>,
+
+    /// Highest rate offered; if it holds, the capacity is reported as at least this
+    /// [default: 2M/s].
+    #[arg(long, value_name = "N/s", requires = "capacity")]
+    pub max_rate: Option<String>,
+
+    /// Measured time of each step, after its --warmup [default: 3s].
+    #[arg(long, value_name = "DURATION", requires = "capacity")]
+    pub step_duration: Option<String>,
+
+    /// Write the latency-against-offered-rate chart (SVG) to FILE [default: beside --json FILE,
+    /// with the extension .svg].
+    #[arg(long, value_name = "FILE", requires = "capacity")]
+    pub chart: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct TcpRrArgs {
     /// Concurrent connections.
@@ -241,6 +279,8 @@ pub struct TcpRrArgs {
     #[command(flatten)]
     pub payload: PayloadArgs,
     #[command(flatten)]
+    pub capacity: CapacityArgs,
+    #[command(flatten)]
     pub common: BenchCommon,
 }
 
@@ -257,6 +297,8 @@ pub struct TcpCrrArgs {
     pub response_size: Option<String>,
     #[command(flatten)]
     pub payload: PayloadArgs,
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
     #[command(flatten)]
     pub common: BenchCommon,
 }
@@ -286,6 +328,8 @@ pub struct UdpRrArgs {
     pub size: String,
     #[command(flatten)]
     pub payload: PayloadArgs,
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
     #[command(flatten)]
     pub common: BenchCommon,
 }

@@ -4,6 +4,8 @@
 //! common clock, shows live progress, merges their HDR histograms and
 //! counters, and prints the table and `--json`.
 
+pub mod capacity;
+pub mod chart;
 pub mod hdr_out;
 pub mod payload;
 pub mod plan;
@@ -23,7 +25,7 @@ use crate::runtime::exit;
 use crate::sys::{host, output};
 use plan::BenchPlan;
 use record::{Record, new_histogram};
-use report::{Summary, dur, si};
+use report::{CapacityReport, Summary, dur, si};
 use shard::{Report, ShardSetup};
 
 /// How long shards may take to set up (rings, buffers, sockets).
@@ -44,6 +46,14 @@ pub fn run(args: &BenchArgs) -> u8 {
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let progress = plan.progress && std::io::stderr().is_terminal();
+    match plan::capacity_settings(args) {
+        Ok(None) => {}
+        Ok(Some(settings)) => return run_capacity(&plan, &settings, progress, command),
+        Err(e) => {
+            output::message(&format!("ringfwd bench: {e}"));
+            return exit::CONFIG;
+        }
+    }
     let summary = match execute(&plan, progress, command) {
         Ok(s) => s,
         Err(e) => {
@@ -101,6 +111,125 @@ fn write_histograms(plan: &BenchPlan, summary: &Summary) -> Result<(), String> {
             .map_err(|e| format!("cannot write --histogram-log {path}: {e}"))?;
     }
     Ok(())
+}
+
+/// `--capacity`: one open-loop run per step, at the rate the search asks
+/// for, each with its own warmup; rows print as steps finish.
+fn run_capacity(
+    plan: &BenchPlan,
+    settings: &capacity::Settings,
+    progress: bool,
+    command: String,
+) -> u8 {
+    // With `--json -` stdout carries the document, so the table goes to stderr.
+    let mut human: Box<dyn Write> = if plan.json.as_deref() == Some("-") {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
+    // A closed or full stdout loses the table, never panics.
+    let _ = write!(human, "{}", CapacityReport::header(plan, settings));
+    let _ = human.flush();
+    let mut search = capacity::Search::new(settings);
+    let outcome = loop {
+        let rate = match search.next() {
+            capacity::Next::Run(rate) => rate,
+            capacity::Next::Done(outcome) => break outcome,
+        };
+        let step_plan = BenchPlan {
+            rate: Some(rate),
+            duration: settings.step_duration,
+            json: None,
+            ..plan.clone()
+        };
+        let summary = match execute(&step_plan, progress, command.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                output::message(&format!("ringfwd bench: step at {rate:.0}/s: {e}"));
+                return exit::FAILURE;
+            }
+        };
+        // Corrupted data, or a target that answers nothing even at the
+        // first rate, is a failed run, not a capacity of zero.
+        let first = search.steps().is_empty();
+        if let Some(f) = summary.failure()
+            && (summary.record.errors.verify > 0 || first)
+        {
+            output::message(&format!(
+                "ringfwd bench: run FAILED at the step at {rate:.0}/s: {f}"
+            ));
+            return exit::FAILURE;
+        }
+        search.record(capacity::Step::judge(
+            report::measured(&summary, settings),
+            settings,
+        ));
+        // The search marks a retry when it records the step, so the row follows.
+        if let Some(step) = search.steps().last() {
+            let _ = writeln!(human, "{}", CapacityReport::row(search.steps().len(), step));
+            let _ = human.flush();
+        }
+    };
+    let report = CapacityReport {
+        plan: plan.clone(),
+        settings: settings.clone(),
+        steps: search.steps().to_vec(),
+        outcome,
+        command,
+    };
+    let _ = writeln!(human, "\n{}", report.result_line());
+    let _ = human.flush();
+    write_capacity_files(&report)
+}
+
+/// The `--json` document and the chart of a capacity search.
+fn write_capacity_files(report: &CapacityReport) -> u8 {
+    if let Some(path) = &report.plan.json {
+        let text = match serde_json::to_string_pretty(&report.to_json()) {
+            Ok(t) => t,
+            Err(e) => {
+                output::message(&format!(
+                    "ringfwd bench: encoding the JSON report failed: {e}"
+                ));
+                return exit::FAILURE;
+            }
+        };
+        let written = if path == "-" {
+            writeln!(std::io::stdout(), "{text}")
+        } else {
+            std::fs::write(path, text + "\n")
+        };
+        if let Err(e) = written {
+            output::message(&format!("ringfwd bench: cannot write --json {path}: {e}"));
+            return exit::FAILURE;
+        }
+    }
+    if let Some(path) = &report.settings.chart {
+        let p = &report.plan;
+        let title = format!(
+            "ringfwd bench {} {}, {} {}: latency against offered rate",
+            p.workload.name(),
+            p.target,
+            p.workload.conns(),
+            if p.workload.is_udp() {
+                "flows"
+            } else {
+                "connections"
+            },
+        );
+        let svg = match chart::svg(&title, &report.settings, &report.steps, &report.outcome) {
+            Ok(svg) => svg,
+            Err(e) => {
+                output::message(&format!("ringfwd bench: --chart {path}: {e}"));
+                return exit::FAILURE;
+            }
+        };
+        if let Err(e) = std::fs::write(path, svg) {
+            output::message(&format!("ringfwd bench: cannot write --chart {path}: {e}"));
+            return exit::FAILURE;
+        }
+    }
+    exit::OK
 }
 
 /// Runs `plan` to the end and merges what every shard measured.

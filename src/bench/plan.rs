@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::capacity::{self, Slo};
 use super::payload::{self, Expect, Payload};
-use crate::cli::{BenchArgs, BenchCommon, BenchMode, PayloadArgs};
+use crate::cli::{BenchArgs, BenchCommon, BenchMode, CapacityArgs, PayloadArgs};
 use crate::config::units::{parse_duration, parse_size};
 
 /// Largest request, response or datagram size accepted.
@@ -210,6 +211,10 @@ fn count_flag(flag: &str, n: u64) -> Result<u32, String> {
 }
 
 fn parse_rate(v: &str) -> Result<f64, String> {
+    rate_flag("rate", v)
+}
+
+fn rate_flag(flag: &str, v: &str) -> Result<f64, String> {
     let t = v.trim();
     let num = t.strip_suffix("/s").unwrap_or(t).trim();
     let (digits, mult) = match num.chars().last() {
@@ -220,11 +225,11 @@ fn parse_rate(v: &str) -> Result<f64, String> {
     let r: f64 = digits
         .trim()
         .parse()
-        .map_err(|_| format!("--rate {v:?} is not a rate: use e.g. 5000, 5000/s or 20k/s"))?;
+        .map_err(|_| format!("--{flag} {v:?} is not a rate: use e.g. 5000, 5000/s or 20k/s"))?;
     let r = r * mult;
     if !(r.is_finite() && r > 0.0 && r <= 1e8) {
         return Err(format!(
-            "--rate {v:?} is out of range: use more than 0 and at most 100M/s"
+            "--{flag} {v:?} is out of range: use more than 0 and at most 100M/s"
         ));
     }
     Ok(r)
@@ -530,4 +535,122 @@ impl BenchPlan {
         }
         s
     }
+}
+
+/// `--slo p99=1ms`: the percentile (0 < p < 100) and its limit (1µs..=10m).
+fn parse_slo(v: &str) -> Result<Slo, String> {
+    let hint = "use PERCENTILE=LIMIT, e.g. p99=1ms, p50=200us or p99.9=5ms";
+    let (name, limit) = v
+        .split_once('=')
+        .ok_or_else(|| format!("--slo {v:?} is not an objective: {hint}"))?;
+    let name = name.trim();
+    let pct: f64 = name
+        .strip_prefix('p')
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("--slo {v:?}: {name:?} is not a percentile: {hint}"))?;
+    if !(pct > 0.0 && pct < 100.0) {
+        return Err(format!(
+            "--slo {v:?}: percentile {name} is out of range: use more than p0 and less than p100"
+        ));
+    }
+    let limit = parse_duration(limit).map_err(|e| format!("--slo {v:?}: {e}"))?;
+    if limit < Duration::from_micros(1) || limit > Duration::from_secs(600) {
+        return Err(format!(
+            "--slo {v:?}: the limit is out of range: use 1us..=10m"
+        ));
+    }
+    Ok(Slo {
+        name: name.to_string(),
+        quantile: pct / 100.0,
+        limit_us: limit.as_secs_f64() * 1e6,
+    })
+}
+
+/// `--max-errors 0.1%` (or a fraction, 0.001): a ratio in 0..=1.
+fn parse_ratio(flag: &str, v: &str) -> Result<f64, String> {
+    let t = v.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(n) => (n.trim(), 100.0),
+        None => (t, 1.0),
+    };
+    let r = num
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite())
+        .ok_or_else(|| format!("--{flag} {v:?} is not a ratio: use e.g. 0.1% or 0.001"))?
+        / scale;
+    if !(0.0..=1.0).contains(&r) {
+        return Err(format!(
+            "--{flag} {v:?} is out of range: use 0..=100% (or 0..=1)"
+        ));
+    }
+    Ok(r)
+}
+
+/// The `--capacity` settings of `args`, validated; `None` without `--capacity`.
+pub fn capacity_settings(args: &BenchArgs) -> Result<Option<capacity::Settings>, String> {
+    let (c, common): (&CapacityArgs, &BenchCommon) = match &args.mode {
+        BenchMode::TcpRr(a) => (&a.capacity, &a.common),
+        BenchMode::TcpCrr(a) => (&a.capacity, &a.common),
+        BenchMode::UdpRr(a) => (&a.capacity, &a.common),
+        BenchMode::TcpStream(_) | BenchMode::UdpStream(_) => return Ok(None),
+    };
+    if !c.capacity {
+        return Ok(None);
+    }
+    if c.slo.is_empty() {
+        return Err("--capacity needs at least one --slo, e.g. --slo p99=1ms".into());
+    }
+    let slos = c
+        .slo
+        .iter()
+        .map(|v| parse_slo(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, s) in slos.iter().enumerate() {
+        if slos[..i].iter().any(|o| o.quantile == s.quantile) {
+            return Err(format!(
+                "--slo {} is given twice: give each percentile one limit",
+                s.name
+            ));
+        }
+    }
+    let max_errors = parse_ratio("max-errors", c.max_errors.as_deref().unwrap_or("0.1%"))?;
+    let start_rate = rate_flag("start-rate", c.start_rate.as_deref().unwrap_or("1000"))?;
+    let max_rate = rate_flag("max-rate", c.max_rate.as_deref().unwrap_or("2M"))?;
+    if max_rate < start_rate {
+        return Err(format!(
+            "--max-rate {max_rate}/s is below --start-rate {start_rate}/s: raise --max-rate or lower --start-rate"
+        ));
+    }
+    let most = capacity::GROWTH.powi(capacity::MAX_GROWTH_STEPS as i32 - 1);
+    if max_rate > start_rate * most {
+        return Err(format!(
+            "--max-rate {max_rate}/s is more than {most} x --start-rate {start_rate}/s: the search would need more than {} doubling steps; raise --start-rate",
+            capacity::MAX_GROWTH_STEPS
+        ));
+    }
+    let v = c.step_duration.as_deref().unwrap_or("3s");
+    let step_duration = parse_duration(v).map_err(|e| format!("--step-duration {v:?}: {e}"))?;
+    if step_duration < Duration::from_millis(100) || step_duration > Duration::from_secs(3600) {
+        return Err(format!(
+            "--step-duration {v:?} is out of range: use 100ms..=1h"
+        ));
+    }
+    let chart = c.chart.clone().or_else(|| {
+        common.json.as_deref().filter(|j| *j != "-").map(|j| {
+            match std::path::Path::new(j).with_extension("svg") {
+                // Never overwrite the JSON document itself.
+                svg if svg.as_os_str() == j => format!("{j}.chart.svg"),
+                svg => svg.display().to_string(),
+            }
+        })
+    });
+    Ok(Some(capacity::Settings {
+        slos,
+        max_errors,
+        start_rate,
+        max_rate,
+        step_duration,
+        chart,
+    }))
 }

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use super::capacity;
 use super::plan::{BenchPlan, Workload};
 use super::record::Record;
 
@@ -333,5 +334,232 @@ mod tests {
         assert_eq!(si(17.2e9), "17.2 G");
         assert_eq!(dur(41.25), "41.2µs");
         assert_eq!(dur(1500.0), "1.50ms");
+    }
+}
+
+/// A capacity search, as it is shown (step rows as they finish, then the
+/// result line) and written (`--json`).
+#[derive(Clone, Debug)]
+pub struct CapacityReport {
+    pub plan: BenchPlan,
+    pub settings: capacity::Settings,
+    pub steps: Vec<capacity::Step>,
+    pub outcome: capacity::Outcome,
+    pub command: String,
+}
+
+/// What a step measured, from its run: the completed rate, errors (UDP
+/// datagrams left unanswered count as errors) and the percentiles.
+pub fn measured(summary: &Summary, settings: &capacity::Settings) -> capacity::Measured {
+    let h = &summary.record.latency;
+    let at = |q: f64| {
+        if h.is_empty() {
+            f64::INFINITY
+        } else {
+            us(h.value_at_quantile(q))
+        }
+    };
+    let lost = if summary.plan.workload.is_udp() {
+        summary.lost()
+    } else {
+        0
+    };
+    capacity::Measured {
+        offered: summary.offered_rate(),
+        achieved: summary.rate(),
+        ops: summary.ops(),
+        errors: summary.record.errors.total() + lost,
+        p50: at(0.50),
+        p99: at(0.99),
+        p99_9: at(0.999),
+        at_slo: settings.slos.iter().map(|s| at(s.quantile)).collect(),
+    }
+}
+
+/// A limit as an operator writes it: "1ms", "200µs", "2s".
+pub fn limit(us: f64) -> String {
+    if us >= 1e6 && us % 1e6 == 0.0 {
+        format!("{}s", us / 1e6)
+    } else if us >= 1e3 && us % 1e3 == 0.0 {
+        format!("{}ms", us / 1e3)
+    } else if us % 1.0 == 0.0 {
+        format!("{us}µs")
+    } else {
+        dur(us)
+    }
+}
+
+/// A rate as a whole number per second.
+fn per_s(rate: f64) -> String {
+    format!("{:.0}/s", rate)
+}
+
+impl CapacityReport {
+    /// What will run, printed before the first step: the objectives, the
+    /// rates and the longest the search can take.
+    pub fn header(plan: &BenchPlan, s: &capacity::Settings) -> String {
+        let steps = s.worst_case_steps();
+        let per_step = plan.warmup + s.step_duration;
+        let worst = per_step * steps as u32;
+        format!(
+            "ringfwd bench {} {}, {} {}, capacity search\n  objectives    {}, errors ≤ {}%, achieved within {:.0}% of offered\n  rates         from {} doubling up to {}, then bisecting to {:.0}%; a break is retried once\n  duration      at most {steps} steps x ({:?} warmup + {:?}) = up to {:.0}s\n\n{}\n",
+            plan.workload.name(),
+            plan.target,
+            plan.workload.conns(),
+            if plan.workload.is_udp() {
+                "flows"
+            } else {
+                "connections"
+            },
+            Self::objectives(s),
+            s.max_errors * 100.0,
+            capacity::RATE_TOLERANCE * 100.0,
+            per_s(s.start_rate),
+            per_s(s.max_rate),
+            capacity::RESOLUTION * 100.0,
+            plan.warmup,
+            s.step_duration,
+            worst.as_secs_f64(),
+            Self::row_header(),
+        )
+    }
+
+    fn objectives(s: &capacity::Settings) -> String {
+        s.slos
+            .iter()
+            .map(|o| format!("{} ≤ {}", o.name, limit(o.limit_us)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn row_header() -> String {
+        format!(
+            "  {:>4}  {:>11}  {:>11}  {:>9}  {:>9}  {:>9}  {:>8}  held",
+            "step", "offered", "achieved", "p50", "p99", "p99.9", "errors"
+        )
+    }
+
+    /// One step's row of the table (`index` from 1).
+    pub fn row(index: usize, step: &capacity::Step) -> String {
+        let m = &step.measured;
+        let lat = |v: f64| if v.is_finite() { dur(v) } else { "-".into() };
+        let retry = step.attempt == capacity::Attempt::Retry;
+        let held = if step.held() {
+            if retry { "yes, on retry" } else { "yes" }.to_string()
+        } else {
+            let why: Vec<String> = step.misses.iter().map(|m| m.text()).collect();
+            format!(
+                "{}: {}",
+                if retry { "no again" } else { "no" },
+                why.join("; ")
+            )
+        };
+        format!(
+            "  {index:>4}  {:>11}  {:>11}  {:>9}  {:>9}  {:>9}  {:>7.3}%  {held}",
+            per_s(m.offered),
+            per_s(m.achieved),
+            lat(m.p50),
+            lat(m.p99),
+            lat(m.p99_9),
+            m.error_ratio() * 100.0,
+        )
+    }
+
+    /// "capacity: 48211/s at p99 ≤ 1ms", or why there is no such rate.
+    pub fn result_line(&self) -> String {
+        let at = Self::objectives(&self.settings);
+        match self.outcome {
+            capacity::Outcome::Found { rate, broken_at } => {
+                let next = broken_at
+                    .map(|b| format!(" ({} broke)", per_s(b)))
+                    .unwrap_or_default();
+                format!("capacity: {} at {at}{next}", per_s(rate))
+            }
+            capacity::Outcome::BelowStart { start } => format!(
+                "capacity: none at {at}: the first step, {}, already broke; lower --start-rate",
+                per_s(start)
+            ),
+            capacity::Outcome::AtLeastMax { max } => format!(
+                "capacity: ≥ {} at {at}: --max-rate held; raise it to search further",
+                per_s(max)
+            ),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let p = &self.plan;
+        let w = &p.workload;
+        let s = &self.settings;
+        let num = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let m = &st.measured;
+                let at_slo: serde_json::Map<String, Value> = s
+                    .slos
+                    .iter()
+                    .zip(&m.at_slo)
+                    .map(|(o, &v)| (o.name.clone(), num(v)))
+                    .collect();
+                json!({
+                    "step": i + 1,
+                    "offered": m.offered,
+                    "achieved": m.achieved,
+                    "held": st.held(),
+                    "attempt": match st.attempt {
+                        capacity::Attempt::First => "first",
+                        capacity::Attempt::Retry => "retry",
+                    },
+                    "misses": st.misses.iter().map(|x| x.text()).collect::<Vec<_>>(),
+                    "ops": m.ops,
+                    "errors": m.errors,
+                    "error_ratio": m.error_ratio(),
+                    "p50_us": num(m.p50),
+                    "p99_us": num(m.p99),
+                    "p99_9_us": num(m.p99_9),
+                    "slo_us": at_slo,
+                })
+            })
+            .collect();
+        json!({
+            "version": 1,
+            "mode": w.name(),
+            "target": p.target.to_string(),
+            "command": self.command,
+            "settings": {
+                "connections": if w.is_udp() { 0 } else { w.conns() },
+                "flows": if w.is_udp() { w.conns() } else { 0 },
+                "size": w.size(),
+                "response_size": w.response_size(),
+                "warmup_s": p.warmup.as_secs_f64(),
+                "step_duration_s": s.step_duration.as_secs_f64(),
+                "timeout_s": p.timeout.as_secs_f64(),
+                "start_rate": s.start_rate,
+                "max_rate": s.max_rate,
+                "max_errors": s.max_errors,
+                "rate_tolerance": capacity::RATE_TOLERANCE,
+                "resolution": capacity::RESOLUTION,
+                "max_retries": capacity::MAX_RETRIES,
+                "slo": s.slos.iter().map(|o| json!({
+                    "percentile": o.name, "quantile": o.quantile, "limit_us": o.limit_us,
+                })).collect::<Vec<_>>(),
+                "shards": p.shards(),
+                "cpus": p.cpus,
+            },
+            "capacity": {
+                "rate": self.outcome.rate(),
+                "outcome": self.outcome.kind(),
+                "broken_at": match self.outcome {
+                    capacity::Outcome::Found { broken_at, .. } => broken_at,
+                    _ => None,
+                },
+                "objectives": Self::objectives(s),
+                "result": self.result_line(),
+                "steps": steps,
+            },
+            "ok": true,
+        })
     }
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_payload;
+mod capacity;
 mod check;
 mod config;
 mod dns;
