@@ -19,7 +19,7 @@ use crate::shard::slab::Slab;
 use crate::shard::token::{OpKind, SlotId, Token};
 use crate::sys::socket;
 use crate::tcp::Side;
-use crate::verify::{PeriodicCheck, periodic_region};
+use crate::verify::{PeriodicCheck, periodic_region, periodic_region_for};
 
 mod tcp;
 mod udp;
@@ -292,7 +292,12 @@ impl Gen {
                 "creating its io_uring ({entries} entries) with {count} receive buffers of {buf_size} bytes failed: {e}"
             )
         })?;
-        let pattern = ring.add_region(periodic_region());
+        // A stream's write of `--size` bytes is one contiguous window of it.
+        let longest_write = match w {
+            Workload::TcpStream { size, .. } => size as usize,
+            _ => crate::verify::PERIOD,
+        };
+        let pattern = ring.add_region(periodic_region_for(longest_write));
         let target = ring.add_target(s.plan.target);
         let connect_timeout = ring.add_timeout(s.plan.timeout);
         let family = ring
