@@ -53,28 +53,36 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def port_free(port: int, proto: str) -> bool:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((HOST, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def wait_listening(port: int, proto: str, proc: subprocess.Popen, timeout: float = 10) -> None:
     """Until something listens on the port (a bind that fails), without connecting: iperf3 -s
     would count a bare connection as its test."""
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited ({proc.returncode}) before listening on {port}")
-        s = socket.socket(socket.AF_INET, kind)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
+        if not port_free(port, proto):
             return
-        finally:
-            s.close()
         time.sleep(0.05)
     raise RuntimeError(f"nothing listening on {proto} {HOST}:{port} after {timeout:.0f}s")
 
 
 class Server:
     def __init__(self, argv: list[str], port: int, proto: str):
+        # a leftover listener would answer in the server's place
+        if not port_free(port, proto):
+            raise RuntimeError(f"{proto} {HOST}:{port} is in use (see `ss -ltnup`): not starting {argv[3]}")
         COMMANDS.append(shlex.join(argv))
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
