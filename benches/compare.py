@@ -1761,7 +1761,9 @@ def summary_md(summ: list[dict], meta: dict) -> str:
         wl, lay = s["workload"], s["layout"]
         L.append(f"## {wl.name} ({lay})")
         L.append("")
-        L.append(f"`ringfwd bench {wl.mode} {' '.join(wl.args)}` — {wl.what}. Best HAProxy variant: "
+        gen = (f"iperf3 -c {' '.join(wl.args)}".strip() if wl.gen == "iperf3"
+               else f"ringfwd bench {wl.mode} {' '.join(wl.args)}")
+        L.append(f"`{gen}` — {wl.what}. Best HAProxy variant: "
                  f"{s['best_haproxy'] or '–'}.")
         L.append("")
         unit = "Gbit/s" if wl.metric == "bps" else "ops/s"
