@@ -63,7 +63,10 @@ BUSY_POLL = "50us"
 TARGET_OFFSET = {"direct": 0, "ringfwd": 100, "haproxy": 200, "haproxy-splice-auto": 300,
                  "haproxy-splice": 400, "nginx": 500, "socat": 600, "ringfwd-busypoll": 700,
                  "haproxy-busypoll": 800}
-TCP_SERVICES = {"echo": 0, "sink": 1, "source": 2, "rr": 3}
+TCP_SERVICES = {"echo": 0, "sink": 1, "source": 2, "rr": 3, "iperf3": 4}
+# The bulk rows run a second generator: iperf3 -c against an `iperf3 -s` upstream (the service
+# "iperf3", beside `ringfwd echo`), so every bulk ratio is read against both generators.
+IPERF3_DIRECTION = {"up": [], "down": ["-R"], "both": ["--bidir"]}
 UDP_SERVICES = {"udp": 0}  # the UDP echo; UDP ports are a separate space, same numbers
 COLORS = {
     "direct": "#7f7f7f",
@@ -132,6 +135,7 @@ class Workload:
     note: str = ""  # how to read this workload's numbers, printed under its table
     targets: tuple[str, ...] | None = None  # None: DEFAULT_TARGETS
     gen_extra: tuple[str, ...] = ()  # more `ringfwd bench` flags (the generator's --busy-poll)
+    gen: str = "ringfwd"  # the load generator: "ringfwd" (`ringfwd bench`) or "iperf3" (`iperf3 -c`)
 
     @property
     def udp(self) -> bool:
@@ -142,6 +146,12 @@ UDP_STREAM_NOTE = (
     "The rate is datagrams delivered back to the generator per second; offered is what it sent. "
     "Pinned, the generator and the upstream share CPU 1, so much of the loss, direct included, "
     "is the upstream starved by the generator, not the forwarder.")
+
+IPERF3_WHAT = "iperf3 as the generator: `iperf3 -c` (1 stream, its default 128 KiB writes) to `iperf3 -s`, "
+IPERF3_NOTE = ("The same path and pinning as the ringfwd-generated row above it, with iperf3 at both ends "
+               "(client where the generator runs, server where the upstream runs): read each forwarder's "
+               "ratio against both generators. iperf3 counts what its receiver got after `-O` (omitted "
+               "warmup) seconds.")
 
 BUSYPOLL_TARGETS = ("direct", "ringfwd", "ringfwd-busypoll", "haproxy", "haproxy-busypoll")
 # Request/response and connection workloads leave out HAProxy's forced splice: splice is a bulk
@@ -183,15 +193,25 @@ WORKLOADS = [
              what="50 in flight: connect, 64 B request, 64 B response, close, repeat",
              targets=RR_TARGETS),
     Workload("tcp-stream-1-up", "tcp-stream", "sink",
-             ["--connections", "1", "--direction", "up", "--size", "64KiB"], "bps",
+             ["--connections", "1", "--direction", "up", "--size", "256KiB"], "bps",
              layouts=("pinned", "unpinned"), quick_layouts=("pinned",),
-             what="1 connection, 64 KiB writes to a sink"),
+             what="1 connection, 256 KiB writes to a sink"),
+    Workload("tcp-stream-1-up-iperf3", "tcp-stream", "iperf3", IPERF3_DIRECTION["up"], "bps",
+             layouts=("pinned",), gen="iperf3", what=IPERF3_WHAT + "up", note=IPERF3_NOTE),
+    Workload("tcp-stream-1-down", "tcp-stream", "source",
+             ["--connections", "1", "--direction", "down", "--size", "256KiB"], "bps",
+             what="1 connection from a source (`ringfwd echo --tcp-source`), every byte verified"),
+    Workload("tcp-stream-1-down-iperf3", "tcp-stream", "iperf3", IPERF3_DIRECTION["down"], "bps",
+             layouts=("pinned",), gen="iperf3", what=IPERF3_WHAT + "down (`-R`)", note=IPERF3_NOTE),
     Workload("tcp-stream-8-up", "tcp-stream", "sink",
-             ["--connections", "8", "--direction", "up", "--size", "64KiB"], "bps",
-             what="8 connections, 64 KiB writes to a sink"),
+             ["--connections", "8", "--direction", "up", "--size", "256KiB"], "bps",
+             what="8 connections, 256 KiB writes to a sink"),
     Workload("tcp-stream-1-both", "tcp-stream", "echo",
-             ["--connections", "1", "--direction", "both", "--size", "64KiB"], "bps",
+             ["--connections", "1", "--direction", "both", "--size", "256KiB"], "bps",
              what="1 connection to an echo: bytes flow both ways at once"),
+    Workload("tcp-stream-1-both-iperf3", "tcp-stream", "iperf3", IPERF3_DIRECTION["both"], "bps",
+             layouts=("pinned",), gen="iperf3", what=IPERF3_WHAT + "both (`--bidir`: one connection "
+             "each way, where ringfwd's both is one connection to an echo)", note=IPERF3_NOTE),
     Workload("udp-rr-100", "udp-rr", "udp", ["--flows", "100", "--size", "64"], "rate",
              quick_layouts=("pinned",), what="100 flows, one 64 B datagram outstanding each"),
     Workload("udp-stream-8-1200", "udp-stream", "udp", ["--flows", "8", "--size", "1200"], "rate",
@@ -797,6 +817,54 @@ def bench_argv(binary: Path, mode: str, port: int, args: list[str], duration: fl
     return argv + (extra or [])
 
 
+def iperf3_argv(port: int, args: list[str], duration: float, warmup: float, json_path: Path,
+                cpus: list[int] | None) -> list[str]:
+    """`iperf3 -c 127.0.0.1 -p PORT -t DUR -O WARM -J ARGS` under `taskset`, through this script's
+    `--iperf3-client JSON` wrapper, which writes its result as `ringfwd bench --json` would (iperf3
+    takes whole seconds)."""
+    t, o = max(1, round(duration)), round(warmup)
+    return taskset(cpus) + [sys.executable, str(Path(__file__).resolve()), "--iperf3-client", str(json_path),
+                            "--", "iperf3", "-c", LOOPBACK, "-p", str(port), "-t", str(t), "-O", str(o),
+                            "-J"] + list(args)
+
+
+def iperf3_client(json_path: str, argv: list[str]) -> int:
+    """Runs `iperf3 -c ... -J` (argv) and writes its figures as a `ringfwd bench --json` file: the
+    receivers' bytes and bits/s after the omitted seconds, up (client to server) and down."""
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    try:
+        data = json.loads(r.stdout)
+    except ValueError:
+        data = {}
+    end = data.get("end") or {}
+    err = data.get("error") or (r.stderr.strip()[-300:] if r.returncode else "")
+    reverse = "-R" in argv
+    fwd = end.get("sum_received") or {}
+    back = end.get("sum_received_bidir_reverse") or {}
+    up, down = (back, fwd) if reverse else (fwd, back)
+    bps_up, bps_down = up.get("bits_per_second", 0.0), down.get("bits_per_second", 0.0)
+    out = {"ok": r.returncode == 0 and not err and bps_up + bps_down > 0,
+           "mode": "tcp-stream", "generator": "iperf3", "command": shlex.join(argv),
+           "rate": None, "latency_us": None, "elapsed_s": fwd.get("seconds"),
+           "bits_per_second": {"total": bps_up + bps_down, "up": bps_up, "down": bps_down},
+           "bytes_sent": up.get("bytes", 0), "bytes_received": down.get("bytes", 0),
+           "errors": {}, "failure": err or None}
+    Path(json_path).write_text(json.dumps(out, indent=1))
+    return 0 if out["ok"] else 1
+
+
+def wait_iperf3(port: int, proc: "Managed", timeout: float = 15) -> None:
+    """Until `iperf3 -s` listens; without connecting, which would use up its one test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not port_free(port, "tcp"):
+            return
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} not listening on {port} after {timeout:.0f}s")
+
+
 # --------------------------------------------------------------------------
 # One measured bench run
 
@@ -1132,7 +1200,12 @@ class Harness:
                 "udp": "--udp"}
         keep = []
         for wl, lay in self.workloads:
-            if wl.mode not in self.bench_modes:
+            if wl.gen == "iperf3":
+                if shutil.which("iperf3"):
+                    keep.append((wl, lay))
+                else:
+                    self.missing.append(f"{wl.name} ({lay}): iperf3 is not installed (apt-get install iperf3)")
+            elif wl.mode not in self.bench_modes:
                 self.missing.append(f"{wl.name} ({lay}): `ringfwd bench {wl.mode}` does not exist in this build")
             elif need[wl.service] not in self.echo_flags:
                 self.missing.append(f"{wl.name} ({lay}): `ringfwd echo {need[wl.service]}` does not exist in this build")
@@ -1175,6 +1248,14 @@ class Harness:
         self._start(up)
         self.upstream = up
         wait_tcp(lay.port("direct", "echo"), up)
+        self.iperf3_server = None
+        if any(wl.gen == "iperf3" for wl, l in self.workloads if l == lay.name):
+            # iperf3 -s serves one test at a time, which is how the runs come
+            argv = taskset(lay.up_cpus) + ["iperf3", "-s", "-B", LOOPBACK, "-p", str(lay.port("direct", "iperf3"))]
+            srv = Managed(f"iperf3-server-{lay.name}", argv, logs, "iperf3")
+            self._start(srv)
+            self.iperf3_server = srv
+            wait_iperf3(lay.port("direct", "iperf3"), srv)
 
         self.fwd = {"direct": []}
         for t in wanted:
@@ -1335,6 +1416,9 @@ class Harness:
     # ---- one measured run
 
     def bench_argv(self, wl: Workload, lay: Layout, target: str, json_path: Path) -> list[str]:
+        if wl.gen == "iperf3":
+            return iperf3_argv(lay.port(target, wl.service), wl.args, self.settings["duration"],
+                               self.settings["warmup"], json_path, lay.gen_cpus)
         return bench_argv(self.bin, wl.mode, lay.port(target, wl.service), wl.args,
                           self.settings["duration"], self.settings["warmup"], json_path,
                           lay.gen_shards, lay.gen_cpus, list(wl.gen_extra))
@@ -1350,6 +1434,8 @@ class Harness:
         COMMANDS.append(f"[bench {wl.name} {lay.name} {target} rep {run.rep}] " + shlex.join(argv))
         roots = [m.pid for m in self.fwd.get(target, [])]
         up_root = [self.upstream.pid] if self.upstream else []
+        if wl.gen == "iperf3" and getattr(self, "iperf3_server", None) is not None:
+            up_root = [self.iperf3_server.pid]
         if self.upstream is None or not self.upstream.alive():
             raise RuntimeError(f"the upstream is no longer running:\n{self.upstream.log_tail() if self.upstream else ''}")
         dead = [m for m in self.fwd.get(target, []) if not m.alive()]
@@ -1675,7 +1761,9 @@ def summary_md(summ: list[dict], meta: dict) -> str:
         wl, lay = s["workload"], s["layout"]
         L.append(f"## {wl.name} ({lay})")
         L.append("")
-        L.append(f"`ringfwd bench {wl.mode} {' '.join(wl.args)}` — {wl.what}. Best HAProxy variant: "
+        gen = (f"iperf3 -c {' '.join(wl.args)}".strip() if wl.gen == "iperf3"
+               else f"ringfwd bench {wl.mode} {' '.join(wl.args)}")
+        L.append(f"`{gen}` — {wl.what}. Best HAProxy variant: "
                  f"{s['best_haproxy'] or '–'}.")
         L.append("")
         unit = "Gbit/s" if wl.metric == "bps" else "ops/s"
@@ -2408,13 +2496,14 @@ def setup_md(h: Harness, meta: dict, facts: dict, versions: dict) -> str:
         lo = h.layouts[lay]
         L.append(f"- **{lo.name}**: {lo.note}.")
     L += ["", "## Ports (all on 127.0.0.1, below the ephemeral range 32768-60999)", "",
-          "| target | layout | echo | sink | source | rr | udp echo |", "|---|---|---:|---:|---:|---:|---:|"]
+          "| target | layout | echo | sink | source | rr | iperf3 | udp echo |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for lay in sorted({l for _, l in h.workloads}):
         lo = h.layouts[lay]
         for t in h.targets:
             L.append(f"| {t} | {lay} | " + " | ".join(str(lo.port(t, s)) for s in TCP_SERVICES) + " | "
                      + (str(lo.port(t, "udp")) if t in UDP_CAPABLE else "–") + " |")
-    L += ["", "\"direct\" is the upstream itself (`ringfwd echo`).", "",
+    L += ["", "\"direct\" is the upstream itself (`ringfwd echo`; on the iperf3 port, `iperf3 -s`, which the "
+          "`-iperf3` workloads load with `iperf3 -c`).", "",
           "## Measurement", "",
           "- rate, latency (µs, HDR histogram in the generator), bits/s, UDP loss: from `ringfwd bench --json` "
           "(one file per run under `runs/`). A run whose bench exits non-zero, writes no JSON or reports "
@@ -2621,6 +2710,8 @@ def default_outdir(name: str, keep: bool) -> Path:
 
 def main() -> int:
     global LOG_FILE
+    if sys.argv[1:2] == ["--iperf3-client"] and sys.argv[3:4] == ["--"]:
+        return iperf3_client(sys.argv[2], sys.argv[4:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="workloads: " + ", ".join(w.name for w in WORKLOADS)

@@ -311,8 +311,8 @@ pub struct TcpStreamArgs {
     /// up, down or both.
     #[arg(long, default_value = "both", value_name = "DIR")]
     pub direction: String,
-    /// Bytes per write (at most 64KiB).
-    #[arg(long, default_value = "65536", value_name = "BYTES")]
+    /// Bytes per write, 1 to 4MiB.
+    #[arg(long, default_value = "256KiB", value_name = "BYTES")]
     pub size: String,
     #[command(flatten)]
     pub common: BenchCommon,

@@ -94,12 +94,28 @@ const PERIODIC_SEED: u64 = 0x7269_6e67_6677_6400;
 /// position `p` are the contiguous slice at `p % PERIOD`: a sender sends
 /// straight from it, with no copy.
 pub fn periodic_region() -> Box<[u8]> {
+    periodic_region_for(PERIOD)
+}
+
+/// Whole periods of the pattern enough for any window of `max_len` bytes to
+/// start anywhere in the first period and stay contiguous: a sender of
+/// writes larger than one period (the generator's `--size` up to 4 MiB)
+/// sends straight from it as from `periodic_region`.
+pub fn periodic_region_periods(max_len: usize) -> usize {
+    1 + max_len.div_ceil(PERIOD).max(1)
+}
+
+/// The periodic region (see `periodic_region`) long enough for windows of up
+/// to `max_len` bytes: `periodic_region_periods(max_len)` periods.
+pub fn periodic_region_for(max_len: usize) -> Box<[u8]> {
     let mut one = vec![0u8; PERIOD];
     Pattern::new(PERIODIC_SEED).fill(&mut one);
-    let mut two = Vec::with_capacity(2 * PERIOD);
-    two.extend_from_slice(&one);
-    two.extend_from_slice(&one);
-    two.into_boxed_slice()
+    let periods = periodic_region_periods(max_len);
+    let mut all = Vec::with_capacity(periods * PERIOD);
+    for _ in 0..periods {
+        all.extend_from_slice(&one);
+    }
+    all.into_boxed_slice()
 }
 
 /// Checks a received periodic stream, however it is split.
@@ -158,6 +174,31 @@ mod tests {
         stream[100_000] ^= 0x40;
         let mut c = PeriodicCheck::default();
         assert_eq!(c.check(&region, &stream), Err(100_000));
+    }
+
+    #[test]
+    fn a_long_region_holds_every_window_of_its_length_contiguously() {
+        let short = periodic_region();
+        for max in [1, PERIOD - 1, PERIOD, PERIOD + 1, 4 << 20] {
+            let region = periodic_region_for(max);
+            assert_eq!(region.len() % PERIOD, 0);
+            // The last window of the first period still fits.
+            assert!(region.len() >= (PERIOD - 1) + max, "max {max}");
+            for (i, period) in region.chunks(PERIOD).enumerate() {
+                assert_eq!(
+                    period,
+                    &short[..PERIOD],
+                    "period {i} of the region for {max}"
+                );
+            }
+        }
+        // A 4 MiB window from the end of the first period checks as the stream.
+        let region = periodic_region_for(4 << 20);
+        let mut c = PeriodicCheck {
+            position: (PERIOD - 1) as u64,
+        };
+        let window = &region[PERIOD - 1..PERIOD - 1 + (4 << 20)];
+        assert_eq!(c.check(&short, window), Ok(()));
     }
 
     #[test]

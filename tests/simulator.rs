@@ -1649,7 +1649,7 @@ mod serve_modes {
     };
     use ringfwd::shard::token::{OpKind, Token};
     use ringfwd::stats::CloseReason;
-    use ringfwd::verify::{PERIOD, PeriodicCheck, Rng, periodic_region};
+    use ringfwd::verify::{PERIOD, PeriodicCheck, Rng, periodic_region_for};
 
     /// Listening descriptors: sink, source, request/response.
     const LISTENERS: [i32; 3] = [3, 4, 5];
@@ -1812,7 +1812,7 @@ mod serve_modes {
                 engine,
                 request,
                 response,
-                region: periodic_region(),
+                region: periodic_region_for(ringfwd::tcp::serve::MAX_SEND as usize),
                 ring: (0..buffers as u16).collect(),
                 held: vec![false; buffers as usize],
                 others: Vec::new(),
@@ -1941,9 +1941,9 @@ mod serve_modes {
                     check!(
                         self,
                         len > 0
-                            && len as usize <= PERIOD
+                            && len <= ringfwd::tcp::serve::MAX_SEND
                             && (offset + len) as usize <= self.region.len(),
-                        "send {offset}+{len} outside one period of the region"
+                        "send {offset}+{len} over MAX_SEND or outside the region"
                     );
                     let allowed = self.allowed(c);
                     check!(

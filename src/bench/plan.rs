@@ -16,8 +16,10 @@ pub const MAX_MESSAGE: u64 = 16 << 20;
 pub const UDP_HEADER: u64 = 24;
 /// Largest UDP payload (IPv4: 65535 - 20 - 8).
 pub const MAX_UDP: u64 = 65_507;
-/// Largest tcp-stream write (one send never crosses the pattern period).
-pub const MAX_STREAM_WRITE: u64 = crate::verify::PERIOD as u64 - 1;
+/// Largest tcp-stream write: 4 MiB, iperf3-sized writes and beyond; the
+/// shard sends it straight from a pattern region long enough for it
+/// (`verify::periodic_region_for`).
+pub const MAX_STREAM_WRITE: u64 = 4 << 20;
 /// Most memory the UDP modes' send slots (one datagram each) may take.
 pub const MAX_SEND_SLOTS: u64 = 1 << 30;
 /// Most connections or flows one run may open.

@@ -454,6 +454,21 @@ impl Ring {
         len: u32,
         user_data: u64,
     ) -> io::Result<()> {
+        self.send_region_flags(fd, id, offset, len, 0, user_data)
+    }
+
+    /// `send_region` with extra send flags: `MSG_WAITALL` on a stream socket
+    /// makes the kernel finish the whole range itself (retrying as the socket
+    /// buffer drains) before the completion, rather than completing short.
+    pub fn send_region_flags(
+        &mut self,
+        fd: RawFd,
+        id: RegionId,
+        offset: u32,
+        len: u32,
+        flags: i32,
+        user_data: u64,
+    ) -> io::Result<()> {
         let ptr = self
             .regions
             .get(id.0)
@@ -464,7 +479,7 @@ impl Ring {
             .map(<[u8]>::as_ptr)
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         let e = opcode::Send::new(types::Fd(fd), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
+            .flags(libc::MSG_NOSIGNAL | flags)
             .build()
             .user_data(user_data);
         self.push((e, None));

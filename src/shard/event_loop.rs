@@ -283,7 +283,11 @@ pub fn run(setup: ShardSetup, control: Control) {
         .listeners
         .iter()
         .any(|(spec, _)| spec.kind.sends_region())
-        .then(|| ring.add_region(crate::verify::periodic_region()));
+        .then(|| {
+            ring.add_region(crate::verify::periodic_region_for(
+                crate::tcp::serve::MAX_SEND as usize,
+            ))
+        });
     let listeners = setup
         .listeners
         .into_iter()
@@ -643,9 +647,14 @@ impl Loop {
                 offset,
                 len,
             } => {
-                let queued = self
-                    .region
-                    .is_some_and(|r| self.ring.send_region(fd, r, offset, len, token).is_ok());
+                let queued = self.region.is_some_and(|r| {
+                    // The whole window in the kernel until done: a
+                    // source keeps its socket buffer full.
+                    let all = libc::MSG_WAITALL;
+                    self.ring
+                        .send_region_flags(fd, r, offset, len, all, token)
+                        .is_ok()
+                });
                 if !queued {
                     warn!(
                         shard = self.shard,

@@ -8,9 +8,10 @@
 //! client) with a multishot receive that discards what arrives (each buffer
 //! goes straight back to the ring, so no connection ever holds a provided
 //! buffer) and at most one send in flight, straight from the shard's periodic
-//! region (`verify::periodic_region`, registered once per shard): stream byte
-//! `i` is `region[i % PERIOD]`, so the send of `len <= PERIOD` bytes from
-//! stream position `p` is the contiguous slice at `p % PERIOD`. A short send
+//! region (`verify::periodic_region_for(MAX_SEND)`, registered once per
+//! shard): stream byte `i` is `region[i % PERIOD]`, so the send of
+//! `len <= MAX_SEND` bytes from stream position `p` is the contiguous slice at
+//! `p % PERIOD`. A short send
 //! continues from where the kernel stopped. The client's FIN is answered with
 //! a FIN once what is owed has been sent (nothing for a sink, the send in
 //! flight for a source, every complete request's response for
@@ -23,16 +24,12 @@ use super::{ConnOp, RecvEvent, Side, errno};
 use crate::stats::{CloseReason, ShardStats};
 use crate::verify::PERIOD;
 
-/// The largest send window: 64 KiB, and never more than one period, so the
-/// window is one contiguous slice of the two-period region.
-pub const MAX_SEND: u32 = {
-    let window = 64 * 1024;
-    if window < PERIOD as u32 {
-        window
-    } else {
-        PERIOD as u32
-    }
-};
+/// The largest send window: 256 KiB, sent with `MSG_WAITALL` (the kernel
+/// refills the socket buffer itself as it drains), so a source is not the
+/// limit of a single-connection download; the shard's region is
+/// `verify::periodic_region_for(MAX_SEND)`, so every window is one
+/// contiguous slice of it.
+pub const MAX_SEND: u32 = 256 * 1024;
 
 const SIDE: Side = Side::Client;
 

@@ -373,6 +373,10 @@ fn bad_bench_flags_are_named() {
             "--size",
         ),
         (
+            vec!["tcp-stream", "--target", "127.0.0.1:1", "--size", "5MiB"],
+            "--size",
+        ),
+        (
             vec!["tcp-rr", "--target", "127.0.0.1:1", "--rate", "fast"],
             "--rate",
         ),
@@ -648,4 +652,47 @@ fn the_demo_shows_the_spread_of_interleaved_runs_and_its_clients_never_reset() {
         kv.get("accepted"),
         "every connection ended by the client's FIN: {counters}"
     );
+}
+
+/// Writes of 4 MiB, far longer than the pattern's period, go out as the
+/// periodic stream: echoed back they verify byte for byte (both), a source
+/// still verifies under them (down), and one flipped byte megabytes into the
+/// stream fails the run.
+#[test]
+fn tcp_stream_with_4mib_writes_verifies_every_byte_down_and_both() {
+    let e = echo();
+    let t = tcp_of(&e);
+    let (code, v, err) = bench(&[
+        "tcp-stream",
+        "--target",
+        &t,
+        "--size",
+        "4MiB",
+        "--connections",
+        "2",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["ok"], Value::Bool(true), "{v:#}");
+    assert_eq!(f(&v, "errors.verify"), 0.0, "{v:#}");
+    // More than one whole write came back verified on each connection.
+    assert!(f(&v, "bytes_received") > 2.0 * 4.0 * 1048576.0, "{v:#}");
+
+    let s = Proc::start(&["echo", "--tcp-source", "127.0.0.1:0", "--shards", "1"], 1);
+    let (code, v, err) = bench(&[
+        "tcp-stream",
+        "--target",
+        &tcp_of(&s),
+        "--direction",
+        "down",
+        "--size",
+        "4MiB",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(f(&v, "errors.verify"), 0.0, "{v:#}");
+    assert!(f(&v, "bytes_received") > 4.0 * 1048576.0, "{v:#}");
+
+    let bad = corrupting_tcp_echo(3_000_000).to_string();
+    let (code, v, _) = bench(&["tcp-stream", "--target", &bad, "--size", "4MiB"]);
+    assert_eq!(code, Some(1), "a byte flipped 3 MB in must fail: {v:#}");
+    assert!(f(&v, "errors.verify") >= 1.0, "{v:#}");
 }

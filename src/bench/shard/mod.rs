@@ -21,7 +21,7 @@ use crate::shard::slab::Slab;
 use crate::shard::token::{OpKind, SlotId, Token};
 use crate::sys::socket;
 use crate::tcp::Side;
-use crate::verify::{PERIOD, PeriodicCheck, periodic_region};
+use crate::verify::{PERIOD, PeriodicCheck, periodic_region, periodic_region_for};
 
 mod tcp;
 mod udp;
@@ -325,7 +325,12 @@ impl Gen {
                 "creating its io_uring ({entries} entries) with {count} receive buffers of {buf_size} bytes failed: {e}"
             )
         })?;
-        let pattern = ring.add_region(periodic_region());
+        // A stream's write of `--size` bytes is one contiguous window of it.
+        let longest_write = match w {
+            Workload::TcpStream { size, .. } => size as usize,
+            _ => PERIOD,
+        };
+        let pattern = ring.add_region(periodic_region_for(longest_write));
         let (tx, rx_check, udp_expect) = match &s.plan.payload {
             None => (
                 TxSource {

@@ -201,9 +201,16 @@ impl Gen {
         let Some(fd) = c.fd else { return };
         let len = c.tx_owed.min(write) as u32;
         let offset = (c.tx_pos % period) as u32;
+        // A stream's whole write stays in the kernel until done: it refills
+        // the socket buffer as it drains, with no completion and resubmission
+        // (and an empty buffer) between the pieces of a short send.
+        let flags = match self.w {
+            Workload::TcpStream { .. } => libc::MSG_WAITALL,
+            _ => 0,
+        };
         if self
             .ring
-            .send_region(fd, region, offset, len, tok(OpKind::Send, slot))
+            .send_region_flags(fd, region, offset, len, flags, tok(OpKind::Send, slot))
             .is_ok()
         {
             if let Some(c) = self.tcp.get_mut(slot) {
