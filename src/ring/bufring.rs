@@ -80,6 +80,12 @@ pub struct BufRing {
     /// Our copy of the tail: entries written but maybe not yet published.
     tail: u16,
     published: u16,
+    /// One bit per buffer, set while it is out of the ring (a completion
+    /// handed it over and it was not pushed back yet). A push of a buffer
+    /// that is not out is a double release: accepted, it would hand one
+    /// buffer to two receives and could write more entries than the ring
+    /// holds, over ones the kernel has not consumed yet.
+    lent: Vec<u64>,
 }
 
 impl BufRing {
@@ -118,10 +124,11 @@ impl BufRing {
             size,
             tail: 0,
             published: 0,
+            lent: vec![0; (count as usize).div_ceil(64)],
         };
         // The kernel-visible tail starts at 0 (fresh zeroed mapping).
         for bid in 0..count {
-            ring.push(bid as u16);
+            ring.write_entry(bid as u16);
         }
         ring.publish();
         Ok(ring)
@@ -153,11 +160,40 @@ impl BufRing {
         Some(unsafe { std::slice::from_raw_parts(p, len as usize) })
     }
 
-    /// Writes buffer `bid` into the next ring entry; false if `bid` is invalid.
-    pub fn push(&mut self, bid: u16) -> bool {
-        if bid >= self.count {
-            return false;
+    /// Bit of buffer `bid` in `lent`: (word, mask).
+    fn lent_bit(bid: u16) -> (usize, u64) {
+        (usize::from(bid) / 64, 1u64 << (bid % 64))
+    }
+
+    /// A completion handed buffer `bid` over (IORING_CQE_F_BUFFER). False if
+    /// `bid` is not one of ours or is already out: the kernel cannot hand out a
+    /// buffer twice, so that means a release that was refused or missed.
+    pub fn lend(&mut self, bid: u16) -> bool {
+        let (word, bit) = Self::lent_bit(bid);
+        match self.lent.get_mut(word) {
+            Some(w) if bid < self.count && *w & bit == 0 => {
+                *w |= bit;
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// Gives buffer `bid` back: writes it into the next ring entry (published
+    /// by `publish`). False, and nothing written, if `bid` is invalid or not
+    /// out of the ring (a double release).
+    pub fn push(&mut self, bid: u16) -> bool {
+        let (word, bit) = Self::lent_bit(bid);
+        match self.lent.get_mut(word) {
+            Some(w) if bid < self.count && *w & bit != 0 => *w &= !bit,
+            _ => return false,
+        }
+        self.write_entry(bid);
+        true
+    }
+
+    /// Writes buffer `bid` (< count, not in the ring) into the next entry.
+    fn write_entry(&mut self, bid: u16) {
         let mask = self.ring_entries - 1;
         let slot = (self.tail & mask) as usize;
         let addr = self.arena.ptr.as_ptr() as u64 + bid as u64 * u64::from(self.size);
@@ -172,7 +208,6 @@ impl BufRing {
             (*e).bid = bid;
         }
         self.tail = self.tail.wrapping_add(1);
-        true
     }
 
     /// Makes every pushed buffer visible to the kernel (one release store).
@@ -206,5 +241,37 @@ impl BufRing {
     pub(super) fn leak(&mut self) {
         self.entries.leaked = true;
         self.arena.leaked = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_goes_back_only_once_and_only_after_the_kernel_handed_it_over() {
+        let uring = IoUring::new(8).expect("io_uring");
+        let mut ring = BufRing::new(&uring, 7, 4, 4096).expect("buffer ring");
+        assert!(
+            !ring.push(0),
+            "a buffer still in the ring cannot be released"
+        );
+        assert!(ring.lend(0), "a completion hands buffer 0 over");
+        assert!(
+            !ring.lend(0),
+            "the kernel cannot hand the same buffer out twice"
+        );
+        assert!(ring.push(0), "its release goes back into the ring");
+        assert!(!ring.push(0), "a second release of it is refused");
+        assert_eq!(
+            ring.tail, 5,
+            "four at start, one release: nothing else written"
+        );
+        assert!(
+            !ring.lend(4) && !ring.push(4),
+            "not one of the four buffers"
+        );
+        assert!(ring.lend(3) && ring.push(3));
+        ring.publish();
     }
 }

@@ -256,6 +256,11 @@ impl Ring {
     }
 
     /// Returns datagram buffer `bid` to the kernel (visible after `publish_buffers`).
+    /// A completion handed datagram buffer `bid` over (see `BufRing::lend`).
+    pub fn lend_datagram(&mut self, bid: u16) -> bool {
+        self.dgram.as_mut().is_some_and(|p| p.bufs.lend(bid))
+    }
+
     pub fn release_datagram(&mut self, bid: u16) -> bool {
         self.dgram.as_mut().is_some_and(|p| p.bufs.push(bid))
     }
@@ -309,6 +314,11 @@ impl Ring {
     }
 
     /// Returns buffer `bid` to the kernel (visible after `publish_buffers`).
+    /// A completion handed stream buffer `bid` over (see `BufRing::lend`).
+    pub fn lend(&mut self, bid: u16) -> bool {
+        self.bufs.lend(bid)
+    }
+
     pub fn release(&mut self, bid: u16) -> bool {
         self.bufs.push(bid)
     }

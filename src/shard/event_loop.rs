@@ -480,7 +480,9 @@ impl Loop {
                     self.handle_commands(engine, now);
                     continue;
                 }
-                match self.datagram_meta(&c) {
+                let meta = self.datagram_meta(&c);
+                self.lend(&c, meta.is_some());
+                match meta {
                     Some(meta) => {
                         engine.handle_datagram_cqe(c.user_data, c.res, c.flags, meta, now)
                     }
@@ -800,6 +802,29 @@ impl Loop {
                 warn!(shard = self.shard, error = %e, "creating a replacement pipe failed");
                 engine.restore_pipe(id, None);
             }
+        }
+    }
+
+    /// Marks the buffer a completion carries as out of its ring (the datagram
+    /// ring for UDP receives, the stream ring otherwise), so releasing it
+    /// twice is refused instead of handing it to two receives.
+    fn lend(&mut self, c: &Cqe, datagram: bool) {
+        if c.flags & super::engine::CQE_F_BUFFER == 0 {
+            return;
+        }
+        let bid = (c.flags >> 16) as u16;
+        let known = if datagram {
+            self.ring.lend_datagram(bid)
+        } else {
+            self.ring.lend(bid)
+        };
+        if !known {
+            warn!(
+                shard = self.shard,
+                bid,
+                datagram,
+                "a completion carried a buffer id this shard does not hold in its ring"
+            );
         }
     }
 

@@ -634,6 +634,10 @@ impl Gen {
             return;
         };
         let bid = (c.flags & CQE_F_BUFFER != 0).then_some((c.flags >> 16) as u16);
+        if let Some(b) = bid {
+            // Out of the ring until released: a second release is refused.
+            self.ring.lend(b);
+        }
         if self.w.is_udp() {
             self.udp_cqe(t, c.res, bid, more, now);
         } else {
@@ -693,7 +697,9 @@ impl Gen {
                     self.pending = self.pending.saturating_sub(1);
                 }
                 if c.flags & CQE_F_BUFFER != 0 {
-                    self.ring.release((c.flags >> 16) as u16);
+                    let bid = (c.flags >> 16) as u16;
+                    self.ring.lend(bid);
+                    self.ring.release(bid);
                 }
                 // A socket whose creation was in flight: keep it so it is closed.
                 if let Some(t) = Token::decode(c.user_data)
