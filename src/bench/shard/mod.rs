@@ -41,6 +41,12 @@ const RECONNECT_BACKOFF_NS: u64 = 10_000_000;
 /// After the measured window, how long replies and responses in flight are
 /// still awaited.
 const END_GRACE_NS: u64 = 300_000_000;
+/// The same for tcp-stream, whose connections end with a FIN and read to the
+/// target's FIN: what is still in flight then (socket buffers of up to
+/// several MiB each way, a forwarder's pipes) takes longer to come back than
+/// one response, and on a loaded host (CI) 300 ms cut a stream off with a
+/// reset. The run ends as soon as every stream has seen its FIN.
+const STREAM_END_GRACE_NS: u64 = 2_000_000_000;
 /// How long the shard waits for the kernel to return its operations at exit.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Upper bound on one shard's receive-buffer memory.
@@ -472,7 +478,11 @@ impl Gen {
         // are let finish and streams are ended with a FIN and read to the
         // target's FIN, so connections end with a clean close, not a reset
         // from unread bytes. Past `stop_at` whatever is left is cut off.
-        let stop_at = self.clock.end + END_GRACE_NS.min(self.timeout_ns);
+        let grace = match self.w {
+            Workload::TcpStream { .. } => STREAM_END_GRACE_NS,
+            _ => END_GRACE_NS.min(self.timeout_ns),
+        };
+        let stop_at = self.clock.end + grace;
         self.begin(now);
         loop {
             if now >= self.clock.end {
