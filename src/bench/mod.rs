@@ -65,25 +65,11 @@ pub fn run(args: &BenchArgs) -> u8 {
         // A closed or full stdout loses the table, never panics.
         let _ = write!(std::io::stdout(), "{}", summary.table());
     }
-    if let Some(path) = &plan.json {
-        let text = match serde_json::to_string_pretty(&summary.to_json()) {
-            Ok(t) => t,
-            Err(e) => {
-                output::message(&format!(
-                    "ringfwd bench: encoding the JSON report failed: {e}"
-                ));
-                return exit::FAILURE;
-            }
-        };
-        let written = if path == "-" {
-            writeln!(std::io::stdout(), "{text}")
-        } else {
-            std::fs::write(path, text + "\n")
-        };
-        if let Err(e) = written {
-            output::message(&format!("ringfwd bench: cannot write --json {path}: {e}"));
-            return exit::FAILURE;
-        }
+    if let Some(path) = &plan.json
+        && let Err(e) = write_json(path, &summary.to_json())
+    {
+        output::message(&format!("ringfwd bench: {e}"));
+        return exit::FAILURE;
     }
     if let Err(e) = write_histograms(&plan, &summary) {
         output::message(&format!("ringfwd bench: {e}"));
@@ -182,27 +168,25 @@ fn run_capacity(
     write_capacity_files(&report)
 }
 
+/// Writes a `--json` document to `path` (`-`: stdout).
+fn write_json(path: &str, doc: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(doc)
+        .map_err(|e| format!("encoding the JSON report failed: {e}"))?;
+    let written = if path == "-" {
+        writeln!(std::io::stdout(), "{text}")
+    } else {
+        std::fs::write(path, text + "\n")
+    };
+    written.map_err(|e| format!("cannot write --json {path}: {e}"))
+}
+
 /// The `--json` document and the chart of a capacity search.
 fn write_capacity_files(report: &CapacityReport) -> u8 {
-    if let Some(path) = &report.plan.json {
-        let text = match serde_json::to_string_pretty(&report.to_json()) {
-            Ok(t) => t,
-            Err(e) => {
-                output::message(&format!(
-                    "ringfwd bench: encoding the JSON report failed: {e}"
-                ));
-                return exit::FAILURE;
-            }
-        };
-        let written = if path == "-" {
-            writeln!(std::io::stdout(), "{text}")
-        } else {
-            std::fs::write(path, text + "\n")
-        };
-        if let Err(e) = written {
-            output::message(&format!("ringfwd bench: cannot write --json {path}: {e}"));
-            return exit::FAILURE;
-        }
+    if let Some(path) = &report.plan.json
+        && let Err(e) = write_json(path, &report.to_json())
+    {
+        output::message(&format!("ringfwd bench: {e}"));
+        return exit::FAILURE;
     }
     if let Some(path) = &report.settings.chart {
         let p = &report.plan;
