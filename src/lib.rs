@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod front;
 pub mod ring;
 pub mod runtime;
 pub mod shard;
