@@ -32,6 +32,7 @@ from pathlib import Path
 WORKLOADS = [
     ("tcp-rr-1", ["tcp-rr", "--connections", "1", "--size", "64"], "tcp"),
     ("tcp-rr-64", ["tcp-rr", "--connections", "64", "--size", "64"], "tcp"),
+    ("tcp-rr-100", ["tcp-rr", "--connections", "100", "--size", "64"], "tcp"),
     ("tcp-crr-50", ["tcp-crr", "--connections", "50"], "tcp"),
     ("tcp-stream-1-up", ["tcp-stream", "--connections", "1", "--direction", "up"], "sink"),
     ("udp-rr-32", ["udp-rr", "--flows", "32", "--size", "64"], "udp"),
@@ -66,6 +67,15 @@ def forwarder(binary, ports):
     p = start(argv, 0)
     wait_listening(p, 3, f"forwarder {binary}")
     return p
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def bench(binary, args, target, duration, warmup):
@@ -113,10 +123,20 @@ def main():
                 order = ["A", "B"] if rep % 2 == 0 else ["B", "A"]
                 for side in order:
                     target = f"127.0.0.1:{FWD_PORTS[side][kind]}"
+                    cpu0 = cpu_seconds(fwd[side].pid)
                     res, err = bench(a.b, args, target, a.duration, a.warmup)
-                    row = {"workload": name, "rep": rep, "build": side, "rate": "", "p99_us": "", "ok": "", "error": err or ""}
+                    cpu1 = cpu_seconds(fwd[side].pid)
+                    row = {"workload": name, "rep": rep, "build": side, "rate": "", "p99_us": "", "ok": "",
+                           "cpu_us_per_op": "", "error": err or ""}
                     if res:
                         row.update(rate=res[0], p99_us=res[1] if res[1] is not None else "", ok=res[2])
+                        # The forwarder's CPU over warm-up and run, per operation
+                        # of the measured window (stream: per MB moved).
+                        ops = float(res[0] or 0) * (a.duration + a.warmup)
+                        if args[0] == "tcp-stream":
+                            ops /= 8e6
+                        if cpu0 is not None and cpu1 is not None and ops > 0:
+                            row["cpu_us_per_op"] = round((cpu1 - cpu0) * 1e6 / ops, 3)
                     rows.append(row)
                     print(f"{name} rep {rep} {side}: {row['rate']} {err or ''}", flush=True)
     finally:
@@ -134,12 +154,12 @@ def main():
         w.writerows(rows)
     lines = ["# A/B summary", "",
              f"A = `{a.a}` {a.a_note}; B = `{a.b}` {a.b_note}", "",
-             "| workload | A median | B median | B/A of medians | B/A per repetition (min–max) | A p99 µs (median) | B p99 µs (median) |",
-             "|---|---|---|---|---|---|---|"]
+             "| workload | A median | B median | B/A of medians | B/A per repetition (min–max) | A p99 µs (median) | B p99 µs (median) | A CPU µs/op | B CPU µs/op | B/A CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, args, _ in workloads:
         per = {s: [r for r in rows if r["workload"] == name and r["build"] == s and r["rate"] != ""] for s in "AB"}
         if not per["A"] or not per["B"]:
-            lines.append(f"| {name} | failed | | | | | |")
+            lines.append(f"| {name} | failed | | | | | | | | |")
             continue
         med = {s: statistics.median(float(r["rate"]) for r in per[s]) for s in "AB"}
         p99 = {s: statistics.median(float(r["p99_us"]) for r in per[s] if r["p99_us"] != "") if any(r["p99_us"] != "" for r in per[s]) else float("nan") for s in "AB"}
@@ -150,8 +170,14 @@ def main():
             if ra and rb and ra[0] > 0:
                 paired.append(rb[0] / ra[0])
         unit = "bit/s" if args[0] == "tcp-stream" else "/s"
+        cpu = {s: statistics.median(float(r["cpu_us_per_op"]) for r in per[s] if r["cpu_us_per_op"] != "")
+               if any(r["cpu_us_per_op"] != "" for r in per[s]) else float("nan") for s in "AB"}
         lines.append(f"| {name} | {med['A']:.4g} {unit} | {med['B']:.4g} {unit} | {med['B'] / med['A']:.3f} | "
-                     f"{min(paired):.3f}–{max(paired):.3f} | {p99['A']:.0f} | {p99['B']:.0f} |")
+                     f"{min(paired):.3f}–{max(paired):.3f} | {p99['A']:.0f} | {p99['B']:.0f} | "
+                     f"{cpu['A']:.3g} | {cpu['B']:.3g} | {cpu['B'] / cpu['A']:.3f} |")
+    lines += ["", "CPU µs/op: the forwarder's utime+stime (/proc/PID/stat) over warm-up and run, divided by "
+              "the measured rate × (warm-up + duration): operations for rr/crr/udp, MB for tcp-stream. "
+              "Both builds are measured the same way, so the ratio is what counts."]
     (a.out / "summary.md").write_text("\n".join(lines) + "\n")
     uname = platform.uname()
     setup = [

@@ -26,9 +26,11 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ringfwd::shard::engine::{
-    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Op, RouteSpec,
+    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, Fd, ListenerKind, ListenerSpec, Op, RouteSpec,
 };
+use ringfwd::shard::slab::ConnId;
 use ringfwd::shard::token::{GEN_MASK, OpKind, SlotId, Token};
+use ringfwd::stats::Counter;
 use ringfwd::tcp::Side;
 
 const SIZES: [usize; 2] = [1_000, 10_000];
@@ -92,7 +94,11 @@ fn fixture(n: usize) -> Fixture {
                 limit: n as u32,
             }],
             routes: vec![RouteSpec {
-                upstreams: vec!["10.0.0.1:80".into(), "10.0.0.2:80".into()],
+                upstreams: vec![
+                    "10.0.0.1:80".parse().expect("addr"),
+                    "10.0.0.2:80".parse().expect("addr"),
+                ],
+                connect_timeout_ms: 1_000,
                 idle_ms: 600_000,
                 half_close_ms: 60_000,
             }],
@@ -105,7 +111,7 @@ fn fixture(n: usize) -> Fixture {
         [
             Op::AcceptMulti {
                 token,
-                fd: LISTEN_FD,
+                fd: Fd(LISTEN_FD),
             },
         ] => *token,
         other => panic!("start: expected one accept, got {other:?}"),
@@ -221,7 +227,7 @@ fn relay(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             let mut f = fixture(n);
             b.iter(|| black_box(step(&mut f)));
-            assert_eq!(f.engine.stats().stale_completions, 0);
+            assert_eq!(f.engine.stats().get(Counter::StaleCompletions), 0);
         });
     }
     group.finish();
@@ -262,9 +268,9 @@ fn stale(c: &mut Criterion) {
             black_box(n)
         });
     });
-    assert!(f.engine.stats().stale_completions > 0);
+    assert!(f.engine.stats().get(Counter::StaleCompletions) > 0);
     assert!(
-        f.engine.is_live(live),
+        f.engine.is_live(ConnId(live)),
         "a stale completion left the live conn alone"
     );
     group.finish();

@@ -23,71 +23,117 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ringfwd::stats::ShardStats;
+use std::net::SocketAddr;
+
+use ringfwd::stats::{Counter, Counters};
+use ringfwd::tcp::cx::Cx;
+use ringfwd::tcp::lifecycle::{Done, Lifecycle, SockState};
 use ringfwd::tcp::pipe::Pipe;
 use ringfwd::tcp::relay::{Relay, RelayConfig};
 use ringfwd::tcp::{ConnOp, RecvEvent, Side};
+use ringfwd::upstream::{Outcome, Target, UpstreamId};
 
 const LEN: u32 = 16 * 1024;
 const NOW: u64 = 1_000;
 
+/// What the shard keeps beside a relay: its queue, accounting and counters.
+struct St {
+    out: Vec<ConnOp>,
+    life: Lifecycle,
+    counters: Counters,
+}
+
+impl St {
+    fn cx(&mut self) -> Cx<'_> {
+        Cx::new(&mut self.out, &mut self.life, &mut self.counters, NOW)
+    }
+}
+
 /// A relay whose upstream connected: both receives armed, nothing queued.
-fn relaying() -> (Relay, ShardStats, Vec<ConnOp>) {
+fn relaying() -> (Relay, St) {
     let cfg = RelayConfig {
-        upstreams: 2,
-        first_upstream: 0,
         idle_ms: 600_000,
         half_close_ms: 60_000,
         cap: 16,
     };
-    let mut stats = ShardStats::default();
-    let mut out = Vec::with_capacity(32);
+    let mut st = St {
+        out: Vec::with_capacity(32),
+        life: Lifecycle::new(SockState::Open, SockState::Absent),
+        counters: Counters::default(),
+    };
+    let target = Target {
+        upstream: Some(UpstreamId(0)),
+        addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+    };
     let mut r = Relay::new(cfg, 0);
-    r.start(&mut out);
-    assert_eq!(out, [ConnOp::OpenUpstream { upstream: 0 }]);
-    out.clear();
-    r.handle_socket(Ok(()), 0, &mut out, &mut stats);
-    assert_eq!(out, [ConnOp::Connect { upstream: 0 }]);
-    out.clear();
-    r.handle_connect(Ok(()), 0, &mut out, &mut stats);
+    r.start(&mut st.cx());
+    assert_eq!(st.out, [ConnOp::NextTarget]);
+    st.out.clear();
+    r.handle_target(Some(target), &mut st.cx());
+    assert_eq!(st.out, [ConnOp::OpenUpstream { target }]);
+    st.out.clear();
+    st.life.complete(Done::Plain);
+    st.life.set_state(Side::Upstream, SockState::Open);
+    r.handle_socket(Ok(()), 0, &mut st.cx());
+    assert_eq!(st.out, [ConnOp::Connect { target }]);
+    st.out.clear();
+    st.life.complete(Done::On(Side::Upstream));
+    r.handle_connect(Ok(()), 0, &mut st.cx());
     assert_eq!(
-        out,
+        st.out,
         [
+            ConnOp::Report {
+                target,
+                outcome: Outcome::Connected
+            },
             ConnOp::ArmRecv(Side::Client),
             ConnOp::ArmRecv(Side::Upstream)
         ]
     );
-    out.clear();
-    r.handle_connect_timeout(&mut out);
-    assert!(out.is_empty());
-    (r, stats, out)
+    st.out.clear();
+    st.life.complete(Done::Plain);
+    r.handle_connect_timeout(&mut st.cx());
+    assert!(st.out.is_empty());
+    (r, st)
 }
 
 fn data(bid: u16) -> RecvEvent {
     RecvEvent::Data { bid, len: LEN }
 }
 
-fn full(r: &mut Relay, s: &mut ShardStats, out: &mut Vec<ConnOp>, bid: u16) {
-    r.handle_recv(Side::Client, data(bid), true, NOW, out, s);
-    r.handle_sent(Side::Upstream, Ok(LEN), NOW, out, s);
+/// A send to the upstream completed (accounted as the shard does).
+fn sent(r: &mut Relay, s: &mut St, n: u32) {
+    s.life.complete(Done::On(Side::Upstream));
+    r.handle_sent(Side::Upstream, Ok(n), NOW, &mut s.cx());
 }
 
-fn short(r: &mut Relay, s: &mut ShardStats, out: &mut Vec<ConnOp>, bid: u16) {
-    r.handle_recv(Side::Client, data(bid), true, NOW, out, s);
-    r.handle_sent(Side::Upstream, Ok(LEN / 2), NOW, out, s);
-    r.handle_sent(Side::Upstream, Ok(LEN - LEN / 2), NOW, out, s);
+fn full(r: &mut Relay, s: &mut St, bid: u16) {
+    r.handle_recv(Side::Client, data(bid), true, NOW, &mut s.cx());
+    sent(r, s, LEN);
 }
 
-fn queued4(r: &mut Relay, s: &mut ShardStats, out: &mut Vec<ConnOp>, bid: u16) {
+fn short(r: &mut Relay, s: &mut St, bid: u16) {
+    r.handle_recv(Side::Client, data(bid), true, NOW, &mut s.cx());
+    sent(r, s, LEN / 2);
+    sent(r, s, LEN - LEN / 2);
+}
+
+fn queued4(r: &mut Relay, s: &mut St, bid: u16) {
     for i in 0..4 {
-        r.handle_recv(Side::Client, data(bid.wrapping_add(i)), true, NOW, out, s);
+        r.handle_recv(
+            Side::Client,
+            data(bid.wrapping_add(i)),
+            true,
+            NOW,
+            &mut s.cx(),
+        );
     }
     for _ in 0..4 {
-        r.handle_sent(Side::Upstream, Ok(LEN), NOW, out, s);
+        sent(r, s, LEN);
     }
 }
 
-type Step = fn(&mut Relay, &mut ShardStats, &mut Vec<ConnOp>, u16);
+type Step = fn(&mut Relay, &mut St, u16);
 
 fn relay(c: &mut Criterion) {
     let mut group = c.benchmark_group("relay_step/relay");
@@ -131,8 +177,9 @@ fn relay(c: &mut Criterion) {
         ("queued4", queued4, &[]),
     ];
     for (name, step, want) in cases {
-        let (mut r, mut stats, mut out) = relaying();
-        step(&mut r, &mut stats, &mut out, 0);
+        let (mut r, mut st) = relaying();
+        step(&mut r, &mut st, 0);
+        let out = std::mem::take(&mut st.out);
         if !want.is_empty() {
             assert_eq!(out, want, "{name}: unexpected ops");
         }
@@ -150,20 +197,19 @@ fn relay(c: &mut Criterion) {
         }
         assert!(r.holds_no_buffers(), "{name}: every buffer released");
         let per_iter = out.len() as u64;
-        out.clear();
         group.throughput(Throughput::Elements(per_iter));
         let mut bid = 0u16;
         group.bench_function(name, |b| {
             b.iter(|| {
                 bid = bid.wrapping_add(4) & 0x0fff;
-                step(&mut r, &mut stats, &mut out, black_box(bid));
-                let n = out.len();
-                out.clear();
+                step(&mut r, &mut st, black_box(bid));
+                let n = st.out.len();
+                st.out.clear();
                 black_box(n)
             });
         });
-        assert!(r.holds_no_buffers() && !r.is_finished());
-        assert!(stats.bytes_client_to_upstream > 0);
+        assert!(r.holds_no_buffers() && !r.is_closing());
+        assert!(st.counters.get(Counter::BytesC2u) > 0);
     }
     group.finish();
 }

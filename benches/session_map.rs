@@ -54,7 +54,7 @@ fn slot(i: u32) -> SlotId {
     }
 }
 
-fn filled(n: u32) -> SessionMap {
+fn filled(n: u32) -> SessionMap<SlotId> {
     let mut m = SessionMap::default();
     for i in 0..n {
         m.insert(key(i), slot(i));
@@ -126,7 +126,7 @@ struct Live {
 }
 
 struct ExpirySim {
-    map: SessionMap,
+    map: SessionMap<SlotId>,
     wheel: TimerWheel<u32>,
     live: Vec<Live>,
     fired: Vec<u32>,

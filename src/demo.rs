@@ -618,7 +618,7 @@ fn run_loads(args: &DemoArgs, targets: Targets) -> Result<bool, String> {
 fn show_counters(fwd: &mut Runtime) {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut stats = fwd.snapshot(Duration::from_secs(2));
-    while stats.active > 0 && Instant::now() < deadline {
+    while stats.get(crate::stats::Counter::Active) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
         stats = fwd.snapshot(Duration::from_secs(2));
     }

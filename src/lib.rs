@@ -20,4 +20,5 @@ pub mod sys;
 pub mod tcp;
 pub mod time;
 pub mod udp;
+pub mod upstream;
 pub mod verify;

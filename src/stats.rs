@@ -1,4 +1,6 @@
-//! Per-shard counters: plain integers owned by one shard thread, copied out as
+//! Counters: one table of definitions (`counters!` below plus the close,
+//! session-end and drop reason families), kept per listener, per upstream and
+//! per shard as plain integers owned by one shard thread, copied out as
 //! snapshots for the control thread to sum and log (HAProxy's per-thread
 //! activity counters; nothing here is shared while the shard runs).
 
@@ -73,219 +75,334 @@ impl CloseReason {
     pub fn is_normal(self) -> bool {
         matches!(self, CloseReason::ClientEof | CloseReason::UpstreamEof)
     }
+}
 
-    fn index(self) -> usize {
-        self as usize
+/// Defines `Counter`: every counter that is not a member of a reason family,
+/// with its name in the stats lines (stable: tests and log scrapers parse
+/// them) and its meaning.
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])+ $variant:ident = $name:literal, )+) => {
+        /// A counter of the table (the reason families are `Counters::close`,
+        /// `udp_end` and `udp_drop`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $( $(#[doc = $doc])+ $variant, )+
+        }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant),+];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections admitted (not counting those closed at the limit).
+    Accepted = "accepted",
+    /// Connections open now (a gauge; sums across shards).
+    Active = "active",
+    /// Bytes delivered client→upstream (TCP).
+    BytesC2u = "bytes_c2u",
+    /// Bytes delivered upstream→client (TCP).
+    BytesU2c = "bytes_u2c",
+    /// Upstream connection attempts.
+    ConnectAttempts = "connect_attempts",
+    /// Attempts the upstream refused (RST).
+    ConnectRefused = "connect_refused",
+    /// Attempts that got no answer within connect_timeout.
+    ConnectTimeouts = "connect_timeouts",
+    /// Attempts that failed otherwise (unreachable, no socket...).
+    ConnectErrors = "connect_errors",
+    /// Receives that found the shard's buffer ring empty (backpressure, no data lost).
+    Enobufs = "enobufs",
+    /// Receives paused because a direction held `buffers_per_direction` buffers.
+    RecvPaused = "recv_paused",
+    /// Sends the kernel accepted only in part (continued from the offset).
+    ShortSends = "short_sends",
+    /// accept(2) failures other than running out of descriptors.
+    AcceptErrors = "accept_errors",
+    /// Completions for a slot that had been freed (dropped; a bug guard).
+    StaleCompletions = "stale_completions",
+    /// Event-loop turns that handled completions: completions / loop_turns
+    /// is the batch one io_uring_enter brings back.
+    LoopTurns = "loop_turns",
+    /// Completions handled.
+    Completions = "completions",
+    /// UDP sessions created.
+    UdpSessionsCreated = "udp_sessions_created",
+    /// UDP sessions open now (a gauge).
+    UdpSessionsActive = "udp_sessions_active",
+    /// Datagrams forwarded client→upstream.
+    UdpDatagramsC2u = "udp_datagrams_c2u",
+    /// Datagrams forwarded upstream→client.
+    UdpDatagramsU2c = "udp_datagrams_u2c",
+    /// Payload bytes forwarded client→upstream.
+    UdpBytesC2u = "udp_bytes_c2u",
+    /// Payload bytes forwarded upstream→client.
+    UdpBytesU2c = "udp_bytes_u2c",
+    /// Datagram receives that found the datagram buffer ring empty.
+    UdpEnobufs = "udp_enobufs",
+    /// Embryonic UDP sessions (no upstream reply yet) evicted to admit a new
+    /// client; each also ends as `udp_end_evicted`.
+    UdpEvictEmbryonic = "udp_evict_embryonic",
+    /// Splices into a pipe that moved data.
+    SplicesIn = "splices_in",
+    /// Splices out of a pipe that moved data.
+    SplicesOut = "splices_out",
+    /// Directions that moved from buffers to a pipe.
+    SpliceSwitched = "splice_switched",
+    /// Directions that moved back from a pipe to buffers.
+    SpliceReverted = "splice_reverted",
+    /// Pipe requests refused because the shard's `max_pipes` were all lent.
+    PipesExhausted = "pipes_exhausted",
+    /// Pipes given back with data in them (teardown mid-splice), closed and replaced.
+    PipesDiscarded = "pipes_discarded",
+    /// Pipes lent to directions now (a gauge).
+    PipesInUse = "pipes_in_use",
+    /// Times a listener stopped accepting because the shard's descriptor
+    /// budget had no room (or accept/socket said EMFILE/ENFILE).
+    AcceptPausedFd = "accept_paused_fd",
+    /// Releases of a provided buffer that was not out of its ring (refused:
+    /// a bug guard; a debug build asserts).
+    BufferDoubleRelease = "buffer_double_release",
+}
+
+const SCALARS: usize = Counter::ALL.len();
+const CLOSE_AT: usize = SCALARS;
+const END_AT: usize = CLOSE_AT + CloseReason::COUNT;
+const DROP_AT: usize = END_AT + SessionEnd::ALL.len();
+/// Every counter of the table, families included.
+pub const TABLE_LEN: usize = DROP_AT + DropReason::ALL.len();
+
+/// One set of counters of the table: a listener's, an upstream's or a
+/// shard's own. Cache-line aligned so neighbouring shards' copies never share
+/// a line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[repr(align(64))]
+pub struct Counters {
+    v: [u64; TABLE_LEN],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters { v: [0; TABLE_LEN] }
     }
 }
 
-/// Counters of one shard. Cache-line aligned so that the snapshot copies of
-/// neighbouring shards never share a line.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[repr(align(64))]
-pub struct ShardStats {
-    /// Connections admitted (not counting those closed at the limit).
-    pub accepted: u64,
-    /// Connections open now (a gauge; sums across shards).
-    pub active: u64,
-    pub bytes_client_to_upstream: u64,
-    pub bytes_upstream_to_client: u64,
-    pub closes: [u64; CloseReason::COUNT],
-    /// Upstream connection attempts, and how the failed ones failed.
-    pub connect_attempts: u64,
-    pub connect_refused: u64,
-    pub connect_timeouts: u64,
-    pub connect_errors: u64,
-    /// Receives that found the shard's buffer ring empty (backpressure, no data lost).
-    pub enobufs: u64,
-    /// Receives paused because a direction held `buffers_per_direction` buffers.
-    pub recv_paused: u64,
-    /// Sends the kernel accepted only in part (continued from the offset).
-    pub short_sends: u64,
-    pub accept_errors: u64,
-    /// Completions for a slot that had been freed (dropped; a bug guard).
-    pub stale_completions: u64,
-    /// UDP sessions created, and open now (a gauge).
-    pub udp_sessions_created: u64,
-    pub udp_sessions_active: u64,
-    /// UDP session ends by `SessionEnd`.
-    pub udp_ends: [u64; SessionEnd::ALL.len()],
-    pub udp_datagrams_c2u: u64,
-    pub udp_datagrams_u2c: u64,
-    pub udp_bytes_c2u: u64,
-    pub udp_bytes_u2c: u64,
-    /// UDP datagrams dropped, by `DropReason`.
-    pub udp_drops: [u64; DropReason::ALL.len()],
-    /// Datagram receives that found the datagram buffer ring empty.
-    pub udp_enobufs: u64,
-    /// Embryonic UDP sessions (no upstream reply yet) evicted to admit a new
-    /// client; each also ends as `SessionEnd::Evicted`.
-    pub udp_evict_embryonic: u64,
-    /// Event-loop turns that handled completions, and the completions they
-    /// handled: their ratio is the batch one io_uring_enter brings back.
-    pub loop_turns: u64,
-    pub completions: u64,
-    /// Splices into a pipe that moved data, and out of one.
-    pub splices_in: u64,
-    pub splices_out: u64,
-    /// Directions that moved from buffers to a pipe, and back.
-    pub splice_switched: u64,
-    pub splice_reverted: u64,
-    /// Pipe requests refused because the shard's `max_pipes` were all lent
-    /// (the direction stayed on buffers).
-    pub pipes_exhausted: u64,
-    /// Pipes given back with data in them (teardown mid-splice), closed and replaced.
-    pub pipes_discarded: u64,
-    /// Pipes lent to directions now (a gauge; sums across shards).
-    pub pipes_in_use: u64,
-    /// Times a listener stopped accepting because the shard's descriptor
-    /// budget had no room for another connection (or accept/socket said
-    /// EMFILE/ENFILE); clients wait in the listen queue meanwhile.
-    pub accept_paused_fd: u64,
-}
+impl Counters {
+    fn slot(&mut self, i: usize) -> Option<&mut u64> {
+        self.v.get_mut(i)
+    }
 
-impl ShardStats {
-    pub fn count_close(&mut self, reason: CloseReason) {
-        if let Some(c) = self.closes.get_mut(reason.index()) {
-            *c += 1;
+    pub fn add(&mut self, c: Counter, n: u64) {
+        if let Some(v) = self.slot(c as usize) {
+            *v += n;
+        }
+    }
+
+    pub fn inc(&mut self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    pub fn set(&mut self, c: Counter, n: u64) {
+        if let Some(v) = self.slot(c as usize) {
+            *v = n;
+        }
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.v.get(c as usize).copied().unwrap_or(0)
+    }
+
+    pub fn close(&mut self, reason: CloseReason) {
+        if let Some(v) = self.slot(CLOSE_AT + reason as usize) {
+            *v += 1;
         }
     }
 
     pub fn closes_for(&self, reason: CloseReason) -> u64 {
-        self.closes.get(reason.index()).copied().unwrap_or(0)
+        self.v.get(CLOSE_AT + reason as usize).copied().unwrap_or(0)
     }
 
-    pub fn count_udp_end(&mut self, end: SessionEnd) {
-        if let Some(c) = self.udp_ends.get_mut(end as usize) {
-            *c += 1;
+    pub fn udp_end(&mut self, end: SessionEnd) {
+        if let Some(v) = self.slot(END_AT + end as usize) {
+            *v += 1;
         }
     }
 
     pub fn udp_ends_for(&self, end: SessionEnd) -> u64 {
-        self.udp_ends.get(end as usize).copied().unwrap_or(0)
+        self.v.get(END_AT + end as usize).copied().unwrap_or(0)
     }
 
-    pub fn count_udp_drop(&mut self, why: DropReason) {
-        if let Some(c) = self.udp_drops.get_mut(why as usize) {
-            *c += 1;
-        }
+    pub fn udp_drop(&mut self, why: DropReason) {
+        self.udp_drops(why, 1);
     }
 
     /// Counts `n` drops at once (the kernel's, learned as a counter's growth).
-    pub fn count_udp_drops(&mut self, why: DropReason, n: u64) {
-        if let Some(c) = self.udp_drops.get_mut(why as usize) {
-            *c += n;
+    pub fn udp_drops(&mut self, why: DropReason, n: u64) {
+        if let Some(v) = self.slot(DROP_AT + why as usize) {
+            *v += n;
         }
     }
 
     pub fn udp_drops_for(&self, why: DropReason) -> u64 {
-        self.udp_drops.get(why as usize).copied().unwrap_or(0)
+        self.v.get(DROP_AT + why as usize).copied().unwrap_or(0)
     }
 
-    /// Adds `other` into `self` (gauges add too: the sum is the process total).
-    pub fn merge(&mut self, other: &ShardStats) {
-        self.accepted += other.accepted;
-        self.active += other.active;
-        self.bytes_client_to_upstream += other.bytes_client_to_upstream;
-        self.bytes_upstream_to_client += other.bytes_upstream_to_client;
-        for (a, b) in self.closes.iter_mut().zip(other.closes.iter()) {
+    /// Adds `other` into `self` (gauges add too: the sum is the total).
+    pub fn merge(&mut self, other: &Counters) {
+        for (a, b) in self.v.iter_mut().zip(other.v.iter()) {
             *a += b;
         }
-        self.connect_attempts += other.connect_attempts;
-        self.connect_refused += other.connect_refused;
-        self.connect_timeouts += other.connect_timeouts;
-        self.connect_errors += other.connect_errors;
-        self.enobufs += other.enobufs;
-        self.recv_paused += other.recv_paused;
-        self.short_sends += other.short_sends;
-        self.accept_errors += other.accept_errors;
-        self.stale_completions += other.stale_completions;
-        self.loop_turns += other.loop_turns;
-        self.completions += other.completions;
-        self.udp_sessions_created += other.udp_sessions_created;
-        self.udp_sessions_active += other.udp_sessions_active;
-        for (a, b) in self.udp_ends.iter_mut().zip(other.udp_ends.iter()) {
-            *a += b;
-        }
-        self.udp_datagrams_c2u += other.udp_datagrams_c2u;
-        self.udp_datagrams_u2c += other.udp_datagrams_u2c;
-        self.udp_bytes_c2u += other.udp_bytes_c2u;
-        self.udp_bytes_u2c += other.udp_bytes_u2c;
-        for (a, b) in self.udp_drops.iter_mut().zip(other.udp_drops.iter()) {
-            *a += b;
-        }
-        self.udp_enobufs += other.udp_enobufs;
-        self.udp_evict_embryonic += other.udp_evict_embryonic;
-        self.splices_in += other.splices_in;
-        self.splices_out += other.splices_out;
-        self.splice_switched += other.splice_switched;
-        self.splice_reverted += other.splice_reverted;
-        self.pipes_exhausted += other.pipes_exhausted;
-        self.pipes_discarded += other.pipes_discarded;
-        self.pipes_in_use += other.pipes_in_use;
-        self.accept_paused_fd += other.accept_paused_fd;
     }
 
-    /// `key=value` pairs on one line, stable names (tests and log scrapers parse them).
-    pub fn to_kv(&self) -> String {
-        let mut s = String::with_capacity(512);
-        let _ = write!(
-            s,
-            "accepted={} active={} bytes_c2u={} bytes_u2c={} connect_attempts={} connect_refused={} \
-             connect_timeouts={} connect_errors={} enobufs={} recv_paused={} short_sends={} \
-             accept_errors={} stale_completions={} loop_turns={} completions={}",
-            self.accepted,
-            self.active,
-            self.bytes_client_to_upstream,
-            self.bytes_upstream_to_client,
-            self.connect_attempts,
-            self.connect_refused,
-            self.connect_timeouts,
-            self.connect_errors,
-            self.enobufs,
-            self.recv_paused,
-            self.short_sends,
-            self.accept_errors,
-            self.stale_completions,
-            self.loop_turns,
-            self.completions
-        );
-        for r in CloseReason::ALL {
-            let _ = write!(s, " close_{}={}", r.name(), self.closes_for(r));
+    /// Every counter with its stats-line name, in table order.
+    pub fn iter(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        let scalars = Counter::ALL
+            .iter()
+            .map(|c| (c.name().to_owned(), self.get(*c)));
+        let closes = CloseReason::ALL
+            .iter()
+            .map(|r| (format!("close_{}", r.name()), self.closes_for(*r)));
+        let ends = SessionEnd::ALL
+            .iter()
+            .map(|e| (format!("udp_end_{}", e.name()), self.udp_ends_for(*e)));
+        let drops = DropReason::ALL
+            .iter()
+            .map(|d| (format!("udp_drop_{}", d.name()), self.udp_drops_for(*d)));
+        scalars.chain(closes).chain(ends).chain(drops)
+    }
+
+    /// `key=value` pairs on one line; `all = false` leaves out zeros.
+    pub fn to_kv_filtered(&self, all: bool) -> String {
+        let mut s = String::with_capacity(1024);
+        for (name, value) in self.iter() {
+            if all || value != 0 {
+                if !s.is_empty() {
+                    s.push(' ');
+                }
+                let _ = write!(s, "{name}={value}");
+            }
         }
-        let _ = write!(
-            s,
-            " udp_sessions_created={} udp_sessions_active={} udp_datagrams_c2u={} \
-             udp_datagrams_u2c={} udp_bytes_c2u={} udp_bytes_u2c={} udp_enobufs={}",
-            self.udp_sessions_created,
-            self.udp_sessions_active,
-            self.udp_datagrams_c2u,
-            self.udp_datagrams_u2c,
-            self.udp_bytes_c2u,
-            self.udp_bytes_u2c,
-            self.udp_enobufs
-        );
-        for e in SessionEnd::ALL {
-            let _ = write!(s, " udp_end_{}={}", e.name(), self.udp_ends_for(e));
-        }
-        for d in DropReason::ALL {
-            let _ = write!(s, " udp_drop_{}={}", d.name(), self.udp_drops_for(d));
-        }
-        let _ = write!(s, " udp_evict_embryonic={}", self.udp_evict_embryonic);
-        let _ = write!(
-            s,
-            " splices_in={} splices_out={} splice_switched={} splice_reverted={} \
-             pipes_exhausted={} pipes_discarded={} pipes_in_use={}",
-            self.splices_in,
-            self.splices_out,
-            self.splice_switched,
-            self.splice_reverted,
-            self.pipes_exhausted,
-            self.pipes_discarded,
-            self.pipes_in_use
-        );
-        let _ = write!(s, " accept_paused_fd={}", self.accept_paused_fd);
         s
+    }
+
+    /// Every counter as `key=value` pairs on one line.
+    pub fn to_kv(&self) -> String {
+        self.to_kv_filtered(true)
+    }
+}
+
+/// The counters of one listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    pub name: String,
+    pub counters: Counters,
+}
+
+/// The counters of one upstream of one listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamStats {
+    pub listener: String,
+    pub upstream: String,
+    pub counters: Counters,
+}
+
+/// A snapshot of one shard's counters (or their sum over shards): the
+/// shard's own, each listener's and each upstream's. The totals are the
+/// shard's own plus every listener's (an upstream's counters are a view of
+/// its listener's, not added again).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shard: Counters,
+    pub listeners: Vec<ListenerStats>,
+    pub upstreams: Vec<UpstreamStats>,
+}
+
+impl ShardStats {
+    /// Everything summed: the shard's own counters plus every listener's.
+    pub fn totals(&self) -> Counters {
+        let mut t = self.shard.clone();
+        for l in &self.listeners {
+            t.merge(&l.counters);
+        }
+        t
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.shard.get(c)
+            + self
+                .listeners
+                .iter()
+                .map(|l| l.counters.get(c))
+                .sum::<u64>()
+    }
+
+    pub fn closes_for(&self, reason: CloseReason) -> u64 {
+        self.totals().closes_for(reason)
+    }
+
+    pub fn udp_ends_for(&self, end: SessionEnd) -> u64 {
+        self.totals().udp_ends_for(end)
+    }
+
+    pub fn udp_drops_for(&self, why: DropReason) -> u64 {
+        self.totals().udp_drops_for(why)
+    }
+
+    /// Adds another shard's snapshot: listeners and upstreams are matched by
+    /// name (every shard runs the same plan, so they line up).
+    pub fn merge(&mut self, other: &ShardStats) {
+        self.shard.merge(&other.shard);
+        for l in &other.listeners {
+            match self.listeners.iter_mut().find(|m| m.name == l.name) {
+                Some(m) => m.counters.merge(&l.counters),
+                None => self.listeners.push(l.clone()),
+            }
+        }
+        for u in &other.upstreams {
+            match self
+                .upstreams
+                .iter_mut()
+                .find(|m| m.listener == u.listener && m.upstream == u.upstream)
+            {
+                Some(m) => m.counters.merge(&u.counters),
+                None => self.upstreams.push(u.clone()),
+            }
+        }
+    }
+
+    /// The totals as `key=value` pairs on one line.
+    pub fn to_kv(&self) -> String {
+        self.totals().to_kv()
+    }
+
+    /// One line per listener (`listener=NAME` then its non-zero counters)
+    /// and per upstream that has counted anything.
+    pub fn detail_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for l in &self.listeners {
+            lines.push(format!(
+                "listener={} {}",
+                l.name,
+                l.counters.to_kv_filtered(false)
+            ));
+        }
+        for u in &self.upstreams {
+            let kv = u.counters.to_kv_filtered(false);
+            if !kv.is_empty() {
+                lines.push(format!(
+                    "listener={} upstream={} {kv}",
+                    u.listener, u.upstream
+                ));
+            }
+        }
+        lines
     }
 }
 
@@ -294,24 +411,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merge_sums_every_field() {
-        let mut a = ShardStats {
-            accepted: 1,
-            enobufs: 2,
-            splices_out: 3,
-            pipes_discarded: 1,
+    fn merge_sums_every_counter_and_matches_listeners_by_name() {
+        let mut a = ShardStats::default();
+        a.shard.inc(Counter::LoopTurns);
+        let mut l = ListenerStats {
+            name: "web".into(),
             ..Default::default()
         };
-        a.count_close(CloseReason::IdleTimeout);
-        let mut b = a.clone();
-        b.count_close(CloseReason::Shutdown);
+        l.counters.add(Counter::Accepted, 2);
+        l.counters.close(CloseReason::IdleTimeout);
+        a.listeners.push(l);
+        let b = a.clone();
         a.merge(&b);
-        assert_eq!(a.accepted, 2);
-        assert_eq!(a.enobufs, 4);
-        assert_eq!(a.splices_out, 6);
-        assert_eq!(a.pipes_discarded, 2);
+        assert_eq!(a.listeners.len(), 1, "same name: one listener");
+        assert_eq!(a.get(Counter::Accepted), 4);
+        assert_eq!(a.get(Counter::LoopTurns), 2);
         assert_eq!(a.closes_for(CloseReason::IdleTimeout), 2);
-        assert_eq!(a.closes_for(CloseReason::Shutdown), 1);
+        let t = a.totals();
+        assert_eq!(t.get(Counter::Accepted), 4);
+        assert_eq!(t.get(Counter::LoopTurns), 2);
+    }
+
+    #[test]
+    fn every_slot_of_the_table_has_its_own_name() {
+        let mut c = Counters::default();
+        for i in 0..TABLE_LEN {
+            c.v[i] = i as u64 + 1;
+        }
+        let pairs: Vec<(String, u64)> = c.iter().collect();
+        assert_eq!(pairs.len(), TABLE_LEN, "every slot is listed once");
+        let mut names: Vec<&String> = pairs.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), TABLE_LEN, "names are unique");
+        let mut values: Vec<u64> = pairs.iter().map(|(_, v)| *v).collect();
+        values.sort_unstable();
+        assert_eq!(values, (1..=TABLE_LEN as u64).collect::<Vec<_>>());
     }
 
     #[test]
@@ -326,18 +461,26 @@ mod tests {
         for d in DropReason::ALL {
             assert!(s.contains(&format!("udp_drop_{}=0", d.name())), "{s}");
         }
-        for k in [
-            "splices_in",
-            "splices_out",
-            "splice_switched",
-            "splice_reverted",
-            "pipes_exhausted",
-            "pipes_discarded",
-            "pipes_in_use",
-            "udp_evict_embryonic",
-            "accept_paused_fd",
-        ] {
-            assert!(s.contains(&format!(" {k}=0")), "{s}");
+        for c in Counter::ALL {
+            assert!(s.contains(&format!("{}=0", c.name())), "{s}");
         }
+    }
+
+    #[test]
+    fn detail_lines_name_the_listener_and_skip_zeros() {
+        let mut a = ShardStats::default();
+        let mut l = ListenerStats {
+            name: "dns".into(),
+            ..Default::default()
+        };
+        l.counters.add(Counter::UdpDatagramsC2u, 7);
+        a.listeners.push(l);
+        a.upstreams.push(UpstreamStats {
+            listener: "dns".into(),
+            upstream: "10.0.0.1:53".into(),
+            counters: Counters::default(),
+        });
+        let lines = a.detail_lines();
+        assert_eq!(lines, vec!["listener=dns udp_datagrams_c2u=7".to_string()]);
     }
 }

@@ -23,10 +23,16 @@ use ringfwd::shard::engine::{
     CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, FdBudget, ListenerKind, ListenerSpec, Op,
     PipeFds, RouteSpec,
 };
+use ringfwd::shard::slab::ConnId;
 use ringfwd::shard::token::{OpKind, Token};
-use ringfwd::stats::CloseReason;
+use ringfwd::stats::{CloseReason, Counter};
 use ringfwd::tcp::splice::{SpliceConfig, SpliceMode};
 use ringfwd::verify::{Pattern, Rng};
+
+/// An address literal of the simulation (never fails on the constants used).
+fn addr(s: &str) -> std::net::SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("bad address {s}: {e}"))
+}
 
 const LISTEN_FD: i32 = 3;
 
@@ -97,8 +103,8 @@ struct SimConn {
     upstream_fd: Option<i32>,
     attempts: Vec<Attempt>,
     attempt: usize,
-    /// Upstream indexes tried, in order (each at most once per client).
-    tried: Vec<u16>,
+    /// Upstreams tried, in order (each at most once per client).
+    tried: Vec<std::net::SocketAddr>,
     client: Peer,
     upstream: Peer,
     connected: bool,
@@ -303,7 +309,8 @@ impl Sim {
                     limit,
                 }],
                 routes: vec![RouteSpec {
-                    upstreams: vec!["10.0.0.1:1".into(), "10.0.0.2:2".into()],
+                    upstreams: vec![addr("10.0.0.1:1"), addr("10.0.0.2:2")],
+                    connect_timeout_ms: 1_000,
                     idle_ms,
                     half_close_ms: idle_ms / 2,
                 }],
@@ -471,6 +478,7 @@ impl Sim {
         }
         match op {
             Op::AcceptMulti { token, fd } | Op::Accept { token, fd } => {
+                let fd = fd.0;
                 check!(self, fd == LISTEN_FD, "accept on fd {fd}");
                 check!(self, self.accept.is_none(), "second accept armed");
                 self.accept = Some(token);
@@ -493,6 +501,7 @@ impl Sim {
                 });
             }
             Op::CloseListener { token, fd } => {
+                let fd = fd.0;
                 check!(self, fd == LISTEN_FD, "listener close of fd {fd}");
                 self.pending.push(Pending {
                     user_data: token,
@@ -501,6 +510,7 @@ impl Sim {
                 });
             }
             Op::Reject { token, fd } => {
+                let fd = fd.0;
                 let s = self.sock(fd, "reject");
                 let (busy, conn) = (!s.ops.is_empty(), s.conn);
                 s.open = false;
@@ -524,9 +534,10 @@ impl Sim {
                 token,
                 timeout_token,
                 fd,
-                upstream,
+                addr: upstream,
                 ..
             } => {
+                let fd = fd.0;
                 let conn = self.conn_of(token);
                 let again = self.conns[conn].tried.contains(&upstream);
                 check!(self, !again, "conn {conn} tried upstream {upstream} twice");
@@ -556,6 +567,7 @@ impl Sim {
                 });
             }
             Op::RecvMulti { token, fd } => {
+                let fd = fd.0;
                 let s = self.sock(fd, "recv");
                 let splicing = s
                     .ops
@@ -579,6 +591,7 @@ impl Sim {
                 offset,
                 len,
             } => {
+                let fd = fd.0;
                 let held = self.held.get(bid as usize).copied().unwrap_or(false);
                 check!(
                     self,
@@ -603,6 +616,7 @@ impl Sim {
                 });
             }
             Op::Shutdown { token, fd } => {
+                let fd = fd.0;
                 self.sock(fd, "shutdown").ops.push(token);
                 // shutdown(2) takes effect when issued (io-wq runs it at once):
                 // the FIN is on the wire before any later cancel could stop it.
@@ -623,6 +637,7 @@ impl Sim {
                 });
             }
             Op::CancelFd { token, fd } => {
+                let fd = fd.0;
                 // Cancel-by-descriptor matches the descriptor an SQE names
                 // first: a splice's output. A splice in from this socket
                 // names the pipe there, so it is not found.
@@ -642,6 +657,7 @@ impl Sim {
                 });
             }
             Op::Close { token, fd, linger0 } => {
+                let fd = fd.0;
                 let s = self.sock(fd, "close");
                 let busy = s.ops.clone();
                 s.open = false;
@@ -672,7 +688,7 @@ impl Sim {
                 fd_in,
                 fd_out,
                 len,
-            } => self.issue_splice(token, fd_in, fd_out, len),
+            } => self.issue_splice(token, fd_in.0, fd_out.0, len),
             Op::ReplacePipe { pipe, fds } => {
                 let Some(&i) = self.pipe_fds.get(&fds.read) else {
                     panic!(
@@ -1199,7 +1215,7 @@ impl Sim {
                         // A stale socket completion carries a descriptor the
                         // engine must close; that path has its own test.
                         | OpKind::Socket
-                ) && !self.engine.is_live(t.slot)
+                ) && !self.engine.is_live(ConnId(t.slot))
             })
             .map(|(u, _)| *u)
             .collect();
@@ -1208,7 +1224,7 @@ impl Sim {
         }
         let ud = stale[self.rng.below(stale.len() as u64) as usize];
         self.stale_injected += 1;
-        let before = self.engine.stats().stale_completions;
+        let before = self.engine.stats().get(Counter::StaleCompletions);
         // A stale completion that carries a buffer: the engine must give it back.
         if let Some(bid) = self.ring.pop_front() {
             self.held[bid as usize] = true;
@@ -1223,7 +1239,7 @@ impl Sim {
         } else {
             self.deliver(ud, 1, 0);
         }
-        let after = self.engine.stats().stale_completions;
+        let after = self.engine.stats().get(Counter::StaleCompletions);
         check!(
             self,
             after == before + 1,
@@ -1416,7 +1432,7 @@ fn final_checks(sim: &mut Sim) {
             p.data.len()
         );
     }
-    let discarded = sim.engine.stats().pipes_discarded as usize;
+    let discarded = sim.engine.stats().get(Counter::PipesDiscarded) as usize;
     check!(
         sim,
         discarded == sim.pipes_discarded,
@@ -1444,21 +1460,18 @@ fn final_checks(sim: &mut Sim) {
     let to_clients: u64 = sim.conns.iter().map(|c| c.client.received).sum();
     check!(
         sim,
-        (
-            stats.bytes_client_to_upstream,
-            stats.bytes_upstream_to_client
-        ) == (to_upstreams, to_clients),
+        (stats.get(Counter::BytesC2u), stats.get(Counter::BytesU2c)) == (to_upstreams, to_clients),
         "counted {}/{} bytes c2u/u2c, peers got {to_upstreams}/{to_clients}",
-        stats.bytes_client_to_upstream,
-        stats.bytes_upstream_to_client
+        stats.get(Counter::BytesC2u),
+        stats.get(Counter::BytesU2c)
     );
-    let closes: u64 = stats.closes.iter().sum();
+    let closes: u64 = CloseReason::ALL.iter().map(|r| stats.closes_for(*r)).sum();
     let limit = stats.closes_for(CloseReason::LimitReached);
     check!(
         sim,
-        closes - limit == stats.accepted,
+        closes - limit == stats.get(Counter::Accepted),
         "closes {closes} - limit {limit} != accepted {}",
-        stats.accepted
+        stats.get(Counter::Accepted)
     );
     if sim.clean {
         for (i, c) in sim.conns.iter().enumerate() {
@@ -1488,9 +1501,9 @@ fn final_checks(sim: &mut Sim) {
             stats.closes_for(CloseReason::ClientEof) + stats.closes_for(CloseReason::UpstreamEof);
         check!(
             sim,
-            normal == stats.accepted,
+            normal == stats.get(Counter::Accepted),
             "clean run: {normal} normal closes of {} ({})",
-            stats.accepted,
+            stats.get(Counter::Accepted),
             stats.to_kv()
         );
     }
@@ -1563,7 +1576,7 @@ fn splice_relay_survives_random_schedules() {
         stale += sim.stale_injected;
         let stats = sim.engine.stats();
         if mode == SpliceMode::Auto {
-            auto_switched += stats.splice_switched;
+            auto_switched += stats.get(Counter::SpliceSwitched);
         }
         totals.merge(&stats);
     }
@@ -1571,13 +1584,13 @@ fn splice_relay_survives_random_schedules() {
         let kv = totals.to_kv();
         assert!(stale > 0, "no stale completion injected");
         for (what, n) in [
-            ("splices in", totals.splices_in),
-            ("splices out", totals.splices_out),
-            ("switches to splice", totals.splice_switched),
+            ("splices in", totals.get(Counter::SplicesIn)),
+            ("splices out", totals.get(Counter::SplicesOut)),
+            ("switches to splice", totals.get(Counter::SpliceSwitched)),
             ("switches to splice in auto mode", auto_switched),
-            ("reverts to buffers", totals.splice_reverted),
-            ("spent pipe budgets", totals.pipes_exhausted),
-            ("discarded pipes", totals.pipes_discarded),
+            ("reverts to buffers", totals.get(Counter::SpliceReverted)),
+            ("spent pipe budgets", totals.get(Counter::PipesExhausted)),
+            ("discarded pipes", totals.get(Counter::PipesDiscarded)),
         ] {
             assert!(
                 n > 0,
@@ -1617,7 +1630,7 @@ fn relay_engine_survives_random_schedules() {
         main_loop(&mut sim);
         final_checks(&mut sim);
         stale += sim.stale_injected;
-        paused += sim.engine.stats().accept_paused_fd;
+        paused += sim.engine.stats().get(Counter::AcceptPausedFd);
     }
     assert!(
         stale > 0,
@@ -1647,8 +1660,9 @@ mod serve_modes {
     use ringfwd::shard::engine::{
         CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Op,
     };
+    use ringfwd::shard::slab::ConnId;
     use ringfwd::shard::token::{OpKind, Token};
-    use ringfwd::stats::CloseReason;
+    use ringfwd::stats::{CloseReason, Counter};
     use ringfwd::verify::{PERIOD, PeriodicCheck, Rng, periodic_region_for};
 
     /// Listening descriptors: sink, source, request/response.
@@ -1876,6 +1890,7 @@ mod serve_modes {
         fn execute(&mut self, op: Op) {
             match op {
                 Op::AcceptMulti { token, fd } => {
+                    let fd = fd.0;
                     let i = LISTENERS.iter().position(|&l| l == fd);
                     check!(self, i.is_some(), "accept on fd {fd}");
                     let i = i.unwrap_or(0);
@@ -1905,6 +1920,7 @@ mod serve_modes {
                     action: Action::Fixed(0),
                 }),
                 Op::Reject { token, fd } => {
+                    let fd = fd.0;
                     let s = self.sock(fd, "reject");
                     s.open = false;
                     self.pending.push(Pending {
@@ -1914,6 +1930,7 @@ mod serve_modes {
                     });
                 }
                 Op::RecvMulti { token, fd } => {
+                    let fd = fd.0;
                     let s = self.sock(fd, "recv");
                     let dup = s.recv.is_some();
                     s.recv = Some(token);
@@ -1926,6 +1943,7 @@ mod serve_modes {
                     offset,
                     len,
                 } => {
+                    let fd = fd.0;
                     let s = self.sock(fd, "send");
                     let (dup, client) = (s.send, s.client);
                     s.send = true;
@@ -1959,6 +1977,7 @@ mod serve_modes {
                     });
                 }
                 Op::Shutdown { token, fd } => {
+                    let fd = fd.0;
                     let s = self.sock(fd, "shutdown");
                     s.ops.push(token);
                     let client = s.client;
@@ -1981,6 +2000,7 @@ mod serve_modes {
                     });
                 }
                 Op::CancelFd { token, fd } => {
+                    let fd = fd.0;
                     let targets = self.sock(fd, "cancel").ops.clone();
                     let mut n = 0;
                     if let Some(s) = self.socks.get_mut(&fd)
@@ -2009,6 +2029,7 @@ mod serve_modes {
                     });
                 }
                 Op::Close { token, fd, linger0 } => {
+                    let fd = fd.0;
                     let s = self.sock(fd, "close");
                     let busy = s.ops.len();
                     s.open = false;
@@ -2156,14 +2177,14 @@ mod serve_modes {
             let stale: Vec<u64> = self
                 .history
                 .iter()
-                .filter(|(_, t)| !self.engine.is_live(t.slot))
+                .filter(|(_, t)| !self.engine.is_live(ConnId(t.slot)))
                 .map(|(u, _)| *u)
                 .collect();
             if stale.is_empty() {
                 return;
             }
             let ud = stale[self.rng.below(stale.len() as u64) as usize];
-            let before = self.engine.stats().stale_completions;
+            let before = self.engine.stats().get(Counter::StaleCompletions);
             self.stale += 1;
             match self.ring.pop_front() {
                 Some(bid) => {
@@ -2174,7 +2195,7 @@ mod serve_modes {
                 }
                 None => self.deliver(ud, 1, 0),
             }
-            let after = self.engine.stats().stale_completions;
+            let after = self.engine.stats().get(Counter::StaleCompletions);
             check!(self, after == before + 1, "stale completion not recognised");
         }
 
@@ -2295,12 +2316,12 @@ mod serve_modes {
                 );
             }
             let stats = self.engine.stats();
-            let closes: u64 = stats.closes.iter().sum();
+            let closes: u64 = CloseReason::ALL.iter().map(|r| stats.closes_for(*r)).sum();
             check!(
                 self,
-                closes == stats.accepted,
+                closes == stats.get(Counter::Accepted),
                 "{closes} closes for {} accepted",
-                stats.accepted
+                stats.get(Counter::Accepted)
             );
             check!(
                 self,
@@ -2346,7 +2367,7 @@ mod serve_modes {
             );
             check!(
                 self,
-                stats.bytes_upstream_to_client == sent,
+                stats.get(Counter::BytesU2c) == sent,
                 "{}",
                 stats.to_kv()
             );
@@ -2366,8 +2387,8 @@ mod serve_modes {
             let mut sim = Sim::new(seed);
             sim.run();
             stale += sim.stale;
-            enobufs += sim.engine.stats().enobufs;
-            short += sim.engine.stats().short_sends;
+            enobufs += sim.engine.stats().get(Counter::Enobufs);
+            short += sim.engine.stats().get(Counter::ShortSends);
         }
         if seeds.len() > 1 {
             assert!(stale > 0, "no stale completion injected");
@@ -2382,10 +2403,10 @@ mod serve_modes {
 /// shard's descriptor budget is spent.
 mod scripted {
     use ringfwd::shard::engine::{
-        CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, FdBudget, ListenerKind, ListenerSpec, Op,
-        RouteSpec,
+        CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, Fd, FdBudget, ListenerKind, ListenerSpec,
+        Op, RouteSpec,
     };
-    use ringfwd::stats::CloseReason;
+    use ringfwd::stats::{CloseReason, Counter};
     use ringfwd::tcp::relay::{LINGER_MAX_BYTES, LINGER_MS};
 
     const LISTEN_FD: i32 = 3;
@@ -2404,11 +2425,11 @@ mod scripted {
         ops.iter().find_map(|op| match *op {
             Op::AcceptMulti {
                 token,
-                fd: LISTEN_FD,
+                fd: Fd(LISTEN_FD),
             } => Some((token, true)),
             Op::Accept {
                 token,
-                fd: LISTEN_FD,
+                fd: Fd(LISTEN_FD),
             } => Some((token, false)),
             _ => None,
         })
@@ -2453,7 +2474,8 @@ mod scripted {
                     limit: 1000,
                 }],
                 routes: vec![RouteSpec {
-                    upstreams: vec!["127.0.0.1:1".into()],
+                    upstreams: vec!["127.0.0.1:1".parse().expect("addr")],
+                    connect_timeout_ms: 1_000,
                     idle_ms: 60_000,
                     half_close_ms: 60_000,
                 }],
@@ -2498,15 +2520,15 @@ mod scripted {
             ops.extend(self.cqe(timeout, -libc::ECANCELED, 0, 0));
             assert!(
                 !ops.iter()
-                    .any(|op| matches!(op, Op::Close { fd: f, .. } if *f == fd)),
+                    .any(|op| matches!(op, Op::Close { fd: f, .. } if f.0 == fd)),
                 "the client was closed at once (a reset when it had sent data): {ops:?}"
             );
             let shutdown = ops.iter().find_map(|op| match op {
-                Op::Shutdown { token, fd: f } if *f == fd => Some(*token),
+                Op::Shutdown { token, fd: f } if f.0 == fd => Some(*token),
                 _ => None,
             });
             let recv = ops.iter().find_map(|op| match op {
-                Op::RecvMulti { token, fd: f } if *f == fd => Some(*token),
+                Op::RecvMulti { token, fd: f } if f.0 == fd => Some(*token),
                 _ => None,
             });
             let (Some(shutdown), Some(recv)) = (shutdown, recv) else {
@@ -2515,7 +2537,7 @@ mod scripted {
             for op in &ops {
                 if let Op::Close {
                     token,
-                    fd: UPSTREAM_FD,
+                    fd: Fd(UPSTREAM_FD),
                     ..
                 } = op
                 {
@@ -2538,7 +2560,7 @@ mod scripted {
             if let Some(cancel) = ops.iter().find_map(|op| match op {
                 Op::CancelFd {
                     token,
-                    fd: CLIENT_FD,
+                    fd: Fd(CLIENT_FD),
                 } => Some(*token),
                 _ => None,
             }) {
@@ -2548,7 +2570,7 @@ mod scripted {
             let close = ops.iter().find_map(|op| match op {
                 Op::Close {
                     token,
-                    fd: CLIENT_FD,
+                    fd: Fd(CLIENT_FD),
                     linger0,
                 } => Some((*token, *linger0)),
                 _ => None,
@@ -2663,7 +2685,13 @@ mod scripted {
             "expected a single accept: {ops:?}"
         );
         let stats = s.engine.stats();
-        assert_eq!((stats.accept_errors, stats.accept_paused_fd), (0, 0));
+        assert_eq!(
+            (
+                stats.get(Counter::AcceptErrors),
+                stats.get(Counter::AcceptPausedFd)
+            ),
+            (0, 0)
+        );
     }
 
     /// With room for two relays' descriptors, the second admit leaves the
@@ -2677,17 +2705,23 @@ mod scripted {
         let ops = s.accept_client(200, 1);
         assert!(has(&ops, |op| matches!(op, Op::Socket { .. })), "{ops:?}");
         assert_eq!(armed(&ops), None, "accepting past the budget: {ops:?}");
-        assert_eq!(s.engine.stats().accept_paused_fd, 1);
+        assert_eq!(s.engine.stats().get(Counter::AcceptPausedFd), 1);
         s.engine.advance(500);
         assert!(s.ops().is_empty(), "re-armed while the budget is full");
         let stats = s.engine.stats();
-        assert_eq!((stats.accept_errors, stats.accept_paused_fd), (0, 1));
+        assert_eq!(
+            (
+                stats.get(Counter::AcceptErrors),
+                stats.get(Counter::AcceptPausedFd)
+            ),
+            (0, 1)
+        );
         // The first client's FIN ends its lingering; its close frees room.
         let ops = s.cqe(recv, 0, 0, 600);
         let close = ops.iter().find_map(|op| match op {
             Op::Close {
                 token,
-                fd: CLIENT_FD,
+                fd: Fd(CLIENT_FD),
                 ..
             } => Some(*token),
             _ => None,
@@ -2706,7 +2740,13 @@ mod scripted {
         let ops = s.cqe(s.accept, -libc::EMFILE, 0, 0);
         assert!(ops.is_empty(), "{ops:?}");
         let stats = s.engine.stats();
-        assert_eq!((stats.accept_errors, stats.accept_paused_fd), (0, 1));
+        assert_eq!(
+            (
+                stats.get(Counter::AcceptErrors),
+                stats.get(Counter::AcceptPausedFd)
+            ),
+            (0, 1)
+        );
         s.engine.advance(99);
         assert!(s.ops().is_empty(), "re-armed before the back-off");
         s.engine.advance(100);
@@ -2732,10 +2772,16 @@ mod scripted {
             "{ops:?}"
         );
         assert!(
-            has(&ops, |op| matches!(op, Op::Shutdown { fd: CLIENT_FD, .. })),
+            has(&ops, |op| matches!(
+                op,
+                Op::Shutdown {
+                    fd: Fd(CLIENT_FD),
+                    ..
+                }
+            )),
             "{ops:?}"
         );
-        assert_eq!(s.engine.stats().accept_paused_fd, 1);
+        assert_eq!(s.engine.stats().get(Counter::AcceptPausedFd), 1);
         assert!(s.cqe(s.accept, -libc::ECANCELED, 0, 0).is_empty());
         s.engine.advance(100);
         let ops = s.ops();
@@ -2748,13 +2794,16 @@ mod scripted {
         let mut s = Script::new(budgeted(2));
         let ops = s.accept_client(CLIENT_FD, 0);
         assert_eq!(armed(&ops), None, "{ops:?}");
-        assert_eq!(s.engine.stats().accept_paused_fd, 1);
+        assert_eq!(s.engine.stats().get(Counter::AcceptPausedFd), 1);
         s.engine.drain();
         let ops = s.ops();
         assert!(
             has(&ops, |op| matches!(
                 op,
-                Op::CloseListener { fd: LISTEN_FD, .. }
+                Op::CloseListener {
+                    fd: Fd(LISTEN_FD),
+                    ..
+                }
             )),
             "{ops:?}"
         );
@@ -2779,8 +2828,8 @@ mod scripted {
                     listen: "127.0.0.1:5353".parse().expect("addr"),
                 }],
                 udp_routes: vec![UdpRouteSpec {
-                    upstreams: vec!["127.0.0.1:53".into()],
-                    upstream_addrs: vec!["127.0.0.1:53".parse().expect("addr")],
+                    upstreams: vec!["127.0.0.1:53".parse().expect("addr")],
+                    session_rcvbuf: None,
                     idle_ms: 1000,
                     max_responses: None,
                     new_sessions_per_second_per_source: None,
@@ -2824,7 +2873,7 @@ mod scripted {
         assert_eq!(ops, [Op::ReleaseDatagram { bid: 1 }]);
         let stats = engine.stats();
         assert_eq!(stats.udp_drops_for(DropReason::SessionLimit), 1);
-        assert_eq!(stats.udp_sessions_created, 1);
+        assert_eq!(stats.get(Counter::UdpSessionsCreated), 1);
     }
 
     /// A lingering receive that finds no buffer waits for buffers like any
@@ -2839,7 +2888,7 @@ mod scripted {
         let Some(recv) = ops.iter().find_map(|op| match op {
             Op::RecvMulti {
                 token,
-                fd: CLIENT_FD,
+                fd: Fd(CLIENT_FD),
             } => Some(*token),
             _ => None,
         }) else {

@@ -3,10 +3,13 @@
 //! builders (every pointer handed to the kernel points into memory this module
 //! owns for the ring's whole life), a full-submission-queue backlog, and waiting.
 
+// The kernel layer: the one place `unsafe` is allowed (see Cargo.toml [lints]).
+#![allow(unsafe_code)]
+
 pub mod bufring;
 pub mod datagram;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -89,10 +92,11 @@ pub enum SendKind {
     ZeroCopyFixed,
 }
 
-/// Index of an upstream address registered with `Ring::add_target`.
+/// Index of an address registered with `Ring::add_target` (or interned by
+/// `Ring::connect_to`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TargetId(usize);
-/// Index of a timeout registered with `Ring::add_timeout`.
+/// Index of a timeout registered with `Ring::add_timeout` (or interned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimeoutId(usize);
 /// Index of a send region registered with `Ring::add_region`.
@@ -106,7 +110,14 @@ pub struct Ring {
     // Field order matters: the ring is torn down before the memory it names.
     uring: IoUring,
     bufs: BufRing,
-    targets: Vec<SockAddr>,
+    // Boxed so an address never moves when the Vec grows: a queued connect
+    // points at it until the kernel copies it at submission.
+    #[allow(clippy::vec_box)]
+    targets: Vec<Box<SockAddr>>,
+    /// Addresses already in `targets`, so connecting to an address the ring
+    /// has seen reuses its copy (upstreams are a bounded set from the plan).
+    target_index: HashMap<SocketAddr, TargetId>,
+    timeout_index: HashMap<Duration, TimeoutId>,
     // Boxed so a timespec never moves when the Vec grows: a queued linked
     // timeout keeps pointing at it until the kernel reads it at submission.
     #[allow(clippy::vec_box)]
@@ -135,6 +146,8 @@ impl Ring {
             uring,
             bufs,
             targets: Vec::new(),
+            target_index: HashMap::new(),
+            timeout_index: HashMap::new(),
             timeouts: Vec::new(),
             control_buf: Box::new(0),
             dgram: None,
@@ -290,10 +303,16 @@ impl Ring {
         self.uring.params().cq_entries()
     }
 
-    /// Registers an address for `connect`; kept for the ring's life.
+    /// Registers an address for `connect`; kept for the ring's life. The
+    /// same address registered twice shares one copy.
     pub fn add_target(&mut self, addr: SocketAddr) -> TargetId {
-        self.targets.push(SockAddr::from(addr));
-        TargetId(self.targets.len() - 1)
+        if let Some(&t) = self.target_index.get(&addr) {
+            return t;
+        }
+        self.targets.push(Box::new(SockAddr::from(addr)));
+        let t = TargetId(self.targets.len() - 1);
+        self.target_index.insert(addr, t);
+        t
     }
 
     pub fn target_family(&self, t: TargetId) -> Option<i32> {
@@ -301,12 +320,45 @@ impl Ring {
     }
 
     /// Registers a timeout for linked timeouts; kept for the ring's life.
+    /// The same duration registered twice shares one timespec.
     pub fn add_timeout(&mut self, d: Duration) -> TimeoutId {
+        if let Some(&t) = self.timeout_index.get(&d) {
+            return t;
+        }
         let ts = types::Timespec::new()
             .sec(d.as_secs())
             .nsec(d.subsec_nanos());
         self.timeouts.push(Box::new(ts));
-        TimeoutId(self.timeouts.len() - 1)
+        let t = TimeoutId(self.timeouts.len() - 1);
+        self.timeout_index.insert(d, t);
+        t
+    }
+
+    /// Connects `fd` to `addr` with a linked `timeout` (two completions).
+    /// The address and the timespec are interned: kept for the ring's life,
+    /// one copy per distinct value.
+    pub fn connect_to(
+        &mut self,
+        fd: RawFd,
+        addr: SocketAddr,
+        timeout: Duration,
+        user_data: u64,
+        timeout_user_data: u64,
+    ) -> io::Result<()> {
+        let target = self.add_target(addr);
+        let timeout = self.add_timeout(timeout);
+        self.connect(fd, target, timeout, user_data, timeout_user_data)
+    }
+
+    /// connect(2) of a UDP socket to `addr` (interned like `connect_to`).
+    pub fn connect_plain_to(
+        &mut self,
+        fd: RawFd,
+        addr: SocketAddr,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let target = self.add_target(addr);
+        self.connect_plain(fd, target, user_data)
     }
 
     pub fn buffer_ring(&self) -> &BufRing {

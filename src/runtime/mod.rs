@@ -15,11 +15,9 @@ use tracing::{error, info, warn};
 use crate::config::units::format_duration;
 use crate::config::{EchoMode, Plan, Proto, local_loop};
 use crate::shard::engine::{FdBudget, ListenerKind, ListenerSpec, RouteSpec};
-use crate::shard::event_loop::{
-    self, Command, Control, Report, RouteSetup, ShardSetup, SpliceSetup, UdpRouteSetup,
-};
+use crate::shard::event_loop::{self, Command, Control, Report, ShardSetup, SpliceSetup};
 use crate::shard::udp::{UDP_DRAIN_GRACE_MS, UdpKind, UdpListenerSpec, UdpRouteSpec};
-use crate::stats::ShardStats;
+use crate::stats::{Counter, ShardStats};
 use crate::sys::eventfd::EventFd;
 use crate::sys::host::{self, HostError};
 use crate::sys::output;
@@ -280,14 +278,11 @@ impl Runtime {
                 addr: t.listen,
                 error: "more than 65535 listeners".into(),
             })?;
-            routes.push(RouteSetup {
-                spec: RouteSpec {
-                    upstreams: t.upstreams.iter().map(|a| a.to_string()).collect(),
-                    idle_ms: millis(t.idle_timeout),
-                    half_close_ms: millis(t.half_close_timeout),
-                },
+            routes.push(RouteSpec {
                 upstreams: t.upstreams.clone(),
-                connect_timeout: t.connect_timeout,
+                connect_timeout_ms: millis(t.connect_timeout),
+                idle_ms: millis(t.idle_timeout),
+                half_close_ms: millis(t.half_close_timeout),
             });
             for (shard, fd) in fds.into_iter().enumerate() {
                 let spec = ListenerSpec {
@@ -316,17 +311,13 @@ impl Runtime {
                 addr: u.listen,
                 error: "more than 65535 listeners".into(),
             })?;
-            udp_routes.push(UdpRouteSetup {
-                spec: UdpRouteSpec {
-                    upstreams: u.upstreams.iter().map(|a| a.to_string()).collect(),
-                    upstream_addrs: u.upstreams.clone(),
-                    idle_ms: millis(u.idle_timeout),
-                    max_responses: u.max_responses,
-                    new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
-                    allow: u.allow.clone(),
-                },
+            udp_routes.push(UdpRouteSpec {
                 upstreams: u.upstreams.clone(),
                 session_rcvbuf: u.session_rcvbuf,
+                idle_ms: millis(u.idle_timeout),
+                max_responses: u.max_responses,
+                new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
+                allow: u.allow.clone(),
             });
             session_buffer(u);
             for (shard, fd) in fds.into_iter().enumerate() {
@@ -647,6 +638,15 @@ fn stats_kv(totals: &ShardStats) -> String {
     )
 }
 
+/// Logs the totals line, then one line per listener and per upstream that
+/// counted anything (`what` is `stats` or `final stats`).
+fn log_stats(what: &str, totals: &ShardStats) {
+    info!("{what} {}", stats_kv(totals));
+    for line in totals.detail_lines() {
+        info!("{what} {line}");
+    }
+}
+
 /// What a signal did to the serve loop.
 enum Signalled {
     /// Ignored (logged); serving goes on.
@@ -668,7 +668,10 @@ fn on_signal(rt: &mut Runtime, plan: &Plan, sig: Signal, draining: bool) -> Sign
         return Signalled::ExitNow;
     }
     let open = rt.snapshot(Duration::from_millis(500));
-    let (active, sessions) = (open.active, open.udp_sessions_active);
+    let (active, sessions) = (
+        open.get(Counter::Active),
+        open.get(Counter::UdpSessionsActive),
+    );
     info!(
         "{name}: draining — no new connections or UDP sessions; {active} open connection(s) get up to {} to finish, and {sessions} UDP session(s) end once they owe no reply or have been quiet for {}ms, within the same bound (send {name} again to exit at once)",
         format_duration(plan.runtime.drain_timeout),
@@ -709,7 +712,7 @@ pub fn serve(plan: &Plan) -> u8 {
                 Signalled::Ignored => {}
                 Signalled::Draining(deadline) => drain_deadline = Some(deadline),
                 Signalled::ExitNow => {
-                    info!("final stats {}", stats_kv(&rt.totals()));
+                    log_stats("final stats", &rt.totals());
                     return exit::FAILURE;
                 }
             }
@@ -721,13 +724,13 @@ pub fn serve(plan: &Plan) -> u8 {
         if let Some(shard) = rt.crashed_shard() {
             error!(shard, "shard thread died; stopping");
             let totals = rt.shutdown();
-            info!("final stats {}", stats_kv(&totals));
+            log_stats("final stats", &totals);
             return exit::FAILURE;
         }
         if drain_deadline.is_none() && rt.shards.iter().any(|s| s.exited.is_some()) {
             error!("a shard stopped on its own (see the error above); stopping");
             let totals = rt.shutdown();
-            info!("final stats {}", stats_kv(&totals));
+            log_stats("final stats", &totals);
             return exit::FAILURE;
         }
         let now = Instant::now();
@@ -736,7 +739,10 @@ pub fn serve(plan: &Plan) -> u8 {
             && stop_deadline.is_none()
         {
             let open = rt.snapshot(Duration::from_millis(500));
-            let (active, sessions) = (open.active, open.udp_sessions_active);
+            let (active, sessions) = (
+                open.get(Counter::Active),
+                open.get(Counter::UdpSessionsActive),
+            );
             info!(
                 "drain_timeout reached; closing {active} remaining connection(s) and {sessions} UDP session(s)"
             );
@@ -750,19 +756,19 @@ pub fn serve(plan: &Plan) -> u8 {
                 "shards did not stop within {}s; exiting anyway",
                 STOP_GRACE.as_secs()
             );
-            info!("final stats {}", stats_kv(&rt.totals()));
+            log_stats("final stats", &rt.totals());
             return exit::FAILURE;
         }
         if let (Some(at), Some(every)) = (next_stats, stats_every)
             && now >= at
         {
             let totals = rt.snapshot(Duration::from_millis(500));
-            info!("stats {}", stats_kv(&totals));
+            log_stats("stats", &totals);
             next_stats = Some(now + every);
         }
     }
     let clean = rt.clean();
-    info!("final stats {}", stats_kv(&rt.totals()));
+    log_stats("final stats", &rt.totals());
     if !clean {
         warn!("a shard exited before the kernel returned all its operations");
     }

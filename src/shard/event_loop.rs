@@ -3,8 +3,7 @@
 //! wait (bounded by the next timer), hand every completion back to the engine.
 //! Commands from the control thread arrive through an eventfd read in the ring.
 
-use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -12,13 +11,13 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::engine::{
-    Engine, EngineConfig, FdBudget, ListenerSpec, Mode, Op, PipeFds, RecvTemplate, RouteSpec,
+    Engine, EngineConfig, Fd, FdBudget, ListenerSpec, Mode, Op, PipeFds, RecvTemplate, RouteSpec,
 };
 use super::token::{OpKind, SlotId, Token};
 use super::udp::{DatagramMeta, UdpListenerSpec, UdpRouteSpec};
 use crate::ring::TemplateId;
 use crate::ring::datagram::Layout;
-use crate::ring::{Cqe, RegionId, Ring, SendKind, SockType, TargetId, TimeoutId};
+use crate::ring::{Cqe, RegionId, Ring, SendKind, SockType};
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
 use crate::sys::{pipe, socket};
@@ -32,14 +31,6 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 /// How long a stopping shard waits for the kernel to return its last operations.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// A forwarding route as the shard needs it.
-#[derive(Clone, Debug)]
-pub struct RouteSetup {
-    pub spec: RouteSpec,
-    pub upstreams: Vec<SocketAddr>,
-    pub connect_timeout: Duration,
-}
-
 /// Everything one shard is started with.
 #[derive(Debug)]
 pub struct ShardSetup {
@@ -50,7 +41,7 @@ pub struct ShardSetup {
     pub buffers: u32,
     pub cap: u32,
     pub listeners: Vec<(ListenerSpec, OwnedFd)>,
-    pub routes: Vec<RouteSetup>,
+    pub routes: Vec<RouteSpec>,
     /// Datagram buffers (0 = no UDP listener, no datagram ring).
     pub datagram_buffers: u32,
     pub max_datagram: u32,
@@ -61,7 +52,7 @@ pub struct ShardSetup {
     /// UDP listeners, and whether each is bound to a wildcard address (then
     /// replies need the destination address the client used: IP_PKTINFO).
     pub udp_listeners: Vec<(UdpListenerSpec, OwnedFd, bool)>,
-    pub udp_routes: Vec<UdpRouteSetup>,
+    pub udp_routes: Vec<UdpRouteSpec>,
     /// Descriptors this shard's connections and sessions may hold (its
     /// share of RLIMIT_NOFILE); past it, accepting pauses.
     pub fd_budget: FdBudget,
@@ -82,6 +73,25 @@ impl SpliceSetup {
         max_pipes: 0,
         pipe_size: 0,
     };
+}
+
+/// The ends of every pipe made, and the smallest size the kernel granted.
+fn pipe_ends(pipes: &[Option<pipe::Pipe>]) -> (Vec<PipeFds>, u32) {
+    let size = pipes
+        .iter()
+        .flatten()
+        .map(pipe::Pipe::size)
+        .min()
+        .unwrap_or(0);
+    let ends = pipes
+        .iter()
+        .flatten()
+        .map(|p| PipeFds {
+            read: p.read_fd(),
+            write: p.write_fd(),
+        })
+        .collect();
+    (ends, size)
 }
 
 /// Makes the shard's pipes; says in the log what the kernel would not give.
@@ -126,15 +136,6 @@ fn make_pipes(shard: usize, s: SpliceSetup) -> Vec<Option<pipe::Pipe>> {
         );
     }
     pipes
-}
-
-/// A UDP forwarding route as the shard needs it.
-#[derive(Clone, Debug)]
-pub struct UdpRouteSetup {
-    pub spec: UdpRouteSpec,
-    pub upstreams: Vec<SocketAddr>,
-    /// SO_RCVBUF of each session's upstream socket (`None`: kernel default).
-    pub session_rcvbuf: Option<u32>,
 }
 
 /// Control thread → shard.
@@ -206,132 +207,90 @@ fn new_ring(setup: &ShardSetup) -> std::io::Result<Ring> {
     }
 }
 
-/// Runs a shard to completion on the calling thread.
-pub fn run(setup: ShardSetup, control: Control) {
-    let shard = setup.index;
-    if !core_affinity::set_for_current(core_affinity::CoreId { id: setup.cpu }) {
-        let _ = control.reports.send(Report::Failed {
-            shard,
-            error: format!(
-                "cannot pin to CPU {} (sched_setaffinity refused); check the CPU set with `taskset -p $$`",
-                setup.cpu
-            ),
-        });
-        return;
-    }
-    let mut ring = match new_ring(&setup) {
-        Ok(r) => r,
-        Err(e) => {
-            let hint = match e.raw_os_error() {
-                Some(libc::ENOMEM) => {
-                    " (out of locked memory: RLIMIT_MEMLOCK is charged per user, so other io_uring programs of this user count too; raise it or lower ring_entries/buffers_per_shard, see tuning.md)"
-                }
-                _ => "",
-            };
-            let _ = control.reports.send(Report::Failed {
-                shard,
-                error: format!(
-                    "creating its io_uring ({} entries) and buffer ring ({} x {} bytes) failed: {e}{hint}",
-                    setup.ring_entries, setup.buffers, setup.buffer_size
-                ),
-            });
-            return;
-        }
-    };
-    let mut targets: Vec<Vec<TargetId>> = Vec::new();
-    let mut timeouts: Vec<TimeoutId> = Vec::new();
-    let mut routes = Vec::new();
-    for r in setup.routes {
-        targets.push(r.upstreams.iter().map(|a| ring.add_target(*a)).collect());
-        timeouts.push(ring.add_timeout(r.connect_timeout));
-        routes.push(r.spec);
-    }
-    if setup.datagram_buffers > 0
-        && let Err(e) = ring.add_datagram_pool(setup.datagram_buffers, setup.max_datagram)
+/// What a shard registers for UDP: the upstream recvmsg layout, one
+/// layout per listener, and the listeners with their descriptors.
+type UdpRegistered = (TemplateId, Vec<TemplateId>, Vec<UdpListenerSpec>);
+
+/// Registers the datagram buffer ring (`pool`: buffers, max datagram) and
+/// the recvmsg layouts, and takes over the UDP listeners' sockets.
+fn register_udp(
+    ring: &mut Ring,
+    shard: usize,
+    pool: (u32, u32),
+    routes: &[UdpRouteSpec],
+    listeners: Vec<(UdpListenerSpec, OwnedFd, bool)>,
+) -> Result<UdpRegistered, String> {
+    let (buffers, max_datagram) = pool;
+    if buffers > 0
+        && let Err(e) = ring.add_datagram_pool(buffers, max_datagram)
     {
-        let _ = control.reports.send(Report::Failed {
-            shard,
-            error: format!(
-                "registering its datagram buffer ring ({} buffers for datagrams up to {} bytes) failed: {e}",
-                setup.datagram_buffers, setup.max_datagram
-            ),
-        });
-        return;
+        return Err(format!(
+            "registering its datagram buffer ring ({buffers} buffers for datagrams up to {max_datagram} bytes) failed: {e}"
+        ));
     }
-    let mut udp_targets: Vec<Vec<TargetId>> = Vec::new();
-    let mut udp_routes = Vec::new();
-    let mut udp_rcvbuf = Vec::new();
-    for r in setup.udp_routes {
-        udp_targets.push(r.upstreams.iter().map(|a| ring.add_target(*a)).collect());
-        udp_routes.push(r.spec);
-        udp_rcvbuf.push(r.session_rcvbuf);
+    for r in routes {
+        for a in &r.upstreams {
+            ring.add_target(*a);
+        }
     }
     let upstream_template = ring.add_recvmsg_template(Layout::UPSTREAM);
     let mut listen_templates = Vec::new();
-    let mut udp_listeners = Vec::new();
-    for (mut spec, fd, wildcard) in setup.udp_listeners {
+    let mut specs = Vec::new();
+    for (mut spec, fd, wildcard) in listeners {
         listen_templates.push(ring.add_recvmsg_template(Layout::listener(wildcard)));
         spec.fd = fd.into_raw_fd();
         if let Err(e) = socket::set_rxq_ovfl(spec.fd) {
             warn!(shard, listener = %spec.name, error = %e, "SO_RXQ_OVFL failed: datagrams the kernel drops on this listener are counted only at stats snapshots");
         }
-        udp_listeners.push(spec);
+        specs.push(spec);
     }
-    // Sources and request/response servers send straight from the periodic
-    // pattern: one copy per shard, registered only where a listener needs it.
-    let region = setup
-        .listeners
-        .iter()
-        .any(|(spec, _)| spec.kind.sends_region())
-        .then(|| {
-            ring.add_region(crate::verify::periodic_region_for(
-                crate::tcp::serve::MAX_SEND as usize,
-            ))
-        });
-    let listeners = setup
-        .listeners
-        .into_iter()
-        .map(|(mut spec, fd)| {
-            spec.fd = fd.into_raw_fd();
-            spec
-        })
-        .collect();
-    let pipes = make_pipes(shard, setup.splice);
-    let pipe_size = pipes
-        .iter()
-        .flatten()
-        .map(pipe::Pipe::size)
-        .min()
-        .unwrap_or(0);
-    let pipe_fds = pipes
-        .iter()
-        .flatten()
-        .map(|p| PipeFds {
-            read: p.read_fd(),
-            write: p.write_fd(),
-        })
-        .collect();
-    let started = Instant::now();
-    let mut engine = Engine::new(
-        EngineConfig {
-            shard,
-            buffers: setup.buffers,
-            cap: setup.cap,
-            listeners,
-            routes,
-            datagram_buffers: setup.datagram_buffers,
-            udp_listeners,
-            udp_routes,
-            splice: SpliceConfig {
-                mode: setup.splice.mode,
-                pipe_size,
-                buffer_size: setup.buffer_size,
-            },
-            pipes: pipe_fds,
-            fd_budget: setup.fd_budget,
-        },
-        0,
-    );
+    Ok((upstream_template, listen_templates, specs))
+}
+
+/// Pins the calling thread to the shard's CPU and creates its ring there
+/// (SINGLE_ISSUER binds the ring to this thread); `Err` says what failed
+/// and what to do.
+fn pinned_ring(setup: &ShardSetup) -> Result<Ring, String> {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: setup.cpu }) {
+        return Err(format!(
+            "cannot pin to CPU {} (sched_setaffinity refused); check the CPU set with `taskset -p $$`",
+            setup.cpu
+        ));
+    }
+    new_ring(setup).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::ENOMEM) => {
+                " (out of locked memory: RLIMIT_MEMLOCK is charged per user, so other io_uring programs of this user count too; raise it or lower ring_entries/buffers_per_shard, see tuning.md)"
+            }
+            _ => "",
+        };
+        format!(
+            "creating its io_uring ({} entries) and buffer ring ({} x {} bytes) failed: {e}{hint}",
+            setup.ring_entries, setup.buffers, setup.buffer_size
+        )
+    })
+}
+
+/// What the start-up line says about a shard's setup.
+#[derive(Clone, Copy)]
+struct Shape {
+    cpu: usize,
+    buffers: u32,
+    buffer_size: u32,
+    datagram_buffers: u32,
+    max_datagram: u32,
+    busy_poll: Option<Duration>,
+    splice: SpliceMode,
+}
+
+/// The shard's start-up line: its CPU, ring, buffers and options.
+fn describe(
+    setup: Shape,
+    ring: &Ring,
+    region: Option<RegionId>,
+    pipes: usize,
+    pipe_size: u32,
+) -> String {
     let mut describe = format!(
         "cpu {} ring {} (sq {}, cq {}) buffers {} x {}",
         setup.cpu,
@@ -357,25 +316,109 @@ pub fn run(setup: ShardSetup, control: Control) {
             crate::config::units::format_duration(spin)
         ));
     }
-    if setup.splice.mode != SpliceMode::Off {
-        let mode = match setup.splice.mode {
+    if setup.splice != SpliceMode::Off {
+        let mode = match setup.splice {
             SpliceMode::Always => "always",
             SpliceMode::Auto | SpliceMode::Off => "auto",
         };
         describe.push_str(&format!(
             ", splice {mode}: {} pipes x {} bytes",
-            pipes.len(),
-            pipe_size
+            pipes, pipe_size
         ));
     }
+    describe
+}
+
+/// Runs a shard to completion on the calling thread.
+pub fn run(setup: ShardSetup, control: Control) {
+    let shard = setup.index;
+    let mut ring = match pinned_ring(&setup) {
+        Ok(r) => r,
+        Err(error) => {
+            let _ = control.reports.send(Report::Failed { shard, error });
+            return;
+        }
+    };
+    // Upstream addresses and connect timeouts are interned by the ring as
+    // connects name them; registering them now only saves the first lookup.
+    for r in &setup.routes {
+        r.upstreams.iter().for_each(|a| {
+            ring.add_target(*a);
+        });
+        ring.add_timeout(Duration::from_millis(r.connect_timeout_ms));
+    }
+    let routes = setup.routes;
+    let udp = match register_udp(
+        &mut ring,
+        shard,
+        (setup.datagram_buffers, setup.max_datagram),
+        &setup.udp_routes,
+        setup.udp_listeners,
+    ) {
+        Ok(u) => u,
+        Err(error) => {
+            let _ = control.reports.send(Report::Failed { shard, error });
+            return;
+        }
+    };
+    let (upstream_template, listen_templates, udp_listeners) = udp;
+    let udp_routes = setup.udp_routes;
+    // Sources and request/response servers send straight from the periodic
+    // pattern: one copy per shard, registered only where a listener needs it.
+    let region = setup
+        .listeners
+        .iter()
+        .any(|(spec, _)| spec.kind.sends_region())
+        .then(|| {
+            ring.add_region(crate::verify::periodic_region_for(
+                crate::tcp::serve::MAX_SEND as usize,
+            ))
+        });
+    let listeners = setup
+        .listeners
+        .into_iter()
+        .map(|(mut spec, fd)| {
+            spec.fd = fd.into_raw_fd();
+            spec
+        })
+        .collect();
+    let pipes = make_pipes(shard, setup.splice);
+    let (pipe_fds, pipe_size) = pipe_ends(&pipes);
+    let started = Instant::now();
+    let mut engine = Engine::new(
+        EngineConfig {
+            shard,
+            buffers: setup.buffers,
+            cap: setup.cap,
+            listeners,
+            routes,
+            datagram_buffers: setup.datagram_buffers,
+            udp_listeners,
+            udp_routes,
+            splice: SpliceConfig {
+                mode: setup.splice.mode,
+                pipe_size,
+                buffer_size: setup.buffer_size,
+            },
+            pipes: pipe_fds,
+            fd_budget: setup.fd_budget,
+        },
+        0,
+    );
+    let shape = Shape {
+        cpu: setup.cpu,
+        buffers: setup.buffers,
+        buffer_size: setup.buffer_size,
+        datagram_buffers: setup.datagram_buffers,
+        max_datagram: setup.max_datagram,
+        busy_poll: setup.busy_poll,
+        splice: setup.splice.mode,
+    };
+    let describe = describe(shape, &ring, region, pipes.len(), pipe_size);
     let mut lp = Loop {
         shard,
         ring,
         region,
-        targets,
-        timeouts,
-        udp_targets,
-        udp_rcvbuf,
         upstream_template,
         listen_templates,
         control,
@@ -407,11 +450,6 @@ struct Loop {
     ring: Ring,
     /// The periodic pattern (only on shards with a source or request/response listener).
     region: Option<RegionId>,
-    targets: Vec<Vec<TargetId>>,
-    timeouts: Vec<TimeoutId>,
-    udp_targets: Vec<Vec<TargetId>>,
-    /// `session_rcvbuf` by UDP route.
-    udp_rcvbuf: Vec<Option<u32>>,
     upstream_template: TemplateId,
     listen_templates: Vec<TemplateId>,
     control: Control,
@@ -470,8 +508,7 @@ impl Loop {
             self.cqes.append(&mut self.synthetic);
             let now = self.now();
             if !self.cqes.is_empty() {
-                engine.stats.loop_turns += 1;
-                engine.stats.completions += self.cqes.len() as u64;
+                engine.count_turn(self.cqes.len());
             }
             let mut cqes = std::mem::take(&mut self.cqes);
             for c in cqes.drain(..) {
@@ -578,52 +615,88 @@ impl Loop {
                 fd_in,
                 fd_out,
                 len,
-            } => self.ring.splice(fd_in, fd_out, len, token),
+            } => self.ring.splice(fd_in.raw(), fd_out.raw(), len, token),
             Op::ReplacePipe { pipe, fds } => self.replace_pipe(pipe, fds, engine),
-            Op::AcceptMulti { token, fd } => self.ring.accept_multi(fd, token),
-            Op::Accept { token, fd } => self.ring.accept_one(fd, token),
+            Op::AcceptMulti { token, fd } => self.ring.accept_multi(fd.raw(), token),
+            Op::Accept { token, fd } => self.ring.accept_one(fd.raw(), token),
             Op::CancelAccept { token, target } | Op::CancelOne { token, target } => {
                 self.ring.cancel(target, token)
             }
             Op::CloseListener { token, fd } | Op::Reject { token, fd } => {
-                self.ring.close(fd, token)
+                self.ring.close(fd.raw(), token)
             }
-            Op::Socket {
-                token,
-                route,
-                upstream,
-            } => match self
-                .target(route, upstream)
-                .and_then(|t| self.ring.target_family(t))
-            {
-                Some(family) => self.ring.socket(family, SockType::Stream, token),
-                None => self.fail(token, libc::EINVAL),
-            },
+            Op::Fail { token, errno } => self.fail(token, errno),
+            Op::Socket { token, family } => self.ring.socket(family.raw(), SockType::Stream, token),
             Op::Connect {
                 token,
                 timeout_token,
                 fd,
-                route,
-                upstream,
+                addr,
+                timeout_ms,
             } => {
-                if let Err(e) = socket::set_nodelay(fd) {
+                if let Err(e) = socket::set_nodelay(fd.raw()) {
                     debug!(shard = self.shard, error = %e, "TCP_NODELAY on upstream socket failed");
                 }
-                let timeout = self.timeouts.get(route as usize).copied();
-                match (self.target(route, upstream), timeout) {
-                    (Some(t), Some(to)) => {
-                        if self.ring.connect(fd, t, to, token, timeout_token).is_err() {
-                            self.fail(token, libc::EINVAL);
-                            self.fail(timeout_token, libc::ECANCELED);
-                        }
-                    }
-                    _ => {
-                        self.fail(token, libc::EINVAL);
-                        self.fail(timeout_token, libc::ECANCELED);
-                    }
+                let timeout = Duration::from_millis(timeout_ms);
+                if self
+                    .ring
+                    .connect_to(fd.raw(), addr, timeout, token, timeout_token)
+                    .is_err()
+                {
+                    self.fail(token, libc::EINVAL);
+                    self.fail(timeout_token, libc::ECANCELED);
                 }
             }
-            Op::RecvMulti { token, fd } => self.ring.recv_multi(fd, token),
+            Op::RecvMulti { token, fd } => self.ring.recv_multi(fd.raw(), token),
+            Op::Send { .. } | Op::SendRegion { .. } => self.execute_send(op),
+            Op::Shutdown { token, fd } => {
+                // Inline, not on the ring: see `socket::shutdown_write`. The
+                // result comes back as a completion like any other.
+                let res = match socket::shutdown_write(fd.raw()) {
+                    Ok(()) => 0,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                };
+                self.synthetic.push(Cqe {
+                    user_data: token,
+                    res,
+                    flags: 0,
+                });
+            }
+            Op::CancelFd { token, fd } => self.ring.cancel_fd(fd.raw(), token),
+            Op::Close { token, fd, linger0 } => self.close(token, fd, linger0, engine),
+            Op::Release { bid } => {
+                if !self.ring.release(bid) {
+                    warn!(
+                        shard = self.shard,
+                        bid,
+                        "release of a buffer not out of the ring refused (counted in buffer_double_release)"
+                    );
+                    engine.count_double_release();
+                    debug_assert!(false, "buffer {bid} released twice");
+                }
+            }
+            Op::ReleaseDatagram { bid } => {
+                if !self.ring.release_datagram(bid) {
+                    warn!(
+                        shard = self.shard,
+                        bid,
+                        "release of a datagram buffer not out of the ring refused (counted in buffer_double_release)"
+                    );
+                    engine.count_double_release();
+                    debug_assert!(false, "datagram buffer {bid} released twice");
+                }
+            }
+            Op::UdpRecvMulti { .. }
+            | Op::UdpSocket { .. }
+            | Op::UdpConnect { .. }
+            | Op::SendDatagram { .. }
+            | Op::SendDatagramTo { .. } => self.execute_datagram_op(op),
+        }
+    }
+
+    /// Sends from a provided buffer or from the periodic region.
+    fn execute_send(&mut self, op: Op) {
+        match op {
             Op::Send {
                 token,
                 fd,
@@ -633,7 +706,7 @@ impl Loop {
             } => {
                 if self
                     .ring
-                    .send(SendKind::Copy, fd, bid, offset, len, token)
+                    .send(SendKind::Copy, fd.raw(), bid, offset, len, token)
                     .is_err()
                 {
                     warn!(
@@ -654,7 +727,7 @@ impl Loop {
                     // source keeps its socket buffer full.
                     let all = libc::MSG_WAITALL;
                     self.ring
-                        .send_region_flags(fd, r, offset, len, all, token)
+                        .send_region_flags(fd.raw(), r, offset, len, all, token)
                         .is_ok()
                 });
                 if !queued {
@@ -665,37 +738,13 @@ impl Loop {
                     self.fail(token, libc::EINVAL);
                 }
             }
-            Op::Shutdown { token, fd } => {
-                // Inline, not on the ring: see `socket::shutdown_write`. The
-                // result comes back as a completion like any other.
-                let res = match socket::shutdown_write(fd) {
-                    Ok(()) => 0,
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-                };
-                self.synthetic.push(Cqe {
-                    user_data: token,
-                    res,
-                    flags: 0,
-                });
-            }
-            Op::CancelFd { token, fd } => self.ring.cancel_fd(fd, token),
-            Op::Close { token, fd, linger0 } => self.close(token, fd, linger0, engine),
-            Op::Release { bid } => {
-                if !self.ring.release(bid) {
-                    warn!(
-                        shard = self.shard,
-                        bid, "release of an unknown buffer id ignored"
-                    );
-                }
-            }
-            Op::ReleaseDatagram { bid } => {
-                if !self.ring.release_datagram(bid) {
-                    warn!(
-                        shard = self.shard,
-                        bid, "release of an unknown datagram buffer id ignored"
-                    );
-                }
-            }
+            other => warn!(shard = self.shard, op = ?other, "not a send; ignored"),
+        }
+    }
+
+    /// The UDP operations (datagram sockets, receives and sends).
+    fn execute_datagram_op(&mut self, op: Op) {
+        match op {
             Op::UdpRecvMulti {
                 token,
                 fd,
@@ -705,33 +754,22 @@ impl Loop {
                     RecvTemplate::Listener(i) => self.listen_templates.get(i as usize).copied(),
                     RecvTemplate::Upstream => Some(self.upstream_template),
                 };
-                let queued = t.is_some_and(|t| self.ring.recvmsg_multi(fd, t, token).is_ok());
+                let queued = t.is_some_and(|t| self.ring.recvmsg_multi(fd.raw(), t, token).is_ok());
                 if !queued {
                     self.fail(token, libc::EINVAL);
                 }
             }
-            Op::UdpSocket {
-                token,
-                route,
-                upstream,
-            } => match self
-                .udp_target(route, upstream)
-                .and_then(|t| self.ring.target_family(t))
-            {
-                Some(family) => self.ring.socket(family, SockType::Datagram, token),
-                None => self.fail(token, libc::EINVAL),
-            },
+            Op::UdpSocket { token, family } => {
+                self.ring.socket(family.raw(), SockType::Datagram, token)
+            }
             Op::UdpConnect {
                 token,
                 fd,
-                route,
-                upstream,
+                addr,
+                rcvbuf,
             } => {
-                self.prepare_session_socket(fd, route);
-                let queued = self
-                    .udp_target(route, upstream)
-                    .is_some_and(|t| self.ring.connect_plain(fd, t, token).is_ok());
-                if !queued {
+                self.prepare_session_socket(fd, rcvbuf);
+                if self.ring.connect_plain_to(fd.raw(), addr, token).is_err() {
                     self.fail(token, libc::EINVAL);
                 }
             }
@@ -744,7 +782,7 @@ impl Loop {
             } => {
                 if self
                     .ring
-                    .send_datagram(fd, bid, offset, len, token)
+                    .send_datagram(fd.raw(), bid, offset, len, token)
                     .is_err()
                 {
                     self.fail(token, libc::EINVAL);
@@ -761,12 +799,14 @@ impl Loop {
             } => {
                 if self
                     .ring
-                    .sendmsg_datagram(fd, bid, offset, len, dest, local, token)
+                    .sendmsg_datagram(fd.raw(), bid, offset, len, dest, local, token)
                     .is_err()
                 {
                     self.fail(token, libc::EINVAL);
                 }
             }
+            // Only datagram operations are routed here.
+            other => warn!(shard = self.shard, op = ?other, "not a datagram operation; ignored"),
         }
     }
 
@@ -859,7 +899,8 @@ impl Loop {
     /// Closes `fd` on the ring: with a reset first (`linger0`), and for a UDP
     /// socket after reading its kernel drop counter, the last chance to see
     /// drops that no received datagram reported.
-    fn close(&mut self, token: u64, fd: RawFd, linger0: bool, engine: &mut Engine) {
+    fn close(&mut self, token: u64, fd: Fd, linger0: bool, engine: &mut Engine) {
+        let fd = fd.raw();
         if linger0 && let Err(e) = socket::set_linger0(fd) {
             debug!(shard = self.shard, error = %e, "SO_LINGER before reset failed");
         }
@@ -875,11 +916,11 @@ impl Loop {
     /// its replies report the kernel's drops, and the route's
     /// `session_rcvbuf` (the control thread already warned if the kernel
     /// caps it). A failure only loses that, not the session.
-    fn prepare_session_socket(&self, fd: RawFd, route: u16) {
+    fn prepare_session_socket(&self, fd: Fd, rcvbuf: Option<u32>) {
+        let fd = fd.raw();
         if let Err(e) = socket::set_rxq_ovfl(fd) {
             debug!(shard = self.shard, error = %e, "SO_RXQ_OVFL on a UDP session socket failed");
         }
-        let rcvbuf = self.udp_rcvbuf.get(route as usize).copied().flatten();
         if rcvbuf.is_some()
             && let Err(e) = socket::set_buffers(fd, rcvbuf, None)
         {
@@ -895,20 +936,6 @@ impl Loop {
                 engine.note_listener_drops(index, reading);
             }
         }
-    }
-
-    fn udp_target(&self, route: u16, upstream: u16) -> Option<TargetId> {
-        self.udp_targets
-            .get(route as usize)?
-            .get(upstream as usize)
-            .copied()
-    }
-
-    fn target(&self, route: u16, upstream: u16) -> Option<TargetId> {
-        self.targets
-            .get(route as usize)?
-            .get(upstream as usize)
-            .copied()
     }
 
     /// Takes the control read back from the kernel before the ring (and the

@@ -1,8 +1,15 @@
-//! The shard: one pinned thread, one io_uring, its listeners, buffers and
-//! connections. `engine` decides (no I/O); `event_loop` executes on the ring.
+//! The shard: one pinned thread, one io_uring, its listeners, buffers,
+//! connections and sessions. `event_loop` executes on the ring; `engine`
+//! routes completions and timers to the services (`tcp`, `udp`) that work on
+//! the shard `context`; `ops` is the interface between the two halves.
 
+pub mod buffers;
+pub mod context;
 pub mod engine;
 pub mod event_loop;
+pub mod ops;
+pub mod pipes;
 pub mod slab;
+pub mod tcp;
 pub mod token;
 pub mod udp;

@@ -1,7 +1,55 @@
-//! Generational slab: stable indices for per-shard state (connections), with a
-//! generation bumped on every removal so a stale `SlotId` never reaches a new owner.
+//! Generational slab: stable indices for per-shard state (connections,
+//! sessions), with a generation bumped on every removal so a stale id never
+//! reaches a new owner. Each kind of state has its own id type, so a
+//! connection's id cannot name a session.
+
+use std::marker::PhantomData;
 
 use super::token::{GEN_MASK, MAX_INDEX, SlotId};
+
+/// An id type of one kind of slab entry (a `SlotId` underneath, as the token carries it).
+pub trait SlotKey: Copy {
+    fn from_slot(slot: SlotId) -> Self;
+    fn slot(self) -> SlotId;
+}
+
+impl SlotKey for SlotId {
+    fn from_slot(slot: SlotId) -> Self {
+        slot
+    }
+
+    fn slot(self) -> SlotId {
+        self
+    }
+}
+
+/// Declares an id type for one kind of slab entry.
+macro_rules! slot_id {
+    ($(#[doc = $doc:literal])* $name:ident) => {
+        $(#[doc = $doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub struct $name(pub SlotId);
+
+        impl SlotKey for $name {
+            fn from_slot(slot: SlotId) -> Self {
+                $name(slot)
+            }
+
+            fn slot(self) -> SlotId {
+                self.0
+            }
+        }
+    };
+}
+
+slot_id! {
+    /// A TCP connection of the shard.
+    ConnId
+}
+slot_id! {
+    /// A UDP session of the shard.
+    SessionId
+}
 
 struct Slot<T> {
     generation: u32,
@@ -10,23 +58,25 @@ struct Slot<T> {
 
 /// Free-list slab whose ids carry a generation (glommio's `free_list.rs`, with
 /// generations so completions can be matched to the exact owner that issued them).
-pub struct Slab<T> {
+pub struct Slab<T, I: SlotKey = SlotId> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
     len: usize,
+    ids: PhantomData<I>,
 }
 
-impl<T> Default for Slab<T> {
+impl<T, I: SlotKey> Default for Slab<T, I> {
     fn default() -> Self {
         Slab {
             slots: Vec::new(),
             free: Vec::new(),
             len: 0,
+            ids: PhantomData,
         }
     }
 }
 
-impl<T> Slab<T> {
+impl<T, I: SlotKey> Slab<T, I> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -36,7 +86,7 @@ impl<T> Slab<T> {
     }
 
     /// Stores `value`; `None` when the index space (24 bits) is exhausted.
-    pub fn insert(&mut self, value: T) -> Option<SlotId> {
+    pub fn insert(&mut self, value: T) -> Option<I> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -53,14 +103,15 @@ impl<T> Slab<T> {
         let slot = self.slots.get_mut(index as usize)?;
         slot.value = Some(value);
         self.len += 1;
-        Some(SlotId {
+        Some(I::from_slot(SlotId {
             index,
             generation: slot.generation,
-        })
+        }))
     }
 
     /// The value at `id` if it is still the same occupant.
-    pub fn get_mut(&mut self, id: SlotId) -> Option<&mut T> {
+    pub fn get_mut(&mut self, id: I) -> Option<&mut T> {
+        let id = id.slot();
         let slot = self.slots.get_mut(id.index as usize)?;
         if slot.generation != id.generation {
             return None;
@@ -68,7 +119,8 @@ impl<T> Slab<T> {
         slot.value.as_mut()
     }
 
-    pub fn get(&self, id: SlotId) -> Option<&T> {
+    pub fn get(&self, id: I) -> Option<&T> {
+        let id = id.slot();
         let slot = self.slots.get(id.index as usize)?;
         if slot.generation != id.generation {
             return None;
@@ -77,7 +129,8 @@ impl<T> Slab<T> {
     }
 
     /// Removes the occupant of `id` and retires its generation.
-    pub fn remove(&mut self, id: SlotId) -> Option<T> {
+    pub fn remove(&mut self, id: I) -> Option<T> {
+        let id = id.slot();
         let slot = self.slots.get_mut(id.index as usize)?;
         if slot.generation != id.generation {
             return None;
@@ -90,16 +143,23 @@ impl<T> Slab<T> {
     }
 
     /// Ids of every occupied slot (allocates; used only on drain/stop).
-    pub fn ids(&self) -> Vec<SlotId> {
+    pub fn ids(&self) -> Vec<I> {
         self.slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.value.is_some())
-            .map(|(i, s)| SlotId {
-                index: i as u32,
-                generation: s.generation,
+            .map(|(i, s)| {
+                I::from_slot(SlotId {
+                    index: i as u32,
+                    generation: s.generation,
+                })
             })
             .collect()
+    }
+
+    /// Every occupant (for snapshots and diagnostics).
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().filter_map(|s| s.value.as_ref())
     }
 }
 
@@ -109,7 +169,7 @@ mod tests {
 
     #[test]
     fn stale_id_does_not_reach_new_occupant() {
-        let mut s = Slab::default();
+        let mut s: Slab<&str> = Slab::default();
         let a = s.insert("a").expect("insert");
         assert_eq!(s.remove(a), Some("a"));
         let b = s.insert("b").expect("insert");
@@ -123,7 +183,7 @@ mod tests {
 
     #[test]
     fn ids_lists_occupants() {
-        let mut s = Slab::default();
+        let mut s: Slab<i32> = Slab::default();
         let a = s.insert(1).expect("insert");
         let b = s.insert(2).expect("insert");
         s.remove(a);

@@ -54,6 +54,24 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// Whether the UDP service issued it.
+    pub fn is_udp(self) -> bool {
+        matches!(
+            self,
+            OpKind::UdpListenRecv
+                | OpKind::UdpUpRecv
+                | OpKind::UdpUpSend
+                | OpKind::UdpReplySend
+                | OpKind::UdpEchoSend
+                | OpKind::UdpSocket
+                | OpKind::UdpConnect
+                | OpKind::UdpCancel
+                | OpKind::UdpClose
+                | OpKind::UdpListenCancel
+                | OpKind::UdpListenClose
+        )
+    }
+
     fn from_u8(v: u8) -> Option<OpKind> {
         use OpKind::*;
         Some(match v {

@@ -5,7 +5,7 @@
 //! socket here, and the direction that owns the pipe keeps it until the
 //! splice is back.
 
-use super::splice::SpliceEnd;
+use super::SpliceEnd;
 use super::{ConnOp, Side};
 
 /// Life of one socket of a connection.
@@ -33,6 +33,20 @@ struct Sock {
     splice_in: bool,
     /// A splice writing this socket is in flight.
     splice_out: bool,
+}
+
+/// Which final completion arrived, for the accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// An operation that did not hold a socket (socket(), a cancel, a
+    /// discard, a connect's linked timeout).
+    Plain,
+    /// An operation on `side`'s socket.
+    On(Side),
+    /// A splice on `side`'s socket.
+    Splice(Side, SpliceEnd),
+    /// The close of `side`'s socket.
+    Closed(Side),
 }
 
 /// In-flight accounting of one connection.
@@ -77,10 +91,10 @@ impl Lifecycle {
         self.socks[side.index()].ops
     }
 
-    /// Records the operations just emitted (`ops` is the tail the caller pushed).
-    pub fn account(&mut self, ops: &[ConnOp]) {
-        for op in ops {
-            match *op {
+    /// Records an operation as it is pushed (`Cx::push`).
+    pub fn account(&mut self, op: ConnOp) {
+        {
+            match op {
                 ConnOp::OpenUpstream { .. }
                 | ConnOp::Discard
                 | ConnOp::CancelRecv(_)
@@ -117,7 +131,9 @@ impl Lifecycle {
                     self.inflight += 1;
                     self.socks[side.index()].state = SockState::CloseInFlight;
                 }
-                ConnOp::Release(_)
+                ConnOp::NextTarget
+                | ConnOp::Report { .. }
+                | ConnOp::Release(_)
                 | ConnOp::Starved(_)
                 | ConnOp::WantPipe(_)
                 | ConnOp::ReturnPipe { .. } => {}
@@ -127,13 +143,28 @@ impl Lifecycle {
 
     /// A final completion of an operation that did not hold a socket.
     pub fn done(&mut self) {
+        // Below zero means an operation reached the kernel uncounted, so a
+        // socket could be closed while the kernel still names its number.
+        debug_assert!(self.inflight > 0, "in-flight count would go below zero");
         self.inflight = self.inflight.saturating_sub(1);
+    }
+
+    /// Accounts the final completion of an operation (the shard calls this
+    /// before the state machine sees the completion).
+    pub fn complete(&mut self, done: Done) {
+        match done {
+            Done::Plain => self.done(),
+            Done::On(side) => self.done_on(side),
+            Done::Splice(side, end) => self.done_splice(side, end),
+            Done::Closed(side) => self.closed(side),
+        }
     }
 
     /// A final completion of an operation that held `side`'s socket.
     pub fn done_on(&mut self, side: Side) {
         self.done();
         let s = &mut self.socks[side.index()];
+        debug_assert!(s.ops > 0, "socket operation count would go below zero");
         s.ops = s.ops.saturating_sub(1);
     }
 
@@ -178,7 +209,7 @@ impl Lifecycle {
                     {
                         if named {
                             let cancel = ConnOp::CancelSplice { side, end };
-                            self.account(std::slice::from_ref(&cancel));
+                            self.account(cancel);
                             out.push(cancel);
                         }
                     }
@@ -186,7 +217,7 @@ impl Lifecycle {
                 } else {
                     continue;
                 };
-                self.account(std::slice::from_ref(&op));
+                self.account(op);
                 out.push(op);
             }
         }

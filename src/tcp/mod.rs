@@ -3,6 +3,7 @@
 //! (`ConnOp`) go out — so the shard's event loop executes them on io_uring and
 //! the simulator in `tests/` executes them against a fake kernel.
 
+pub mod cx;
 pub mod echo;
 pub mod lifecycle;
 pub mod pipe;
@@ -10,7 +11,29 @@ pub mod relay;
 pub mod serve;
 pub mod splice;
 
-use splice::{PipeId, SpliceEnd};
+use splice::PipeId;
+
+use crate::upstream::{Outcome, Target};
+
+/// Which splice of a direction: into the pipe from the source, or out of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpliceEnd {
+    In,
+    Out,
+}
+
+/// Where operations go. The state machines push only through [`Cx`], which
+/// accounts each one; tests and benches of the parts (a `Pipe`, a
+/// `SpliceDir`) may collect into a plain `Vec`.
+pub trait Emit {
+    fn push(&mut self, op: ConnOp);
+}
+
+impl Emit for Vec<ConnOp> {
+    fn push(&mut self, op: ConnOp) {
+        Vec::push(self, op);
+    }
+}
 
 /// Which socket of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,10 +63,18 @@ impl Side {
 /// matching `handle_*` method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnOp {
-    /// Create the upstream socket for `upstream` (index into the listener's list).
-    OpenUpstream { upstream: u16 },
-    /// Connect the upstream socket, with connect_timeout linked to it (two completions).
-    Connect { upstream: u16 },
+    /// Ask the shard for the next target (the listener's balancer picks,
+    /// skipping the ones this connection tried). Answered at once
+    /// (`handle_target`, before any completion), no completion.
+    NextTarget,
+    /// How an attempt at `target` went, for its balancer and its upstream's
+    /// counters. No completion.
+    Report { target: Target, outcome: Outcome },
+    /// Create the upstream socket, of `target`'s address family.
+    OpenUpstream { target: Target },
+    /// Connect the upstream socket to `target`, with the listener's
+    /// connect_timeout linked to it (two completions).
+    Connect { target: Target },
     /// Multishot receive into the shard's provided buffers.
     ArmRecv(Side),
     /// Cancel this side's multishot receive (pause at the high watermark).

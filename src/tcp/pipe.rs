@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::{ConnOp, Side};
+use super::{ConnOp, Emit, Side};
 
 /// The receive side of the pipe (the multishot receive on `src`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl Pipe {
     }
 
     /// Arms the receive if it is stopped and the queue is below the resume mark.
-    pub fn arm_if_allowed(&mut self, out: &mut Vec<ConnOp>) {
+    pub fn arm_if_allowed(&mut self, out: &mut impl Emit) {
         if self.recv == RecvState::Stopped
             && !self.discarding
             && self.queue.len() <= self.resume_mark()
@@ -121,7 +121,7 @@ impl Pipe {
     }
 
     /// Data arrived in buffer `bid`. Returns true when the receive was paused.
-    pub fn on_data(&mut self, bid: u16, len: u32, more: bool, out: &mut Vec<ConnOp>) -> bool {
+    pub fn on_data(&mut self, bid: u16, len: u32, more: bool, out: &mut impl Emit) -> bool {
         if self.discarding || len == 0 {
             out.push(ConnOp::Release(bid));
         } else {
@@ -147,7 +147,7 @@ impl Pipe {
 
     /// The receive ended without data (a final completion), now `state`
     /// (a receive being stopped for a splice parks instead, unless it ended).
-    pub fn on_recv_end(&mut self, state: RecvState, out: &mut Vec<ConnOp>) {
+    pub fn on_recv_end(&mut self, state: RecvState, out: &mut impl Emit) {
         let leaving = matches!(self.recv, RecvState::Leaving | RecvState::Parked);
         self.recv = if leaving && state != RecvState::Ended {
             RecvState::Parked
@@ -164,7 +164,7 @@ impl Pipe {
 
     /// Stops receiving for good (the direction moves to a splice): cancels an
     /// armed receive, or parks one that is out of the kernel.
-    pub fn stop_receiving(&mut self, out: &mut Vec<ConnOp>) {
+    pub fn stop_receiving(&mut self, out: &mut impl Emit) {
         match self.recv {
             RecvState::Armed => {
                 self.recv = RecvState::Leaving;
@@ -192,7 +192,7 @@ impl Pipe {
     }
 
     /// Buffers came back to the ring: a starved receive may try again.
-    pub fn on_buffers(&mut self, out: &mut Vec<ConnOp>) {
+    pub fn on_buffers(&mut self, out: &mut impl Emit) {
         if self.recv == RecvState::Starved {
             self.recv = RecvState::Stopped;
             self.arm_if_allowed(out);
@@ -200,7 +200,7 @@ impl Pipe {
     }
 
     /// The send in flight completed with `n` bytes written.
-    pub fn on_sent(&mut self, n: u32, out: &mut Vec<ConnOp>) -> Sent {
+    pub fn on_sent(&mut self, n: u32, out: &mut impl Emit) -> Sent {
         let offered = self.sending.take().unwrap_or(0);
         if n > offered {
             return Sent::Invalid;
@@ -229,7 +229,7 @@ impl Pipe {
     }
 
     /// The send in flight failed or was cancelled; nothing more will be sent.
-    pub fn on_send_failed(&mut self, out: &mut Vec<ConnOp>) {
+    pub fn on_send_failed(&mut self, out: &mut impl Emit) {
         self.sending = None;
         self.discarding = true;
         self.release_unsent(out);
@@ -240,7 +240,7 @@ impl Pipe {
     }
 
     /// Teardown: release every buffer the kernel is not reading from.
-    pub fn release_unsent(&mut self, out: &mut Vec<ConnOp>) {
+    pub fn release_unsent(&mut self, out: &mut impl Emit) {
         self.discarding = true;
         let keep = usize::from(self.sending.is_some());
         while self.queue.len() > keep {
@@ -253,7 +253,7 @@ impl Pipe {
         }
     }
 
-    fn send_next(&mut self, out: &mut Vec<ConnOp>) {
+    fn send_next(&mut self, out: &mut impl Emit) {
         if self.sending.is_some() || self.discarding {
             return;
         }
@@ -272,7 +272,7 @@ impl Pipe {
         }
     }
 
-    fn forward_fin_if_drained(&mut self, out: &mut Vec<ConnOp>) {
+    fn forward_fin_if_drained(&mut self, out: &mut impl Emit) {
         if self.recv == RecvState::Ended
             && self.fin == Fin::Open
             && self.queue.is_empty()

@@ -1,5 +1,5 @@
-//! The forwarding connection: connect to an upstream (round-robin start, next
-//! upstream on refusal or timeout), then relay both directions, forward
+//! The forwarding connection: connect to a target its listener's balancer
+//! picks (the next one on refusal or timeout), then relay both directions, forward
 //! half-closes and resets, and enforce idle and half-close timeouts. Inputs
 //! are completions and the time; outputs are `ConnOp`s.
 //!
@@ -7,22 +7,19 @@
 //! transfers, through a kernel pipe with splice ([`SpliceDir`]); see
 //! [`Dir`] for how it moves between the two without reordering a byte.
 
-use super::lifecycle::{Lifecycle, SockState};
+use super::Emit;
+use super::cx::Cx;
+use super::lifecycle::SockState;
 use super::pipe::{Fin, Pipe, RecvState, Sent};
-use super::splice::{
-    PipeId, SWITCH_AFTER_FULL, SpliceConfig, SpliceDir, SpliceEnd, SpliceMode, Spliced,
-};
+use super::splice::{PipeId, SWITCH_AFTER_FULL, SpliceConfig, SpliceDir, SpliceMode, Spliced};
 use super::{ConnOp, RecvEvent, Side, errno};
-use crate::stats::{CloseReason, ShardStats};
+use crate::stats::{CloseReason, Counter};
 use crate::time::Millis;
+use crate::upstream::{Attempts, Outcome, Target};
 
 /// Per-listener settings a relay needs, in the units the state machine uses.
 #[derive(Clone, Copy, Debug)]
 pub struct RelayConfig {
-    /// Number of upstreams of the listener (>= 1).
-    pub upstreams: u16,
-    /// Where this connection's round-robin turn starts.
-    pub first_upstream: u16,
     pub idle_ms: Millis,
     pub half_close_ms: Millis,
     /// High watermark: buffers queued per direction before receiving pauses.
@@ -116,18 +113,21 @@ impl Dir {
 #[derive(Debug)]
 pub struct Relay {
     phase: Phase,
-    life: Lifecycle,
     /// dirs[Client] carries client→upstream, dirs[Upstream] upstream→client.
     dirs: [Dir; 2],
     cfg: RelayConfig,
     splice: SpliceConfig,
-    /// Upstream attempts made so far (the current one included).
-    attempts: u16,
+    /// The target of the current (or last) attempt.
+    target: Option<Target>,
+    /// This connection's walk through its balancer (attempts made so far).
+    walk: Attempts,
     last_activity: Millis,
     first_eof: Option<Side>,
     reason: Option<CloseReason>,
     /// Last errno worth logging with the close.
     last_errno: Option<i32>,
+    /// How the last attempt failed (the close reason if it was the last).
+    failure: Option<CloseReason>,
 }
 
 impl Relay {
@@ -145,28 +145,27 @@ impl Relay {
         };
         Relay {
             phase: Phase::Connecting,
-            life: Lifecycle::new(SockState::Open, SockState::Absent),
             dirs: [buffered(Side::Client), buffered(Side::Upstream)],
             cfg,
             splice,
-            attempts: 0,
+            target: None,
+            walk: Attempts::default(),
             last_activity: now,
             first_eof: None,
             reason: None,
             last_errno: None,
+            failure: None,
         }
     }
 
     /// Begins the first upstream attempt.
-    pub fn start(&mut self, out: &mut Vec<ConnOp>) {
-        self.next_attempt(None, self.last_activity, out);
+    pub fn start(&mut self, cx: &mut Cx<'_>) {
+        cx.push(ConnOp::NextTarget);
     }
 
-    /// The upstream index the current attempt uses.
-    pub fn current_upstream(&self) -> u16 {
-        let n = self.cfg.upstreams.max(1);
-        let turn = self.attempts.saturating_sub(1) % n;
-        (self.cfg.first_upstream % n + turn) % n
+    /// The target of the current (or last) attempt.
+    pub fn target(&self) -> Option<Target> {
+        self.target
     }
 
     pub fn reason(&self) -> Option<CloseReason> {
@@ -177,16 +176,20 @@ impl Relay {
         self.last_errno
     }
 
+    /// Upstream attempts made so far (the current one included).
     pub fn attempts(&self) -> u16 {
-        self.attempts
+        self.walk.tried()
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Closing && self.life.finished()
+    /// The walk through the balancer, for the shard to pick the next target.
+    pub fn attempts_mut(&mut self) -> &mut Attempts {
+        &mut self.walk
     }
 
-    pub fn inflight(&self) -> u32 {
-        self.life.inflight()
+    /// Closing: the connection is finished once its accounting says nothing
+    /// is in flight and both sockets are gone.
+    pub fn is_closing(&self) -> bool {
+        self.phase == Phase::Closing
     }
 
     /// Bytes delivered (client→upstream, upstream→client).
@@ -220,86 +223,75 @@ impl Relay {
         }
     }
 
-    /// Records and emits `op`s pushed by the closure.
-    fn emit(&mut self, out: &mut Vec<ConnOp>, f: impl FnOnce(&mut Self, &mut Vec<ConnOp>)) {
-        let start = out.len();
-        f(self, out);
-        if let Some(tail) = out.get(start..) {
-            self.life.account(tail);
-        }
-    }
-
     /// The upstream socket exists (Ok) or could not be created (Err(errno)).
-    pub fn handle_socket(
-        &mut self,
-        res: Result<(), i32>,
-        now: Millis,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
-    ) {
-        self.life.done();
+    pub fn handle_socket(&mut self, res: Result<(), i32>, now: Millis, cx: &mut Cx<'_>) {
         match res {
             Ok(()) => {
-                self.life.set_state(Side::Upstream, SockState::Open);
+                cx.life.set_state(Side::Upstream, SockState::Open);
                 if self.phase != Phase::Connecting {
-                    self.life.doom(Side::Upstream, false, out);
+                    cx.doom(Side::Upstream, false);
                     return;
                 }
-                stats.connect_attempts += 1;
-                let upstream = self.current_upstream();
-                self.emit(out, |_, out| out.push(ConnOp::Connect { upstream }));
+                cx.count(Counter::ConnectAttempts);
+                match self.target {
+                    Some(target) => cx.push(ConnOp::Connect { target }),
+                    None => self.linger(CloseReason::ConnectError, now, cx),
+                }
             }
             Err(e) => {
-                stats.connect_errors += 1;
+                cx.count(Counter::ConnectErrors);
                 self.last_errno = Some(e);
+                if let Some(target) = self.target {
+                    cx.push(ConnOp::Report {
+                        target,
+                        outcome: Outcome::Error,
+                    });
+                }
                 if self.phase == Phase::Connecting {
-                    self.linger(CloseReason::ConnectError, now, out);
+                    self.linger(CloseReason::ConnectError, now, cx);
                 } else {
-                    self.after(out);
+                    self.after(cx);
                 }
             }
         }
     }
 
     /// The connect finished: Ok, or Err(errno) (ECANCELED = connect_timeout fired).
-    pub fn handle_connect(
-        &mut self,
-        res: Result<(), i32>,
-        now: Millis,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
-    ) {
-        self.life.done_on(Side::Upstream);
+    pub fn handle_connect(&mut self, res: Result<(), i32>, now: Millis, cx: &mut Cx<'_>) {
         if self.phase != Phase::Connecting {
-            self.after(out);
+            self.after(cx);
             return;
         }
         let failure = match res {
             Ok(()) => {
+                self.report(Outcome::Connected, cx);
                 self.phase = Phase::Relaying;
                 self.last_activity = now;
                 let always = self.splice.mode == SpliceMode::Always;
-                self.emit(out, |r, out| {
+                {
                     for side in [Side::Client, Side::Upstream] {
                         if always {
-                            out.push(ConnOp::WantPipe(side));
-                        } else if let Some(p) = r.dirs[side.index()].buffers() {
-                            p.arm_if_allowed(out);
+                            cx.push(ConnOp::WantPipe(side));
+                        } else if let Some(p) = self.dirs[side.index()].buffers() {
+                            p.arm_if_allowed(cx);
                         }
                     }
-                });
+                }
                 return;
             }
             Err(errno::ECANCELED) => {
-                stats.connect_timeouts += 1;
+                cx.count(Counter::ConnectTimeouts);
+                self.report(Outcome::Timeout, cx);
                 CloseReason::ConnectTimeout
             }
             Err(errno::ECONNREFUSED) => {
-                stats.connect_refused += 1;
+                cx.count(Counter::ConnectRefused);
+                self.report(Outcome::Refused, cx);
                 CloseReason::ConnectRefused
             }
             Err(_) => {
-                stats.connect_errors += 1;
+                cx.count(Counter::ConnectErrors);
+                self.report(Outcome::Error, cx);
                 CloseReason::ConnectError
             }
         };
@@ -307,59 +299,73 @@ impl Relay {
             self.last_errno = Some(e);
         }
         // The failed socket is closed on its own; the next attempt gets a fresh one.
-        self.life.set_state(Side::Upstream, SockState::Absent);
-        self.emit(out, |_, out| out.push(ConnOp::Discard));
-        self.next_attempt(Some(failure), now, out);
+        cx.life.set_state(Side::Upstream, SockState::Absent);
+        cx.push(ConnOp::Discard);
+        self.next_attempt(Some(failure), now, cx);
     }
 
     /// The connect's linked timeout completed (fired, or cancelled by the connect).
-    pub fn handle_connect_timeout(&mut self, out: &mut Vec<ConnOp>) {
-        self.life.done();
-        self.after(out);
+    pub fn handle_connect_timeout(&mut self, cx: &mut Cx<'_>) {
+        self.after(cx);
     }
 
-    fn next_attempt(&mut self, failure: Option<CloseReason>, now: Millis, out: &mut Vec<ConnOp>) {
-        if self.attempts < self.cfg.upstreams {
-            self.attempts += 1;
-            let upstream = self.current_upstream();
-            self.emit(out, |_, out| out.push(ConnOp::OpenUpstream { upstream }));
-        } else {
-            self.linger(failure.unwrap_or(CloseReason::ConnectError), now, out);
+    fn report(&self, outcome: Outcome, cx: &mut Cx<'_>) {
+        if let Some(target) = self.target {
+            cx.push(ConnOp::Report { target, outcome });
+        }
+    }
+
+    fn next_attempt(&mut self, failure: Option<CloseReason>, now: Millis, cx: &mut Cx<'_>) {
+        self.failure = failure;
+        let _ = now;
+        cx.push(ConnOp::NextTarget);
+    }
+
+    /// The shard's answer to `NextTarget`: the target to try next, or `None`
+    /// when the balancer has none left for this connection (every upstream
+    /// was tried): then the client gets a FIN (see [`linger`](Self::linger)).
+    pub fn handle_target(&mut self, target: Option<Target>, cx: &mut Cx<'_>) {
+        if self.phase != Phase::Connecting {
+            return;
+        }
+        match target {
+            Some(t) => {
+                self.target = Some(t);
+                cx.push(ConnOp::OpenUpstream { target: t });
+            }
+            None => {
+                let reason = self.failure.unwrap_or(CloseReason::ConnectError);
+                self.linger(reason, cx.now, cx);
+            }
         }
     }
 
     /// Every upstream failed: FIN to the client, then read and discard what
     /// it sent (see [`LINGER_MAX_BYTES`]) so the close does not reset it.
     /// The connection is counted under `reason` whatever ends the lingering.
-    fn linger(&mut self, reason: CloseReason, now: Millis, out: &mut Vec<ConnOp>) {
+    fn linger(&mut self, reason: CloseReason, now: Millis, cx: &mut Cx<'_>) {
         self.reason = Some(reason);
         self.phase = Phase::Lingering {
             until: now.saturating_add(LINGER_MS),
             discarded: 0,
         };
-        self.emit(out, |r, out| {
+        {
             // Nothing was relayed; this stops the pipes from forwarding the
             // client's FIN to the upstream that never was.
-            for d in &mut r.dirs {
+            for d in &mut self.dirs {
                 if let Some(p) = d.buffers() {
-                    p.release_unsent(out);
+                    p.release_unsent(cx);
                 }
             }
-            out.push(ConnOp::Shutdown(Side::Client));
-            out.push(ConnOp::ArmRecv(Side::Client));
-        });
+            cx.push(ConnOp::Shutdown(Side::Client));
+            cx.push(ConnOp::ArmRecv(Side::Client));
+        }
     }
 
     /// A receive completion while lingering: data is released at once (an
     /// idle lingering client holds no buffer); its FIN, an error, the byte
     /// bound or a receive that cannot continue ends the lingering.
-    fn linger_recv(
-        &mut self,
-        ev: RecvEvent,
-        more: bool,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
-    ) {
+    fn linger_recv(&mut self, ev: RecvEvent, more: bool, cx: &mut Cx<'_>) {
         let Phase::Lingering { until, discarded } = self.phase else {
             return;
         };
@@ -367,30 +373,30 @@ impl Relay {
             RecvEvent::Data { bid, len } => {
                 let discarded = discarded.saturating_add(u64::from(len));
                 self.phase = Phase::Lingering { until, discarded };
-                self.emit(out, |_, out| {
-                    out.push(ConnOp::Release(bid));
+                {
+                    cx.push(ConnOp::Release(bid));
                     if !more && discarded < LINGER_MAX_BYTES {
-                        out.push(ConnOp::ArmRecv(Side::Client));
+                        cx.push(ConnOp::ArmRecv(Side::Client));
                     }
-                });
+                }
                 if discarded >= LINGER_MAX_BYTES {
-                    self.end_linger(out);
+                    self.end_linger(cx);
                 }
             }
             RecvEvent::NoBuffers => {
-                stats.enobufs += 1;
-                out.push(ConnOp::Starved(Side::Client));
+                cx.count(Counter::Enobufs);
+                cx.push(ConnOp::Starved(Side::Client));
             }
-            RecvEvent::Eof | RecvEvent::Cancelled | RecvEvent::Error(_) => self.end_linger(out),
+            RecvEvent::Eof | RecvEvent::Cancelled | RecvEvent::Error(_) => self.end_linger(cx),
         }
     }
 
     /// Lingering is over: close the client (a FIN was already sent).
-    fn end_linger(&mut self, out: &mut Vec<ConnOp>) {
+    fn end_linger(&mut self, cx: &mut Cx<'_>) {
         if let Phase::Lingering { .. } = self.phase {
             self.phase = Phase::Closing;
-            self.life.doom(Side::Client, false, out);
-            self.life.doom(Side::Upstream, false, out);
+            cx.doom(Side::Client, false);
+            cx.doom(Side::Upstream, false);
         }
     }
 
@@ -401,15 +407,11 @@ impl Relay {
         ev: RecvEvent,
         more: bool,
         now: Millis,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
+        cx: &mut Cx<'_>,
     ) {
-        if !more {
-            self.life.done_on(side);
-        }
         if let Phase::Lingering { .. } = self.phase {
-            self.linger_recv(ev, more, out, stats);
-            self.after(out);
+            self.linger_recv(ev, more, cx);
+            self.after(cx);
             return;
         }
         let closing = self.phase == Phase::Closing;
@@ -418,10 +420,10 @@ impl Relay {
             // receive's final completion). Data here would have to be
             // dropped: end the connection rather than truncate the stream.
             if let RecvEvent::Data { bid, .. } = ev {
-                self.emit(out, |_, out| out.push(ConnOp::Release(bid)));
-                self.begin_close(CloseReason::Error, Ending::Reset { side }, out);
+                cx.push(ConnOp::Release(bid));
+                self.begin_close(CloseReason::Error, Ending::Reset { side }, cx);
             }
-            self.after(out);
+            self.after(cx);
             return;
         }
         match ev {
@@ -429,36 +431,36 @@ impl Relay {
                 if !closing {
                     self.last_activity = now;
                 }
-                self.emit(out, |r, out| {
-                    if let Some(p) = r.dirs[side.index()].buffers()
-                        && p.on_data(bid, len, more && !closing, out)
+                {
+                    if let Some(p) = self.dirs[side.index()].buffers()
+                        && p.on_data(bid, len, more && !closing, cx)
                     {
-                        stats.recv_paused += 1;
+                        cx.count(Counter::RecvPaused);
                     }
-                });
+                }
                 if !closing {
-                    self.count_full(side, len, out);
+                    self.count_full(side, len, cx);
                 }
             }
             RecvEvent::Eof => {
-                self.emit(out, |r, out| {
-                    if let Some(p) = r.dirs[side.index()].buffers() {
-                        p.on_recv_end(RecvState::Ended, out)
+                {
+                    if let Some(p) = self.dirs[side.index()].buffers() {
+                        p.on_recv_end(RecvState::Ended, cx)
                     }
-                });
+                }
                 if !closing && self.first_eof.is_none() {
                     self.first_eof = Some(side);
                     self.last_activity = now;
                 }
             }
             RecvEvent::NoBuffers => {
-                stats.enobufs += 1;
+                cx.count(Counter::Enobufs);
                 let state = if closing {
                     RecvState::Ended
                 } else {
                     RecvState::Starved
                 };
-                self.recv_ended(side, state, out);
+                self.recv_ended(side, state, cx);
             }
             RecvEvent::Cancelled => {
                 let state = if closing {
@@ -466,7 +468,7 @@ impl Relay {
                 } else {
                     RecvState::Stopped
                 };
-                self.recv_ended(side, state, out);
+                self.recv_ended(side, state, cx);
             }
             RecvEvent::Error(e) => {
                 // Close first: a broken stream must not be ended with a FIN
@@ -474,21 +476,21 @@ impl Relay {
                 if !closing {
                     self.last_errno = Some(e);
                     let reason = reset_reason(side, e);
-                    self.begin_close(reason, Ending::Reset { side }, out);
+                    self.begin_close(reason, Ending::Reset { side }, cx);
                 }
-                self.recv_ended(side, RecvState::Ended, out);
+                self.recv_ended(side, RecvState::Ended, cx);
             }
         }
-        self.progress_switch(side, now, out, stats);
-        self.after(out);
+        self.progress_switch(side, now, cx);
+        self.after(cx);
     }
 
-    fn recv_ended(&mut self, side: Side, state: RecvState, out: &mut Vec<ConnOp>) {
-        self.emit(out, |r, out| {
-            if let Some(p) = r.dirs[side.index()].buffers() {
-                p.on_recv_end(state, out)
+    fn recv_ended(&mut self, side: Side, state: RecvState, cx: &mut Cx<'_>) {
+        {
+            if let Some(p) = self.dirs[side.index()].buffers() {
+                p.on_recv_end(state, cx)
             }
-        });
+        }
     }
 
     /// Auto mode (and always mode after a refused pipe): a direction whose
@@ -498,7 +500,7 @@ impl Relay {
     /// the peer spoke in between, a message of a request/response exchange,
     /// so the bursts of this side are responses, not one stream (measured:
     /// 64 KiB responses are slower spliced than buffered, see `SWITCH_AFTER_FULL`).
-    fn count_full(&mut self, side: Side, len: u32, out: &mut Vec<ConnOp>) {
+    fn count_full(&mut self, side: Side, len: u32, cx: &mut Cx<'_>) {
         if self.splice.mode == SpliceMode::Off || self.phase != Phase::Relaying {
             return;
         }
@@ -518,7 +520,7 @@ impl Relay {
             *full += 1;
             if *full >= SWITCH_AFTER_FULL {
                 *full = 0;
-                out.push(ConnOp::WantPipe(side));
+                cx.push(ConnOp::WantPipe(side));
             }
         }
     }
@@ -526,23 +528,16 @@ impl Relay {
     /// The shard's answer to `WantPipe(side)`: a pipe, or `None` when its
     /// budget is spent (the direction stays on buffers, as HAProxy does past
     /// `maxpipes`).
-    pub fn handle_pipe(
-        &mut self,
-        side: Side,
-        grant: Option<PipeId>,
-        now: Millis,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
-    ) {
+    pub fn handle_pipe(&mut self, side: Side, grant: Option<PipeId>, now: Millis, cx: &mut Cx<'_>) {
         let i = side.index();
         let Some(grant) = grant else {
-            stats.pipes_exhausted += 1;
+            cx.count(Counter::PipesExhausted);
             if self.phase == Phase::Relaying {
-                self.emit(out, |r, out| {
-                    if let Some(p) = r.dirs[i].buffers() {
-                        p.arm_if_allowed(out);
+                {
+                    if let Some(p) = self.dirs[i].buffers() {
+                        p.arm_if_allowed(cx);
                     }
-                });
+                }
             }
             return;
         };
@@ -550,7 +545,7 @@ impl Relay {
             && matches!(&self.dirs[i], Dir::Buffered { pipe, .. }
                 if !pipe.src_ended() && !pipe.discarding() && pipe.fin() == Fin::Open);
         if !eligible {
-            out.push(ConnOp::ReturnPipe {
+            cx.push(ConnOp::ReturnPipe {
                 pipe: grant,
                 clean: true,
             });
@@ -561,22 +556,16 @@ impl Relay {
             full: 0,
         };
         if let Dir::Buffered { mut pipe, .. } = std::mem::replace(&mut self.dirs[i], placeholder) {
-            self.emit(out, |_, out| pipe.stop_receiving(out));
+            pipe.stop_receiving(cx);
             self.dirs[i] = Dir::Switching { pipe, grant };
         }
-        self.progress_switch(side, now, out, stats);
+        self.progress_switch(side, now, cx);
     }
 
     /// Moves a switching direction on: to a splice once its buffer path is
     /// parked and drained, or back to buffers (pipe returned unused) if its
     /// source ended meanwhile or the connection is ending.
-    fn progress_switch(
-        &mut self,
-        side: Side,
-        now: Millis,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
-    ) {
+    fn progress_switch(&mut self, side: Side, now: Millis, cx: &mut Cx<'_>) {
         let i = side.index();
         let (ready, abort) = match &self.dirs[i] {
             Dir::Switching { pipe, .. } => (
@@ -597,31 +586,18 @@ impl Relay {
             return;
         };
         if abort {
-            out.push(ConnOp::ReturnPipe {
+            cx.push(ConnOp::ReturnPipe {
                 pipe: grant,
                 clean: true,
             });
             self.dirs[i] = Dir::Buffered { pipe, full: 0 };
             return;
         }
-        stats.splice_switched += 1;
+        cx.count(Counter::SpliceSwitched);
         let splice = self.splice;
         let bytes = pipe.bytes;
-        let mut dir = None;
-        self.emit(out, |_, out| {
-            dir = Some(SpliceDir::start(
-                side,
-                side.other(),
-                grant,
-                splice,
-                bytes,
-                now,
-                out,
-            ));
-        });
-        if let Some(d) = dir {
-            self.dirs[i] = Dir::Spliced(d);
-        }
+        let d = SpliceDir::start(side, side.other(), grant, splice, bytes, now, cx);
+        self.dirs[i] = Dir::Spliced(d);
     }
 
     /// The splice into the pipe of the direction reading `side` completed.
@@ -630,25 +606,23 @@ impl Relay {
         side: Side,
         res: Result<u32, i32>,
         now: Millis,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
+        cx: &mut Cx<'_>,
     ) {
-        self.life.done_splice(side, SpliceEnd::In);
         let mut outcome = None;
-        self.emit(out, |r, out| {
-            if let Dir::Spliced(s) = &mut r.dirs[side.index()] {
-                outcome = Some(s.on_in(res, now, out));
+        {
+            if let Dir::Spliced(s) = &mut self.dirs[side.index()] {
+                outcome = Some(s.on_in(res, now, cx));
             }
-        });
+        }
         if let Some(outcome) = outcome {
             if let Spliced::Moved { bytes, .. } = outcome
                 && bytes > 0
             {
-                stats.splices_in += 1;
+                cx.count(Counter::SplicesIn);
             }
-            self.spliced(side, outcome, now, out, stats);
+            self.spliced(side, outcome, now, cx);
         }
-        self.after(out);
+        self.after(cx);
     }
 
     /// The splice out of the pipe to `side`'s socket completed.
@@ -657,18 +631,16 @@ impl Relay {
         side: Side,
         res: Result<u32, i32>,
         now: Millis,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
+        cx: &mut Cx<'_>,
     ) {
-        self.life.done_splice(side, SpliceEnd::Out);
         let src = side.other();
         let before = self.dirs[src.index()].bytes();
         let mut outcome = None;
-        self.emit(out, |r, out| {
-            if let Dir::Spliced(s) = &mut r.dirs[src.index()] {
-                outcome = Some(s.on_out(res, now, out));
+        {
+            if let Dir::Spliced(s) = &mut self.dirs[src.index()] {
+                outcome = Some(s.on_out(res, now, cx));
             }
-        });
+        }
         // Counted from the direction's total: a splice out that ends in a
         // revert moved bytes too.
         let moved = self.dirs[src.index()].bytes().saturating_sub(before);
@@ -676,30 +648,23 @@ impl Relay {
             if self.phase != Phase::Closing {
                 self.last_activity = now;
             }
-            stats.splices_out += 1;
+            cx.count(Counter::SplicesOut);
             match side {
-                Side::Upstream => stats.bytes_client_to_upstream += moved,
-                Side::Client => stats.bytes_upstream_to_client += moved,
+                Side::Upstream => cx.add(Counter::BytesC2u, moved),
+                Side::Client => cx.add(Counter::BytesU2c, moved),
             }
         }
         if let Some(outcome) = outcome {
             if let Spliced::Moved { short: true, .. } = outcome {
-                stats.short_sends += 1;
+                cx.count(Counter::ShortSends);
             }
-            self.spliced(src, outcome, now, out, stats);
+            self.spliced(src, outcome, now, cx);
         }
-        self.after(out);
+        self.after(cx);
     }
 
     /// What a splice completion of the direction reading `src` means for the connection.
-    fn spliced(
-        &mut self,
-        src: Side,
-        outcome: Spliced,
-        now: Millis,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
-    ) {
+    fn spliced(&mut self, src: Side, outcome: Spliced, now: Millis, cx: &mut Cx<'_>) {
         let closing = self.phase == Phase::Closing;
         match outcome {
             Spliced::Moved { bytes, .. } => {
@@ -709,41 +674,33 @@ impl Relay {
             }
             Spliced::Reverted | Spliced::Ended => {
                 if outcome == Spliced::Reverted {
-                    stats.splice_reverted += 1;
+                    cx.count(Counter::SpliceReverted);
                 }
                 let bytes = self.dirs[src.index()].bytes();
                 let mut pipe = Pipe::resumed(src, src.other(), self.cfg.cap, bytes);
                 if closing {
-                    pipe.release_unsent(out);
+                    pipe.release_unsent(cx);
                 } else {
-                    self.emit(out, |_, out| pipe.arm_if_allowed(out));
+                    pipe.arm_if_allowed(cx);
                 }
                 self.dirs[src.index()] = Dir::Buffered { pipe, full: 0 };
             }
             Spliced::Failed { side, errno } => {
                 if !closing {
                     self.last_errno = Some(errno);
-                    self.begin_close(reset_reason(side, errno), Ending::Reset { side }, out);
+                    self.begin_close(reset_reason(side, errno), Ending::Reset { side }, cx);
                 }
             }
             Spliced::Invalid => {
                 if !closing {
-                    self.begin_close(CloseReason::Error, Ending::Reset { side: src.other() }, out);
+                    self.begin_close(CloseReason::Error, Ending::Reset { side: src.other() }, cx);
                 }
             }
         }
     }
 
     /// A send on `side` completed: Ok(bytes) or Err(errno).
-    pub fn handle_sent(
-        &mut self,
-        side: Side,
-        res: Result<u32, i32>,
-        now: Millis,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
-    ) {
-        self.life.done_on(side);
+    pub fn handle_sent(&mut self, side: Side, res: Result<u32, i32>, now: Millis, cx: &mut Cx<'_>) {
         let src = side.other();
         match res {
             Ok(n) if n > 0 => {
@@ -751,50 +708,49 @@ impl Relay {
                     self.last_activity = now;
                 }
                 let mut outcome = Sent::Invalid;
-                self.emit(out, |r, out| {
-                    if let Some(p) = r.dirs[src.index()].buffers() {
-                        outcome = p.on_sent(n, out);
+                {
+                    if let Some(p) = self.dirs[src.index()].buffers() {
+                        outcome = p.on_sent(n, cx);
                     }
-                });
+                }
                 match side {
-                    Side::Upstream => stats.bytes_client_to_upstream += u64::from(n),
-                    Side::Client => stats.bytes_upstream_to_client += u64::from(n),
+                    Side::Upstream => cx.add(Counter::BytesC2u, u64::from(n)),
+                    Side::Client => cx.add(Counter::BytesU2c, u64::from(n)),
                 }
                 match outcome {
                     Sent::Progress { short } => {
                         if short {
-                            stats.short_sends += 1;
+                            cx.count(Counter::ShortSends);
                         }
                     }
                     Sent::Invalid => {
-                        self.begin_close(CloseReason::Error, Ending::Reset { side }, out)
+                        self.begin_close(CloseReason::Error, Ending::Reset { side }, cx)
                     }
                 }
-                self.progress_switch(src, now, out, stats);
+                self.progress_switch(src, now, cx);
             }
             Ok(_) | Err(_) => {
-                self.emit(out, |r, out| {
-                    if let Some(p) = r.dirs[src.index()].buffers() {
-                        p.on_send_failed(out)
+                {
+                    if let Some(p) = self.dirs[src.index()].buffers() {
+                        p.on_send_failed(cx)
                     }
-                });
+                }
                 if self.phase != Phase::Closing {
                     let e = res.err().unwrap_or(libc::EIO);
                     self.last_errno = Some(e);
-                    self.begin_close(reset_reason(side, e), Ending::Reset { side }, out);
+                    self.begin_close(reset_reason(side, e), Ending::Reset { side }, cx);
                 }
             }
         }
-        self.after(out);
+        self.after(cx);
     }
 
     /// The FIN forwarded to `side` (shutdown SHUT_WR) completed.
-    pub fn handle_shutdown(&mut self, side: Side, res: Result<(), i32>, out: &mut Vec<ConnOp>) {
-        self.life.done_on(side);
+    pub fn handle_shutdown(&mut self, side: Side, res: Result<(), i32>, cx: &mut Cx<'_>) {
         if let Phase::Lingering { .. } = self.phase {
             // The client reset already: nothing to wait for.
             if res.is_err() {
-                self.end_linger(out);
+                self.end_linger(cx);
             }
             return;
         }
@@ -811,67 +767,56 @@ impl Relay {
                             Some(Side::Upstream) => CloseReason::UpstreamEof,
                             _ => CloseReason::ClientEof,
                         };
-                        self.begin_close(reason, Ending::Graceful, out);
+                        self.begin_close(reason, Ending::Graceful, cx);
                     }
                 }
                 Err(e) => {
                     self.last_errno = Some(e);
-                    self.begin_close(reset_reason(side, e), Ending::Reset { side }, out);
+                    self.begin_close(reset_reason(side, e), Ending::Reset { side }, cx);
                 }
             }
         }
-        self.after(out);
+        self.after(cx);
     }
 
     /// A cancel this relay issued completed (its result does not matter: the
     /// cancelled operation reports its own end).
-    pub fn handle_cancel(&mut self, out: &mut Vec<ConnOp>) {
-        self.life.done();
-        self.after(out);
-    }
-
-    /// The close of `side`'s socket completed.
-    pub fn handle_close(&mut self, side: Side) {
-        self.life.closed(side);
-    }
-
-    /// The close of a failed attempt's socket completed.
-    pub fn handle_discard(&mut self) {
-        self.life.done();
+    pub fn handle_cancel(&mut self, cx: &mut Cx<'_>) {
+        self.after(cx);
     }
 
     /// Buffers returned to the shard's ring: a starved receive on `side` retries.
-    pub fn handle_buffers(&mut self, side: Side, out: &mut Vec<ConnOp>) {
+    pub fn handle_buffers(&mut self, side: Side, cx: &mut Cx<'_>) {
         if let (Phase::Lingering { .. }, Side::Client) = (self.phase, side) {
-            self.emit(out, |_, out| out.push(ConnOp::ArmRecv(Side::Client)));
+            cx.push(ConnOp::ArmRecv(Side::Client));
             return;
         }
         if self.phase == Phase::Relaying {
-            self.emit(out, |r, out| {
-                if let Some(p) = r.dirs[side.index()].buffers() {
-                    p.on_buffers(out)
+            {
+                if let Some(p) = self.dirs[side.index()].buffers() {
+                    p.on_buffers(cx)
                 }
-            });
+            }
         }
     }
 
     /// Time passed; reclaims the pipes of silent splices, and ends the
     /// connection if its idle or half-close deadline is due.
-    pub fn handle_timeout(&mut self, now: Millis, out: &mut Vec<ConnOp>) {
+    pub fn handle_timeout(&mut self, now: Millis, cx: &mut Cx<'_>) {
         if let Phase::Lingering { until, .. } = self.phase {
             if until <= now {
-                self.end_linger(out);
+                self.end_linger(cx);
             }
             return;
         }
         if self.phase == Phase::Relaying {
-            self.emit(out, |r, out| {
-                for d in &mut r.dirs {
+            {
+                for d in &mut self.dirs {
                     if let Dir::Spliced(s) = d {
-                        s.on_timer(now, out);
+                        s.on_timer(now, cx);
                     }
                 }
-            });
+            }
         }
         if let Some(d) = self.idle_deadline()
             && d <= now
@@ -881,35 +826,35 @@ impl Relay {
             } else {
                 CloseReason::IdleTimeout
             };
-            self.begin_close(reason, Ending::Graceful, out);
+            self.begin_close(reason, Ending::Graceful, cx);
         }
     }
 
     /// Ends the connection now (shutdown after drain_timeout).
-    pub fn abort(&mut self, reason: CloseReason, out: &mut Vec<ConnOp>) {
+    pub fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
         if let Phase::Lingering { .. } = self.phase {
             // Counted under the connect failure that started the lingering.
-            self.end_linger(out);
+            self.end_linger(cx);
             return;
         }
-        self.begin_close(reason, Ending::Graceful, out);
+        self.begin_close(reason, Ending::Graceful, cx);
     }
 
-    fn begin_close(&mut self, reason: CloseReason, ending: Ending, out: &mut Vec<ConnOp>) {
+    fn begin_close(&mut self, reason: CloseReason, ending: Ending, cx: &mut Cx<'_>) {
         if self.phase == Phase::Closing {
             return;
         }
         self.phase = Phase::Closing;
         self.reason = Some(reason);
-        self.emit(out, |r, out| {
-            for d in &mut r.dirs {
+        {
+            for d in &mut self.dirs {
                 match d {
-                    Dir::Buffered { pipe, .. } => pipe.release_unsent(out),
+                    Dir::Buffered { pipe, .. } => pipe.release_unsent(cx),
                     Dir::Switching { pipe, grant } => {
                         // The grant was never used: back to the pool, and the
                         // direction ends on its buffer path.
-                        pipe.release_unsent(out);
-                        out.push(ConnOp::ReturnPipe {
+                        pipe.release_unsent(cx);
+                        cx.push(ConnOp::ReturnPipe {
                             pipe: *grant,
                             clean: true,
                         });
@@ -917,20 +862,20 @@ impl Relay {
                             std::mem::replace(pipe, Pipe::new(Side::Client, Side::Upstream, 1));
                         *d = Dir::Buffered { pipe, full: 0 };
                     }
-                    Dir::Spliced(s) => s.close(out),
+                    Dir::Spliced(s) => s.close(cx),
                 }
             }
-        });
+        }
         for side in [Side::Client, Side::Upstream] {
             let linger0 = matches!(ending, Ending::Reset { side: s } if s != side);
-            self.life.doom(side, linger0, out);
+            cx.doom(side, linger0);
         }
     }
 
     /// After any completion: while closing, close sockets nothing uses any more.
-    fn after(&mut self, out: &mut Vec<ConnOp>) {
+    fn after(&mut self, cx: &mut Cx<'_>) {
         if self.phase == Phase::Closing {
-            self.life.close_when_idle(out);
+            cx.close_when_idle();
         }
     }
 

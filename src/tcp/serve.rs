@@ -18,10 +18,11 @@
 //! request/response), then the socket is closed; a reset or a send error
 //! closes it at once.
 
-use super::lifecycle::{Lifecycle, SockState};
+use super::Emit;
+use super::cx::Cx;
 use super::pipe::{Fin, RecvState};
 use super::{ConnOp, RecvEvent, Side, errno};
-use crate::stats::{CloseReason, ShardStats};
+use crate::stats::{CloseReason, Counter};
 use crate::verify::PERIOD;
 
 /// The largest send window: 256 KiB, sent with `MSG_WAITALL` (the kernel
@@ -55,7 +56,6 @@ impl ServeMode {
 #[derive(Debug)]
 pub struct Server {
     mode: ServeMode,
-    life: Lifecycle,
     recv: RecvState,
     /// Request/response: bytes of the request being received.
     partial: u64,
@@ -84,7 +84,6 @@ impl Server {
         };
         Server {
             mode,
-            life: Lifecycle::new(SockState::Open, SockState::Absent),
             recv: RecvState::Stopped,
             partial: 0,
             owed: match mode {
@@ -106,9 +105,9 @@ impl Server {
     }
 
     /// Arms the receive and, for a source, the first send.
-    pub fn start(&mut self, out: &mut Vec<ConnOp>) {
-        self.arm_if_allowed(out);
-        self.send_next(out);
+    pub fn start(&mut self, cx: &mut Cx<'_>) {
+        self.arm_if_allowed(cx);
+        self.send_next(cx);
     }
 
     pub fn reason(&self) -> Option<CloseReason> {
@@ -119,12 +118,9 @@ impl Server {
         self.last_errno
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.closing && self.life.finished()
-    }
-
-    pub fn inflight(&self) -> u32 {
-        self.life.inflight()
+    /// Closing: finished once nothing is in flight and the socket is gone.
+    pub fn is_closing(&self) -> bool {
+        self.closing
     }
 
     /// Bytes received from and sent to the client.
@@ -142,35 +138,25 @@ impl Server {
         true
     }
 
-    fn push(&mut self, op: ConnOp, out: &mut Vec<ConnOp>) {
-        self.life.account(std::slice::from_ref(&op));
-        out.push(op);
+    fn push(&mut self, op: ConnOp, cx: &mut Cx<'_>) {
+        cx.push(op);
     }
 
-    pub fn handle_recv(
-        &mut self,
-        ev: RecvEvent,
-        more: bool,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
-    ) {
-        if !more {
-            self.life.done_on(SIDE);
-        }
+    pub fn handle_recv(&mut self, ev: RecvEvent, more: bool, cx: &mut Cx<'_>) {
         match ev {
             RecvEvent::Data { bid, len } => {
                 // Discarded at once: the buffer goes straight back to the ring.
-                self.push(ConnOp::Release(bid), out);
-                stats.bytes_client_to_upstream += u64::from(len);
+                self.push(ConnOp::Release(bid), cx);
+                cx.add(Counter::BytesC2u, u64::from(len));
                 self.received += u64::from(len);
                 if !self.closing {
                     self.on_request_bytes(len);
                 }
                 if !more && self.recv == RecvState::Armed {
                     self.recv = RecvState::Stopped;
-                    self.arm_if_allowed(out);
+                    self.arm_if_allowed(cx);
                 }
-                self.send_next(out);
+                self.send_next(cx);
             }
             RecvEvent::Eof => {
                 self.recv = RecvState::Ended;
@@ -178,15 +164,15 @@ impl Server {
                     // Stop after the send in flight (and what it left unsent).
                     self.owed = self.sent + u64::from(self.sending.unwrap_or(0));
                 }
-                self.send_next(out);
+                self.send_next(cx);
             }
             RecvEvent::NoBuffers => {
-                stats.enobufs += 1;
+                cx.count(Counter::Enobufs);
                 if self.closing {
                     self.recv = RecvState::Ended;
                 } else {
                     self.recv = RecvState::Starved;
-                    self.push(ConnOp::Starved(SIDE), out);
+                    self.push(ConnOp::Starved(SIDE), cx);
                 }
             }
             RecvEvent::Cancelled => {
@@ -195,7 +181,7 @@ impl Server {
                 } else {
                     // Nothing cancels a server's receive but its teardown; re-arm.
                     self.recv = RecvState::Stopped;
-                    self.arm_if_allowed(out);
+                    self.arm_if_allowed(cx);
                 }
             }
             RecvEvent::Error(e) => {
@@ -206,10 +192,10 @@ impl Server {
                 } else {
                     CloseReason::Error
                 };
-                self.begin_close(reason, out);
+                self.begin_close(reason, cx);
             }
         }
-        self.after(out);
+        self.after(cx);
     }
 
     /// Request/response: `len` more request bytes; every completed request owes a response.
@@ -224,42 +210,35 @@ impl Server {
         }
     }
 
-    pub fn handle_sent(
-        &mut self,
-        res: Result<u32, i32>,
-        out: &mut Vec<ConnOp>,
-        stats: &mut ShardStats,
-    ) {
-        self.life.done_on(SIDE);
+    pub fn handle_sent(&mut self, res: Result<u32, i32>, cx: &mut Cx<'_>) {
         let offered = self.sending.take().unwrap_or(0);
         match res {
             Ok(n) if n > 0 && n <= offered => {
-                stats.bytes_upstream_to_client += u64::from(n);
+                cx.add(Counter::BytesU2c, u64::from(n));
                 if n < offered {
-                    stats.short_sends += 1;
+                    cx.count(Counter::ShortSends);
                 }
                 self.sent += u64::from(n);
-                self.send_next(out);
+                self.send_next(cx);
             }
             // Cancelled by our own teardown.
             Err(errno::ECANCELED) if self.closing => {}
             Err(e @ (errno::EPIPE | errno::ECONNRESET)) => {
                 self.note_errno(e);
-                self.begin_close(CloseReason::ClientReset, out)
+                self.begin_close(CloseReason::ClientReset, cx)
             }
             Err(e) => {
                 self.note_errno(e);
-                self.begin_close(CloseReason::Error, out)
+                self.begin_close(CloseReason::Error, cx)
             }
             // Nothing written for a non-empty send, or the kernel claiming
             // more than was offered (a bug): end it.
-            Ok(_) => self.begin_close(CloseReason::Error, out),
+            Ok(_) => self.begin_close(CloseReason::Error, cx),
         }
-        self.after(out);
+        self.after(cx);
     }
 
-    pub fn handle_shutdown(&mut self, res: Result<(), i32>, out: &mut Vec<ConnOp>) {
-        self.life.done_on(SIDE);
+    pub fn handle_shutdown(&mut self, res: Result<(), i32>, cx: &mut Cx<'_>) {
         self.fin = Fin::Done;
         let reason = match res {
             Ok(()) => CloseReason::ClientEof,
@@ -274,42 +253,37 @@ impl Server {
                 }
             }
         };
-        self.begin_close(reason, out);
-        self.after(out);
+        self.begin_close(reason, cx);
+        self.after(cx);
     }
 
-    pub fn handle_cancel(&mut self, out: &mut Vec<ConnOp>) {
-        self.life.done();
-        self.after(out);
-    }
-
-    pub fn handle_close(&mut self) {
-        self.life.closed(SIDE);
+    pub fn handle_cancel(&mut self, cx: &mut Cx<'_>) {
+        self.after(cx);
     }
 
     /// Buffers came back to the ring: a starved receive tries again.
-    pub fn handle_buffers(&mut self, out: &mut Vec<ConnOp>) {
+    pub fn handle_buffers(&mut self, cx: &mut Cx<'_>) {
         if self.recv == RecvState::Starved && !self.closing {
             self.recv = RecvState::Stopped;
-            self.arm_if_allowed(out);
+            self.arm_if_allowed(cx);
         }
     }
 
-    pub fn abort(&mut self, reason: CloseReason, out: &mut Vec<ConnOp>) {
-        self.begin_close(reason, out);
-        self.after(out);
+    pub fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
+        self.begin_close(reason, cx);
+        self.after(cx);
     }
 
-    fn arm_if_allowed(&mut self, out: &mut Vec<ConnOp>) {
+    fn arm_if_allowed(&mut self, cx: &mut Cx<'_>) {
         if self.recv == RecvState::Stopped && !self.closing {
             self.recv = RecvState::Armed;
-            self.push(ConnOp::ArmRecv(SIDE), out);
+            self.push(ConnOp::ArmRecv(SIDE), cx);
         }
     }
 
     /// Issues the next send window, or the FIN once everything owed is sent
     /// and the client has finished.
-    fn send_next(&mut self, out: &mut Vec<ConnOp>) {
+    fn send_next(&mut self, cx: &mut Cx<'_>) {
         if self.closing || self.sending.is_some() || self.fin != Fin::Open {
             return;
         }
@@ -317,7 +291,7 @@ impl Server {
         if left == 0 {
             if self.recv == RecvState::Ended {
                 self.fin = Fin::InFlight;
-                self.push(ConnOp::Shutdown(SIDE), out);
+                self.push(ConnOp::Shutdown(SIDE), cx);
             }
             return;
         }
@@ -331,7 +305,7 @@ impl Server {
                 offset,
                 len,
             },
-            out,
+            cx,
         );
     }
 
@@ -342,18 +316,18 @@ impl Server {
         }
     }
 
-    fn begin_close(&mut self, reason: CloseReason, out: &mut Vec<ConnOp>) {
+    fn begin_close(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
         if self.closing {
             return;
         }
         self.closing = true;
         self.reason = Some(reason);
-        self.life.doom(SIDE, false, out);
+        cx.doom(SIDE, false);
     }
 
-    fn after(&mut self, out: &mut Vec<ConnOp>) {
+    fn after(&mut self, cx: &mut Cx<'_>) {
         if self.closing {
-            self.life.close_when_idle(out);
+            cx.close_when_idle();
         }
     }
 }

@@ -14,8 +14,9 @@
 //! buffer path (a splice always runs on a kernel worker thread, a handoff that
 //! costs latency) and move bulk transfers to pipes.
 
+pub use super::SpliceEnd;
 use super::pipe::Fin;
-use super::{ConnOp, Side};
+use super::{ConnOp, Emit, Side};
 use crate::time::Millis;
 
 /// A pipe of the shard's pool, lent to one direction.
@@ -78,13 +79,6 @@ pub const REVERT_AFTER_SMALL: u32 = 8;
 /// `SWITCH_AFTER_FULL` full receives — a few hundred microseconds, once a second
 /// at most.
 pub const RECLAIM_IDLE_MS: Millis = 1000;
-
-/// Which splice of a direction: into the pipe from the source, or out of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpliceEnd {
-    In,
-    Out,
-}
 
 /// The splice of this direction in the kernel, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +164,7 @@ impl SpliceDir {
         cfg: SpliceConfig,
         bytes: u64,
         now: Millis,
-        out: &mut Vec<ConnOp>,
+        out: &mut impl Emit,
     ) -> SpliceDir {
         let mut d = SpliceDir {
             src,
@@ -190,7 +184,7 @@ impl SpliceDir {
         d
     }
 
-    fn splice_in(&mut self, now: Millis, out: &mut Vec<ConnOp>) {
+    fn splice_in(&mut self, now: Millis, out: &mut impl Emit) {
         if let Some(pipe) = self.pipe {
             self.op = InFlight::In { since: now };
             out.push(ConnOp::SpliceIn {
@@ -201,7 +195,7 @@ impl SpliceDir {
         }
     }
 
-    fn splice_out(&mut self, out: &mut Vec<ConnOp>) {
+    fn splice_out(&mut self, out: &mut impl Emit) {
         if let Some(pipe) = self.pipe {
             self.op = InFlight::Out {
                 offered: self.in_pipe,
@@ -216,7 +210,7 @@ impl SpliceDir {
 
     /// Gives the pipe back (it must be idle): to the pool if empty, else to be
     /// discarded.
-    fn release(&mut self, out: &mut Vec<ConnOp>) {
+    fn release(&mut self, out: &mut impl Emit) {
         if let Some(pipe) = self.pipe.take() {
             out.push(ConnOp::ReturnPipe {
                 pipe,
@@ -227,7 +221,7 @@ impl SpliceDir {
     }
 
     /// The splice into the pipe completed.
-    pub fn on_in(&mut self, res: Result<u32, i32>, now: Millis, out: &mut Vec<ConnOp>) -> Spliced {
+    pub fn on_in(&mut self, res: Result<u32, i32>, now: Millis, out: &mut impl Emit) -> Spliced {
         self.op = InFlight::Idle;
         if self.course == Course::Closing {
             if let Ok(n) = res {
@@ -285,7 +279,7 @@ impl SpliceDir {
     }
 
     /// The splice out of the pipe completed.
-    pub fn on_out(&mut self, res: Result<u32, i32>, now: Millis, out: &mut Vec<ConnOp>) -> Spliced {
+    pub fn on_out(&mut self, res: Result<u32, i32>, now: Millis, out: &mut impl Emit) -> Spliced {
         let offered = match self.op {
             InFlight::Out { offered } => offered,
             InFlight::Idle | InFlight::In { .. } => 0,
@@ -328,7 +322,7 @@ impl SpliceDir {
 
     /// Teardown: issue nothing more; the pipe goes back now if no splice
     /// names it, else when the (cancelled) splice completes.
-    pub fn close(&mut self, out: &mut Vec<ConnOp>) {
+    pub fn close(&mut self, out: &mut impl Emit) {
         self.course = Course::Closing;
         if self.op == InFlight::Idle {
             self.release(out);
@@ -348,7 +342,7 @@ impl SpliceDir {
     /// Reclaims the pipe of a splice in that waited `RECLAIM_IDLE_MS` for data:
     /// cancels it by its token (the lifecycle's cancel-by-descriptor would not
     /// find it: a splice's descriptor is its output, here the pipe).
-    pub fn on_timer(&mut self, now: Millis, out: &mut Vec<ConnOp>) {
+    pub fn on_timer(&mut self, now: Millis, out: &mut impl Emit) {
         if self.deadline().is_some_and(|d| d <= now) {
             self.course = Course::Reverting;
             out.push(ConnOp::CancelSplice {

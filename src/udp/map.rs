@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::shard::token::SlotId;
-
 /// What identifies a session: the client's address and, on a wildcard
 /// listener, the local address it wrote to (replies must leave from that one,
 /// so a client talking to two of the host's addresses has two sessions).
@@ -25,23 +23,32 @@ impl From<SocketAddr> for SessionKey {
     }
 }
 
-#[derive(Default, Debug)]
-pub struct SessionMap {
-    map: HashMap<SessionKey, SlotId>,
+/// Client → its session's id (whatever id type the shard gives sessions).
+#[derive(Debug)]
+pub struct SessionMap<I> {
+    map: HashMap<SessionKey, I>,
 }
 
-impl SessionMap {
-    pub fn get(&self, key: &SessionKey) -> Option<SlotId> {
+impl<I> Default for SessionMap<I> {
+    fn default() -> Self {
+        SessionMap {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<I: Copy + PartialEq> SessionMap<I> {
+    pub fn get(&self, key: &SessionKey) -> Option<I> {
         self.map.get(key).copied()
     }
 
-    pub fn insert(&mut self, key: SessionKey, slot: SlotId) {
+    pub fn insert(&mut self, key: SessionKey, slot: I) {
         self.map.insert(key, slot);
     }
 
     /// Removes `key` only if it still maps to `slot` (a newer session for
     /// the same client must not be unmapped by an old one ending).
-    pub fn remove(&mut self, client: &SessionKey, slot: SlotId) -> bool {
+    pub fn remove(&mut self, client: &SessionKey, slot: I) -> bool {
         if self.map.get(client) == Some(&slot) {
             self.map.remove(client);
             true
@@ -63,8 +70,9 @@ impl SessionMap {
 mod tests {
     use super::*;
 
-    fn slot(index: u32, generation: u32) -> SlotId {
-        SlotId { index, generation }
+    /// Any id type will do: a slot index with its generation.
+    fn slot(index: u32, generation: u32) -> (u32, u32) {
+        (index, generation)
     }
 
     #[test]

@@ -38,10 +38,10 @@ pub enum DatagramEvent {
 /// What a session asks its shard to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionOp {
-    /// Create the session's UDP socket (family of upstream `upstream`).
-    OpenSocket { upstream: u16 },
-    /// connect(2) the socket to `upstream` (fixes the peer; no handshake).
-    Connect { upstream: u16 },
+    /// Create the session's UDP socket (of its target's family).
+    OpenSocket,
+    /// connect(2) the socket to its target (fixes the peer; no handshake).
+    Connect,
     /// Multishot recvmsg on the upstream socket.
     ArmRecv,
     /// Send a client's datagram to the upstream.

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 
 use super::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
-use crate::stats::ShardStats;
+use crate::stats::{Counter, Counters};
 use crate::time::Millis;
 
 /// While draining, a session still owed a reply ends once no datagram has
@@ -29,8 +29,6 @@ pub const DRAIN_GRACE_MS: Millis = 1000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SessionConfig {
-    /// Index of the upstream this session uses (round-robin choice).
-    pub upstream: u16,
     pub idle_ms: Millis,
     /// Replies expected per client datagram; the session ends once every
     /// forwarded datagram has had them (NGINX's `proxy_responses`).
@@ -159,10 +157,6 @@ impl Session {
         }
     }
 
-    pub fn upstream(&self) -> u16 {
-        self.cfg.upstream
-    }
-
     pub fn end(&self) -> Option<SessionEnd> {
         self.end
     }
@@ -220,9 +214,7 @@ impl Session {
 
     pub fn start(&mut self, out: &mut Vec<SessionOp>) {
         self.inflight += 1;
-        out.push(SessionOp::OpenSocket {
-            upstream: self.cfg.upstream,
-        });
+        out.push(SessionOp::OpenSocket);
     }
 
     fn send_up(&mut self, p: Payload, out: &mut Vec<SessionOp>) {
@@ -247,7 +239,7 @@ impl Session {
         p: Payload,
         now: Millis,
         out: &mut Vec<SessionOp>,
-        stats: &mut ShardStats,
+        stats: &mut Counters,
     ) {
         let cap = self.cfg.cap as usize;
         match self.phase {
@@ -264,7 +256,7 @@ impl Session {
                 self.send_up(p, out);
             }
             Phase::Opening | Phase::Ready | Phase::Closing => {
-                stats.count_udp_drop(DropReason::Backlog);
+                stats.udp_drop(DropReason::Backlog);
                 out.push(SessionOp::Release(p.bid));
             }
         }
@@ -281,9 +273,7 @@ impl Session {
                 }
                 self.inflight += 1;
                 self.fd_ops += 1;
-                out.push(SessionOp::Connect {
-                    upstream: self.cfg.upstream,
-                });
+                out.push(SessionOp::Connect);
             }
             Err(e) => {
                 self.last_errno = Some(e);
@@ -322,7 +312,7 @@ impl Session {
         more: bool,
         now: Millis,
         out: &mut Vec<SessionOp>,
-        stats: &mut ShardStats,
+        stats: &mut Counters,
     ) {
         if !more {
             self.inflight = self.inflight.saturating_sub(1);
@@ -337,7 +327,7 @@ impl Session {
         match ev {
             DatagramEvent::Data(p) => {
                 if closing {
-                    stats.count_udp_drop(DropReason::Late);
+                    stats.udp_drop(DropReason::Late);
                     out.push(SessionOp::Release(p.bid));
                 } else if self.reply_sends < self.cfg.cap {
                     self.last_activity = now;
@@ -348,16 +338,16 @@ impl Session {
                     self.responses += 1;
                     self.end_if_answered(out);
                 } else {
-                    stats.count_udp_drop(DropReason::Backlog);
+                    stats.udp_drop(DropReason::Backlog);
                     out.push(SessionOp::Release(p.bid));
                 }
             }
             DatagramEvent::Truncated { bid } => {
-                stats.count_udp_drop(DropReason::Truncated);
+                stats.udp_drop(DropReason::Truncated);
                 out.push(SessionOp::Release(bid));
             }
             DatagramEvent::NoBuffers => {
-                stats.udp_enobufs += 1;
+                stats.inc(Counter::UdpEnobufs);
                 if !closing {
                     self.recv = Recv::Starved;
                     out.push(SessionOp::Starved);
@@ -391,7 +381,7 @@ impl Session {
         bid: u16,
         res: Result<u32, i32>,
         out: &mut Vec<SessionOp>,
-        stats: &mut ShardStats,
+        stats: &mut Counters,
     ) {
         self.inflight = self.inflight.saturating_sub(1);
         self.fd_ops = self.fd_ops.saturating_sub(1);
@@ -399,8 +389,8 @@ impl Session {
         out.push(SessionOp::Release(bid));
         match res {
             Ok(n) => {
-                stats.udp_datagrams_c2u += 1;
-                stats.udp_bytes_c2u += u64::from(n);
+                stats.inc(Counter::UdpDatagramsC2u);
+                stats.add(Counter::UdpBytesC2u, u64::from(n));
             }
             Err(libc::ECANCELED) if self.phase == Phase::Closing => {}
             Err(libc::ECONNREFUSED) => {
@@ -409,7 +399,7 @@ impl Session {
             }
             Err(e) => {
                 self.last_errno = Some(e);
-                stats.count_udp_drop(DropReason::SendError);
+                stats.udp_drop(DropReason::SendError);
                 // No reply is owed for a datagram the upstream never got.
                 self.requests = self.requests.saturating_sub(1);
                 self.end_if_answered(out);
@@ -440,19 +430,19 @@ impl Session {
         bid: u16,
         res: Result<u32, i32>,
         out: &mut Vec<SessionOp>,
-        stats: &mut ShardStats,
+        stats: &mut Counters,
     ) {
         self.inflight = self.inflight.saturating_sub(1);
         self.reply_sends = self.reply_sends.saturating_sub(1);
         out.push(SessionOp::Release(bid));
         match res {
             Ok(n) => {
-                stats.udp_datagrams_u2c += 1;
-                stats.udp_bytes_u2c += u64::from(n);
+                stats.inc(Counter::UdpDatagramsU2c);
+                stats.add(Counter::UdpBytesU2c, u64::from(n));
             }
             Err(e) => {
                 self.last_errno = Some(e);
-                stats.count_udp_drop(DropReason::SendError);
+                stats.udp_drop(DropReason::SendError);
             }
         }
         self.after(out);
@@ -534,7 +524,6 @@ mod tests {
 
     fn cfg(max_responses: Option<u32>) -> SessionConfig {
         SessionConfig {
-            upstream: 0,
             idle_ms: 1000,
             max_responses,
             cap: 2,
@@ -550,10 +539,10 @@ mod tests {
     }
 
     /// Opens a session up to Ready, returning it and the ops it asked for.
-    fn ready(max_responses: Option<u32>) -> (Session, ShardStats) {
+    fn ready(max_responses: Option<u32>) -> (Session, Counters) {
         let mut s = Session::new(cfg(max_responses), 0);
         let mut out = Vec::new();
-        let mut st = ShardStats::default();
+        let mut st = Counters::default();
         s.start(&mut out);
         s.handle_client_datagram(p(1), 0, &mut out, &mut st);
         s.handle_socket(Ok(()), &mut out);
@@ -561,8 +550,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                SessionOp::OpenSocket { upstream: 0 },
-                SessionOp::Connect { upstream: 0 },
+                SessionOp::OpenSocket,
+                SessionOp::Connect,
                 SessionOp::ArmRecv,
                 SessionOp::SendUp(p(1)),
             ]
@@ -574,7 +563,7 @@ mod tests {
     fn datagrams_wait_for_the_socket_and_the_wait_is_bounded() {
         let mut s = Session::new(cfg(None), 0);
         let mut out = Vec::new();
-        let mut st = ShardStats::default();
+        let mut st = Counters::default();
         s.start(&mut out);
         for bid in 1..=3 {
             s.handle_client_datagram(p(bid), 0, &mut out, &mut st);
@@ -609,7 +598,7 @@ mod tests {
         assert!(!s.is_finished(), "the reply is still in flight");
         s.handle_sent_client(2, Ok(10), &mut out, &mut st);
         assert!(s.is_finished());
-        assert_eq!(st.udp_datagrams_u2c, 1);
+        assert_eq!(st.get(Counter::UdpDatagramsU2c), 1);
     }
 
     #[test]
@@ -709,7 +698,7 @@ mod tests {
     }
 
     /// A session Ready with a long idle timeout, so only the drain rule ends it.
-    fn ready_long(max_responses: Option<u32>) -> (Session, ShardStats) {
+    fn ready_long(max_responses: Option<u32>) -> (Session, Counters) {
         let (mut s, st) = ready(max_responses);
         s.cfg.idle_ms = 60_000;
         (s, st)
@@ -821,6 +810,6 @@ mod tests {
         out.clear();
         s.handle_buffers(&mut out);
         assert_eq!(out, vec![SessionOp::ArmRecv]);
-        assert_eq!(st.udp_enobufs, 1);
+        assert_eq!(st.get(Counter::UdpEnobufs), 1);
     }
 }

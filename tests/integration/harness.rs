@@ -174,6 +174,24 @@ impl Proc {
             .unwrap_or_default()
     }
 
+    /// Counters from the latest per-listener (or per-upstream) stats line
+    /// whose labels start with `labels`, e.g. `listener=a` or
+    /// `listener=a upstream=127.0.0.1:9`; counters at zero are not printed.
+    pub fn detail_stats(&self, labels: &str) -> HashMap<String, u64> {
+        let needle = format!(" stats {labels} ");
+        let lines = self.stderr.lock().expect("lock");
+        lines
+            .iter()
+            .rev()
+            .find(|l| {
+                // The listener's own line, not one of its upstreams' lines.
+                l.split_once(&needle)
+                    .is_some_and(|(_, rest)| !rest.starts_with("upstream="))
+            })
+            .map(|l| parse_kv(l))
+            .unwrap_or_default()
+    }
+
     pub fn stat(&self, key: &str) -> u64 {
         self.stats().get(key).copied().unwrap_or(0)
     }

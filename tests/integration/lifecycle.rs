@@ -251,3 +251,45 @@ fn a_memlock_limit_too_low_for_the_rings_is_named_with_numbers() {
         );
     }
 }
+
+/// The stats log has a line per listener and per upstream beside the totals:
+/// two listeners, traffic through one, and each line counts only its own.
+#[test]
+fn stats_lines_count_per_listener_and_per_upstream() {
+    let up = crate::harness::echo_upstream(1);
+    let up_addr = up.first_addr();
+    let (_dead, dead_addr) = crate::harness::dead_port();
+    let cfg = crate::harness::write_config(&format!(
+        "[runtime]\nshards = 1\nstats_interval = \"100ms\"\n\
+         [[tcp]]\nname = \"busy\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{dead_addr}\", \"{up_addr}\"]\n\
+         [[tcp]]\nname = \"quiet\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{up_addr}\"]\n"
+    ));
+    let fwd = crate::harness::Proc::start(&["run", "--config", cfg.to_str().expect("path")], 2);
+    let busy = fwd.addr("busy");
+    for _ in 0..4 {
+        let got = crate::harness::round_trip(busy, b"ping").expect("round trip through busy");
+        assert_eq!(got, b"ping");
+    }
+    fwd.wait_stat("accepted", Duration::from_secs(5), |v| v == 4);
+    let ok = crate::harness::wait_until(Duration::from_secs(5), || {
+        fwd.detail_stats("listener=busy").get("close_client_eof") == Some(&4)
+    });
+    assert!(ok, "listener line for busy; log:\n{}", fwd.log());
+    let busy_line = fwd.detail_stats("listener=busy");
+    assert_eq!(busy_line.get("accepted"), Some(&4), "{busy_line:?}");
+    let quiet = fwd.detail_stats("listener=quiet");
+    assert_eq!(
+        quiet.get("accepted"),
+        None,
+        "nothing went through quiet: {quiet:?}"
+    );
+    // Round robin with retry: every connection reached the live upstream,
+    // two of them after the dead one refused.
+    let live = fwd.detail_stats(&format!("listener=busy upstream={up_addr}"));
+    assert_eq!(live.get("connect_attempts"), Some(&4), "{live:?}");
+    assert_eq!(live.get("close_client_eof"), Some(&4), "{live:?}");
+    assert_eq!(live.get("bytes_c2u"), Some(&16), "{live:?}");
+    let dead = fwd.detail_stats(&format!("listener=busy upstream={dead_addr}"));
+    assert_eq!(dead.get("connect_attempts"), Some(&2), "{dead:?}");
+    assert_eq!(dead.get("connect_refused"), Some(&2), "{dead:?}");
+}

@@ -8,29 +8,32 @@
 use std::os::fd::RawFd;
 
 use super::ListenRecv;
-use crate::shard::engine::Engine;
-use crate::shard::token::{OpKind, SlotId, Token};
+use super::UdpService;
+use crate::shard::context::Ctx;
+use crate::shard::slab::SessionId;
+use crate::shard::token::{OpKind, Token};
 use crate::udp::DropReason;
 
-impl Engine {
+impl UdpService {
     /// A reading of listener `index`'s drop counter: client datagrams lost.
     pub(in crate::shard) fn note_listener_drops(&mut self, index: u32, reading: u32) {
         let Some(l) = self.udp_listeners.get_mut(index as usize) else {
             return;
         };
         let n = l.drops.observe(reading);
-        self.stats
-            .count_udp_drops(DropReason::RcvbufC2u, u64::from(n));
+        l.counters.udp_drops(DropReason::RcvbufC2u, u64::from(n));
     }
 
     /// A reading of session `slot`'s upstream socket: replies lost.
-    fn note_session_drops(&mut self, slot: SlotId, reading: u32) {
+    fn note_session_drops(&mut self, ctx: &mut Ctx, slot: SessionId, reading: u32) {
         let Some(c) = self.sessions.get_mut(slot) else {
             return;
         };
         let n = c.drops.observe(reading);
-        self.stats
-            .count_udp_drops(DropReason::RcvbufU2c, u64::from(n));
+        match self.udp_listeners.get_mut(c.listener as usize) {
+            Some(l) => l.counters.udp_drops(DropReason::RcvbufU2c, u64::from(n)),
+            None => ctx.counters.udp_drops(DropReason::RcvbufU2c, u64::from(n)),
+        }
     }
 
     /// The listener sockets still open, for the event loop to read their
@@ -55,12 +58,14 @@ impl Engine {
 
     /// The drop counter of the socket the close `user_data` is for, read
     /// just before it was queued: the drops no datagram reported.
-    pub fn udp_socket_drops(&mut self, user_data: u64, reading: u32) {
+    pub fn udp_socket_drops(&mut self, ctx: &mut Ctx, user_data: u64, reading: u32) {
         match Token::decode(user_data) {
             Some(t) if t.kind == OpKind::UdpListenClose => {
                 self.note_listener_drops(t.slot.index, reading)
             }
-            Some(t) if t.kind == OpKind::UdpClose => self.note_session_drops(t.slot, reading),
+            Some(t) if t.kind == OpKind::UdpClose => {
+                self.note_session_drops(ctx, SessionId(t.slot), reading)
+            }
             _ => {}
         }
     }

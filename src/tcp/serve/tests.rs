@@ -10,6 +10,8 @@
 use std::collections::HashSet;
 
 use super::*;
+use crate::stats::Counters;
+use crate::tcp::lifecycle::{Done, Lifecycle, SockState};
 use crate::verify::{PeriodicCheck, Rng, periodic_region_for};
 
 /// A completion the fake kernel owes the state machine, delivered in random order.
@@ -40,7 +42,8 @@ struct Fake {
     seed: u64,
     rng: Rng,
     srv: Server,
-    stats: ShardStats,
+    stats: Counters,
+    life: Lifecycle,
     region: Box<[u8]>,
     out: Vec<ConnOp>,
     client: Client,
@@ -111,7 +114,8 @@ impl Fake {
         Fake {
             seed,
             srv: Server::new(mode),
-            stats: ShardStats::default(),
+            stats: Counters::default(),
+            life: Lifecycle::new(SockState::Open, SockState::Absent),
             region: periodic_region_for(MAX_SEND as usize),
             out: Vec::new(),
             client,
@@ -324,8 +328,12 @@ impl Fake {
         if self.reset {
             self.recv_armed = false;
             let ev = RecvEvent::Error(errno::ECONNRESET);
-            self.srv
-                .handle_recv(ev, false, &mut self.out, &mut self.stats);
+            self.life.complete(Done::On(Side::Client));
+            self.srv.handle_recv(
+                ev,
+                false,
+                &mut Cx::new(&mut self.out, &mut self.life, &mut self.stats, 0),
+            );
             return self.apply();
         }
         let avail = self.written - self.delivered;
@@ -333,16 +341,24 @@ impl Fake {
             if self.fin_written && !self.eof_delivered {
                 self.eof_delivered = true;
                 self.recv_armed = false;
-                self.srv
-                    .handle_recv(RecvEvent::Eof, false, &mut self.out, &mut self.stats);
+                self.life.complete(Done::On(Side::Client));
+                self.srv.handle_recv(
+                    RecvEvent::Eof,
+                    false,
+                    &mut Cx::new(&mut self.out, &mut self.life, &mut self.stats, 0),
+                );
                 self.apply();
             }
             return;
         }
         if self.ring_free == 0 {
             self.recv_armed = false;
-            self.srv
-                .handle_recv(RecvEvent::NoBuffers, false, &mut self.out, &mut self.stats);
+            self.life.complete(Done::On(Side::Client));
+            self.srv.handle_recv(
+                RecvEvent::NoBuffers,
+                false,
+                &mut Cx::new(&mut self.out, &mut self.life, &mut self.stats, 0),
+            );
             return self.apply();
         }
         self.ring_free -= 1;
@@ -354,10 +370,14 @@ impl Fake {
         let more = self.rng.chance(7, 8);
         if !more {
             self.recv_armed = false;
+            self.life.complete(Done::On(Side::Client));
         }
         let ev = RecvEvent::Data { bid, len };
-        self.srv
-            .handle_recv(ev, more, &mut self.out, &mut self.stats);
+        self.srv.handle_recv(
+            ev,
+            more,
+            &mut Cx::new(&mut self.out, &mut self.life, &mut self.stats, 0),
+        );
         self.apply();
     }
 
@@ -382,7 +402,10 @@ impl Fake {
             if self.srv.reason().is_none() {
                 self.expect_reason = Some(CloseReason::Shutdown);
             }
-            self.srv.abort(CloseReason::Shutdown, &mut self.out);
+            self.srv.abort(
+                CloseReason::Shutdown,
+                &mut Cx::new(&mut self.out, &mut self.life, &mut self.stats, 0),
+            );
             self.apply();
         } else if wants_fin {
             self.fin_written = true;
@@ -397,11 +420,29 @@ impl Fake {
         let cqe = self.queued.swap_remove(i);
         match cqe {
             Cqe::RecvCancelled => {
-                self.srv
-                    .handle_recv(RecvEvent::Cancelled, false, &mut self.out, &mut self.stats)
+                self.life.complete(Done::On(Side::Client));
+                self.srv.handle_recv(
+                    RecvEvent::Cancelled,
+                    false,
+                    &mut Cx::new(&mut self.out, &mut self.life, &mut self.stats, 0),
+                )
             }
-            Cqe::Sent(res) => self.srv.handle_sent(res, &mut self.out, &mut self.stats),
-            Cqe::Cancel => self.srv.handle_cancel(&mut self.out),
+            Cqe::Sent(res) => {
+                self.life.complete(Done::On(Side::Client));
+                self.srv.handle_sent(
+                    res,
+                    &mut Cx::new(&mut self.out, &mut self.life, &mut self.stats, 0),
+                )
+            }
+            Cqe::Cancel => {
+                self.life.complete(Done::Plain);
+                self.srv.handle_cancel(&mut Cx::new(
+                    &mut self.out,
+                    &mut self.life,
+                    &mut self.stats,
+                    0,
+                ))
+            }
             Cqe::Shutdown => {
                 // A reset socket: shutdown(2) finds it no longer connected.
                 let res = if self.reset {
@@ -409,9 +450,13 @@ impl Fake {
                 } else {
                     Ok(())
                 };
-                self.srv.handle_shutdown(res, &mut self.out);
+                self.life.complete(Done::On(Side::Client));
+                self.srv.handle_shutdown(
+                    res,
+                    &mut Cx::new(&mut self.out, &mut self.life, &mut self.stats, 0),
+                );
             }
-            Cqe::Close => self.srv.handle_close(),
+            Cqe::Close => self.life.complete(Done::Closed(Side::Client)),
         }
         self.apply();
     }
@@ -423,7 +468,11 @@ impl Fake {
             45..=69 => {
                 if let Some((offset, len)) = self.send.take() {
                     let res = self.client_reads(offset, len);
-                    self.srv.handle_sent(res, &mut self.out, &mut self.stats);
+                    self.life.complete(Done::On(Side::Client));
+                    self.srv.handle_sent(
+                        res,
+                        &mut Cx::new(&mut self.out, &mut self.life, &mut self.stats, 0),
+                    );
                     self.apply();
                 }
             }
@@ -442,7 +491,12 @@ impl Fake {
                 }
                 if self.starved && self.ring_free > 0 {
                     self.starved = false;
-                    self.srv.handle_buffers(&mut self.out);
+                    self.srv.handle_buffers(&mut Cx::new(
+                        &mut self.out,
+                        &mut self.life,
+                        &mut self.stats,
+                        0,
+                    ));
                     self.apply();
                 }
             }
@@ -457,13 +511,18 @@ impl Fake {
     }
 
     fn run(&mut self) {
-        self.srv.start(&mut self.out);
+        self.srv.start(&mut Cx::new(
+            &mut self.out,
+            &mut self.life,
+            &mut self.stats,
+            0,
+        ));
         self.apply();
         // Receives deliver half a buffer on average in one step of four:
         // allow three times what moving the client's bytes takes.
         let limit = 200_000 + 24 * self.write_total / u64::from(self.buf_size);
         let mut steps = 0;
-        while !self.srv.is_finished() {
+        while !(self.srv.is_closing() && self.life.finished()) {
             steps += 1;
             check!(
                 self,
@@ -498,7 +557,7 @@ impl Fake {
         );
         check!(
             self,
-            self.sock_ops() == 0 && self.srv.inflight() == 0,
+            self.sock_ops() == 0 && self.life.inflight() == 0,
             "finished with operations in flight"
         );
         check!(self, self.held.is_empty(), "buffers kept");
@@ -518,11 +577,11 @@ impl Fake {
         );
         check!(
             self,
-            self.stats.bytes_client_to_upstream == received
-                && self.stats.bytes_upstream_to_client == sent,
+            self.stats.get(Counter::BytesC2u) == received
+                && self.stats.get(Counter::BytesU2c) == sent,
             "stats {} / {} for {received} / {sent}",
-            self.stats.bytes_client_to_upstream,
-            self.stats.bytes_upstream_to_client
+            self.stats.get(Counter::BytesC2u),
+            self.stats.get(Counter::BytesU2c)
         );
         match self.client {
             Client::Clean => {
@@ -597,8 +656,8 @@ fn run_many(mode: impl Fn(&mut Rng) -> ServeMode) {
         let mut pick = Rng::new(seed ^ 0x5eed);
         let mut f = Fake::new(seed, mode(&mut pick));
         f.run();
-        short += f.stats.short_sends;
-        enobufs += f.stats.enobufs;
+        short += f.stats.get(Counter::ShortSends);
+        enobufs += f.stats.get(Counter::Enobufs);
     }
     // The schedules must exercise what they claim to.
     assert!(enobufs > 0, "no schedule ran out of buffers");
@@ -635,20 +694,20 @@ fn request_response_answers_every_complete_request() {
 #[test]
 fn short_sends_continue_from_the_offset() {
     let mut out = Vec::new();
-    let mut stats = ShardStats::default();
+    let mut stats = Counters::default();
+    let mut life = Lifecycle::new(SockState::Open, SockState::Absent);
     let mut s = Server::new(ServeMode::RequestResponse {
         request: 4,
         response: 300_000,
     });
-    s.start(&mut out);
+    s.start(&mut Cx::new(&mut out, &mut life, &mut stats, 0));
     assert_eq!(out, vec![ConnOp::ArmRecv(Side::Client)]);
     out.clear();
     // Two requests and half of a third in one buffer, straight back.
     s.handle_recv(
         RecvEvent::Data { bid: 7, len: 10 },
         true,
-        &mut out,
-        &mut stats,
+        &mut Cx::new(&mut out, &mut life, &mut stats, 0),
     );
     let first = ConnOp::SendRegion {
         side: Side::Client,
@@ -657,8 +716,8 @@ fn short_sends_continue_from_the_offset() {
     };
     assert_eq!(out, vec![ConnOp::Release(7), first]);
     out.clear();
-    s.handle_sent(Ok(1000), &mut out, &mut stats);
-    assert_eq!(stats.short_sends, 1);
+    s.handle_sent(Ok(1000), &mut Cx::new(&mut out, &mut life, &mut stats, 0));
+    assert_eq!(stats.get(Counter::ShortSends), 1);
     assert_eq!(
         out,
         vec![ConnOp::SendRegion {
@@ -670,7 +729,10 @@ fn short_sends_continue_from_the_offset() {
     out.clear();
     // Past the end of the first period the offset wraps: the window starts
     // in the region's first copy again.
-    s.handle_sent(Ok(MAX_SEND), &mut out, &mut stats);
+    s.handle_sent(
+        Ok(MAX_SEND),
+        &mut Cx::new(&mut out, &mut life, &mut stats, 0),
+    );
     let pos = 1000 + u64::from(MAX_SEND);
     assert_eq!(
         out,
@@ -686,14 +748,21 @@ fn short_sends_continue_from_the_offset() {
 #[test]
 fn sink_fin_then_close_and_reset_closes_without_fin() {
     let mut out = Vec::new();
-    let mut stats = ShardStats::default();
+    let mut stats = Counters::default();
+    let mut life = Lifecycle::new(SockState::Open, SockState::Absent);
     let mut s = Server::new(ServeMode::Sink);
-    s.start(&mut out);
+    s.start(&mut Cx::new(&mut out, &mut life, &mut stats, 0));
     out.clear();
-    s.handle_recv(RecvEvent::Eof, false, &mut out, &mut stats);
+    life.complete(Done::On(Side::Client));
+    s.handle_recv(
+        RecvEvent::Eof,
+        false,
+        &mut Cx::new(&mut out, &mut life, &mut stats, 0),
+    );
     assert_eq!(out, vec![ConnOp::Shutdown(Side::Client)]);
     out.clear();
-    s.handle_shutdown(Ok(()), &mut out);
+    life.complete(Done::On(Side::Client));
+    s.handle_shutdown(Ok(()), &mut Cx::new(&mut out, &mut life, &mut stats, 0));
     assert_eq!(
         out,
         vec![ConnOp::Close {
@@ -701,26 +770,31 @@ fn sink_fin_then_close_and_reset_closes_without_fin() {
             linger0: false
         }]
     );
-    s.handle_close();
-    assert!(s.is_finished());
+    life.complete(Done::Closed(Side::Client));
+    assert!(s.is_closing() && life.finished());
     assert_eq!(s.reason(), Some(CloseReason::ClientEof));
 
     let mut s = Server::new(ServeMode::Source);
+    let mut life = Lifecycle::new(SockState::Open, SockState::Absent);
     out.clear();
-    s.start(&mut out);
+    s.start(&mut Cx::new(&mut out, &mut life, &mut stats, 0));
     assert_eq!(out.len(), 2, "{out:?}");
     out.clear();
+    life.complete(Done::On(Side::Client));
     s.handle_recv(
         RecvEvent::Error(errno::ECONNRESET),
         false,
-        &mut out,
-        &mut stats,
+        &mut Cx::new(&mut out, &mut life, &mut stats, 0),
     );
     // The send is still in the kernel: cancel it, close once it is back
     // (no FIN on a reset stream).
     assert_eq!(out, vec![ConnOp::CancelAll(Side::Client)]);
     out.clear();
-    s.handle_sent(Err(errno::ECANCELED), &mut out, &mut stats);
+    life.complete(Done::On(Side::Client));
+    s.handle_sent(
+        Err(errno::ECANCELED),
+        &mut Cx::new(&mut out, &mut life, &mut stats, 0),
+    );
     assert_eq!(
         out,
         vec![ConnOp::Close {
@@ -729,11 +803,15 @@ fn sink_fin_then_close_and_reset_closes_without_fin() {
         }]
     );
     out.clear();
-    s.handle_cancel(&mut out);
+    life.complete(Done::Plain);
+    s.handle_cancel(&mut Cx::new(&mut out, &mut life, &mut stats, 0));
     assert!(out.is_empty(), "{out:?}");
-    assert!(!s.is_finished(), "finished with the close in flight");
-    s.handle_close();
-    assert!(s.is_finished());
+    assert!(
+        !(s.is_closing() && life.finished()),
+        "finished with the close in flight"
+    );
+    life.complete(Done::Closed(Side::Client));
+    assert!(s.is_closing() && life.finished());
     assert_eq!(s.reason(), Some(CloseReason::ClientReset));
 }
 
@@ -743,8 +821,10 @@ fn sink_fin_then_close_and_reset_closes_without_fin() {
 #[test]
 fn a_source_sends_256kib_windows_that_span_periods() {
     let mut out = Vec::new();
+    let mut stats = Counters::default();
+    let mut life = Lifecycle::new(SockState::Open, SockState::Absent);
     let mut s = Server::new(ServeMode::Source);
-    s.start(&mut out);
+    s.start(&mut Cx::new(&mut out, &mut life, &mut stats, 0));
     let window = 256 * 1024;
     assert!(out.contains(&ConnOp::SendRegion {
         side: Side::Client,

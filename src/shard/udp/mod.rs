@@ -1,18 +1,21 @@
-//! The UDP half of the shard engine: per-listener session maps, admission
-//! (allow list, max_sessions share, per-source rate), session creation and
-//! teardown, the echo listener, datagram-buffer accounting and the lowering of
-//! `SessionOp`s to ring operations. Like the rest of the engine, no I/O.
+//! The UDP service of a shard: per-listener session maps, admission (allow
+//! list, max_sessions share, per-source rate, descriptor budget), session
+//! creation and teardown, the echo listener, datagram-buffer accounting and
+//! the lowering of `SessionOp`s to ring operations. No I/O.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 
 use tracing::{debug, info, warn};
 
-use super::engine::{
-    CQE_F_MORE, Engine, Mode, Op, RecvTemplate, TimerKey, buffer_id, result, unit,
-};
+use super::buffers::Held;
+use super::context::{Ctx, Mode, TimerKey};
+use super::ops::{CQE_F_MORE, Family, Fd, Op, RecvTemplate, buffer_id, result, unit};
+use super::slab::{SessionId, Slab};
 use super::token::{OpKind, SlotId, Token};
 use crate::config::Cidr;
+use crate::stats::{Counter, Counters};
 use crate::tcp::Side;
 use crate::time::Millis;
 use crate::udp::admission::{Admission, EmbryonicQueue, admission};
@@ -24,6 +27,7 @@ use crate::udp::map::{SessionKey, SessionMap};
 pub use crate::udp::session::DRAIN_GRACE_MS as UDP_DRAIN_GRACE_MS;
 use crate::udp::session::{Session, SessionConfig};
 use crate::udp::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
+use crate::upstream::{Attempts, RoundRobin, Target};
 
 /// Datagrams a session may have waiting or in flight per direction: a quarter
 /// of the shard's datagram buffers, between 16 and 256 (128 with the default
@@ -80,9 +84,9 @@ pub struct UdpListenerSpec {
 
 #[derive(Clone, Debug)]
 pub struct UdpRouteSpec {
-    pub upstreams: Vec<String>,
-    /// The same upstreams as addresses (the loop guard compares sources with them).
-    pub upstream_addrs: Vec<SocketAddr>,
+    pub upstreams: Vec<SocketAddr>,
+    /// SO_RCVBUF of each session's upstream socket (`None`: kernel default).
+    pub session_rcvbuf: Option<u32>,
     pub idle_ms: Millis,
     pub max_responses: Option<u32>,
     pub new_sessions_per_second_per_source: Option<u32>,
@@ -104,17 +108,19 @@ enum ListenRecv {
 pub struct UdpListener {
     spec: UdpListenerSpec,
     recv: ListenRecv,
-    sessions: SessionMap,
+    sessions: SessionMap<SessionId>,
     active: u32,
-    rr: u16,
+    /// Picks each new session's upstream.
+    balancer: RoundRobin,
     /// Echo replies in flight (they use this listener's socket).
     echo_inflight: u32,
     limiter: Option<SourceLimiter>,
     /// Sessions not yet answered by their upstream, oldest first.
-    embryonic: EmbryonicQueue<SlotId>,
+    embryonic: EmbryonicQueue<SessionId>,
     guard: LoopGuard,
     /// Datagrams the kernel dropped on this shard's socket, counted so far.
     drops: KernelDrops,
+    counters: Counters,
 }
 
 impl UdpListener {
@@ -131,7 +137,16 @@ impl UdpListener {
         let limiter = route
             .and_then(|r| r.new_sessions_per_second_per_source)
             .map(SourceLimiter::new);
-        let upstreams = route.map(|r| r.upstream_addrs.as_slice()).unwrap_or(&[]);
+        let upstreams = route.map(|r| r.upstreams.as_slice()).unwrap_or(&[]);
+        let balancer = RoundRobin::new(
+            upstreams
+                .iter()
+                .map(|&addr| Target {
+                    upstream: None,
+                    addr,
+                })
+                .collect(),
+        );
         UdpListener {
             embryonic: EmbryonicQueue::default(),
             guard: LoopGuard::new(own, upstreams),
@@ -139,10 +154,11 @@ impl UdpListener {
             recv: ListenRecv::Closed,
             sessions: SessionMap::default(),
             active: 0,
-            rr: 0,
+            balancer,
             echo_inflight: 0,
             limiter,
             drops: KernelDrops::default(),
+            counters: Counters::default(),
         }
     }
 
@@ -151,13 +167,15 @@ impl UdpListener {
     }
 }
 
-/// A session and what the engine keeps beside it.
+/// A session and what the shard keeps beside it.
 pub struct UdpConn {
     session: Session,
+    /// The upstream its listener's balancer chose for it.
+    target: Target,
     listener: u32,
     client: SocketAddr,
     local: Option<IpAddr>,
-    fd: Option<RawFd>,
+    fd: Option<Fd>,
     timer_at: Option<Millis>,
     /// Counted in its listener's embryonic queue (the session's own standing
     /// changes first; `after_session` then takes it out of the count).
@@ -170,7 +188,7 @@ pub struct UdpConn {
 #[derive(Clone, Copy, Debug)]
 pub enum UdpWaiter {
     Listener(u32),
-    Session(SlotId),
+    Session(SessionId),
 }
 
 fn listener_token(kind: OpKind, index: u32) -> Token {
@@ -184,47 +202,101 @@ fn listener_token(kind: OpKind, index: u32) -> Token {
     )
 }
 
+/// What the UDP service is built from.
+#[derive(Clone, Debug, Default)]
+pub struct UdpConfig {
+    /// Buffers in the datagram ring (0 when there is no UDP listener).
+    pub datagram_buffers: u32,
+    pub listeners: Vec<UdpListenerSpec>,
+    pub routes: Vec<UdpRouteSpec>,
+}
+
+pub struct UdpService {
+    sessions: Slab<UdpConn, SessionId>,
+    udp_listeners: Vec<UdpListener>,
+    udp_routes: Vec<UdpRouteSpec>,
+    udp_starved: VecDeque<UdpWaiter>,
+    /// Datagram buffers handed to us and not yet released.
+    dgram: Held,
+    session_ops: Vec<SessionOp>,
+}
+
 fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
     allow.is_empty() || allow.iter().any(|c| c.contains(ip))
 }
 
-impl Engine {
-    pub(super) fn arm_udp_listener(&mut self, index: u32) {
+impl UdpService {
+    pub fn new(cfg: UdpConfig) -> UdpService {
+        let own: Vec<_> = cfg.listeners.iter().map(|s| s.listen).collect();
+        let udp_listeners = cfg
+            .listeners
+            .into_iter()
+            .map(|spec| UdpListener::new(spec, &cfg.routes, &own))
+            .collect();
+        UdpService {
+            sessions: Slab::default(),
+            udp_listeners,
+            udp_routes: cfg.routes,
+            udp_starved: VecDeque::new(),
+            dgram: Held::new(cfg.datagram_buffers),
+            session_ops: Vec::with_capacity(16),
+        }
+    }
+
+    /// Arms every listener's receive.
+    pub fn start(&mut self, ctx: &mut Ctx) {
+        for i in 0..self.udp_listeners.len() {
+            self.arm_udp_listener(ctx, i as u32);
+        }
+    }
+
+    /// UDP sessions open (or closing) on this shard.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Datagram buffers held by sessions and in-flight sends.
+    pub fn held_datagram_buffers(&self) -> u32 {
+        self.dgram.held()
+    }
+
+    /// No session and every listener closed.
+    pub fn is_done(&self) -> bool {
+        self.sessions.is_empty() && self.udp_listeners.iter().all(UdpListener::is_closed)
+    }
+
+    /// Counters of every listener (with its session gauge).
+    pub fn snapshot(&self, out: &mut Vec<crate::stats::ListenerStats>) {
+        for l in &self.udp_listeners {
+            let mut counters = l.counters.clone();
+            counters.set(Counter::UdpSessionsActive, u64::from(l.active));
+            out.push(crate::stats::ListenerStats {
+                name: l.spec.name.clone(),
+                counters,
+            });
+        }
+    }
+
+    pub(super) fn arm_udp_listener(&mut self, ctx: &mut Ctx, index: u32) {
         let Some(l) = self.udp_listeners.get_mut(index as usize) else {
             return;
         };
         l.recv = ListenRecv::Armed;
-        self.misc_inflight += 1;
-        self.ops.push(Op::UdpRecvMulti {
+        ctx.push_own(Op::UdpRecvMulti {
             token: listener_token(OpKind::UdpListenRecv, index).encode(),
-            fd: l.spec.fd,
+            fd: Fd(l.spec.fd),
             template: RecvTemplate::Listener(index),
         });
     }
 
-    fn release_datagram(&mut self, bid: u16) {
-        self.dgram_held = self.dgram_held.saturating_sub(1);
-        self.ops.push(Op::ReleaseDatagram { bid });
+    fn release_datagram(&mut self, ctx: &mut Ctx, bid: u16) {
+        self.dgram.give();
+        ctx.push(Op::ReleaseDatagram { bid });
     }
 
-    /// A completion of a UDP operation; `meta` is the parsed recvmsg layout
-    /// for receives that carried a datagram.
-    pub fn handle_datagram_cqe(
+    pub fn on_udp_cqe(
         &mut self,
-        user_data: u64,
-        res: i32,
-        flags: u32,
-        meta: Option<DatagramMeta>,
-        now: Millis,
-    ) {
-        match Token::decode(user_data) {
-            Some(token) => self.on_udp_cqe(token, res, flags, meta, now),
-            None => self.stale(OpKind::Close, res, flags),
-        }
-    }
-
-    pub(super) fn on_udp_cqe(
-        &mut self,
+        ctx: &mut Ctx,
         token: Token,
         res: i32,
         flags: u32,
@@ -232,52 +304,56 @@ impl Engine {
         now: Millis,
     ) {
         match token.kind {
-            OpKind::UdpListenRecv => self.on_listener_recv(token.slot.index, res, flags, meta, now),
+            OpKind::UdpListenRecv => {
+                self.on_listener_recv(ctx, token.slot.index, res, flags, meta, now)
+            }
             OpKind::UdpEchoSend => {
-                self.misc_inflight = self.misc_inflight.saturating_sub(1);
-                self.release_datagram(token.aux);
+                ctx.own_done();
+                self.release_datagram(ctx, token.aux);
+                let c = self.counters(ctx, token.slot.index);
                 match result(res) {
                     Ok(n) => {
-                        self.stats.udp_datagrams_u2c += 1;
-                        self.stats.udp_bytes_u2c += u64::from(n);
+                        c.inc(Counter::UdpDatagramsU2c);
+                        c.add(Counter::UdpBytesU2c, u64::from(n));
                     }
-                    Err(_) => self.stats.count_udp_drop(DropReason::SendError),
+                    Err(_) => c.udp_drop(DropReason::SendError),
                 }
                 if let Some(l) = self.udp_listeners.get_mut(token.slot.index as usize) {
                     l.echo_inflight = l.echo_inflight.saturating_sub(1);
                 }
-                self.close_idle_udp_listeners();
+                self.close_idle_udp_listeners(ctx);
             }
             OpKind::UdpListenCancel => {
-                self.misc_inflight = self.misc_inflight.saturating_sub(1);
+                ctx.own_done();
             }
             OpKind::UdpListenClose => {
-                self.misc_inflight = self.misc_inflight.saturating_sub(1);
+                ctx.own_done();
                 if let Some(l) = self.udp_listeners.get_mut(token.slot.index as usize) {
                     l.recv = ListenRecv::Closed;
                 }
             }
-            _ => self.on_session_cqe(token, res, flags, meta, now),
+            _ => self.on_session_cqe(ctx, token, res, flags, meta, now),
         }
     }
 
     /// A completion for a session that is gone: give back what it carries.
-    fn udp_stale(&mut self, token: Token, res: i32, flags: u32) {
-        self.stats.stale_completions += 1;
+    fn udp_stale(&mut self, ctx: &mut Ctx, token: Token, res: i32, flags: u32) {
+        ctx.counters.inc(Counter::StaleCompletions);
         if let Some(bid) = buffer_id(flags) {
-            self.dgram_held += 1;
-            self.release_datagram(bid);
+            self.dgram.take();
+            self.release_datagram(ctx, bid);
         }
         match token.kind {
-            OpKind::UdpUpSend | OpKind::UdpReplySend => self.release_datagram(token.aux),
-            OpKind::UdpSocket if res >= 0 => self.reject(res),
+            OpKind::UdpUpSend | OpKind::UdpReplySend => self.release_datagram(ctx, token.aux),
+            OpKind::UdpSocket if res >= 0 => ctx.reject(Fd(res)),
             _ => {}
         }
-        debug!(shard = self.shard, kind = ?token.kind, res, "dropped a UDP completion for a freed session");
+        debug!(shard = ctx.shard, kind = ?token.kind, res, "dropped a UDP completion for a freed session");
     }
 
     fn on_listener_recv(
         &mut self,
+        ctx: &mut Ctx,
         index: u32,
         res: i32,
         flags: u32,
@@ -286,7 +362,7 @@ impl Engine {
     ) {
         let more = flags & CQE_F_MORE != 0;
         if !more {
-            self.misc_inflight = self.misc_inflight.saturating_sub(1);
+            ctx.own_done();
         }
         let mut backoff = false;
         if let Some(reading) = meta.and_then(|m| m.drops) {
@@ -294,26 +370,26 @@ impl Engine {
         }
         match (res, buffer_id(flags)) {
             (r, Some(bid)) if r > 0 => {
-                self.dgram_held += 1;
+                self.dgram.take();
                 match meta {
                     Some(m) if !m.truncated => match m.src {
-                        Some(src) => self.on_client_datagram(index, bid, src, m, now),
-                        None => self.release_datagram(bid),
+                        Some(src) => self.on_client_datagram(ctx, index, bid, src, m, now),
+                        None => self.release_datagram(ctx, bid),
                     },
                     _ => {
-                        self.stats.count_udp_drop(DropReason::Truncated);
-                        self.release_datagram(bid);
+                        self.counters(ctx, index).udp_drop(DropReason::Truncated);
+                        self.release_datagram(ctx, bid);
                     }
                 }
             }
             (r, bid) => {
                 if let Some(bid) = bid {
-                    self.dgram_held += 1;
-                    self.release_datagram(bid);
+                    self.dgram.take();
+                    self.release_datagram(ctx, bid);
                 }
                 match -r {
                     libc::ENOBUFS => {
-                        self.stats.udp_enobufs += 1;
+                        self.counters(ctx, index).inc(Counter::UdpEnobufs);
                         if let Some(l) = self.udp_listeners.get_mut(index as usize) {
                             l.recv = ListenRecv::Starved;
                         }
@@ -324,8 +400,8 @@ impl Engine {
                     e if r < 0 => {
                         backoff = true;
                         let err = std::io::Error::from_raw_os_error(e);
-                        if self.log.allow(now, self.shard) {
-                            warn!(shard = self.shard, error = %err, "UDP listener receive failed; retrying in {LISTEN_BACKOFF_MS}ms");
+                        if ctx.log.allow(now, ctx.shard) {
+                            warn!(shard = ctx.shard, error = %err, "UDP listener receive failed; retrying in {LISTEN_BACKOFF_MS}ms");
                         }
                     }
                     _ => {}
@@ -341,13 +417,13 @@ impl Engine {
         match l.recv {
             ListenRecv::Armed if backoff => {
                 l.recv = ListenRecv::Backoff;
-                self.timers
+                ctx.timers
                     .insert(now + LISTEN_BACKOFF_MS, TimerKey::UdpListener(index));
             }
-            ListenRecv::Armed => self.arm_udp_listener(index),
+            ListenRecv::Armed => self.arm_udp_listener(ctx, index),
             ListenRecv::Cancelling => {
                 l.recv = ListenRecv::Idle;
-                self.close_idle_udp_listeners();
+                self.close_idle_udp_listeners(ctx);
             }
             ListenRecv::Starved
             | ListenRecv::Backoff
@@ -357,23 +433,32 @@ impl Engine {
         }
     }
 
-    pub(super) fn udp_listener_timer(&mut self, index: u32) {
+    pub fn udp_listener_timer(&mut self, ctx: &mut Ctx, index: u32) {
         let backoff = self
             .udp_listeners
             .get(index as usize)
             .is_some_and(|l| l.recv == ListenRecv::Backoff);
         if backoff {
-            self.arm_udp_listener(index);
+            self.arm_udp_listener(ctx, index);
         }
     }
 
-    fn drop_datagram(&mut self, why: DropReason, bid: u16) {
-        self.stats.count_udp_drop(why);
-        self.release_datagram(bid);
+    /// The counters of listener `index` (the shard's own if it has none).
+    fn counters<'a>(&'a mut self, ctx: &'a mut Ctx, index: u32) -> &'a mut Counters {
+        match self.udp_listeners.get_mut(index as usize) {
+            Some(l) => &mut l.counters,
+            None => &mut ctx.counters,
+        }
+    }
+
+    fn drop_datagram(&mut self, ctx: &mut Ctx, index: u32, why: DropReason, bid: u16) {
+        self.counters(ctx, index).udp_drop(why);
+        self.release_datagram(ctx, bid);
     }
 
     fn on_client_datagram(
         &mut self,
+        ctx: &mut Ctx,
         index: u32,
         bid: u16,
         src: SocketAddr,
@@ -381,11 +466,11 @@ impl Engine {
         now: Millis,
     ) {
         let Some(l) = self.udp_listeners.get(index as usize) else {
-            self.release_datagram(bid);
+            self.release_datagram(ctx, bid);
             return;
         };
         if let Some(kind) = l.guard.check(src, m.local) {
-            self.drop_loop(index, bid, src, kind, now);
+            self.drop_loop(ctx, index, bid, src, kind, now);
             return;
         }
         let payload = Payload {
@@ -394,46 +479,60 @@ impl Engine {
             len: m.len,
         };
         match l.spec.kind {
-            UdpKind::Echo => self.echo_datagram(index, payload, src, m.local),
+            UdpKind::Echo => self.echo_datagram(ctx, index, payload, src, m.local),
             UdpKind::Forward { route } => {
                 let key = SessionKey {
                     client: src,
                     local: m.local,
                 };
-                self.forward_datagram(index, route, payload, key, now);
+                self.forward_datagram(ctx, index, route, payload, key, now);
             }
         }
     }
 
     /// A forged source that would make the forwarder talk to itself.
-    fn drop_loop(&mut self, index: u32, bid: u16, src: SocketAddr, kind: Loop, now: Millis) {
-        self.drop_datagram(DropReason::Loop, bid);
-        if self.log.allow(now, self.shard) {
+    fn drop_loop(
+        &mut self,
+        ctx: &mut Ctx,
+        index: u32,
+        bid: u16,
+        src: SocketAddr,
+        kind: Loop,
+        now: Millis,
+    ) {
+        self.drop_datagram(ctx, index, DropReason::Loop, bid);
+        if ctx.log.allow(now, ctx.shard) {
             let name = self
                 .udp_listeners
                 .get(index as usize)
                 .map_or("?", |l| l.spec.name.as_str());
-            warn!(shard = self.shard, listener = %name, source = %src, "dropped a UDP datagram whose source is {} (forged: forwarding it would loop); counted as udp_drop_loop", kind.describe());
+            warn!(shard = ctx.shard, listener = %name, source = %src, "dropped a UDP datagram whose source is {} (forged: forwarding it would loop); counted as udp_drop_loop", kind.describe());
         }
     }
 
-    fn echo_datagram(&mut self, index: u32, p: Payload, src: SocketAddr, local: Option<IpAddr>) {
+    fn echo_datagram(
+        &mut self,
+        ctx: &mut Ctx,
+        index: u32,
+        p: Payload,
+        src: SocketAddr,
+        local: Option<IpAddr>,
+    ) {
         let Some(l) = self.udp_listeners.get_mut(index as usize) else {
-            self.release_datagram(p.bid);
+            self.release_datagram(ctx, p.bid);
             return;
         };
         if l.echo_inflight >= ECHO_CAP {
-            self.drop_datagram(DropReason::Backlog, p.bid);
+            self.drop_datagram(ctx, index, DropReason::Backlog, p.bid);
             return;
         }
         l.echo_inflight += 1;
-        self.misc_inflight += 1;
-        self.stats.udp_datagrams_c2u += 1;
-        self.stats.udp_bytes_c2u += u64::from(p.len);
+        l.counters.inc(Counter::UdpDatagramsC2u);
+        l.counters.add(Counter::UdpBytesC2u, u64::from(p.len));
         let token = listener_token(OpKind::UdpEchoSend, index).with_aux(p.bid);
-        self.ops.push(Op::SendDatagramTo {
+        ctx.push_own(Op::SendDatagramTo {
             token: token.encode(),
-            fd: l.spec.fd,
+            fd: Fd(l.spec.fd),
             bid: p.bid,
             offset: p.offset,
             len: p.len,
@@ -444,6 +543,7 @@ impl Engine {
 
     fn forward_datagram(
         &mut self,
+        ctx: &mut Ctx,
         index: u32,
         route: u16,
         payload: Payload,
@@ -451,11 +551,11 @@ impl Engine {
         now: Millis,
     ) {
         let Some(r) = self.udp_routes.get(route as usize) else {
-            self.release_datagram(payload.bid);
+            self.release_datagram(ctx, payload.bid);
             return;
         };
         if !allowed(&r.allow, key.client.ip()) {
-            self.drop_datagram(DropReason::Denied, payload.bid);
+            self.drop_datagram(ctx, index, DropReason::Denied, payload.bid);
             return;
         }
         let existing = self
@@ -468,28 +568,34 @@ impl Engine {
                     payload,
                     now,
                     &mut self.session_ops,
-                    &mut self.stats,
+                    &mut ctx.counters,
                 );
             }
-            self.after_session(slot, now);
+            self.after_session(ctx, slot, now);
             return;
         }
         // A new client.
-        if self.mode != Mode::Running {
-            self.drop_datagram(DropReason::Draining, payload.bid);
+        if ctx.mode != Mode::Running {
+            self.drop_datagram(ctx, index, DropReason::Draining, payload.bid);
             return;
         }
-        match self.make_room(index, key.client, now) {
-            Ok(()) => self.open_session(index, route, payload, key, now),
-            Err(why) => self.drop_datagram(why, payload.bid),
+        match self.make_room(ctx, index, key.client, now) {
+            Ok(()) => self.open_session(ctx, index, route, payload, key, now),
+            Err(why) => self.drop_datagram(ctx, index, why, payload.bid),
         }
     }
 
     /// Admission of a new client (see `udp::admission`). The rate limit is
     /// asked only once the table would take the client, and a session is
     /// evicted only once the client has passed the rate limit too.
-    fn make_room(&mut self, index: u32, client: SocketAddr, now: Millis) -> Result<(), DropReason> {
-        if !self.fds.room(1, self.sessions.len()) {
+    fn make_room(
+        &mut self,
+        ctx: &mut Ctx,
+        index: u32,
+        client: SocketAddr,
+        now: Millis,
+    ) -> Result<(), DropReason> {
+        if !ctx.fd_room(1) {
             return Err(DropReason::SessionLimit); // no descriptor for its socket
         }
         let Some(l) = self.udp_listeners.get_mut(index as usize) else {
@@ -497,8 +603,8 @@ impl Engine {
         };
         let decision = admission(l.active, l.spec.limit, l.embryonic.count());
         if decision == Admission::Refuse {
-            if self.log.allow(now, self.shard) {
-                info!(shard = self.shard, listener = %l.spec.name, limit = l.spec.limit, client = %client, "new UDP session refused: this shard's share of max_sessions is held by sessions their upstream answered (raise max_sessions)");
+            if ctx.log.allow(now, ctx.shard) {
+                info!(shard = ctx.shard, listener = %l.spec.name, limit = l.spec.limit, client = %client, "new UDP session refused: this shard's share of max_sessions is held by sessions their upstream answered (raise max_sessions)");
             }
             return Err(DropReason::SessionLimit);
         }
@@ -507,7 +613,7 @@ impl Engine {
         {
             return Err(DropReason::RateLimit);
         }
-        if decision == Admission::EvictEmbryonic && !self.evict_embryonic(index, now) {
+        if decision == Admission::EvictEmbryonic && !self.evict_embryonic(ctx, index, now) {
             // The count and the queue disagree (a bug guard): admit only below the limit.
             let room = self
                 .udp_listeners
@@ -522,7 +628,7 @@ impl Engine {
 
     /// Ends the listener's oldest embryonic session to make room; false when
     /// it has none.
-    fn evict_embryonic(&mut self, index: u32, now: Millis) -> bool {
+    fn evict_embryonic(&mut self, ctx: &mut Ctx, index: u32, now: Millis) -> bool {
         let Some(l) = self.udp_listeners.get_mut(index as usize) else {
             return false;
         };
@@ -536,13 +642,14 @@ impl Engine {
         if let Some(c) = self.sessions.get_mut(slot) {
             c.session.abort(SessionEnd::Evicted, &mut self.session_ops);
         }
-        self.stats.udp_evict_embryonic += 1;
-        self.after_session(slot, now);
+        self.counters(ctx, index).inc(Counter::UdpEvictEmbryonic);
+        self.after_session(ctx, slot, now);
         true
     }
 
     fn open_session(
         &mut self,
+        ctx: &mut Ctx,
         index: u32,
         route: u16,
         payload: Payload,
@@ -553,22 +660,24 @@ impl Engine {
             self.udp_listeners.get_mut(index as usize),
             self.udp_routes.get(route as usize),
         ) else {
-            self.release_datagram(payload.bid);
+            self.release_datagram(ctx, payload.bid);
             return;
         };
-        let n = u16::try_from(r.upstreams.len()).unwrap_or(u16::MAX).max(1);
+        let Some(target) = l.balancer.pick(Some(key.client), &mut Attempts::default()) else {
+            self.release_datagram(ctx, payload.bid);
+            return;
+        };
         let cfg = SessionConfig {
-            upstream: l.rr % n,
             idle_ms: r.idle_ms,
             max_responses: r.max_responses,
-            cap: session_cap(self.dgram_buffers),
+            cap: session_cap(self.dgram.total()),
         };
-        l.rr = (l.rr + 1) % n;
         let mut session = Session::new(cfg, now);
         session.start(&mut self.session_ops);
-        session.handle_client_datagram(payload, now, &mut self.session_ops, &mut self.stats);
+        session.handle_client_datagram(payload, now, &mut self.session_ops, &mut l.counters);
         let conn = UdpConn {
             session,
+            target,
             listener: index,
             client: key.client,
             local: key.local,
@@ -581,45 +690,50 @@ impl Engine {
             Some(slot) => {
                 l.sessions.insert(key, slot);
                 l.active += 1;
+                ctx.fds.sessions += 1;
                 let sessions = &self.sessions;
                 l.embryonic
                     .push(slot, |s| sessions.get(*s).is_some_and(|c| c.in_embryonic));
-                self.stats.udp_sessions_created += 1;
-                self.after_session(slot, now);
+                l.counters.inc(Counter::UdpSessionsCreated);
+                self.after_session(ctx, slot, now);
             }
             None => {
                 self.session_ops.clear();
-                self.drop_datagram(DropReason::SessionLimit, payload.bid);
+                self.drop_datagram(ctx, index, DropReason::SessionLimit, payload.bid);
             }
         }
     }
 
     fn on_session_cqe(
         &mut self,
+        ctx: &mut Ctx,
         token: Token,
         res: i32,
         flags: u32,
         meta: Option<DatagramMeta>,
         now: Millis,
     ) {
-        let slot = token.slot;
+        let slot = SessionId(token.slot);
         let Some(c) = self.sessions.get_mut(slot) else {
-            self.udp_stale(token, res, flags);
+            self.udp_stale(ctx, token, res, flags);
             return;
         };
         let out = &mut self.session_ops;
-        let stats = &mut self.stats;
+        let stats = match self.udp_listeners.get_mut(c.listener as usize) {
+            Some(l) => &mut l.counters,
+            None => &mut ctx.counters,
+        };
         let s = &mut c.session;
         match token.kind {
             OpKind::UdpUpRecv => {
                 if let Some(reading) = meta.and_then(|m| m.drops) {
                     let n = c.drops.observe(reading);
-                    stats.count_udp_drops(DropReason::RcvbufU2c, u64::from(n));
+                    stats.udp_drops(DropReason::RcvbufU2c, u64::from(n));
                 }
                 let more = flags & CQE_F_MORE != 0;
                 let ev = match (res, buffer_id(flags)) {
                     (r, Some(bid)) if r > 0 => {
-                        self.dgram_held += 1;
+                        self.dgram.take();
                         match meta {
                             Some(m) if !m.truncated => DatagramEvent::Data(Payload {
                                 bid,
@@ -632,7 +746,7 @@ impl Engine {
                     (r, bid) => {
                         if let Some(bid) = bid {
                             // A buffer without a datagram: straight back.
-                            self.dgram_held += 1;
+                            self.dgram.take();
                             out.push(SessionOp::Release(bid));
                         }
                         match -r {
@@ -649,7 +763,7 @@ impl Engine {
             OpKind::UdpReplySend => s.handle_sent_client(token.aux, result(res), out, stats),
             OpKind::UdpSocket => {
                 if res >= 0 {
-                    c.fd = Some(res);
+                    c.fd = Some(Fd(res));
                 }
                 s.handle_socket(unit(res), out);
             }
@@ -657,17 +771,17 @@ impl Engine {
             OpKind::UdpCancel => s.handle_cancel(out),
             OpKind::UdpClose => s.handle_close(),
             _ => {
-                self.stats.stale_completions += 1;
-                debug!(shard = self.shard, kind = ?token.kind, "unexpected UDP completion kind");
+                ctx.counters.inc(Counter::StaleCompletions);
+                debug!(shard = ctx.shard, kind = ?token.kind, "unexpected UDP completion kind");
             }
         }
-        self.after_session(slot, now);
+        self.after_session(ctx, slot, now);
     }
 
     /// Lowers the session's requests to ring operations, unmaps a closing
     /// session (so its client's next datagram starts a new one), frees a
     /// finished one, or reschedules its idle timer.
-    fn after_session(&mut self, slot: SlotId, now: Millis) {
+    fn after_session(&mut self, ctx: &mut Ctx, slot: SessionId, now: Millis) {
         let Some(c) = self.sessions.get_mut(slot) else {
             self.session_ops.clear();
             return;
@@ -676,65 +790,30 @@ impl Engine {
             self.session_ops.clear();
             return;
         };
-        let route = match l.spec.kind {
-            UdpKind::Forward { route } => route,
-            UdpKind::Echo => 0,
+        let rcvbuf = match l.spec.kind {
+            UdpKind::Forward { route } => self
+                .udp_routes
+                .get(route as usize)
+                .and_then(|r| r.session_rcvbuf),
+            UdpKind::Echo => None,
         };
-        let tok = |kind| Token::new(kind, Side::Upstream, slot);
+        let listener_fd = Fd(l.spec.fd);
         for op in self.session_ops.drain(..) {
-            let fd = c.fd.unwrap_or(-1);
             let lowered = match op {
-                SessionOp::OpenSocket { upstream } => Op::UdpSocket {
-                    token: tok(OpKind::UdpSocket).encode(),
-                    route,
-                    upstream,
-                },
-                SessionOp::Connect { upstream } => Op::UdpConnect {
-                    token: tok(OpKind::UdpConnect).encode(),
-                    fd,
-                    route,
-                    upstream,
-                },
-                SessionOp::ArmRecv => Op::UdpRecvMulti {
-                    token: tok(OpKind::UdpUpRecv).encode(),
-                    fd,
-                    template: RecvTemplate::Upstream,
-                },
-                SessionOp::SendUp(p) => Op::SendDatagram {
-                    token: tok(OpKind::UdpUpSend).with_aux(p.bid).encode(),
-                    fd,
-                    bid: p.bid,
-                    offset: p.offset,
-                    len: p.len,
-                },
-                SessionOp::SendClient(p) => Op::SendDatagramTo {
-                    token: tok(OpKind::UdpReplySend).with_aux(p.bid).encode(),
-                    fd: l.spec.fd,
-                    bid: p.bid,
-                    offset: p.offset,
-                    len: p.len,
-                    dest: c.client,
-                    local: c.local,
-                },
                 SessionOp::Release(bid) => {
-                    self.dgram_held = self.dgram_held.saturating_sub(1);
+                    self.dgram.give();
                     Op::ReleaseDatagram { bid }
                 }
                 SessionOp::Starved => {
                     self.udp_starved.push_back(UdpWaiter::Session(slot));
                     continue;
                 }
-                SessionOp::CancelRecv => Op::CancelOne {
-                    token: tok(OpKind::UdpCancel).encode(),
-                    target: tok(OpKind::UdpUpRecv).encode(),
-                },
-                SessionOp::Close => Op::Close {
-                    token: tok(OpKind::UdpClose).encode(),
-                    fd: c.fd.take().unwrap_or(-1),
-                    linger0: false,
+                other => match lower_session_op(other, c, slot, listener_fd, rcvbuf) {
+                    Some(op) => op,
+                    None => continue,
                 },
             };
-            self.ops.push(lowered);
+            ctx.push(lowered);
         }
         if c.in_embryonic && !c.session.is_embryonic() {
             c.in_embryonic = false;
@@ -752,51 +831,28 @@ impl Engine {
                 && c.timer_at.is_none_or(|t| d < t)
             {
                 c.timer_at = Some(d);
-                self.timers
-                    .insert(d, TimerKey::Session { slot, deadline: d });
+                ctx.timers.insert(
+                    d,
+                    TimerKey::Session {
+                        id: slot,
+                        deadline: d,
+                    },
+                );
             }
             return;
         }
         l.active = l.active.saturating_sub(1);
-        let name = l.spec.name.clone();
         let Some(c) = self.sessions.remove(slot) else {
             return;
         };
-        self.count_session_end(&c, &name, route, now);
-        self.close_idle_udp_listeners();
-    }
-
-    /// Counts a freed session under its end and logs it (errors rate-limited).
-    fn count_session_end(&mut self, c: &UdpConn, name: &str, route: u16, now: Millis) {
+        ctx.release_session_fd();
         let end = c.session.end().unwrap_or(SessionEnd::Error);
-        self.stats.count_udp_end(end);
-        let upstream = self
-            .udp_routes
-            .get(route as usize)
-            .and_then(|r| r.upstreams.get(c.session.upstream() as usize))
-            .map(String::as_str)
-            .unwrap_or("?");
-        match end {
-            SessionEnd::Idle
-            | SessionEnd::Responses
-            | SessionEnd::Shutdown
-            | SessionEnd::Drained
-            | SessionEnd::Evicted => {
-                debug!(shard = self.shard, listener = %name, client = %c.client, upstream, end = end.name(), "UDP session ended");
-            }
-            SessionEnd::Refused | SessionEnd::Error => {
-                if self.log.allow(now, self.shard) {
-                    let error = c
-                        .session
-                        .last_errno()
-                        .map(|e| std::io::Error::from_raw_os_error(e).to_string());
-                    info!(shard = self.shard, listener = %name, client = %c.client, upstream, end = end.name(), error = error.as_deref().unwrap_or("-"), "UDP session ended");
-                }
-            }
-        }
+        l.counters.udp_end(end);
+        log_session_end(ctx, &c, end, &l.spec.name, now);
+        self.close_idle_udp_listeners(ctx);
     }
 
-    pub(super) fn session_timer(&mut self, slot: SlotId, deadline: Millis, now: Millis) {
+    pub fn session_timer(&mut self, ctx: &mut Ctx, slot: SessionId, deadline: Millis, now: Millis) {
         let Some(c) = self.sessions.get_mut(slot) else {
             return;
         };
@@ -805,14 +861,14 @@ impl Engine {
         }
         c.timer_at = None;
         c.session.handle_timeout(now, &mut self.session_ops);
-        self.after_session(slot, now);
+        self.after_session(ctx, slot, now);
     }
 
     /// Re-arms starved datagram receives while the datagram ring has buffers
     /// (listeners first). Each one has a datagram waiting, so it either takes
     /// a buffer — a completion that brings us back here — or starves again.
-    pub(super) fn wake_udp_starved(&mut self, now: Millis) {
-        let mut free = self.dgram_buffers.saturating_sub(self.dgram_held);
+    pub fn wake_udp_starved(&mut self, ctx: &mut Ctx, now: Millis) {
+        let mut free = self.dgram.free();
         while free > 0 {
             let Some(w) = self.udp_starved.pop_front() else {
                 break;
@@ -824,13 +880,13 @@ impl Engine {
                         .get(index as usize)
                         .is_some_and(|l| l.recv == ListenRecv::Starved);
                     if starved {
-                        if self.mode == Mode::Running
+                        if ctx.mode == Mode::Running
                             || self
                                 .udp_listeners
                                 .get(index as usize)
                                 .is_some_and(|l| l.active > 0)
                         {
-                            self.arm_udp_listener(index);
+                            self.arm_udp_listener(ctx, index);
                         } else if let Some(l) = self.udp_listeners.get_mut(index as usize) {
                             l.recv = ListenRecv::Idle;
                         }
@@ -841,42 +897,42 @@ impl Engine {
                     if let Some(c) = self.sessions.get_mut(slot) {
                         c.session.handle_buffers(&mut self.session_ops);
                         free -= 1;
-                        self.after_session(slot, now);
+                        self.after_session(ctx, slot, now);
                     }
                 }
             }
         }
-        self.close_idle_udp_listeners();
+        self.close_idle_udp_listeners(ctx);
     }
 
     /// Draining: each session ends once it owes its client no reply, or has
     /// been quiet for the drain grace (`udp::session::DRAIN_GRACE_MS`).
-    pub fn drain_udp_sessions(&mut self, now: Millis) {
+    pub fn drain_udp_sessions(&mut self, ctx: &mut Ctx, now: Millis) {
         for slot in self.sessions.ids() {
             if let Some(c) = self.sessions.get_mut(slot) {
                 c.session.handle_drain(now, &mut self.session_ops);
             }
-            self.after_session(slot, now);
+            self.after_session(ctx, slot, now);
         }
-        self.close_idle_udp_listeners();
+        self.close_idle_udp_listeners(ctx);
     }
 
     /// Shutdown: end every session now.
-    pub(super) fn stop_sessions(&mut self, now: Millis) {
+    pub fn stop_sessions(&mut self, ctx: &mut Ctx, now: Millis) {
         for slot in self.sessions.ids() {
             if let Some(c) = self.sessions.get_mut(slot) {
                 c.session.abort(SessionEnd::Shutdown, &mut self.session_ops);
             }
-            self.after_session(slot, now);
+            self.after_session(ctx, slot, now);
         }
-        self.close_idle_udp_listeners();
+        self.close_idle_udp_listeners(ctx);
     }
 
     /// While draining or stopping: a UDP listener with no session left (echo:
     /// no reply in flight) stops receiving and closes. Forwarding listeners
     /// stay open while sessions remain, since replies leave through them.
-    pub(super) fn close_idle_udp_listeners(&mut self) {
-        if self.mode == Mode::Running {
+    pub fn close_idle_udp_listeners(&mut self, ctx: &mut Ctx) {
+        if ctx.mode == Mode::Running {
             return;
         }
         for i in 0..self.udp_listeners.len() {
@@ -890,22 +946,127 @@ impl Engine {
             match l.recv {
                 ListenRecv::Armed => {
                     l.recv = ListenRecv::Cancelling;
-                    self.misc_inflight += 1;
-                    self.ops.push(Op::CancelOne {
+                    ctx.push_own(Op::CancelOne {
                         token: listener_token(OpKind::UdpListenCancel, index).encode(),
                         target: listener_token(OpKind::UdpListenRecv, index).encode(),
                     });
                 }
                 ListenRecv::Starved | ListenRecv::Backoff | ListenRecv::Idle => {
                     l.recv = ListenRecv::CloseInFlight;
-                    self.misc_inflight += 1;
-                    self.ops.push(Op::Close {
+                    ctx.push_own(Op::Close {
                         token: listener_token(OpKind::UdpListenClose, index).encode(),
-                        fd: l.spec.fd,
+                        fd: Fd(l.spec.fd),
                         linger0: false,
                     });
                 }
                 ListenRecv::Cancelling | ListenRecv::CloseInFlight | ListenRecv::Closed => {}
+            }
+        }
+    }
+}
+
+/// Lowers one operation of session `slot` (not `Release`/`Starved`, which
+/// the caller accounts) to a ring operation on its socket, or its failure
+/// (EBADF) when the socket is absent, so the session's accounting stays exact.
+fn lower_session_op(
+    op: SessionOp,
+    c: &mut UdpConn,
+    slot: SessionId,
+    listener_fd: Fd,
+    rcvbuf: Option<u32>,
+) -> Option<Op> {
+    let tok = |kind| Token::new(kind, Side::Upstream, slot.0);
+    // An operation on the session's socket, or its failure when the
+    // socket is absent (EBADF: the session's accounting stays exact).
+    let on_fd = |token: Token, fd: Option<Fd>, f: &dyn Fn(u64, Fd) -> Op| match fd {
+        Some(fd) => f(token.encode(), fd),
+        None => Op::Fail {
+            token: token.encode(),
+            errno: libc::EBADF,
+        },
+    };
+    Some(match op {
+        SessionOp::OpenSocket => Op::UdpSocket {
+            token: tok(OpKind::UdpSocket).encode(),
+            family: Family::of(c.target.addr),
+        },
+        SessionOp::Connect => {
+            let addr = c.target.addr;
+            on_fd(tok(OpKind::UdpConnect), c.fd, &|token, fd| Op::UdpConnect {
+                token,
+                fd,
+                addr,
+                rcvbuf,
+            })
+        }
+        SessionOp::ArmRecv => on_fd(tok(OpKind::UdpUpRecv), c.fd, &|token, fd| {
+            Op::UdpRecvMulti {
+                token,
+                fd,
+                template: RecvTemplate::Upstream,
+            }
+        }),
+        SessionOp::SendUp(p) => on_fd(
+            tok(OpKind::UdpUpSend).with_aux(p.bid),
+            c.fd,
+            &|token, fd| Op::SendDatagram {
+                token,
+                fd,
+                bid: p.bid,
+                offset: p.offset,
+                len: p.len,
+            },
+        ),
+        SessionOp::SendClient(p) => Op::SendDatagramTo {
+            token: tok(OpKind::UdpReplySend).with_aux(p.bid).encode(),
+            fd: listener_fd,
+            bid: p.bid,
+            offset: p.offset,
+            len: p.len,
+            dest: c.client,
+            local: c.local,
+        },
+        // Accounted by the caller.
+        SessionOp::Release(_) | SessionOp::Starved => return None,
+        SessionOp::CancelRecv => Op::CancelOne {
+            token: tok(OpKind::UdpCancel).encode(),
+            target: tok(OpKind::UdpUpRecv).encode(),
+        },
+        SessionOp::Close => {
+            let token = tok(OpKind::UdpClose).encode();
+            match c.fd.take() {
+                Some(fd) => Op::Close {
+                    token,
+                    fd,
+                    linger0: false,
+                },
+                None => Op::Fail {
+                    token,
+                    errno: libc::EBADF,
+                },
+            }
+        }
+    })
+}
+
+/// Logs a freed session's end (errors rate-limited).
+fn log_session_end(ctx: &mut Ctx, c: &UdpConn, end: SessionEnd, name: &str, now: Millis) {
+    let upstream = c.target.addr;
+    match end {
+        SessionEnd::Idle
+        | SessionEnd::Responses
+        | SessionEnd::Shutdown
+        | SessionEnd::Drained
+        | SessionEnd::Evicted => {
+            debug!(shard = ctx.shard, listener = %name, client = %c.client, upstream = %upstream, end = end.name(), "UDP session ended");
+        }
+        SessionEnd::Refused | SessionEnd::Error => {
+            if ctx.log.allow(now, ctx.shard) {
+                let error = c
+                    .session
+                    .last_errno()
+                    .map(|e| std::io::Error::from_raw_os_error(e).to_string());
+                info!(shard = ctx.shard, listener = %name, client = %c.client, upstream = %upstream, end = end.name(), error = error.as_deref().unwrap_or("-"), "UDP session ended");
             }
         }
     }

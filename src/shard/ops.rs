@@ -1,0 +1,246 @@
+//! The operations the shard's services hand the event loop (`Op`), and the
+//! helpers that decode a completion's result and flags. This is the whole
+//! interface between deciding and doing: the event loop executes `Op`s on
+//! the ring, the simulator in `tests/` against a fake kernel.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+
+use crate::tcp::RecvEvent;
+use crate::time::Millis;
+
+/// `IORING_CQE_F_MORE`: the multishot operation stays armed.
+pub const CQE_F_MORE: u32 = 1 << 1;
+/// `IORING_CQE_F_BUFFER`: the upper 16 bits carry a provided buffer id.
+pub const CQE_F_BUFFER: u32 = 1 << 0;
+
+/// A descriptor an operation names. Only made from a descriptor the kernel
+/// gave (accept, socket) or the runtime handed over (listeners): an absent
+/// one is an `Option` upstream of here, never `-1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fd(pub RawFd);
+
+impl Fd {
+    pub fn raw(self) -> RawFd {
+        self.0
+    }
+}
+
+/// The address family of a socket to create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: SocketAddr) -> Family {
+        match addr {
+            SocketAddr::V4(_) => Family::V4,
+            SocketAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn raw(self) -> i32 {
+        match self {
+            Family::V4 => libc::AF_INET,
+            Family::V6 => libc::AF_INET6,
+        }
+    }
+}
+
+/// One instruction for the event loop. `token`s are encoded `user_data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    AcceptMulti {
+        token: u64,
+        fd: Fd,
+    },
+    /// One accept (a listener near its descriptor budget).
+    Accept {
+        token: u64,
+        fd: Fd,
+    },
+    /// Cancel the accept named by `target` (drain).
+    CancelAccept {
+        token: u64,
+        target: u64,
+    },
+    CloseListener {
+        token: u64,
+        fd: Fd,
+    },
+    /// Close an accepted socket that is turned away.
+    Reject {
+        token: u64,
+        fd: Fd,
+    },
+    /// Create a TCP socket of `family`.
+    Socket {
+        token: u64,
+        family: Family,
+    },
+    /// Connect to `addr` with `timeout_ms` linked (two completions).
+    Connect {
+        token: u64,
+        timeout_token: u64,
+        fd: Fd,
+        addr: SocketAddr,
+        timeout_ms: Millis,
+    },
+    RecvMulti {
+        token: u64,
+        fd: Fd,
+    },
+    Send {
+        token: u64,
+        fd: Fd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+    },
+    /// Send `len` bytes of the shard's periodic region from `offset`.
+    SendRegion {
+        token: u64,
+        fd: Fd,
+        offset: u32,
+        len: u32,
+    },
+    Shutdown {
+        token: u64,
+        fd: Fd,
+    },
+    /// Cancel the operation whose user_data is `target`.
+    CancelOne {
+        token: u64,
+        target: u64,
+    },
+    /// Cancel every operation on `fd`.
+    CancelFd {
+        token: u64,
+        fd: Fd,
+    },
+    Close {
+        token: u64,
+        fd: Fd,
+        linger0: bool,
+    },
+    /// An operation that cannot be issued (the descriptor it needs is
+    /// absent): the event loop completes `token` with `-errno` at once, so
+    /// the accounting of its owner stays exact.
+    Fail {
+        token: u64,
+        errno: i32,
+    },
+    /// Return a provided buffer to the ring (no completion).
+    Release {
+        bid: u16,
+    },
+    /// Multishot recvmsg into the datagram buffer ring.
+    UdpRecvMulti {
+        token: u64,
+        fd: Fd,
+        template: RecvTemplate,
+    },
+    /// Create a UDP socket of `family`.
+    UdpSocket {
+        token: u64,
+        family: Family,
+    },
+    /// connect(2) a UDP socket to `addr`, with SO_RCVBUF `rcvbuf` set first.
+    UdpConnect {
+        token: u64,
+        fd: Fd,
+        addr: SocketAddr,
+        rcvbuf: Option<u32>,
+    },
+    /// Send part of datagram buffer `bid` on a connected socket.
+    SendDatagram {
+        token: u64,
+        fd: Fd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+    },
+    /// Send part of datagram buffer `bid` to `dest`, from `local` when set
+    /// (the address the client sent to, for wildcard listeners).
+    SendDatagramTo {
+        token: u64,
+        fd: Fd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        dest: SocketAddr,
+        local: Option<IpAddr>,
+    },
+    /// Return a datagram buffer to its ring (no completion).
+    ReleaseDatagram {
+        bid: u16,
+    },
+    /// IORING_OP_SPLICE of up to `len` bytes from `fd_in` to `fd_out` (a
+    /// socket and a pipe end, one way or the other).
+    Splice {
+        token: u64,
+        fd_in: Fd,
+        fd_out: Fd,
+        len: u32,
+    },
+    /// Pipe `pipe` came back with data in it (no splice names it): close
+    /// `fds` and make a replacement, reported with `Engine::restore_pipe`.
+    /// No completion.
+    ReplacePipe {
+        pipe: u16,
+        fds: PipeFds,
+    },
+}
+
+/// The two ends of one of the shard's pipes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PipeFds {
+    pub read: RawFd,
+    pub write: RawFd,
+}
+
+/// Which recvmsg layout (name and control space) a receive uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvTemplate {
+    /// UDP listener `n`: the source address, and the destination address when
+    /// the listener is bound to a wildcard address.
+    Listener(u32),
+    /// A session's connected socket: payload only.
+    Upstream,
+}
+
+pub fn result(res: i32) -> Result<u32, i32> {
+    if res >= 0 { Ok(res as u32) } else { Err(-res) }
+}
+
+pub fn unit(res: i32) -> Result<(), i32> {
+    result(res).map(|_| ())
+}
+
+pub fn buffer_id(flags: u32) -> Option<u16> {
+    (flags & CQE_F_BUFFER != 0).then_some((flags >> 16) as u16)
+}
+
+/// A stream receive's completion, decoded.
+pub fn recv_event(res: i32, flags: u32) -> RecvEvent {
+    if res > 0 {
+        match buffer_id(flags) {
+            Some(bid) => RecvEvent::Data {
+                bid,
+                len: res as u32,
+            },
+            // Data without a buffer cannot happen with buffer select; treat as broken.
+            None => RecvEvent::Error(libc::EIO),
+        }
+    } else if res == 0 {
+        RecvEvent::Eof
+    } else {
+        match -res {
+            libc::ENOBUFS => RecvEvent::NoBuffers,
+            libc::ECANCELED => RecvEvent::Cancelled,
+            e => RecvEvent::Error(e),
+        }
+    }
+}

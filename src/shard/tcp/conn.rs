@@ -1,0 +1,202 @@
+//! A TCP connection as the shard keeps it: its state machine (a relay or one
+//! of the built-in servers), its sockets, its in-flight accounting and its
+//! listener. This is the one place that dispatches over the kinds: every
+//! completion is accounted here (`Lifecycle::complete`) before the state
+//! machine sees it, so no state machine counts its own completions.
+
+use crate::shard::ops::{Fd, recv_event, result, unit};
+use crate::shard::token::OpKind;
+use crate::stats::CloseReason;
+use crate::tcp::Side;
+use crate::tcp::cx::Cx;
+use crate::tcp::echo::Echo;
+use crate::tcp::lifecycle::{Done, Lifecycle};
+use crate::tcp::relay::Relay;
+use crate::tcp::serve::Server;
+use crate::tcp::splice::{PipeId, SpliceEnd};
+use crate::time::Millis;
+use crate::upstream::Target;
+
+/// What a connection runs. Not boxed: connections live in a slab whose
+/// slots are sized by the largest kind anyway, and a box would cost an
+/// allocation per accepted connection.
+#[allow(clippy::large_enum_variant)]
+pub enum Logic {
+    /// Forwarding to an upstream.
+    Relay(Relay),
+    /// The built-in echo server.
+    Echo(Echo),
+    /// The built-in sink, source or request/response server.
+    Serve(Server),
+}
+
+/// What a closed connection leaves for its close log line and counters.
+pub struct Closed {
+    pub reason: CloseReason,
+    pub errno: Option<i32>,
+    pub target: Option<Target>,
+    /// Bytes delivered (client→upstream, upstream→client).
+    pub bytes: (u64, u64),
+}
+
+pub struct Conn {
+    pub logic: Logic,
+    /// The client's and the upstream's socket, while open.
+    pub fds: [Option<Fd>; 2],
+    pub life: Lifecycle,
+    pub listener: u32,
+    /// Deadline of the earliest timer-wheel entry for this connection.
+    pub timer_at: Option<Millis>,
+    pub accepted_at: Millis,
+}
+
+/// How a completion of `kind` on `side` is accounted; `None` for a receive
+/// that stays armed.
+fn done_of(kind: OpKind, side: Side, more: bool) -> Option<Done> {
+    Some(match kind {
+        OpKind::Recv if more => return None,
+        OpKind::Recv | OpKind::Send | OpKind::Shutdown => Done::On(side),
+        OpKind::Connect => Done::On(Side::Upstream),
+        OpKind::SpliceIn => Done::Splice(side, SpliceEnd::In),
+        OpKind::SpliceOut => Done::Splice(side, SpliceEnd::Out),
+        OpKind::Close => Done::Closed(side),
+        _ => Done::Plain,
+    })
+}
+
+impl Conn {
+    pub fn is_finished(&self) -> bool {
+        let closing = match &self.logic {
+            Logic::Relay(r) => r.is_closing(),
+            Logic::Echo(e) => e.is_closing(),
+            Logic::Serve(s) => s.is_closing(),
+        };
+        closing && self.life.finished()
+    }
+
+    pub fn deadline(&self) -> Option<Millis> {
+        match &self.logic {
+            Logic::Relay(r) => r.deadline(),
+            Logic::Echo(_) | Logic::Serve(_) => None,
+        }
+    }
+
+    pub fn closed(&self) -> Closed {
+        let (reason, errno, target, bytes) = match &self.logic {
+            Logic::Relay(r) => (r.reason(), r.last_errno(), r.target(), r.bytes()),
+            Logic::Echo(e) => (e.reason(), None, None, (0, 0)),
+            Logic::Serve(s) => (s.reason(), s.last_errno(), None, s.bytes()),
+        };
+        Closed {
+            reason: reason.unwrap_or(CloseReason::Error),
+            errno,
+            target,
+            bytes,
+        }
+    }
+}
+
+impl Logic {
+    pub fn start(&mut self, cx: &mut Cx<'_>) {
+        match self {
+            Logic::Relay(r) => r.start(cx),
+            Logic::Echo(e) => e.start(cx),
+            Logic::Serve(s) => s.start(cx),
+        }
+    }
+
+    pub fn handle(
+        &mut self,
+        kind: OpKind,
+        side: Side,
+        res: i32,
+        flags: u32,
+        cx: &mut Cx<'_>,
+    ) -> Result<(), OpKind> {
+        let more = flags & crate::shard::ops::CQE_F_MORE != 0;
+        if let Some(done) = done_of(kind, side, more) {
+            cx.life.complete(done);
+        }
+        let now = cx.now;
+        if kind == OpKind::Recv {
+            let ev = recv_event(res, flags);
+            match self {
+                Logic::Relay(r) => r.handle_recv(side, ev, more, now, cx),
+                Logic::Echo(e) => e.handle_recv(ev, more, cx),
+                Logic::Serve(s) => s.handle_recv(ev, more, cx),
+            }
+            return Ok(());
+        }
+        match (self, kind) {
+            (_, OpKind::Close | OpKind::Discard) => {}
+            (Logic::Relay(r), OpKind::Send) => r.handle_sent(side, result(res), now, cx),
+            (Logic::Relay(r), OpKind::SpliceIn) => r.handle_splice_in(side, result(res), now, cx),
+            (Logic::Relay(r), OpKind::SpliceOut) => r.handle_splice_out(side, result(res), now, cx),
+            (Logic::Relay(r), OpKind::Socket) => r.handle_socket(unit(res), now, cx),
+            (Logic::Relay(r), OpKind::Connect) => r.handle_connect(unit(res), now, cx),
+            (Logic::Relay(r), OpKind::ConnectTimeout) => r.handle_connect_timeout(cx),
+            (Logic::Relay(r), OpKind::Shutdown) => r.handle_shutdown(side, unit(res), cx),
+            (Logic::Relay(r), OpKind::CancelRecv | OpKind::CancelAll | OpKind::CancelSplice) => {
+                r.handle_cancel(cx)
+            }
+            (Logic::Echo(e), OpKind::Send) => e.handle_sent(result(res), cx),
+            (Logic::Echo(e), OpKind::Shutdown) => e.handle_shutdown(unit(res), cx),
+            (Logic::Echo(e), OpKind::CancelRecv | OpKind::CancelAll) => e.handle_cancel(cx),
+            (Logic::Serve(s), OpKind::Send) => s.handle_sent(result(res), cx),
+            (Logic::Serve(s), OpKind::Shutdown) => s.handle_shutdown(unit(res), cx),
+            (Logic::Serve(s), OpKind::CancelRecv | OpKind::CancelAll) => s.handle_cancel(cx),
+            (_, kind) => return Err(kind),
+        }
+        Ok(())
+    }
+
+    pub fn handle_buffers(&mut self, side: Side, cx: &mut Cx<'_>) {
+        match self {
+            Logic::Relay(r) => r.handle_buffers(side, cx),
+            Logic::Echo(e) => e.handle_buffers(cx),
+            Logic::Serve(s) => s.handle_buffers(cx),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
+        if let Logic::Relay(r) = self {
+            r.handle_timeout(cx.now, cx);
+        }
+    }
+
+    pub fn handle_pipe(
+        &mut self,
+        side: Side,
+        grant: Option<PipeId>,
+        cx: &mut Cx<'_>,
+    ) -> Option<PipeId> {
+        match self {
+            Logic::Relay(r) => {
+                r.handle_pipe(side, grant, cx.now, cx);
+                None
+            }
+            Logic::Echo(_) | Logic::Serve(_) => grant,
+        }
+    }
+
+    pub fn handle_target(&mut self, target: Option<Target>, cx: &mut Cx<'_>) {
+        if let Logic::Relay(r) = self {
+            r.handle_target(target, cx);
+        }
+    }
+
+    pub fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
+        match self {
+            Logic::Relay(r) => r.abort(reason, cx),
+            Logic::Echo(e) => e.abort(reason, cx),
+            Logic::Serve(s) => s.abort(reason, cx),
+        }
+    }
+
+    pub fn attempts(&mut self) -> Option<&mut crate::upstream::Attempts> {
+        match self {
+            Logic::Relay(r) => Some(r.attempts_mut()),
+            Logic::Echo(_) | Logic::Serve(_) => None,
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The TCP service of a shard: its listeners (accepting, see `accept`), its
+//! connections (forwarding relays and the built-in servers, see `conn`),
+//! their upstreams and balancers, the stream buffer ring's accounting and the
+//! pipe pool. It turns completions into state-machine inputs and the state
+//! machines' `ConnOp`s into `Op`s (`lower`). No I/O.
+
+mod accept;
+mod conn;
+mod lower;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use tracing::{debug, info, warn};
+
+use self::accept::AcceptState;
+use self::conn::{Conn, Logic};
+use super::buffers::Held;
+use super::context::{Ctx, Mode};
+use super::ops::{Fd, Op, PipeFds, buffer_id};
+use super::pipes::{PipePool, PipeSlot};
+use super::slab::{ConnId, Slab};
+use super::token::{OpKind, Token};
+use crate::stats::{CloseReason, Counter, Counters, ListenerStats, UpstreamStats};
+use crate::tcp::cx::Cx;
+use crate::tcp::echo::Echo;
+use crate::tcp::lifecycle::{Lifecycle, SockState};
+use crate::tcp::relay::{Relay, RelayConfig};
+use crate::tcp::serve::{ServeMode, Server};
+use crate::tcp::splice::SpliceConfig;
+use crate::tcp::{ConnOp, Side};
+use crate::time::Millis;
+use crate::upstream::{RoundRobin, Target, UpstreamId};
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Relay to the upstreams of route `route`.
+    Forward {
+        route: u16,
+    },
+    Echo,
+    /// `ringfwd echo --tcp-sink`: receive and discard.
+    EchoSink,
+    /// `ringfwd echo --tcp-source`: send the periodic stream until the client's FIN.
+    EchoSource,
+    /// `ringfwd echo --tcp-rr`: `response` bytes of the periodic stream for
+    /// every complete `request` bytes received.
+    EchoRr {
+        request: u32,
+        response: u32,
+    },
+}
+
+impl ListenerKind {
+    /// The server mode of a sink, source or request/response listener.
+    pub fn serve_mode(self) -> Option<ServeMode> {
+        match self {
+            ListenerKind::EchoSink => Some(ServeMode::Sink),
+            ListenerKind::EchoSource => Some(ServeMode::Source),
+            ListenerKind::EchoRr { request, response } => {
+                Some(ServeMode::RequestResponse { request, response })
+            }
+            ListenerKind::Forward { .. } | ListenerKind::Echo => None,
+        }
+    }
+
+    /// Descriptors one connection of this listener holds.
+    pub fn descriptors(self) -> u32 {
+        match self {
+            ListenerKind::Forward { .. } => 2,
+            ListenerKind::Echo
+            | ListenerKind::EchoSink
+            | ListenerKind::EchoSource
+            | ListenerKind::EchoRr { .. } => 1,
+        }
+    }
+
+    /// Whether connections of this listener send from the periodic region (so
+    /// the shard must register it).
+    pub fn sends_region(self) -> bool {
+        self.serve_mode().is_some_and(ServeMode::sends)
+    }
+}
+
+/// A listener this shard owns (its own SO_REUSEPORT socket).
+#[derive(Clone, Debug)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub fd: std::os::fd::RawFd,
+    pub kind: ListenerKind,
+    /// This shard's share of max_connections.
+    pub limit: u32,
+}
+
+/// A forwarding route: its upstreams and timeouts, in state-machine units.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    pub upstreams: Vec<SocketAddr>,
+    pub connect_timeout_ms: Millis,
+    pub idle_ms: Millis,
+    pub half_close_ms: Millis,
+}
+
+/// What the TCP service is built from.
+#[derive(Clone, Debug, Default)]
+pub struct TcpConfig {
+    pub buffers: u32,
+    pub cap: u32,
+    pub listeners: Vec<ListenerSpec>,
+    pub routes: Vec<RouteSpec>,
+    /// Which relay directions splice, and how.
+    pub splice: SpliceConfig,
+    /// The shard's pipes (its `max_pipes`); none: nothing splices.
+    pub pipes: Vec<PipeFds>,
+}
+
+struct Listener {
+    spec: ListenerSpec,
+    accept: AcceptState,
+    active: u32,
+    counters: Counters,
+}
+
+/// An upstream of one route, with its counters.
+struct Upstream {
+    route: u16,
+    addr: SocketAddr,
+    counters: Counters,
+}
+
+/// A route as the shard runs it: its settings and its balancer.
+struct Route {
+    spec: RouteSpec,
+    balancer: RoundRobin,
+}
+
+pub struct TcpService {
+    listeners: Vec<Listener>,
+    routes: Vec<Route>,
+    upstreams: Vec<Upstream>,
+    conns: Slab<Conn, ConnId>,
+    starved: VecDeque<(ConnId, Side)>,
+    /// The state machine's requests being lowered.
+    scratch: Vec<ConnOp>,
+    bufs: Held,
+    cap: u32,
+    splice: SpliceConfig,
+    pipes: PipePool,
+}
+
+impl TcpService {
+    pub fn new(cfg: TcpConfig) -> TcpService {
+        let listeners = cfg
+            .listeners
+            .into_iter()
+            .map(|spec| Listener {
+                spec,
+                accept: AcceptState::Closed,
+                active: 0,
+                counters: Counters::default(),
+            })
+            .collect();
+        let mut upstreams = Vec::new();
+        let mut routes = Vec::new();
+        for (i, spec) in cfg.routes.into_iter().enumerate() {
+            let route = u16::try_from(i).unwrap_or(u16::MAX);
+            let members = spec
+                .upstreams
+                .iter()
+                .map(|&addr| {
+                    let id = UpstreamId(upstreams.len() as u32);
+                    upstreams.push(Upstream {
+                        route,
+                        addr,
+                        counters: Counters::default(),
+                    });
+                    Target {
+                        upstream: Some(id),
+                        addr,
+                    }
+                })
+                .collect();
+            routes.push(Route {
+                spec,
+                balancer: RoundRobin::new(members),
+            });
+        }
+        let splice = if cfg.pipes.is_empty() {
+            SpliceConfig::OFF
+        } else {
+            cfg.splice
+        };
+        TcpService {
+            listeners,
+            routes,
+            upstreams,
+            conns: Slab::default(),
+            starved: VecDeque::new(),
+            scratch: Vec::with_capacity(16),
+            bufs: Held::new(cfg.buffers),
+            cap: cfg.cap,
+            splice,
+            pipes: PipePool::new(&cfg.pipes),
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn held_buffers(&self) -> u32 {
+        self.bufs.held()
+    }
+
+    pub fn is_live(&self, id: ConnId) -> bool {
+        self.conns.get(id).is_some()
+    }
+
+    /// Pipes in the pool, and how many of them are not lent.
+    pub fn pipes(&self) -> (usize, usize) {
+        let free = self.pipes.count(|s| matches!(s, PipeSlot::Free(_)));
+        (self.pipes.len(), free)
+    }
+
+    pub fn restore_pipe(&mut self, ctx: &Ctx, pipe: u16, fds: Option<PipeFds>) {
+        if fds.is_none() {
+            warn!(
+                shard = ctx.shard,
+                pipe, "a discarded pipe could not be replaced; the shard has one pipe fewer"
+            );
+        }
+        self.pipes.restore(pipe, fds);
+    }
+
+    /// Closed listeners, no connection: nothing left for a drain to wait for.
+    pub fn is_done(&self) -> bool {
+        self.conns.is_empty()
+            && self
+                .listeners
+                .iter()
+                .all(|l| l.accept == AcceptState::Closed)
+    }
+
+    /// Arms accept on every listener.
+    pub fn start(&mut self, ctx: &mut Ctx) {
+        for i in 0..self.listeners.len() {
+            self.arm_accept(ctx, i as u32);
+        }
+    }
+
+    /// A completion of a TCP operation.
+    pub fn handle(&mut self, ctx: &mut Ctx, token: Token, res: i32, flags: u32, now: Millis) {
+        match token.kind {
+            OpKind::Accept => self.on_accept(ctx, token.slot.index, res, flags, now),
+            OpKind::CancelAccept | OpKind::Reject => ctx.own_done(),
+            OpKind::CloseListener => {
+                ctx.own_done();
+                if let Some(l) = self.listeners.get_mut(token.slot.index as usize) {
+                    l.accept = AcceptState::Closed;
+                }
+            }
+            _ => self.on_conn_cqe(ctx, token, res, flags, now),
+        }
+    }
+
+    /// A completion whose owner is gone. Whatever the kernel handed over with
+    /// it (a buffer, a descriptor) is given back so nothing leaks.
+    pub fn stale(&mut self, ctx: &mut Ctx, kind: OpKind, res: i32, flags: u32) {
+        ctx.counters.inc(Counter::StaleCompletions);
+        if let Some(bid) = buffer_id(flags) {
+            ctx.push(Op::Release { bid });
+        }
+        if matches!(kind, OpKind::Socket | OpKind::Accept) && res >= 0 {
+            ctx.reject(Fd(res));
+        }
+        debug!(
+            shard = ctx.shard,
+            ?kind,
+            res,
+            "dropped a completion for a freed slot"
+        );
+    }
+
+    fn on_conn_cqe(&mut self, ctx: &mut Ctx, token: Token, res: i32, flags: u32, now: Millis) {
+        if token.kind == OpKind::Socket && res < 0 && accept::is_out_of_fds(-res) {
+            self.pause_all_out_of_fds(ctx, -res, now);
+        }
+        let id = ConnId(token.slot);
+        let Some(conn) = self.conns.get_mut(id) else {
+            self.stale(ctx, token.kind, res, flags);
+            return;
+        };
+        if token.kind == OpKind::Recv && buffer_id(flags).is_some() {
+            self.bufs.take();
+            if res <= 0 {
+                // A buffer on a completion without data: straight back.
+                if let Some(bid) = buffer_id(flags) {
+                    self.scratch.push(ConnOp::Release(bid));
+                }
+            }
+        }
+        if token.kind == OpKind::Socket && res >= 0 {
+            conn.fds[Side::Upstream.index()] = Some(Fd(res));
+            conn.life.set_state(Side::Upstream, SockState::Open);
+        }
+        let Some(l) = self.listeners.get_mut(conn.listener as usize) else {
+            return;
+        };
+        let mut cx = Cx::new(&mut self.scratch, &mut conn.life, &mut l.counters, now);
+        if let Err(kind) = conn
+            .logic
+            .handle(token.kind, token.side, res, flags, &mut cx)
+        {
+            // Cannot happen: a server connection never issues connect/socket/discard.
+            ctx.counters.inc(Counter::StaleCompletions);
+            debug!(shard = ctx.shard, ?kind, res, "unexpected completion kind");
+        }
+        self.after_conn(ctx, id, now);
+    }
+
+    fn admit(&mut self, ctx: &mut Ctx, index: u32, fd: Fd, now: Millis) {
+        let Some(l) = self.listeners.get_mut(index as usize) else {
+            ctx.reject(fd);
+            return;
+        };
+        let logic = match l.spec.kind {
+            ListenerKind::Forward { route } => {
+                let Some(r) = self.routes.get(route as usize) else {
+                    ctx.reject(fd);
+                    return;
+                };
+                let cfg = RelayConfig {
+                    idle_ms: r.spec.idle_ms,
+                    half_close_ms: r.spec.half_close_ms,
+                    cap: self.cap,
+                };
+                Logic::Relay(Relay::with_splice(cfg, self.splice, now))
+            }
+            ListenerKind::Echo => Logic::Echo(Echo::new(self.cap)),
+            kind @ (ListenerKind::EchoSink
+            | ListenerKind::EchoSource
+            | ListenerKind::EchoRr { .. }) => {
+                let Some(mode) = kind.serve_mode() else {
+                    ctx.reject(fd);
+                    return;
+                };
+                Logic::Serve(Server::new(mode))
+            }
+        };
+        let conn = Conn {
+            logic,
+            fds: [Some(fd), None],
+            life: Lifecycle::new(SockState::Open, SockState::Absent),
+            listener: index,
+            timer_at: None,
+            accepted_at: now,
+        };
+        let need = l.spec.kind.descriptors();
+        match self.conns.insert(conn) {
+            Some(id) => {
+                l.active += 1;
+                ctx.fds.conns += need;
+                l.counters.inc(Counter::Accepted);
+                if let Some(c) = self.conns.get_mut(id) {
+                    let mut cx = Cx::new(&mut self.scratch, &mut c.life, &mut l.counters, now);
+                    c.logic.start(&mut cx);
+                }
+                self.after_conn(ctx, id, now);
+            }
+            None => {
+                // 16M connections on one shard: the index space is spent.
+                l.counters.close(CloseReason::LimitReached);
+                ctx.reject(fd);
+            }
+        }
+    }
+
+    /// A finished connection: free it, count and log its close.
+    fn finish(&mut self, ctx: &mut Ctx, id: ConnId, now: Millis) {
+        let Some(conn) = self.conns.remove(id) else {
+            return;
+        };
+        let closed = conn.closed();
+        let Some(l) = self.listeners.get_mut(conn.listener as usize) else {
+            return;
+        };
+        l.active = l.active.saturating_sub(1);
+        ctx.release_conn_fds(l.spec.kind.descriptors());
+        l.counters.close(closed.reason);
+        if let Some(u) = closed
+            .target
+            .and_then(|t| t.upstream)
+            .and_then(|u| self.upstreams.get_mut(u.0 as usize))
+        {
+            u.counters.close(closed.reason);
+            u.counters.add(Counter::BytesC2u, closed.bytes.0);
+            u.counters.add(Counter::BytesU2c, closed.bytes.1);
+        }
+        let upstream = closed
+            .target
+            .map_or_else(|| "-".to_owned(), |t| t.addr.to_string());
+        let listener = l.spec.name.as_str();
+        let reason = closed.reason;
+        let duration_ms = now.saturating_sub(conn.accepted_at);
+        let error = closed
+            .errno
+            .map(|e| std::io::Error::from_raw_os_error(e).to_string());
+        if reason.is_normal() || reason == CloseReason::Shutdown {
+            debug!(
+                shard = ctx.shard,
+                listener,
+                upstream,
+                reason = reason.name(),
+                c2u = closed.bytes.0,
+                u2c = closed.bytes.1,
+                duration_ms,
+                "connection closed"
+            );
+        } else if ctx.log.allow(now, ctx.shard) {
+            info!(
+                shard = ctx.shard,
+                listener,
+                upstream,
+                reason = reason.name(),
+                error = error.as_deref().unwrap_or("-"),
+                c2u = closed.bytes.0,
+                u2c = closed.bytes.1,
+                duration_ms,
+                "connection closed"
+            );
+        }
+        self.resume_accepts(ctx);
+    }
+
+    /// A connection's timer fired (if it is still the one it set).
+    pub fn timer(&mut self, ctx: &mut Ctx, id: ConnId, deadline: Millis, now: Millis) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.timer_at != Some(deadline) {
+            return; // superseded by an earlier entry
+        }
+        conn.timer_at = None;
+        if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
+            let mut cx = Cx::new(&mut self.scratch, &mut conn.life, &mut l.counters, now);
+            conn.logic.handle_timeout(&mut cx);
+        }
+        self.after_conn(ctx, id, now);
+    }
+
+    /// Re-arms starved receives while the ring has buffers. Each woken receive
+    /// has data waiting (that is why it starved), so it either consumes buffers
+    /// — producing a completion that brings us back here — or starves again.
+    pub fn wake_starved(&mut self, ctx: &mut Ctx, now: Millis) {
+        let mut free = self.bufs.free();
+        while free > 0 {
+            let Some((id, side)) = self.starved.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
+                let mut cx = Cx::new(&mut self.scratch, &mut conn.life, &mut l.counters, now);
+                conn.logic.handle_buffers(side, &mut cx);
+            }
+            free -= 1;
+            self.after_conn(ctx, id, now);
+        }
+    }
+
+    /// Close every connection now (drain_timeout passed, or a hard stop).
+    pub fn stop(&mut self, ctx: &mut Ctx, now: Millis) {
+        for id in self.conns.ids() {
+            if let Some(conn) = self.conns.get_mut(id)
+                && let Some(l) = self.listeners.get_mut(conn.listener as usize)
+            {
+                let mut cx = Cx::new(&mut self.scratch, &mut conn.life, &mut l.counters, now);
+                conn.logic.abort(CloseReason::Shutdown, &mut cx);
+            }
+            self.after_conn(ctx, id, now);
+        }
+    }
+
+    /// Counters of every listener (with its gauges) and every upstream.
+    pub fn snapshot(&self, listeners: &mut Vec<ListenerStats>, ups: &mut Vec<UpstreamStats>) {
+        for l in &self.listeners {
+            let mut counters = l.counters.clone();
+            counters.set(Counter::Active, u64::from(l.active));
+            listeners.push(ListenerStats {
+                name: l.spec.name.clone(),
+                counters,
+            });
+        }
+        for u in &self.upstreams {
+            let listener = self
+                .listeners
+                .iter()
+                .find(|l| l.spec.kind == ListenerKind::Forward { route: u.route })
+                .map_or_else(String::new, |l| l.spec.name.clone());
+            ups.push(UpstreamStats {
+                listener,
+                upstream: u.addr.to_string(),
+                counters: u.counters.clone(),
+            });
+        }
+    }
+
+    /// Pipes lent now (a gauge).
+    pub fn pipes_in_use(&self) -> u64 {
+        self.pipes.count(|p| matches!(p, PipeSlot::Lent(_))) as u64
+    }
+
+    /// The mode changed to draining: stop accepting.
+    pub fn drain(&mut self, ctx: &mut Ctx) {
+        debug_assert!(ctx.mode != Mode::Running);
+        self.cancel_accepts(ctx);
+    }
+}
