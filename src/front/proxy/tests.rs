@@ -760,7 +760,3 @@ fn property_random_addresses_and_splits() {
         check_random_split(&mut rng, &built_v1(src, dst), want, seed);
     }
 }
-
-/// Inputs the fuzzer found (fuzz/fuzz_targets/proxy_header.rs) go here.
-#[test]
-fn fuzz_regressions() {}
