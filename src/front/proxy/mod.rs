@@ -51,8 +51,8 @@
 //! - v2 with a bad version nibble (`sig` + 0x13) is incomplete until 16 bytes
 //!   arrive, and a 64 KiB length is waited for; no upper bound.
 //!
-//! It also allocates its error values and returns borrowed headers; a
-//! stricter parser is about as short as the glue around it would be.
+//! Written here, the parser is about as short as the glue mapping ppp's
+//! results onto `Parsed` would be, and stricter.
 
 mod build;
 mod v1;
