@@ -4,6 +4,8 @@
 //! have arrived split anywhere: it never reads a socket and keeps no state
 //! between calls, so the caller only appends bytes and asks again.
 
+pub mod proxy;
+
 /// What a front parser says about the bytes it was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed<T> {
