@@ -117,7 +117,11 @@ pub fn read_client_hello(buf: &[u8]) -> Parsed<TlsFront> {
     let window = buf.get(..MAX_INPUT).unwrap_or(buf);
     let done = |value| Parsed::Done { value, consumed: 0 };
     match reassemble(window) {
-        Step::Message { body, end } => match parse_client_hello(&body) {
+        Step::Message {
+            message,
+            total,
+            end,
+        } => match parse_client_hello(message.get(HANDSHAKE_HEADER..total).unwrap_or_default()) {
             Ok((legacy_version, server_name)) => done(TlsFront::Hello(ClientHello {
                 legacy_version,
                 server_name,
@@ -135,10 +139,11 @@ pub fn read_client_hello(buf: &[u8]) -> Parsed<TlsFront> {
 
 /// Where record reassembly got to.
 enum Step<'a> {
-    /// The ClientHello body (after its 4-byte header), and the offset just past
-    /// its last byte in the input.
+    /// The joined handshake bytes, whose first `total` are the ClientHello
+    /// (header included), and the input offset just past its last byte.
     Message {
-        body: Cow<'a, [u8]>,
+        message: Cow<'a, [u8]>,
+        total: usize,
         end: usize,
     },
     More,
@@ -169,16 +174,13 @@ fn reassemble(buf: &[u8]) -> Step<'_> {
         }
         match message_state(&message) {
             Ok(Some(total)) => {
-                let end = pos + RECORD_HEADER + (total - before);
-                let body = match message {
-                    Cow::Borrowed(m) => {
-                        Cow::Borrowed(m.get(HANDSHAKE_HEADER..total).unwrap_or_default())
-                    }
-                    Cow::Owned(m) => {
-                        Cow::Owned(m.get(HANDSHAKE_HEADER..total).unwrap_or_default().to_vec())
-                    }
+                // The bytes this record adds to finish the message.
+                let end = pos + RECORD_HEADER + total.saturating_sub(before);
+                return Step::Message {
+                    message,
+                    total,
+                    end,
                 };
-                return Step::Message { body, end };
             }
             Ok(None) => {}
             Err(step) => return step,
