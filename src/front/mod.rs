@@ -17,3 +17,6 @@ pub enum Parsed<T> {
     /// Not a valid prefix; the connection is to be closed (counted, logged).
     Invalid(&'static str),
 }
+
+pub mod sni;
+pub mod tls;
