@@ -1,0 +1,342 @@
+use super::*;
+use crate::accesslog::record::Proto;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::AtomicUsize;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "ringfwd-accesslog-{}-{n}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rec(listener: &str) -> AccessRecord<'_> {
+    let client: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+    AccessRecord {
+        time: UNIX_EPOCH + Duration::from_millis(1_796_560_496_789),
+        listener,
+        proto: Proto::Tcp,
+        client,
+        peer: client,
+        local: "127.0.0.1:8080".parse().unwrap(),
+        upstream: Some("127.0.0.1:9000".parse().unwrap()),
+        sni: None,
+        connect_ms: Some(1),
+        duration_ms: 20,
+        bytes_c2u: 100,
+        bytes_u2c: 200,
+        reason: "client_eof",
+    }
+}
+
+/// Polls `cond` until it holds, for up to 10 s.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn lines_from_every_shard_arrive_in_order() {
+    let dir = temp_dir("arrive");
+    let path = dir.join("access.log");
+    let (log, mut shards) = AccessLog::start(&Sink::File(path.clone()), Format::Text, 2).unwrap();
+    let names = ["a0", "a1", "a2", "b0", "b1"];
+    for (i, name) in names.iter().enumerate() {
+        let shard = &mut shards[usize::from(name.starts_with('b'))];
+        shard.log(&rec(name));
+        if i % 2 == 0 {
+            shard.flush();
+        }
+    }
+    // The rest is handed over when the shards drop their handles.
+    drop(shards);
+    assert_eq!(log.shutdown(Duration::from_secs(10)), Shutdown::Drained);
+    let text = read(&path);
+    let listeners: Vec<&str> = text.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+    let of = |p: char| -> Vec<&str> {
+        listeners
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with(p))
+            .collect()
+    };
+    assert_eq!(of('a'), ["a0", "a1", "a2"], "{text}");
+    assert_eq!(of('b'), ["b0", "b1"], "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode & !0o640,
+        0,
+        "created with at most 0640 (umask applies): {mode:o}"
+    );
+}
+
+#[test]
+fn json_format_lines_are_json() {
+    let dir = temp_dir("json");
+    let path = dir.join("access.log");
+    let (log, mut shards) = AccessLog::start(&Sink::File(path.clone()), Format::Json, 1).unwrap();
+    shards[0].log(&rec("web"));
+    shards[0].log(&rec("web"));
+    drop(shards);
+    assert_eq!(log.shutdown(Duration::from_secs(10)), Shutdown::Drained);
+    let text = read(&path);
+    assert_eq!(text.lines().count(), 2);
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["listener"], "web");
+    }
+}
+
+#[test]
+fn reopen_after_rename_writes_a_new_file() {
+    let dir = temp_dir("rotate");
+    let path = dir.join("access.log");
+    let rotated = dir.join("access.log.1");
+    let (log, mut shards) = AccessLog::start(&Sink::File(path.clone()), Format::Text, 1).unwrap();
+    shards[0].log(&rec("before"));
+    shards[0].flush();
+    wait_until("the first line", || read(&path).contains("before"));
+    std::fs::rename(&path, &rotated).unwrap();
+    log.reopen();
+    // Sent after reopen(): the writer reopens before it writes this batch.
+    shards[0].log(&rec("after"));
+    shards[0].flush();
+    drop(shards);
+    assert_eq!(log.shutdown(Duration::from_secs(10)), Shutdown::Drained);
+    assert_eq!(read(&rotated).lines().count(), 1);
+    assert!(read(&rotated).contains(" before "));
+    assert_eq!(read(&path).lines().count(), 1);
+    assert!(read(&path).contains(" after "));
+}
+
+#[test]
+fn failed_reopen_keeps_the_old_file() {
+    let dir = temp_dir("reopen-fails");
+    let logs = dir.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let path = logs.join("access.log");
+    let (log, mut shards) = AccessLog::start(&Sink::File(path.clone()), Format::Text, 1).unwrap();
+    shards[0].log(&rec("before"));
+    shards[0].flush();
+    wait_until("the first line", || read(&path).contains("before"));
+    // The directory goes away: the path cannot be opened again.
+    let moved = dir.join("logs.old");
+    std::fs::rename(&logs, &moved).unwrap();
+    log.reopen();
+    shards[0].log(&rec("after"));
+    shards[0].flush();
+    drop(shards);
+    assert_eq!(log.shutdown(Duration::from_secs(10)), Shutdown::Drained);
+    let kept = read(&moved.join("access.log"));
+    assert_eq!(kept.lines().count(), 2, "{kept}");
+    assert!(kept.contains(" after "));
+    assert!(!path.exists());
+}
+
+#[test]
+fn write_errors_are_counted_per_shard() {
+    let (log, mut shards) =
+        AccessLog::start(&Sink::File("/dev/full".into()), Format::Text, 2).unwrap();
+    for _ in 0..10 {
+        shards[0].log(&rec("full"));
+    }
+    shards[0].flush();
+    wait_until("10 lines dropped", || shards[0].dropped() == 10);
+    for _ in 0..5 {
+        shards[0].log(&rec("full"));
+    }
+    shards[0].flush();
+    wait_until("15 lines dropped", || shards[0].dropped() == 15);
+    assert_eq!(shards[1].dropped(), 0);
+    drop(shards);
+    assert_eq!(log.shutdown(Duration::from_secs(10)), Shutdown::Drained);
+}
+
+#[test]
+fn opening_fails_with_the_path_and_what_to_do() {
+    let dir = temp_dir("no-dir");
+    let path = dir.join("missing").join("access.log");
+    let Err(err) = AccessLog::start(&Sink::File(path.clone()), Format::Text, 1) else {
+        panic!("opened a file in a missing directory");
+    };
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("[log] access"), "{msg}");
+    assert!(msg.contains("create its directory"), "{msg}");
+    assert!(matches!(err, StartError::Open { .. }));
+}
+
+#[test]
+fn sink_from_config() {
+    assert_eq!(Sink::from_config("stdout"), Sink::Stdout);
+    assert_eq!(Sink::from_config("stderr"), Sink::Stderr);
+    assert_eq!(
+        Sink::from_config("/var/log/a.log"),
+        Sink::File("/var/log/a.log".into())
+    );
+}
+
+#[test]
+fn a_burst_is_handed_over_before_the_batch_outgrows_its_bound() {
+    let dir = temp_dir("burst");
+    let path = dir.join("access.log");
+    let (log, mut shards) = AccessLog::start(&Sink::File(path.clone()), Format::Json, 1).unwrap();
+    let shard = &mut shards[0];
+    let lines = 3 * BATCH_BYTES / 200; // three batches' worth, no flush
+    for _ in 0..lines {
+        shard.log(&rec("burst"));
+        assert!(shard.batch.len() <= BATCH_BYTES);
+        assert!(shard.batch.capacity() <= BATCH_BYTES, "the batch grew");
+    }
+    drop(shards);
+    assert_eq!(log.shutdown(Duration::from_secs(10)), Shutdown::Drained);
+    assert_eq!(read(&path).lines().count(), lines);
+}
+
+/// A FIFO with a reader that never reads: the writer blocks in write(2) once
+/// the pipe is full, as it would on a stuck log pipe or a hung disk.
+struct StuckFifo {
+    path: PathBuf,
+    reader: File,
+}
+
+fn stuck_fifo(name: &str) -> Option<StuckFifo> {
+    let path = temp_dir(name).join("fifo");
+    match Command::new("mkfifo").arg(&path).status() {
+        Ok(s) if s.success() => {}
+        other => {
+            eprintln!("skipped: mkfifo failed: {other:?}");
+            return None;
+        }
+    }
+    // Non-blocking, so opening the read end does not wait for a writer.
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    Some(StuckFifo { path, reader })
+}
+
+/// Logs and flushes until a line is dropped; returns the lines logged. The
+/// bound on iterations is far above what the pipe and queue can hold, so a
+/// `log` or `flush` that blocked would hang here instead of returning.
+fn log_until_dropped(shard: &mut AccessLogShard) -> u64 {
+    let mut logged = 0;
+    for _ in 0..10_000 {
+        for _ in 0..100 {
+            shard.log(&rec("stuck"));
+            logged += 1;
+        }
+        shard.flush();
+        if shard.dropped() > 0 {
+            return logged;
+        }
+    }
+    panic!("{logged} lines logged and none dropped: the queue is not bounded");
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_without_blocking() {
+    let Some(fifo) = stuck_fifo("full-queue") else {
+        return;
+    };
+    let (log, mut shards) =
+        AccessLog::start(&Sink::File(fifo.path.clone()), Format::Text, 1).unwrap();
+    let mut logged = log_until_dropped(&mut shards[0]);
+    // Still full: more lines keep being dropped, at once.
+    let before = shards[0].dropped();
+    for _ in 0..100 {
+        shards[0].log(&rec("stuck"));
+        logged += 1;
+    }
+    shards[0].flush();
+    assert_eq!(shards[0].dropped(), before + 100);
+    // A reader drains the FIFO: every line was either written or counted.
+    let path = fifo.path.clone();
+    let reader = thread::spawn(move || {
+        let mut all = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut all).unwrap();
+        all
+    });
+    let dropped = shards[0].dropped();
+    drop(shards);
+    assert_eq!(log.shutdown(Duration::from_secs(10)), Shutdown::Drained);
+    drop(fifo.reader);
+    let all = reader.join().unwrap();
+    let read_lines = all.iter().filter(|&&b| b == b'\n').count() as u64;
+    assert_eq!(
+        read_lines + dropped,
+        logged,
+        "read {read_lines}, dropped {dropped}"
+    );
+}
+
+#[test]
+fn shutdown_gives_up_on_a_stuck_writer() {
+    let Some(fifo) = stuck_fifo("stuck-shutdown") else {
+        return;
+    };
+    let (log, mut shards) =
+        AccessLog::start(&Sink::File(fifo.path.clone()), Format::Text, 1).unwrap();
+    log_until_dropped(&mut shards[0]);
+    drop(shards);
+    assert_eq!(
+        log.shutdown(Duration::from_millis(50)),
+        Shutdown::StillWriting
+    );
+    // Closing the only reader ends the writer's write(2) with EPIPE, so the
+    // thread left behind exits.
+    drop(fifo.reader);
+}
+
+/// Not a check: the cost of format_json + log per line, printed. Run with
+/// `cargo test --release --lib accesslog::writer::tests::measure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_log_cost_per_line() {
+    let dir = temp_dir("measure");
+    for format in [Format::Json, Format::Text] {
+        let path = dir.join("access.log");
+        let (log, mut shards) = AccessLog::start(&Sink::File(path.clone()), format, 1).unwrap();
+        let shard = &mut shards[0];
+        let lines = 1_000_000u64;
+        let mut r = rec("web-frontend");
+        r.sni = Some("www.example.com");
+        let start = Instant::now();
+        for i in 0..lines {
+            r.time = SystemTime::now();
+            r.bytes_c2u = i;
+            shard.log(&r);
+            if i % 32 == 31 {
+                shard.flush();
+            }
+        }
+        let took = start.elapsed();
+        let dropped = shard.dropped();
+        drop(shards);
+        log.shutdown(Duration::from_secs(30));
+        println!(
+            "{format:?}: {:.0} ns/line (incl. SystemTime::now), {dropped} of {lines} dropped",
+            took.as_nanos() as f64 / lines as f64
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}
