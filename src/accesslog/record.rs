@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use super::time::push_rfc3339_ms;
+use super::time::{push_digits, push_rfc3339_ms};
 
 /// What was forwarded: TCP, or UDP with its datagram counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,9 @@ fn push_json_addr(addr: Option<SocketAddr>, out: &mut String) {
         // A socket address's Display has no character JSON must escape
         // (digits, hex, '.', ':', '[', ']', '%' and a numeric scope id).
         Some(a) => {
-            let _ = write!(out, "\"{a}\"");
+            out.push('"');
+            push_addr(a, out);
+            out.push('"');
         }
         None => out.push_str("null"),
     }
@@ -146,9 +148,7 @@ fn push_json_addr(addr: Option<SocketAddr>, out: &mut String) {
 
 fn push_json_num(n: Option<u64>, out: &mut String) {
     match n {
-        Some(n) => {
-            let _ = write!(out, "{n}");
-        }
+        Some(n) => push_digits(out, n, 1),
         None => out.push_str("null"),
     }
 }
@@ -210,9 +210,7 @@ pub fn format_text(rec: &AccessRecord, out: &mut String) {
     ] {
         out.push(' ');
         match n {
-            Some(n) => {
-                let _ = write!(out, "{n}");
-            }
+            Some(n) => push_digits(out, n, 1),
             None => out.push('-'),
         }
     }
@@ -224,10 +222,28 @@ pub fn format_text(rec: &AccessRecord, out: &mut String) {
 fn push_text_addr(addr: Option<SocketAddr>, out: &mut String) {
     match addr {
         // No space or quote in a socket address's Display.
-        Some(a) => {
+        Some(a) => push_addr(a, out),
+        None => out.push('-'),
+    }
+}
+
+/// Appends `a` as its Display writes it (`1.2.3.4:80`, `[::1]:80`), IPv4 by
+/// hand: the formatting machinery costs more than the rest of a line.
+fn push_addr(a: SocketAddr, out: &mut String) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_digits(out, u64::from(octet), 1);
+            }
+            out.push(':');
+            push_digits(out, u64::from(v4.port()), 1);
+        }
+        SocketAddr::V6(_) => {
             let _ = write!(out, "{a}");
         }
-        None => out.push('-'),
     }
 }
 
@@ -504,6 +520,24 @@ mod tests {
         };
         assert!(json(&same)["peer"].is_null());
         assert!(text(&same).contains(" 203.0.113.7:40000 - 10.0.0.1:443 "));
+    }
+
+    #[test]
+    fn addresses_as_display_writes_them() {
+        for a in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.0.1:80",
+            "1.20.255.9:443",
+            "[::1]:80",
+            "[fe80::1%3]:8080",
+            "[::ffff:10.0.0.1]:53",
+        ] {
+            let a = addr(a);
+            let mut s = String::new();
+            push_addr(a, &mut s);
+            assert_eq!(s, a.to_string());
+        }
     }
 
     #[test]

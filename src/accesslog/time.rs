@@ -47,7 +47,7 @@ pub fn civil_from_days(days: u64) -> (u64, u8, u8) {
 }
 
 /// Appends `v` in decimal, zero-padded to at least `width` digits.
-fn push_digits(out: &mut String, v: u64, width: usize) {
+pub(super) fn push_digits(out: &mut String, v: u64, width: usize) {
     let mut buf = [b'0'; 20];
     let mut n = v;
     let mut len = 0;

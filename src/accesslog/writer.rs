@@ -461,11 +461,9 @@ impl Writer {
             self.midline = write_fully(self.out.file(), b"\n").is_err();
         }
         if let Err((written, err)) = write_fully(self.out.file(), batch.text.as_bytes()) {
-            let rest = batch.text.as_bytes().get(written..).unwrap_or_default();
-            // A line cut short is lost too: its newline is in the rest.
-            let lost = (rest.iter().filter(|&&b| b == b'\n').count() as u64).min(batch.lines);
-            if let Some(last) = written.checked_sub(1) {
-                self.midline = batch.text.as_bytes().get(last) != Some(&b'\n');
+            let lost = lines_lost(batch.text.as_bytes(), written);
+            if written > 0 {
+                self.midline = stopped_midline(batch.text.as_bytes(), written);
             }
             if let Some(q) = self.queues.get(shard) {
                 q.write_dropped.fetch_add(lost, Ordering::Relaxed);
@@ -480,12 +478,25 @@ impl Writer {
     }
 }
 
+/// Lines of `text` not written when a write stopped after `written` bytes:
+/// a line cut short is lost too, and its newline is in the rest.
+fn lines_lost(text: &[u8], written: usize) -> u64 {
+    let rest = text.get(written..).unwrap_or_default();
+    rest.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Whether a write that stopped after `written` (> 0) bytes left a line
+/// without its newline in the file.
+fn stopped_midline(text: &[u8], written: usize) -> bool {
+    !text.get(..written).is_some_and(|w| w.ends_with(b"\n"))
+}
+
 /// write(2) until all of `buf` is written: a short write is continued and
 /// EINTR retried. On an error, how much was written and the error.
-fn write_fully(file: &mut File, buf: &[u8]) -> Result<(), (usize, io::Error)> {
+fn write_fully(out: &mut impl Write, buf: &[u8]) -> Result<(), (usize, io::Error)> {
     let mut written = 0;
     while let Some(rest) = buf.get(written..).filter(|r| !r.is_empty()) {
-        match file.write(rest) {
+        match out.write(rest) {
             Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
