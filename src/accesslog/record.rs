@@ -154,22 +154,32 @@ fn push_json_num(n: Option<u64>, out: &mut String) {
 }
 
 /// Appends `s` as a JSON string: `"` and `\` escaped, control characters as
-/// `\n`, `\r`, `\t` or `\u00XX`; everything else (valid UTF-8) as it is.
+/// `\n`, `\r`, `\t` or `\u00XX`; everything else (valid UTF-8) as it is. Runs
+/// with nothing to escape are appended in one copy.
 fn push_json_str(s: &str, out: &mut String) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+    let mut clean = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..0x20 => None,
+            _ => continue,
+        };
+        // Every byte escaped is ASCII, so these are char boundaries.
+        out.push_str(s.get(clean..i).unwrap_or_default());
+        match escaped {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\u{b:04x}");
             }
-            c => out.push(c),
         }
+        clean = i + 1;
     }
+    out.push_str(s.get(clean..).unwrap_or_default());
     out.push('"');
 }
 

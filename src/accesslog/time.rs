@@ -46,22 +46,26 @@ pub fn civil_from_days(days: u64) -> (u64, u8, u8) {
     (year, month as u8, day as u8)
 }
 
-/// Appends `v` in decimal, zero-padded to at least `width` digits.
+/// Appends `v` in decimal, zero-padded to at least `width` digits (at most
+/// 20): the digits are made on the stack and appended in one copy.
 pub(super) fn push_digits(out: &mut String, v: u64, width: usize) {
     let mut buf = [b'0'; 20];
+    let mut start = buf.len();
     let mut n = v;
-    let mut len = 0;
-    while (n > 0 || len < width) && len < buf.len() {
-        let slot = buf.len() - 1 - len;
-        if let Some(b) = buf.get_mut(slot) {
+    // A u64 has at most 20 digits, so the buffer never runs out.
+    while let Some(i) = start.checked_sub(1) {
+        if let Some(b) = buf.get_mut(i) {
             *b = b'0' + (n % 10) as u8;
         }
+        start = i;
         n /= 10;
-        len += 1;
+        if n == 0 {
+            break;
+        }
     }
-    for &b in buf.iter().skip(buf.len() - len) {
-        out.push(char::from(b));
-    }
+    let start = start.min(buf.len().saturating_sub(width));
+    let digits = buf.get(start..).unwrap_or_default();
+    out.push_str(std::str::from_utf8(digits).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -92,6 +96,19 @@ mod tests {
         assert_eq!(at(1_735_689_599, 0), "2024-12-31T23:59:59.000Z"); // day 366 of a leap year
         assert_eq!(at(1_735_689_600, 0), "2025-01-01T00:00:00.000Z");
         assert_eq!(at(253_402_300_799, 999), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn digits_padded_and_not() {
+        let mut s = String::new();
+        for (v, width) in [(0, 1), (7, 3), (42, 1), (1234, 2), (u64::MAX, 1), (5, 25)] {
+            push_digits(&mut s, v, width);
+            s.push(' ');
+        }
+        assert_eq!(
+            s,
+            format!("0 007 42 1234 {} {} ", u64::MAX, "0".repeat(19) + "5")
+        );
     }
 
     #[test]
