@@ -11,20 +11,19 @@ pub fn push_rfc3339_ms(t: SystemTime, out: &mut String) {
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days(secs / 86_400);
     let of_day = secs % 86_400;
+    let (hour, minute, second) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
+    let ms = u64::from(since.subsec_millis());
     push_digits(out, year, 4);
-    out.push('-');
-    push_digits(out, u64::from(month), 2);
-    out.push('-');
-    push_digits(out, u64::from(day), 2);
-    out.push('T');
-    push_digits(out, of_day / 3600, 2);
-    out.push(':');
-    push_digits(out, of_day / 60 % 60, 2);
-    out.push(':');
-    push_digits(out, of_day % 60, 2);
-    out.push('.');
-    push_digits(out, u64::from(since.subsec_millis()), 3);
-    out.push('Z');
+    // The rest has a fixed width: made in one array, appended in one copy.
+    let d = |v: u64| b'0' + (v % 10) as u8;
+    let (month, day) = (u64::from(month), u64::from(day));
+    #[rustfmt::skip]
+    let rest = [
+        b'-', d(month / 10), d(month), b'-', d(day / 10), d(day),
+        b'T', d(hour / 10), d(hour), b':', d(minute / 10), d(minute), b':', d(second / 10), d(second),
+        b'.', d(ms / 100), d(ms / 10), d(ms), b'Z',
+    ];
+    out.push_str(std::str::from_utf8(&rest).unwrap_or_default());
 }
 
 /// Days since 1970-01-01 to (year, month 1..=12, day 1..=31) in the proleptic

@@ -167,13 +167,13 @@ impl AccessLog {
         for _ in 0..shards {
             let (batches_tx, batches_rx) = mpsc::sync_channel(QUEUE_BATCHES);
             let (spares_tx, spares_rx) = mpsc::sync_channel(QUEUE_BATCHES + 1);
-            let write_dropped = Arc::new(AtomicU64::new(0));
+            let progress = Arc::new(Progress::default());
             queues.push(ShardQueue {
                 batches: batches_rx,
                 spares: spares_tx,
-                write_dropped: Arc::clone(&write_dropped),
+                progress: Arc::clone(&progress),
             });
-            ends.push((batches_tx, spares_rx, write_dropped));
+            ends.push((batches_tx, spares_rx, progress));
         }
         let mut writer = Writer {
             out,
@@ -188,15 +188,16 @@ impl AccessLog {
             .map_err(StartError::Spawn)?;
         let handles = ends
             .into_iter()
-            .map(|(tx, spares, write_dropped)| AccessLogShard {
+            .map(|(tx, spares, progress)| AccessLogShard {
                 format,
                 batch: String::with_capacity(BATCH_BYTES),
                 lines: 0,
                 tx: Some(tx),
                 spares,
                 writer: thread.thread().clone(),
+                sent: 0,
                 dropped: 0,
-                write_dropped,
+                progress,
             })
             .collect();
         Ok((
@@ -251,28 +252,47 @@ pub struct AccessLogShard {
     tx: Option<SyncSender<Batch>>,
     spares: Receiver<String>,
     writer: Thread,
+    /// Batches handed over so far.
+    sent: u64,
     /// Lines this shard dropped: a full queue.
     dropped: u64,
-    /// Lines of this shard's batches the writer failed to write.
-    write_dropped: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 }
 
 impl AccessLogShard {
     /// Formats one line into the batch. A batch near `BATCH_BYTES` is handed
-    /// over first (as `flush` does), so a burst within one loop turn is
-    /// dropped only if the writer's queue is full.
+    /// over first, so a burst within one loop turn is dropped only if the
+    /// writer's queue is full.
     pub fn log(&mut self, rec: &AccessRecord) {
         if self.batch.len() + LINE_RESERVE > BATCH_BYTES {
-            self.flush();
+            self.hand_over();
         }
         self.format.append(rec, &mut self.batch);
         self.lines += 1;
     }
 
-    /// Hands the batch to the writer if it holds any line: a `try_send`,
-    /// which on a full queue drops the batch and counts its lines. Call once
-    /// per event-loop turn.
+    /// Call once per event-loop turn. Hands the batch to the writer when the
+    /// writer has written everything this shard handed it before, or when
+    /// the batch is half full; otherwise the lines wait in the batch for a
+    /// later turn. So a shard logging a line or two per turn while the writer
+    /// is busy sends one large batch instead of many small ones: the queue
+    /// counts batches, and small ones would fill it with little. A quiet
+    /// shard's lines wait at most until its next turn (the loop wakes at
+    /// least every second).
     pub fn flush(&mut self) {
+        if self.lines == 0 {
+            return;
+        }
+        let in_flight = self.sent > self.progress.batches_done.load(Ordering::Acquire);
+        if in_flight && self.batch.len() < BATCH_BYTES / 2 {
+            return;
+        }
+        self.hand_over();
+    }
+
+    /// A `try_send` of the batch: on a full queue the batch is dropped and its
+    /// lines counted.
+    fn hand_over(&mut self) {
         if self.lines == 0 {
             return;
         }
@@ -286,6 +306,7 @@ impl AccessLogShard {
         };
         match sent {
             Ok(()) => {
+                self.sent += 1;
                 self.batch = self
                     .spares
                     .try_recv()
@@ -304,14 +325,14 @@ impl AccessLogShard {
     /// written by the writer (a write error). The `access_log_dropped`
     /// counter.
     pub fn dropped(&self) -> u64 {
-        self.dropped + self.write_dropped.load(Ordering::Relaxed)
+        self.dropped + self.progress.write_dropped.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for AccessLogShard {
     /// Hands over what is left and lets the writer see the queue close.
     fn drop(&mut self) {
-        self.flush();
+        self.hand_over();
         self.tx = None;
         self.writer.unpark();
     }
@@ -321,7 +342,17 @@ impl Drop for AccessLogShard {
 struct ShardQueue {
     batches: Receiver<Batch>,
     spares: SyncSender<String>,
-    write_dropped: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
+/// What the writer did with one shard's batches; written by the writer only,
+/// read by that shard only.
+#[derive(Default)]
+struct Progress {
+    /// Batches written (or failed) so far.
+    batches_done: AtomicU64,
+    /// Lines of those batches the writer failed to write.
+    write_dropped: AtomicU64,
 }
 
 /// The open sink.
@@ -466,7 +497,7 @@ impl Writer {
                 self.midline = stopped_midline(batch.text.as_bytes(), written);
             }
             if let Some(q) = self.queues.get(shard) {
-                q.write_dropped.fetch_add(lost, Ordering::Relaxed);
+                q.progress.write_dropped.fetch_add(lost, Ordering::Relaxed);
             }
             self.warn.lost(lost, &err);
         }
@@ -474,6 +505,7 @@ impl Writer {
         if let Some(q) = self.queues.get(shard) {
             // Full: the shard has spares enough; this one is freed.
             let _ = q.spares.try_send(batch.text);
+            q.progress.batches_done.fetch_add(1, Ordering::Release);
         }
     }
 }
