@@ -2,9 +2,10 @@
 //! connection when it closes and per UDP session when it ends.
 //!
 //! A shard never waits for the log. It formats each line into its own batch
-//! buffer (`AccessLogShard::log`) and, once per event-loop turn, hands the batch
-//! to the writer thread through its own bounded queue (`AccessLogShard::flush`,
-//! a `try_send`). A full queue drops the batch and counts its lines; the shard
+//! buffer (`AccessLogShard::log`) and, at the end of an event-loop turn, hands
+//! the batch to the writer thread through its own bounded queue
+//! (`AccessLogShard::flush`, a `try_send`; while the writer is busy with the
+//! shard's previous batch, lines gather into a bigger one). A full queue drops the batch and counts its lines; the shard
 //! reads the count with `dropped()`. The writer thread owns the file, writes
 //! with write(2), and reopens it on `AccessLog::reopen` (SIGUSR1, logrotate).
 //!
