@@ -8,14 +8,18 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use super::addr::{parse_listen, parse_upstream};
+use super::cidr::Cidr;
 use super::error::{ConfigError, Origin};
 use super::loops::{ListenAt, UpstreamsAt, UpstreamsKey, reject_loops};
 use super::raw::{Field, Section, clip};
 use super::udp::{file_udp_listener, flag_udp_listener};
 use super::units::{format_duration, format_size, parse_size};
-use super::{EchoMode, EchoPlan, Overrides, Proto, TcpListenerPlan, UdpListenerPlan};
+use super::{
+    EchoMode, EchoPlan, Overrides, Proto, SendProxy, SniPlan, TcpListenerPlan, UdpListenerPlan,
+    proxy, routes,
+};
 
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 13] = [
     "name",
     "listen",
     "upstreams",
@@ -23,9 +27,18 @@ const KEYS: [&str; 7] = [
     "idle_timeout",
     "half_close_timeout",
     "max_connections",
+    "send_proxy",
+    "accept_proxy",
+    "trusted_proxies",
+    "proxy_timeout",
+    "sni_timeout",
+    "routes",
 ];
 
 const MAX_UPSTREAMS: usize = 256;
+/// Address ranges per list; a longer list belongs in a firewall, where it is
+/// matched without a linear scan.
+const MAX_RANGES: usize = 1024;
 const MAX_NAME_CHARS: usize = 64;
 const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=10_000_000;
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
@@ -90,6 +103,7 @@ pub(super) fn resolve(
             let (plan, claim) = file_listener(&section, shards)?;
             let key = UpstreamsKey::Array(section.origin("upstreams"));
             places.add(&claim, key, &plan.upstreams);
+            places.add_routes(&section, plan.sni.as_ref());
             registry.claim(claim)?;
             plans.push(plan);
         }
@@ -224,6 +238,9 @@ fn file_listener(
             shards,
         )?,
         max_connections_given: super::LimitSource::of(&section.get("max_connections")),
+        send_proxy: proxy::send_proxy(section.get("send_proxy"))?,
+        accept_proxy: proxy::accept_proxy(section)?,
+        sni: routes::sni(section)?,
     };
     Ok((plan, claim))
 }
@@ -304,6 +321,33 @@ pub(super) fn upstreams(field: &Field<'_>) -> Result<Vec<SocketAddr>, ConfigErro
             let text = item.string(example)?;
             parse_upstream(text).map_err(|why| item.error(why))
         })
+        .collect()
+}
+
+/// A list of address ranges (`allow`, `trusted_proxies`). `empty_why` says
+/// what an empty list would do and what to list; `or_else` the alternative.
+pub(super) fn cidr_list(
+    field: &Field<'_>,
+    example: &str,
+    empty_why: &str,
+    or_else: &str,
+) -> Result<Vec<Cidr>, ConfigError> {
+    let items = field.array(example)?;
+    if items.is_empty() {
+        return Err(field.error(format!(
+            "{} is empty, {empty_why}, like {example}, {or_else}",
+            field.shown()
+        )));
+    }
+    if items.len() > MAX_RANGES {
+        return Err(field.error(format!(
+            "{} ranges are listed; at most {MAX_RANGES} are allowed (use a firewall for more)",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .map(|item| Cidr::parse(item.string(example)?).map_err(|why| item.error(why)))
         .collect()
 }
 
@@ -409,6 +453,9 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         half_close_timeout: HALF_CLOSE_TIMEOUT.default,
         max_connections: DEFAULT_MAX_CONNECTIONS,
         max_connections_given: super::LimitSource::Default,
+        send_proxy: SendProxy::Off,
+        accept_proxy: None,
+        sni: None,
     };
     Ok((plan, claim))
 }
@@ -433,6 +480,22 @@ impl Places {
             upstreams: upstreams.to_vec(),
             at: key,
         });
+    }
+
+    /// Each route's upstreams, checked for loops like the listener's own.
+    fn add_routes(&mut self, section: &Section<'_>, sni: Option<&SniPlan>) {
+        let routes_at = section.origin("routes");
+        for (i, route) in sni.iter().flat_map(|sni| sni.routes.iter()).enumerate() {
+            let at = Origin::new(
+                &routes_at.source,
+                format!("{}[{i}].upstreams", routes_at.key),
+            );
+            self.upstreams.push(UpstreamsAt {
+                proto: Proto::Tcp,
+                upstreams: route.upstreams.clone(),
+                at: UpstreamsKey::Array(at),
+            });
+        }
     }
 }
 
