@@ -8,6 +8,7 @@ mod addr;
 mod cidr;
 mod error;
 pub mod file;
+mod keys;
 mod listeners;
 mod log;
 mod loops;

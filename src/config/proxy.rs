@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::listeners::{Timeout, cidr_list, timeout};
+use super::keys::{Timeout, cidr_list, timeout};
 use super::raw::{Field, Section};
 use super::{AcceptProxy, SendProxy, UdpSendProxy};
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::error::{ConfigError, Origin};
-use super::listeners::{Timeout, timeout, upstreams};
+use super::keys::{Timeout, timeout, upstreams};
 use super::raw::{Field, Section};
 use super::sni::fold_pattern;
 use super::{RoutePlan, SniPlan};

@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use super::cidr::Cidr;
 use super::error::{ConfigError, Origin};
-use super::listeners::{
-    Claim, DAY, Timeout, cidr_list, count, limit, required, section_claim, split_spec, timeout,
-    upstreams,
-};
+use super::keys::{Timeout, cidr_list, timeout, upstreams};
+use super::listeners::{Claim, DAY, count, limit, required, section_claim, split_spec};
 use super::proxy::udp_send_proxy;
 use super::raw::{Field, Section};
 use super::{Proto, UdpListenerPlan, UdpSendProxy};
