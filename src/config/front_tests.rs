@@ -620,3 +620,51 @@ fn an_access_log_path_with_odd_characters_round_trips() {
     );
     assert_eq!(resolve_file(&plan.to_string()), Ok(plan));
 }
+
+#[test]
+fn lists_past_their_bounds_are_refused_naming_the_bound() {
+    let ranges: Vec<String> = (0..1025)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    let text = tcp(&format!(
+        "accept_proxy = true\ntrusted_proxies = [{}]",
+        ranges.join(", ")
+    ));
+    assert_rejected(
+        &text,
+        "tcp[0].trusted_proxies",
+        &["1025 ranges", "at most 1024"],
+    );
+    let names: Vec<String> = (0..1025).map(|i| format!("\"h{i}.example\"")).collect();
+    let text = with_routes(
+        "",
+        &[&format!(
+            "sni = [{}]\nupstreams = [\"10.0.0.7:443\"]",
+            names.join(", ")
+        )],
+    );
+    assert_rejected(
+        &text,
+        "tcp[0].routes[0].sni",
+        &["1025 names", "at most 1024"],
+    );
+    let routes: Vec<String> = (0..1025)
+        .map(|i| format!("sni = [\"h{i}.example\"]\nupstreams = [\"10.0.0.7:443\"]"))
+        .collect();
+    let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
+    assert_rejected(
+        &with_routes("", &routes),
+        "tcp[0].routes",
+        &["1025 routes", "at most 1024"],
+    );
+    let fits: Vec<&str> = routes.iter().copied().take(1024).collect();
+    assert_eq!(
+        resolve_file(&with_routes("", &fits)).unwrap().tcp[0]
+            .sni
+            .as_ref()
+            .unwrap()
+            .routes
+            .len(),
+        1024
+    );
+}

@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn names_that_no_client_sends_are_refused_with_the_reason() {
-        assert_refused("", &["empty"]);
+        assert_refused("", &["\"\" is empty", "write a server name"]);
         assert_refused("*", &["\"*\"", "leading label"]);
         assert_refused("*.*.example.org", &["leading label"]);
         assert_refused("api.*.example.org", &["leading label"]);
