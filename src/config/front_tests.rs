@@ -56,7 +56,7 @@ fn assert_rejected(text: &str, key: &str, needles: &[&str]) -> ConfigError {
     err
 }
 
-/// The example of the README's configuration section.
+/// Every new key set, two routes, one of them with a wildcard in capitals.
 const DOCUMENTED: &str = r#"
 [log]
 access = "/var/log/ringfwd/access.log"
@@ -666,5 +666,61 @@ fn lists_past_their_bounds_are_refused_naming_the_bound() {
             .routes
             .len(),
         1024
+    );
+}
+
+/// The TOML block that opens the README's configuration section.
+fn readme_example() -> &'static str {
+    let readme = include_str!("../../README.md");
+    let start = "## Configuration\n\n```toml\n";
+    let from = readme
+        .find(start)
+        .expect("README has a configuration example")
+        + start.len();
+    let len = readme[from..].find("```").expect("the example ends");
+    &readme[from..from + len]
+}
+
+#[test]
+fn the_readme_example_resolves_with_the_documented_values() {
+    let plan = resolve_file(readme_example()).unwrap();
+    let tls = plan.tcp.iter().find(|t| t.name == "tls").unwrap();
+    assert_eq!(tls.send_proxy, SendProxy::V2);
+    assert_eq!(
+        tls.accept_proxy,
+        Some(AcceptProxy {
+            trusted: cidrs(&["10.0.0.0/8"]),
+            timeout: Duration::from_secs(5),
+        })
+    );
+    let sni = tls.sni.as_ref().unwrap();
+    let names: Vec<&[String]> = sni.routes.iter().map(|r| r.names.as_slice()).collect();
+    assert_eq!(
+        names,
+        [
+            &["api.example.com".to_owned(), "*.example.org".to_owned()][..],
+            &["example.org".to_owned()][..]
+        ]
+    );
+    assert_eq!(plan.tcp[0].send_proxy, SendProxy::Off);
+    assert_eq!(plan.udp[0].send_proxy, UdpSendProxy::V2);
+    assert_eq!(plan.log.access.map(|a| a.format), Some(AccessFormat::Json));
+}
+
+#[test]
+fn a_route_clash_reads_as_the_readme_shows() {
+    let text = with_routes(
+        "",
+        &[
+            "sni = [\"api.example.com\"]\nupstreams = [\"10.0.0.7:443\"]",
+            "sni = [\"API.example.com\"]\nupstreams = [\"10.0.0.8:443\"]",
+        ],
+    );
+    let err = Plan::resolve(Some(("bad.toml", &text)), &Overrides::default(), &host());
+    let shown = format!("ringfwd: {}", err.unwrap_err());
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains(&format!("\n{shown}\n")),
+        "README lacks:\n{shown}"
     );
 }
