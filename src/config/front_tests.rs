@@ -419,7 +419,7 @@ fn a_name_in_two_routes_names_both() {
             "\"API.Example.com\"",
             "as \"api.example.com\"",
             "already in tcp[0].routes[0].sni[1]",
-            "one route",
+            "one route of a listener only",
         ],
     );
     let twice = with_routes(
@@ -429,7 +429,7 @@ fn a_name_in_two_routes_names_both() {
     assert_rejected(
         &twice,
         "tcp[0].routes[0].sni[1]",
-        &["already in tcp[0].routes[0].sni[0]"],
+        &["already in tcp[0].routes[0].sni[0]", "lists it twice"],
     );
 }
 

@@ -53,10 +53,11 @@ pub(super) fn sni(section: &Section<'_>) -> Result<Option<SniPlan>, ConfigError>
             entries.len()
         )));
     }
-    let mut seen = HashMap::new();
+    let mut seen = Seen::new();
     let routes = entries
         .iter()
-        .map(|entry| route(entry, &mut seen))
+        .enumerate()
+        .map(|(index, entry)| route(index, entry, &mut seen))
         .collect::<Result<_, _>>()?;
     Ok(Some(SniPlan {
         timeout: timeout(section, &SNI_TIMEOUT)?,
@@ -64,8 +65,11 @@ pub(super) fn sni(section: &Section<'_>) -> Result<Option<SniPlan>, ConfigError>
     }))
 }
 
-/// One route; `seen` maps each folded name of the listener to where it was given.
-fn route(entry: &Field<'_>, seen: &mut HashMap<String, Origin>) -> Result<RoutePlan, ConfigError> {
+/// Each folded name of the listener so far: the route that has it, and its key.
+type Seen = HashMap<String, (usize, Origin)>;
+
+/// Route `index` of the listener.
+fn route(index: usize, entry: &Field<'_>, seen: &mut Seen) -> Result<RoutePlan, ConfigError> {
     let section = entry.table(ROUTE_EXAMPLE)?;
     section.deny_unknown(&KEYS, "in [[tcp.routes]]")?;
     let missing = |key: &str, what: &str, example: &str| {
@@ -84,15 +88,12 @@ fn route(entry: &Field<'_>, seen: &mut HashMap<String, Origin>) -> Result<RouteP
         ));
     };
     Ok(RoutePlan {
-        names: names(&sni, seen)?,
+        names: names(index, &sni, seen)?,
         upstreams: upstreams(&targets)?,
     })
 }
 
-fn names(
-    field: &Field<'_>,
-    seen: &mut HashMap<String, Origin>,
-) -> Result<Vec<String>, ConfigError> {
+fn names(route: usize, field: &Field<'_>, seen: &mut Seen) -> Result<Vec<String>, ConfigError> {
     let items = field.array(SNI_EXAMPLE)?;
     if items.is_empty() {
         return Err(field.error(format!(
@@ -111,20 +112,24 @@ fn names(
     for item in items {
         let written = item.string(SNI_EXAMPLE)?;
         let name = fold_pattern(written).map_err(|why| item.error(why))?;
-        if let Some(previous) = seen.get(&name) {
+        if let Some((owner, previous)) = seen.get(&name) {
             let folded = if name == written {
                 String::new()
             } else {
                 format!(" (as {name:?}: names match without case)")
             };
+            let rule = if *owner == route {
+                "this route lists it twice, so remove one"
+            } else {
+                "a name may be in one route of a listener only, so remove one of them"
+            };
             return Err(item.error(format!(
-                "{}{folded} is already in {}; a name may be in one route of a listener only, so \
-                 remove one of them",
+                "{}{folded} is already in {}; {rule}",
                 item.shown(),
                 previous.describe_from(&item.origin)
             )));
         }
-        seen.insert(name.clone(), item.origin.clone());
+        seen.insert(name.clone(), (route, item.origin.clone()));
         names.push(name);
     }
     Ok(names)

@@ -95,13 +95,15 @@ fn check_label(text: &str, label: &str) -> Result<(), String> {
             label.len()
         ));
     }
+    // `_` is no LDH character, but internal names use it and clients send
+    // them; a route for one must be possible.
     if let Some(bad) = label
         .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || c == '-'))
+        .find(|&c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
     {
         return Err(format!(
-            "{text:?} contains {bad:?}; a host name has letters, digits, \"-\" and dots only, \
-             {EXAMPLE}"
+            "{text:?} contains {bad:?}; a host name has letters, digits, \"-\", \"_\" and dots \
+             only, {EXAMPLE}"
         ));
     }
     if label.starts_with('-') || label.ends_with('-') {
@@ -128,6 +130,7 @@ mod tests {
             ("xn--bcher-kva.example", "xn--bcher-kva.example"),
             ("a-b.c0.example", "a-b.c0.example"),
             ("1.example.com", "1.example.com"),
+            ("my_host.Internal", "my_host.internal"),
         ] {
             assert_eq!(fold_pattern(written).as_deref(), Ok(folded), "{written}");
         }
@@ -159,7 +162,8 @@ mod tests {
         assert_refused("*.", &["without a name"]);
         assert_refused("a..example", &["empty label"]);
         assert_refused(".example", &["empty label"]);
-        assert_refused("my_host.example", &["'_'"]);
+        assert_refused("my host.example", &["' '"]);
+        assert_refused("a/b.example", &["'/'"]);
         assert_refused("api.example.com:443", &["':'"]);
         assert_refused("-api.example", &["\"-api\"", "\"-\""]);
         assert_refused("api-.example", &["\"api-\""]);
