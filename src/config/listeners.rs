@@ -9,13 +9,17 @@ use std::time::Duration;
 
 use super::addr::{parse_listen, parse_upstream};
 use super::error::{ConfigError, Origin};
+use super::keys::{MAX_UPSTREAMS, Timeout, timeout, upstreams};
 use super::loops::{ListenAt, UpstreamsAt, UpstreamsKey, reject_loops};
 use super::raw::{Field, Section, clip};
 use super::udp::{file_udp_listener, flag_udp_listener};
-use super::units::{format_duration, format_size, parse_size};
-use super::{EchoMode, EchoPlan, Overrides, Proto, TcpListenerPlan, UdpListenerPlan};
+use super::units::{format_size, parse_size};
+use super::{
+    EchoMode, EchoPlan, Overrides, Proto, SendProxy, SniPlan, TcpListenerPlan, UdpListenerPlan,
+    proxy, routes,
+};
 
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 13] = [
     "name",
     "listen",
     "upstreams",
@@ -23,21 +27,18 @@ const KEYS: [&str; 7] = [
     "idle_timeout",
     "half_close_timeout",
     "max_connections",
+    "send_proxy",
+    "accept_proxy",
+    "trusted_proxies",
+    "proxy_timeout",
+    "sni_timeout",
+    "routes",
 ];
 
-const MAX_UPSTREAMS: usize = 256;
 const MAX_NAME_CHARS: usize = 64;
 const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=10_000_000;
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
-const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 pub(super) const DAY: Duration = Duration::from_secs(86_400);
-
-/// A timeout key with its default and upper bound (all have a 1ms lower bound).
-pub(super) struct Timeout {
-    pub key: &'static str,
-    pub default: Duration,
-    pub max: Duration,
-}
 
 const CONNECT_TIMEOUT: Timeout = Timeout {
     key: "connect_timeout",
@@ -90,6 +91,7 @@ pub(super) fn resolve(
             let (plan, claim) = file_listener(&section, shards)?;
             let key = UpstreamsKey::Array(section.origin("upstreams"));
             places.add(&claim, key, &plan.upstreams);
+            places.add_routes(&section, plan.sni.as_ref());
             registry.claim(claim)?;
             plans.push(plan);
         }
@@ -224,6 +226,9 @@ fn file_listener(
             shards,
         )?,
         max_connections_given: super::LimitSource::of(&section.get("max_connections")),
+        send_proxy: proxy::send_proxy(section.get("send_proxy"))?,
+        accept_proxy: proxy::accept_proxy(section)?,
+        sni: routes::sni(section)?,
     };
     Ok((plan, claim))
 }
@@ -281,47 +286,6 @@ fn check_name(name: &str) -> Result<(), String> {
         )),
         None => Ok(()),
     }
-}
-
-pub(super) fn upstreams(field: &Field<'_>) -> Result<Vec<SocketAddr>, ConfigError> {
-    let example = "upstreams = [\"10.0.0.5:80\", \"[2001:db8::6]:80\"]";
-    let items = field.array(example)?;
-    if items.is_empty() {
-        return Err(field.error(format!(
-            "{} is empty; list at least one upstream, like {example}",
-            field.shown()
-        )));
-    }
-    if items.len() > MAX_UPSTREAMS {
-        return Err(field.error(format!(
-            "{} upstreams are listed; at most {MAX_UPSTREAMS} are allowed per listener",
-            items.len()
-        )));
-    }
-    items
-        .iter()
-        .map(|item| {
-            let text = item.string(example)?;
-            parse_upstream(text).map_err(|why| item.error(why))
-        })
-        .collect()
-}
-
-pub(super) fn timeout(section: &Section<'_>, spec: &Timeout) -> Result<Duration, ConfigError> {
-    let Some(field) = section.get(spec.key) else {
-        return Ok(spec.default);
-    };
-    let example = format!("{} = \"{}\"", spec.key, format_duration(spec.default));
-    let timeout = field.duration(&example)?;
-    if (MIN_TIMEOUT..=spec.max).contains(&timeout) {
-        return Ok(timeout);
-    }
-    Err(field.error(format!(
-        "{} is out of range; use {} to {}, like {example}",
-        field.shown(),
-        format_duration(MIN_TIMEOUT),
-        format_duration(spec.max)
-    )))
 }
 
 /// A whole-listener limit that each shard enforces a share of, so it must be at least `shards`.
@@ -409,6 +373,9 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         half_close_timeout: HALF_CLOSE_TIMEOUT.default,
         max_connections: DEFAULT_MAX_CONNECTIONS,
         max_connections_given: super::LimitSource::Default,
+        send_proxy: SendProxy::Off,
+        accept_proxy: None,
+        sni: None,
     };
     Ok((plan, claim))
 }
@@ -433,6 +400,22 @@ impl Places {
             upstreams: upstreams.to_vec(),
             at: key,
         });
+    }
+
+    /// Each route's upstreams, checked for loops like the listener's own.
+    fn add_routes(&mut self, section: &Section<'_>, sni: Option<&SniPlan>) {
+        let routes_at = section.origin("routes");
+        for (i, route) in sni.iter().flat_map(|sni| sni.routes.iter()).enumerate() {
+            let at = Origin::new(
+                &routes_at.source,
+                format!("{}[{i}].upstreams", routes_at.key),
+            );
+            self.upstreams.push(UpstreamsAt {
+                proto: Proto::Tcp,
+                upstreams: route.upstreams.clone(),
+                at: UpstreamsKey::Array(at),
+            });
+        }
     }
 }
 

@@ -130,38 +130,45 @@ pub struct LocalLoop {
 /// The first upstream in `plan` that a wildcard listener of the plan receives
 /// because its address is one of this host's (`local`, from getifaddrs).
 pub fn local_loop(plan: &Plan, local: &[IpAddr]) -> Option<LocalLoop> {
-    let tcp = plan
-        .tcp
-        .iter()
-        .map(|t| (Proto::Tcp, &t.name, t.listen, &t.upstreams));
-    let udp = plan
-        .udp
-        .iter()
-        .map(|u| (Proto::Udp, &u.name, u.listen, &u.upstreams));
-    let listeners: Vec<_> = tcp.chain(udp).collect();
-    for &(proto, owner, _, upstreams) in &listeners {
-        for &upstream in upstreams.iter() {
-            let up = canonical(upstream);
-            if !local.iter().any(|ip| ip.to_canonical() == up.ip()) {
-                continue;
-            }
-            let wildcard = listeners.iter().find(|&&(p, _, listen, _)| {
-                p == proto
-                    && listen.ip().is_unspecified()
-                    && listen.port() != 0
-                    && listen.port() == up.port()
-                    && listen.is_ipv4() == up.is_ipv4()
+    let listeners: Vec<(Proto, &String, SocketAddr)> = (plan.tcp.iter())
+        .map(|t| (Proto::Tcp, &t.name, t.listen))
+        .chain(plan.udp.iter().map(|u| (Proto::Udp, &u.name, u.listen)))
+        .collect();
+    for (proto, owner, upstream) in every_upstream(plan) {
+        let up = canonical(upstream);
+        if !local.iter().any(|ip| ip.to_canonical() == up.ip()) {
+            continue;
+        }
+        let wildcard = listeners.iter().find(|&&(p, _, listen)| {
+            p == proto
+                && listen.ip().is_unspecified()
+                && listen.port() != 0
+                && listen.port() == up.port()
+                && listen.is_ipv4() == up.is_ipv4()
+        });
+        if let Some(&(_, name, listen)) = wildcard {
+            return Some(LocalLoop {
+                proto,
+                upstream_of: owner.clone(),
+                upstream,
+                listener: name.clone(),
+                listen,
             });
-            if let Some(&(_, name, listen, _)) = wildcard {
-                return Some(LocalLoop {
-                    proto,
-                    upstream_of: owner.clone(),
-                    upstream,
-                    listener: name.clone(),
-                    listen,
-                });
-            }
         }
     }
     None
+}
+
+/// Every upstream of the plan with its listener: a TCP listener's own, then
+/// its SNI routes', then each UDP listener's.
+fn every_upstream(plan: &Plan) -> impl Iterator<Item = (Proto, &String, SocketAddr)> {
+    let tcp = plan.tcp.iter().flat_map(|t| {
+        let routes = t.sni.iter().flat_map(|sni| sni.routes.iter());
+        (t.upstreams.iter())
+            .chain(routes.flat_map(|route| route.upstreams.iter()))
+            .map(move |&up| (Proto::Tcp, &t.name, up))
+    });
+    let udp = (plan.udp.iter())
+        .flat_map(|u| u.upstreams.iter().map(move |&up| (Proto::Udp, &u.name, up)));
+    tcp.chain(udp)
 }

@@ -8,16 +8,23 @@ mod addr;
 mod cidr;
 mod error;
 pub mod file;
+mod keys;
 mod listeners;
+mod log;
 mod loops;
+mod proxy;
 mod raw;
 mod render;
+mod routes;
 mod runtime;
+mod sni;
 mod udp;
 pub mod units;
 
 #[cfg(test)]
 mod echo_tests;
+#[cfg(test)]
+mod front_tests;
 #[cfg(test)]
 mod loops_tests;
 #[cfg(test)]
@@ -27,6 +34,7 @@ mod udp_tests;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cidr::Cidr;
@@ -47,6 +55,49 @@ pub struct Plan {
     pub tcp: Vec<TcpListenerPlan>,
     pub udp: Vec<UdpListenerPlan>,
     pub echo: Vec<EchoPlan>,
+    pub log: LogPlan,
+}
+
+/// `[log]`: where connection records go.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogPlan {
+    /// `None`: no access log (the default).
+    pub access: Option<AccessLog>,
+}
+
+/// `log.access` and `log.format`: one record per finished connection or session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    pub target: AccessTarget,
+    pub format: AccessFormat,
+}
+
+/// `log.access`: where the records are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessTarget {
+    Stdout,
+    Stderr,
+    /// As written: absolute, or relative to the working directory at start.
+    /// Not checked against the filesystem here (the config stays pure).
+    File(PathBuf),
+}
+
+/// `log.format`: how one access record is spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// `key=value` pairs on one line (the default).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl AccessFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessFormat::Text => "text",
+            AccessFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +183,83 @@ pub struct TcpListenerPlan {
     /// For the whole listener; split over shards (see [`TcpListenerPlan::shard_share`]).
     pub max_connections: u32,
     pub max_connections_given: LimitSource,
+    /// PROXY header written to the upstream before the first byte of the stream.
+    pub send_proxy: SendProxy,
+    /// `Some`: every client must open with a PROXY header (`accept_proxy = true`).
+    pub accept_proxy: Option<AcceptProxy>,
+    /// `Some`: the listener has `[[tcp.routes]]`; `upstreams` stays the
+    /// default for a connection no route takes (not TLS, no SNI, no match).
+    pub sni: Option<SniPlan>,
+}
+
+/// `send_proxy` of a `[[tcp]]` listener: which PROXY protocol header, if
+/// any, precedes the stream to the upstream. It carries the client's address
+/// and the local address it reached, or those a trusted incoming header gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendProxy {
+    Off,
+    /// The text line (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl SendProxy {
+    pub fn name(self) -> &'static str {
+        match self {
+            SendProxy::Off => "off",
+            SendProxy::V1 => "v1",
+            SendProxy::V2 => "v2",
+        }
+    }
+}
+
+/// `send_proxy` of a `[[udp]]` listener. There is no v1 here: the v1 text
+/// line has no datagram form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpSendProxy {
+    Off,
+    /// Every datagram to the upstream starts with its own v2 header.
+    V2,
+}
+
+impl UdpSendProxy {
+    pub fn name(self) -> &'static str {
+        match self {
+            UdpSendProxy::Off => "off",
+            UdpSendProxy::V2 => "v2",
+        }
+    }
+}
+
+/// `accept_proxy = true`: a client must send a complete v1 or v2 PROXY
+/// header before anything is forwarded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptProxy {
+    /// `trusted_proxies`: peers allowed to send one (never empty); any other
+    /// peer is closed and counted.
+    pub trusted: Vec<Cidr>,
+    /// `proxy_timeout`: no complete header within it closes the connection.
+    pub timeout: Duration,
+}
+
+/// SNI routing of a `[[tcp]]` listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniPlan {
+    /// `sni_timeout`: no complete ClientHello within it closes the connection.
+    pub timeout: Duration,
+    /// `[[tcp.routes]]` in file order (never empty). A name is in at most one route.
+    pub routes: Vec<RoutePlan>,
+}
+
+/// One `[[tcp.routes]]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutePlan {
+    /// `sni`: lowercase host names, or `*.` plus a name for a wildcard that
+    /// covers exactly one label; never empty. An exact name beats a wildcard.
+    pub names: Vec<String>,
+    /// Same rules as a listener's `upstreams`.
+    pub upstreams: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +285,8 @@ pub struct UdpListenerPlan {
     /// SO_RCVBUF of each session's upstream socket, where the upstream's
     /// replies wait; `None` keeps the kernel default.
     pub session_rcvbuf: Option<u32>,
+    /// PROXY v2 header on every datagram to the upstream.
+    pub send_proxy: UdpSendProxy,
 }
 
 /// The transport a listener serves; TCP and UDP listeners may share an address.
@@ -248,7 +378,7 @@ impl Plan {
             .transpose()?;
         let root = document.as_ref().map(raw::Document::root);
         if let Some(root) = &root {
-            root.deny_unknown(&["runtime", "tcp", "udp"], "at the top level")?;
+            root.deny_unknown(&["runtime", "tcp", "udp", "log"], "at the top level")?;
         }
         let runtime_section = root
             .as_ref()
@@ -259,6 +389,7 @@ impl Plan {
         let tcp_field = root.as_ref().and_then(|root| root.get("tcp"));
         let udp_field = root.as_ref().and_then(|root| root.get("udp"));
         let listeners = listeners::resolve(tcp_field, udp_field, overrides, runtime.shards)?;
+        let log = log::resolve(root.as_ref().and_then(|root| root.get("log")))?;
         if listeners.tcp.is_empty() && listeners.udp.is_empty() && listeners.echo.is_empty() {
             return Err(nothing_to_listen_on(file.map(|(name, _)| name)));
         }
@@ -267,6 +398,7 @@ impl Plan {
             tcp: listeners.tcp,
             udp: listeners.udp,
             echo: listeners.echo,
+            log,
         })
     }
 

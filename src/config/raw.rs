@@ -204,6 +204,13 @@ impl<'a> Field<'a> {
         }
     }
 
+    pub fn boolean(&self, example: &str) -> Result<bool, ConfigError> {
+        match self.value {
+            Value::Boolean(b) => Ok(*b),
+            _ => Err(self.wrong_type("true or false", example)),
+        }
+    }
+
     pub fn string(&self, example: &str) -> Result<&'a str, ConfigError> {
         match self.value {
             Value::String(s) => Ok(s),

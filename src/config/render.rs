@@ -8,7 +8,8 @@ use std::fmt::{self, Display, Formatter};
 
 use super::units::{format_duration, format_size};
 use super::{
-    EchoMode, EchoPlan, Plan, Proto, RuntimePlan, SpliceMode, TcpListenerPlan, UdpListenerPlan,
+    AcceptProxy, AccessTarget, EchoMode, EchoPlan, LogPlan, Plan, Proto, RuntimePlan, SniPlan,
+    SpliceMode, TcpListenerPlan, UdpListenerPlan,
 };
 
 /// Pretty resolved plan for `ringfwd check`: every value with defaults filled in, in TOML-like
@@ -17,6 +18,8 @@ use super::{
 impl Display for Plan {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         write_runtime(f, &self.runtime, self.has_udp())?;
+        writeln!(f)?;
+        write_log(f, &self.log)?;
         for tcp in &self.tcp {
             writeln!(f)?;
             write_tcp(f, tcp, self.runtime.shards)?;
@@ -146,7 +149,56 @@ fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt
         default_mark(tcp.max_connections_given),
         tcp.max_connections,
         share_summary(|shard| tcp.shard_share(shard, shards), shards)
-    )
+    )?;
+    writeln!(f, "send_proxy = \"{}\"", tcp.send_proxy.name())?;
+    write_accept_proxy(f, tcp.accept_proxy.as_ref())?;
+    write_sni(f, tcp.sni.as_ref())
+}
+
+fn quoted_list(items: impl IntoIterator<Item = impl Display>) -> String {
+    let quoted: Vec<String> = items.into_iter().map(|i| format!("\"{i}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn write_accept_proxy(f: &mut Formatter<'_>, accept: Option<&AcceptProxy>) -> fmt::Result {
+    let Some(accept) = accept else {
+        return writeln!(f, "accept_proxy = false");
+    };
+    writeln!(f, "accept_proxy = true")?;
+    writeln!(f, "trusted_proxies = {}", quoted_list(&accept.trusted))?;
+    writeln!(f, "proxy_timeout = \"{}\"", format_duration(accept.timeout))
+}
+
+/// Last in the listener: each `[[tcp.routes]]` header ends the listener's own keys.
+fn write_sni(f: &mut Formatter<'_>, sni: Option<&SniPlan>) -> fmt::Result {
+    let Some(sni) = sni else {
+        return writeln!(f, "# routes: none (every connection goes to upstreams)");
+    };
+    writeln!(f, "sni_timeout = \"{}\"", format_duration(sni.timeout))?;
+    for route in &sni.routes {
+        writeln!(f, "[[tcp.routes]]")?;
+        writeln!(f, "sni = {}", quoted_list(&route.names))?;
+        writeln!(f, "upstreams = {}", quoted_list(&route.upstreams))?;
+    }
+    Ok(())
+}
+
+fn write_log(f: &mut Formatter<'_>, log: &LogPlan) -> fmt::Result {
+    writeln!(f, "[log]")?;
+    let Some(access) = &log.access else {
+        return writeln!(f, "# access: unset (no access log)");
+    };
+    match &access.target {
+        AccessTarget::Stdout => writeln!(f, "access = \"stdout\"")?,
+        AccessTarget::Stderr => writeln!(f, "access = \"stderr\"")?,
+        AccessTarget::File(path) => {
+            // TOML's own quoting: Rust's `{:?}` escapes control characters
+            // in a form TOML does not read back.
+            let text = toml::Value::String(path.display().to_string());
+            writeln!(f, "access = {text}")?;
+        }
+    }
+    writeln!(f, "format = \"{}\"", access.format.name())
 }
 
 /// A defaulted limit is shown commented out, so the shown plan reads back
@@ -204,7 +256,7 @@ fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt
             None => writeln!(f, "# {key}: unset (kernel default)")?,
         }
     }
-    Ok(())
+    writeln!(f, "send_proxy = \"{}\"", udp.send_proxy.name())
 }
 
 fn write_echo(f: &mut Formatter<'_>, echo: &EchoPlan) -> fmt::Result {

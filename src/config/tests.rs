@@ -120,6 +120,9 @@ fn full_file_resolves_to_the_exact_plan() {
                 half_close_timeout: secs(30),
                 max_connections: 5001,
                 max_connections_given: LimitSource::Explicit,
+                send_proxy: SendProxy::Off,
+                accept_proxy: None,
+                sni: None,
             },
             TcpListenerPlan {
                 name: "[::]:8443".into(),
@@ -130,10 +133,14 @@ fn full_file_resolves_to_the_exact_plan() {
                 half_close_timeout: secs(60),
                 max_connections: 10_000,
                 max_connections_given: LimitSource::Default,
+                send_proxy: SendProxy::Off,
+                accept_proxy: None,
+                sni: None,
             },
         ],
         udp: vec![],
         echo: vec![],
+        log: LogPlan { access: None },
     };
     assert_eq!(resolve_file(text), Ok(want));
 }
@@ -872,6 +879,9 @@ fn tcp_flags_add_listeners_with_defaults() {
             half_close_timeout: secs(60),
             max_connections: 10_000,
             max_connections_given: LimitSource::Default,
+            send_proxy: SendProxy::Off,
+            accept_proxy: None,
+            sni: None,
         }
     );
     assert_eq!(plan.tcp[2].upstreams, vec![addr("[::1]:9000")]);
@@ -972,6 +982,9 @@ fn shard_shares_add_up() {
         half_close_timeout: secs(1),
         max_connections,
         max_connections_given: LimitSource::Explicit,
+        send_proxy: SendProxy::Off,
+        accept_proxy: None,
+        sni: None,
     };
     let cases = [
         (1, 1),

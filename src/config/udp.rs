@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use super::cidr::Cidr;
 use super::error::{ConfigError, Origin};
-use super::listeners::{
-    Claim, DAY, Timeout, count, limit, required, section_claim, split_spec, timeout, upstreams,
-};
+use super::keys::{Timeout, cidr_list, timeout, upstreams};
+use super::listeners::{Claim, DAY, count, limit, required, section_claim, split_spec};
+use super::proxy::udp_send_proxy;
 use super::raw::{Field, Section};
-use super::{Proto, UdpListenerPlan};
+use super::{Proto, UdpListenerPlan, UdpSendProxy};
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "name",
     "listen",
     "upstreams",
@@ -24,6 +24,7 @@ const KEYS: [&str; 11] = [
     "rcvbuf",
     "sndbuf",
     "session_rcvbuf",
+    "send_proxy",
 ];
 
 pub(super) const IDLE_TIMEOUT: Timeout = Timeout {
@@ -36,8 +37,6 @@ const MAX_SESSIONS: RangeInclusive<u32> = 1..=10_000_000;
 pub(super) const DEFAULT_MAX_SESSIONS: u32 = 100_000;
 const MAX_RESPONSES: RangeInclusive<u32> = 1..=1_000_000;
 const RATE: RangeInclusive<u32> = 1..=1_000_000;
-/// A longer list belongs in a firewall, where it is matched without a linear scan.
-const MAX_ALLOW: usize = 1024;
 const UDP_SOURCE: &str = "--udp";
 /// SO_RCVBUF / SO_SNDBUF requests; the kernel caps them at net.core.rmem_max / wmem_max.
 const SOCKET_BUFFER: RangeInclusive<u64> = (4 << 10)..=(512 << 20);
@@ -82,6 +81,7 @@ pub(super) fn file_udp_listener(
         rcvbuf: socket_buffer(section.get("rcvbuf"))?,
         sndbuf: socket_buffer(section.get("sndbuf"))?,
         session_rcvbuf: socket_buffer(section.get("session_rcvbuf"))?,
+        send_proxy: udp_send_proxy(section.get("send_proxy"))?,
     };
     Ok((plan, claim))
 }
@@ -107,25 +107,12 @@ fn socket_buffer(field: Option<Field<'_>>) -> Result<Option<u32>, ConfigError> {
 }
 
 fn allow(field: &Field<'_>) -> Result<Vec<Cidr>, ConfigError> {
-    let example = "allow = [\"10.0.0.0/8\", \"2001:db8::/32\"]";
-    let items = field.array(example)?;
-    if items.is_empty() {
-        return Err(field.error(format!(
-            "{} is empty, which would drop every client; list the client ranges to let in, like \
-             {example}, or remove the key to allow all",
-            field.shown()
-        )));
-    }
-    if items.len() > MAX_ALLOW {
-        return Err(field.error(format!(
-            "{} ranges are listed; at most {MAX_ALLOW} are allowed (use a firewall for more)",
-            items.len()
-        )));
-    }
-    items
-        .iter()
-        .map(|item| Cidr::parse(item.string(example)?).map_err(|why| item.error(why)))
-        .collect()
+    cidr_list(
+        field,
+        "allow = [\"10.0.0.0/8\", \"2001:db8::/32\"]",
+        "which would drop every client; list the client ranges to let in",
+        "or remove the key to allow all",
+    )
 }
 
 /// `--udp LISTEN=UP1[,UP2...]`: a listener with default timeout and limits, named after LISTEN.
@@ -149,6 +136,7 @@ pub(super) fn flag_udp_listener(
         rcvbuf: None,
         sndbuf: None,
         session_rcvbuf: None,
+        send_proxy: UdpSendProxy::Off,
     };
     Ok((plan, claim))
 }

@@ -62,6 +62,7 @@ fn the_documented_example_resolves_to_the_exact_plan() {
             rcvbuf: None,
             sndbuf: None,
             session_rcvbuf: None,
+            send_proxy: UdpSendProxy::Off,
         }]
     );
     assert!(plan.tcp.is_empty());

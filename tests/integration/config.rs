@@ -37,6 +37,44 @@ upstreams = ["10.0.0.5:80", "[2001:db8::6]:80"]
 }
 
 #[test]
+fn check_prints_proxy_routes_and_access_log_keys() {
+    let (code, out, err) = check(
+        r#"
+[runtime]
+shards = 1
+[log]
+access = "stdout"
+format = "json"
+[[tcp]]
+name = "tls"
+listen = "127.0.0.1:0"
+upstreams = ["10.0.0.5:443"]
+send_proxy = "v1"
+accept_proxy = true
+trusted_proxies = ["127.0.0.1"]
+[[tcp.routes]]
+sni = ["API.example.com", "*.example.org"]
+upstreams = ["10.0.0.6:443"]
+[[udp]]
+listen = "127.0.0.1:0"
+upstreams = ["10.0.0.53:53"]
+send_proxy = "v2"
+"#,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let tcp = "send_proxy = \"v1\"\naccept_proxy = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+               proxy_timeout = \"5s\"\nsni_timeout = \"5s\"\n[[tcp.routes]]\n\
+               sni = [\"api.example.com\", \"*.example.org\"]\nupstreams = [\"10.0.0.6:443\"]\n";
+    for want in [
+        tcp,
+        "[log]\naccess = \"stdout\"\nformat = \"json\"\n",
+        "send_proxy = \"v2\"\n",
+    ] {
+        assert!(out.contains(want), "plan lacks {want:?}:\n{out}");
+    }
+}
+
+#[test]
 fn bad_configs_are_rejected_naming_the_key() {
     let base = "[[tcp]]\nlisten = \"127.0.0.1:8080\"\nupstreams = [\"127.0.0.1:9000\"]\n";
     let cases: Vec<(String, &str)> = vec![
@@ -78,6 +116,22 @@ fn bad_configs_are_rejected_naming_the_key() {
         ("[[tcp]]\nupstreams = [\"10.0.0.1:1\"]\n".into(), "listen"),
         (format!("{base}max_connections = 0\n"), "max_connections"),
         ("this is not toml".into(), "line"),
+        (
+            format!("{base}[[tcp.routes]]\nsni = [\"a.example\"]\nupstreams = [\"10.0.0.1:1\"]\n[[tcp.routes]]\nsni = [\"A.example\"]\nupstreams = [\"10.0.0.2:1\"]\n"),
+            "tcp[0].routes[1].sni[0]: \"A.example\" (as \"a.example\": names match without case) is already in tcp[0].routes[0].sni[0]",
+        ),
+        (
+            format!("{base}accept_proxy = true\n"),
+            "tcp[0].trusted_proxies: missing; tcp[0].accept_proxy = true needs trusted_proxies",
+        ),
+        (
+            "[[udp]]\nlisten = \"127.0.0.1:5353\"\nupstreams = [\"127.0.0.1:53\"]\nsend_proxy = \"v1\"\n".into(),
+            "udp[0].send_proxy: \"v1\" has no datagram form",
+        ),
+        (
+            format!("[log]\nformat = \"json\"\n{base}"),
+            "log.format: is set but log.access is not",
+        ),
     ];
     for (text, key) in cases {
         let (code, _, err) = check(&text);
