@@ -5,6 +5,8 @@
 //! between calls, so the caller only appends bytes and asks again.
 
 pub mod proxy;
+pub mod sni;
+pub mod tls;
 
 /// What a front parser says about the bytes it was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,5 +20,3 @@ pub enum Parsed<T> {
     Invalid(&'static str),
 }
 
-pub mod sni;
-pub mod tls;
