@@ -11,6 +11,13 @@ Policies (the same for every target):
             sockperf client and server unpinned
   all-cpu0  client, server and forwarder all on CPU 0 (no cross-CPU wakeups:
             what is left is each forwarder's own cost per message)
+  split     client and server on CPU 0, the forwarder on CPU 1 (every hop
+            is a wakeup across CPUs)
+  default   ringfwd pinned where it pins by default (1 shard: CPU 0), NGINX's
+            worker, client and server not pinned (the scheduler may move them)
+The CPU each of client, server and forwarder runs on is sampled every 20 ms:
+`colocated` is the share of samples with all three on one CPU.
+Within a round the targets take turns in an order rotated by one each round.
 
 Needs sockperf, nginx with the stream module, and (for syscall counts) perf
 with the syscalls tracepoints; without perf the counts are left empty.
@@ -38,8 +45,12 @@ POLICIES = {
     # name: (forwarder cpu, client/server taskset prefix)
     "fwd-cpu1": (1, []),
     "all-cpu0": (0, ["taskset", "-c", "0"]),
+    "split": (1, ["taskset", "-c", "0"]),
+    # ringfwd with its default pinning (one shard: CPU 0), NGINX, client and
+    # server free to move: the setup of the issue's first measurement
+    "default": (None, []),
 }
-FIELDS = ["policy", "round", "target", "load1", "rt_per_s", "latency_us",
+FIELDS = ["policy", "round", "target", "load1", "colocated", "rt_per_s", "latency_us",
           "round_trips", "syscalls_per_rt", "enters_per_rt", "epoll_waits_per_rt",
           "vol_cs_per_rt", "invol_cs_per_rt", "cpu_us_per_rt"]
 
@@ -71,6 +82,41 @@ def cpu_ticks(pid: int) -> int:
     return total
 
 
+def cpu_of(pid: int) -> int | None:
+    """The CPU a thread last ran on (field 39 of its stat)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def busiest_thread(pid: int) -> int:
+    """The forwarder's working thread: ringfwd's shard, else the one with the most CPU time."""
+    best, most = pid, -1
+    for t in threads(pid):
+        if (t / "comm").read_text().startswith("rfwd-shard"):
+            return int(t.name)
+        f = (t / "stat").read_text().rsplit(")", 1)[1].split()
+        if int(f[11]) + int(f[12]) > most:
+            best, most = int(t.name), int(f[11]) + int(f[12])
+    return best
+
+
+def descendant(pid: int, name: str) -> int | None:
+    """The first process called `name` at or under `pid`."""
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            if Path(f"/proc/{p}/comm").read_text().strip() == name:
+                return p
+        except OSError:
+            continue
+        kids = subprocess.run(["pgrep", "-P", str(p)], capture_output=True, text=True).stdout.split()
+        todo += [int(k) for k in kids]
+    return None
+
+
 def perf_works() -> bool:
     if not shutil.which("perf"):
         return False
@@ -83,14 +129,14 @@ def nginx_conf(d: Path, cpu: int) -> Path:
     module = next((m for m in STREAM_MODULES if os.path.exists(m)), None)
     if module is None:
         sys.exit("the NGINX stream module is not installed (apt-get install libnginx-mod-stream)")
-    mask = format(1 << cpu, "b")
+    affinity = "" if cpu is None else f"worker_cpu_affinity {format(1 << cpu, 'b')};"
     conf = d / f"nginx-cpu{cpu}.conf"
     conf.write_text(f"""# written by benches/udp_pingpong.py
 load_module {module};
 daemon off;
 master_process on;
 worker_processes 1;
-worker_cpu_affinity {mask};
+{affinity}
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
@@ -129,7 +175,8 @@ def start(args: list[str], log: Path, wait_line: str | None = None) -> subproces
     return p
 
 
-def one_run(target: str, pid: int, seconds: int, client: list[str], perf: bool, d: Path) -> dict:
+def one_run(target: str, pid: int, server: int, seconds: int, client: list[str], perf: bool,
+            d: Path) -> dict:
     port = PORTS[target]
     cmd = client + ["sockperf", "pp", "-i", "127.0.0.1", "-p", str(port), "-t", str(seconds)]
     csvf = d / "perf.csv"
@@ -138,10 +185,22 @@ def one_run(target: str, pid: int, seconds: int, client: list[str], perf: bool, 
                "-p", str(pid), "--"] + cmd
     v0, n0 = ctx_switches(pid)
     c0 = cpu_ticks(pid)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fwd = busiest_thread(pid)
+    together = samples = 0
+    deadline = time.time() + seconds + 30
+    while p.poll() is None and time.time() < deadline:
+        cl = descendant(p.pid, "sockperf")
+        cpus = {cpu_of(fwd), cpu_of(cl) if cl else None, cpu_of(server)}
+        if None not in cpus:
+            samples += 1
+            together += len(cpus) == 1
+        time.sleep(0.02)
+    if p.poll() is None:
+        p.kill()
+    out = p.communicate()[0]
     v1, n1 = ctx_switches(pid)
     c1 = cpu_ticks(pid)
-    out = r.stdout + r.stderr
     total = re.search(r"\[Total Run\].*?ReceivedMessages=(\d+)", out)
     valid = re.search(r"\[Valid Duration\] RunTime=([\d.]+) sec.*?ReceivedMessages=(\d+)", out)
     lat = re.search(r"Latency is ([\d.]+) usec", out)
@@ -157,6 +216,7 @@ def one_run(target: str, pid: int, seconds: int, client: list[str], perf: bool, 
     per = lambda k: f"{counts[k] / n:.2f}" if k in counts else ""
     hz = os.sysconf("SC_CLK_TCK")
     return {
+        "colocated": f"{together / samples:.2f}" if samples else "",
         "rt_per_s": f"{int(valid.group(2)) / float(valid.group(1)):.0f}",
         "latency_us": lat.group(1),
         "round_trips": n,
@@ -173,12 +233,15 @@ def run_policy(policy: str, a, rows: list, w, perf: bool, d: Path) -> None:
     cpu, client = POLICIES[policy]
     procs = []
     try:
-        procs.append(start(client + ["sockperf", "sr", "-i", "127.0.0.1", "-p", str(UPSTREAM_PORT)],
-                           d / f"sr-{policy}.log"))
+        sr = start(client + ["sockperf", "sr", "-i", "127.0.0.1", "-p", str(UPSTREAM_PORT)],
+                   d / f"sr-{policy}.log")
+        procs.append(sr)
+        server = descendant(sr.pid, "sockperf") or sr.pid
         pids = {}
         for t, binary in (("ringfwd-old", a.old), ("ringfwd-new", a.new)):
+            pin = [] if cpu is None else ["--cpus", str(cpu)]
             p = start([binary, "run", "--udp", f"127.0.0.1:{PORTS[t]}=127.0.0.1:{UPSTREAM_PORT}",
-                       "--shards", "1", "--cpus", str(cpu), "--log-level", "info"],
+                       "--shards", "1", "--log-level", "info"] + pin,
                       d / f"{t}-{policy}.log", wait_line="listening udp")
             procs.append(p)
             pids[t] = p.pid
@@ -186,10 +249,12 @@ def run_policy(policy: str, a, rows: list, w, perf: bool, d: Path) -> None:
         p = start(["nginx", "-p", str(d) + "/", "-c", str(conf)], d / f"nginx-{policy}.log")
         procs.append(p)
         pids["nginx"] = wait_child(p.pid)
+        order = ["ringfwd-old", "ringfwd-new", "nginx"]
         for rnd in range(1, a.rounds + 1):
-            for t in ("ringfwd-old", "ringfwd-new", "nginx"):
+            shift = (rnd - 1) % len(order)
+            for t in order[shift:] + order[:shift]:
                 row = {"policy": policy, "round": rnd, "target": t, "load1": f"{load1():.2f}"}
-                row.update(one_run(t, pids[t], a.seconds, client, perf, d))
+                row.update(one_run(t, pids[t], server, a.seconds, client, perf, d))
                 rows.append(row)
                 w.writerow(row)
                 print(" ".join(f"{k}={row[k]}" for k in FIELDS), flush=True)
@@ -210,8 +275,8 @@ def median(xs: list[float]) -> float:
 
 
 def summary(rows: list, policies: list[str]) -> str:
-    out = ["| policy | target | msg/s (median, range) | latency µs (median) | syscalls / rt | io_uring_enter / rt | vol cs / rt | invol cs / rt | CPU µs / rt | msg/s vs NGINX | CPU / rt vs NGINX |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| policy | target | co-located | msg/s (median, range) | latency µs (median) | syscalls / rt | io_uring_enter / rt | vol cs / rt | invol cs / rt | CPU µs / rt | msg/s vs NGINX | CPU / rt vs NGINX |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for pol in policies:
         med = {}
         for t in ("ringfwd-old", "ringfwd-new", "nginx"):
@@ -226,7 +291,7 @@ def summary(rows: list, policies: list[str]) -> str:
         for t, (m, lo, hi) in med.items():
             f = lambda k, p=2: "" if m.get(k) is None else f"{m[k]:.{p}f}"
             ratio = lambda k: "" if not ng.get(k) or m.get(k) is None else f"{m[k] / ng[k]:.2f}×"
-            out.append(f"| {pol} | {t} | {m['rt_per_s']:,.0f} ({lo:,.0f}–{hi:,.0f}) | {f('latency_us', 1)} | "
+            out.append(f"| {pol} | {t} | {f('colocated')} | {m['rt_per_s']:,.0f} ({lo:,.0f}–{hi:,.0f}) | {f('latency_us', 1)} | "
                        f"{f('syscalls_per_rt')} | {f('enters_per_rt')} | {f('vol_cs_per_rt')} | "
                        f"{f('invol_cs_per_rt')} | {f('cpu_us_per_rt', 1)} | {ratio('rt_per_s')} | {ratio('cpu_us_per_rt')} |")
     return "\n".join(out)

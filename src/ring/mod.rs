@@ -102,6 +102,19 @@ pub struct RegionId(usize);
 /// Entries that must reach the SQ together (a connect and its linked timeout).
 type Group = (squeue::Entry, Option<squeue::Entry>);
 
+/// Counts a submission's MSG_DONTWAIT datagram sends (`sq_inline`) in the
+/// wait only where the kernel surely completes them at submission
+/// (DEFER_TASKRUN: 6.1+) and while at least a quarter of the datagram
+/// buffers are free: with the ring nearly dry a receive may be starved,
+/// waiting for exactly the buffers these sends give back, so the turn must
+/// come back for their completions at once.
+fn counted_inline(mode: SetupMode, sq_inline: u32, dgram_free: u32, dgram_count: u32) -> u32 {
+    match mode {
+        SetupMode::DeferTaskrun if dgram_free.saturating_mul(4) >= dgram_count => sq_inline,
+        _ => 0,
+    }
+}
+
 /// A datagram send issued with MSG_DONTWAIT, whose completion has not been
 /// reaped yet. MSG_DONTWAIT makes the kernel finish it during the
 /// io_uring_enter that submits it (sent, or -EAGAIN on a full socket
@@ -668,8 +681,10 @@ impl Ring {
     /// this very enter, and the kernel counts every unreaped completion
     /// towards `want`: so `want` is one more than them. Otherwise a forwarded
     /// datagram costs two enters (the first returns at once with only its
-    /// send's completion; the second sleeps), and between the two the woken
-    /// peer preempts this thread on a shared CPU.
+    /// send's completion; the second sleeps). The price: what the engine does
+    /// on a send's completion (return its buffer, close a session that owes
+    /// nothing more) waits for the next completion or `timeout` — hence not
+    /// while the datagram ring is nearly dry (see `counted_inline`).
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>, nowait: bool) -> io::Result<()> {
         self.flush_backlog();
         let ready = {
@@ -677,11 +692,11 @@ impl Ring {
             cq.sync();
             !cq.is_empty()
         };
-        let inline = match self.mode {
-            // Where a DONTWAIT send is surely done at submission (6.1+).
-            SetupMode::DeferTaskrun => self.sq_inline as usize,
-            _ => 0,
-        };
+        let (free, count) = self
+            .dgram
+            .as_ref()
+            .map_or((0, 0), |p| (p.bufs.count() - p.bufs.out(), p.bufs.count()));
+        let inline = counted_inline(self.mode, self.sq_inline, free, count) as usize;
         self.sq_inline = 0;
         let want = if ready || nowait { 0 } else { 1 + inline };
         let res = match timeout {
@@ -841,6 +856,55 @@ mod tests {
             ring.reap(&mut out);
         }
         out
+    }
+
+    /// With the datagram ring nearly dry, an enter that submits a send comes
+    /// back with its completion at once, even to a wait with no timeout: a
+    /// starved receive may be waiting for the very buffer that send returns,
+    /// and no other completion may ever come.
+    #[test]
+    fn with_the_datagram_ring_nearly_dry_a_send_completion_comes_back_at_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (a, b) = UnixDatagram::pair().expect("socketpair");
+        // The ring is made on the thread that uses it (SINGLE_ISSUER); if
+        // the wait never ended the thread stays blocked and the test fails.
+        std::thread::spawn(move || {
+            let mut ring = Ring::new(8, 2, 4096).expect("ring");
+            ring.add_datagram_pool(4, 256).expect("datagram pool");
+            // As if receives had taken every buffer: the ring is dry.
+            for bid in 0..4 {
+                assert!(ring.lend_datagram(bid));
+            }
+            ring.send_datagram(a.as_raw_fd(), 0, 0, 64, 9)
+                .expect("send queued");
+            ring.submit_and_wait(None, false).expect("io_uring_enter");
+            let mut out = Vec::new();
+            ring.reap(&mut out);
+            let _ = tx.send(out);
+        });
+        let out = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the wait slept past the send's completion");
+        let sent = Cqe {
+            user_data: 9,
+            res: 64,
+            flags: 0,
+        };
+        assert_eq!(out, vec![sent]);
+        let mut buf = [0u8; 64];
+        assert_eq!(b.recv(&mut buf).expect("datagram"), 64);
+    }
+
+    #[test]
+    fn sends_are_counted_in_the_wait_only_with_defer_taskrun_and_buffers_to_spare() {
+        assert_eq!(counted_inline(SetupMode::DeferTaskrun, 3, 512, 512), 3);
+        assert_eq!(counted_inline(SetupMode::DeferTaskrun, 3, 128, 512), 3);
+        // Nearly dry: a starved receive may wait for these very buffers.
+        assert_eq!(counted_inline(SetupMode::DeferTaskrun, 3, 127, 512), 0);
+        assert_eq!(counted_inline(SetupMode::DeferTaskrun, 3, 0, 512), 0);
+        for mode in [SetupMode::SingleIssuer, SetupMode::Coop, SetupMode::Plain] {
+            assert_eq!(counted_inline(mode, 3, 512, 512), 0);
+        }
     }
 
     /// A MSG_DONTWAIT datagram send that meets a full socket buffer is issued
