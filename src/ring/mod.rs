@@ -692,10 +692,9 @@ impl Ring {
             cq.sync();
             !cq.is_empty()
         };
-        let (free, count) = self
-            .dgram
-            .as_ref()
-            .map_or((0, 0), |p| (p.bufs.count() - p.bufs.out(), p.bufs.count()));
+        let (free, count) = self.dgram.as_ref().map_or((0, 0), |p| {
+            (p.bufs.count().saturating_sub(p.bufs.out()), p.bufs.count())
+        });
         let inline = counted_inline(self.mode, self.sq_inline, free, count) as usize;
         self.sq_inline = 0;
         let want = if ready || nowait { 0 } else { 1 + inline };
