@@ -179,6 +179,11 @@ impl BufRing {
         }
     }
 
+    /// Buffers out of the ring (lent and not pushed back yet).
+    pub fn out(&self) -> u32 {
+        self.lent.iter().map(|w| w.count_ones()).sum()
+    }
+
     /// Gives buffer `bid` back: writes it into the next ring entry (published
     /// by `publish`). False, and nothing written, if `bid` is invalid or not
     /// out of the ring (a double release).

@@ -106,6 +106,31 @@ pub struct RegionId(usize);
 /// Entries that must reach the SQ together (a connect and its linked timeout).
 type Group = (squeue::Entry, Option<squeue::Entry>);
 
+/// Counts a submission's MSG_DONTWAIT datagram sends (`sq_inline`) in the
+/// wait only where the kernel surely completes them at submission
+/// (DEFER_TASKRUN: 6.1+) and while at least a quarter of the datagram
+/// buffers are free: with the ring nearly dry a receive may be starved,
+/// waiting for exactly the buffers these sends give back, so the turn must
+/// come back for their completions at once.
+fn counted_inline(mode: SetupMode, sq_inline: u32, dgram_free: u32, dgram_count: u32) -> u32 {
+    match mode {
+        SetupMode::DeferTaskrun if dgram_free.saturating_mul(4) >= dgram_count => sq_inline,
+        _ => 0,
+    }
+}
+
+/// A datagram send issued with MSG_DONTWAIT, whose completion has not been
+/// reaped yet. MSG_DONTWAIT makes the kernel finish it during the
+/// io_uring_enter that submits it (sent, or -EAGAIN on a full socket
+/// buffer, never parked on a poll), so the wait in that same enter can count
+/// its completion instead of returning for it (see `submit_and_wait`).
+/// `blocking` is the same send without MSG_DONTWAIT: issued in its place when
+/// it met a full buffer, so the engine sees the send wait for room as before.
+struct InlineSend {
+    user_data: u64,
+    blocking: squeue::Entry,
+}
+
 pub struct Ring {
     // Field order matters: the ring is torn down before the memory it names.
     uring: IoUring,
@@ -133,6 +158,11 @@ pub struct Ring {
     regions: Vec<Box<[u8]>>,
     backlog: VecDeque<Group>,
     mode: SetupMode,
+    /// MSG_DONTWAIT datagram sends not yet reaped, in submission order.
+    inline_sends: VecDeque<InlineSend>,
+    /// How many of `inline_sends` sit in the SQ, not yet submitted: the
+    /// completions the next enter posts by itself before it can sleep.
+    sq_inline: u32,
 }
 
 impl Ring {
@@ -156,6 +186,8 @@ impl Ring {
             regions: Vec::new(),
             backlog: VecDeque::new(),
             mode,
+            inline_sends: VecDeque::new(),
+            sq_inline: 0,
         })
     }
 
@@ -233,11 +265,13 @@ impl Ring {
             .as_ref()
             .and_then(|p| p.bufs.slice_ptr(bid, offset, len))
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let e = opcode::Send::new(types::Fd(fd), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data);
-        self.push((e, None));
+        let send = |flags| {
+            opcode::Send::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL | flags)
+                .build()
+                .user_data(user_data)
+        };
+        self.push_inline(send(libc::MSG_DONTWAIT), send(0), user_data);
         Ok(())
     }
 
@@ -260,11 +294,13 @@ impl Ring {
         let slot = pool.slots.get_mut(bid as usize).ok_or_else(invalid)?;
         slot.prepare(ptr, len, dest, local);
         let hdr: *const libc::msghdr = &slot.hdr;
-        let e = opcode::SendMsg::new(types::Fd(fd), hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(user_data);
-        self.push((e, None));
+        let send = |flags: i32| {
+            opcode::SendMsg::new(types::Fd(fd), hdr)
+                .flags((libc::MSG_NOSIGNAL | flags) as u32)
+                .build()
+                .user_data(user_data)
+        };
+        self.push_inline(send(libc::MSG_DONTWAIT), send(0), user_data);
         Ok(())
     }
 
@@ -627,13 +663,51 @@ impl Ring {
     }
 
     /// Queues `group`; a full SQ is submitted to make room, and what still does
-    /// not fit waits in the backlog (in order) for the next submit.
-    fn push(&mut self, group: Group) {
+    /// not fit waits in the backlog (in order) for the next submit. True when
+    /// it went straight into the SQ (nothing was submitted meanwhile).
+    fn push(&mut self, group: Group) -> bool {
         if self.backlog.is_empty() && self.try_push(&group) {
-            return;
+            return true;
         }
         self.backlog.push_back(group);
         self.flush_backlog();
+        false
+    }
+
+    /// Queues a MSG_DONTWAIT datagram send (see `InlineSend`). Only one that
+    /// went straight into the SQ is counted for the next wait: one that took
+    /// the backlog may be submitted early, and counting too few only costs an
+    /// early return, counting too many a sleep past a completion.
+    fn push_inline(&mut self, nowait: squeue::Entry, blocking: squeue::Entry, user_data: u64) {
+        self.inline_sends.push_back(InlineSend {
+            user_data,
+            blocking,
+        });
+        if self.push((nowait, None)) {
+            self.sq_inline += 1;
+        }
+    }
+
+    /// The completion of a MSG_DONTWAIT send: false when it met a full socket
+    /// buffer and was queued again as a blocking send (the engine sees only
+    /// that one's completion), true when it is to be handed on.
+    fn settle_inline(&mut self, user_data: u64, res: i32) -> bool {
+        // In submission order, so it is almost always the first.
+        let Some(i) = self
+            .inline_sends
+            .iter()
+            .position(|s| s.user_data == user_data)
+        else {
+            return true;
+        };
+        let Some(send) = self.inline_sends.remove(i) else {
+            return true;
+        };
+        if res != -libc::EAGAIN {
+            return true;
+        }
+        self.push((send.blocking, None));
+        false
     }
 
     fn flush_backlog(&mut self) {
@@ -641,7 +715,9 @@ impl Ring {
             let group = group.clone();
             if !self.try_push(&group) {
                 // Hand the full SQ to the kernel, then retry once.
-                if self.uring.submit().is_err() || !self.try_push(&group) {
+                let submitted = self.uring.submit();
+                self.sq_inline = 0;
+                if submitted.is_err() || !self.try_push(&group) {
                     return;
                 }
             }
@@ -652,6 +728,15 @@ impl Ring {
     /// Submits everything queued and waits for at least one completion, at most
     /// `timeout` (None: until one arrives). Does not block when completions are
     /// already waiting or `nowait` is set.
+    ///
+    /// The MSG_DONTWAIT datagram sends in this submission complete inside
+    /// this very enter, and the kernel counts every unreaped completion
+    /// towards `want`: so `want` is one more than them. Otherwise a forwarded
+    /// datagram costs two enters (the first returns at once with only its
+    /// send's completion; the second sleeps). The price: what the engine does
+    /// on a send's completion (return its buffer, close a session that owes
+    /// nothing more) waits for the next completion or `timeout` — hence not
+    /// while the datagram ring is nearly dry (see `counted_inline`).
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>, nowait: bool) -> io::Result<()> {
         self.flush_backlog();
         let ready = {
@@ -659,7 +744,12 @@ impl Ring {
             cq.sync();
             !cq.is_empty()
         };
-        let want = usize::from(!(ready || nowait));
+        let (free, count) = self.dgram.as_ref().map_or((0, 0), |p| {
+            (p.bufs.count().saturating_sub(p.bufs.out()), p.bufs.count())
+        });
+        let inline = counted_inline(self.mode, self.sq_inline, free, count) as usize;
+        self.sq_inline = 0;
+        let want = if ready || nowait { 0 } else { 1 + inline };
         let res = match timeout {
             Some(t) if want > 0 => {
                 let ts = types::Timespec::new()
@@ -691,6 +781,7 @@ impl Ring {
             let sq = self.uring.submission();
             !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
         };
+        self.sq_inline = 0;
         if enter && let Err(e) = self.uring.submitter().submit() {
             match e.raw_os_error() {
                 Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
@@ -703,15 +794,35 @@ impl Ring {
     }
 
     /// Moves every available completion into `out`.
+    /// A MSG_DONTWAIT send that met a full socket buffer is not handed out
+    /// but issued again as a blocking send.
     pub fn reap(&mut self, out: &mut Vec<Cqe>) {
-        let mut cq = self.uring.completion();
-        cq.sync();
-        for c in &mut cq {
-            out.push(Cqe {
-                user_data: c.user_data(),
-                res: c.result(),
-                flags: c.flags(),
-            });
+        let start = out.len();
+        {
+            let mut cq = self.uring.completion();
+            cq.sync();
+            for c in &mut cq {
+                out.push(Cqe {
+                    user_data: c.user_data(),
+                    res: c.result(),
+                    flags: c.flags(),
+                });
+            }
+        }
+        if self.inline_sends.is_empty() {
+            return;
+        }
+        let mut i = start;
+        while i < out.len() {
+            let keep = match out.get(i) {
+                Some(c) => self.settle_inline(c.user_data, c.res),
+                None => true,
+            };
+            if keep {
+                i += 1;
+            } else {
+                out.remove(i);
+            }
         }
     }
 
@@ -777,4 +888,107 @@ fn build_uring(entries: u32) -> io::Result<(IoUring, SetupMode)> {
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Instant;
+
+    /// Enters and reaps until a completion arrives or `limit` passes.
+    fn reap_within(ring: &mut Ring, limit: Duration) -> Vec<Cqe> {
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        while out.is_empty() && Instant::now() < deadline {
+            ring.submit_and_wait(Some(Duration::from_millis(10)), false)
+                .expect("io_uring_enter");
+            ring.reap(&mut out);
+        }
+        out
+    }
+
+    /// With the datagram ring nearly dry, an enter that submits a send comes
+    /// back with its completion at once, even to a wait with no timeout: a
+    /// starved receive may be waiting for the very buffer that send returns,
+    /// and no other completion may ever come.
+    #[test]
+    fn with_the_datagram_ring_nearly_dry_a_send_completion_comes_back_at_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (a, b) = UnixDatagram::pair().expect("socketpair");
+        // The ring is made on the thread that uses it (SINGLE_ISSUER); if
+        // the wait never ended the thread stays blocked and the test fails.
+        std::thread::spawn(move || {
+            let mut ring = Ring::new(8, 2, 4096).expect("ring");
+            ring.add_datagram_pool(4, 256).expect("datagram pool");
+            // As if receives had taken every buffer: the ring is dry.
+            for bid in 0..4 {
+                assert!(ring.lend_datagram(bid));
+            }
+            ring.send_datagram(a.as_raw_fd(), 0, 0, 64, 9)
+                .expect("send queued");
+            ring.submit_and_wait(None, false).expect("io_uring_enter");
+            let mut out = Vec::new();
+            ring.reap(&mut out);
+            let _ = tx.send(out);
+        });
+        let out = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the wait slept past the send's completion");
+        let sent = Cqe {
+            user_data: 9,
+            res: 64,
+            flags: 0,
+        };
+        assert_eq!(out, vec![sent]);
+        let mut buf = [0u8; 64];
+        assert_eq!(b.recv(&mut buf).expect("datagram"), 64);
+    }
+
+    #[test]
+    fn sends_are_counted_in_the_wait_only_with_defer_taskrun_and_buffers_to_spare() {
+        assert_eq!(counted_inline(SetupMode::DeferTaskrun, 3, 512, 512), 3);
+        assert_eq!(counted_inline(SetupMode::DeferTaskrun, 3, 128, 512), 3);
+        // Nearly dry: a starved receive may wait for these very buffers.
+        assert_eq!(counted_inline(SetupMode::DeferTaskrun, 3, 127, 512), 0);
+        assert_eq!(counted_inline(SetupMode::DeferTaskrun, 3, 0, 512), 0);
+        for mode in [SetupMode::SingleIssuer, SetupMode::Coop, SetupMode::Plain] {
+            assert_eq!(counted_inline(mode, 3, 512, 512), 0);
+        }
+    }
+
+    /// A MSG_DONTWAIT datagram send that meets a full socket buffer is issued
+    /// again as a blocking send: its one completion is the datagram sent once
+    /// the peer makes room, never the -EAGAIN (the engine would count that as
+    /// a dropped datagram, where the send used to wait for room).
+    #[test]
+    fn a_dontwait_send_to_a_full_socket_waits_for_room_instead_of_failing() {
+        let mut ring = Ring::new(8, 2, 4096).expect("ring");
+        ring.add_datagram_pool(2, 256).expect("datagram pool");
+        let (a, b) = UnixDatagram::pair().expect("socketpair");
+        a.set_nonblocking(true).expect("nonblocking");
+        let mut queued = 0;
+        while a.send(&[0u8; 64]).is_ok() {
+            queued += 1;
+            assert!(queued < 1_000_000, "the peer's queue never filled");
+        }
+        a.set_nonblocking(false).expect("blocking");
+
+        ring.send_datagram(a.as_raw_fd(), 0, 0, 64, 7)
+            .expect("send queued");
+        let early = reap_within(&mut ring, Duration::from_millis(100));
+        assert_eq!(early, vec![], "a send to a full socket completed early");
+
+        b.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 64];
+        while b.recv(&mut buf).is_ok() {}
+        let done = reap_within(&mut ring, Duration::from_secs(5));
+        let sent = Cqe {
+            user_data: 7,
+            res: 64,
+            flags: 0,
+        };
+        assert_eq!(done, vec![sent]);
+    }
 }

@@ -1087,3 +1087,35 @@ fn after_drops_a_wildcard_listener_still_replies_from_the_address_the_client_use
     fwd.wait_stat("udp_drop_rcvbuf_c2u", WAIT, |v| v == dropped);
     assert_eq!(fwd.stat("udp_sessions_created"), 1);
 }
+
+/// A single ping-pong flow: each forwarded datagram should cost the shard
+/// one loop turn (one io_uring_enter that submits the send and sleeps until
+/// the next datagram), not two (a first enter that returns at once with only
+/// the send's completion, then a second that sleeps). Counted in turns, not
+/// time: exactly one request is in flight, so nothing else can fill a turn.
+#[test]
+fn a_ping_pong_flow_costs_one_loop_turn_per_forwarded_datagram() {
+    const EXCHANGES: u64 = 300;
+    let echo = udp_echo(1);
+    let fwd = udp_forwarder("127.0.0.1:0", &[echo.first_addr()], "", "shards = 1");
+    let s = client("127.0.0.1:0");
+    // The session is set up (socket, connect, receive armed) by the first.
+    exchange(&s, fwd.first_addr(), b"warm");
+    let before = fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v >= 1);
+    let turns_before = fwd.stat("loop_turns");
+    for i in 0..EXCHANGES {
+        let msg = format!("p{i}");
+        let (back, _) = exchange(&s, fwd.first_addr(), msg.as_bytes());
+        assert_eq!(back, msg.as_bytes());
+    }
+    fwd.wait_stat("udp_datagrams_u2c", WAIT, |v| v >= before + EXCHANGES);
+    let stats = fwd.stats();
+    let turns = stats.get("loop_turns").copied().unwrap_or(0) - turns_before;
+    let datagrams = 2 * EXCHANGES;
+    // One turn per datagram, plus slack for the stats snapshots' own turns;
+    // two per datagram (the cost this guards against) is far above it.
+    assert!(
+        turns < datagrams * 5 / 4,
+        "{turns} loop turns for {datagrams} forwarded datagrams (want about one each); stats: {stats:?}"
+    );
+}
