@@ -92,6 +92,7 @@ fn fixture(n: usize) -> Fixture {
                 fd: LISTEN_FD,
                 kind: ListenerKind::Forward { route: 0 },
                 limit: n as u32,
+                front: Default::default(),
             }],
             routes: vec![RouteSpec {
                 upstreams: vec![

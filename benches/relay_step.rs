@@ -55,6 +55,8 @@ fn relaying() -> (Relay, St) {
         idle_ms: 600_000,
         half_close_ms: 60_000,
         cap: 16,
+        front: Default::default(),
+        send_proxy: Default::default(),
     };
     let mut st = St {
         out: Vec::with_capacity(32),

@@ -35,10 +35,20 @@ pub enum CloseReason {
     Error,
     /// Closed by shutdown after drain_timeout.
     Shutdown,
+    /// `accept_proxy`: the client is not in `trusted_proxies` (closed at accept).
+    ProxyUntrusted,
+    /// `accept_proxy`: not a valid PROXY header (or the stream ended inside one).
+    ProxyMalformed,
+    /// `accept_proxy`: no complete PROXY header within `proxy_timeout`.
+    ProxyTimeout,
+    /// SNI routes: no complete ClientHello within `sni_timeout`.
+    SniTimeout,
+    /// SNI routes: no complete ClientHello within the first 16 KiB.
+    SniTooLarge,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 17] = [
         CloseReason::ClientEof,
         CloseReason::UpstreamEof,
         CloseReason::ClientReset,
@@ -51,6 +61,11 @@ impl CloseReason {
         CloseReason::LimitReached,
         CloseReason::Error,
         CloseReason::Shutdown,
+        CloseReason::ProxyUntrusted,
+        CloseReason::ProxyMalformed,
+        CloseReason::ProxyTimeout,
+        CloseReason::SniTimeout,
+        CloseReason::SniTooLarge,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -68,6 +83,11 @@ impl CloseReason {
             CloseReason::LimitReached => "limit",
             CloseReason::Error => "error",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::ProxyUntrusted => "proxy_untrusted",
+            CloseReason::ProxyMalformed => "proxy_malformed",
+            CloseReason::ProxyTimeout => "proxy_timeout",
+            CloseReason::SniTimeout => "sni_timeout",
+            CloseReason::SniTooLarge => "sni_too_large",
         }
     }
 
@@ -170,6 +190,9 @@ counters! {
     /// Releases of a provided buffer that was not out of its ring (refused:
     /// a bug guard; a debug build asserts).
     BufferDoubleRelease = "buffer_double_release",
+    /// Access log lines dropped: the writer's queue was full, or the write
+    /// failed (forwarding never waits for the log).
+    AccessLogDropped = "access_log_dropped",
 }
 
 const SCALARS: usize = Counter::ALL.len();

@@ -307,6 +307,7 @@ impl Sim {
                     fd: LISTEN_FD,
                     kind: ListenerKind::Forward { route: 0 },
                     limit,
+                    front: Default::default(),
                 }],
                 routes: vec![RouteSpec {
                     upstreams: vec![addr("10.0.0.1:1"), addr("10.0.0.2:2")],
@@ -1777,6 +1778,7 @@ mod serve_modes {
                     fd,
                     kind,
                     limit: u32::MAX,
+                    front: Default::default(),
                 })
                 .collect();
             let engine = Engine::new(
@@ -2472,6 +2474,7 @@ mod scripted {
                     fd: LISTEN_FD,
                     kind: ListenerKind::Forward { route: 0 },
                     limit: 1000,
+                    front: Default::default(),
                 }],
                 routes: vec![RouteSpec {
                     upstreams: vec!["127.0.0.1:1".parse().expect("addr")],
@@ -2830,6 +2833,7 @@ mod scripted {
                 udp_routes: vec![UdpRouteSpec {
                     upstreams: vec!["127.0.0.1:53".parse().expect("addr")],
                     session_rcvbuf: None,
+                    send_proxy: false,
                     idle_ms: 1000,
                     max_responses: None,
                     new_sessions_per_second_per_source: None,

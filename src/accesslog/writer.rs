@@ -242,6 +242,15 @@ impl AccessLog {
     }
 }
 
+impl fmt::Debug for AccessLogShard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessLogShard")
+            .field("lines", &self.lines)
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A shard's handle: format lines into a local batch, hand it over once per
 /// loop turn. Never blocks, never allocates per line.
 pub struct AccessLogShard {

@@ -19,4 +19,3 @@ pub enum Parsed<T> {
     /// Not a valid prefix; the connection is to be closed (counted, logged).
     Invalid(&'static str),
 }
-

@@ -252,11 +252,17 @@ fn write_pktinfo(local: IpAddr, out: &mut [u8; 64]) -> u32 {
 /// buffer of the datagram ring: a buffer is in at most one send at a time.
 pub struct SendSlot {
     pub(super) hdr: libc::msghdr,
-    pub(super) iov: libc::iovec,
+    /// The payload; or a PROXY header, then the payload.
+    pub(super) iov: [libc::iovec; 2],
     name: [u8; 28],
     /// u64 words so the control buffer is 8-byte aligned, as cmsg requires.
     control: [u64; 8],
+    /// The PROXY v2 header a session's datagram carries (`send_proxy`).
+    header: [u8; HEADER_MAX],
 }
+
+/// The largest PROXY v2 header a datagram carries (IPv6 endpoints).
+pub const HEADER_MAX: usize = 52;
 
 impl SendSlot {
     pub fn new() -> SendSlot {
@@ -271,26 +277,52 @@ impl SendSlot {
                 msg_controllen: 0,
                 msg_flags: 0,
             },
-            iov: libc::iovec {
+            iov: [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
-            },
+            }; 2],
             name: [0; 28],
             control: [0; 8],
+            header: [0; HEADER_MAX],
         }
+    }
+
+    /// Fills the header to send `header` then `len` bytes at `data` on a
+    /// connected socket, as one datagram. The slot must not move afterwards.
+    pub fn prepare_with_header(&mut self, header: &[u8], data: *const u8, len: u32) {
+        let n = header.len().min(HEADER_MAX);
+        if let (Some(dst), Some(src)) = (self.header.get_mut(..n), header.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.iov = [
+            libc::iovec {
+                iov_base: self.header.as_mut_ptr().cast(),
+                iov_len: n,
+            },
+            libc::iovec {
+                iov_base: data.cast_mut().cast(),
+                iov_len: len as usize,
+            },
+        ];
+        self.hdr.msg_name = std::ptr::null_mut();
+        self.hdr.msg_namelen = 0;
+        self.hdr.msg_iov = self.iov.as_mut_ptr();
+        self.hdr.msg_iovlen = 2;
+        self.hdr.msg_control = std::ptr::null_mut();
+        self.hdr.msg_controllen = 0;
     }
 
     /// Fills the header to send `len` bytes at `data` to `dest`, from `local`
     /// when set. The slot must not move afterwards (it is boxed by the ring).
     pub fn prepare(&mut self, data: *const u8, len: u32, dest: SocketAddr, local: Option<IpAddr>) {
         let namelen = write_sockaddr(dest, &mut self.name);
-        self.iov = libc::iovec {
+        self.iov[0] = libc::iovec {
             iov_base: data.cast_mut().cast(),
             iov_len: len as usize,
         };
         self.hdr.msg_name = self.name.as_mut_ptr().cast();
         self.hdr.msg_namelen = namelen;
-        self.hdr.msg_iov = &mut self.iov;
+        self.hdr.msg_iov = self.iov.as_mut_ptr();
         self.hdr.msg_iovlen = 1;
         match local {
             Some(ip) => {

@@ -163,6 +163,10 @@ pub struct Ring {
     /// How many of `inline_sends` sit in the SQ, not yet submitted: the
     /// completions the next enter posts by itself before it can sleep.
     sq_inline: u32,
+    /// Bytes owned sends read, by their user_data, until their completion
+    /// is reaped (after the ring is torn down on drop, since `uring` drops
+    /// first).
+    owned: HashMap<u64, Box<[u8]>>,
 }
 
 impl Ring {
@@ -188,6 +192,7 @@ impl Ring {
             mode,
             inline_sends: VecDeque::new(),
             sq_inline: 0,
+            owned: HashMap::new(),
         })
     }
 
@@ -293,6 +298,33 @@ impl Ring {
         let ptr = pool.bufs.slice_ptr(bid, offset, len).ok_or_else(invalid)?;
         let slot = pool.slots.get_mut(bid as usize).ok_or_else(invalid)?;
         slot.prepare(ptr, len, dest, local);
+        let hdr: *const libc::msghdr = &slot.hdr;
+        let send = |flags: i32| {
+            opcode::SendMsg::new(types::Fd(fd), hdr)
+                .flags((libc::MSG_NOSIGNAL | flags) as u32)
+                .build()
+                .user_data(user_data)
+        };
+        self.push_inline(send(libc::MSG_DONTWAIT), send(0), user_data);
+        Ok(())
+    }
+
+    /// Sends `header` then part of datagram buffer `bid` as one datagram on
+    /// a connected socket (a session's PROXY v2 header, `send_proxy`).
+    pub fn send_datagram_with_header(
+        &mut self,
+        fd: RawFd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        header: &[u8],
+        user_data: u64,
+    ) -> io::Result<()> {
+        let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+        let pool = self.dgram.as_mut().ok_or_else(invalid)?;
+        let ptr = pool.bufs.slice_ptr(bid, offset, len).ok_or_else(invalid)?;
+        let slot = pool.slots.get_mut(bid as usize).ok_or_else(invalid)?;
+        slot.prepare_with_header(header, ptr, len);
         let hdr: *const libc::msghdr = &slot.hdr;
         let send = |flags: i32| {
             opcode::SendMsg::new(types::Fd(fd), hdr)
@@ -522,6 +554,26 @@ impl Ring {
                 .build(),
         };
         self.push((e.user_data(user_data), None));
+        Ok(())
+    }
+
+    /// Sends `bytes`, which the ring keeps until this send's completion is
+    /// reaped. `Err` (nothing queued) if a send with the same `user_data`
+    /// still holds bytes.
+    pub fn send_owned(&mut self, fd: RawFd, bytes: Box<[u8]>, user_data: u64) -> io::Result<()> {
+        if self.owned.contains_key(&user_data) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        let len =
+            u32::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // The box's heap memory does not move when the box moves into the map.
+        let ptr = bytes.as_ptr();
+        self.owned.insert(user_data, bytes);
+        let e = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
         Ok(())
     }
 
@@ -802,6 +854,10 @@ impl Ring {
             let mut cq = self.uring.completion();
             cq.sync();
             for c in &mut cq {
+                if !self.owned.is_empty() {
+                    // The kernel is done with an owned send's bytes.
+                    self.owned.remove(&c.user_data());
+                }
                 out.push(Cqe {
                     user_data: c.user_data(),
                     res: c.result(),

@@ -12,9 +12,14 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use crate::accesslog::{AccessLog, AccessLogShard, Format, Sink};
 use crate::config::units::format_duration;
-use crate::config::{EchoMode, Plan, Proto, local_loop};
-use crate::shard::engine::{FdBudget, ListenerKind, ListenerSpec, RouteSpec};
+use crate::config::{
+    AccessFormat, AccessTarget, EchoMode, Plan, Proto, SendProxy, TcpListenerPlan, UdpSendProxy,
+    local_loop,
+};
+use crate::front::sni::SniRoutes;
+use crate::shard::engine::{FdBudget, FrontSpec, ListenerKind, ListenerSpec, RouteSpec, SniSpec};
 use crate::shard::event_loop::{self, Command, Control, Report, ShardSetup, SpliceSetup};
 use crate::shard::udp::{UDP_DRAIN_GRACE_MS, UdpKind, UdpListenerSpec, UdpRouteSpec};
 use crate::stats::{Counter, ShardStats};
@@ -23,6 +28,8 @@ use crate::sys::host::{self, HostError};
 use crate::sys::output;
 use crate::sys::signals::{ControlSignals, Intent, Signal};
 use crate::sys::socket::{self, ListenKind};
+use crate::tcp::front::FrontConfig;
+use crate::tcp::relay::ProxyOut;
 use crate::time::millis;
 
 mod descriptors;
@@ -54,6 +61,46 @@ pub struct Runtime {
     reports: Receiver<Report>,
     bound: Vec<Bound>,
     seq: u64,
+    /// The access log's writer thread (`[log] access`).
+    access_log: Option<AccessLog>,
+}
+
+/// How long the access log's writer may take to write what the shards
+/// handed it when the forwarder exits.
+const ACCESS_LOG_DRAIN: Duration = Duration::from_secs(2);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(log) = self.access_log.take() {
+            // The shards have exited (or are being abandoned): their
+            // handles are gone, so the writer writes what is queued and ends.
+            let _ = log.shutdown(ACCESS_LOG_DRAIN);
+        }
+    }
+}
+
+/// Opens `[log] access` and starts its writer: one handle per shard.
+fn start_access_log(
+    plan: &Plan,
+    shards: usize,
+) -> Result<(Option<AccessLog>, Vec<Option<AccessLogShard>>), HostError> {
+    let Some(cfg) = &plan.log.access else {
+        return Ok((None, (0..shards).map(|_| None).collect()));
+    };
+    let sink = match &cfg.target {
+        AccessTarget::Stdout => Sink::Stdout,
+        AccessTarget::Stderr => Sink::Stderr,
+        AccessTarget::File(path) => Sink::File(path.clone()),
+    };
+    let format = match cfg.format {
+        AccessFormat::Text => Format::Text,
+        AccessFormat::Json => Format::Json,
+    };
+    let (log, handles) =
+        AccessLog::start(&sink, format, shards).map_err(|e| HostError::AccessLog {
+            error: e.to_string(),
+        })?;
+    Ok((Some(log), handles.into_iter().map(Some).collect()))
 }
 
 /// Applies a UDP listener's rcvbuf/sndbuf to every shard's socket; warns when
@@ -272,24 +319,15 @@ impl Runtime {
         let mut routes = Vec::new();
         let mut bound = Vec::new();
         let groups = bind_groups(plan)?;
-        for ((i, t), (fds, addr)) in plan.tcp.iter().enumerate().zip(groups.tcp) {
-            let route = u16::try_from(i).map_err(|_| HostError::Bind {
-                what: format!("tcp listener '{}'", t.name),
-                addr: t.listen,
-                error: "more than 65535 listeners".into(),
-            })?;
-            routes.push(RouteSpec {
-                upstreams: t.upstreams.clone(),
-                connect_timeout_ms: millis(t.connect_timeout),
-                idle_ms: millis(t.idle_timeout),
-                half_close_ms: millis(t.half_close_timeout),
-            });
+        for (t, (fds, addr)) in plan.tcp.iter().zip(groups.tcp) {
+            let (route, front) = forward_routes(t, &mut routes, plan.log.access.is_some())?;
             for (shard, fd) in fds.into_iter().enumerate() {
                 let spec = ListenerSpec {
                     name: t.name.clone(),
                     fd: -1,
                     kind: ListenerKind::Forward { route },
                     limit: t.shard_share(shard, n),
+                    front: front.clone(),
                 };
                 if let Some(l) = listeners.get_mut(shard) {
                     l.push((spec, fd));
@@ -314,6 +352,7 @@ impl Runtime {
             udp_routes.push(UdpRouteSpec {
                 upstreams: u.upstreams.clone(),
                 session_rcvbuf: u.session_rcvbuf,
+                send_proxy: u.send_proxy == UdpSendProxy::V2,
                 idle_ms: millis(u.idle_timeout),
                 max_responses: u.max_responses,
                 new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
@@ -376,6 +415,7 @@ impl Runtime {
                     fd: -1,
                     kind,
                     limit: u32::MAX,
+                    front: FrontSpec::default(),
                 };
                 if let Some(l) = listeners.get_mut(shard) {
                     l.push((spec, fd));
@@ -389,6 +429,7 @@ impl Runtime {
             });
         }
 
+        let (access_log, mut access_handles) = start_access_log(plan, n)?;
         let (report_tx, reports) = mpsc::channel();
         let mut shards = Vec::with_capacity(n);
         let shard_inputs = listeners.into_iter().zip(udp_listeners);
@@ -415,6 +456,7 @@ impl Runtime {
                 udp_listeners: shard_udp,
                 udp_routes: udp_routes.clone(),
                 fd_budget: host.fd_budget,
+                access_log: access_handles.get_mut(index).and_then(Option::take),
             };
             let control = Control {
                 commands: cmd_rx,
@@ -441,6 +483,7 @@ impl Runtime {
             reports,
             bound,
             seq: 0,
+            access_log,
         };
         runtime.wait_ready()?;
         Ok(runtime)
@@ -617,6 +660,69 @@ impl Runtime {
     }
 }
 
+/// A forward listener's routes — its own, then one per `[[tcp.routes]]`
+/// entry — appended to the shard's route table, and its front stage: the
+/// prefixes its connections read and what goes to its upstreams first.
+fn forward_routes(
+    t: &TcpListenerPlan,
+    routes: &mut Vec<RouteSpec>,
+    access_log: bool,
+) -> Result<(u16, FrontSpec), HostError> {
+    let too_many = || HostError::Bind {
+        what: format!("tcp listener '{}'", t.name),
+        addr: t.listen,
+        error: "more than 65535 routes over all listeners; use fewer listeners or SNI routes"
+            .into(),
+    };
+    let mut push = |upstreams: &[SocketAddr]| -> Result<u16, HostError> {
+        let id = u16::try_from(routes.len()).map_err(|_| too_many())?;
+        routes.push(RouteSpec {
+            upstreams: upstreams.to_vec(),
+            connect_timeout_ms: millis(t.connect_timeout),
+            idle_ms: millis(t.idle_timeout),
+            half_close_ms: millis(t.half_close_timeout),
+        });
+        Ok(id)
+    };
+    let own = push(&t.upstreams)?;
+    let sni = match &t.sni {
+        None => None,
+        Some(plan) => {
+            let mut ids = Vec::with_capacity(plan.routes.len());
+            for r in &plan.routes {
+                ids.push(push(&r.upstreams)?);
+            }
+            let names: Vec<Vec<String>> = plan.routes.iter().map(|r| r.names.clone()).collect();
+            let names = SniRoutes::new(&names).map_err(|error| HostError::Bind {
+                what: format!("tcp listener '{}' SNI routes", t.name),
+                addr: t.listen,
+                error,
+            })?;
+            Some(SniSpec { names, routes: ids })
+        }
+    };
+    let send_proxy = match t.send_proxy {
+        SendProxy::Off => ProxyOut::Off,
+        SendProxy::V1 => ProxyOut::V1,
+        SendProxy::V2 => ProxyOut::V2,
+    };
+    let front = FrontSpec {
+        read: FrontConfig {
+            proxy_ms: t.accept_proxy.as_ref().map(|a| millis(a.timeout)),
+            sni_ms: t.sni.as_ref().map(|s| millis(s.timeout)),
+        },
+        trusted: t
+            .accept_proxy
+            .as_ref()
+            .map(|a| a.trusted.clone())
+            .unwrap_or_default(),
+        sni,
+        send_proxy,
+        wants_ends: access_log || send_proxy != ProxyOut::Off || t.accept_proxy.is_some(),
+    };
+    Ok((own, front))
+}
+
 /// Process exit codes.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -659,6 +765,14 @@ enum Signalled {
 
 fn on_signal(rt: &mut Runtime, plan: &Plan, sig: Signal, draining: bool) -> Signalled {
     let name = sig.name();
+    if sig == Signal::Usr1
+        && let Some(log) = &rt.access_log
+    {
+        // logrotate: the old file was renamed; lines go to a new one at the path.
+        info!("{name}: reopening the access log");
+        log.reopen();
+        return Signalled::Ignored;
+    }
     if let Intent::Ignore { why } = sig.intent() {
         warn!("{name} ignored: {why}");
         return Signalled::Ignored;

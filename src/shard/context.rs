@@ -9,6 +9,7 @@ use tracing::warn;
 use super::ops::{Fd, Op};
 use super::slab::{ConnId, SessionId};
 use super::token::{OpKind, SlotId, Token};
+use crate::accesslog::AccessLogShard;
 use crate::stats::Counters;
 use crate::tcp::Side;
 use crate::time::Millis;
@@ -137,6 +138,8 @@ pub struct Ctx {
     /// Set when a connection or session gave back descriptors, so paused
     /// listeners look again.
     fds_freed: bool,
+    /// This shard's handle on the access log (`[log] access`).
+    pub access: Option<AccessLogShard>,
 }
 
 impl Ctx {
@@ -155,6 +158,7 @@ impl Ctx {
             },
             counters: Counters::default(),
             fds_freed: false,
+            access: None,
         }
     }
 

@@ -11,13 +11,15 @@ use super::slab::ConnId;
 use super::tcp::{TcpConfig, TcpService};
 use super::token::{OpKind, Token};
 use super::udp::{DatagramMeta, UdpConfig, UdpListenerSpec, UdpRouteSpec, UdpService};
+use crate::accesslog::AccessLogShard;
 use crate::stats::{Counter, ShardStats};
+use crate::tcp::relay::Ends;
 use crate::tcp::splice::SpliceConfig;
 use crate::time::Millis;
 
 pub use super::context::{FdBudget, Mode};
 pub use super::ops::{CQE_F_BUFFER, CQE_F_MORE, Family, Fd, Op, PipeFds, RecvTemplate};
-pub use super::tcp::{ListenerKind, ListenerSpec, RouteSpec};
+pub use super::tcp::{FrontSpec, ListenerKind, ListenerSpec, RouteSpec, SniSpec};
 
 #[derive(Clone, Debug, Default)]
 pub struct EngineConfig {
@@ -93,6 +95,9 @@ impl Engine {
             ..ShardStats::default()
         };
         s.shard.set(Counter::PipesInUse, self.tcp.pipes_in_use());
+        if let Some(a) = &self.ctx.access {
+            s.shard.set(Counter::AccessLogDropped, a.dropped());
+        }
         self.tcp.snapshot(&mut s.listeners, &mut s.upstreams);
         self.udp.snapshot(&mut s.listeners);
         s
@@ -175,6 +180,46 @@ impl Engine {
         self.route(user_data, res, flags, None, now);
     }
 
+    /// Whether TCP listener `index` wants each accepted socket's endpoints
+    /// read (then the event loop calls `handle_accept_cqe`).
+    pub fn wants_ends(&self, index: u32) -> bool {
+        self.tcp.wants_ends(index)
+    }
+
+    /// An accept completion with the accepted socket's endpoints.
+    pub fn handle_accept_cqe(
+        &mut self,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        ends: Ends,
+        now: Millis,
+    ) {
+        match Token::decode(user_data) {
+            Some(token) => self
+                .tcp
+                .handle_accept(&mut self.ctx, token, res, flags, ends, now),
+            None => self.tcp.stale(&mut self.ctx, OpKind::Accept, res, flags),
+        }
+    }
+
+    /// A front receive's completion with the bytes it received.
+    pub fn handle_front_cqe(
+        &mut self,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        bytes: Option<&[u8]>,
+        now: Millis,
+    ) {
+        match Token::decode(user_data) {
+            Some(token) => self
+                .tcp
+                .handle_front(&mut self.ctx, token, res, flags, bytes, now),
+            None => self.tcp.stale(&mut self.ctx, OpKind::FrontRecv, res, flags),
+        }
+    }
+
     /// A completion of a UDP receive; `meta` is its parsed recvmsg layout.
     pub fn handle_datagram_cqe(
         &mut self,
@@ -240,6 +285,18 @@ impl Engine {
         self.tcp.wake_starved(&mut self.ctx, now);
         self.udp.wake_udp_starved(&mut self.ctx, now);
         self.after_udp();
+    }
+
+    /// Gives the shard its handle on the access log.
+    pub fn set_access_log(&mut self, handle: Option<AccessLogShard>) {
+        self.ctx.access = handle;
+    }
+
+    /// Hands this turn's access log lines to the writer (never blocks).
+    pub fn flush_access_log(&mut self) {
+        if let Some(a) = &mut self.ctx.access {
+            a.flush();
+        }
     }
 
     /// The event loop handled `completions` in one turn.

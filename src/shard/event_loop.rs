@@ -15,6 +15,7 @@ use super::engine::{
 };
 use super::token::{OpKind, SlotId, Token};
 use super::udp::{DatagramMeta, UdpListenerSpec, UdpRouteSpec};
+use crate::accesslog::AccessLogShard;
 use crate::ring::TemplateId;
 use crate::ring::datagram::Layout;
 use crate::ring::{Cqe, RegionId, Ring, SendKind, SockType};
@@ -22,6 +23,7 @@ use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
 use crate::sys::{pipe, socket};
 use crate::tcp::Side;
+use crate::tcp::relay::Ends;
 use crate::tcp::splice::{SpliceConfig, SpliceMode};
 use crate::time::Millis;
 
@@ -56,6 +58,8 @@ pub struct ShardSetup {
     /// Descriptors this shard's connections and sessions may hold (its
     /// share of RLIMIT_NOFILE); past it, accepting pauses.
     pub fd_budget: FdBudget,
+    /// This shard's handle on the access log, if there is one.
+    pub access_log: Option<AccessLogShard>,
 }
 
 /// The splice relay of a shard: `max_pipes` pipes of `pipe_size` bytes,
@@ -329,6 +333,11 @@ fn describe(
     describe
 }
 
+/// The provided buffer a completion carries, if any.
+fn buffer_of(flags: u32) -> Option<u16> {
+    (flags & super::engine::CQE_F_BUFFER != 0).then_some((flags >> 16) as u16)
+}
+
 /// Runs a shard to completion on the calling thread.
 pub fn run(setup: ShardSetup, control: Control) {
     let shard = setup.index;
@@ -405,6 +414,7 @@ pub fn run(setup: ShardSetup, control: Control) {
         },
         0,
     );
+    engine.set_access_log(setup.access_log);
     let shape = Shape {
         cpu: setup.cpu,
         buffers: setup.buffers,
@@ -523,12 +533,13 @@ impl Loop {
                     Some(meta) => {
                         engine.handle_datagram_cqe(c.user_data, c.res, c.flags, meta, now)
                     }
-                    None => engine.handle_cqe(c.user_data, c.res, c.flags, now),
+                    None => self.route_stream(engine, &c, now),
                 }
             }
             self.cqes = cqes;
             engine.advance(now);
             engine.wake_starved(now);
+            engine.flush_access_log();
             let overflow = self.ring.cq_overflow();
             if overflow > overflow_logged {
                 overflow_logged = overflow;
@@ -648,6 +659,13 @@ impl Loop {
                 }
             }
             Op::RecvMulti { token, fd } => self.ring.recv_multi(fd.raw(), token),
+            Op::RecvOnce { token, fd } => self.ring.recv_once(fd.raw(), token),
+            Op::SendOwned { token, fd, bytes } => {
+                if let Err(e) = self.ring.send_owned(fd.raw(), bytes, token) {
+                    warn!(shard = self.shard, error = %e, "owned send refused");
+                    self.fail(token, libc::EINVAL);
+                }
+            }
             Op::Send { .. } | Op::SendRegion { .. } => self.execute_send(op),
             Op::Shutdown { token, fd } => {
                 // Inline, not on the ring: see `socket::shutdown_write`. The
@@ -690,6 +708,7 @@ impl Loop {
             | Op::UdpSocket { .. }
             | Op::UdpConnect { .. }
             | Op::SendDatagram { .. }
+            | Op::SendDatagramProxied { .. }
             | Op::SendDatagramTo { .. } => self.execute_datagram_op(op),
         }
     }
@@ -788,6 +807,24 @@ impl Loop {
                     self.fail(token, libc::EINVAL);
                 }
             }
+            Op::SendDatagramProxied {
+                token,
+                fd,
+                bid,
+                offset,
+                len,
+                header,
+                header_len,
+            } => {
+                let header = header.get(..usize::from(header_len)).unwrap_or_default();
+                if self
+                    .ring
+                    .send_datagram_with_header(fd.raw(), bid, offset, len, header, token)
+                    .is_err()
+                {
+                    self.fail(token, libc::EINVAL);
+                }
+            }
             Op::SendDatagramTo {
                 token,
                 fd,
@@ -842,6 +879,31 @@ impl Loop {
                 warn!(shard = self.shard, error = %e, "creating a replacement pipe failed");
                 engine.restore_pipe(id, None);
             }
+        }
+    }
+
+    /// Hands a stream completion to the engine, with what only the kernel
+    /// layer can read: a front receive's bytes (from its provided buffer),
+    /// an accepted socket's endpoints (for listeners that want them).
+    fn route_stream(&mut self, engine: &mut Engine, c: &Cqe, now: Millis) {
+        let token = Token::decode(c.user_data);
+        match token {
+            Some(t) if t.kind == OpKind::FrontRecv => {
+                let bytes = u32::try_from(c.res)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .zip(buffer_of(c.flags))
+                    .and_then(|(n, bid)| self.ring.buffer_ring().bytes(bid, n));
+                engine.handle_front_cqe(c.user_data, c.res, c.flags, bytes, now);
+            }
+            Some(t)
+                if t.kind == OpKind::Accept && c.res >= 0 && engine.wants_ends(t.slot.index) =>
+            {
+                let (peer, local) = socket::endpoints(c.res);
+                let ends = Ends { peer, local };
+                engine.handle_accept_cqe(c.user_data, c.res, c.flags, ends, now);
+            }
+            _ => engine.handle_cqe(c.user_data, c.res, c.flags, now),
         }
     }
 

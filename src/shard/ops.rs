@@ -50,7 +50,7 @@ impl Family {
 }
 
 /// One instruction for the event loop. `token`s are encoded `user_data`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     AcceptMulti {
         token: u64,
@@ -91,6 +91,18 @@ pub enum Op {
     RecvMulti {
         token: u64,
         fd: Fd,
+    },
+    /// One receive into a provided buffer (the front stage).
+    RecvOnce {
+        token: u64,
+        fd: Fd,
+    },
+    /// Send `bytes`, which the ring keeps until the send's completion is
+    /// reaped (a PROXY header, the bytes a front read).
+    SendOwned {
+        token: u64,
+        fd: Fd,
+        bytes: Box<[u8]>,
     },
     Send {
         token: u64,
@@ -161,6 +173,17 @@ pub enum Op {
         bid: u16,
         offset: u32,
         len: u32,
+    },
+    /// Send `header` (its first `header_len` bytes: a PROXY v2 header) then
+    /// part of datagram buffer `bid`, as one datagram on a connected socket.
+    SendDatagramProxied {
+        token: u64,
+        fd: Fd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        header: [u8; 52],
+        header_len: u8,
     },
     /// Send part of datagram buffer `bid` to `dest`, from `local` when set
     /// (the address the client sent to, for wildcard listeners).

@@ -51,6 +51,8 @@ pub enum OpKind {
     SpliceOut = 28,
     /// Cancel of a splice (by its token).
     CancelSplice = 29,
+    /// One receive of the front stage (its bytes are copied to the relay).
+    FrontRecv = 30,
 }
 
 impl OpKind {
@@ -104,6 +106,7 @@ impl OpKind {
             27 => SpliceIn,
             28 => SpliceOut,
             29 => CancelSplice,
+            30 => FrontRecv,
             _ => return None,
         })
     }
@@ -190,7 +193,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind_side_and_extreme_slots() {
-        for k in 1..=29u8 {
+        for k in 1..=30u8 {
             let kind = OpKind::from_u8(k).expect("kind");
             for side in [Side::Client, Side::Upstream] {
                 for (index, generation) in [(0, 0), (MAX_INDEX, GEN_MASK), (12345, 678)] {
@@ -207,6 +210,6 @@ mod tests {
     fn rejects_values_never_issued() {
         assert_eq!(Token::decode(0), None);
         assert_eq!(Token::decode(200), None);
-        assert_eq!(Token::decode(30), None);
+        assert_eq!(Token::decode(31), None);
     }
 }

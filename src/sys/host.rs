@@ -69,6 +69,10 @@ pub enum HostError {
         shard: usize,
         error: String,
     },
+    /// `[log] access` could not be opened.
+    AccessLog {
+        error: String,
+    },
     /// An upstream that is an address of this host on a wildcard
     /// listener's port: ringfwd would forward to itself.
     ForwardingLoop {
@@ -184,6 +188,7 @@ impl fmt::Display for HostError {
             HostError::Shard { shard, error } => {
                 write!(f, "shard {shard} failed to start: {error}")
             }
+            HostError::AccessLog { error } => write!(f, "the access log cannot start: {error}"),
             HostError::ForwardingLoop {
                 upstream_of,
                 upstream,

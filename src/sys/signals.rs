@@ -74,9 +74,12 @@ impl Signal {
                       stays in force; to apply a new one, stop (SIGTERM or SIGQUIT drains) and \
                       start again",
             },
-            Signal::Usr1 | Signal::Usr2 => Intent::Ignore {
-                why: "ringfwd binds no action to it (there is no log file to reopen: logs go to \
-                      stderr)",
+            Signal::Usr1 => Intent::Ignore {
+                why: "it reopens the access log, and no `[log] access` is configured (the \
+                      application log goes to stderr)",
+            },
+            Signal::Usr2 => Intent::Ignore {
+                why: "ringfwd binds no action to it (binary upgrade is not supported yet)",
             },
         }
     }

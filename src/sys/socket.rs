@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::os::fd::{OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -305,6 +306,18 @@ pub fn set_linger0(fd: RawFd) -> io::Result<()> {
         l_linger: 0,
     };
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &l)
+}
+
+/// The peer and local address of a connected socket (`None` for one the
+/// kernel would not give: the peer may have reset already).
+pub fn endpoints(fd: RawFd) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    // SAFETY: `fd` is an open socket the caller owns for the length of this
+    // call; the borrow does not outlive it and nothing here closes it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&borrowed);
+    let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+    let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+    (peer, local)
 }
 
 /// A UDP socket connected to `target` from an ephemeral port (a load

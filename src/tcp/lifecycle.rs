@@ -120,6 +120,14 @@ impl Lifecycle {
                     self.inflight += 2;
                     self.socks[Side::Upstream.index()].ops += 1;
                 }
+                ConnOp::FrontRecv => {
+                    self.inflight += 1;
+                    self.socks[Side::Client.index()].ops += 1;
+                }
+                ConnOp::SendPreface { .. } => {
+                    self.inflight += 1;
+                    self.socks[Side::Upstream.index()].ops += 1;
+                }
                 ConnOp::ArmRecv(side)
                 | ConnOp::Shutdown(side)
                 | ConnOp::Send { side, .. }

@@ -5,6 +5,7 @@
 
 pub mod cx;
 pub mod echo;
+pub mod front;
 pub mod lifecycle;
 pub mod pipe;
 pub mod relay;
@@ -77,6 +78,13 @@ pub enum ConnOp {
     Connect { target: Target },
     /// Multishot receive into the shard's provided buffers.
     ArmRecv(Side),
+    /// One receive on the client for the front stage: its bytes are handed
+    /// to the relay (`handle_front`) and its buffer goes straight back.
+    FrontRecv,
+    /// Send bytes the relay holds (a PROXY header, and what the client sent
+    /// during the front) to the upstream, from `offset`: the shard copies
+    /// them into memory the ring owns until the send completes.
+    SendPreface { offset: u32 },
     /// Cancel this side's multishot receive (pause at the high watermark).
     CancelRecv(Side),
     /// Send `len` bytes of buffer `bid` starting at `offset`.
@@ -115,6 +123,16 @@ pub enum ConnOp {
     /// Give `pipe` back: `clean` (empty) to the pool, else it is discarded and
     /// replaced. Only once no splice names it. No completion.
     ReturnPipe { pipe: PipeId, clean: bool },
+}
+
+/// A front receive's completion, decoded (the bytes are the shard's copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontRead<'a> {
+    Data(&'a [u8]),
+    Eof,
+    NoBuffers,
+    Cancelled,
+    Error(i32),
 }
 
 /// A decoded receive completion.

@@ -9,13 +9,32 @@
 
 use super::Emit;
 use super::cx::Cx;
+use super::front::{Front, FrontConfig, Learnt, Step};
 use super::lifecycle::SockState;
 use super::pipe::{Fin, Pipe, RecvState, Sent};
 use super::splice::{PipeId, SWITCH_AFTER_FULL, SpliceConfig, SpliceDir, SpliceMode, Spliced};
-use super::{ConnOp, RecvEvent, Side, errno};
+use super::{ConnOp, FrontRead, RecvEvent, Side, errno};
+use crate::front::proxy::{self as proxy_header, Proto};
 use crate::stats::{CloseReason, Counter};
 use crate::time::Millis;
 use crate::upstream::{Attempts, Outcome, Target};
+use std::net::SocketAddr;
+
+/// Which PROXY header, if any, goes to the upstream before the first byte.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyOut {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
+/// The accepted socket's own endpoints, when the shard read them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ends {
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
 
 /// Per-listener settings a relay needs, in the units the state machine uses.
 #[derive(Clone, Copy, Debug)]
@@ -24,6 +43,9 @@ pub struct RelayConfig {
     pub half_close_ms: Millis,
     /// High watermark: buffers queued per direction before receiving pauses.
     pub cap: u32,
+    /// The prefix read before connecting (none by default).
+    pub front: FrontConfig,
+    pub send_proxy: ProxyOut,
 }
 
 /// How much a client whose upstream could not be reached may still send
@@ -42,6 +64,9 @@ pub const LINGER_MS: Millis = 1_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Reading the prefix the listener asks for (`front`) before choosing
+    /// where to go.
+    Front,
     Connecting,
     Relaying,
     /// No upstream could be reached: the client got a FIN and what it sends
@@ -128,6 +153,23 @@ pub struct Relay {
     last_errno: Option<i32>,
     /// How the last attempt failed (the close reason if it was the last).
     failure: Option<CloseReason>,
+    /// The front stage's state while `Phase::Front`.
+    front: Option<Box<Front>>,
+    /// What the front learnt (the client from a PROXY header, the SNI).
+    learnt: Learnt,
+    ends: Ends,
+    /// Bytes the upstream gets before the client's stream resumes: the
+    /// PROXY header `send_proxy` asks for, then what the client sent during
+    /// the front. Sent from `preface_sent`; empty once sent.
+    preface: Vec<u8>,
+    preface_sent: usize,
+    /// Of the preface, the header's bytes (not counted as relayed bytes).
+    preface_header: usize,
+    /// The client's bytes the preface carried to the upstream.
+    preface_relayed: u64,
+    /// When the first connect began and when a connect succeeded.
+    connect_started: Option<Millis>,
+    connected_at: Option<Millis>,
 }
 
 impl Relay {
@@ -155,12 +197,130 @@ impl Relay {
             reason: None,
             last_errno: None,
             failure: None,
+            front: None,
+            learnt: Learnt::default(),
+            ends: Ends::default(),
+            preface: Vec::new(),
+            preface_sent: 0,
+            preface_header: 0,
+            preface_relayed: 0,
+            connect_started: None,
+            connected_at: None,
         }
     }
 
-    /// Begins the first upstream attempt.
+    /// The accepted socket's endpoints (for `send_proxy` without a PROXY
+    /// header in, and the access log).
+    pub fn set_ends(&mut self, ends: Ends) {
+        self.ends = ends;
+    }
+
+    /// Begins the front stage if the listener asks for a prefix, else the
+    /// first upstream attempt.
     pub fn start(&mut self, cx: &mut Cx<'_>) {
-        cx.push(ConnOp::NextTarget);
+        match Front::new(self.cfg.front, cx.now) {
+            Some(front) => {
+                self.phase = Phase::Front;
+                self.front = Some(Box::new(front));
+                cx.push(ConnOp::FrontRecv);
+            }
+            None => cx.push(ConnOp::NextTarget),
+        }
+    }
+
+    /// What the front learnt (empty without a front).
+    pub fn learnt(&self) -> &Learnt {
+        &self.learnt
+    }
+
+    /// The SNI the client asked for, once the front is read.
+    pub fn sni(&self) -> Option<&str> {
+        self.learnt.sni.as_deref()
+    }
+
+    /// Milliseconds from the first connect to the connect that succeeded.
+    pub fn connect_ms(&self) -> Option<Millis> {
+        Some(self.connected_at?.saturating_sub(self.connect_started?))
+    }
+
+    /// Whether an upstream was reached.
+    pub fn connected(&self) -> bool {
+        self.connected_at.is_some()
+    }
+
+    /// The preface bytes from `offset` (for the shard to copy into a send).
+    pub fn preface_from(&self, offset: u32) -> &[u8] {
+        self.preface.get(offset as usize..).unwrap_or_default()
+    }
+
+    /// A front receive completed.
+    pub fn handle_front(&mut self, ev: FrontRead<'_>, cx: &mut Cx<'_>) {
+        let now = cx.now;
+        let Some(front) = self.front.as_mut().filter(|_| self.phase == Phase::Front) else {
+            self.after(cx);
+            return;
+        };
+        let step = match ev {
+            FrontRead::Data(bytes) => front.feed(bytes, now),
+            FrontRead::NoBuffers => {
+                cx.count(Counter::Enobufs);
+                cx.push(ConnOp::Starved(Side::Client));
+                return;
+            }
+            FrontRead::Eof | FrontRead::Error(_) => Step::Fail(front.eof_reason()),
+            FrontRead::Cancelled => Step::Fail(CloseReason::Shutdown),
+        };
+        match step {
+            Step::More => cx.push(ConnOp::FrontRecv),
+            Step::Done => {
+                if let Some(front) = self.front.take() {
+                    let (rest, learnt) = front.into_rest();
+                    self.learnt = learnt;
+                    self.preface = rest;
+                }
+                self.phase = Phase::Connecting;
+                cx.push(ConnOp::NextTarget);
+            }
+            Step::Fail(reason) => self.end_front(reason, cx),
+        }
+    }
+
+    /// The front failed: close the client (nothing was relayed).
+    fn end_front(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
+        self.front = None;
+        self.phase = Phase::Closing;
+        self.reason = Some(reason);
+        cx.doom(Side::Client, false);
+        cx.doom(Side::Upstream, false);
+    }
+
+    /// The PROXY header `send_proxy` puts before the preface: the client and
+    /// the address it reached, as a trusted header gave them or as the
+    /// socket has them (LOCAL / UNKNOWN when neither is known).
+    fn proxy_header(&self) -> Vec<u8> {
+        let ends = self
+            .learnt
+            .proxied
+            .or_else(|| Some((self.ends.peer?, self.ends.local?)));
+        match (self.cfg.send_proxy, ends) {
+            (ProxyOut::Off, _) => Vec::new(),
+            (ProxyOut::V1, Some((src, dst))) => {
+                let mut out = [0u8; proxy_header::V1_MAX_LEN];
+                let n = proxy_header::write_v1(src, dst, &mut out);
+                out.get(..n).unwrap_or_default().to_vec()
+            }
+            (ProxyOut::V1, None) => b"PROXY UNKNOWN\r\n".to_vec(),
+            (ProxyOut::V2, Some((src, dst))) => {
+                let mut out = [0u8; proxy_header::V2_MAX_BUILT];
+                let n = proxy_header::write_v2(Proto::Tcp, src, dst, &mut out);
+                out.get(..n).unwrap_or_default().to_vec()
+            }
+            (ProxyOut::V2, None) => {
+                let mut out = [0u8; proxy_header::V2_LOCAL_LEN];
+                let n = proxy_header::write_v2_local(&mut out);
+                out.get(..n).unwrap_or_default().to_vec()
+            }
+        }
     }
 
     /// The target of the current (or last) attempt.
@@ -194,7 +354,10 @@ impl Relay {
 
     /// Bytes delivered (client→upstream, upstream→client).
     pub fn bytes(&self) -> (u64, u64) {
-        (self.dirs[0].bytes(), self.dirs[1].bytes())
+        (
+            self.dirs[0].bytes() + self.preface_relayed,
+            self.dirs[1].bytes(),
+        )
     }
 
     /// When `handle_timeout` must next be called (idle or half-close
@@ -219,6 +382,7 @@ impl Relay {
                 Some(self.last_activity.saturating_add(limit))
             }
             Phase::Lingering { until, .. } => Some(until),
+            Phase::Front => self.front.as_ref().map(|f| f.deadline()),
             Phase::Connecting | Phase::Closing => None,
         }
     }
@@ -267,15 +431,20 @@ impl Relay {
                 self.report(Outcome::Connected, cx);
                 self.phase = Phase::Relaying;
                 self.last_activity = now;
-                let always = self.splice.mode == SpliceMode::Always;
-                {
-                    for side in [Side::Client, Side::Upstream] {
-                        if always {
-                            cx.push(ConnOp::WantPipe(side));
-                        } else if let Some(p) = self.dirs[side.index()].buffers() {
-                            p.arm_if_allowed(cx);
-                        }
-                    }
+                self.connected_at = Some(now);
+                let header = self.proxy_header();
+                if !header.is_empty() {
+                    self.preface_header = header.len();
+                    let rest = std::mem::take(&mut self.preface);
+                    self.preface = header;
+                    self.preface.extend_from_slice(&rest);
+                }
+                self.start_direction(Side::Upstream, cx);
+                if self.preface.is_empty() {
+                    self.start_direction(Side::Client, cx);
+                } else {
+                    // The client's stream resumes once the preface is sent.
+                    cx.push(ConnOp::SendPreface { offset: 0 });
                 }
                 return;
             }
@@ -304,6 +473,57 @@ impl Relay {
         self.next_attempt(Some(failure), now, cx);
     }
 
+    /// Starts relaying the direction that reads `side`.
+    fn start_direction(&mut self, side: Side, cx: &mut Cx<'_>) {
+        if self.splice.mode == SpliceMode::Always {
+            cx.push(ConnOp::WantPipe(side));
+        } else if let Some(p) = self.dirs[side.index()].buffers() {
+            p.arm_if_allowed(cx);
+        }
+    }
+
+    /// A preface send completed: go on with the rest, or start the client's
+    /// direction once it is all sent.
+    fn preface_sent(&mut self, res: Result<u32, i32>, now: Millis, cx: &mut Cx<'_>) {
+        match res {
+            Ok(n) if n > 0 && self.phase == Phase::Relaying => {
+                let before = self.preface_sent;
+                self.preface_sent = (self.preface_sent + n as usize).min(self.preface.len());
+                // The header is not the client's bytes.
+                let relayed = self
+                    .preface_sent
+                    .saturating_sub(self.preface_header.max(before));
+                cx.add(Counter::BytesC2u, relayed as u64);
+                self.preface_relayed += relayed as u64;
+                self.last_activity = now;
+                if self.preface_sent < self.preface.len() {
+                    cx.count(Counter::ShortSends);
+                    let offset = u32::try_from(self.preface_sent).unwrap_or(u32::MAX);
+                    cx.push(ConnOp::SendPreface { offset });
+                } else {
+                    self.preface = Vec::new();
+                    self.start_direction(Side::Client, cx);
+                }
+            }
+            Ok(_) | Err(_) => {
+                self.preface = Vec::new();
+                if self.phase != Phase::Closing {
+                    let e = res.err().unwrap_or(libc::EIO);
+                    self.last_errno = Some(e);
+                    let reason = reset_reason(Side::Upstream, e);
+                    self.begin_close(
+                        reason,
+                        Ending::Reset {
+                            side: Side::Upstream,
+                        },
+                        cx,
+                    );
+                }
+            }
+        }
+        self.after(cx);
+    }
+
     /// The connect's linked timeout completed (fired, or cancelled by the connect).
     pub fn handle_connect_timeout(&mut self, cx: &mut Cx<'_>) {
         self.after(cx);
@@ -330,6 +550,7 @@ impl Relay {
         }
         match target {
             Some(t) => {
+                self.connect_started.get_or_insert(cx.now);
                 self.target = Some(t);
                 cx.push(ConnOp::OpenUpstream { target: t });
             }
@@ -701,6 +922,11 @@ impl Relay {
 
     /// A send on `side` completed: Ok(bytes) or Err(errno).
     pub fn handle_sent(&mut self, side: Side, res: Result<u32, i32>, now: Millis, cx: &mut Cx<'_>) {
+        if side == Side::Upstream && !self.preface.is_empty() {
+            // The only send to the upstream while a preface is pending.
+            self.preface_sent(res, now, cx);
+            return;
+        }
         let src = side.other();
         match res {
             Ok(n) if n > 0 => {
@@ -787,6 +1013,10 @@ impl Relay {
 
     /// Buffers returned to the shard's ring: a starved receive on `side` retries.
     pub fn handle_buffers(&mut self, side: Side, cx: &mut Cx<'_>) {
+        if let (Phase::Front, Side::Client) = (self.phase, side) {
+            cx.push(ConnOp::FrontRecv);
+            return;
+        }
         if let (Phase::Lingering { .. }, Side::Client) = (self.phase, side) {
             cx.push(ConnOp::ArmRecv(Side::Client));
             return;
@@ -803,6 +1033,13 @@ impl Relay {
     /// Time passed; reclaims the pipes of silent splices, and ends the
     /// connection if its idle or half-close deadline is due.
     pub fn handle_timeout(&mut self, now: Millis, cx: &mut Cx<'_>) {
+        if self.phase == Phase::Front {
+            let due = self.front.as_ref().filter(|f| f.deadline() <= now);
+            if let Some(reason) = due.map(|f| f.timeout_reason()) {
+                self.end_front(reason, cx);
+            }
+            return;
+        }
         if let Phase::Lingering { until, .. } = self.phase {
             if until <= now {
                 self.end_linger(cx);
@@ -832,6 +1069,10 @@ impl Relay {
 
     /// Ends the connection now (shutdown after drain_timeout).
     pub fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
+        if self.phase == Phase::Front {
+            self.end_front(reason, cx);
+            return;
+        }
         if let Phase::Lingering { .. } = self.phase {
             // Counted under the connect failure that started the lingering.
             self.end_linger(cx);

@@ -111,6 +111,18 @@ pub struct Session {
     life: Life,
     end: Option<SessionEnd>,
     last_errno: Option<i32>,
+    started: Millis,
+    /// What this session forwarded, for its access log line.
+    moved: Moved,
+}
+
+/// Datagrams and payload bytes a session forwarded each way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub datagrams_c2u: u64,
+    pub bytes_c2u: u64,
+    pub datagrams_u2c: u64,
+    pub bytes_u2c: u64,
 }
 
 impl Session {
@@ -134,7 +146,19 @@ impl Session {
             life: Life::Serving,
             end: None,
             last_errno: None,
+            started: now,
+            moved: Moved::default(),
         }
+    }
+
+    /// When the session began.
+    pub fn started(&self) -> Millis {
+        self.started
+    }
+
+    /// What it forwarded so far.
+    pub fn moved(&self) -> Moved {
+        self.moved
     }
 
     pub fn standing(&self) -> Standing {
@@ -390,6 +414,8 @@ impl Session {
         match res {
             Ok(n) => {
                 stats.inc(Counter::UdpDatagramsC2u);
+                self.moved.datagrams_c2u += 1;
+                self.moved.bytes_c2u += u64::from(n);
                 stats.add(Counter::UdpBytesC2u, u64::from(n));
             }
             Err(libc::ECANCELED) if self.phase == Phase::Closing => {}
@@ -438,6 +464,8 @@ impl Session {
         match res {
             Ok(n) => {
                 stats.inc(Counter::UdpDatagramsU2c);
+                self.moved.datagrams_u2c += 1;
+                self.moved.bytes_u2c += u64::from(n);
                 stats.add(Counter::UdpBytesU2c, u64::from(n));
             }
             Err(e) => {

@@ -10,6 +10,7 @@ mod config;
 mod dns;
 mod docs;
 mod echo_modes;
+mod front;
 mod harness;
 mod known;
 mod lifecycle;

@@ -10,6 +10,7 @@ use crate::shard::context::{Ctx, Mode, TimerKey, own_token};
 use crate::shard::ops::{CQE_F_MORE, Fd, Op};
 use crate::shard::token::OpKind;
 use crate::stats::{CloseReason, Counter};
+use crate::tcp::relay::Ends;
 use crate::time::Millis;
 
 /// How long a listener waits before re-arming accept after an error (EMFILE...).
@@ -130,6 +131,7 @@ impl TcpService {
         index: u32,
         res: i32,
         flags: u32,
+        ends: Ends,
         now: Millis,
     ) {
         let more = flags & CQE_F_MORE != 0;
@@ -162,7 +164,7 @@ impl TcpService {
                     );
                 }
             } else {
-                self.admit(ctx, index, fd, now);
+                self.admit(ctx, index, fd, ends, now);
                 if more {
                     self.narrow_accept(ctx, index);
                 }

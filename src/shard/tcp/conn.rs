@@ -7,15 +7,16 @@
 use crate::shard::ops::{Fd, recv_event, result, unit};
 use crate::shard::token::OpKind;
 use crate::stats::CloseReason;
-use crate::tcp::Side;
 use crate::tcp::cx::Cx;
 use crate::tcp::echo::Echo;
 use crate::tcp::lifecycle::{Done, Lifecycle};
-use crate::tcp::relay::Relay;
+use crate::tcp::relay::{Ends, Relay};
 use crate::tcp::serve::Server;
 use crate::tcp::splice::{PipeId, SpliceEnd};
+use crate::tcp::{FrontRead, Side};
 use crate::time::Millis;
 use crate::upstream::Target;
+use std::net::SocketAddr;
 
 /// What a connection runs. Not boxed: connections live in a slab whose
 /// slots are sized by the largest kind anyway, and a box would cost an
@@ -28,6 +29,17 @@ pub enum Logic {
     Echo(Echo),
     /// The built-in sink, source or request/response server.
     Serve(Server),
+}
+
+/// What the access log says about a forwarded connection beyond its close.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seen<'a> {
+    /// The client a trusted PROXY header named.
+    pub proxied: Option<SocketAddr>,
+    pub sni: Option<&'a str>,
+    /// The upstream reached (a connect succeeded).
+    pub upstream: Option<SocketAddr>,
+    pub connect_ms: Option<u64>,
 }
 
 /// What a closed connection leaves for its close log line and counters.
@@ -48,6 +60,11 @@ pub struct Conn {
     /// Deadline of the earliest timer-wheel entry for this connection.
     pub timer_at: Option<Millis>,
     pub accepted_at: Millis,
+    /// The route its targets come from, chosen at its first target request
+    /// (the listener's, or an SNI route's).
+    pub route: Option<u16>,
+    /// The accepted socket's own endpoints, when the listener reads them.
+    pub ends: Ends,
 }
 
 /// How a completion of `kind` on `side` is accounted; `None` for a receive
@@ -56,6 +73,7 @@ fn done_of(kind: OpKind, side: Side, more: bool) -> Option<Done> {
     Some(match kind {
         OpKind::Recv if more => return None,
         OpKind::Recv | OpKind::Send | OpKind::Shutdown => Done::On(side),
+        OpKind::FrontRecv => Done::On(Side::Client),
         OpKind::Connect => Done::On(Side::Upstream),
         OpKind::SpliceIn => Done::Splice(side, SpliceEnd::In),
         OpKind::SpliceOut => Done::Splice(side, SpliceEnd::Out),
@@ -150,6 +168,30 @@ impl Logic {
         Ok(())
     }
 
+    /// A front receive completed (the bytes are the shard's copy).
+    pub fn handle_front(&mut self, ev: FrontRead<'_>, cx: &mut Cx<'_>) {
+        if let Logic::Relay(r) = self {
+            r.handle_front(ev, cx);
+        }
+    }
+
+    /// The relay's preface from `offset`, copied for an owned send.
+    pub fn preface_from(&self, offset: u32) -> Option<Box<[u8]>> {
+        match self {
+            Logic::Relay(r) => Some(r.preface_from(offset).into()),
+            Logic::Echo(_) | Logic::Serve(_) => None,
+        }
+    }
+
+    /// The SNI the client asked for (a relay whose front read a ClientHello).
+    pub fn sni(&self) -> Option<&str> {
+        match self {
+            Logic::Relay(r) => r.sni(),
+            Logic::Echo(_) | Logic::Serve(_) => None,
+        }
+    }
+
+    /// Buffers came back to the ring: a starved receive on `side` retries.
     pub fn handle_buffers(&mut self, side: Side, cx: &mut Cx<'_>) {
         match self {
             Logic::Relay(r) => r.handle_buffers(side, cx),
@@ -193,6 +235,20 @@ impl Logic {
         }
     }
 
+    /// What the access log says beyond the close (empty for the built-in servers).
+    pub fn seen(&self) -> Seen<'_> {
+        match self {
+            Logic::Relay(r) => Seen {
+                proxied: r.learnt().proxied.map(|(src, _)| src),
+                sni: r.sni(),
+                upstream: r.connected().then(|| r.target().map(|t| t.addr)).flatten(),
+                connect_ms: r.connect_ms(),
+            },
+            Logic::Echo(_) | Logic::Serve(_) => Seen::default(),
+        }
+    }
+
+    /// The relay's walk through its balancer, if it forwards.
     pub fn attempts(&mut self) -> Option<&mut crate::upstream::Attempts> {
         match self {
             Logic::Relay(r) => Some(r.attempts_mut()),

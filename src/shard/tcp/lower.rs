@@ -36,13 +36,14 @@ impl TcpService {
                 self.scratch.clear();
                 return;
             };
-            let route =
+            let route = conn.route.or_else(|| {
                 self.listeners
                     .get(conn.listener as usize)
                     .and_then(|l| match l.spec.kind {
                         super::ListenerKind::Forward { route } => Some(route),
                         _ => None,
-                    });
+                    })
+            });
             let connect_ms = route
                 .and_then(|r| self.routes.get(r as usize))
                 .map_or(0, |r| r.spec.connect_timeout_ms);
@@ -133,9 +134,16 @@ impl TcpService {
                     }
                 }
                 Answer::Target => {
-                    let balancer = route
-                        .and_then(|r| self.routes.get_mut(r as usize))
-                        .map(|r| &mut r.balancer);
+                    // The first request fixes the connection's route: an SNI
+                    // route whose names match, else the listener's own.
+                    let route = *conn.route.get_or_insert_with(|| {
+                        let sni = l.spec.front.sni.as_ref().and_then(|s| {
+                            let i = s.names.route(conn.logic.sni()?)?;
+                            s.routes.get(i).copied()
+                        });
+                        sni.or(route).unwrap_or(0)
+                    });
+                    let balancer = self.routes.get_mut(route as usize).map(|r| &mut r.balancer);
                     let target = match (balancer, conn.logic.attempts()) {
                         (Some(b), Some(walk)) => b.pick(None, walk),
                         _ => None,
@@ -214,6 +222,17 @@ fn lower_io(
         ConnOp::ArmRecv(side) => {
             let token = tok(OpKind::Recv, side);
             with(token, fd(side), &|fd| Op::RecvMulti { token, fd })
+        }
+        ConnOp::FrontRecv => {
+            let token = tok(OpKind::FrontRecv, Side::Client);
+            with(token, fd(Side::Client), &|fd| Op::RecvOnce { token, fd })
+        }
+        ConnOp::SendPreface { offset } => {
+            let token = tok(OpKind::Send, Side::Upstream);
+            match (fd(Side::Upstream), conn.logic.preface_from(offset)) {
+                (Some(fd), Some(bytes)) => Op::SendOwned { token, fd, bytes },
+                _ => fail(token),
+            }
         }
         ConnOp::CancelRecv(side) => Op::CancelOne {
             token: tok(OpKind::CancelRecv, side),

@@ -21,16 +21,21 @@ use super::ops::{Fd, Op, PipeFds, buffer_id};
 use super::pipes::{PipePool, PipeSlot};
 use super::slab::{ConnId, Slab};
 use super::token::{OpKind, Token};
+use crate::accesslog::{AccessLogShard, AccessRecord, Proto as AccessProto};
+use crate::config::Cidr;
+use crate::front::sni::SniRoutes;
 use crate::stats::{CloseReason, Counter, Counters, ListenerStats, UpstreamStats};
 use crate::tcp::cx::Cx;
 use crate::tcp::echo::Echo;
+use crate::tcp::front::FrontConfig;
 use crate::tcp::lifecycle::{Lifecycle, SockState};
-use crate::tcp::relay::{Relay, RelayConfig};
+use crate::tcp::relay::{Ends, ProxyOut, Relay, RelayConfig};
 use crate::tcp::serve::{ServeMode, Server};
 use crate::tcp::splice::SpliceConfig;
-use crate::tcp::{ConnOp, Side};
+use crate::tcp::{ConnOp, FrontRead, Side};
 use crate::time::Millis;
 use crate::upstream::{RoundRobin, Target, UpstreamId};
+use std::time::SystemTime;
 
 /// What a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +96,32 @@ pub struct ListenerSpec {
     pub kind: ListenerKind,
     /// This shard's share of max_connections.
     pub limit: u32,
+    /// What its connections read before connecting, and send first.
+    pub front: FrontSpec,
+}
+
+/// A forward listener's front stage and what goes to its upstreams first.
+#[derive(Clone, Debug, Default)]
+pub struct FrontSpec {
+    /// The prefixes read before connecting (PROXY header, ClientHello).
+    pub read: FrontConfig,
+    /// `accept_proxy`: the sources allowed to send a PROXY header; any other
+    /// client is closed at accept.
+    pub trusted: Vec<Cidr>,
+    /// SNI routes: server name → route.
+    pub sni: Option<SniSpec>,
+    pub send_proxy: ProxyOut,
+    /// Read each accepted socket's peer and local address (for
+    /// `trusted_proxies`, `send_proxy`, the access log).
+    pub wants_ends: bool,
+}
+
+/// SNI routing of one listener: the matcher and, by its route index, the
+/// shard route each name goes to.
+#[derive(Clone, Debug)]
+pub struct SniSpec {
+    pub names: SniRoutes,
+    pub routes: Vec<u16>,
 }
 
 /// A forwarding route: its upstreams and timeouts, in state-machine units.
@@ -124,7 +155,8 @@ struct Listener {
 
 /// An upstream of one route, with its counters.
 struct Upstream {
-    route: u16,
+    /// The listener whose route it belongs to (for its stats line).
+    listener: Option<u32>,
     addr: SocketAddr,
     counters: Counters,
 }
@@ -149,8 +181,73 @@ pub struct TcpService {
     pipes: PipePool,
 }
 
+/// One access log line for a closed connection.
+fn log_access(
+    access: &mut AccessLogShard,
+    listener: &str,
+    conn: &Conn,
+    closed: &conn::Closed,
+    now: Millis,
+) {
+    let seen = conn.logic.seen();
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    let peer = conn.ends.peer.unwrap_or(unknown);
+    access.log(&AccessRecord {
+        time: SystemTime::now(),
+        listener,
+        proto: AccessProto::Tcp,
+        client: seen.proxied.unwrap_or(peer),
+        peer,
+        local: conn.ends.local.unwrap_or(unknown),
+        upstream: seen.upstream,
+        sni: seen.sni,
+        connect_ms: seen.connect_ms,
+        duration_ms: now.saturating_sub(conn.accepted_at),
+        bytes_c2u: closed.bytes.0,
+        bytes_u2c: closed.bytes.1,
+        reason: closed.reason.name(),
+    });
+}
+
+/// Whether a client may send a PROXY header: always when the listener does
+/// not accept one (`trusted` empty), else only from a trusted source.
+fn trusted(trusted: &[Cidr], peer: Option<SocketAddr>) -> bool {
+    if trusted.is_empty() {
+        return true;
+    }
+    peer.is_some_and(|p| {
+        let ip = p.ip().to_canonical();
+        trusted.iter().any(|c| c.contains(ip))
+    })
+}
+
+/// The listener each route belongs to (its default route, or one of its
+/// SNI routes), by route index.
+fn route_owners(listeners: &[ListenerSpec]) -> Vec<Option<u32>> {
+    let mut owner: Vec<Option<u32>> = Vec::new();
+    let mut set = |route: u16, listener: usize| {
+        let r = usize::from(route);
+        if owner.len() <= r {
+            owner.resize(r + 1, None);
+        }
+        if let Some(o) = owner.get_mut(r) {
+            *o = u32::try_from(listener).ok();
+        }
+    };
+    for (i, l) in listeners.iter().enumerate() {
+        if let ListenerKind::Forward { route } = l.kind {
+            set(route, i);
+        }
+        for &route in l.front.sni.iter().flat_map(|s| s.routes.iter()) {
+            set(route, i);
+        }
+    }
+    owner
+}
+
 impl TcpService {
     pub fn new(cfg: TcpConfig) -> TcpService {
+        let owner = route_owners(&cfg.listeners);
         let listeners = cfg
             .listeners
             .into_iter()
@@ -164,14 +261,14 @@ impl TcpService {
         let mut upstreams = Vec::new();
         let mut routes = Vec::new();
         for (i, spec) in cfg.routes.into_iter().enumerate() {
-            let route = u16::try_from(i).unwrap_or(u16::MAX);
+            let listener = owner.get(i).copied().flatten();
             let members = spec
                 .upstreams
                 .iter()
                 .map(|&addr| {
                     let id = UpstreamId(upstreams.len() as u32);
                     upstreams.push(Upstream {
-                        route,
+                        listener,
                         addr,
                         counters: Counters::default(),
                     });
@@ -252,7 +349,9 @@ impl TcpService {
     /// A completion of a TCP operation.
     pub fn handle(&mut self, ctx: &mut Ctx, token: Token, res: i32, flags: u32, now: Millis) {
         match token.kind {
-            OpKind::Accept => self.on_accept(ctx, token.slot.index, res, flags, now),
+            OpKind::Accept => {
+                self.on_accept(ctx, token.slot.index, res, flags, Ends::default(), now)
+            }
             OpKind::CancelAccept | OpKind::Reject => ctx.own_done(),
             OpKind::CloseListener => {
                 ctx.own_done();
@@ -262,6 +361,65 @@ impl TcpService {
             }
             _ => self.on_conn_cqe(ctx, token, res, flags, now),
         }
+    }
+
+    /// Whether listener `index` wants the accepted socket's endpoints read
+    /// (the event loop reads them before `handle_accept`).
+    pub fn wants_ends(&self, index: u32) -> bool {
+        self.listeners
+            .get(index as usize)
+            .is_some_and(|l| l.spec.front.wants_ends)
+    }
+
+    /// An accept completion with the accepted socket's endpoints.
+    pub fn handle_accept(
+        &mut self,
+        ctx: &mut Ctx,
+        token: Token,
+        res: i32,
+        flags: u32,
+        ends: Ends,
+        now: Millis,
+    ) {
+        self.on_accept(ctx, token.slot.index, res, flags, ends, now);
+    }
+
+    /// A front receive's completion; `bytes` is the event loop's view of
+    /// what it received (copied by the relay, the buffer goes straight back).
+    pub fn handle_front(
+        &mut self,
+        ctx: &mut Ctx,
+        token: Token,
+        res: i32,
+        flags: u32,
+        bytes: Option<&[u8]>,
+        now: Millis,
+    ) {
+        let id = ConnId(token.slot);
+        let Some(conn) = self.conns.get_mut(id) else {
+            self.stale(ctx, token.kind, res, flags);
+            return;
+        };
+        if let Some(bid) = buffer_id(flags) {
+            self.bufs.take();
+            self.scratch.push(ConnOp::Release(bid));
+        }
+        let ev = match (res, bytes) {
+            (r, Some(b)) if r > 0 => FrontRead::Data(b),
+            (r, None) if r > 0 => FrontRead::Error(libc::EIO),
+            (0, _) => FrontRead::Eof,
+            (r, _) if -r == libc::ENOBUFS => FrontRead::NoBuffers,
+            (r, _) if -r == libc::ECANCELED => FrontRead::Cancelled,
+            (r, _) => FrontRead::Error(-r),
+        };
+        let Some(l) = self.listeners.get_mut(conn.listener as usize) else {
+            return;
+        };
+        conn.life
+            .complete(crate::tcp::lifecycle::Done::On(Side::Client));
+        let mut cx = Cx::new(&mut self.scratch, &mut conn.life, &mut l.counters, now);
+        conn.logic.handle_front(ev, &mut cx);
+        self.after_conn(ctx, id, now);
     }
 
     /// A completion whose owner is gone. Whatever the kernel handed over with
@@ -319,11 +477,27 @@ impl TcpService {
         self.after_conn(ctx, id, now);
     }
 
-    fn admit(&mut self, ctx: &mut Ctx, index: u32, fd: Fd, now: Millis) {
+    fn admit(&mut self, ctx: &mut Ctx, index: u32, fd: Fd, ends: Ends, now: Millis) {
         let Some(l) = self.listeners.get_mut(index as usize) else {
             ctx.reject(fd);
             return;
         };
+        if !trusted(&l.spec.front.trusted, ends.peer) {
+            l.counters.close(CloseReason::ProxyUntrusted);
+            ctx.reject(fd);
+            if ctx.log.allow(now, ctx.shard) {
+                let peer = ends
+                    .peer
+                    .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+                info!(
+                    shard = ctx.shard,
+                    listener = %l.spec.name,
+                    peer,
+                    "connection closed at accept: accept_proxy is on and the client is not in trusted_proxies (counted in close_proxy_untrusted); add its address to trusted_proxies if it is a proxy of yours"
+                );
+            }
+            return;
+        }
         let logic = match l.spec.kind {
             ListenerKind::Forward { route } => {
                 let Some(r) = self.routes.get(route as usize) else {
@@ -334,8 +508,12 @@ impl TcpService {
                     idle_ms: r.spec.idle_ms,
                     half_close_ms: r.spec.half_close_ms,
                     cap: self.cap,
+                    front: l.spec.front.read,
+                    send_proxy: l.spec.front.send_proxy,
                 };
-                Logic::Relay(Relay::with_splice(cfg, self.splice, now))
+                let mut relay = Relay::with_splice(cfg, self.splice, now);
+                relay.set_ends(ends);
+                Logic::Relay(relay)
             }
             ListenerKind::Echo => Logic::Echo(Echo::new(self.cap)),
             kind @ (ListenerKind::EchoSink
@@ -355,6 +533,8 @@ impl TcpService {
             listener: index,
             timer_at: None,
             accepted_at: now,
+            route: None,
+            ends,
         };
         let need = l.spec.kind.descriptors();
         match self.conns.insert(conn) {
@@ -396,6 +576,9 @@ impl TcpService {
             u.counters.close(closed.reason);
             u.counters.add(Counter::BytesC2u, closed.bytes.0);
             u.counters.add(Counter::BytesU2c, closed.bytes.1);
+        }
+        if let Some(access) = ctx.access.as_mut() {
+            log_access(access, &l.spec.name, &conn, &closed, now);
         }
         let upstream = closed
             .target
@@ -494,10 +677,9 @@ impl TcpService {
             });
         }
         for u in &self.upstreams {
-            let listener = self
-                .listeners
-                .iter()
-                .find(|l| l.spec.kind == ListenerKind::Forward { route: u.route })
+            let listener = u
+                .listener
+                .and_then(|i| self.listeners.get(i as usize))
                 .map_or_else(String::new, |l| l.spec.name.clone());
             ups.push(UpstreamStats {
                 listener,

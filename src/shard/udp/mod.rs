@@ -14,7 +14,9 @@ use super::context::{Ctx, Mode, TimerKey};
 use super::ops::{CQE_F_MORE, Family, Fd, Op, RecvTemplate, buffer_id, result, unit};
 use super::slab::{SessionId, Slab};
 use super::token::{OpKind, SlotId, Token};
+use crate::accesslog::{AccessLogShard, AccessRecord, Proto as AccessProto};
 use crate::config::Cidr;
+use crate::front::proxy::{self as proxy_header, Proto as ProxyProto};
 use crate::stats::{Counter, Counters};
 use crate::tcp::Side;
 use crate::time::Millis;
@@ -28,6 +30,7 @@ pub use crate::udp::session::DRAIN_GRACE_MS as UDP_DRAIN_GRACE_MS;
 use crate::udp::session::{Session, SessionConfig};
 use crate::udp::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
 use crate::upstream::{Attempts, RoundRobin, Target};
+use std::time::SystemTime;
 
 /// Datagrams a session may have waiting or in flight per direction: a quarter
 /// of the shard's datagram buffers, between 16 and 256 (128 with the default
@@ -87,6 +90,9 @@ pub struct UdpRouteSpec {
     pub upstreams: Vec<SocketAddr>,
     /// SO_RCVBUF of each session's upstream socket (`None`: kernel default).
     pub session_rcvbuf: Option<u32>,
+    /// `send_proxy = "v2"`: every datagram to the upstream carries a PROXY
+    /// v2 header with its client and the local address it reached.
+    pub send_proxy: bool,
     pub idle_ms: Millis,
     pub max_responses: Option<u32>,
     pub new_sessions_per_second_per_source: Option<u32>,
@@ -172,6 +178,8 @@ pub struct UdpConn {
     session: Session,
     /// The upstream its listener's balancer chose for it.
     target: Target,
+    /// The PROXY v2 header each of its datagrams carries (`send_proxy`).
+    proxy_header: Option<([u8; 52], u8)>,
     listener: u32,
     client: SocketAddr,
     local: Option<IpAddr>,
@@ -675,9 +683,19 @@ impl UdpService {
         let mut session = Session::new(cfg, now);
         session.start(&mut self.session_ops);
         session.handle_client_datagram(payload, now, &mut self.session_ops, &mut l.counters);
+        let proxy_header = r.send_proxy.then(|| {
+            let local = SocketAddr::new(
+                key.local.unwrap_or(l.spec.listen.ip()),
+                l.spec.listen.port(),
+            );
+            let mut h = [0u8; 52];
+            let n = proxy_header::write_v2(ProxyProto::Udp, key.client, local, &mut h);
+            (h, u8::try_from(n).unwrap_or(0))
+        });
         let conn = UdpConn {
             session,
             target,
+            proxy_header,
             listener: index,
             client: key.client,
             local: key.local,
@@ -759,7 +777,12 @@ impl UdpService {
                 };
                 s.handle_upstream_recv(ev, more, now, out, stats);
             }
-            OpKind::UdpUpSend => s.handle_sent_up(token.aux, result(res), out, stats),
+            OpKind::UdpUpSend => {
+                // The PROXY header is not the client's payload.
+                let header = c.proxy_header.map_or(0, |(_, n)| u32::from(n));
+                let res = result(res).map(|n| n.saturating_sub(header));
+                s.handle_sent_up(token.aux, res, out, stats)
+            }
             OpKind::UdpReplySend => s.handle_sent_client(token.aux, result(res), out, stats),
             OpKind::UdpSocket => {
                 if res >= 0 {
@@ -849,6 +872,9 @@ impl UdpService {
         let end = c.session.end().unwrap_or(SessionEnd::Error);
         l.counters.udp_end(end);
         log_session_end(ctx, &c, end, &l.spec.name, now);
+        if let Some(access) = ctx.access.as_mut() {
+            log_access(access, &c, end, &l.spec, now);
+        }
         self.close_idle_udp_listeners(ctx);
     }
 
@@ -1009,12 +1035,23 @@ fn lower_session_op(
         SessionOp::SendUp(p) => on_fd(
             tok(OpKind::UdpUpSend).with_aux(p.bid),
             c.fd,
-            &|token, fd| Op::SendDatagram {
-                token,
-                fd,
-                bid: p.bid,
-                offset: p.offset,
-                len: p.len,
+            &|token, fd| match c.proxy_header {
+                Some((header, header_len)) => Op::SendDatagramProxied {
+                    token,
+                    fd,
+                    bid: p.bid,
+                    offset: p.offset,
+                    len: p.len,
+                    header,
+                    header_len,
+                },
+                None => Op::SendDatagram {
+                    token,
+                    fd,
+                    bid: p.bid,
+                    offset: p.offset,
+                    len: p.len,
+                },
             },
         ),
         SessionOp::SendClient(p) => Op::SendDatagramTo {
@@ -1047,6 +1084,40 @@ fn lower_session_op(
             }
         }
     })
+}
+
+/// One access log line for an ended session.
+fn log_access(
+    access: &mut AccessLogShard,
+    c: &UdpConn,
+    end: SessionEnd,
+    listener: &UdpListenerSpec,
+    now: Millis,
+) {
+    let moved = c.session.moved();
+    let local = SocketAddr::new(
+        c.local.unwrap_or(listener.listen.ip()),
+        listener.listen.port(),
+    );
+    access.log(&AccessRecord {
+        time: SystemTime::now(),
+        listener: &listener.name,
+        proto: AccessProto::Udp {
+            datagrams_c2u: moved.datagrams_c2u,
+            datagrams_u2c: moved.datagrams_u2c,
+        },
+        client: c.client,
+        peer: c.client,
+        local,
+        // A datagram sent is as far as UDP "reaches" an upstream.
+        upstream: (moved.datagrams_c2u > 0).then_some(c.target.addr),
+        sni: None,
+        connect_ms: None,
+        duration_ms: now.saturating_sub(c.session.started()),
+        bytes_c2u: moved.bytes_c2u,
+        bytes_u2c: moved.bytes_u2c,
+        reason: end.name(),
+    });
 }
 
 /// Logs a freed session's end (errors rate-limited).
