@@ -15,6 +15,7 @@ mod harness;
 mod known;
 mod lifecycle;
 mod limits;
+mod peers;
 mod relay;
 mod signals;
 mod splice;
