@@ -13,6 +13,10 @@ paired ratios) under --out.
     benches/ab.py --a /tmp/ringfwd-old --b target/release/ringfwd \
         --out bench-results/<date>-<host>-ab [--reps 5] [--duration 3] [--warmup 1]
 
+The same build with two configurations works too: `--a-config` /
+`--b-config` name a file each forwarder also reads (`--config`), e.g. one with
+only a `[log]` section to measure the access log on against off.
+
 Every run is bounded by the generator's own --duration/--warmup; processes
 started here are stopped by PID at the end.
 """
@@ -58,9 +62,10 @@ def wait_listening(proc, n, what):
             seen += 1
 
 
-def forwarder(binary, ports):
+def forwarder(binary, ports, config=None):
     up = PORTS
-    argv = [str(binary), "run", "--shards", "1", "--cpus", "0",
+    extra = ["--config", str(config)] if config else []
+    argv = [str(binary), "run", *extra, "--shards", "1", "--cpus", "0",
             "--tcp", f"127.0.0.1:{ports['tcp']}=127.0.0.1:{up['tcp']}",
             "--tcp", f"127.0.0.1:{ports['sink']}=127.0.0.1:{up['sink']}",
             "--udp", f"127.0.0.1:{ports['udp']}=127.0.0.1:{up['udp']}"]
@@ -98,6 +103,8 @@ def main():
     ap.add_argument("--b", type=Path, required=True, help="candidate ringfwd binary")
     ap.add_argument("--a-note", default="", help="where A comes from (recorded in setup.md)")
     ap.add_argument("--b-note", default="", help="where B comes from")
+    ap.add_argument("--a-config", type=Path, help="a config file A's forwarder also reads (e.g. only a [log] section)")
+    ap.add_argument("--b-config", type=Path, help="a config file B's forwarder also reads")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--duration", type=float, default=3.0)
@@ -115,7 +122,8 @@ def main():
                       "--udp", f"127.0.0.1:{PORTS['udp']}"], 1)
         procs.append(echo)
         wait_listening(echo, 3, "upstream")
-        fwd = {"A": forwarder(a.a, FWD_PORTS["A"]), "B": forwarder(a.b, FWD_PORTS["B"])}
+        fwd = {"A": forwarder(a.a, FWD_PORTS["A"], a.a_config),
+               "B": forwarder(a.b, FWD_PORTS["B"], a.b_config)}
         procs += list(fwd.values())
         rows = []
         for name, args, kind in workloads:
