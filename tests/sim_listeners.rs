@@ -26,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use ringfwd::shard::engine::{
-    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Op, RouteSpec,
+    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Mode, Op, RouteSpec,
 };
 use ringfwd::shard::token::Token;
 use ringfwd::stats::{CloseReason, Counter, ShardStats};
@@ -206,8 +206,11 @@ struct Sim {
     ending: Ending,
     /// Accept errors injected: out of descriptors (EMFILE/ENFILE), other.
     out_of_fds: u64,
-    /// Connections live when the stop came.
+    /// At the stop: connections live, those that cannot have ended on their
+    /// own (a stream or FIN still owed), and the closes counted so far.
     live_at_stop: Option<usize>,
+    cut_at_stop: u64,
+    closes_at_stop: u64,
     stopped: bool,
     /// A drain came while connections were mid-stream.
     drained_mid: bool,
@@ -318,6 +321,8 @@ impl Sim {
             ending,
             out_of_fds: 0,
             live_at_stop: None,
+            cut_at_stop: 0,
+            closes_at_stop: 0,
             stopped: false,
             drained_mid: false,
         }
@@ -411,6 +416,12 @@ impl Sim {
         match op {
             Op::AcceptMulti { token, fd } | Op::Accept { token, fd } => {
                 let i = self.listener_of_fd(fd.0);
+                let mode = self.engine.mode();
+                check!(
+                    self,
+                    mode == Mode::Running,
+                    "accept armed on listener {i} while {mode:?}"
+                );
                 let l = &self.listeners[i];
                 check!(self, l.open, "accept on closed listener {i}");
                 check!(self, l.accept.is_none(), "second accept on listener {i}");
@@ -893,7 +904,7 @@ impl Sim {
         }
         self.engine.wake_starved(self.now);
         self.run_ops();
-        if self.engine.mode() == ringfwd::shard::engine::Mode::Running {
+        if self.engine.mode() == Mode::Running {
             self.check_listeners_armed();
         }
     }
@@ -916,6 +927,20 @@ impl Sim {
         self.listeners.iter().all(|l| l.waiting.is_empty())
             && self.engine.connections() == 0
             && self.pending.is_empty()
+    }
+
+    /// Accepted connections that cannot have ended on their own: relaying
+    /// (or echoing) and a stream or a FIN not yet delivered.
+    fn unfinished(&self) -> u64 {
+        self.conns
+            .iter()
+            .filter(|c| {
+                let echo = self.listeners[c.listener].upstreams.is_empty();
+                let relaying = echo || c.connected.is_some();
+                let finished = c.client.got_fin && (echo || c.upstream.got_fin);
+                c.accepted && relaying && !finished
+            })
+            .count() as u64
     }
 
     /// Some accepted connection is in the middle of its streams.
@@ -948,6 +973,8 @@ fn run(sim: &mut Sim) {
                 sim.engine.drain();
             } else {
                 sim.live_at_stop = Some(sim.engine.connections());
+                sim.cut_at_stop = sim.unfinished();
+                sim.closes_at_stop = total_closes(&sim.engine.stats());
                 sim.stopped = true;
                 sim.engine.stop(sim.now);
             }
@@ -1029,13 +1056,20 @@ fn final_checks(sim: &mut Sim) {
     let stats = sim.engine.stats();
     check_listener_counters(sim, &stats);
     check_upstream_counters(sim, &stats);
+    // A stop closes every live connection once; those cut mid-stream as
+    // `shutdown` (the others had already finished and keep their reason).
     let shutdown = stats.closes_for(CloseReason::Shutdown);
     match sim.live_at_stop {
-        Some(live) => check!(
-            sim,
-            shutdown <= live as u64,
-            "{shutdown} shutdown closes, {live} connections at the stop"
-        ),
+        Some(live) => {
+            let after = total_closes(&stats) - sim.closes_at_stop;
+            check!(
+                sim,
+                after == live as u64 && (sim.cut_at_stop..=live as u64).contains(&shutdown),
+                "{live} connections at the stop ({} cut mid-stream): {after} closes after it, \
+                 {shutdown} as shutdown",
+                sim.cut_at_stop
+            );
+        }
         None => check!(sim, shutdown == 0, "shutdown closes without a stop"),
     }
     check!(
@@ -1044,6 +1078,10 @@ fn final_checks(sim: &mut Sim) {
         "error closes: {}",
         stats.to_kv()
     );
+}
+
+fn total_closes(stats: &ShardStats) -> u64 {
+    CloseReason::ALL.iter().map(|r| stats.closes_for(*r)).sum()
 }
 
 fn check_listener_counters(sim: &Sim, stats: &ShardStats) {
