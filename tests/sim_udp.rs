@@ -27,7 +27,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
-use ringfwd::shard::engine::{CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, Op, RecvTemplate};
+use ringfwd::shard::engine::{
+    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, Mode, Op, RecvTemplate,
+};
 use ringfwd::shard::token::Token;
 use ringfwd::shard::udp::{DatagramMeta, UdpKind, UdpListenerSpec, UdpRouteSpec};
 use ringfwd::stats::Counter;
@@ -109,6 +111,8 @@ struct Listener {
     sends: u32,
     /// Sessions it has created, in order (for the round-robin check).
     created: u64,
+    /// Since when its receive has been down after an error (not ENOBUFS).
+    failed_since: Option<u64>,
     kdrops: u32,
 }
 
@@ -259,6 +263,7 @@ impl Sim {
                 queue: VecDeque::new(),
                 sends: 0,
                 created: 0,
+                failed_since: None,
                 kdrops: 0,
             });
         }
@@ -501,6 +506,7 @@ impl Sim {
                 );
                 check!(self, l.recv.is_none(), "two receives on listener {i}");
                 self.listeners[i as usize].recv = Some(token);
+                self.listeners[i as usize].failed_since = None;
             }
             RecvTemplate::Upstream => {
                 let s = self.session_fd(token, fd, "receive");
@@ -829,6 +835,13 @@ impl Sim {
         let Some(token) = self.listeners[li].recv else {
             return;
         };
+        if self.rng.chance(1, 50) {
+            // A receive error (not ENOBUFS) ends the multishot receive.
+            self.listeners[li].recv = None;
+            self.listeners[li].failed_since = Some(self.now);
+            self.deliver(token, -libc::ENOMEM, 0, None);
+            return;
+        }
         let Some(&(who, truncated)) = self.listeners[li].queue.front() else {
             return;
         };
@@ -960,6 +973,22 @@ impl Sim {
         self.engine.wake_starved(self.now);
         self.run_ops();
         self.check_buffers();
+        self.check_listeners_armed();
+    }
+
+    /// A listener receive that failed is re-armed after its back-off (100
+    /// ms; time moves by at most 50 ms in a small step), unless it closed.
+    fn check_listeners_armed(&self) {
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(since) = l.failed_since.filter(|_| l.open) {
+                check!(
+                    self,
+                    self.now - since <= 150 || self.engine.mode() != Mode::Running,
+                    "listener {i} not receiving since its error at t={since} (now {})",
+                    self.now
+                );
+            }
+        }
     }
 
     fn check_buffers(&self) {
