@@ -26,7 +26,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use ringfwd::shard::engine::{
-    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, ListenerKind, ListenerSpec, Mode, Op, RouteSpec,
+    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, FdBudget, ListenerKind, ListenerSpec, Mode, Op,
+    RouteSpec,
 };
 use ringfwd::shard::token::Token;
 use ringfwd::stats::{CloseReason, Counter, ShardStats};
@@ -98,6 +99,8 @@ enum Attempt {
     Ok,
     Refused,
     Timeout,
+    /// socket(2) failed (EMFILE): no connect at all.
+    NoSocket,
 }
 
 #[derive(Debug)]
@@ -148,10 +151,18 @@ struct Listener {
     errors: u64,
 }
 
+impl Listener {
+    /// Descriptors one of its connections holds: a relay two, echo one.
+    fn need(&self) -> u32 {
+        if self.upstreams.is_empty() { 1 } else { 2 }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Action {
     Fixed(i32),
     SocketCreate { conn: usize },
+    SocketFails { conn: usize },
     Connect { conn: usize, outcome: Attempt },
     ConnectTimeout { outcome: Attempt },
     Send { bid: u16, offset: u32, len: u32 },
@@ -181,6 +192,7 @@ enum Ending {
 struct UpstreamSeen {
     attempts: u64,
     refused: u64,
+    errors: u64,
     closes: u64,
     c2u: u64,
     u2c: u64,
@@ -206,6 +218,8 @@ struct Sim {
     ending: Ending,
     /// Accept errors injected: out of descriptors (EMFILE/ENFILE), other.
     out_of_fds: u64,
+    /// Descriptors connections may hold (None: no limit).
+    budget: Option<u32>,
     /// At the stop: connections live, those that cannot have ended on their
     /// own (a stream or FIN still owed), and the closes counted so far.
     live_at_stop: Option<usize>,
@@ -290,6 +304,8 @@ impl Sim {
             1 => Ending::DrainMidStream,
             _ => Ending::StopMidStream,
         };
+        // One seed in three has a descriptor budget of one to four relays.
+        let budget = rng.chance(1, 3).then(|| 2 + 2 * rng.below(4) as u32);
         let engine = Engine::new(
             EngineConfig {
                 shard: 0,
@@ -297,6 +313,7 @@ impl Sim {
                 cap: 1 + rng.below(4) as u32,
                 listeners: specs,
                 routes,
+                fd_budget: budget.map_or(FdBudget::Unlimited, FdBudget::Max),
                 ..EngineConfig::default()
             },
             0,
@@ -320,6 +337,7 @@ impl Sim {
             ops: Vec::new(),
             ending,
             out_of_fds: 0,
+            budget,
             live_at_stop: None,
             cut_at_stop: 0,
             closes_at_stop: 0,
@@ -482,10 +500,15 @@ impl Sim {
             Op::Socket { token, .. } => {
                 let conn = self.conn_of(token);
                 self.conns[conn].sockets += 1;
+                let action = if self.rng.chance(1, 30) {
+                    Action::SocketFails { conn }
+                } else {
+                    Action::SocketCreate { conn }
+                };
                 self.pending.push(Pending {
                     ud: token,
                     fd: None,
-                    action: Action::SocketCreate { conn },
+                    action,
                 });
             }
             Op::Connect {
@@ -679,6 +702,17 @@ impl Sim {
                 self.conns[conn].upstream_fd = Some(fd);
                 self.deliver(ud, fd, 0);
             }
+            Action::SocketFails { conn } => {
+                // The process is out of descriptors: every armed accept pauses.
+                if self.listeners.iter().any(|l| l.accept.is_some()) {
+                    self.out_of_fds += 1;
+                }
+                let c = &self.conns[conn];
+                let ups = &self.listeners[c.listener].upstreams;
+                let picked = ups[((c.nth + c.sockets - 1) % ups.len() as u64) as usize];
+                self.conns[conn].outcomes.push((picked, Attempt::NoSocket));
+                self.deliver(ud, -libc::EMFILE, 0);
+            }
             Action::Connect { conn, outcome } => {
                 self.release_fd_op(p.fd, ud);
                 if let Some(&to) = self.conns[conn].tried.last() {
@@ -690,7 +724,8 @@ impl Sim {
                         0
                     }
                     Attempt::Refused => -libc::ECONNREFUSED,
-                    Attempt::Timeout => -libc::ECANCELED,
+                    // (A connect never follows a failed socket.)
+                    Attempt::Timeout | Attempt::NoSocket => -libc::ECANCELED,
                 };
                 self.deliver(ud, res, 0);
             }
@@ -907,10 +942,31 @@ impl Sim {
         if self.engine.mode() == Mode::Running {
             self.check_listeners_armed();
         }
+        if let Some(budget) = self.budget {
+            // Near the budget every listener arms a single accept (and at
+            // start each arms one whatever the room), so each other listener
+            // may bring in one connection over it: the slack the runtime's
+            // descriptor RESERVE has to cover. No more than that.
+            let slack: u32 = self.listeners.iter().map(|l| l.need()).sum::<u32>()
+                - self.listeners.iter().map(|l| l.need()).min().unwrap_or(0);
+            let open = self.socks.values().filter(|s| s.open).count() as u32;
+            check!(
+                self,
+                open <= budget + slack,
+                "{open} sockets open over a budget of {budget} and {slack} of slack"
+            );
+        }
     }
 
     /// A listener whose accept ended is re-armed within its back-off.
-    fn check_listeners_armed(&self) {
+    /// A listener without an accept because the descriptor budget has no
+    /// room for one more connection is waiting, not lost.
+    fn check_listeners_armed(&mut self) {
+        for l in &mut self.listeners {
+            if l.unarmed_since.is_some() && !self.engine.fd_room(l.need()) {
+                l.unarmed_since = Some(self.now);
+            }
+        }
         for (i, l) in self.listeners.iter().enumerate() {
             if let Some(since) = l.unarmed_since {
                 check!(
@@ -1131,7 +1187,8 @@ fn check_upstream_counters(sim: &Sim, stats: &ShardStats) {
         for &(u, outcome) in &c.outcomes {
             let e = seen.entry(u).or_default();
             e.attempts += 1;
-            e.refused += u64::from(outcome != Attempt::Ok);
+            e.refused += u64::from(matches!(outcome, Attempt::Refused | Attempt::Timeout));
+            e.errors += u64::from(outcome == Attempt::NoSocket);
         }
         // A connection's close counts for the last upstream picked for it
         // (a stop may come before its socket connects), in round-robin order.
@@ -1164,6 +1221,7 @@ fn check_upstream_counters(sim: &Sim, stats: &ShardStats) {
                     e.attempts,
                 ),
                 ("refused+timeouts", failed, e.refused),
+                ("connect_errors", c.get(Counter::ConnectErrors), e.errors),
                 ("closes", closes, e.closes),
                 ("bytes_c2u", c.get(Counter::BytesC2u), e.c2u),
                 ("bytes_u2c", c.get(Counter::BytesU2c), e.u2c),
@@ -1198,6 +1256,7 @@ fn several_listeners_accept_errors_and_mid_stream_drains_survive_random_schedule
         for (what, n) in [
             ("accept errors", totals.get(Counter::AcceptErrors)),
             ("accept pauses", totals.get(Counter::AcceptPausedFd)),
+            ("socket errors", totals.get(Counter::ConnectErrors)),
             ("refusals", totals.get(Counter::ConnectRefused)),
             ("connect timeouts", totals.get(Counter::ConnectTimeouts)),
             ("shutdown closes", totals.closes_for(CloseReason::Shutdown)),
