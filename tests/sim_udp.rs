@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use ringfwd::shard::engine::{
-    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, Mode, Op, RecvTemplate,
+    CQE_F_BUFFER, CQE_F_MORE, Engine, EngineConfig, FdBudget, Mode, Op, RecvTemplate,
 };
 use ringfwd::shard::token::Token;
 use ringfwd::shard::udp::{DatagramMeta, UdpKind, UdpListenerSpec, UdpRouteSpec};
@@ -208,6 +208,8 @@ struct Sim {
     ops: Vec<Op>,
     seen: Seen,
     ending: Ending,
+    /// Descriptors sessions may hold (None: no limit).
+    budget: Option<u32>,
 }
 
 impl Sim {
@@ -284,12 +286,15 @@ impl Sim {
             1 => Ending::Stop,
             _ => Ending::IdleThenDrain,
         };
+        // One seed in four has a descriptor budget of one to four sessions.
+        let budget = rng.chance(1, 4).then(|| 1 + rng.below(4) as u32);
         let engine = Engine::new(
             EngineConfig {
                 shard: 0,
                 datagram_buffers: ring_size,
                 udp_listeners: specs,
                 udp_routes: routes,
+                fd_budget: budget.map_or(FdBudget::Unlimited, FdBudget::Max),
                 ..EngineConfig::default()
             },
             0,
@@ -314,6 +319,7 @@ impl Sim {
             ops: Vec::new(),
             seen: Seen::default(),
             ending,
+            budget,
         }
     }
 
@@ -974,6 +980,14 @@ impl Sim {
         self.run_ops();
         self.check_buffers();
         self.check_listeners_armed();
+        if let Some(budget) = self.budget {
+            let open = self.sessions.iter().filter(|s| s.open).count() as u32;
+            check!(
+                self,
+                open <= budget,
+                "{open} session sockets over a budget of {budget}"
+            );
+        }
     }
 
     /// A listener receive that failed is re-armed after its back-off (100
@@ -1247,4 +1261,110 @@ fn udp_sessions_survive_random_schedules() {
             );
         }
     }
+}
+
+/// UDP sessions and TCP connections share the shard's descriptor budget: a
+/// TCP listener paused because a session held the last descriptors resumes
+/// as soon as the session ends, not at the next timer.
+#[test]
+fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
+    use ringfwd::shard::engine::{ListenerKind, ListenerSpec, RouteSpec};
+    let mut engine = Engine::new(
+        EngineConfig {
+            shard: 0,
+            buffers: 4,
+            cap: 2,
+            listeners: vec![ListenerSpec {
+                name: "tcp".into(),
+                fd: 3,
+                kind: ListenerKind::Forward { route: 0 },
+                limit: 100,
+            }],
+            routes: vec![RouteSpec {
+                upstreams: vec![addr("10.0.0.1:80")],
+                connect_timeout_ms: 1000,
+                idle_ms: 60_000,
+                half_close_ms: 30_000,
+            }],
+            datagram_buffers: 8,
+            udp_listeners: vec![UdpListenerSpec {
+                name: "udp".into(),
+                fd: 7,
+                kind: UdpKind::Forward { route: 0 },
+                limit: 100,
+                listen: addr("127.0.0.1:5353"),
+            }],
+            udp_routes: vec![UdpRouteSpec {
+                upstreams: vec![addr("10.0.0.2:53")],
+                session_rcvbuf: None,
+                idle_ms: 1000,
+                max_responses: None,
+                new_sessions_per_second_per_source: None,
+                allow: Vec::new(),
+            }],
+            // One relay (2) and one session (1) fit; a second relay does not.
+            fd_budget: FdBudget::Max(4),
+            ..EngineConfig::default()
+        },
+        0,
+    );
+    let mut ops = Vec::new();
+    let mut take = |engine: &mut Engine| {
+        ops.clear();
+        engine.take_ops(&mut ops);
+        ops.clone()
+    };
+    engine.start();
+    let started = take(&mut engine);
+    let (Some(accept), Some(recv)) = (
+        started.iter().find_map(|op| match op {
+            Op::Accept { token, .. } => Some(*token),
+            _ => None,
+        }),
+        started.iter().find_map(|op| match op {
+            Op::UdpRecvMulti { token, .. } => Some(*token),
+            _ => None,
+        }),
+    ) else {
+        panic!("no single accept and datagram receive at start: {started:?}");
+    };
+    // A datagram opens a session (one descriptor)...
+    let meta = DatagramMeta {
+        src: Some(addr("10.1.0.1:4000")),
+        local: None,
+        offset: 0,
+        len: 10,
+        truncated: false,
+        drops: None,
+    };
+    let flags = CQE_F_BUFFER | CQE_F_MORE;
+    engine.handle_datagram_cqe(recv, 10, flags, Some(meta), 1);
+    let opened = take(&mut engine);
+    let Some(socket) = opened.iter().find_map(|op| match op {
+        Op::UdpSocket { token, .. } => Some(*token),
+        _ => None,
+    }) else {
+        panic!("no session socket: {opened:?}");
+    };
+    // ...and a relay takes two: no room for another, so accepting pauses.
+    engine.handle_cqe(accept, 100, 0, 2);
+    let admitted = take(&mut engine);
+    assert!(
+        !admitted
+            .iter()
+            .any(|op| matches!(op, Op::Accept { .. } | Op::AcceptMulti { .. })),
+        "accept re-armed with no room for a relay: {admitted:?}"
+    );
+    assert_eq!(engine.stats().get(Counter::AcceptPausedFd), 1);
+    // The session fails (its socket could not be made) and gives its
+    // descriptor back: the listener accepts again at once.
+    engine.handle_datagram_cqe(socket, -libc::EMFILE, 0, None, 3);
+    let ended = take(&mut engine);
+    assert_eq!(engine.sessions(), 0);
+    assert!(
+        ended
+            .iter()
+            .any(|op| matches!(op, Op::Accept { fd, .. } if fd.raw() == 3)),
+        "the paused listener was not resumed when the session ended: {ended:?}"
+    );
 }
