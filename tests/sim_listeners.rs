@@ -1240,7 +1240,7 @@ fn check_upstream_counters(sim: &Sim, stats: &ShardStats) {
 
 #[test]
 fn several_listeners_accept_errors_and_mid_stream_drains_survive_random_schedules() {
-    let seeds = seeds(600);
+    let seeds = seeds(1500);
     let mut totals = ShardStats::default();
     let mut mid = [0u64; 2];
     for &seed in &seeds {

@@ -1232,7 +1232,7 @@ fn run_seed(seed: u64) -> Sim {
 
 #[test]
 fn udp_sessions_survive_random_schedules() {
-    let seeds = seeds(1000);
+    let seeds = seeds(2000);
     let mut totals = ringfwd::stats::ShardStats::default();
     for &seed in &seeds {
         let sim = run_seed(seed);
