@@ -1614,10 +1614,15 @@ fn seeds() -> Vec<u64> {
     if let Some(s) = std::env::var("SIM_SEED").ok().and_then(|v| v.parse().ok()) {
         return vec![s];
     }
+    seeds_or(1500)
+}
+
+/// Seeds 1..=n, `n` from `SIM_SEEDS` or `default`.
+fn seeds_or(default: u64) -> Vec<u64> {
     let n = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1500u64);
+        .unwrap_or(default);
     (1..=n).collect()
 }
 
@@ -2373,6 +2378,21 @@ mod serve_modes {
                 "{}",
                 stats.to_kv()
             );
+            // Each server counts what it received from its own clients.
+            for (l, counted) in stats.listeners.iter().enumerate() {
+                let got: u64 = self
+                    .clients
+                    .iter()
+                    .filter(|c| c.listener == l)
+                    .map(|c| c.delivered)
+                    .sum();
+                let counted = counted.counters.get(Counter::BytesC2u);
+                check!(
+                    self,
+                    counted == got,
+                    "listener {l} counted {counted} bytes received, its clients sent {got}"
+                );
+            }
         }
     }
 
@@ -2380,7 +2400,7 @@ mod serve_modes {
     fn sink_source_and_rr_survive_random_schedules() {
         let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|v| v.parse().ok()) {
             Some(s) => vec![s],
-            None => (1..=600).collect(),
+            None => super::seeds_or(600),
         };
         let mut stale = 0;
         let mut enobufs = 0;
