@@ -265,6 +265,7 @@ impl Sim {
                 fd,
                 kind,
                 limit: 1024,
+                front: Default::default(),
             });
             listeners.push(Listener {
                 fd,

@@ -250,6 +250,7 @@ impl Sim {
             routes.push(UdpRouteSpec {
                 upstreams: ups.clone(),
                 session_rcvbuf: None,
+                send_proxy: false,
                 idle_ms,
                 max_responses,
                 new_sessions_per_second_per_source: None,
@@ -1279,6 +1280,7 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
                 fd: 3,
                 kind: ListenerKind::Forward { route: 0 },
                 limit: 100,
+                front: Default::default(),
             }],
             routes: vec![RouteSpec {
                 upstreams: vec![addr("10.0.0.1:80")],
@@ -1297,6 +1299,7 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
             udp_routes: vec![UdpRouteSpec {
                 upstreams: vec![addr("10.0.0.2:53")],
                 session_rcvbuf: None,
+                send_proxy: false,
                 idle_ms: 1000,
                 max_responses: None,
                 new_sessions_per_second_per_source: None,

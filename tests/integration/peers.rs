@@ -159,7 +159,10 @@ fn haproxy_send_proxy_v1_and_v2_reach_an_accept_proxy_listener_with_the_real_cli
         "the client each header named is the real one"
     );
     for l in &lines {
-        assert!(l["peer"].is_string(), "the real peer (HAProxy) is named: {l}");
+        assert!(
+            l["peer"].is_string(),
+            "the real peer (HAProxy) is named: {l}"
+        );
         assert_ne!(l["peer"], l["client"], "the peer is HAProxy: {l}");
     }
     assert_eq!(fwd.stat("close_proxy_malformed"), 0);
