@@ -7,7 +7,7 @@
 //! See ARCHITECTURE.md (the code map, the life of a connection and a datagram)
 //! and README.md.
 
-pub mod accesslog;
+pub(crate) mod accesslog;
 pub mod bench;
 pub mod cli;
 pub mod config;

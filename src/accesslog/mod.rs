@@ -9,19 +9,11 @@
 //! reads the count with `dropped()`. The writer thread owns the file, writes
 //! with write(2), and reopens it on `AccessLog::reopen` (SIGUSR1, logrotate).
 //!
-//! Wiring, from the control thread:
-//!
-//! ```no_run
-//! # use ringfwd::accesslog::*;
-//! # use std::time::Duration;
-//! let sink = Sink::from_config("/var/log/ringfwd/access.log");
-//! let (log, handles) = AccessLog::start(&sink, Format::Json, 2)?;
-//! // move one handle into each shard; it calls log() at close, flush() per turn
-//! log.reopen(); // on SIGUSR1
-//! drop(handles); // the shards exit, dropping theirs
-//! log.shutdown(Duration::from_secs(2));
-//! # Ok::<(), StartError>(())
-//! ```
+//! Wiring, from the control thread (`runtime`): `AccessLog::start(&sink,
+//! format, shards)` opens the sink and gives one `AccessLogShard` per shard;
+//! each shard calls `log` at every close and `flush` once per loop turn;
+//! SIGUSR1 calls `AccessLog::reopen`; at exit the shards drop their handles
+//! and `AccessLog::shutdown` waits (bounded) for the writer.
 //!
 //! This is the one cross-thread queue a shard writes on its data path; it is
 //! touched once per loop turn with lines, never per line, and never blocks.
@@ -30,8 +22,5 @@ mod record;
 mod time;
 mod writer;
 
-pub use record::{AccessRecord, Format, Proto, format_json, format_text, push_text_str};
-pub use time::push_rfc3339_ms;
-pub use writer::{
-    AccessLog, AccessLogShard, BATCH_BYTES, QUEUE_BATCHES, Shutdown, Sink, StartError,
-};
+pub(crate) use record::{AccessRecord, Format, Proto};
+pub(crate) use writer::{AccessLog, AccessLogShard, Sink};

@@ -75,7 +75,7 @@ impl AccessRecord<'_> {
 
 /// The line format, `[log] format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Format {
+pub(crate) enum Format {
     #[default]
     Text,
     Json,
@@ -83,7 +83,7 @@ pub enum Format {
 
 impl Format {
     /// Appends one line (with its `\n`) in this format.
-    pub fn append(self, rec: &AccessRecord, out: &mut String) {
+    pub(crate) fn append(self, rec: &AccessRecord, out: &mut String) {
         match self {
             Format::Text => format_text(rec, out),
             Format::Json => format_json(rec, out),
@@ -95,7 +95,7 @@ impl Format {
 /// in a fixed order; a value that does not apply is `null` (`peer` when it is
 /// the client, `upstream`, `sni`, `connect_ms`, and the datagram counts of a
 /// TCP line).
-pub fn format_json(rec: &AccessRecord, out: &mut String) {
+pub(super) fn format_json(rec: &AccessRecord, out: &mut String) {
     out.push_str("{\"time\":\"");
     push_rfc3339_ms(rec.time, out);
     out.push_str("\",\"listener\":");
@@ -190,7 +190,7 @@ fn push_json_str(s: &str, out: &mut String) {
 /// bytes_c2u bytes_u2c datagrams_c2u datagrams_u2c reason`
 ///
 /// The strings (listener, sni, reason) are written by `push_text_str`'s rule.
-pub fn format_text(rec: &AccessRecord, out: &mut String) {
+pub(super) fn format_text(rec: &AccessRecord, out: &mut String) {
     push_rfc3339_ms(rec.time, out);
     out.push(' ');
     push_text_str(rec.listener, out);
@@ -270,7 +270,7 @@ fn is_bare(b: u8) -> bool {
 /// a non-ASCII character) as `\xHH`; a space stays a space inside the quotes.
 /// So a line always splits on spaces outside quotes into the same 15 fields,
 /// and holds only printable ASCII whatever a client put in its SNI.
-pub fn push_text_str(s: &str, out: &mut String) {
+pub(super) fn push_text_str(s: &str, out: &mut String) {
     if !s.is_empty() && s != "-" && s.bytes().all(is_bare) {
         out.push_str(s);
         return;

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Appends `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`. A time before 1970 (a clock set
 /// far back) is written as the epoch rather than failing the line.
-pub fn push_rfc3339_ms(t: SystemTime, out: &mut String) {
+pub(super) fn push_rfc3339_ms(t: SystemTime, out: &mut String) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days(secs / 86_400);
@@ -30,7 +30,7 @@ pub fn push_rfc3339_ms(t: SystemTime, out: &mut String) {
 /// Gregorian calendar: Howard Hinnant's `civil_from_days`, restricted to
 /// days >= 0 so it stays in unsigned arithmetic. Eras are 400-year cycles
 /// (146097 days) counted from 0000-03-01, so the leap day ends a year.
-pub fn civil_from_days(days: u64) -> (u64, u8, u8) {
+pub(super) fn civil_from_days(days: u64) -> (u64, u8, u8) {
     // 719468 days from 0000-03-01 to 1970-01-01.
     let z = days + 719_468;
     let era = z / 146_097;

@@ -22,12 +22,12 @@ use super::record::{AccessRecord, Format};
 
 /// A shard hands its batch over before it grows past this many bytes; so this
 /// bounds a shard's buffer and each queued batch.
-pub const BATCH_BYTES: usize = 64 * 1024;
+pub(super) const BATCH_BYTES: usize = 64 * 1024;
 
 /// Batches a shard may have queued to the writer. With `BATCH_BYTES` this
 /// lets a shard's lines wait up to 512 KiB (about 2500 JSON lines) while the
 /// writer is slow, before lines are dropped.
-pub const QUEUE_BATCHES: usize = 8;
+pub(super) const QUEUE_BATCHES: usize = 8;
 
 /// Room kept for the next line: a batch with less free is handed over first,
 /// so formatting a line never grows the buffer. A longer line (only a
@@ -44,7 +44,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Where lines go: `[log] access`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sink {
+pub(crate) enum Sink {
     Stdout,
     Stderr,
     File(PathBuf),
@@ -53,7 +53,8 @@ pub enum Sink {
 impl Sink {
     /// `"stdout"` and `"stderr"` are the process's streams; anything else is
     /// a file path.
-    pub fn from_config(value: &str) -> Sink {
+    #[cfg(test)]
+    pub(crate) fn from_config(value: &str) -> Sink {
         match value {
             "stdout" => Sink::Stdout,
             "stderr" => Sink::Stderr,
@@ -74,7 +75,7 @@ impl fmt::Display for Sink {
 
 /// Why the access log could not start.
 #[derive(Debug)]
-pub enum StartError {
+pub(crate) enum StartError {
     /// The file (or a duplicate of stdout/stderr) could not be opened.
     Open { sink: Sink, source: io::Error },
     /// The writer thread could not be spawned.
@@ -119,7 +120,7 @@ impl std::error::Error for StartError {
 
 /// How `AccessLog::shutdown` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shutdown {
+pub(crate) enum Shutdown {
     /// Every queued line was written (or counted as dropped) and the writer
     /// thread has exited.
     Drained,
@@ -140,7 +141,7 @@ struct Control {
 }
 
 /// The control thread's side: reopen and shutdown.
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     thread: JoinHandle<()>,
     control: Arc<Control>,
     sink: Sink,
@@ -150,7 +151,7 @@ impl AccessLog {
     /// Opens `sink` (a file: O_APPEND|O_CREAT, mode 0640) and starts the
     /// writer thread with one queue per shard. An error names the path and
     /// what to do; the runtime reports it as a startup error.
-    pub fn start(
+    pub(crate) fn start(
         sink: &Sink,
         format: Format,
         shards: usize,
@@ -213,7 +214,7 @@ impl AccessLog {
     /// Asks the writer to reopen the file (SIGUSR1, after logrotate renamed
     /// it). It does so before it writes its next batch; a failure is logged
     /// and the old file kept. Stdout and stderr are not reopened.
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         self.control.reopen.store(true, Ordering::Release);
         self.thread.thread().unpark();
     }
@@ -221,7 +222,7 @@ impl AccessLog {
     /// Waits, up to `wait`, for the writer to drain every queue and exit. Call
     /// it after the shards dropped their handles (the writer exits only when
     /// every handle is gone).
-    pub fn shutdown(self, wait: Duration) -> Shutdown {
+    pub(crate) fn shutdown(self, wait: Duration) -> Shutdown {
         let deadline = Instant::now() + wait;
         self.thread.thread().unpark();
         while !self.thread.is_finished() {

@@ -12,21 +12,21 @@ use std::time::Duration;
 /// Growth factor of the coarse phase. Doubling reaches any rate in
 /// log2(max/start) steps and leaves a bracket the bisection closes in at
 /// most [`MAX_BISECT_STEPS`].
-pub const GROWTH: f64 = 2.0;
+pub(crate) const GROWTH: f64 = 2.0;
 
 /// The search stops once the broken rate is within this fraction above the
 /// held one. Run-to-run noise of one step on a quiet host is a few percent,
 /// so a finer bracket would mostly measure noise while costing more steps.
-pub const RESOLUTION: f64 = 0.05;
+pub(crate) const RESOLUTION: f64 = 0.05;
 
 /// Bisection steps from a [`GROWTH`] bracket (100% wide) to [`RESOLUTION`]:
 /// 100% → 50 → 25 → 12.5 → 6.25 → 3.1%. Bisection halves the bracket
 /// whatever a step says, so noisy steps cannot make it longer.
-pub const MAX_BISECT_STEPS: usize = 5;
+pub(crate) const MAX_BISECT_STEPS: usize = 5;
 
 /// Most growth steps: `--max-rate` may be at most `GROWTH^(MAX_GROWTH_STEPS-1)`
 /// (about a million) times `--start-rate`.
-pub const MAX_GROWTH_STEPS: usize = 21;
+pub(crate) const MAX_GROWTH_STEPS: usize = 21;
 
 /// A step that breaks is run once more at the same rate, and only a second
 /// break counts: on a shared host a burst of other work (or the hypervisor)
@@ -35,21 +35,21 @@ pub const MAX_GROWTH_STEPS: usize = 21;
 /// retry removes false breaks without hiding real ones. At most this many
 /// retries per search: enough to confirm every break of a clean search (the
 /// one that ends the growth and one per bisection step).
-pub const MAX_RETRIES: usize = MAX_BISECT_STEPS + 1;
+pub(crate) const MAX_RETRIES: usize = MAX_BISECT_STEPS + 1;
 
 /// Hard bound on the steps of one search, so its duration is bounded:
 /// every growth step, the bisection and the retries.
-pub const MAX_STEPS: usize = MAX_GROWTH_STEPS + MAX_BISECT_STEPS + MAX_RETRIES;
+pub(crate) const MAX_STEPS: usize = MAX_GROWTH_STEPS + MAX_BISECT_STEPS + MAX_RETRIES;
 
 /// A step holds only if the achieved rate is within this fraction of the
 /// offered one. Below: the target fell behind and an open loop's backlog
 /// grows, even when a short step's percentiles do not show it yet. Above:
 /// the step was draining a backlog the target built up in the warmup.
-pub const RATE_TOLERANCE: f64 = 0.05;
+pub(crate) const RATE_TOLERANCE: f64 = 0.05;
 
 /// One latency objective, e.g. `p99=1ms`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Slo {
+pub(crate) struct Slo {
     /// As written, e.g. "p99" or "p99.9".
     pub name: String,
     /// 0 < quantile < 1, e.g. 0.99.
@@ -60,7 +60,7 @@ pub struct Slo {
 
 /// The `--capacity` settings, validated.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub slos: Vec<Slo>,
     /// Largest error ratio (errors / (completed + errors)) a step may have.
     pub max_errors: f64,
@@ -74,7 +74,7 @@ pub struct Settings {
 
 impl Settings {
     /// The most steps this search can take.
-    pub fn worst_case_steps(&self) -> usize {
+    pub(crate) fn worst_case_steps(&self) -> usize {
         let mut growth = 1;
         let mut rate = self.start_rate;
         while rate < self.max_rate && growth < MAX_GROWTH_STEPS {
@@ -87,7 +87,7 @@ impl Settings {
 
 /// What one step measured (latencies in microseconds).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Measured {
+pub(crate) struct Measured {
     pub offered: f64,
     pub achieved: f64,
     pub ops: u64,
@@ -100,7 +100,7 @@ pub struct Measured {
 }
 
 impl Measured {
-    pub fn error_ratio(&self) -> f64 {
+    pub(crate) fn error_ratio(&self) -> f64 {
         let all = self.ops + self.errors;
         if all == 0 {
             0.0
@@ -112,7 +112,7 @@ impl Measured {
 
 /// Why a step did not hold.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Miss {
+pub(crate) enum Miss {
     /// A percentile above its objective.
     Slo {
         name: String,
@@ -126,7 +126,7 @@ pub enum Miss {
 }
 
 impl Miss {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         use super::report::dur;
         match self {
             // No latency sample at all: nothing completed in the step.
@@ -151,7 +151,7 @@ impl Miss {
 
 /// Whether a step is the first run at its rate or the retry of a break.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     First,
     /// The run after a break at the same rate: its verdict is the rate's.
     Retry,
@@ -159,7 +159,7 @@ pub enum Attempt {
 
 /// One finished step: what it measured and why it broke (empty: it held).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Step {
+pub(crate) struct Step {
     pub measured: Measured,
     pub misses: Vec<Miss>,
     /// Set by `Search::record`.
@@ -169,7 +169,7 @@ pub struct Step {
 impl Step {
     /// Judges `measured` against the objectives, the error limit and the
     /// achieved-rate rule.
-    pub fn judge(measured: Measured, settings: &Settings) -> Step {
+    pub(crate) fn judge(measured: Measured, settings: &Settings) -> Step {
         let mut misses = Vec::new();
         for (slo, &at) in settings.slos.iter().zip(&measured.at_slo) {
             if at > slo.limit_us {
@@ -200,14 +200,14 @@ impl Step {
         }
     }
 
-    pub fn held(&self) -> bool {
+    pub(crate) fn held(&self) -> bool {
         self.misses.is_empty()
     }
 }
 
 /// How a search ended.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// `rate` held; `broken_at` (when known) is the lowest rate that broke.
     Found { rate: f64, broken_at: Option<f64> },
     /// Even `--start-rate` broke: the capacity, if any, is below it.
@@ -218,7 +218,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The highest rate that held, if one did.
-    pub fn rate(&self) -> Option<f64> {
+    pub(crate) fn rate(&self) -> Option<f64> {
         match *self {
             Outcome::Found { rate, .. } => Some(rate),
             Outcome::BelowStart { .. } => None,
@@ -226,7 +226,7 @@ impl Outcome {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Outcome::Found { .. } => "found",
             Outcome::BelowStart { .. } => "below_start",
@@ -237,7 +237,7 @@ impl Outcome {
 
 /// What the search wants next.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Run a step at this offered rate.
     Run(f64),
     Done(Outcome),
@@ -245,7 +245,7 @@ pub enum Next {
 
 /// The search state: every step so far and the bracket they define.
 #[derive(Clone, Debug)]
-pub struct Search {
+pub(crate) struct Search {
     start: f64,
     max: f64,
     steps: Vec<Step>,
@@ -258,7 +258,7 @@ pub struct Search {
 }
 
 impl Search {
-    pub fn new(settings: &Settings) -> Search {
+    pub(crate) fn new(settings: &Settings) -> Search {
         Search {
             start: settings.start_rate,
             max: settings.max_rate.max(settings.start_rate),
@@ -269,12 +269,12 @@ impl Search {
         }
     }
 
-    pub fn steps(&self) -> &[Step] {
+    pub(crate) fn steps(&self) -> &[Step] {
         &self.steps
     }
 
     /// The next rate to offer, or the result.
-    pub fn next(&self) -> Next {
+    pub(crate) fn next(&self) -> Next {
         if self.steps.is_empty() {
             return Next::Run(self.start);
         }
@@ -310,7 +310,7 @@ impl Search {
     }
 
     /// Takes the result of the step `next` asked for.
-    pub fn record(&mut self, mut step: Step) {
+    pub(crate) fn record(&mut self, mut step: Step) {
         let rate = step.measured.offered;
         if self.to_retry() == Some(rate) {
             step.attempt = Attempt::Retry;

@@ -36,7 +36,7 @@ const CURVES: [Curve; 3] = [
 ];
 
 /// The chart as an SVG document; `title` names the target and load.
-pub fn svg(
+pub(crate) fn svg(
     title: &str,
     settings: &Settings,
     steps: &[Step],

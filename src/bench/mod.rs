@@ -4,13 +4,13 @@
 //! common clock, shows live progress, merges their HDR histograms and
 //! counters, and prints the table and `--json`.
 
-pub mod capacity;
-pub mod chart;
+pub(crate) mod capacity;
+pub(crate) mod chart;
 pub mod hdr_out;
-pub mod payload;
-pub mod plan;
-pub mod record;
-pub mod report;
+pub(crate) mod payload;
+pub(crate) mod plan;
+pub(crate) mod record;
+pub(crate) mod report;
 pub mod shard;
 
 use std::io::{IsTerminal, Write};

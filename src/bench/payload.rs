@@ -38,7 +38,7 @@ impl Expect {
 
 /// Decodes `\r \n \t \\ \xHH`; any other backslash sequence is refused with
 /// its byte position, so a typo never sends bytes the user did not mean.
-pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn unescape(s: &str) -> Result<Vec<u8>, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -85,7 +85,7 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
 
 /// `--flag TEXT` (escapes decoded) or `--flag @FILE` (the file's bytes, as
 /// they are): at least 1 and at most `max` bytes.
-pub fn load(flag: &str, value: &str, max: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn load(flag: &str, value: &str, max: u64) -> Result<Vec<u8>, String> {
     let bytes = match value.strip_prefix('@') {
         Some(path) => read_bounded(flag, path, max)?,
         None => unescape(value).map_err(|e| format!("--{flag} {value:?}: {e}"))?,
@@ -128,7 +128,7 @@ fn read_bounded(flag: &str, path: &str, max: u64) -> Result<Vec<u8>, String> {
 
 /// Bytes for a message: printable ASCII as is, the rest escaped as
 /// `unescape` reads them, cut after `max` bytes with "...".
-pub fn show(bytes: &[u8], max: usize) -> String {
+pub(crate) fn show(bytes: &[u8], max: usize) -> String {
     let mut s = String::from("\"");
     for &b in bytes.iter().take(max) {
         match b {
@@ -153,7 +153,7 @@ pub fn show(bytes: &[u8], max: usize) -> String {
 /// position `p` are the contiguous slice at `p % period`, for any `len` up
 /// to `max_run(p)`. At least two copies and 64 KiB, so a send is never
 /// shorter than one unit nor tiny for a short unit.
-pub fn repeat_region(unit: &[u8]) -> Box<[u8]> {
+pub(crate) fn repeat_region(unit: &[u8]) -> Box<[u8]> {
     let copies = (65_536usize.div_ceil(unit.len().max(1))).max(2);
     unit.repeat(copies).into_boxed_slice()
 }
@@ -161,14 +161,14 @@ pub fn repeat_region(unit: &[u8]) -> Box<[u8]> {
 /// Checks a stream that is `unit` repeated (responses to `--expect`),
 /// however the reads are split; `region` comes from `repeat_region(unit)`.
 #[derive(Clone, Debug, Default)]
-pub struct RepeatCheck {
+pub(crate) struct RepeatCheck {
     /// Stream bytes checked so far.
     pub position: u64,
 }
 
 impl RepeatCheck {
     /// On mismatch returns the stream offset of the first wrong byte.
-    pub fn check(&mut self, region: &[u8], period: usize, got: &[u8]) -> Result<(), u64> {
+    pub(crate) fn check(&mut self, region: &[u8], period: usize, got: &[u8]) -> Result<(), u64> {
         let mut rest = got;
         while !rest.is_empty() {
             let at = (self.position % period.max(1) as u64) as usize;

@@ -10,20 +10,20 @@ use crate::cli::{BenchArgs, BenchCommon, BenchMode, CapacityArgs, PayloadArgs};
 use crate::config::units::{parse_duration, parse_size};
 
 /// Largest request, response or datagram size accepted.
-pub const MAX_MESSAGE: u64 = 16 << 20;
+pub(crate) const MAX_MESSAGE: u64 = 16 << 20;
 /// Bytes at the start of every bench datagram: magic, flow, sequence, send
 /// time. They let a reply be matched to its request without per-datagram state.
-pub const UDP_HEADER: u64 = 24;
+pub(crate) const UDP_HEADER: u64 = 24;
 /// Largest UDP payload (IPv4: 65535 - 20 - 8).
-pub const MAX_UDP: u64 = 65_507;
+pub(crate) const MAX_UDP: u64 = 65_507;
 /// Largest tcp-stream write: 4 MiB, iperf3-sized writes and beyond; the
 /// shard sends it straight from a pattern region long enough for it
 /// (`verify::periodic_region_for`).
-pub const MAX_STREAM_WRITE: u64 = 4 << 20;
+pub(crate) const MAX_STREAM_WRITE: u64 = 4 << 20;
 /// Most memory the UDP modes' send slots (one datagram each) may take.
-pub const MAX_SEND_SLOTS: u64 = 1 << 30;
+pub(crate) const MAX_SEND_SLOTS: u64 = 1 << 30;
 /// Most connections or flows one run may open.
-pub const MAX_CONNS: u64 = 100_000;
+pub(crate) const MAX_CONNS: u64 = 100_000;
 
 /// Which way tcp-stream moves bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -590,7 +590,7 @@ fn parse_ratio(flag: &str, v: &str) -> Result<f64, String> {
 }
 
 /// The `--capacity` settings of `args`, validated; `None` without `--capacity`.
-pub fn capacity_settings(args: &BenchArgs) -> Result<Option<capacity::Settings>, String> {
+pub(crate) fn capacity_settings(args: &BenchArgs) -> Result<Option<capacity::Settings>, String> {
     let (c, common): (&CapacityArgs, &BenchCommon) = match &args.mode {
         BenchMode::TcpRr(a) => (&a.capacity, &a.common),
         BenchMode::TcpCrr(a) => (&a.capacity, &a.common),

@@ -5,7 +5,7 @@
 use hdrhistogram::Histogram;
 
 /// Latencies are recorded in nanoseconds, 3 significant digits, up to this.
-pub const MAX_LATENCY_NS: u64 = 600_000_000_000;
+pub(crate) const MAX_LATENCY_NS: u64 = 600_000_000_000;
 
 /// Errors by kind, as counted by the generator.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub struct Record {
 }
 
 /// Made once per shard at setup (never on the data path).
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     #[allow(clippy::expect_used)]
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
         .expect("constant bounds 1..=600s with 3 digits are within hdrhistogram's range")

@@ -284,7 +284,7 @@ impl Summary {
 }
 
 /// 1234567 → "1,234,567".
-pub fn group(n: u64) -> String {
+pub(crate) fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
@@ -297,7 +297,7 @@ pub fn group(n: u64) -> String {
 }
 
 /// 123456.7 → "123.5 k".
-pub fn si(x: f64) -> String {
+pub(crate) fn si(x: f64) -> String {
     let (v, p) = if x >= 1e9 {
         (x / 1e9, "G")
     } else if x >= 1e6 {
@@ -311,7 +311,7 @@ pub fn si(x: f64) -> String {
 }
 
 /// Microseconds, shown in the unit that reads best.
-pub fn dur(us: f64) -> String {
+pub(crate) fn dur(us: f64) -> String {
     if us >= 1e6 {
         format!("{:.2}s", us / 1e6)
     } else if us >= 1e3 {
@@ -340,7 +340,7 @@ mod tests {
 /// A capacity search, as it is shown (step rows as they finish, then the
 /// result line) and written (`--json`).
 #[derive(Clone, Debug)]
-pub struct CapacityReport {
+pub(crate) struct CapacityReport {
     pub plan: BenchPlan,
     pub settings: capacity::Settings,
     pub steps: Vec<capacity::Step>,
@@ -350,7 +350,7 @@ pub struct CapacityReport {
 
 /// What a step measured, from its run: the completed rate, errors (UDP
 /// datagrams left unanswered count as errors) and the percentiles.
-pub fn measured(summary: &Summary, settings: &capacity::Settings) -> capacity::Measured {
+pub(crate) fn measured(summary: &Summary, settings: &capacity::Settings) -> capacity::Measured {
     let h = &summary.record.latency;
     let at = |q: f64| {
         if h.is_empty() {
@@ -377,7 +377,7 @@ pub fn measured(summary: &Summary, settings: &capacity::Settings) -> capacity::M
 }
 
 /// A limit as an operator writes it: "1ms", "200µs", "2s".
-pub fn limit(us: f64) -> String {
+pub(crate) fn limit(us: f64) -> String {
     if us >= 1e6 && us % 1e6 == 0.0 {
         format!("{}s", us / 1e6)
     } else if us >= 1e3 && us % 1e3 == 0.0 {
@@ -397,7 +397,7 @@ fn per_s(rate: f64) -> String {
 impl CapacityReport {
     /// What will run, printed before the first step: the objectives, the
     /// rates and the longest the search can take.
-    pub fn header(plan: &BenchPlan, s: &capacity::Settings) -> String {
+    pub(crate) fn header(plan: &BenchPlan, s: &capacity::Settings) -> String {
         let steps = s.worst_case_steps();
         let per_step = plan.warmup + s.step_duration;
         let worst = per_step * steps as u32;
@@ -440,7 +440,7 @@ impl CapacityReport {
     }
 
     /// One step's row of the table (`index` from 1).
-    pub fn row(index: usize, step: &capacity::Step) -> String {
+    pub(crate) fn row(index: usize, step: &capacity::Step) -> String {
         let m = &step.measured;
         let lat = |v: f64| if v.is_finite() { dur(v) } else { "-".into() };
         let retry = step.attempt == capacity::Attempt::Retry;
@@ -466,7 +466,7 @@ impl CapacityReport {
     }
 
     /// "capacity: 48211/s at p99 ≤ 1ms", or why there is no such rate.
-    pub fn result_line(&self) -> String {
+    pub(crate) fn result_line(&self) -> String {
         let at = Self::objectives(&self.settings);
         match self.outcome {
             capacity::Outcome::Found { rate, broken_at } => {
@@ -486,7 +486,7 @@ impl CapacityReport {
         }
     }
 
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let p = &self.plan;
         let w = &p.workload;
         let s = &self.settings;

@@ -45,14 +45,14 @@ pub(super) struct Origin {
 }
 
 impl Origin {
-    pub fn new(source: &str, key: impl Into<String>) -> Self {
+    pub(super) fn new(source: &str, key: impl Into<String>) -> Self {
         Self {
             source: source.to_owned(),
             key: key.into(),
         }
     }
 
-    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+    pub(super) fn error(&self, message: impl Into<String>) -> ConfigError {
         ConfigError {
             source_name: self.source.clone(),
             key: self.key.clone(),
@@ -61,7 +61,7 @@ impl Origin {
     }
 
     /// How a message about another place refers to this one, e.g. `tcp[0].listen in ringfwd.toml`.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         if names_prefix(&self.key, &self.source) {
             self.key.clone()
         } else if self.is_command_line() {
@@ -73,7 +73,7 @@ impl Origin {
 
     /// [`Origin::describe`], leaving out the source when `from` (where the message is reported)
     /// already names it.
-    pub fn describe_from(&self, from: &Origin) -> String {
+    pub(super) fn describe_from(&self, from: &Origin) -> String {
         if self.source == from.source {
             self.key.clone()
         } else {
@@ -81,7 +81,7 @@ impl Origin {
         }
     }
 
-    pub fn is_command_line(&self) -> bool {
+    pub(super) fn is_command_line(&self) -> bool {
         self.source == COMMAND_LINE
     }
 }

@@ -431,7 +431,7 @@ pub(super) struct Claim {
 
 impl Claim {
     /// A listener named after its listen address, as written.
-    pub fn unnamed(proto: Proto, listen: SocketAddr, written: &str, at: Origin) -> Self {
+    pub(super) fn unnamed(proto: Proto, listen: SocketAddr, written: &str, at: Origin) -> Self {
         Self {
             proto,
             listen,

@@ -18,7 +18,7 @@ pub(super) struct Document {
 }
 
 impl Document {
-    pub fn parse(source: &str, text: &str) -> Result<Self, ConfigError> {
+    pub(super) fn parse(source: &str, text: &str) -> Result<Self, ConfigError> {
         let table = text
             .parse::<Table>()
             .map_err(|err| syntax_error(source, text, &err))?;
@@ -28,7 +28,7 @@ impl Document {
         })
     }
 
-    pub fn root(&self) -> Section<'_> {
+    pub(super) fn root(&self) -> Section<'_> {
         Section {
             source: &self.source,
             path: String::new(),
@@ -92,7 +92,7 @@ pub(super) struct Section<'a> {
 
 impl<'a> Section<'a> {
     /// Rejects any key not in `valid`, naming the closest valid key when there is a likely typo.
-    pub fn deny_unknown(&self, valid: &[&str], location: &str) -> Result<(), ConfigError> {
+    pub(super) fn deny_unknown(&self, valid: &[&str], location: &str) -> Result<(), ConfigError> {
         let Some(unknown) = self.table.keys().find(|key| !valid.contains(&key.as_str())) else {
             return Ok(());
         };
@@ -105,7 +105,7 @@ impl<'a> Section<'a> {
         )))
     }
 
-    pub fn get(&self, name: &str) -> Option<Field<'a>> {
+    pub(super) fn get(&self, name: &str) -> Option<Field<'a>> {
         self.table.get(name).map(|value| Field {
             origin: self.origin(name),
             source: self.source,
@@ -131,7 +131,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    pub fn origin(&self, name: &str) -> Origin {
+    pub(super) fn origin(&self, name: &str) -> Origin {
         Origin::new(self.source, self.key_path(name))
     }
 }
@@ -172,12 +172,12 @@ pub(super) struct Field<'a> {
 }
 
 impl<'a> Field<'a> {
-    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+    pub(super) fn error(&self, message: impl Into<String>) -> ConfigError {
         self.origin.error(message)
     }
 
     /// The value as the operator wrote it, for quoting in messages.
-    pub fn shown(&self) -> String {
+    pub(super) fn shown(&self) -> String {
         show(self.value, 0)
     }
 
@@ -190,28 +190,28 @@ impl<'a> Field<'a> {
         ))
     }
 
-    pub fn as_str(&self) -> Option<&'a str> {
+    pub(super) fn as_str(&self) -> Option<&'a str> {
         match self.value {
             Value::String(s) => Some(s),
             _ => None,
         }
     }
 
-    pub fn integer(&self, example: &str) -> Result<i64, ConfigError> {
+    pub(super) fn integer(&self, example: &str) -> Result<i64, ConfigError> {
         match self.value {
             Value::Integer(n) => Ok(*n),
             _ => Err(self.wrong_type("an integer", example)),
         }
     }
 
-    pub fn boolean(&self, example: &str) -> Result<bool, ConfigError> {
+    pub(super) fn boolean(&self, example: &str) -> Result<bool, ConfigError> {
         match self.value {
             Value::Boolean(b) => Ok(*b),
             _ => Err(self.wrong_type("true or false", example)),
         }
     }
 
-    pub fn string(&self, example: &str) -> Result<&'a str, ConfigError> {
+    pub(super) fn string(&self, example: &str) -> Result<&'a str, ConfigError> {
         match self.value {
             Value::String(s) => Ok(s),
             _ => Err(self.wrong_type("a string", example)),
@@ -219,7 +219,7 @@ impl<'a> Field<'a> {
     }
 
     /// The elements, each keyed `path[i]`.
-    pub fn array(&self, example: &str) -> Result<Vec<Field<'a>>, ConfigError> {
+    pub(super) fn array(&self, example: &str) -> Result<Vec<Field<'a>>, ConfigError> {
         let Value::Array(items) = self.value else {
             return Err(self.wrong_type("an array", example));
         };
@@ -234,7 +234,7 @@ impl<'a> Field<'a> {
             .collect())
     }
 
-    pub fn table(&self, example: &str) -> Result<Section<'a>, ConfigError> {
+    pub(super) fn table(&self, example: &str) -> Result<Section<'a>, ConfigError> {
         let Value::Table(table) = self.value else {
             return Err(self.wrong_type("a table", example));
         };
@@ -246,7 +246,7 @@ impl<'a> Field<'a> {
     }
 
     /// Bytes: a TOML integer, or a size string like `"16KiB"`.
-    pub fn size(&self, example: &str) -> Result<u64, ConfigError> {
+    pub(super) fn size(&self, example: &str) -> Result<u64, ConfigError> {
         match self.value {
             Value::Integer(n) => u64::try_from(*n)
                 .map_err(|_| self.error(format!("{n} is negative; write a size like {example}"))),
@@ -256,7 +256,7 @@ impl<'a> Field<'a> {
     }
 
     /// A duration string like `"5s"`. Integers are refused: their unit would be a guess.
-    pub fn duration(&self, example: &str) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(&self, example: &str) -> Result<Duration, ConfigError> {
         match self.value {
             Value::String(s) => units::parse_duration(s).map_err(|why| self.error(why)),
             Value::Integer(n) => Err(self.error(format!(

@@ -13,13 +13,13 @@ use crate::sys::host::NoFile;
 /// Descriptors outside every shard's budget: stdio, the control thread's
 /// (signals, the log, the threads' wakeups), and slack for the accepts a
 /// multishot accept delivers between a shard's pause and the kernel taking it.
-pub const RESERVE: u64 = 64;
+pub(super) const RESERVE: u64 = 64;
 /// Per shard, outside its budget: its io_uring and its command eventfd, with slack.
-pub const PER_SHARD: u64 = 4;
+pub(super) const PER_SHARD: u64 = 4;
 
 /// One configured limit and the descriptors it asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limit {
+pub(super) struct Limit {
     /// How the operator would name it, e.g. `tcp listener 'web' max_connections = 50000`.
     pub what: String,
     pub proto: Proto,
@@ -29,7 +29,7 @@ pub struct Limit {
 
 /// The plan's connection and session limits: two descriptors per TCP
 /// connection (client and upstream), one per UDP session (its upstream socket).
-pub fn limits(plan: &Plan) -> Vec<Limit> {
+pub(super) fn limits(plan: &Plan) -> Vec<Limit> {
     let tcp = plan.tcp.iter().map(|t| Limit {
         what: format!(
             "tcp listener '{}' max_connections = {}",
@@ -53,7 +53,7 @@ pub fn limits(plan: &Plan) -> Vec<Limit> {
 
 /// What to tell the operator about the limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Note {
+pub(super) enum Note {
     /// A configured limit cannot be met.
     Warn(String),
     /// The effective cap.
@@ -62,14 +62,14 @@ pub enum Note {
 
 /// Each shard's budget and the note about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Budget {
+pub(super) struct Budget {
     pub per_shard: FdBudget,
     pub note: Note,
 }
 
 /// Descriptors the process needs for `limits` beside `fixed` (listening
 /// sockets and pipes of every shard) on `shards` shards.
-pub fn needed(limits: &[Limit], fixed: u64, shards: usize) -> u64 {
+pub(super) fn needed(limits: &[Limit], fixed: u64, shards: usize) -> u64 {
     let conns: u64 = limits.iter().map(|l| l.descriptors).sum();
     conns + outside(fixed, shards)
 }
@@ -79,7 +79,7 @@ fn outside(fixed: u64, shards: usize) -> u64 {
 }
 
 /// Splits the limit in effect over `shards` and says what it allows.
-pub fn budget(limits: &[Limit], fixed: u64, shards: usize, nofile: NoFile) -> Budget {
+pub(super) fn budget(limits: &[Limit], fixed: u64, shards: usize, nofile: NoFile) -> Budget {
     let shards = shards.max(1);
     let total = nofile.limit.saturating_sub(outside(fixed, shards));
     let per_shard = u32::try_from(total / shards as u64).unwrap_or(u32::MAX);

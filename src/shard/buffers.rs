@@ -4,23 +4,23 @@
 
 /// Buffers of one ring held by the shard.
 #[derive(Debug)]
-pub struct Held {
+pub(crate) struct Held {
     total: u32,
     held: u32,
 }
 
 impl Held {
-    pub fn new(total: u32) -> Held {
+    pub(crate) fn new(total: u32) -> Held {
         Held { total, held: 0 }
     }
 
     /// A completion handed a buffer over.
-    pub fn take(&mut self) {
+    pub(crate) fn take(&mut self) {
         self.held += 1;
     }
 
     /// A buffer goes back to the ring.
-    pub fn give(&mut self) {
+    pub(crate) fn give(&mut self) {
         debug_assert!(
             self.held > 0,
             "buffer released that the shard does not hold"
@@ -28,16 +28,16 @@ impl Held {
         self.held = self.held.saturating_sub(1);
     }
 
-    pub fn held(&self) -> u32 {
+    pub(crate) fn held(&self) -> u32 {
         self.held
     }
 
-    pub fn total(&self) -> u32 {
+    pub(crate) fn total(&self) -> u32 {
         self.total
     }
 
     /// Buffers in the ring now.
-    pub fn free(&self) -> u32 {
+    pub(crate) fn free(&self) -> u32 {
         self.total.saturating_sub(self.held)
     }
 }

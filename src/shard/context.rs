@@ -226,7 +226,7 @@ impl Ctx {
 }
 
 /// The token of one of the shard's own operations on listener `index`.
-pub fn own_token(kind: OpKind, index: u32) -> u64 {
+pub(crate) fn own_token(kind: OpKind, index: u32) -> u64 {
     Token::new(
         kind,
         Side::Client,

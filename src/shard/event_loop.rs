@@ -35,7 +35,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything one shard is started with.
 #[derive(Debug)]
-pub struct ShardSetup {
+pub(crate) struct ShardSetup {
     pub index: usize,
     pub cpu: usize,
     pub ring_entries: u32,
@@ -65,14 +65,14 @@ pub struct ShardSetup {
 /// The splice relay of a shard: `max_pipes` pipes of `pipe_size` bytes,
 /// made at start (none when `mode` is off).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpliceSetup {
+pub(crate) struct SpliceSetup {
     pub mode: SpliceMode,
     pub max_pipes: u32,
     pub pipe_size: u32,
 }
 
 impl SpliceSetup {
-    pub const OFF: SpliceSetup = SpliceSetup {
+    pub(crate) const OFF: SpliceSetup = SpliceSetup {
         mode: SpliceMode::Off,
         max_pipes: 0,
         pipe_size: 0,
@@ -144,7 +144,7 @@ fn make_pipes(shard: usize, s: SpliceSetup) -> Vec<Option<pipe::Pipe>> {
 
 /// Control thread → shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Stop accepting; let connections finish.
     Drain,
     /// Close every connection now and exit.
@@ -155,7 +155,7 @@ pub enum Command {
 
 /// Shard → control thread.
 #[derive(Debug)]
-pub enum Report {
+pub(crate) enum Report {
     Ready {
         shard: usize,
         setup: String,
@@ -176,7 +176,7 @@ pub enum Report {
     },
 }
 
-pub struct Control {
+pub(crate) struct Control {
     pub commands: Receiver<Command>,
     pub doorbell: Arc<EventFd>,
     pub reports: Sender<Report>,
@@ -339,7 +339,7 @@ fn buffer_of(flags: u32) -> Option<u16> {
 }
 
 /// Runs a shard to completion on the calling thread.
-pub fn run(setup: ShardSetup, control: Control) {
+pub(crate) fn run(setup: ShardSetup, control: Control) {
     let shard = setup.index;
     let mut ring = match pinned_ring(&setup) {
         Ok(r) => r,

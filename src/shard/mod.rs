@@ -3,13 +3,13 @@
 //! routes completions and timers to the services (`tcp`, `udp`) that work on
 //! the shard `context`; `ops` is the interface between the two halves.
 
-pub mod buffers;
-pub mod context;
+pub(crate) mod buffers;
+pub(crate) mod context;
 pub mod engine;
-pub mod event_loop;
-pub mod ops;
-pub mod pipes;
+pub(crate) mod event_loop;
+pub(crate) mod ops;
+pub(crate) mod pipes;
 pub mod slab;
-pub mod tcp;
+pub(crate) mod tcp;
 pub mod token;
 pub mod udp;

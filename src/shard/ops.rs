@@ -234,20 +234,20 @@ pub enum RecvTemplate {
     Upstream,
 }
 
-pub fn result(res: i32) -> Result<u32, i32> {
+pub(crate) fn result(res: i32) -> Result<u32, i32> {
     if res >= 0 { Ok(res as u32) } else { Err(-res) }
 }
 
-pub fn unit(res: i32) -> Result<(), i32> {
+pub(crate) fn unit(res: i32) -> Result<(), i32> {
     result(res).map(|_| ())
 }
 
-pub fn buffer_id(flags: u32) -> Option<u16> {
+pub(crate) fn buffer_id(flags: u32) -> Option<u16> {
     (flags & CQE_F_BUFFER != 0).then_some((flags >> 16) as u16)
 }
 
 /// A stream receive's completion, decoded.
-pub fn recv_event(res: i32, flags: u32) -> RecvEvent {
+pub(crate) fn recv_event(res: i32, flags: u32) -> RecvEvent {
     if res > 0 {
         match buffer_id(flags) {
             Some(bid) => RecvEvent::Data {

@@ -6,7 +6,7 @@ use super::ops::PipeFds;
 use crate::tcp::splice::PipeId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PipeSlot {
+pub(crate) enum PipeSlot {
     Free(PipeFds),
     Lent(PipeFds),
     /// Discarded; the event loop is making a replacement.
@@ -18,13 +18,13 @@ pub enum PipeSlot {
 /// The shard's bounded pipe budget (HAProxy's `maxpipes`): pipes are lent
 /// to spliced directions and come back when they stop splicing.
 #[derive(Debug, Default)]
-pub struct PipePool {
+pub(crate) struct PipePool {
     slots: Vec<PipeSlot>,
     free: Vec<u16>,
 }
 
 impl PipePool {
-    pub fn new(pipes: &[PipeFds]) -> PipePool {
+    pub(crate) fn new(pipes: &[PipeFds]) -> PipePool {
         let n = pipes.len().min(usize::from(u16::MAX));
         PipePool {
             slots: pipes.iter().take(n).map(|&f| PipeSlot::Free(f)).collect(),
@@ -33,7 +33,7 @@ impl PipePool {
         }
     }
 
-    pub fn take(&mut self) -> Option<PipeId> {
+    pub(crate) fn take(&mut self) -> Option<PipeId> {
         let id = self.free.pop()?;
         let slot = self.slots.get_mut(usize::from(id))?;
         match *slot {
@@ -46,7 +46,7 @@ impl PipePool {
     }
 
     /// The ends of a lent pipe.
-    pub fn lent(&self, id: PipeId) -> Option<PipeFds> {
+    pub(crate) fn lent(&self, id: PipeId) -> Option<PipeFds> {
         match self.slots.get(usize::from(id.0))? {
             PipeSlot::Lent(f) => Some(*f),
             _ => None,
@@ -54,7 +54,7 @@ impl PipePool {
     }
 
     /// Takes a lent pipe back: `Some(fds)` when it must be replaced.
-    pub fn give_back(&mut self, id: PipeId, clean: bool) -> Option<PipeFds> {
+    pub(crate) fn give_back(&mut self, id: PipeId, clean: bool) -> Option<PipeFds> {
         let slot = self.slots.get_mut(usize::from(id.0))?;
         let PipeSlot::Lent(f) = *slot else {
             return None;
@@ -69,7 +69,7 @@ impl PipePool {
         }
     }
 
-    pub fn restore(&mut self, id: u16, fds: Option<PipeFds>) {
+    pub(crate) fn restore(&mut self, id: u16, fds: Option<PipeFds>) {
         if let Some(slot) = self.slots.get_mut(usize::from(id))
             && *slot == PipeSlot::Replacing
         {
@@ -84,15 +84,11 @@ impl PipePool {
     }
 
     /// Pipes in the pool, whatever their state.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    pub fn count(&self, pred: impl Fn(&PipeSlot) -> bool) -> usize {
+    pub(crate) fn count(&self, pred: impl Fn(&PipeSlot) -> bool) -> usize {
         self.slots.iter().filter(|s| pred(s)).count()
     }
 }

@@ -5,11 +5,11 @@
 // The kernel layer: the one place `unsafe` is allowed (see Cargo.toml [lints]).
 #![allow(unsafe_code)]
 
-pub mod eventfd;
+pub(crate) mod eventfd;
 pub mod host;
 pub mod output;
-pub mod pipe;
-pub mod signals;
-pub mod socket;
+pub(crate) mod pipe;
+pub(crate) mod signals;
+pub(crate) mod socket;
 
 pub use host::HostError;

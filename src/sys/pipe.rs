@@ -6,15 +6,15 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Where the kernel says how large an unprivileged process may make a pipe.
-pub const MAX_SIZE_SYSCTL: &str = "fs.pipe-max-size";
+pub(crate) const MAX_SIZE_SYSCTL: &str = "fs.pipe-max-size";
 const MAX_SIZE_PATH: &str = "/proc/sys/fs/pipe-max-size";
 /// The per-user budget of pipe pages beyond which the kernel shrinks new
 /// pipes and refuses to grow them (for processes without CAP_SYS_RESOURCE).
-pub const USER_PAGES_SYSCTL: &str = "fs.pipe-user-pages-soft";
+pub(crate) const USER_PAGES_SYSCTL: &str = "fs.pipe-user-pages-soft";
 
 /// One pipe: both ends, closed when dropped.
 #[derive(Debug)]
-pub struct Pipe {
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// The capacity the kernel granted, in bytes (F_GETPIPE_SZ).
@@ -25,7 +25,7 @@ impl Pipe {
     /// Creates a pipe and asks for `size` bytes of capacity, or for
     /// `fs.pipe-max-size` when `size` is over it and the kernel refuses. The
     /// pipe is kept whatever size it got (`size()` says which).
-    pub fn new(size: u32) -> io::Result<Pipe> {
+    pub(crate) fn new(size: u32) -> io::Result<Pipe> {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: pipe2 writes two descriptors into the live local array.
         let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
@@ -72,29 +72,29 @@ impl Pipe {
         }
     }
 
-    pub fn read_fd(&self) -> RawFd {
+    pub(crate) fn read_fd(&self) -> RawFd {
         self.read.as_raw_fd()
     }
 
-    pub fn write_fd(&self) -> RawFd {
+    pub(crate) fn write_fd(&self) -> RawFd {
         self.write.as_raw_fd()
     }
 
     /// Capacity in bytes.
-    pub fn size(&self) -> u32 {
+    pub(crate) fn size(&self) -> u32 {
         self.size
     }
 }
 
 /// `fs.pipe-max-size` in bytes (`None` if it cannot be read).
-pub fn max_size() -> Option<u32> {
+pub(crate) fn max_size() -> Option<u32> {
     std::fs::read_to_string(MAX_SIZE_PATH)
         .ok()
         .and_then(|s| s.trim().parse().ok())
 }
 
 /// The size the kernel rounds a pipe size request to: a power of two of pages.
-pub fn rounded(size: u32) -> u32 {
+pub(crate) fn rounded(size: u32) -> u32 {
     size.max(4096)
         .checked_next_power_of_two()
         .unwrap_or(1 << 31)

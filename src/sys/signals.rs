@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// A signal the control thread collects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     Int,
     Term,
     /// NGINX's graceful stop: drains as SIGTERM does.
@@ -23,7 +23,7 @@ pub enum Signal {
 
 /// What the control thread does with a signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Intent {
+pub(crate) enum Intent {
     /// Drain (the first time) or exit at once (a second stop signal).
     Stop,
     /// Log why, and keep serving.
@@ -55,7 +55,7 @@ impl Signal {
         Signal::ALL.into_iter().find(|s| s.number() == n)
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Signal::Int => "SIGINT",
             Signal::Term => "SIGTERM",
@@ -66,7 +66,7 @@ impl Signal {
         }
     }
 
-    pub fn intent(self) -> Intent {
+    pub(crate) fn intent(self) -> Intent {
         match self {
             Signal::Int | Signal::Term | Signal::Quit => Intent::Stop,
             Signal::Hup => Intent::Ignore {
@@ -85,7 +85,7 @@ impl Signal {
     }
 }
 
-pub struct ControlSignals {
+pub(crate) struct ControlSignals {
     set: libc::sigset_t,
 }
 
@@ -93,7 +93,7 @@ impl ControlSignals {
     /// Blocks every [`Signal`] in the calling thread and makes sure SIGPIPE
     /// is ignored. Call before spawning threads so they inherit the mask and
     /// never receive these signals.
-    pub fn block() -> io::Result<ControlSignals> {
+    pub(crate) fn block() -> io::Result<ControlSignals> {
         ignore_sigpipe()?;
         // SAFETY: sigset_t is plain data; sigemptyset initialises it before use,
         // and pthread_sigmask only reads it.
@@ -112,7 +112,7 @@ impl ControlSignals {
     }
 
     /// Waits up to `timeout` for one of the signals.
-    pub fn wait(&self, timeout: Duration) -> Option<Signal> {
+    pub(crate) fn wait(&self, timeout: Duration) -> Option<Signal> {
         let ts = libc::timespec {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
@@ -127,7 +127,7 @@ impl ControlSignals {
 /// socket. The Rust runtime already ignores it at start-up; setting it here
 /// too keeps that true whatever loaded us, so such a write only returns EPIPE
 /// (a relay's send, a log line to a closed stderr).
-pub fn ignore_sigpipe() -> io::Result<()> {
+pub(crate) fn ignore_sigpipe() -> io::Result<()> {
     // SAFETY: installs the SIG_IGN disposition, no handler code runs.
     let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     if previous == libc::SIG_ERR {

@@ -16,7 +16,7 @@ const LISTEN_BACKLOG: i32 = 65535;
 
 /// What a listener is, for error messages.
 #[derive(Clone, Copy, Debug)]
-pub enum ListenKind {
+pub(crate) enum ListenKind {
     Tcp,
     Echo,
     Udp,
@@ -60,7 +60,7 @@ fn new_socket(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
 /// Binds `count` SO_REUSEPORT listening sockets on `addr` (one per shard).
 /// Port 0 picks one free port for all of them. Returns the sockets and the
 /// bound address.
-pub fn bind_listeners(
+pub(crate) fn bind_listeners(
     kind: ListenKind,
     name: &str,
     addr: SocketAddr,
@@ -178,7 +178,7 @@ fn new_udp_socket(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
 /// Binds `count` SO_REUSEPORT UDP sockets on `addr` (one per shard), as
 /// [`bind_listeners`] does for TCP. The kernel's 4-tuple hash then keeps each
 /// client on one shard.
-pub fn bind_udp_listeners(
+pub(crate) fn bind_udp_listeners(
     kind: ListenKind,
     name: &str,
     addr: SocketAddr,
@@ -209,7 +209,7 @@ fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> 
 /// Sets SO_RCVBUF / SO_SNDBUF (`None` leaves one alone) and returns what the
 /// kernel granted, read back: it doubles a request for bookkeeping overhead
 /// and caps it at net.core.rmem_max / wmem_max.
-pub fn set_buffers(
+pub(crate) fn set_buffers(
     fd: RawFd,
     rcvbuf: Option<u32>,
     sndbuf: Option<u32>,
@@ -242,7 +242,7 @@ fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<u32> {
 
 /// SO_RXQ_OVFL: every datagram received then carries the socket's
 /// cumulative drop counter in a control message (sent while it is nonzero).
-pub fn set_rxq_ovfl(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_rxq_ovfl(fd: RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &on)
 }
@@ -253,7 +253,7 @@ const SK_MEMINFO_DROPS: usize = libc::SK_MEMINFO_DROPS as usize;
 /// The socket's cumulative drop counter (what `ss -m` shows as `d` and
 /// /proc/net/udp as `drops`), read with SO_MEMINFO: the drops a
 /// SO_RXQ_OVFL message cannot report, those after the last datagram queued.
-pub fn kernel_drops(fd: RawFd) -> io::Result<u32> {
+pub(crate) fn kernel_drops(fd: RawFd) -> io::Result<u32> {
     let mut info = [0u32; SK_MEMINFO_DROPS + 1];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
     // SAFETY: `info` and `len` are live locals and `len` is `info`'s size;
@@ -281,7 +281,7 @@ pub fn kernel_drops(fd: RawFd) -> io::Result<u32> {
 /// bytes of SO_RCVBUF (it doubles a request and caps it at
 /// net.core.rmem_max): a probe, so the control thread can warn once before
 /// every session socket is given the same.
-pub fn probe_rcvbuf(family: SocketAddr, rcvbuf: u32) -> io::Result<u32> {
+pub(crate) fn probe_rcvbuf(family: SocketAddr, rcvbuf: u32) -> io::Result<u32> {
     let s = Socket::new(
         Domain::for_address(family),
         Type::DGRAM,
@@ -293,14 +293,14 @@ pub fn probe_rcvbuf(family: SocketAddr, rcvbuf: u32) -> io::Result<u32> {
 }
 
 /// TCP_NODELAY on an upstream socket (accepted sockets inherit it from the listener).
-pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &on)
 }
 
 /// SO_LINGER {on, 0}: the next close sends a reset, which is how a reset from
 /// one peer is forwarded to the other.
-pub fn set_linger0(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_linger0(fd: RawFd) -> io::Result<()> {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -310,7 +310,7 @@ pub fn set_linger0(fd: RawFd) -> io::Result<()> {
 
 /// The peer and local address of a connected socket (`None` for one the
 /// kernel would not give: the peer may have reset already).
-pub fn endpoints(fd: RawFd) -> (Option<SocketAddr>, Option<SocketAddr>) {
+pub(crate) fn endpoints(fd: RawFd) -> (Option<SocketAddr>, Option<SocketAddr>) {
     // SAFETY: `fd` is an open socket the caller owns for the length of this
     // call; the borrow does not outlive it and nothing here closes it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -322,7 +322,7 @@ pub fn endpoints(fd: RawFd) -> (Option<SocketAddr>, Option<SocketAddr>) {
 
 /// A UDP socket connected to `target` from an ephemeral port (a load
 /// generator's flow: the kernel then delivers only `target`'s replies to it).
-pub fn connected_udp(target: SocketAddr) -> io::Result<OwnedFd> {
+pub(crate) fn connected_udp(target: SocketAddr) -> io::Result<OwnedFd> {
     let s = Socket::new(
         Domain::for_address(target),
         Type::DGRAM.cloexec(),
@@ -337,7 +337,7 @@ pub fn connected_udp(target: SocketAddr) -> io::Result<OwnedFd> {
 /// no non-blocking path): that punt — a worker wakeup and two context switches
 /// for a call that never blocks — was 23% of the forwarder's CPU at 8k
 /// connections/s (perf, tcp-crr, 2026-12-01). TCP's SHUT_WR only queues a FIN.
-pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY: no pointers; a bad fd yields EBADF/ENOTSOCK, never memory unsafety.
     let rc = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
     if rc == 0 {

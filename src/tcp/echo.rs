@@ -8,7 +8,7 @@ use super::{RecvEvent, Side};
 use crate::stats::{CloseReason, Counter};
 
 #[derive(Debug)]
-pub struct Echo {
+pub(crate) struct Echo {
     pipe: Pipe,
     closing: bool,
     reason: Option<CloseReason>,
@@ -17,7 +17,7 @@ pub struct Echo {
 const SIDE: Side = Side::Client;
 
 impl Echo {
-    pub fn new(cap: u32) -> Echo {
+    pub(crate) fn new(cap: u32) -> Echo {
         Echo {
             pipe: Pipe::new(SIDE, SIDE, cap),
             closing: false,
@@ -25,20 +25,20 @@ impl Echo {
         }
     }
 
-    pub fn start(&mut self, cx: &mut Cx<'_>) {
+    pub(crate) fn start(&mut self, cx: &mut Cx<'_>) {
         self.pipe.arm_if_allowed(cx);
     }
 
-    pub fn reason(&self) -> Option<CloseReason> {
+    pub(crate) fn reason(&self) -> Option<CloseReason> {
         self.reason
     }
 
     /// Closing: finished once nothing is in flight and the socket is gone.
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.closing
     }
 
-    pub fn handle_recv(&mut self, ev: RecvEvent, more: bool, cx: &mut Cx<'_>) {
+    pub(crate) fn handle_recv(&mut self, ev: RecvEvent, more: bool, cx: &mut Cx<'_>) {
         let closing = self.closing;
         match ev {
             RecvEvent::Data { bid, len } => {
@@ -79,7 +79,7 @@ impl Echo {
         self.after(cx);
     }
 
-    pub fn handle_sent(&mut self, res: Result<u32, i32>, cx: &mut Cx<'_>) {
+    pub(crate) fn handle_sent(&mut self, res: Result<u32, i32>, cx: &mut Cx<'_>) {
         match res {
             Ok(n) if n > 0 => {
                 cx.add(Counter::BytesU2c, u64::from(n));
@@ -98,7 +98,7 @@ impl Echo {
         self.after(cx);
     }
 
-    pub fn handle_shutdown(&mut self, res: Result<(), i32>, cx: &mut Cx<'_>) {
+    pub(crate) fn handle_shutdown(&mut self, res: Result<(), i32>, cx: &mut Cx<'_>) {
         self.pipe.on_fin_sent();
         let reason = match res {
             Ok(()) if self.pipe.fin() == Fin::Done => CloseReason::ClientEof,
@@ -108,17 +108,17 @@ impl Echo {
         self.after(cx);
     }
 
-    pub fn handle_cancel(&mut self, cx: &mut Cx<'_>) {
+    pub(crate) fn handle_cancel(&mut self, cx: &mut Cx<'_>) {
         self.after(cx);
     }
 
-    pub fn handle_buffers(&mut self, cx: &mut Cx<'_>) {
+    pub(crate) fn handle_buffers(&mut self, cx: &mut Cx<'_>) {
         if !self.closing {
             self.pipe.on_buffers(cx);
         }
     }
 
-    pub fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
+    pub(crate) fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
         self.begin_close(reason, cx);
     }
 
@@ -136,9 +136,5 @@ impl Echo {
         if self.closing {
             cx.close_when_idle();
         }
-    }
-
-    pub fn holds_no_buffers(&self) -> bool {
-        self.pipe.holds_no_buffers()
     }
 }

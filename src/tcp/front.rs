@@ -16,7 +16,7 @@ use crate::time::Millis;
 
 /// The most a front holds: a PROXY header (v2 at most 4 KiB) and a
 /// ClientHello (at most 16 KiB).
-pub const MAX_FRONT: usize = proxy::V2_MAX_HEADER + tls::MAX_INPUT;
+pub(crate) const MAX_FRONT: usize = proxy::V2_MAX_HEADER + tls::MAX_INPUT;
 
 /// What a listener's connections read before connecting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct Learnt {
 
 /// What one read did to the front.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// More bytes are needed: read again.
     More,
     /// Every prefix is read. The bytes after the PROXY header (the
@@ -63,7 +63,7 @@ pub enum Step {
 }
 
 #[derive(Debug)]
-pub struct Front {
+pub(crate) struct Front {
     cfg: FrontConfig,
     stage: Stage,
     /// Everything the client sent so far.
@@ -78,7 +78,7 @@ pub struct Front {
 impl Front {
     /// A front for a connection accepted at `now`; `None` when the listener
     /// reads no prefix.
-    pub fn new(cfg: FrontConfig, now: Millis) -> Option<Front> {
+    pub(crate) fn new(cfg: FrontConfig, now: Millis) -> Option<Front> {
         let (stage, ms) = match (cfg.proxy_ms, cfg.sni_ms) {
             (Some(ms), _) => (Stage::Proxy, ms),
             (None, Some(ms)) => (Stage::Hello, ms),
@@ -94,16 +94,12 @@ impl Front {
         })
     }
 
-    pub fn deadline(&self) -> Millis {
+    pub(crate) fn deadline(&self) -> Millis {
         self.deadline
     }
 
-    pub fn learnt(&self) -> &Learnt {
-        &self.learnt
-    }
-
     /// The reason a front that ran out of time is closed under.
-    pub fn timeout_reason(&self) -> CloseReason {
+    pub(crate) fn timeout_reason(&self) -> CloseReason {
         match self.stage {
             Stage::Proxy => CloseReason::ProxyTimeout,
             Stage::Hello => CloseReason::SniTimeout,
@@ -111,7 +107,7 @@ impl Front {
     }
 
     /// The client ended its stream (or it broke) before the prefix was complete.
-    pub fn eof_reason(&self) -> CloseReason {
+    pub(crate) fn eof_reason(&self) -> CloseReason {
         match (self.stage, self.buf.len() > self.skip) {
             // A header that stops part-way is not a valid header.
             (Stage::Proxy, true) => CloseReason::ProxyMalformed,
@@ -120,7 +116,7 @@ impl Front {
     }
 
     /// Bytes the client sent, in order, from one read.
-    pub fn feed(&mut self, bytes: &[u8], now: Millis) -> Step {
+    pub(crate) fn feed(&mut self, bytes: &[u8], now: Millis) -> Step {
         let room = MAX_FRONT.saturating_sub(self.buf.len());
         let take = bytes.len().min(room);
         self.buf
@@ -183,7 +179,7 @@ impl Front {
 
     /// The bytes that belong to the stream (everything after a PROXY
     /// header), and what the front learnt.
-    pub fn into_rest(self) -> (Vec<u8>, Learnt) {
+    pub(crate) fn into_rest(self) -> (Vec<u8>, Learnt) {
         let mut buf = self.buf;
         buf.drain(..self.skip.min(buf.len()));
         (buf, self.learnt)

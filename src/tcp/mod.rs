@@ -4,8 +4,8 @@
 //! the simulator in `tests/` executes them against a fake kernel.
 
 pub mod cx;
-pub mod echo;
-pub mod front;
+pub(crate) mod echo;
+pub(crate) mod front;
 pub mod lifecycle;
 pub mod pipe;
 pub mod relay;

@@ -18,16 +18,16 @@ use std::collections::VecDeque;
 /// 10,000 sessions and 3,000 forged datagrams/s, 1.7 s, ample for a first
 /// reply. A smaller share would shorten that time, a larger one leave less
 /// room for assured sessions.
-pub const EMBRYONIC_SHARE_DIVISOR: u32 = 2;
+pub(crate) const EMBRYONIC_SHARE_DIVISOR: u32 = 2;
 
 /// The most embryonic sessions a listener's shard may hold, for its `limit`.
-pub fn embryonic_cap(limit: u32) -> u32 {
+pub(crate) fn embryonic_cap(limit: u32) -> u32 {
     (limit / EMBRYONIC_SHARE_DIVISOR).max(1)
 }
 
 /// What to do with a new client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     Admit,
     /// Evict the oldest embryonic session, then admit.
     EvictEmbryonic,
@@ -37,7 +37,7 @@ pub enum Admission {
 
 /// The rule for a newcomer, given the sessions `active` (of `limit`) and how
 /// many of them are `embryonic`.
-pub fn admission(active: u32, limit: u32, embryonic: u32) -> Admission {
+pub(crate) fn admission(active: u32, limit: u32, embryonic: u32) -> Admission {
     let full = active >= limit;
     if embryonic > 0 && (full || embryonic >= embryonic_cap(limit)) {
         Admission::EvictEmbryonic
@@ -58,7 +58,7 @@ const COMPACT_SLACK: usize = 64;
 /// caller says which entries are still live (a slot and generation check),
 /// and dead ones are skipped when popping and dropped when compacting.
 #[derive(Debug)]
-pub struct EmbryonicQueue<K> {
+pub(crate) struct EmbryonicQueue<K> {
     order: VecDeque<K>,
     count: u32,
 }
@@ -74,12 +74,12 @@ impl<K> Default for EmbryonicQueue<K> {
 
 impl<K: Copy> EmbryonicQueue<K> {
     /// Embryonic sessions now.
-    pub fn count(&self) -> u32 {
+    pub(crate) fn count(&self) -> u32 {
         self.count
     }
 
     /// A new (embryonic) session.
-    pub fn push(&mut self, key: K, live: impl FnMut(&K) -> bool) {
+    pub(crate) fn push(&mut self, key: K, live: impl FnMut(&K) -> bool) {
         self.count += 1;
         self.order.push_back(key);
         if self.order.len() > 2 * self.count as usize + COMPACT_SLACK {
@@ -88,13 +88,13 @@ impl<K: Copy> EmbryonicQueue<K> {
     }
 
     /// A session left the embryonic set (it was answered, or it is ending).
-    pub fn leave(&mut self) {
+    pub(crate) fn leave(&mut self) {
         self.count = self.count.saturating_sub(1);
     }
 
     /// The oldest live entry, taken off the queue. The count is unchanged:
     /// the caller ends that session, which then `leave`s.
-    pub fn pop_oldest(&mut self, mut live: impl FnMut(&K) -> bool) -> Option<K> {
+    pub(crate) fn pop_oldest(&mut self, mut live: impl FnMut(&K) -> bool) -> Option<K> {
         while let Some(k) = self.order.pop_front() {
             if live(&k) {
                 return Some(k);
@@ -104,7 +104,8 @@ impl<K: Copy> EmbryonicQueue<K> {
     }
 
     /// Entries held, live or not (tests: the queue stays bounded).
-    pub fn entries(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> usize {
         self.order.len()
     }
 }

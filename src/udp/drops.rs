@@ -7,7 +7,7 @@
 /// What has been counted of one socket's drop counter (sk_drops, a u32 that
 /// wraps).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelDrops {
+pub(crate) struct KernelDrops {
     seen: u32,
 }
 
@@ -15,7 +15,7 @@ impl KernelDrops {
     /// Takes a reading of the counter and returns the drops it adds. A
     /// reading behind the last one (less than half the u32 range away, in
     /// wrapping order) is stale and adds nothing.
-    pub fn observe(&mut self, reading: u32) -> u32 {
+    pub(crate) fn observe(&mut self, reading: u32) -> u32 {
         let grown = reading.wrapping_sub(self.seen);
         if grown == 0 || grown > u32::MAX / 2 {
             return 0;

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use crate::time::Millis;
 
 /// Most sources tracked at once per listener per shard (~48 bytes each).
-pub const MAX_SOURCES: usize = 65_536;
+pub(crate) const MAX_SOURCES: usize = 65_536;
 
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
@@ -20,18 +20,18 @@ struct Bucket {
 }
 
 #[derive(Debug)]
-pub struct SourceLimiter {
+pub(crate) struct SourceLimiter {
     per_second: u64,
     buckets: HashMap<IpAddr, Bucket>,
     max_sources: usize,
 }
 
 impl SourceLimiter {
-    pub fn new(per_second: u32) -> SourceLimiter {
+    pub(crate) fn new(per_second: u32) -> SourceLimiter {
         Self::with_capacity(per_second, MAX_SOURCES)
     }
 
-    pub fn with_capacity(per_second: u32, max_sources: usize) -> SourceLimiter {
+    pub(crate) fn with_capacity(per_second: u32, max_sources: usize) -> SourceLimiter {
         SourceLimiter {
             per_second: u64::from(per_second.max(1)),
             buckets: HashMap::new(),
@@ -50,7 +50,7 @@ impl SourceLimiter {
     }
 
     /// Takes one new-session token for `ip`; false when the source is over its rate.
-    pub fn allow(&mut self, ip: IpAddr, now: Millis) -> bool {
+    pub(crate) fn allow(&mut self, ip: IpAddr, now: Millis) -> bool {
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_sources {
             self.evict_idle(now);
             if self.buckets.len() >= self.max_sources {
@@ -79,7 +79,8 @@ impl SourceLimiter {
         });
     }
 
-    pub fn sources(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn sources(&self) -> usize {
         self.buckets.len()
     }
 }

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// Which address a looping datagram claimed to come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loop {
+pub(crate) enum Loop {
     /// A UDP listen address of this forwarder.
     Listener,
     /// An upstream of the listener that received it.
@@ -18,7 +18,7 @@ pub enum Loop {
 }
 
 impl Loop {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Loop::Listener => "one of this forwarder's UDP listen addresses",
             Loop::Upstream => "one of the listener's upstreams",
@@ -34,14 +34,14 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 /// The addresses one listener must never take a datagram from. Checked per
 /// datagram: a few comparisons, no syscall.
 #[derive(Clone, Debug, Default)]
-pub struct LoopGuard {
+pub(crate) struct LoopGuard {
     /// Every UDP listen address of the forwarder (as bound, port resolved).
     own: Vec<SocketAddr>,
     upstreams: Vec<SocketAddr>,
 }
 
 impl LoopGuard {
-    pub fn new(own: &[SocketAddr], upstreams: &[SocketAddr]) -> LoopGuard {
+    pub(crate) fn new(own: &[SocketAddr], upstreams: &[SocketAddr]) -> LoopGuard {
         LoopGuard {
             own: own.iter().copied().map(canonical).collect(),
             upstreams: upstreams.iter().copied().map(canonical).collect(),
@@ -61,7 +61,7 @@ impl LoopGuard {
     }
 
     /// `Some` when a datagram from `src`, sent to `local`, would loop.
-    pub fn check(&self, src: SocketAddr, local: Option<IpAddr>) -> Option<Loop> {
+    pub(crate) fn check(&self, src: SocketAddr, local: Option<IpAddr>) -> Option<Loop> {
         let src = canonical(src);
         if self.upstreams.contains(&src) {
             return Some(Loop::Upstream);

@@ -3,10 +3,10 @@
 //! per-source new-session limiter. Like `tcp`, no syscalls and no clock here:
 //! completions and the time come in, `SessionOp`s go out.
 
-pub mod admission;
-pub mod drops;
-pub mod limiter;
-pub mod loops;
+pub(crate) mod admission;
+pub(crate) mod drops;
+pub(crate) mod limiter;
+pub(crate) mod loops;
 pub mod map;
 pub mod session;
 

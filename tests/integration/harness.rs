@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use ringfwd::verify::{Pattern, Rng};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ringfwd");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_ringfwd");
 
 /// Polls `cond` every 10ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -31,20 +31,20 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// A fresh file under the temp dir for this test process.
-pub fn temp_path(name: &str) -> PathBuf {
+pub(crate) fn temp_path(name: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("ringfwd-test-{}-{n}-{name}", std::process::id()))
 }
 
-pub fn write_config(text: &str) -> PathBuf {
+pub(crate) fn write_config(text: &str) -> PathBuf {
     let p = temp_path("config.toml");
     std::fs::write(&p, text).expect("write config");
     p
 }
 
 /// A running ringfwd process.
-pub struct Proc {
+pub(crate) struct Proc {
     child: Child,
     pub listening: Vec<(String, String, SocketAddr)>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -56,7 +56,7 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `ringfwd args...` and waits until it printed `listeners` listening lines.
-    pub fn start(args: &[&str], listeners: usize) -> Proc {
+    pub(crate) fn start(args: &[&str], listeners: usize) -> Proc {
         Proc::launch(Command::new(BIN), args, listeners)
     }
 
@@ -65,7 +65,7 @@ impl Proc {
     /// another group of the session), as the test runner's group is when CI
     /// starts it without a terminal; a group of its own, whose parent (this
     /// test) is in another group of the same session, is not orphaned.
-    pub fn start_in_own_group(args: &[&str], listeners: usize) -> Proc {
+    pub(crate) fn start_in_own_group(args: &[&str], listeners: usize) -> Proc {
         use std::os::unix::process::CommandExt as _;
         let mut cmd = Command::new(BIN);
         cmd.process_group(0);
@@ -74,7 +74,7 @@ impl Proc {
 
     /// As `start`, with RLIMIT_NOFILE (soft and hard) set to `nofile` by
     /// `prlimit`, which execs ringfwd (so the pid is ringfwd's).
-    pub fn start_with_nofile(nofile: u64, args: &[&str], listeners: usize) -> Proc {
+    pub(crate) fn start_with_nofile(nofile: u64, args: &[&str], listeners: usize) -> Proc {
         let mut cmd = Command::new("prlimit");
         cmd.arg(format!("--nofile={nofile}:{nofile}"))
             .arg("--")
@@ -142,12 +142,12 @@ impl Proc {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The bound address of the listener called `name`.
-    pub fn addr(&self, name: &str) -> SocketAddr {
+    pub(crate) fn addr(&self, name: &str) -> SocketAddr {
         self.listening
             .iter()
             .find(|(_, n, _)| n == name)
@@ -155,16 +155,16 @@ impl Proc {
             .unwrap_or_else(|| panic!("no listener {name} in {:?}", self.listening))
     }
 
-    pub fn first_addr(&self) -> SocketAddr {
+    pub(crate) fn first_addr(&self) -> SocketAddr {
         self.listening.first().expect("a listener").2
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.stderr.lock().expect("lock").join("\n")
     }
 
     /// Counters from the latest `stats` (or `final stats`) log line.
-    pub fn stats(&self) -> HashMap<String, u64> {
+    pub(crate) fn stats(&self) -> HashMap<String, u64> {
         let lines = self.stderr.lock().expect("lock");
         lines
             .iter()
@@ -177,7 +177,7 @@ impl Proc {
     /// Counters from the latest per-listener (or per-upstream) stats line
     /// whose labels start with `labels`, e.g. `listener=a` or
     /// `listener=a upstream=127.0.0.1:9`; counters at zero are not printed.
-    pub fn detail_stats(&self, labels: &str) -> HashMap<String, u64> {
+    pub(crate) fn detail_stats(&self, labels: &str) -> HashMap<String, u64> {
         let needle = format!(" stats {labels} ");
         let lines = self.stderr.lock().expect("lock");
         lines
@@ -192,12 +192,17 @@ impl Proc {
             .unwrap_or_default()
     }
 
-    pub fn stat(&self, key: &str) -> u64 {
+    pub(crate) fn stat(&self, key: &str) -> u64 {
         self.stats().get(key).copied().unwrap_or(0)
     }
 
     /// Waits until counter `key` satisfies `pred` (needs a short stats_interval).
-    pub fn wait_stat(&self, key: &str, timeout: Duration, pred: impl Fn(u64) -> bool) -> u64 {
+    pub(crate) fn wait_stat(
+        &self,
+        key: &str,
+        timeout: Duration,
+        pred: impl Fn(u64) -> bool,
+    ) -> u64 {
         let ok = wait_until(timeout, || self.stats().get(key).is_some_and(|v| pred(*v)));
         let v = self.stat(key);
         assert!(
@@ -208,7 +213,7 @@ impl Proc {
         v
     }
 
-    pub fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // The test owns this child; signal it by the PID it started.
         let status = Command::new("kill")
             .arg(format!("-{sig}"))
@@ -223,7 +228,7 @@ impl Proc {
     /// SIGTSTP: delivery is asynchronous, so a test that acts on a stopped
     /// process must wait for it). io_uring's kernel workers (`iou-*`) are not
     /// user threads and are left out.
-    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+    pub(crate) fn wait_stopped(&self, timeout: Duration) -> bool {
         let pid = self.pid();
         wait_until(timeout, || {
             let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -242,7 +247,7 @@ impl Proc {
         })
     }
 
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.status.is_some() {
             return self.status;
         }
@@ -263,7 +268,7 @@ impl Proc {
     }
 
     /// Resident memory of the process, in KiB.
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         s.lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -281,7 +286,7 @@ impl Drop for Proc {
     }
 }
 
-pub fn parse_kv(line: &str) -> HashMap<String, u64> {
+pub(crate) fn parse_kv(line: &str) -> HashMap<String, u64> {
     line.split_whitespace()
         .filter_map(|t| {
             let (k, v) = t.split_once('=')?;
@@ -291,7 +296,7 @@ pub fn parse_kv(line: &str) -> HashMap<String, u64> {
 }
 
 /// Runs ringfwd to completion (for `check` and failing starts).
-pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
@@ -324,7 +329,7 @@ pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
 }
 
 /// An echo upstream on the shard runtime (`ringfwd echo`), on a kernel-chosen port.
-pub fn echo_upstream(shards: usize) -> Proc {
+pub(crate) fn echo_upstream(shards: usize) -> Proc {
     let shards = shards.to_string();
     Proc::start(&["echo", "--tcp", "127.0.0.1:0", "--shards", &shards], 1)
 }
@@ -332,7 +337,7 @@ pub fn echo_upstream(shards: usize) -> Proc {
 /// How a verified stream splits its writes: one write in `large_one_in` is up
 /// to the whole write buffer, the others up to `small_max` bytes.
 #[derive(Clone, Copy)]
-pub struct Splits {
+pub(crate) struct Splits {
     pub large_one_in: u64,
     pub small_max: u64,
     pub write_buf: usize,
@@ -341,14 +346,14 @@ pub struct Splits {
 
 impl Splits {
     /// Mostly packet-sized writes, now and then a large one.
-    pub const MIXED: Splits = Splits {
+    pub(crate) const MIXED: Splits = Splits {
         large_one_in: 4,
         small_max: 1500,
         write_buf: 96 << 10,
         read_buf: 64 << 10,
     };
     /// Half of the writes large: bulk that fills buffers (and pipes).
-    pub const BULK: Splits = Splits {
+    pub(crate) const BULK: Splits = Splits {
         large_one_in: 2,
         small_max: 3000,
         write_buf: 256 << 10,
@@ -359,7 +364,7 @@ impl Splits {
 /// Writes `size` pattern bytes of stream `seed` to `addr` in random splits,
 /// half-closes, and checks the echo byte for byte up to EOF; an error names
 /// the seed.
-pub fn verified_stream(
+pub(crate) fn verified_stream(
     addr: SocketAddr,
     seed: u64,
     size: u64,
@@ -426,7 +431,7 @@ pub fn verified_stream(
 
 /// Runs the (seed, size) streams `jobs` concurrently through `fwd`'s first
 /// listener and fails the test, with the forwarder's log, if any differs.
-pub fn verified_streams(fwd: &Proc, jobs: Vec<(u64, u64)>, splits: Splits, what: &str) {
+pub(crate) fn verified_streams(fwd: &Proc, jobs: Vec<(u64, u64)>, splits: Splits, what: &str) {
     let addr = fwd.first_addr();
     let n = jobs.len();
     let handles: Vec<_> = jobs
@@ -452,21 +457,21 @@ pub fn verified_streams(fwd: &Proc, jobs: Vec<(u64, u64)>, splits: Splits, what:
 }
 
 /// Closes `s` with a reset (SO_LINGER 0) instead of a FIN.
-pub fn reset(s: TcpStream) {
+pub(crate) fn reset(s: TcpStream) {
     let sock = socket2::Socket::from(s);
     sock.set_linger(Some(Duration::ZERO)).expect("linger");
     drop(sock);
 }
 
 /// The open descriptors of process `pid`.
-pub fn open_fds(pid: u32) -> usize {
+pub(crate) fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
 }
 
 /// Sends `payload`, half-closes, and returns everything read until EOF.
-pub fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(crate) fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(payload)?;
@@ -479,7 +484,7 @@ pub fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> 
 /// An address on 127.0.0.1 where nothing listens, so connects are refused.
 /// The socket stays bound (not listening) while the guard lives, so no one
 /// else can take the port.
-pub fn dead_port() -> (socket2::Socket, SocketAddr) {
+pub(crate) fn dead_port() -> (socket2::Socket, SocketAddr) {
     let s =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
@@ -492,7 +497,7 @@ pub fn dead_port() -> (socket2::Socket, SocketAddr) {
 /// with backlog 0 whose one queue slot is taken and which never accepts.
 /// Linux drops SYNs to a listener whose accept queue is full (no RST), which is
 /// exactly what a black-holed host looks like to the connecting side.
-pub fn blackhole() -> (socket2::Socket, TcpStream, SocketAddr) {
+pub(crate) fn blackhole() -> (socket2::Socket, TcpStream, SocketAddr) {
     let s =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
@@ -506,7 +511,7 @@ pub fn blackhole() -> (socket2::Socket, TcpStream, SocketAddr) {
 
 /// A forwarder with one listener "t" on a kernel-chosen port to `upstreams`;
 /// `listener` adds keys to [[tcp]], `runtime` to [runtime] (stats every 100ms).
-pub fn forwarder(upstreams: &[SocketAddr], listener: &str, runtime: &str) -> Proc {
+pub(crate) fn forwarder(upstreams: &[SocketAddr], listener: &str, runtime: &str) -> Proc {
     let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
     let cfg = write_config(&format!(
         "[runtime]\nstats_interval = \"100ms\"\n{runtime}\n[[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nupstreams = [{}]\n{listener}\n",
@@ -517,7 +522,7 @@ pub fn forwarder(upstreams: &[SocketAddr], listener: &str, runtime: &str) -> Pro
 
 /// The write end of a pipe whose reader has already exited: a stdout or
 /// stderr whose every write fails with EPIPE.
-pub fn closed_pipe() -> Stdio {
+pub(crate) fn closed_pipe() -> Stdio {
     let mut reader = Command::new("true")
         .stdin(Stdio::piped())
         .spawn()

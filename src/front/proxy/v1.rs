@@ -9,7 +9,7 @@ use super::{
 
 /// The longest line the spec allows, CRLF included ("PROXY UNKNOWN" with two
 /// full IPv6 addresses and ports).
-pub const MAX_LINE: usize = 107;
+pub(super) const MAX_LINE: usize = 107;
 
 const TOO_LONG: &str = "PROXY v1 header: no CRLF in the first 107 bytes (the spec's limit)";
 const PREFIX: &str = "not a PROXY protocol header: it starts with 'P' but not \"PROXY \"";

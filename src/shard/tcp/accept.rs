@@ -216,7 +216,7 @@ impl TcpService {
     }
 
     /// A listener's back-off timer fired.
-    pub fn backoff_over(&mut self, ctx: &mut Ctx, index: u32) {
+    pub(crate) fn backoff_over(&mut self, ctx: &mut Ctx, index: u32) {
         let backoff = self
             .listeners
             .get(index as usize)
@@ -316,7 +316,7 @@ impl TcpService {
     }
 
     /// Re-arms the listeners paused for descriptors once there is room.
-    pub fn resume_accepts(&mut self, ctx: &mut Ctx) {
+    pub(crate) fn resume_accepts(&mut self, ctx: &mut Ctx) {
         if ctx.mode != Mode::Running {
             return;
         }

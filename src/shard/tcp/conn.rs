@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 /// slots are sized by the largest kind anyway, and a box would cost an
 /// allocation per accepted connection.
 #[allow(clippy::large_enum_variant)]
-pub enum Logic {
+pub(super) enum Logic {
     /// Forwarding to an upstream.
     Relay(Relay),
     /// The built-in echo server.
@@ -33,7 +33,7 @@ pub enum Logic {
 
 /// What the access log says about a forwarded connection beyond its close.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Seen<'a> {
+pub(super) struct Seen<'a> {
     /// The client a trusted PROXY header named.
     pub proxied: Option<SocketAddr>,
     pub sni: Option<&'a str>,
@@ -43,7 +43,7 @@ pub struct Seen<'a> {
 }
 
 /// What a closed connection leaves for its close log line and counters.
-pub struct Closed {
+pub(super) struct Closed {
     pub reason: CloseReason,
     pub errno: Option<i32>,
     pub target: Option<Target>,
@@ -51,7 +51,7 @@ pub struct Closed {
     pub bytes: (u64, u64),
 }
 
-pub struct Conn {
+pub(super) struct Conn {
     pub logic: Logic,
     /// The client's and the upstream's socket, while open.
     pub fds: [Option<Fd>; 2],
@@ -83,7 +83,7 @@ fn done_of(kind: OpKind, side: Side, more: bool) -> Option<Done> {
 }
 
 impl Conn {
-    pub fn is_finished(&self) -> bool {
+    pub(super) fn is_finished(&self) -> bool {
         let closing = match &self.logic {
             Logic::Relay(r) => r.is_closing(),
             Logic::Echo(e) => e.is_closing(),
@@ -92,14 +92,14 @@ impl Conn {
         closing && self.life.finished()
     }
 
-    pub fn deadline(&self) -> Option<Millis> {
+    pub(super) fn deadline(&self) -> Option<Millis> {
         match &self.logic {
             Logic::Relay(r) => r.deadline(),
             Logic::Echo(_) | Logic::Serve(_) => None,
         }
     }
 
-    pub fn closed(&self) -> Closed {
+    pub(super) fn closed(&self) -> Closed {
         let (reason, errno, target, bytes) = match &self.logic {
             Logic::Relay(r) => (r.reason(), r.last_errno(), r.target(), r.bytes()),
             Logic::Echo(e) => (e.reason(), None, None, (0, 0)),
@@ -115,7 +115,7 @@ impl Conn {
 }
 
 impl Logic {
-    pub fn start(&mut self, cx: &mut Cx<'_>) {
+    pub(super) fn start(&mut self, cx: &mut Cx<'_>) {
         match self {
             Logic::Relay(r) => r.start(cx),
             Logic::Echo(e) => e.start(cx),
@@ -123,7 +123,7 @@ impl Logic {
         }
     }
 
-    pub fn handle(
+    pub(super) fn handle(
         &mut self,
         kind: OpKind,
         side: Side,
@@ -169,14 +169,14 @@ impl Logic {
     }
 
     /// A front receive completed (the bytes are the shard's copy).
-    pub fn handle_front(&mut self, ev: FrontRead<'_>, cx: &mut Cx<'_>) {
+    pub(super) fn handle_front(&mut self, ev: FrontRead<'_>, cx: &mut Cx<'_>) {
         if let Logic::Relay(r) = self {
             r.handle_front(ev, cx);
         }
     }
 
     /// The relay's preface from `offset`, copied for an owned send.
-    pub fn preface_from(&self, offset: u32) -> Option<Box<[u8]>> {
+    pub(super) fn preface_from(&self, offset: u32) -> Option<Box<[u8]>> {
         match self {
             Logic::Relay(r) => Some(r.preface_from(offset).into()),
             Logic::Echo(_) | Logic::Serve(_) => None,
@@ -184,7 +184,7 @@ impl Logic {
     }
 
     /// The SNI the client asked for (a relay whose front read a ClientHello).
-    pub fn sni(&self) -> Option<&str> {
+    pub(super) fn sni(&self) -> Option<&str> {
         match self {
             Logic::Relay(r) => r.sni(),
             Logic::Echo(_) | Logic::Serve(_) => None,
@@ -192,7 +192,7 @@ impl Logic {
     }
 
     /// Buffers came back to the ring: a starved receive on `side` retries.
-    pub fn handle_buffers(&mut self, side: Side, cx: &mut Cx<'_>) {
+    pub(super) fn handle_buffers(&mut self, side: Side, cx: &mut Cx<'_>) {
         match self {
             Logic::Relay(r) => r.handle_buffers(side, cx),
             Logic::Echo(e) => e.handle_buffers(cx),
@@ -200,13 +200,13 @@ impl Logic {
         }
     }
 
-    pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
+    pub(super) fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
         if let Logic::Relay(r) = self {
             r.handle_timeout(cx.now, cx);
         }
     }
 
-    pub fn handle_pipe(
+    pub(super) fn handle_pipe(
         &mut self,
         side: Side,
         grant: Option<PipeId>,
@@ -221,13 +221,13 @@ impl Logic {
         }
     }
 
-    pub fn handle_target(&mut self, target: Option<Target>, cx: &mut Cx<'_>) {
+    pub(super) fn handle_target(&mut self, target: Option<Target>, cx: &mut Cx<'_>) {
         if let Logic::Relay(r) = self {
             r.handle_target(target, cx);
         }
     }
 
-    pub fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
+    pub(super) fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
         match self {
             Logic::Relay(r) => r.abort(reason, cx),
             Logic::Echo(e) => e.abort(reason, cx),
@@ -236,7 +236,7 @@ impl Logic {
     }
 
     /// What the access log says beyond the close (empty for the built-in servers).
-    pub fn seen(&self) -> Seen<'_> {
+    pub(super) fn seen(&self) -> Seen<'_> {
         match self {
             Logic::Relay(r) => Seen {
                 proxied: r.learnt().proxied.map(|(src, _)| src),
@@ -249,7 +249,7 @@ impl Logic {
     }
 
     /// The relay's walk through its balancer, if it forwards.
-    pub fn attempts(&mut self) -> Option<&mut crate::upstream::Attempts> {
+    pub(super) fn attempts(&mut self) -> Option<&mut crate::upstream::Attempts> {
         match self {
             Logic::Relay(r) => Some(r.attempts_mut()),
             Logic::Echo(_) | Logic::Serve(_) => None,

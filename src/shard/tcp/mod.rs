@@ -135,7 +135,7 @@ pub struct RouteSpec {
 
 /// What the TCP service is built from.
 #[derive(Clone, Debug, Default)]
-pub struct TcpConfig {
+pub(crate) struct TcpConfig {
     pub buffers: u32,
     pub cap: u32,
     pub listeners: Vec<ListenerSpec>,
@@ -167,7 +167,7 @@ struct Route {
     balancer: RoundRobin,
 }
 
-pub struct TcpService {
+pub(crate) struct TcpService {
     listeners: Vec<Listener>,
     routes: Vec<Route>,
     upstreams: Vec<Upstream>,
@@ -246,7 +246,7 @@ fn route_owners(listeners: &[ListenerSpec]) -> Vec<Option<u32>> {
 }
 
 impl TcpService {
-    pub fn new(cfg: TcpConfig) -> TcpService {
+    pub(crate) fn new(cfg: TcpConfig) -> TcpService {
         let owner = route_owners(&cfg.listeners);
         let listeners = cfg
             .listeners
@@ -302,25 +302,25 @@ impl TcpService {
         }
     }
 
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.conns.len()
     }
 
-    pub fn held_buffers(&self) -> u32 {
+    pub(crate) fn held_buffers(&self) -> u32 {
         self.bufs.held()
     }
 
-    pub fn is_live(&self, id: ConnId) -> bool {
+    pub(crate) fn is_live(&self, id: ConnId) -> bool {
         self.conns.get(id).is_some()
     }
 
     /// Pipes in the pool, and how many of them are not lent.
-    pub fn pipes(&self) -> (usize, usize) {
+    pub(crate) fn pipes(&self) -> (usize, usize) {
         let free = self.pipes.count(|s| matches!(s, PipeSlot::Free(_)));
         (self.pipes.len(), free)
     }
 
-    pub fn restore_pipe(&mut self, ctx: &Ctx, pipe: u16, fds: Option<PipeFds>) {
+    pub(crate) fn restore_pipe(&mut self, ctx: &Ctx, pipe: u16, fds: Option<PipeFds>) {
         if fds.is_none() {
             warn!(
                 shard = ctx.shard,
@@ -331,7 +331,7 @@ impl TcpService {
     }
 
     /// Closed listeners, no connection: nothing left for a drain to wait for.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.conns.is_empty()
             && self
                 .listeners
@@ -340,14 +340,21 @@ impl TcpService {
     }
 
     /// Arms accept on every listener.
-    pub fn start(&mut self, ctx: &mut Ctx) {
+    pub(crate) fn start(&mut self, ctx: &mut Ctx) {
         for i in 0..self.listeners.len() {
             self.arm_accept(ctx, i as u32);
         }
     }
 
     /// A completion of a TCP operation.
-    pub fn handle(&mut self, ctx: &mut Ctx, token: Token, res: i32, flags: u32, now: Millis) {
+    pub(crate) fn handle(
+        &mut self,
+        ctx: &mut Ctx,
+        token: Token,
+        res: i32,
+        flags: u32,
+        now: Millis,
+    ) {
         match token.kind {
             OpKind::Accept => {
                 self.on_accept(ctx, token.slot.index, res, flags, Ends::default(), now)
@@ -365,14 +372,14 @@ impl TcpService {
 
     /// Whether listener `index` wants the accepted socket's endpoints read
     /// (the event loop reads them before `handle_accept`).
-    pub fn wants_ends(&self, index: u32) -> bool {
+    pub(crate) fn wants_ends(&self, index: u32) -> bool {
         self.listeners
             .get(index as usize)
             .is_some_and(|l| l.spec.front.wants_ends)
     }
 
     /// An accept completion with the accepted socket's endpoints.
-    pub fn handle_accept(
+    pub(crate) fn handle_accept(
         &mut self,
         ctx: &mut Ctx,
         token: Token,
@@ -386,7 +393,7 @@ impl TcpService {
 
     /// A front receive's completion; `bytes` is the event loop's view of
     /// what it received (copied by the relay, the buffer goes straight back).
-    pub fn handle_front(
+    pub(crate) fn handle_front(
         &mut self,
         ctx: &mut Ctx,
         token: Token,
@@ -424,7 +431,7 @@ impl TcpService {
 
     /// A completion whose owner is gone. Whatever the kernel handed over with
     /// it (a buffer, a descriptor) is given back so nothing leaks.
-    pub fn stale(&mut self, ctx: &mut Ctx, kind: OpKind, res: i32, flags: u32) {
+    pub(crate) fn stale(&mut self, ctx: &mut Ctx, kind: OpKind, res: i32, flags: u32) {
         ctx.counters.inc(Counter::StaleCompletions);
         if let Some(bid) = buffer_id(flags) {
             ctx.push(Op::Release { bid });
@@ -617,7 +624,7 @@ impl TcpService {
     }
 
     /// A connection's timer fired (if it is still the one it set).
-    pub fn timer(&mut self, ctx: &mut Ctx, id: ConnId, deadline: Millis, now: Millis) {
+    pub(crate) fn timer(&mut self, ctx: &mut Ctx, id: ConnId, deadline: Millis, now: Millis) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -635,7 +642,7 @@ impl TcpService {
     /// Re-arms starved receives while the ring has buffers. Each woken receive
     /// has data waiting (that is why it starved), so it either consumes buffers
     /// — producing a completion that brings us back here — or starves again.
-    pub fn wake_starved(&mut self, ctx: &mut Ctx, now: Millis) {
+    pub(crate) fn wake_starved(&mut self, ctx: &mut Ctx, now: Millis) {
         let mut free = self.bufs.free();
         while free > 0 {
             let Some((id, side)) = self.starved.pop_front() else {
@@ -654,7 +661,7 @@ impl TcpService {
     }
 
     /// Close every connection now (drain_timeout passed, or a hard stop).
-    pub fn stop(&mut self, ctx: &mut Ctx, now: Millis) {
+    pub(crate) fn stop(&mut self, ctx: &mut Ctx, now: Millis) {
         for id in self.conns.ids() {
             if let Some(conn) = self.conns.get_mut(id)
                 && let Some(l) = self.listeners.get_mut(conn.listener as usize)
@@ -667,7 +674,11 @@ impl TcpService {
     }
 
     /// Counters of every listener (with its gauges) and every upstream.
-    pub fn snapshot(&self, listeners: &mut Vec<ListenerStats>, ups: &mut Vec<UpstreamStats>) {
+    pub(crate) fn snapshot(
+        &self,
+        listeners: &mut Vec<ListenerStats>,
+        ups: &mut Vec<UpstreamStats>,
+    ) {
         for l in &self.listeners {
             let mut counters = l.counters.clone();
             counters.set(Counter::Active, u64::from(l.active));
@@ -690,12 +701,12 @@ impl TcpService {
     }
 
     /// Pipes lent now (a gauge).
-    pub fn pipes_in_use(&self) -> u64 {
+    pub(crate) fn pipes_in_use(&self) -> u64 {
         self.pipes.count(|p| matches!(p, PipeSlot::Lent(_))) as u64
     }
 
     /// The mode changed to draining: stop accepting.
-    pub fn drain(&mut self, ctx: &mut Ctx) {
+    pub(crate) fn drain(&mut self, ctx: &mut Ctx) {
         debug_assert!(ctx.mode != Mode::Running);
         self.cancel_accepts(ctx);
     }
