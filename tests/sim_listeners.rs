@@ -1163,9 +1163,22 @@ fn check_listener_counters(sim: &Sim, stats: &ShardStats) {
                     (a + c.upstream.received, b + c.client.received)
                 }
             });
+        // A listener's attempts are its upstreams' attempts, counted alike.
+        let name = &stats.listeners[i].name;
+        let upstream_attempts: u64 = stats
+            .upstreams
+            .iter()
+            .filter(|u| &u.listener == name)
+            .map(|u| u.counters.get(Counter::ConnectAttempts))
+            .sum();
         let want = [
             ("accepted", c.get(Counter::Accepted), l.accepted),
             ("closes", closes, l.accepted),
+            (
+                "connect_attempts (= its upstreams')",
+                c.get(Counter::ConnectAttempts),
+                upstream_attempts,
+            ),
             ("accept_errors", c.get(Counter::AcceptErrors), l.errors),
             ("bytes_c2u", c.get(Counter::BytesC2u), c2u),
             ("bytes_u2c", c.get(Counter::BytesU2c), u2c),
@@ -1187,13 +1200,18 @@ fn check_upstream_counters(sim: &Sim, stats: &ShardStats) {
     for c in &sim.conns {
         for &(u, outcome) in &c.outcomes {
             let e = seen.entry(u).or_default();
-            e.attempts += 1;
             e.refused += u64::from(matches!(outcome, Attempt::Refused | Attempt::Timeout));
             e.errors += u64::from(outcome == Attempt::NoSocket);
         }
-        // A connection's close counts for the last upstream picked for it
-        // (a stop may come before its socket connects), in round-robin order.
+        // Each upstream picked is an attempt, whatever ended it (a stop may
+        // come before its socket connects): the n-th connection's k-th pick
+        // is upstream n + k of the route, round robin.
         let ups = &sim.listeners[c.listener].upstreams;
+        for k in 0..c.sockets {
+            if let Some(&u) = ups.get(((c.nth + k) % ups.len().max(1) as u64) as usize) {
+                seen.entry(u).or_default().attempts += 1;
+            }
+        }
         if c.sockets == 0 || ups.is_empty() {
             continue;
         }

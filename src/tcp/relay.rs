@@ -396,7 +396,6 @@ impl Relay {
                     cx.doom(Side::Upstream, false);
                     return;
                 }
-                cx.count(Counter::ConnectAttempts);
                 match self.target {
                     Some(target) => cx.push(ConnOp::Connect { target }),
                     None => self.linger(CloseReason::ConnectError, now, cx),
@@ -550,6 +549,9 @@ impl Relay {
         }
         match target {
             Some(t) => {
+                // An attempt is a target taken, whether its socket, its
+                // connect or a stop ends it (the upstream counts the same).
+                cx.count(Counter::ConnectAttempts);
                 self.connect_started.get_or_insert(cx.now);
                 self.target = Some(t);
                 cx.push(ConnOp::OpenUpstream { target: t });

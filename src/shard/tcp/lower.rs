@@ -148,6 +148,13 @@ impl TcpService {
                         (Some(b), Some(walk)) => b.pick(None, walk),
                         _ => None,
                     };
+                    // Counted when taken, as the listener counts it.
+                    if let Some(u) = target
+                        .and_then(|t| t.upstream)
+                        .and_then(|u| self.upstreams.get_mut(u.0 as usize))
+                    {
+                        u.counters.inc(Counter::ConnectAttempts);
+                    }
                     conn.logic.handle_target(target, &mut cx);
                 }
             }
@@ -196,7 +203,6 @@ fn note_outcome(upstreams: &mut [super::Upstream], target: Target, outcome: Outc
         return;
     };
     let c: &mut Counters = &mut u.counters;
-    c.inc(Counter::ConnectAttempts);
     match outcome {
         Outcome::Connected => {}
         Outcome::Refused => c.inc(Counter::ConnectRefused),
