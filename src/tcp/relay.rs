@@ -404,12 +404,7 @@ impl Relay {
             Err(e) => {
                 cx.count(Counter::ConnectErrors);
                 self.last_errno = Some(e);
-                if let Some(target) = self.target {
-                    cx.push(ConnOp::Report {
-                        target,
-                        outcome: Outcome::Error,
-                    });
-                }
+                self.report(Outcome::Error, cx);
                 if self.phase == Phase::Connecting {
                     self.linger(CloseReason::ConnectError, now, cx);
                 } else {
@@ -469,7 +464,7 @@ impl Relay {
         // The failed socket is closed on its own; the next attempt gets a fresh one.
         cx.life.set_state(Side::Upstream, SockState::Absent);
         cx.push(ConnOp::Discard);
-        self.next_attempt(Some(failure), now, cx);
+        self.next_attempt(failure, cx);
     }
 
     /// Starts relaying the direction that reads `side`.
@@ -534,9 +529,10 @@ impl Relay {
         }
     }
 
-    fn next_attempt(&mut self, failure: Option<CloseReason>, now: Millis, cx: &mut Cx<'_>) {
-        self.failure = failure;
-        let _ = now;
+    /// An attempt failed: ask for the next target, remembering why in case
+    /// it was the last.
+    fn next_attempt(&mut self, failure: CloseReason, cx: &mut Cx<'_>) {
+        self.failure = Some(failure);
         cx.push(ConnOp::NextTarget);
     }
 

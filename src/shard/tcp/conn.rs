@@ -69,7 +69,7 @@ pub(super) struct Conn {
 
 /// How a completion of `kind` on `side` is accounted; `None` for a receive
 /// that stays armed.
-fn done_of(kind: OpKind, side: Side, more: bool) -> Option<Done> {
+pub(super) fn done_of(kind: OpKind, side: Side, more: bool) -> Option<Done> {
     Some(match kind {
         OpKind::Recv if more => return None,
         OpKind::Recv | OpKind::Send | OpKind::Shutdown => Done::On(side),

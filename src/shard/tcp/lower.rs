@@ -179,7 +179,12 @@ impl TcpService {
 }
 
 fn push_answer(answers: &mut [Option<Answer>; 4], n: &mut usize, a: Answer) {
-    // A connection asks at most for two pipes and one target per step.
+    // A connection asks at most for two pipes and one target per step; a
+    // request dropped here would leave it waiting for an answer.
+    debug_assert!(
+        *n < answers.len(),
+        "more immediate requests than one step makes"
+    );
     if let Some(slot) = answers.get_mut(*n) {
         *slot = Some(a);
         *n += 1;
@@ -294,6 +299,31 @@ fn lower_io(
                 None => fail(token),
             }
         }
+        ConnOp::SpliceIn { .. } | ConnOp::SpliceOut { .. } | ConnOp::CancelSplice { .. } => {
+            return lower_splice(op, conn, id, pipes);
+        }
+        // Handled by the caller (answered at once, or shard bookkeeping).
+        ConnOp::NextTarget
+        | ConnOp::WantPipe(_)
+        | ConnOp::Report { .. }
+        | ConnOp::Release(_)
+        | ConnOp::Starved(_)
+        | ConnOp::ReturnPipe { .. }
+        | ConnOp::OpenUpstream { .. }
+        | ConnOp::Connect { .. } => return None,
+    })
+}
+
+/// Lowers a splice into or out of a lent pipe, or its cancel.
+fn lower_splice(
+    op: ConnOp,
+    conn: &Conn,
+    id: ConnId,
+    pipes: &crate::shard::pipes::PipePool,
+) -> Option<Op> {
+    let tok = |kind, side| Token::new(kind, side, id.0).encode();
+    let fd = |side: Side| conn.fds[side.index()];
+    Some(match op {
         ConnOp::SpliceIn { side, pipe, len } => {
             let token = tok(OpKind::SpliceIn, side);
             match (fd(side), pipes.lent(pipe)) {
@@ -328,14 +358,6 @@ fn lower_io(
                 target: tok(target, side),
             }
         }
-        // Handled by the caller (answered at once, or shard bookkeeping).
-        ConnOp::NextTarget
-        | ConnOp::WantPipe(_)
-        | ConnOp::Report { .. }
-        | ConnOp::Release(_)
-        | ConnOp::Starved(_)
-        | ConnOp::ReturnPipe { .. }
-        | ConnOp::OpenUpstream { .. }
-        | ConnOp::Connect { .. } => return None,
+        _ => return None,
     })
 }

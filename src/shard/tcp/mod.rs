@@ -422,8 +422,10 @@ impl TcpService {
         let Some(l) = self.listeners.get_mut(conn.listener as usize) else {
             return;
         };
-        conn.life
-            .complete(crate::tcp::lifecycle::Done::On(Side::Client));
+        // Accounted as every other completion is (see `conn::done_of`).
+        if let Some(done) = conn::done_of(OpKind::FrontRecv, Side::Client, false) {
+            conn.life.complete(done);
+        }
         let mut cx = Cx::new(&mut self.scratch, &mut conn.life, &mut l.counters, now);
         conn.logic.handle_front(ev, &mut cx);
         self.after_conn(ctx, id, now);
