@@ -117,6 +117,13 @@ macro_rules! counters {
                     $(Counter::$variant => $name,)+
                 }
             }
+
+            /// Its doc comment as one line (the HELP text of /metrics).
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => concat!($($doc),+),)+
+                }
+            }
         }
     };
 }
@@ -326,6 +333,78 @@ impl Counters {
 pub struct ListenerStats {
     pub name: String,
     pub counters: Counters,
+    /// Upstream connect time of its connections that connected.
+    pub connect_time: Histogram,
+    /// Accept to close of its TCP connections.
+    pub duration: Histogram,
+}
+
+impl ListenerStats {
+    /// Adds another shard's copy of the same listener.
+    pub fn merge(&mut self, other: &ListenerStats) {
+        self.counters.merge(&other.counters);
+        self.connect_time.merge(&other.connect_time);
+        self.duration.merge(&other.duration);
+    }
+}
+
+/// Upper bounds of the histogram buckets in microseconds (0.5 ms to 60 s,
+/// Prometheus' default spread stretched to the minute a connection may
+/// last); one more bucket past the last is +Inf.
+pub const HISTOGRAM_BOUNDS_US: [u64; 16] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+const BUCKETS: usize = HISTOGRAM_BOUNDS_US.len() + 1;
+
+/// A fixed-bucket histogram of millisecond times, kept per shard and merged
+/// by adding (the buckets are the same everywhere), so recording is one
+/// increment and a scrape costs nothing on the data path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is +Inf.
+    counts: [u64; BUCKETS],
+    sum_ms: u64,
+}
+
+impl Histogram {
+    pub fn observe_ms(&mut self, ms: u64) {
+        let us = ms.saturating_mul(1000);
+        let at = HISTOGRAM_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(BUCKETS - 1);
+        if let Some(c) = self.counts.get_mut(at) {
+            *c += 1;
+        }
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum_ms = self.sum_ms.saturating_add(other.sum_ms);
+    }
+
+    /// Cumulative counts per bucket, `HISTOGRAM_BOUNDS_US` then +Inf.
+    pub fn cumulative(&self) -> [u64; BUCKETS] {
+        let mut out = self.counts;
+        let mut run = 0;
+        for c in &mut out {
+            run += *c;
+            *c = run;
+        }
+        out
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn sum_ms(&self) -> u64 {
+        self.sum_ms
+    }
 }
 
 /// The counters of one upstream of one listener.
@@ -384,7 +463,7 @@ impl ShardStats {
         self.shard.merge(&other.shard);
         for l in &other.listeners {
             match self.listeners.iter_mut().find(|m| m.name == l.name) {
-                Some(m) => m.counters.merge(&l.counters),
+                Some(m) => m.merge(l),
                 None => self.listeners.push(l.clone()),
             }
         }
@@ -453,6 +532,36 @@ mod tests {
         let t = a.totals();
         assert_eq!(t.get(Counter::Accepted), 4);
         assert_eq!(t.get(Counter::LoopTurns), 2);
+    }
+
+    #[test]
+    fn histograms_bucket_by_upper_bound_and_merge_by_adding() {
+        let mut h = Histogram::default();
+        for ms in [0, 1, 2, 60_000, 60_001] {
+            h.observe_ms(ms);
+        }
+        let c = h.cumulative();
+        assert_eq!(c[0], 1, "0 ms is within 0.5 ms");
+        assert_eq!(c[1], 2, "1 ms is within 1 ms (le is inclusive)");
+        assert_eq!(c[2], 3, "2 ms is within 2.5 ms");
+        assert_eq!(c[15], 4, "60 s is within the last bound");
+        assert_eq!(c[16], 5, "+Inf holds everything");
+        assert_eq!(h.sum_ms(), 120_004);
+        let mut s = ShardStats::default();
+        let l = ListenerStats {
+            name: "web".into(),
+            duration: h,
+            ..Default::default()
+        };
+        s.listeners.push(l.clone());
+        s.merge(&ShardStats {
+            listeners: vec![l],
+            ..Default::default()
+        });
+        let merged = &s.listeners[0].duration;
+        assert_eq!(merged.count(), 10);
+        assert_eq!(merged.cumulative()[0], 2);
+        assert_eq!(merged.sum_ms(), 240_008);
     }
 
     #[test]

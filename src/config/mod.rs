@@ -5,6 +5,7 @@
 //! value, says why, and says what to write instead.
 
 mod addr;
+mod admin;
 mod cidr;
 mod error;
 pub mod file;
@@ -37,6 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use admin::AdminPlan;
 pub use cidr::Cidr;
 pub use error::ConfigError;
 pub use loops::{LocalLoop, local_loop};
@@ -56,6 +58,8 @@ pub struct Plan {
     pub udp: Vec<UdpListenerPlan>,
     pub echo: Vec<EchoPlan>,
     pub log: LogPlan,
+    /// `[admin]`: the metrics and admin endpoint; `None` serves none.
+    pub admin: Option<AdminPlan>,
 }
 
 /// `[log]`: where connection records go.
@@ -378,7 +382,10 @@ impl Plan {
             .transpose()?;
         let root = document.as_ref().map(raw::Document::root);
         if let Some(root) = &root {
-            root.deny_unknown(&["runtime", "tcp", "udp", "log"], "at the top level")?;
+            root.deny_unknown(
+                &["runtime", "tcp", "udp", "log", "admin"],
+                "at the top level",
+            )?;
         }
         let runtime_section = root
             .as_ref()
@@ -390,6 +397,7 @@ impl Plan {
         let udp_field = root.as_ref().and_then(|root| root.get("udp"));
         let listeners = listeners::resolve(tcp_field, udp_field, overrides, runtime.shards)?;
         let log = log::resolve(root.as_ref().and_then(|root| root.get("log")))?;
+        let admin = admin::resolve(root.as_ref().and_then(|root| root.get("admin")))?;
         if listeners.tcp.is_empty() && listeners.udp.is_empty() && listeners.echo.is_empty() {
             return Err(nothing_to_listen_on(file.map(|(name, _)| name)));
         }
@@ -399,6 +407,7 @@ impl Plan {
             udp: listeners.udp,
             echo: listeners.echo,
             log,
+            admin,
         })
     }
 

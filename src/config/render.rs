@@ -8,8 +8,8 @@ use std::fmt::{self, Display, Formatter};
 
 use super::units::{format_duration, format_size};
 use super::{
-    AcceptProxy, AccessTarget, EchoMode, EchoPlan, LogPlan, Plan, Proto, RuntimePlan, SniPlan,
-    SpliceMode, TcpListenerPlan, UdpListenerPlan,
+    AcceptProxy, AccessTarget, AdminPlan, EchoMode, EchoPlan, LogPlan, Plan, Proto, RuntimePlan,
+    SniPlan, SpliceMode, TcpListenerPlan, UdpListenerPlan,
 };
 
 /// Pretty resolved plan for `ringfwd check`: every value with defaults filled in, in TOML-like
@@ -20,6 +20,8 @@ impl Display for Plan {
         write_runtime(f, &self.runtime, self.has_udp())?;
         writeln!(f)?;
         write_log(f, &self.log)?;
+        writeln!(f)?;
+        write_admin(f, self.admin.as_ref())?;
         for tcp in &self.tcp {
             writeln!(f)?;
             write_tcp(f, tcp, self.runtime.shards)?;
@@ -181,6 +183,14 @@ fn write_sni(f: &mut Formatter<'_>, sni: Option<&SniPlan>) -> fmt::Result {
         writeln!(f, "upstreams = {}", quoted_list(&route.upstreams))?;
     }
     Ok(())
+}
+
+fn write_admin(f: &mut Formatter<'_>, admin: Option<&AdminPlan>) -> fmt::Result {
+    let Some(admin) = admin else {
+        return writeln!(f, "# [admin]: unset (no admin endpoint)");
+    };
+    writeln!(f, "[admin]")?;
+    writeln!(f, "listen = \"{}\"", admin.listen)
 }
 
 fn write_log(f: &mut Formatter<'_>, log: &LogPlan) -> fmt::Result {

@@ -141,6 +141,7 @@ fn full_file_resolves_to_the_exact_plan() {
         udp: vec![],
         echo: vec![],
         log: LogPlan { access: None },
+        admin: None,
     };
     assert_eq!(resolve_file(text), Ok(want));
 }

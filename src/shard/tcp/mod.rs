@@ -24,7 +24,7 @@ use super::token::{OpKind, Token};
 use crate::accesslog::{AccessLogShard, AccessRecord, Proto as AccessProto};
 use crate::config::Cidr;
 use crate::front::sni::SniRoutes;
-use crate::stats::{CloseReason, Counter, Counters, ListenerStats, UpstreamStats};
+use crate::stats::{CloseReason, Counter, Counters, Histogram, ListenerStats, UpstreamStats};
 use crate::tcp::cx::Cx;
 use crate::tcp::echo::Echo;
 use crate::tcp::front::FrontConfig;
@@ -151,6 +151,9 @@ struct Listener {
     accept: AcceptState,
     active: u32,
     counters: Counters,
+    /// Upstream connect time and connection duration (for /metrics).
+    connect_time: Histogram,
+    duration: Histogram,
 }
 
 /// An upstream of one route, with its counters.
@@ -256,6 +259,8 @@ impl TcpService {
                 accept: AcceptState::Closed,
                 active: 0,
                 counters: Counters::default(),
+                connect_time: Histogram::default(),
+                duration: Histogram::default(),
             })
             .collect();
         let mut upstreams = Vec::new();
@@ -577,6 +582,10 @@ impl TcpService {
         l.active = l.active.saturating_sub(1);
         ctx.release_conn_fds(l.spec.kind.descriptors());
         l.counters.close(closed.reason);
+        l.duration.observe_ms(now.saturating_sub(conn.accepted_at));
+        if let Some(ms) = conn.logic.seen().connect_ms {
+            l.connect_time.observe_ms(ms);
+        }
         if let Some(u) = closed
             .target
             .and_then(|t| t.upstream)
@@ -687,6 +696,8 @@ impl TcpService {
             listeners.push(ListenerStats {
                 name: l.spec.name.clone(),
                 counters,
+                connect_time: l.connect_time,
+                duration: l.duration,
             });
         }
         for u in &self.upstreams {

@@ -281,6 +281,7 @@ impl UdpService {
             out.push(crate::stats::ListenerStats {
                 name: l.spec.name.clone(),
                 counters,
+                ..Default::default()
             });
         }
     }
