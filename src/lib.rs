@@ -8,6 +8,7 @@
 //! and README.md.
 
 pub(crate) mod accesslog;
+pub mod admin;
 pub mod balance;
 pub mod bench;
 pub mod cli;

@@ -32,6 +32,7 @@ use crate::tcp::front::FrontConfig;
 use crate::tcp::relay::ProxyOut;
 use crate::time::millis;
 
+mod admin;
 mod descriptors;
 
 /// How long start-up waits for every shard to report ready.
@@ -63,6 +64,9 @@ pub struct Runtime {
     seq: u64,
     /// The access log's writer thread (`[log] access`).
     access_log: Option<AccessLog>,
+    /// What `/ready` answers: serving once every shard is ready, not from
+    /// the moment a drain starts.
+    ready: crate::admin::Readiness,
 }
 
 /// How long the access log's writer may take to write what the shards
@@ -300,6 +304,7 @@ fn bind_groups(plan: &Plan) -> Result<Groups, HostError> {
 pub fn check(plan: &Plan) -> Result<HostReport, HostError> {
     let report = check_host(plan)?;
     drop(bind_groups(plan)?);
+    drop(admin::bind(plan)?);
     Ok(report)
 }
 
@@ -484,8 +489,10 @@ impl Runtime {
             bound,
             seq: 0,
             access_log,
+            ready: crate::admin::Readiness::default(),
         };
         runtime.wait_ready()?;
+        runtime.ready.set_serving();
         Ok(runtime)
     }
 
@@ -539,6 +546,9 @@ impl Runtime {
 
     /// Stop accepting; open connections continue. Shards exit when they have none.
     pub fn drain(&self) {
+        // Before any shard stops accepting: a load balancer polling /ready
+        // must see the drain while the listeners still take connections.
+        self.ready.set_draining();
         self.send_all(Command::Drain);
     }
 
@@ -633,7 +643,10 @@ impl Runtime {
         self.totals()
     }
 
-    /// The latest counters of every shard, summed.
+    /// The latest counters of every shard, summed. A shard that exited keeps
+    /// its last counters here, so no total (and no /metrics counter) ever
+    /// goes backwards; a reload that replaces shards must keep this (carry
+    /// the old shards' last counters into the sum).
     pub fn totals(&self) -> ShardStats {
         let mut total = ShardStats::default();
         for s in &self.shards {
@@ -807,8 +820,9 @@ pub fn serve(plan: &Plan) -> u8 {
             return exit::FAILURE;
         }
     };
-    let mut rt = match Runtime::start(plan) {
-        Ok(rt) => rt,
+    let started = admin::bind(plan).and_then(|socket| Ok((Runtime::start(plan)?, socket)));
+    let (mut rt, admin_socket) = match started {
+        Ok(started) => started,
         Err(e) => {
             error!("{e}");
             output::message(&format!("ringfwd: {e}"));
@@ -816,6 +830,7 @@ pub fn serve(plan: &Plan) -> u8 {
         }
     };
     announce(&rt, plan.runtime.shards);
+    let admin = admin::start(plan, &rt, admin_socket);
     let stats_every = plan.runtime.stats_interval;
     let mut next_stats = stats_every.map(|d| Instant::now() + d);
     let mut drain_deadline: Option<Instant> = None;
@@ -832,6 +847,9 @@ pub fn serve(plan: &Plan) -> u8 {
             }
         }
         rt.poll(Duration::from_millis(0));
+        if let Some(asks) = &admin {
+            asks.answer(|| rt.snapshot(admin::SCRAPE_SNAPSHOT));
+        }
         if rt.all_exited() {
             break;
         }
