@@ -287,3 +287,105 @@ fn with_snapshot(
     let ups = upstream_states(&stats, &served.info.listeners);
     answer(&stats, &ups)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::UpstreamStats;
+
+    fn served(asks: Sender<Ask>) -> Served {
+        Served {
+            info: Static {
+                version: "0",
+                started: Instant::now(),
+                cpus: vec![0],
+                listeners: vec![ListenerInfo {
+                    name: "web".into(),
+                    kind: "tcp",
+                    addr: "127.0.0.1:80".parse().unwrap(),
+                    balance: Some("round_robin"),
+                    upstreams: vec!["10.0.0.1:80".parse().unwrap()],
+                }],
+            },
+            ready: Readiness::default(),
+            asks,
+        }
+    }
+
+    fn get(path: &str) -> Request {
+        Request {
+            method: "GET".into(),
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn live_is_503_within_a_bounded_wait_when_the_control_loop_is_gone_or_stuck() {
+        let (tx, rx) = mpsc::channel();
+        drop(rx);
+        let gone = served(tx);
+        assert_eq!(route(&get("/live"), &gone).status, 503, "gone: at once");
+        assert_eq!(route(&get("/metrics"), &gone).status, 503);
+        let (tx, rx) = mpsc::channel();
+        let stuck = served(tx);
+        let t = Instant::now();
+        assert_eq!(route(&get("/live"), &stuck).status, 503, "never answers");
+        assert!(t.elapsed() >= LIVE_WAIT, "waited the whole bound first");
+        drop(rx);
+    }
+
+    #[test]
+    fn live_and_metrics_are_answered_by_the_control_loop() {
+        let (tx, rx) = mpsc::channel();
+        let answering = served(tx);
+        let asks = Asks(rx);
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        // A stand-in for the serve loop's turns.
+        let control = std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                asks.answer(ShardStats::default);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        assert_eq!(route(&get("/live"), &answering).status, 200);
+        let m = route(&get("/metrics"), &answering);
+        assert_eq!(m.status, 200);
+        assert_eq!(m.content_type, metrics::CONTENT_TYPE);
+        done.store(true, Ordering::Release);
+        control.join().unwrap();
+    }
+
+    #[test]
+    fn ready_follows_the_flag() {
+        let (tx, _rx) = mpsc::channel();
+        let s = served(tx);
+        assert_eq!(route(&get("/ready"), &s).status, 503, "not before start");
+        s.ready.set_serving();
+        assert_eq!(route(&get("/ready"), &s).status, 200);
+        s.ready.set_draining();
+        assert_eq!(route(&get("/ready"), &s).status, 503);
+    }
+
+    #[test]
+    fn every_configured_and_counted_upstream_is_listed_once_and_up() {
+        let info = served(mpsc::channel().0).info;
+        let mut snap = ShardStats::default();
+        for (listener, upstream) in [("web", "10.0.0.1:80"), ("web", "10.0.0.9:443"), ("", "x")] {
+            snap.upstreams.push(UpstreamStats {
+                listener: listener.into(),
+                upstream: upstream.into(),
+                ..Default::default()
+            });
+        }
+        let states = upstream_states(&snap, &info.listeners);
+        let got: Vec<(&str, &str, bool)> = states
+            .iter()
+            .map(|s| (s.listener.as_str(), s.upstream.as_str(), s.up))
+            .collect();
+        assert_eq!(
+            got,
+            [("web", "10.0.0.1:80", true), ("web", "10.0.0.9:443", true)]
+        );
+    }
+}
