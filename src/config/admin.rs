@@ -106,6 +106,12 @@ mod tests {
                 .contains("[admin]\nlisten = \"127.0.0.1:9901\"\n"),
             "{plan}"
         );
+        let host = HostFacts {
+            available_cpus: vec![0, 1],
+        };
+        let shown = plan.to_string();
+        let again = Plan::resolve(Some(("f.toml", &shown)), &Overrides::default(), &host);
+        assert_eq!(again, Ok(plan), "check's output resolves back");
         let plan = resolve("").unwrap();
         assert!(
             plan.to_string()
