@@ -324,3 +324,56 @@ fn check_reports_a_taken_admin_port_with_exit_3() {
         "{out}"
     );
 }
+
+/// Shard threads of process `pid` still running.
+fn shard_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("rfwd-shard-"))
+        })
+        .count()
+}
+
+#[test]
+fn counters_of_a_shard_that_exited_stay_in_metrics() {
+    let echo = echo_upstream(1);
+    let (mut fwd, admin) = forwarder_with_admin(echo.first_addr(), "drain_timeout = \"1h\"");
+    let n = 20;
+    for _ in 0..n {
+        echo_round_trip(fwd.addr("t"), 10);
+    }
+    let accepted = "ringfwd_accepted_total{listener=\"t\"}";
+    let closes = "ringfwd_close_client_eof_total{listener=\"t\"}";
+    let mut body = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            body = get(admin, "/metrics").1;
+            sample(&body, closes) == Some(f64::from(n))
+        }),
+        "{body}"
+    );
+    // One connection keeps its shard (and the process) in the drain; the
+    // other shard has none and exits.
+    let mut open = TcpStream::connect(fwd.addr("t")).expect("connect");
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    open.write_all(b"hi").expect("write");
+    let mut back = [0u8; 2];
+    open.read_exact(&mut back).expect("echo");
+    fwd.signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(10), || shard_threads(fwd.pid()) == 1),
+        "one shard should have exited; log:\n{}",
+        fwd.log()
+    );
+    let (_, body) = get(admin, "/metrics");
+    assert_eq!(sample(&body, accepted), Some(f64::from(n + 1)), "{body}");
+    assert_eq!(sample(&body, closes), Some(f64::from(n)), "{body}");
+    drop(open);
+    assert!(fwd.wait_exit(Duration::from_secs(10)).is_some(), "exits");
+}
