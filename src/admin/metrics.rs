@@ -31,6 +31,11 @@ const GAUGES: [Counter; 3] = [
     Counter::PipesInUse,
 ];
 
+/// Gauges the shard keeps outside any listener: their unlabelled sample is
+/// written at zero too (a gauge that vanished at zero would read as stale,
+/// not as zero).
+const SHARD_GAUGES: [Counter; 1] = [Counter::PipesInUse];
+
 fn is_gauge(name: &str) -> bool {
     GAUGES.iter().any(|g| g.name() == name)
 }
@@ -111,7 +116,7 @@ pub fn render(stats: &ShardStats, upstreams: &[UpstreamState]) -> String {
         let (family, kind) = family_name("", &name);
         header(&mut out, &family, kind, &help_of(&name));
         let own = shard.get(i).copied().unwrap_or(0);
-        if own != 0 {
+        if own != 0 || SHARD_GAUGES.iter().any(|g| g.name() == name) {
             let _ = writeln!(out, "{family} {own}");
         }
         for (l, row) in stats.listeners.iter().zip(&rows) {
@@ -271,6 +276,7 @@ mod tests {
         has(r#"ringfwd_active{listener="we\"b\\\n"} 1"#);
         has(r#"ringfwd_close_client_eof_total{listener="we\"b\\\n"} 1"#);
         has("ringfwd_loop_turns_total 9");
+        has("ringfwd_pipes_in_use 0");
         has(
             r#"ringfwd_upstream_connect_attempts_total{listener="we\"b\\\n",upstream="127.0.0.1:9"} 3"#,
         );
