@@ -97,8 +97,9 @@ fn family_name(prefix: &str, name: &str) -> (String, &'static str) {
     }
 }
 
-/// The whole exposition for one snapshot and the upstreams' states.
-pub fn render(stats: &ShardStats, upstreams: &[UpstreamState]) -> String {
+/// The whole exposition for one snapshot, the upstreams' states and the
+/// process-wide `log_write_errors` (the stats line's last counter).
+pub fn render(stats: &ShardStats, upstreams: &[UpstreamState], log_write_errors: u64) -> String {
     let mut out = String::with_capacity(64 * 1024);
     // Each row's values once, in table order (iter() allocates its names).
     let shard: Vec<u64> = stats.shard.iter().map(|(_, v)| v).collect();
@@ -124,6 +125,10 @@ pub fn render(stats: &ShardStats, upstreams: &[UpstreamState]) -> String {
             let _ = writeln!(out, "{family}{} {v}", labels(&[("listener", &l.name)]));
         }
     }
+    let family = "ringfwd_log_write_errors_total";
+    let help = "Log writes to stderr that failed and were dropped (process-wide).";
+    header(&mut out, family, "counter", help);
+    let _ = writeln!(out, "{family} {log_write_errors}");
     upstream_counters(&mut out, stats, &ups);
     upstream_up(&mut out, upstreams);
     histograms(&mut out, stats);
@@ -264,7 +269,7 @@ mod tests {
             upstream: "127.0.0.1:9".into(),
             up: true,
         }];
-        let text = render(&sample(), &ups);
+        let text = render(&sample(), &ups, 4);
         let l = lines(&text);
         let has = |want: &str| assert!(l.contains(&want), "{want:?} not in:\n{text}");
         has("# TYPE ringfwd_accepted_total counter");
@@ -277,6 +282,7 @@ mod tests {
         has(r#"ringfwd_close_client_eof_total{listener="we\"b\\\n"} 1"#);
         has("ringfwd_loop_turns_total 9");
         has("ringfwd_pipes_in_use 0");
+        has("ringfwd_log_write_errors_total 4");
         has(
             r#"ringfwd_upstream_connect_attempts_total{listener="we\"b\\\n",upstream="127.0.0.1:9"} 3"#,
         );
@@ -293,7 +299,7 @@ mod tests {
 
     #[test]
     fn histograms_are_cumulative_with_sum_and_count() {
-        let text = render(&sample(), &[]);
+        let text = render(&sample(), &[], 0);
         let l = lines(&text);
         let has = |want: &str| assert!(l.contains(&want), "{want:?} not in:\n{text}");
         let d = "ringfwd_connection_duration_seconds";
@@ -313,7 +319,7 @@ mod tests {
 
     #[test]
     fn every_family_has_help_and_type_before_its_samples() {
-        let text = render(&sample(), &[]);
+        let text = render(&sample(), &[], 0);
         let mut typed: Vec<String> = Vec::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

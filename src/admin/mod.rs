@@ -247,7 +247,7 @@ fn route(req: &Request, served: &Served) -> Response {
         _ => with_snapshot(served, |stats, ups| Response {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(stats, ups).into_bytes(),
+            body: metrics::render(stats, ups, crate::sys::output::log_write_errors()).into_bytes(),
         }),
     }
 }
