@@ -16,7 +16,7 @@ use super::udp::{file_udp_listener, flag_udp_listener};
 use super::units::{format_size, parse_size};
 use super::{
     EchoMode, EchoPlan, Overrides, Proto, SendProxy, SniPlan, TcpListenerPlan, UdpListenerPlan,
-    proxy, routes,
+    limits, proxy, routes,
 };
 
 const KEYS: [&str; 13] = [
@@ -204,7 +204,8 @@ fn file_listener(
     section: &Section<'_>,
     shards: usize,
 ) -> Result<(TcpListenerPlan, Claim), ConfigError> {
-    section.deny_unknown(&KEYS, "in [[tcp]]")?;
+    let keys: Vec<&str> = KEYS.iter().chain(&limits::TCP_KEYS).copied().collect();
+    section.deny_unknown(&keys, "in [[tcp]]")?;
     let claim = section_claim(section, Proto::Tcp)?;
     let upstreams_example = "upstreams = [\"10.0.0.5:80\"]";
     let plan = TcpListenerPlan {
@@ -229,6 +230,7 @@ fn file_listener(
         send_proxy: proxy::send_proxy(section.get("send_proxy"))?,
         accept_proxy: proxy::accept_proxy(section)?,
         sni: routes::sni(section)?,
+        limits: limits::tcp_limits(section, shards)?,
     };
     Ok((plan, claim))
 }
@@ -376,6 +378,7 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         send_proxy: SendProxy::Off,
         accept_proxy: None,
         sni: None,
+        limits: super::TcpLimits::default(),
     };
     Ok((plan, claim))
 }
