@@ -11,7 +11,6 @@ use std::ops::RangeInclusive;
 use super::cidr::Cidr;
 use super::error::ConfigError;
 use super::keys::cidr_list;
-use super::listeners::{count, limit};
 use super::raw::{Field, Section};
 
 /// The `[[tcp]]` keys read here (added to the section's key list).
@@ -82,14 +81,44 @@ pub(super) fn tcp_limits(section: &Section<'_>, shards: usize) -> Result<TcpLimi
             deny: deny(section.get("deny"))?,
         },
         new_connections_per_second: per_listener
-            .is_some()
-            .then(|| limit(per_listener, RATE, 1000, shards))
+            .map(|f| rate(&f, 1000, Share::Split { shards }))
             .transpose()?,
         new_connections_per_second_per_source: section
             .get("new_connections_per_second_per_source")
-            .map(|f| count(&f, RATE, 20))
+            .map(|f| rate(&f, 20, Share::Whole))
             .transpose()?,
     })
+}
+
+/// How the shards enforce a rate.
+#[derive(Clone, Copy)]
+enum Share {
+    /// Each shard a share, so the rate must give every shard at least one.
+    Split { shards: usize },
+    /// Each shard the whole rate.
+    Whole,
+}
+
+/// A connections-per-second key within `RATE`; `like` is the example's value.
+fn rate(field: &Field<'_>, like: u32, share: Share) -> Result<u32, ConfigError> {
+    let key = field.origin.key.rsplit('.').next().unwrap_or_default();
+    let example = format!("{key} = {like}");
+    let n = field.integer(&example)?;
+    let Some(rate) = u32::try_from(n).ok().filter(|n| RATE.contains(n)) else {
+        return Err(field.error(format!(
+            "{n} is out of range; use {} to {}, like {example}",
+            RATE.start(),
+            RATE.end()
+        )));
+    };
+    match share {
+        Share::Split { shards } if usize::try_from(rate).is_ok_and(|r| r < shards) => Err(field
+            .error(format!(
+                "{key} = {rate} is less than the {shards} shards; each shard enforces its own \
+                 share, so allow at least {shards} or run fewer shards"
+            ))),
+        _ => Ok(rate),
+    }
 }
 
 fn allow(field: &Field<'_>) -> Result<Vec<Cidr>, ConfigError> {
