@@ -231,6 +231,8 @@ pub struct UdpService {
     session_ops: Vec<SessionOp>,
 }
 
+/// Whether a client may open a session: not in `deny` (which wins), and in
+/// `allow` unless that is empty.
 fn allowed(allow: &[Cidr], deny: &[Cidr], ip: IpAddr) -> bool {
     !deny.iter().any(|c| c.contains(ip))
         && (allow.is_empty() || allow.iter().any(|c| c.contains(ip)))

@@ -1,0 +1,200 @@
+//! Who may connect, through the real binary: `allow`/`deny` by the client's
+//! source address (clients bound to 127.0.0.2 and friends), by the address a
+//! trusted PROXY header gave, UDP's `deny`, and the new-connection rates.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::harness::{Proc, echo_upstream, forwarder, wait_until, write_config};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A TCP connection to `to` from source address `from` (any port).
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let src: SocketAddr = format!("{from}:0").parse().expect("source");
+    s.bind(&src.into()).expect("bind the client's source");
+    s.connect(&to.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+/// Sends `payload` from `from` and reads until the forwarder closes: the echo
+/// when the client was let in, nothing when it was closed at accept.
+fn echo_from(from: &str, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut s = connect_from(from, to);
+    // A refused client may see its write reset; that is an answer too.
+    if s.write_all(payload).is_err() {
+        return Vec::new();
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    back
+}
+
+#[test]
+fn tcp_clients_are_let_in_by_allow_and_kept_out_by_deny() {
+    let up = echo_upstream(1);
+    let fwd = forwarder(
+        &[up.first_addr()],
+        "allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.2\"]",
+        "",
+    );
+    let to = fwd.first_addr();
+    assert_eq!(echo_from("127.0.0.1", to, b"one"), b"one");
+    assert_eq!(echo_from("127.0.0.3", to, b"three"), b"three");
+    assert!(
+        echo_from("127.0.0.2", to, b"two").is_empty(),
+        "127.0.0.2 is allowed but denied: deny wins"
+    );
+    fwd.wait_stat("close_denied", WAIT, |v| v == 1);
+    fwd.wait_stat("accepted", WAIT, |v| v == 2);
+
+    let only = forwarder(&[up.first_addr()], "allow = [\"127.0.0.4\"]", "");
+    assert!(echo_from("127.0.0.1", only.first_addr(), b"x").is_empty());
+    assert_eq!(echo_from("127.0.0.4", only.first_addr(), b"four"), b"four");
+    only.wait_stat("close_denied", WAIT, |v| v == 1);
+    assert!(
+        only.log()
+            .contains("not allowed by the listener's allow/deny"),
+        "the refusal is logged:\n{}",
+        only.log()
+    );
+}
+
+const FROM_DENIED: &[u8] = b"PROXY TCP4 192.0.2.7 198.51.100.9 40001 443\r\n";
+const FROM_ALLOWED: &[u8] = b"PROXY TCP4 198.51.100.1 198.51.100.9 40001 443\r\n";
+
+#[test]
+fn a_trusted_proxy_header_is_checked_by_the_client_it_names() {
+    let up = echo_upstream(1);
+    // The proxy (127.0.0.1) is in neither list: with accept_proxy the lists
+    // apply to the client the header names, trusted_proxies to the proxy.
+    let fwd = forwarder(
+        &[up.first_addr()],
+        "accept_proxy = true\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         allow = [\"192.0.2.0/24\", \"198.51.100.0/24\"]\ndeny = [\"192.0.2.0/24\"]",
+        "",
+    );
+    let to = fwd.first_addr();
+    let mut denied = FROM_DENIED.to_vec();
+    denied.extend_from_slice(b"hello");
+    assert!(echo_from("127.0.0.1", to, &denied).is_empty());
+    fwd.wait_stat("close_denied", WAIT, |v| v == 1);
+    assert_eq!(fwd.stat("connect_attempts"), 0, "no upstream was tried");
+
+    let mut allowed = FROM_ALLOWED.to_vec();
+    allowed.extend_from_slice(b"hello");
+    assert_eq!(echo_from("127.0.0.1", to, &allowed), b"hello");
+    fwd.wait_stat("close_client_eof", WAIT, |v| v == 1);
+    assert_eq!(fwd.stat("close_denied"), 1);
+}
+
+fn udp_forwarder(upstream: SocketAddr, keys: &str) -> Proc {
+    let cfg = write_config(&format!(
+        "[runtime]\nstats_interval = \"100ms\"\n[[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{upstream}\"]\n{keys}\n"
+    ));
+    Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1)
+}
+
+#[test]
+fn udp_clients_in_deny_are_dropped_and_counted() {
+    let up = Proc::start(&["echo", "--udp", "127.0.0.1:0"], 1);
+    let fwd = udp_forwarder(
+        up.first_addr(),
+        "allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.2\"]",
+    );
+    let to = fwd.first_addr();
+    let denied = UdpSocket::bind("127.0.0.2:0").expect("bind");
+    for _ in 0..3 {
+        denied.send_to(b"let me in", to).expect("send");
+    }
+    fwd.wait_stat("udp_drop_denied", WAIT, |v| v == 3);
+    assert_eq!(fwd.stat("udp_sessions_created"), 0);
+
+    let allowed = UdpSocket::bind("127.0.0.3:0").expect("bind");
+    allowed
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    allowed.send_to(b"hi", to).expect("send");
+    let mut b = [0u8; 16];
+    let (n, _) = allowed.recv_from(&mut b).expect("the echo");
+    assert_eq!(&b[..n], b"hi");
+    assert_eq!(fwd.stat("udp_drop_denied"), 3);
+}
+
+/// Opens `n` connections from `from` one after another, each closed once the
+/// forwarder has taken it (admitted and relayed, or closed at accept).
+fn connections_from(from: &str, to: SocketAddr, n: usize) {
+    for _ in 0..n {
+        let mut s = connect_from(from, to);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+}
+
+/// The most a token bucket of `rate` per second (burst = rate) can have
+/// given out over `elapsed`, plus one for the clock's millisecond rounding.
+fn budget(rate: u64, elapsed: Duration) -> u64 {
+    rate + rate * elapsed.as_millis() as u64 / 1000 + 1
+}
+
+#[test]
+fn new_connections_over_the_listeners_rate_are_closed_and_counted() {
+    let up = echo_upstream(1);
+    let fwd = forwarder(
+        &[up.first_addr()],
+        "new_connections_per_second = 3",
+        "shards = 1",
+    );
+    let n = 30;
+    let start = Instant::now();
+    connections_from("127.0.0.1", fwd.first_addr(), n);
+    let elapsed = start.elapsed();
+    let total = |f: &Proc| f.stat("accepted") + f.stat("close_rate_limited");
+    assert!(wait_until(WAIT, || total(&fwd) == n as u64));
+    let accepted = fwd.stat("accepted");
+    assert!(accepted >= 3, "the burst ({accepted} accepted)");
+    assert!(
+        accepted <= budget(3, elapsed),
+        "{accepted} accepted in {elapsed:?} at 3 per second"
+    );
+    assert!(
+        fwd.log().contains("over new_connections_per_second"),
+        "the refusal is logged"
+    );
+}
+
+#[test]
+fn each_source_has_its_own_rate() {
+    let up = echo_upstream(1);
+    let fwd = forwarder(
+        &[up.first_addr()],
+        "new_connections_per_second_per_source = 2",
+        "shards = 1",
+    );
+    let to = fwd.first_addr();
+    let n = 20;
+    let start = Instant::now();
+    connections_from("127.0.0.2", to, n);
+    let elapsed = start.elapsed();
+    let total = |f: &Proc| f.stat("accepted") + f.stat("close_rate_limited");
+    assert!(wait_until(WAIT, || total(&fwd) == n as u64));
+    let busy = fwd.stat("accepted");
+    assert!(busy >= 2, "the burst ({busy} accepted)");
+    assert!(
+        busy <= budget(2, elapsed),
+        "{busy} accepted from one source in {elapsed:?} at 2 per second"
+    );
+    // Another source has a full bucket of its own.
+    connections_from("127.0.0.3", to, 2);
+    fwd.wait_stat("accepted", WAIT, |v| v == busy + 2);
+    assert_eq!(fwd.stat("close_rate_limited"), n as u64 - busy);
+}
