@@ -3,7 +3,9 @@
 //! rate limits of a `[[tcp]]` listener (`new_connections_per_second` for the
 //! whole listener, split over shards like `max_connections`, and
 //! `new_connections_per_second_per_source`, which each shard enforces in
-//! full, as UDP's `new_sessions_per_second_per_source` is).
+//! full, as UDP's `new_sessions_per_second_per_source` is). And port
+//! ranges: a `listen = "IP:FIRST-LAST"` section stands for one listener per
+//! port (see [`port_tables`]).
 
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
@@ -12,6 +14,7 @@ use super::cidr::Cidr;
 use super::error::ConfigError;
 use super::keys::cidr_list;
 use super::raw::{Field, Section};
+use toml::{Table, Value};
 
 /// The `[[tcp]]` keys read here (added to the section's key list).
 pub(super) const TCP_KEYS: [&str; 4] = [
@@ -143,6 +146,175 @@ pub(super) fn deny(field: Option<Field<'_>>) -> Result<Vec<Cidr>, ConfigError> {
         })
         .transpose()
         .map(Option::unwrap_or_default)
+}
+
+/// Most ports one range may span: every port is a listening socket on
+/// every shard (ports × shards descriptors, each with its accept queue).
+pub(super) const MAX_RANGE_PORTS: u32 = 4096;
+
+/// `FIRST-LAST` of a port range, both inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PortRange {
+    first: u16,
+    last: u16,
+}
+
+impl PortRange {
+    fn width(self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+}
+
+/// `text` split into its host (as written, `[v6]` brackets kept) and its
+/// port range, when its port part is `FIRST-LAST`; `Ok(None)` otherwise.
+fn split_range(text: &str) -> Result<Option<(&str, PortRange)>, String> {
+    let text = text.trim();
+    let Some((host, ports)) = text.rsplit_once(':') else {
+        return Ok(None);
+    };
+    let Some((first, last)) = ports.split_once('-') else {
+        return Ok(None);
+    };
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|&p| p != 0);
+    let (Some(first), Some(last)) = (port(first), port(last)) else {
+        return Err(format!(
+            "{text:?} has port range {ports:?}; write two ports from 1 to 65535, like \"{host}:10000-10099\""
+        ));
+    };
+    let range = PortRange { first, last };
+    if first > last {
+        return Err(format!(
+            "{text:?} has a port range that runs backwards; write the lower port first, like \"{host}:{last}-{first}\""
+        ));
+    }
+    if range.width() > MAX_RANGE_PORTS {
+        return Err(format!(
+            "{text:?} spans {} ports; at most {MAX_RANGE_PORTS} are allowed, because every port is a \
+             listening socket on every shard (ports x shards descriptors); split it into several \
+             listeners or use fewer ports",
+            range.width()
+        ));
+    }
+    Ok(Some((host, range)))
+}
+
+/// A `[[tcp]]` or `[[udp]]` section whose `listen` is a port range, as one
+/// table per port: `listen` that port, each range upstream the port at the
+/// same offset (single-port upstreams as written), and `name`, when given,
+/// `NAME:PORT`, so every port is a listener of its own with its own counters
+/// and limits. Empty when `listen` is one port (after checking that no
+/// upstream is a range then).
+pub(super) fn port_tables(section: &Section<'_>) -> Result<Vec<Table>, ConfigError> {
+    let Some(listen) = section.get("listen") else {
+        return Ok(Vec::new());
+    };
+    let Some(text) = listen.as_str() else {
+        return Ok(Vec::new());
+    };
+    let listen_range = split_range(text).map_err(|why| listen.error(why))?;
+    let upstreams = range_upstreams(section, text, listen_range)?;
+    let Some((host, range)) = listen_range else {
+        return Ok(Vec::new());
+    };
+    let name = match section.get("name") {
+        Some(field) => range_name(&field, range)?,
+        None => None,
+    };
+    Ok((range.first..=range.last)
+        .map(|port| {
+            let offset = port - range.first;
+            let mut table = section.table().clone();
+            table.insert("listen".into(), Value::String(format!("{host}:{port}")));
+            if let Some(name) = &name {
+                table.insert("name".into(), Value::String(format!("{name}:{port}")));
+            }
+            if let Some(ups) = &upstreams {
+                let items = ups.iter().map(|u| Value::String(u.at(offset))).collect();
+                table.insert("upstreams".into(), Value::Array(items));
+            }
+            table
+        })
+        .collect())
+}
+
+/// A listener name that will carry `:PORT`, checked to leave room for it.
+fn range_name(field: &Field<'_>, range: PortRange) -> Result<Option<String>, ConfigError> {
+    let Some(name) = field.as_str() else {
+        return Ok(None); // the listener's own reader reports the wrong type
+    };
+    let room = 64 - format!(":{}", range.last).len();
+    if name.chars().count() > room {
+        return Err(field.error(format!(
+            "{:?} is too long for a port range listener: each port is named NAME:PORT, so use at \
+             most {room} characters",
+            name
+        )));
+    }
+    Ok(Some(name.to_owned()))
+}
+
+/// An upstream of a range listener: one address, or a range kept at the
+/// listener's offset.
+enum RangeUpstream {
+    One(String),
+    Range { host: String, first: u16 },
+}
+
+impl RangeUpstream {
+    fn at(&self, offset: u16) -> String {
+        match self {
+            RangeUpstream::One(text) => text.clone(),
+            RangeUpstream::Range { host, first } => format!("{host}:{}", first + offset),
+        }
+    }
+}
+
+/// The section's upstreams, split into ranges and single ports, each range
+/// checked against the listen range's width. `None` when they are not an
+/// array of strings (the listener's own reader reports that).
+fn range_upstreams(
+    section: &Section<'_>,
+    listen_text: &str,
+    listen: Option<(&str, PortRange)>,
+) -> Result<Option<Vec<RangeUpstream>>, ConfigError> {
+    let Some(items) = section.get("upstreams").and_then(|f| f.array("").ok()) else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in &items {
+        let Some(text) = item.as_str() else {
+            return Ok(None);
+        };
+        let Some((host, range)) = split_range(text).map_err(|why| item.error(why))? else {
+            out.push(RangeUpstream::One(text.to_owned()));
+            continue;
+        };
+        match listen {
+            None => {
+                return Err(item.error(format!(
+                    "{:?} is a port range but listen {listen_text:?} is one port; a range \
+                     upstream needs a listen range of the same width (like listen = \
+                     \"0.0.0.0:10000-10099\" with \"10.0.0.5:20000-20099\"), or write one port",
+                    text.trim()
+                )));
+            }
+            Some((_, l)) if l.width() != range.width() => {
+                return Err(item.error(format!(
+                    "{:?} spans {} ports but listen {listen_text:?} spans {}; a range upstream \
+                     must span as many ports as the listen range (each port forwards to the port \
+                     at the same offset), or be a single port",
+                    text.trim(),
+                    range.width(),
+                    l.width()
+                )));
+            }
+            Some(_) => out.push(RangeUpstream::Range {
+                host: host.to_owned(),
+                first: range.first,
+            }),
+        }
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -323,6 +495,143 @@ mod tests {
             &format!("{TCP}new_connection_per_second = 5"),
             "tcp[0].new_connection_per_second",
             &["did you mean \"new_connections_per_second\""],
+        );
+    }
+
+    fn addrs(items: &[&str]) -> Vec<std::net::SocketAddr> {
+        items.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_port_range_is_one_listener_per_port_keeping_the_offset() {
+        let plan = resolve(
+            "[[tcp]]\nname = \"r\"\nlisten = \"127.0.0.1:10000-10002\"\n\
+             upstreams = [\"127.0.0.5:20000-20002\", \"127.0.0.6:80\"]\nmax_connections = 8\n\
+             [[udp]]\nlisten = \"[::1]:5300-5301\"\nupstreams = [\"[::1]:53\"]\n",
+        )
+        .unwrap();
+        let tcp: Vec<_> = plan
+            .tcp
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    t.listen,
+                    t.upstreams.clone(),
+                    t.max_connections,
+                )
+            })
+            .collect();
+        assert_eq!(
+            tcp,
+            [
+                (
+                    "r:10000",
+                    addrs(&["127.0.0.1:10000"])[0],
+                    addrs(&["127.0.0.5:20000", "127.0.0.6:80"]),
+                    8
+                ),
+                (
+                    "r:10001",
+                    addrs(&["127.0.0.1:10001"])[0],
+                    addrs(&["127.0.0.5:20001", "127.0.0.6:80"]),
+                    8
+                ),
+                (
+                    "r:10002",
+                    addrs(&["127.0.0.1:10002"])[0],
+                    addrs(&["127.0.0.5:20002", "127.0.0.6:80"]),
+                    8
+                ),
+            ]
+        );
+        let udp: Vec<_> = plan
+            .udp
+            .iter()
+            .map(|u| (u.name.as_str(), u.listen))
+            .collect();
+        assert_eq!(
+            udp,
+            [
+                ("[::1]:5300", addrs(&["[::1]:5300"])[0]),
+                ("[::1]:5301", addrs(&["[::1]:5301"])[0]),
+            ],
+            "unnamed: each port named by its own address"
+        );
+        let one = resolve("[[tcp]]\nlisten = \"127.0.0.1:7-7\"\nupstreams = [\"127.0.0.5:9-9\"]")
+            .unwrap();
+        assert_eq!(one.tcp[0].upstreams, addrs(&["127.0.0.5:9"]));
+        let widest = "[[tcp]]\nlisten = \"127.0.0.1:10000-14095\"\nupstreams = [\"127.0.0.5:80\"]";
+        assert_eq!(resolve(widest).unwrap().tcp.len(), 4096);
+    }
+
+    #[test]
+    fn bad_port_ranges_name_the_key_the_value_and_the_fix() {
+        let tcp = |listen: &str, upstream: &str| {
+            format!("[[tcp]]\nlisten = \"{listen}\"\nupstreams = [\"{upstream}\"]\n")
+        };
+        rejected(
+            &tcp("0.0.0.0:10000-14096", "10.0.0.5:80"),
+            "tcp[0].listen",
+            &[
+                "\"0.0.0.0:10000-14096\" spans 4097 ports",
+                "at most 4096",
+                "ports x shards",
+            ],
+        );
+        rejected(
+            &tcp("0.0.0.0:10000-10099", "10.0.0.5:20000-20049"),
+            "tcp[0].upstreams[0]",
+            &[
+                "\"10.0.0.5:20000-20049\" spans 50 ports",
+                "listen \"0.0.0.0:10000-10099\" spans 100",
+                "or be a single port",
+            ],
+        );
+        rejected(
+            &tcp("0.0.0.0:10000", "10.0.0.5:20000-20049"),
+            "tcp[0].upstreams[0]",
+            &["is a port range but listen \"0.0.0.0:10000\" is one port"],
+        );
+        rejected(
+            &tcp("0.0.0.0:10005-10000", "10.0.0.5:1"),
+            "tcp[0].listen",
+            &["runs backwards", "\"0.0.0.0:10000-10005\""],
+        );
+        rejected(
+            &tcp("0.0.0.0:0-10", "10.0.0.5:1"),
+            "tcp[0].listen",
+            &["\"0-10\"", "two ports from 1 to 65535"],
+        );
+        rejected(
+            &tcp("0.0.0.0:10-x", "10.0.0.5:1"),
+            "tcp[0].listen",
+            &["\"10-x\""],
+        );
+        rejected(
+            &tcp("127.0.0.1:10000-10002", "127.0.0.1:10000-10002"),
+            "tcp[0].upstreams[0]",
+            &["127.0.0.1:10000", "forwarding loop"],
+        );
+        rejected(
+            &format!(
+                "{}{}",
+                tcp("127.0.0.1:10000-10002", "10.0.0.5:1"),
+                tcp("127.0.0.1:10002", "10.0.0.5:1")
+            ),
+            "tcp[1].listen",
+            &["127.0.0.1:10002 is already used by tcp[0].listen"],
+        );
+        rejected(
+            &format!(
+                "[[udp]]\nname = \"{}\"\nlisten = \"127.0.0.1:1-2\"\nupstreams = [\"10.0.0.5:1\"]",
+                "n".repeat(63)
+            ),
+            "udp[0].name",
+            &[
+                "too long for a port range listener",
+                "at most 62 characters",
+            ],
         );
     }
 }

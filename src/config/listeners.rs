@@ -88,12 +88,15 @@ pub(super) fn resolve(
     if let Some(field) = tcp {
         for entry in field.array("[[tcp]], one section per listener")? {
             let section = entry.table("[[tcp]] with listen = \"...\" and upstreams = [...]")?;
-            let (plan, claim) = file_listener(&section, shards)?;
-            let key = UpstreamsKey::Array(section.origin("upstreams"));
-            places.add(&claim, key, &plan.upstreams);
-            places.add_routes(&section, plan.sni.as_ref());
-            registry.claim(claim)?;
-            plans.push(plan);
+            let ports = limits::port_tables(&section)?;
+            for section in per_port(section, &ports) {
+                let (plan, claim) = file_listener(&section, shards)?;
+                let key = UpstreamsKey::Array(section.origin("upstreams"));
+                places.add(&claim, key, &plan.upstreams);
+                places.add_routes(&section, plan.sni.as_ref());
+                registry.claim(claim)?;
+                plans.push(plan);
+            }
         }
     }
     for (i, spec) in overrides.tcp.iter().enumerate() {
@@ -110,11 +113,14 @@ pub(super) fn resolve(
     if let Some(field) = udp {
         for entry in field.array("[[udp]], one section per listener")? {
             let section = entry.table("[[udp]] with listen = \"...\" and upstreams = [...]")?;
-            let (plan, claim) = file_udp_listener(&section, shards)?;
-            let key = UpstreamsKey::Array(section.origin("upstreams"));
-            places.add(&claim, key, &plan.upstreams);
-            registry.claim(claim)?;
-            udp_plans.push(plan);
+            let ports = limits::port_tables(&section)?;
+            for section in per_port(section, &ports) {
+                let (plan, claim) = file_udp_listener(&section, shards)?;
+                let key = UpstreamsKey::Array(section.origin("upstreams"));
+                places.add(&claim, key, &plan.upstreams);
+                registry.claim(claim)?;
+                udp_plans.push(plan);
+            }
         }
     }
     for (i, spec) in overrides.udp.iter().enumerate() {
@@ -179,6 +185,15 @@ pub(super) fn resolve(
         udp: udp_plans,
         echo,
     })
+}
+
+/// The section itself, or, for a port range, the section read once per
+/// port's table (see `limits::port_tables`).
+fn per_port<'a>(section: Section<'a>, ports: &'a [toml::Table]) -> Vec<Section<'a>> {
+    if ports.is_empty() {
+        return vec![section];
+    }
+    ports.iter().map(|t| section.with_table(t)).collect()
 }
 
 /// `echo --request-size` / `--response-size`: a size in bytes (units allowed), 1 to 16 MiB.
