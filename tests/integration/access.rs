@@ -198,3 +198,95 @@ fn each_source_has_its_own_rate() {
     fwd.wait_stat("accepted", WAIT, |v| v == busy + 2);
     assert_eq!(fwd.stat("close_rate_limited"), n as u64 - busy);
 }
+
+/// A free run of `width` consecutive loopback ports below the ephemeral
+/// range, found by binding them all (and released again).
+fn free_ports(width: u16, not: &[u16]) -> u16 {
+    (20_000..30_000u16)
+        .step_by(97)
+        .find(|&base| {
+            let clear = (base..base + width).all(|p| !not.contains(&p));
+            clear
+                && (base..base + width)
+                    .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .is_ok()
+        })
+        .expect("a free run of ports")
+}
+
+/// Upstreams on ports `base..base + width`, each answering every connection
+/// with its own port number, then closing.
+fn port_tellers(base: u16, width: u16) -> Vec<std::thread::JoinHandle<()>> {
+    (base..base + width)
+        .map(|port| {
+            let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind an upstream");
+            std::thread::spawn(move || {
+                // One connection each: the test makes exactly one per port.
+                if let Ok((mut s, _)) = l.accept() {
+                    let _ = s.write_all(format!("port {port}").as_bytes());
+                }
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_port_range_forwards_each_port_to_the_upstream_port_at_its_offset() {
+    let width = 3;
+    let up = free_ports(width, &[]);
+    let tellers = port_tellers(up, width);
+    let listen = free_ports(width, &[up, up + 1, up + 2]);
+    let cfg = write_config(&format!(
+        "[runtime]\nstats_interval = \"100ms\"\n[[tcp]]\nname = \"r\"\n\
+         listen = \"127.0.0.1:{listen}-{}\"\nupstreams = [\"127.0.0.1:{up}-{}\"]\n",
+        listen + width - 1,
+        up + width - 1
+    ));
+    let fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 3);
+    for offset in 0..width {
+        let name = format!("r:{}", listen + offset);
+        assert_eq!(fwd.addr(&name).port(), listen + offset, "{name}");
+        let mut s = TcpStream::connect(("127.0.0.1", listen + offset)).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut back = String::new();
+        s.read_to_string(&mut back).expect("read");
+        assert_eq!(back, format!("port {}", up + offset));
+    }
+    for t in tellers {
+        t.join().expect("upstream");
+    }
+    fwd.wait_stat("accepted", WAIT, |v| v == 3);
+    assert_eq!(
+        fwd.detail_stats(&format!("listener=r:{}", listen + 1))
+            .get("accepted"),
+        Some(&1),
+        "each port is a listener with its own counters"
+    );
+}
+
+#[test]
+fn check_rejects_a_range_over_4096_ports_and_a_width_mismatch() {
+    let too_wide = write_config(
+        "[[tcp]]\nlisten = \"127.0.0.1:10000-14096\"\nupstreams = [\"127.0.0.5:80\"]\n",
+    );
+    let (code, _, err) =
+        crate::harness::run_to_end(&["check", "--config", too_wide.to_str().expect("path")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("tcp[0].listen") && err.contains("spans 4097 ports; at most 4096"),
+        "{err}"
+    );
+    let mismatch = write_config(
+        "[[udp]]\nlisten = \"127.0.0.1:10000-10099\"\nupstreams = [\"127.0.0.5:20000-20049\"]\n",
+    );
+    let (code, _, err) =
+        crate::harness::run_to_end(&["check", "--config", mismatch.to_str().expect("path")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("udp[0].upstreams[0]")
+            && err.contains("\"127.0.0.5:20000-20049\" spans 50 ports")
+            && err.contains("listen \"127.0.0.1:10000-10099\" spans 100"),
+        "{err}"
+    );
+}
