@@ -68,6 +68,27 @@ fn tcp_clients_are_let_in_by_allow_and_kept_out_by_deny() {
     );
 }
 
+#[test]
+fn a_denied_client_is_counted_as_denied_even_at_max_connections() {
+    let up = echo_upstream(1);
+    let fwd = forwarder(
+        &[up.first_addr()],
+        "max_connections = 1\ndeny = [\"127.0.0.2\"]",
+        "shards = 1",
+    );
+    let to = fwd.first_addr();
+    let mut held = connect_from("127.0.0.1", to);
+    held.write_all(b"held").expect("write");
+    let mut got = [0u8; 4];
+    held.read_exact(&mut got)
+        .expect("the held connection is relayed");
+    assert!(echo_from("127.0.0.3", to, b"x").is_empty(), "at the limit");
+    fwd.wait_stat("close_limit", WAIT, |v| v == 1);
+    assert!(echo_from("127.0.0.2", to, b"x").is_empty());
+    fwd.wait_stat("close_denied", WAIT, |v| v == 1);
+    assert_eq!(fwd.stat("close_limit"), 1, "the lists are checked first");
+}
+
 const FROM_DENIED: &[u8] = b"PROXY TCP4 192.0.2.7 198.51.100.9 40001 443\r\n";
 const FROM_ALLOWED: &[u8] = b"PROXY TCP4 198.51.100.1 198.51.100.9 40001 443\r\n";
 

@@ -90,28 +90,29 @@ impl Gate {
         }
     }
 
-    /// Whether a client from `peer` may be admitted now; a refused client
-    /// takes no rate token, and a denied one is never counted against a rate.
-    pub(super) fn check(&mut self, peer: Option<SocketAddr>, now: Millis) -> Result<(), Refusal> {
+    /// Whether the lists let a client from `peer` in (an unknown peer is
+    /// refused when there are lists). Checked first of all on accept, so a
+    /// denied client is counted as denied whatever else would refuse it.
+    pub(super) fn permits(&self, peer: Option<SocketAddr>) -> bool {
+        self.access
+            .as_ref()
+            .is_none_or(|access| peer.is_some_and(|p| access.permits(p.ip())))
+    }
+
+    /// Whether a client from `peer` is within the rates now, taking a token
+    /// of each; asked last, so a client refused otherwise takes none.
+    pub(super) fn within_rates(&mut self, peer: Option<SocketAddr>, now: Millis) -> bool {
         let ip = peer.map(|p| p.ip().to_canonical());
-        if let Some(access) = &self.access
-            && !ip.is_some_and(|ip| access.permits(ip))
-        {
-            return Err(Refusal::Denied);
-        }
         // The source's bucket first: one busy source must not spend the
         // listener's tokens on connections it is refused anyway.
         if let (Some(limiter), Some(ip)) = (&mut self.per_source, ip)
             && !limiter.allow(ip, now)
         {
-            return Err(Refusal::RateLimited);
+            return false;
         }
-        if let Some(limiter) = &mut self.listener
-            && !limiter.allow(LISTENER_KEY, now)
-        {
-            return Err(Refusal::RateLimited);
-        }
-        Ok(())
+        self.listener
+            .as_mut()
+            .is_none_or(|limiter| limiter.allow(LISTENER_KEY, now))
     }
 }
 
@@ -119,6 +120,19 @@ impl Gate {
 mod tests {
     use super::*;
     use crate::config::Cidr;
+
+    impl Gate {
+        /// The order on accept: the lists, then the rates.
+        fn check(&mut self, peer: Option<SocketAddr>, now: Millis) -> Result<(), Refusal> {
+            if !self.permits(peer) {
+                return Err(Refusal::Denied);
+            }
+            if !self.within_rates(peer, now) {
+                return Err(Refusal::RateLimited);
+            }
+            Ok(())
+        }
+    }
 
     fn peer(text: &str) -> Option<SocketAddr> {
         Some(SocketAddr::new(text.parse().unwrap(), 40000))

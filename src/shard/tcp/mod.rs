@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use self::accept::AcceptState;
 use self::conn::{Conn, Logic};
-use self::gate::Gate;
+use self::gate::{Gate, Refusal};
 pub use self::gate::{GateSpec, RateSpec};
 use super::buffers::Held;
 use super::context::{Ctx, Mode};
@@ -214,6 +214,18 @@ fn log_access(
         bytes_u2c: closed.bytes.1,
         reason: closed.reason.name(),
     });
+}
+
+/// Closes a client the gate turned away, counted and logged (rate-limited).
+fn refuse(ctx: &mut Ctx, l: &mut Listener, fd: Fd, ends: Ends, why: Refusal, now: Millis) {
+    l.counters.close(why.reason());
+    ctx.reject(fd);
+    if ctx.log.allow(now, ctx.shard) {
+        let peer = ends
+            .peer
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        info!(shard = ctx.shard, listener = %l.spec.name, peer, "{}", why.advice());
+    }
 }
 
 /// Whether a client may send a PROXY header: always when the listener does
@@ -515,15 +527,8 @@ impl TcpService {
             }
             return;
         }
-        if let Err(refusal) = l.gate.check(ends.peer, now) {
-            l.counters.close(refusal.reason());
-            ctx.reject(fd);
-            if ctx.log.allow(now, ctx.shard) {
-                let peer = ends
-                    .peer
-                    .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-                info!(shard = ctx.shard, listener = %l.spec.name, peer, "{}", refusal.advice());
-            }
+        if !l.gate.within_rates(ends.peer, now) {
+            refuse(ctx, l, fd, ends, Refusal::RateLimited, now);
             return;
         }
         let logic = match l.spec.kind {
