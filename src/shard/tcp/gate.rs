@@ -1,5 +1,6 @@
-//! Who a listener lets in, decided on accept before any other work: its
-//! `allow`/`deny` lists and its new-connection rates. The per-listener rate
+//! Who a listener lets in, decided on accept: its `allow`/`deny` lists
+//! first of all (before the `max_connections` share), its new-connection
+//! rates last (so a client refused otherwise takes no token). The per-listener rate
 //! is this shard's share of `new_connections_per_second`; the per-source
 //! rate is enforced by each shard in full, with the bounded table of
 //! `udp::limiter` (when it is full of sources seen within the last second,
