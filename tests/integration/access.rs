@@ -311,3 +311,39 @@ fn check_rejects_a_range_over_4096_ports_and_a_width_mismatch() {
         "{err}"
     );
 }
+
+/// A free run of `width` consecutive loopback UDP ports (released again).
+fn free_udp_ports(width: u16) -> u16 {
+    (20_000..30_000u16)
+        .step_by(89)
+        .find(|&base| {
+            (base..base + width)
+                .map(|p| UdpSocket::bind(("127.0.0.1", p)))
+                .collect::<Result<Vec<_>, _>>()
+                .is_ok()
+        })
+        .expect("a free run of ports")
+}
+
+#[test]
+fn a_udp_port_range_answers_on_every_port() {
+    let up = Proc::start(&["echo", "--udp", "127.0.0.1:0"], 1);
+    let listen = free_udp_ports(2);
+    let cfg = write_config(&format!(
+        "[[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:{listen}-{}\"\nupstreams = [\"{}\"]\n",
+        listen + 1,
+        up.first_addr()
+    ));
+    let fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 2);
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    for port in [listen, listen + 1] {
+        assert_eq!(fwd.addr(&format!("u:{port}")).port(), port);
+        client.send_to(b"hi", ("127.0.0.1", port)).expect("send");
+        let mut b = [0u8; 16];
+        let (n, from) = client.recv_from(&mut b).expect("the echo");
+        assert_eq!((&b[..n], from.port()), (&b"hi"[..], port));
+    }
+}
