@@ -45,10 +45,16 @@ pub enum CloseReason {
     SniTimeout,
     /// SNI routes: no complete ClientHello within the first 16 KiB.
     SniTooLarge,
+    /// `allow`/`deny` refused the client (at accept, or by the address a
+    /// trusted PROXY header gave).
+    Denied,
+    /// Over `new_connections_per_second` (this shard's share) or
+    /// `new_connections_per_second_per_source`: closed right after accept.
+    RateLimited,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 17] = [
+    pub const ALL: [CloseReason; 19] = [
         CloseReason::ClientEof,
         CloseReason::UpstreamEof,
         CloseReason::ClientReset,
@@ -66,6 +72,8 @@ impl CloseReason {
         CloseReason::ProxyTimeout,
         CloseReason::SniTimeout,
         CloseReason::SniTooLarge,
+        CloseReason::Denied,
+        CloseReason::RateLimited,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -88,6 +96,8 @@ impl CloseReason {
             CloseReason::ProxyTimeout => "proxy_timeout",
             CloseReason::SniTimeout => "sni_timeout",
             CloseReason::SniTooLarge => "sni_too_large",
+            CloseReason::Denied => "denied",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 

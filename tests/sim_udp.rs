@@ -255,6 +255,7 @@ impl Sim {
                 max_responses,
                 new_sessions_per_second_per_source: None,
                 allow: Vec::new(),
+                deny: Vec::new(),
             });
             listeners.push(Listener {
                 fd: 3 + i as i32,
@@ -1304,6 +1305,7 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
                 max_responses: None,
                 new_sessions_per_second_per_source: None,
                 allow: Vec::new(),
+                deny: Vec::new(),
             }],
             // One relay (2) and one session (1) fit; a second relay does not.
             fd_budget: FdBudget::Max(4),

@@ -2858,6 +2858,7 @@ mod scripted {
                     max_responses: None,
                     new_sessions_per_second_per_source: None,
                     allow: Vec::new(),
+                    deny: Vec::new(),
                 }],
                 fd_budget: FdBudget::Max(1),
                 ..EngineConfig::default()

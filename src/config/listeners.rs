@@ -16,7 +16,7 @@ use super::udp::{file_udp_listener, flag_udp_listener};
 use super::units::{format_size, parse_size};
 use super::{
     EchoMode, EchoPlan, Overrides, Proto, SendProxy, SniPlan, TcpListenerPlan, UdpListenerPlan,
-    proxy, routes,
+    limits, proxy, routes,
 };
 
 const KEYS: [&str; 13] = [
@@ -88,12 +88,15 @@ pub(super) fn resolve(
     if let Some(field) = tcp {
         for entry in field.array("[[tcp]], one section per listener")? {
             let section = entry.table("[[tcp]] with listen = \"...\" and upstreams = [...]")?;
-            let (plan, claim) = file_listener(&section, shards)?;
-            let key = UpstreamsKey::Array(section.origin("upstreams"));
-            places.add(&claim, key, &plan.upstreams);
-            places.add_routes(&section, plan.sni.as_ref());
-            registry.claim(claim)?;
-            plans.push(plan);
+            let ports = limits::port_tables(&section)?;
+            for section in per_port(section, &ports) {
+                let (plan, claim) = file_listener(&section, shards)?;
+                let key = UpstreamsKey::Array(section.origin("upstreams"));
+                places.add(&claim, key, &plan.upstreams);
+                places.add_routes(&section, plan.sni.as_ref());
+                registry.claim(claim)?;
+                plans.push(plan);
+            }
         }
     }
     for (i, spec) in overrides.tcp.iter().enumerate() {
@@ -110,11 +113,14 @@ pub(super) fn resolve(
     if let Some(field) = udp {
         for entry in field.array("[[udp]], one section per listener")? {
             let section = entry.table("[[udp]] with listen = \"...\" and upstreams = [...]")?;
-            let (plan, claim) = file_udp_listener(&section, shards)?;
-            let key = UpstreamsKey::Array(section.origin("upstreams"));
-            places.add(&claim, key, &plan.upstreams);
-            registry.claim(claim)?;
-            udp_plans.push(plan);
+            let ports = limits::port_tables(&section)?;
+            for section in per_port(section, &ports) {
+                let (plan, claim) = file_udp_listener(&section, shards)?;
+                let key = UpstreamsKey::Array(section.origin("upstreams"));
+                places.add(&claim, key, &plan.upstreams);
+                registry.claim(claim)?;
+                udp_plans.push(plan);
+            }
         }
     }
     for (i, spec) in overrides.udp.iter().enumerate() {
@@ -181,6 +187,15 @@ pub(super) fn resolve(
     })
 }
 
+/// The section itself, or, for a port range, the section read once per
+/// port's table (see `limits::port_tables`).
+fn per_port<'a>(section: Section<'a>, ports: &'a [toml::Table]) -> Vec<Section<'a>> {
+    if ports.is_empty() {
+        return vec![section];
+    }
+    ports.iter().map(|t| section.with_table(t)).collect()
+}
+
 /// `echo --request-size` / `--response-size`: a size in bytes (units allowed), 1 to 16 MiB.
 fn message_size(flag: &str, raw: Option<&str>) -> Result<u32, ConfigError> {
     let Some(raw) = raw else {
@@ -204,7 +219,8 @@ fn file_listener(
     section: &Section<'_>,
     shards: usize,
 ) -> Result<(TcpListenerPlan, Claim), ConfigError> {
-    section.deny_unknown(&KEYS, "in [[tcp]]")?;
+    let keys: Vec<&str> = KEYS.iter().chain(&limits::TCP_KEYS).copied().collect();
+    section.deny_unknown(&keys, "in [[tcp]]")?;
     let claim = section_claim(section, Proto::Tcp)?;
     let upstreams_example = "upstreams = [\"10.0.0.5:80\"]";
     let plan = TcpListenerPlan {
@@ -229,6 +245,7 @@ fn file_listener(
         send_proxy: proxy::send_proxy(section.get("send_proxy"))?,
         accept_proxy: proxy::accept_proxy(section)?,
         sni: routes::sni(section)?,
+        limits: limits::tcp_limits(section, shards)?,
     };
     Ok((plan, claim))
 }
@@ -376,6 +393,7 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         send_proxy: SendProxy::Off,
         accept_proxy: None,
         sni: None,
+        limits: super::TcpLimits::default(),
     };
     Ok((plan, claim))
 }

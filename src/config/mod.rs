@@ -10,6 +10,7 @@ mod cidr;
 mod error;
 pub mod file;
 mod keys;
+mod limits;
 mod listeners;
 mod log;
 mod loops;
@@ -41,6 +42,7 @@ use std::time::Duration;
 pub use admin::AdminPlan;
 pub use cidr::Cidr;
 pub use error::ConfigError;
+pub use limits::{Access, TcpLimits};
 pub use loops::{LocalLoop, local_loop};
 
 /// Facts about the host the plan is resolved against (passed in so parsing is testable).
@@ -194,6 +196,8 @@ pub struct TcpListenerPlan {
     /// `Some`: the listener has `[[tcp.routes]]`; `upstreams` stays the
     /// default for a connection no route takes (not TLS, no SNI, no match).
     pub sni: Option<SniPlan>,
+    /// `allow`, `deny` and the new-connection rates.
+    pub limits: TcpLimits,
 }
 
 /// `send_proxy` of a `[[tcp]]` listener: which PROXY protocol header, if
@@ -282,6 +286,8 @@ pub struct UdpListenerPlan {
     pub new_sessions_per_second_per_source: Option<u32>,
     /// Client ranges let in; empty lets everyone in.
     pub allow: Vec<Cidr>,
+    /// Client ranges kept out; wins over `allow`.
+    pub deny: Vec<Cidr>,
     /// SO_RCVBUF / SO_SNDBUF of each shard's listener socket; `None` keeps the
     /// kernel default (net.core.rmem_default / wmem_default).
     pub rcvbuf: Option<u32>,
@@ -444,7 +450,7 @@ impl UdpListenerPlan {
     }
 }
 
-fn shard_share(total: u32, shard: usize, shards: usize) -> u32 {
+pub(crate) fn shard_share(total: u32, shard: usize, shards: usize) -> u32 {
     let (Ok(shard), Ok(shards)) = (u64::try_from(shard), u64::try_from(shards)) else {
         return 0;
     };

@@ -134,6 +134,23 @@ impl<'a> Section<'a> {
     pub(super) fn origin(&self, name: &str) -> Origin {
         Origin::new(self.source, self.key_path(name))
     }
+
+    /// The section's own table (to derive others from, as a port range does).
+    pub(super) fn table(&self) -> &'a Table {
+        self.table
+    }
+
+    /// `table` read as if it were this section: same source, same key paths.
+    pub(super) fn with_table<'b>(&self, table: &'b Table) -> Section<'b>
+    where
+        'a: 'b,
+    {
+        Section {
+            source: self.source,
+            path: self.path.clone(),
+            table,
+        }
+    }
 }
 
 /// The valid key within edit distance 2 of `unknown`, if there is one.

@@ -6,10 +6,11 @@
 
 use std::fmt::{self, Display, Formatter};
 
+use super::cidr::Cidr;
 use super::units::{format_duration, format_size};
 use super::{
     AcceptProxy, AccessTarget, AdminPlan, EchoMode, EchoPlan, LogPlan, Plan, Proto, RuntimePlan,
-    SniPlan, SpliceMode, TcpListenerPlan, UdpListenerPlan,
+    SniPlan, SpliceMode, TcpLimits, TcpListenerPlan, UdpListenerPlan,
 };
 
 /// Pretty resolved plan for `ringfwd check`: every value with defaults filled in, in TOML-like
@@ -152,9 +153,44 @@ fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt
         tcp.max_connections,
         share_summary(|shard| tcp.shard_share(shard, shards), shards)
     )?;
+    write_tcp_limits(f, &tcp.limits, shards)?;
     writeln!(f, "send_proxy = \"{}\"", tcp.send_proxy.name())?;
     write_accept_proxy(f, tcp.accept_proxy.as_ref())?;
     write_sni(f, tcp.sni.as_ref())
+}
+
+fn write_tcp_limits(f: &mut Formatter<'_>, limits: &TcpLimits, shards: usize) -> fmt::Result {
+    write_ranges(f, "allow", &limits.access.allow, "every client")?;
+    write_ranges(f, "deny", &limits.access.deny, "nobody kept out")?;
+    match limits.new_connections_per_second {
+        Some(n) => writeln!(
+            f,
+            "new_connections_per_second = {n}  # per shard: {}",
+            share_summary(
+                |shard| limits.rate_share(shard, shards).unwrap_or(0),
+                shards
+            )
+        )?,
+        None => writeln!(f, "# new_connections_per_second: unset (no rate limit)")?,
+    }
+    match limits.new_connections_per_second_per_source {
+        Some(n) => writeln!(
+            f,
+            "new_connections_per_second_per_source = {n}  # enforced by each shard"
+        ),
+        None => writeln!(
+            f,
+            "# new_connections_per_second_per_source: unset (no rate limit)"
+        ),
+    }
+}
+
+fn write_ranges(f: &mut Formatter<'_>, key: &str, ranges: &[Cidr], unset: &str) -> fmt::Result {
+    if ranges.is_empty() {
+        writeln!(f, "# {key}: unset ({unset})")
+    } else {
+        writeln!(f, "{key} = {}", quoted_list(ranges))
+    }
 }
 
 fn quoted_list(items: impl IntoIterator<Item = impl Display>) -> String {
@@ -256,6 +292,7 @@ fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt
         let ranges: Vec<String> = udp.allow.iter().map(|c| format!("\"{c}\"")).collect();
         writeln!(f, "allow = [{}]", ranges.join(", "))?;
     }
+    write_ranges(f, "deny", &udp.deny, "nobody kept out")?;
     for (key, value) in [
         ("rcvbuf", udp.rcvbuf),
         ("sndbuf", udp.sndbuf),

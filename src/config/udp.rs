@@ -12,7 +12,7 @@ use super::proxy::udp_send_proxy;
 use super::raw::{Field, Section};
 use super::{Proto, UdpListenerPlan, UdpSendProxy};
 
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "name",
     "listen",
     "upstreams",
@@ -21,6 +21,7 @@ const KEYS: [&str; 12] = [
     "max_sessions",
     "new_sessions_per_second_per_source",
     "allow",
+    "deny",
     "rcvbuf",
     "sndbuf",
     "session_rcvbuf",
@@ -78,6 +79,7 @@ pub(super) fn file_udp_listener(
             .map(|f| allow(&f))
             .transpose()?
             .unwrap_or_default(),
+        deny: super::limits::deny(section.get("deny"))?,
         rcvbuf: socket_buffer(section.get("rcvbuf"))?,
         sndbuf: socket_buffer(section.get("sndbuf"))?,
         session_rcvbuf: socket_buffer(section.get("session_rcvbuf"))?,
@@ -133,6 +135,7 @@ pub(super) fn flag_udp_listener(
         max_sessions_given: super::LimitSource::Default,
         new_sessions_per_second_per_source: None,
         allow: Vec::new(),
+        deny: Vec::new(),
         rcvbuf: None,
         sndbuf: None,
         session_rcvbuf: None,

@@ -59,6 +59,7 @@ fn the_documented_example_resolves_to_the_exact_plan() {
             max_sessions_given: LimitSource::Explicit,
             new_sessions_per_second_per_source: Some(50),
             allow: vec![Cidr::parse("10.0.0.0/8").unwrap()],
+            deny: Vec::new(),
             rcvbuf: None,
             sndbuf: None,
             session_rcvbuf: None,

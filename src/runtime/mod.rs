@@ -19,7 +19,9 @@ use crate::config::{
     local_loop,
 };
 use crate::front::sni::SniRoutes;
-use crate::shard::engine::{FdBudget, FrontSpec, ListenerKind, ListenerSpec, RouteSpec, SniSpec};
+use crate::shard::engine::{
+    FdBudget, FrontSpec, GateSpec, ListenerKind, ListenerSpec, RateSpec, RouteSpec, SniSpec,
+};
 use crate::shard::event_loop::{self, Command, Control, Report, ShardSetup, SpliceSetup};
 use crate::shard::udp::{UDP_DRAIN_GRACE_MS, UdpKind, UdpListenerSpec, UdpRouteSpec};
 use crate::stats::{Counter, ShardStats};
@@ -327,12 +329,14 @@ impl Runtime {
         for (t, (fds, addr)) in plan.tcp.iter().zip(groups.tcp) {
             let (route, front) = forward_routes(t, &mut routes, plan.log.access.is_some())?;
             for (shard, fd) in fds.into_iter().enumerate() {
+                let mut front = front.clone();
+                front.gate.rates.per_listener = t.limits.rate_share(shard, n);
                 let spec = ListenerSpec {
                     name: t.name.clone(),
                     fd: -1,
                     kind: ListenerKind::Forward { route },
                     limit: t.shard_share(shard, n),
-                    front: front.clone(),
+                    front,
                 };
                 if let Some(l) = listeners.get_mut(shard) {
                     l.push((spec, fd));
@@ -362,6 +366,7 @@ impl Runtime {
                 max_responses: u.max_responses,
                 new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
                 allow: u.allow.clone(),
+                deny: u.deny.clone(),
             });
             session_buffer(u);
             for (shard, fd) in fds.into_iter().enumerate() {
@@ -719,6 +724,14 @@ fn forward_routes(
         SendProxy::V1 => ProxyOut::V1,
         SendProxy::V2 => ProxyOut::V2,
     };
+    // The per-listener rate is set per shard (its share) by the caller.
+    let gate = GateSpec {
+        access: (!t.limits.access.is_open()).then(|| Arc::new(t.limits.access.clone())),
+        rates: RateSpec {
+            per_listener: None,
+            per_source: t.limits.new_connections_per_second_per_source,
+        },
+    };
     let front = FrontSpec {
         read: FrontConfig {
             proxy_ms: t.accept_proxy.as_ref().map(|a| millis(a.timeout)),
@@ -731,7 +744,11 @@ fn forward_routes(
             .unwrap_or_default(),
         sni,
         send_proxy,
-        wants_ends: access_log || send_proxy != ProxyOut::Off || t.accept_proxy.is_some(),
+        wants_ends: access_log
+            || send_proxy != ProxyOut::Off
+            || t.accept_proxy.is_some()
+            || gate.wants_peer(),
+        gate,
     };
     Ok((own, front))
 }

@@ -19,7 +19,9 @@ use crate::time::Millis;
 
 pub use super::context::{FdBudget, Mode};
 pub use super::ops::{CQE_F_BUFFER, CQE_F_MORE, Family, Fd, Op, PipeFds, RecvTemplate};
-pub use super::tcp::{FrontSpec, ListenerKind, ListenerSpec, RouteSpec, SniSpec};
+pub use super::tcp::{
+    FrontSpec, GateSpec, ListenerKind, ListenerSpec, RateSpec, RouteSpec, SniSpec,
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct EngineConfig {

@@ -158,6 +158,8 @@ pub struct Relay {
     /// What the front learnt (the client from a PROXY header, the SNI).
     learnt: Learnt,
     ends: Ends,
+    /// `allow`/`deny` for the client a PROXY header names (checked once the front is read).
+    access: Option<std::sync::Arc<crate::config::Access>>,
     /// Bytes the upstream gets before the client's stream resumes: the
     /// PROXY header `send_proxy` asks for, then what the client sent during
     /// the front. Sent from `preface_sent`; empty once sent.
@@ -200,6 +202,7 @@ impl Relay {
             front: None,
             learnt: Learnt::default(),
             ends: Ends::default(),
+            access: None,
             preface: Vec::new(),
             preface_sent: 0,
             preface_header: 0,
@@ -213,6 +216,12 @@ impl Relay {
     /// header in, and the access log).
     pub fn set_ends(&mut self, ends: Ends) {
         self.ends = ends;
+    }
+
+    /// The listener's `allow`/`deny`, to check against the client a trusted
+    /// PROXY header gives (without a header's address, the peer itself).
+    pub fn set_access(&mut self, access: std::sync::Arc<crate::config::Access>) {
+        self.access = Some(access);
     }
 
     /// Begins the front stage if the listener asks for a prefix, else the
@@ -277,6 +286,12 @@ impl Relay {
                     let (rest, learnt) = front.into_rest();
                     self.learnt = learnt;
                     self.preface = rest;
+                }
+                let client = self.learnt.proxied.map(|(src, _)| src).or(self.ends.peer);
+                if let Some(access) = &self.access
+                    && !client.is_some_and(|c| access.permits(c.ip()))
+                {
+                    return self.end_front(CloseReason::Denied, cx);
                 }
                 self.phase = Phase::Connecting;
                 cx.push(ConnOp::NextTarget);

@@ -6,6 +6,7 @@
 use tracing::{info, warn};
 
 use super::TcpService;
+use super::gate::Refusal;
 use crate::shard::context::{Ctx, Mode, TimerKey, own_token};
 use crate::shard::ops::{CQE_F_MORE, Fd, Op};
 use crate::shard::token::OpKind;
@@ -152,6 +153,8 @@ impl TcpService {
             if ctx.mode != Mode::Running {
                 l.counters.close(CloseReason::Shutdown);
                 ctx.reject(fd);
+            } else if !l.gate.permits(ends.peer) {
+                super::refuse(ctx, l, fd, ends, Refusal::Denied, now);
             } else if at_limit {
                 l.counters.close(CloseReason::LimitReached);
                 ctx.reject(fd);

@@ -6,6 +6,7 @@
 
 mod accept;
 mod conn;
+mod gate;
 mod lower;
 
 use std::collections::VecDeque;
@@ -15,6 +16,8 @@ use tracing::{debug, info, warn};
 
 use self::accept::AcceptState;
 use self::conn::{Conn, Logic};
+use self::gate::{Gate, Refusal};
+pub use self::gate::{GateSpec, RateSpec};
 use super::buffers::Held;
 use super::context::{Ctx, Mode};
 use super::ops::{Fd, Op, PipeFds, buffer_id};
@@ -112,8 +115,11 @@ pub struct FrontSpec {
     pub sni: Option<SniSpec>,
     pub send_proxy: ProxyOut,
     /// Read each accepted socket's peer and local address (for
-    /// `trusted_proxies`, `send_proxy`, the access log).
+    /// `trusted_proxies`, `send_proxy`, the access log, `allow`/`deny` and
+    /// the per-source rate).
     pub wants_ends: bool,
+    /// `allow`/`deny` and the new-connection rates, checked on accept.
+    pub gate: GateSpec,
 }
 
 /// SNI routing of one listener: the matcher and, by its route index, the
@@ -148,6 +154,7 @@ pub(crate) struct TcpConfig {
 
 struct Listener {
     spec: ListenerSpec,
+    gate: Gate,
     accept: AcceptState,
     active: u32,
     counters: Counters,
@@ -212,6 +219,18 @@ fn log_access(
     });
 }
 
+/// Closes a client the gate turned away, counted and logged (rate-limited).
+fn refuse(ctx: &mut Ctx, l: &mut Listener, fd: Fd, ends: Ends, why: Refusal, now: Millis) {
+    l.counters.close(why.reason());
+    ctx.reject(fd);
+    if ctx.log.allow(now, ctx.shard) {
+        let peer = ends
+            .peer
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        info!(shard = ctx.shard, listener = %l.spec.name, peer, "{}", why.advice());
+    }
+}
+
 /// Whether a client may send a PROXY header: always when the listener does
 /// not accept one (`trusted` empty), else only from a trusted source.
 fn trusted(trusted: &[Cidr], peer: Option<SocketAddr>) -> bool {
@@ -255,6 +274,7 @@ impl TcpService {
             .listeners
             .into_iter()
             .map(|spec| Listener {
+                gate: Gate::new(&spec.front.gate, spec.front.read.proxy_ms.is_some()),
                 spec,
                 accept: AcceptState::Closed,
                 active: 0,
@@ -512,6 +532,10 @@ impl TcpService {
             }
             return;
         }
+        if !l.gate.within_rates(ends.peer, now) {
+            refuse(ctx, l, fd, ends, Refusal::RateLimited, now);
+            return;
+        }
         let logic = match l.spec.kind {
             ListenerKind::Forward { route } => {
                 let Some(r) = self.routes.get(route as usize) else {
@@ -527,6 +551,11 @@ impl TcpService {
                 };
                 let mut relay = Relay::with_splice(cfg, self.splice, now);
                 relay.set_ends(ends);
+                if let Some(access) = l.spec.front.gate.access.as_ref()
+                    && l.spec.front.read.proxy_ms.is_some()
+                {
+                    relay.set_access(access.clone());
+                }
                 Logic::Relay(relay)
             }
             ListenerKind::Echo => Logic::Echo(Echo::new(self.cap)),

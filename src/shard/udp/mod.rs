@@ -97,6 +97,8 @@ pub struct UdpRouteSpec {
     pub max_responses: Option<u32>,
     pub new_sessions_per_second_per_source: Option<u32>,
     pub allow: Vec<Cidr>,
+    /// Clients dropped whatever `allow` says.
+    pub deny: Vec<Cidr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,8 +231,11 @@ pub struct UdpService {
     session_ops: Vec<SessionOp>,
 }
 
-fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
-    allow.is_empty() || allow.iter().any(|c| c.contains(ip))
+/// Whether a client may open a session: not in `deny` (which wins), and in
+/// `allow` unless that is empty.
+fn allowed(allow: &[Cidr], deny: &[Cidr], ip: IpAddr) -> bool {
+    !deny.iter().any(|c| c.contains(ip))
+        && (allow.is_empty() || allow.iter().any(|c| c.contains(ip)))
 }
 
 impl UdpService {
@@ -563,7 +568,7 @@ impl UdpService {
             self.release_datagram(ctx, payload.bid);
             return;
         };
-        if !allowed(&r.allow, key.client.ip()) {
+        if !allowed(&r.allow, &r.deny, key.client.ip()) {
             self.drop_datagram(ctx, index, DropReason::Denied, payload.bid);
             return;
         }
