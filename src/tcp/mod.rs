@@ -8,6 +8,7 @@ pub(crate) mod echo;
 pub(crate) mod front;
 pub mod lifecycle;
 pub mod pipe;
+pub mod rate;
 pub mod relay;
 pub mod serve;
 pub mod splice;
