@@ -8,6 +8,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use super::addr::{parse_listen, parse_upstream};
+use super::bandwidth;
 use super::error::{ConfigError, Origin};
 use super::keys::{MAX_UPSTREAMS, Timeout, timeout, upstreams};
 use super::loops::{ListenAt, UpstreamsAt, UpstreamsKey, reject_loops};
@@ -19,7 +20,7 @@ use super::{
     proxy, routes,
 };
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 14] = [
     "name",
     "listen",
     "upstreams",
@@ -33,6 +34,7 @@ const KEYS: [&str; 13] = [
     "proxy_timeout",
     "sni_timeout",
     "routes",
+    "bandwidth_limit",
 ];
 
 const MAX_NAME_CHARS: usize = 64;
@@ -229,6 +231,7 @@ fn file_listener(
         send_proxy: proxy::send_proxy(section.get("send_proxy"))?,
         accept_proxy: proxy::accept_proxy(section)?,
         sni: routes::sni(section)?,
+        bandwidth_limit: bandwidth::bandwidth_limit(section)?,
     };
     Ok((plan, claim))
 }
@@ -376,6 +379,7 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         send_proxy: SendProxy::Off,
         accept_proxy: None,
         sni: None,
+        bandwidth_limit: None,
     };
     Ok((plan, claim))
 }

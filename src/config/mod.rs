@@ -5,6 +5,7 @@
 //! value, says why, and says what to write instead.
 
 mod addr;
+pub mod bandwidth;
 mod cidr;
 mod error;
 pub mod file;
@@ -190,6 +191,8 @@ pub struct TcpListenerPlan {
     /// `Some`: the listener has `[[tcp.routes]]`; `upstreams` stays the
     /// default for a connection no route takes (not TLS, no SNI, no match).
     pub sni: Option<SniPlan>,
+    /// `bandwidth_limit`: bytes per second, per connection and per direction.
+    pub bandwidth_limit: Option<u64>,
 }
 
 /// `send_proxy` of a `[[tcp]]` listener: which PROXY protocol header, if
