@@ -314,6 +314,7 @@ impl Sim {
                     connect_timeout_ms: 1_000,
                     idle_ms,
                     half_close_ms: idle_ms / 2,
+                    bandwidth: None,
                 }],
                 splice: SpliceConfig {
                     mode: splice,
@@ -2501,6 +2502,7 @@ mod scripted {
                     connect_timeout_ms: 1_000,
                     idle_ms: 60_000,
                     half_close_ms: 60_000,
+                    bandwidth: None,
                 }],
                 ..EngineConfig::default()
             }

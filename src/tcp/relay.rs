@@ -12,6 +12,7 @@ use super::cx::Cx;
 use super::front::{Front, FrontConfig, Learnt, Step};
 use super::lifecycle::SockState;
 use super::pipe::{Fin, Pipe, RecvState, Sent};
+use super::rate::{Limit, Quota};
 use super::splice::{PipeId, SWITCH_AFTER_FULL, SpliceConfig, SpliceDir, SpliceMode, Spliced};
 use super::{ConnOp, FrontRead, RecvEvent, Side, errno};
 use crate::front::proxy::{self as proxy_header, Proto};
@@ -46,6 +47,8 @@ pub struct RelayConfig {
     /// The prefix read before connecting (none by default).
     pub front: FrontConfig,
     pub send_proxy: ProxyOut,
+    /// `bandwidth_limit`: bytes per second, per direction (none: unlimited).
+    pub bandwidth: Option<u64>,
 }
 
 /// How much a client whose upstream could not be reached may still send
@@ -170,6 +173,8 @@ pub struct Relay {
     /// When the first connect began and when a connect succeeded.
     connect_started: Option<Millis>,
     connected_at: Option<Millis>,
+    /// Each direction's `bandwidth_limit` (by the side it reads), if any.
+    limits: [Option<Limit>; 2],
 }
 
 impl Relay {
@@ -181,9 +186,14 @@ impl Relay {
 
     /// A relay that may splice its directions as `splice` says.
     pub fn with_splice(cfg: RelayConfig, splice: SpliceConfig, now: Millis) -> Relay {
-        let buffered = |src: Side| Dir::Buffered {
-            pipe: Pipe::new(src, src.other(), cfg.cap),
-            full: 0,
+        let mut limits = cfg.bandwidth.map(|rate| Limit::new(rate, now));
+        let mut limits = [limits.clone(), limits.take()];
+        let mut buffered = |src: Side| {
+            let mut pipe = Pipe::new(src, src.other(), cfg.cap);
+            if let Some(l) = limits[src.index()].as_mut() {
+                pipe.set_quota(l.quota(now));
+            }
+            Dir::Buffered { pipe, full: 0 }
         };
         Relay {
             phase: Phase::Connecting,
@@ -206,6 +216,7 @@ impl Relay {
             preface_relayed: 0,
             connect_started: None,
             connected_at: None,
+            limits,
         }
     }
 
@@ -361,14 +372,23 @@ impl Relay {
     }
 
     /// When `handle_timeout` must next be called (idle or half-close
-    /// inactivity, or a silent splice whose pipe is to be reclaimed).
+    /// inactivity, a silent splice whose pipe is to be reclaimed, or the end
+    /// of a direction's bandwidth pause): the earliest wins, and every expiry
+    /// re-evaluates them all.
     pub fn deadline(&self) -> Option<Millis> {
         let idle = self.idle_deadline()?;
         let reclaim = self.dirs.iter().filter_map(|d| match d {
             Dir::Spliced(s) => s.deadline(),
             Dir::Buffered { .. } | Dir::Switching { .. } => None,
         });
-        Some(reclaim.fold(idle, Millis::min))
+        let relaying = self.phase == Phase::Relaying;
+        let pauses = self
+            .limits
+            .iter()
+            .flatten()
+            .filter_map(Limit::paused)
+            .filter(|_| relaying);
+        Some(reclaim.chain(pauses).fold(idle, Millis::min))
     }
 
     fn idle_deadline(&self) -> Option<Millis> {
@@ -426,6 +446,12 @@ impl Relay {
                 self.phase = Phase::Relaying;
                 self.last_activity = now;
                 self.connected_at = Some(now);
+                // What the client sent during the front goes out in the
+                // preface: its bytes count against the client's limit.
+                let early = self.preface.len() as u64;
+                if early > 0 {
+                    self.charge(Side::Client, early, now);
+                }
                 let header = self.proxy_header();
                 if !header.is_empty() {
                     self.preface_header = header.len();
@@ -649,6 +675,9 @@ impl Relay {
             RecvEvent::Data { bid, len } => {
                 if !closing {
                     self.last_activity = now;
+                    // Before the pipe sees the data: it re-arms the receive
+                    // at once, sized by the quota this sets.
+                    self.charge(side, u64::from(len), now);
                 }
                 {
                     if let Some(p) = self.dirs[side.index()].buffers()
@@ -815,7 +844,8 @@ impl Relay {
         cx.count(Counter::SpliceSwitched);
         let splice = self.splice;
         let bytes = pipe.bytes;
-        let d = SpliceDir::start(side, side.other(), grant, splice, bytes, now, cx);
+        let quota = self.quota_now(side, now);
+        let d = SpliceDir::start(side, side.other(), grant, splice, bytes, quota, now, cx);
         self.dirs[i] = Dir::Spliced(d);
     }
 
@@ -838,6 +868,9 @@ impl Relay {
                 && bytes > 0
             {
                 cx.count(Counter::SplicesIn);
+                if self.phase != Phase::Closing {
+                    self.charge(side, u64::from(bytes), now);
+                }
             }
             self.spliced(side, outcome, now, cx);
         }
@@ -897,6 +930,7 @@ impl Relay {
                 }
                 let bytes = self.dirs[src.index()].bytes();
                 let mut pipe = Pipe::resumed(src, src.other(), self.cfg.cap, bytes);
+                pipe.set_quota(self.quota_now(src, now));
                 if closing {
                     pipe.release_unsent(cx);
                 } else {
@@ -1045,6 +1079,7 @@ impl Relay {
             return;
         }
         if self.phase == Phase::Relaying {
+            self.resume_paused(now, cx);
             {
                 for d in &mut self.dirs {
                     if let Dir::Spliced(s) = d {
@@ -1077,6 +1112,63 @@ impl Relay {
             return;
         }
         self.begin_close(reason, Ending::Graceful, cx);
+    }
+
+    /// The quota of the direction reading `side` now (unlimited without a
+    /// `bandwidth_limit`). A pause moves the idle clock to its end: a
+    /// direction waiting for tokens is not idle, and idle and half-close
+    /// timeouts count from when it may read again.
+    fn quota_now(&mut self, side: Side, now: Millis) -> Quota {
+        let Some(limit) = self.limits[side.index()].as_mut() else {
+            return Quota::Unlimited;
+        };
+        let quota = limit.quota(now);
+        if let Some(until) = limit.paused()
+            && self.phase != Phase::Closing
+        {
+            self.last_activity = self.last_activity.max(until);
+        }
+        quota
+    }
+
+    /// Hands the direction reading `side` its current quota, on whichever
+    /// path it is (it applies from its next receive or splice in).
+    fn requota(&mut self, side: Side, now: Millis) {
+        if self.limits[side.index()].is_none() {
+            return;
+        }
+        let quota = self.quota_now(side, now);
+        match &mut self.dirs[side.index()] {
+            Dir::Buffered { pipe, .. } | Dir::Switching { pipe, .. } => pipe.set_quota(quota),
+            Dir::Spliced(s) => s.set_quota(quota),
+        }
+    }
+
+    /// Takes `bytes` just read from `side` out of its bucket.
+    fn charge(&mut self, side: Side, bytes: u64, now: Millis) {
+        if let Some(limit) = self.limits[side.index()].as_mut() {
+            limit.charge(bytes, now);
+            self.requota(side, now);
+        }
+    }
+
+    /// Directions whose pause is over read again: the receive or splice in
+    /// held back is issued (the receive only if its queue allows, else its
+    /// next send completion arms it).
+    fn resume_paused(&mut self, now: Millis, cx: &mut Cx<'_>) {
+        for side in [Side::Client, Side::Upstream] {
+            let i = side.index();
+            if !self.limits[i].as_ref().is_some_and(|l| l.due(now)) {
+                continue;
+            }
+            self.requota(side, now);
+            match &mut self.dirs[i] {
+                Dir::Buffered { pipe, .. } => pipe.arm_if_allowed(cx),
+                Dir::Spliced(s) => s.resume(now, cx),
+                // Parked for a splice: it starts with the quota then.
+                Dir::Switching { .. } => {}
+            }
+        }
     }
 
     fn begin_close(&mut self, reason: CloseReason, ending: Ending, cx: &mut Cx<'_>) {

@@ -234,6 +234,14 @@ fn lower_io(
             let token = tok(OpKind::Recv, side);
             with(token, fd(side), &|fd| Op::RecvMulti { token, fd })
         }
+        ConnOp::RecvUpTo { side, max } => {
+            let token = tok(OpKind::Recv, side);
+            with(token, fd(side), &|fd| Op::RecvUpTo {
+                token,
+                fd,
+                len: max,
+            })
+        }
         ConnOp::FrontRecv => {
             let token = tok(OpKind::FrontRecv, Side::Client);
             with(token, fd(Side::Client), &|fd| Op::RecvOnce { token, fd })

@@ -131,6 +131,8 @@ pub struct RouteSpec {
     pub connect_timeout_ms: Millis,
     pub idle_ms: Millis,
     pub half_close_ms: Millis,
+    /// `bandwidth_limit`: bytes per second, per connection and direction.
+    pub bandwidth: Option<u64>,
 }
 
 /// What the TCP service is built from.
@@ -519,6 +521,7 @@ impl TcpService {
                     cap: self.cap,
                     front: l.spec.front.read,
                     send_proxy: l.spec.front.send_proxy,
+                    bandwidth: r.spec.bandwidth,
                 };
                 let mut relay = Relay::with_splice(cfg, self.splice, now);
                 relay.set_ends(ends);
