@@ -21,6 +21,8 @@ const TOTAL: u64 = 20 * MIB;
 const RATE: &str = "5MiB/s";
 const LOW: Duration = Duration::from_millis(3600);
 const HIGH: Duration = Duration::from_millis(4400);
+const HALF_LOW: Duration = Duration::from_millis(1800);
+const HALF_HIGH: Duration = Duration::from_millis(2200);
 /// The unlimited transfer runs alongside the limited ones; a 20 MiB
 /// loopback transfer takes tens of milliseconds, so half the limited time
 /// is room for a loaded machine and still shows no limit applied to it.
@@ -35,27 +37,45 @@ enum Role {
     Source { seed: u64 },
 }
 
-/// An upstream that serves one connection as `role` says.
-fn upstream(role: Role) -> (SocketAddr, thread::JoinHandle<()>) {
+/// When the receiving end got the first half of the stream and all of it.
+#[derive(Clone, Copy, Debug)]
+struct Arrival {
+    half: Instant,
+    end: Instant,
+}
+
+impl Arrival {
+    /// The second half of the stream: 10 MiB at the rate, 2 s when exact.
+    /// Measured at the receiver, past the burst, so bytes that went through
+    /// early and a FIN held back until the rate was paid would not pass.
+    fn second_half(&self) -> Duration {
+        self.end - self.half
+    }
+}
+
+/// An upstream that serves one connection as `role` says; a sink's thread
+/// returns when the upload arrived.
+fn upstream(role: Role) -> (SocketAddr, thread::JoinHandle<Option<Arrival>>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let addr = l.local_addr().expect("addr");
     let h = thread::spawn(move || {
         let (s, _) = l.accept().expect("accept");
-        serve(s, role);
+        serve(s, role)
     });
     (addr, h)
 }
 
-fn serve(mut s: TcpStream, role: Role) {
+fn serve(mut s: TcpStream, role: Role) -> Option<Arrival> {
     match role {
         Role::Sink { seed } => {
             let got = read_checked(&mut s, seed);
-            assert_eq!(got, TOTAL, "the upstream got the whole upload");
             s.write_all(b"ok").expect("answer");
+            Some(got)
         }
         Role::Source { seed } => {
             write_stream(&mut s, seed);
             s.shutdown(Shutdown::Write).expect("fin");
+            None
         }
     }
 }
@@ -72,15 +92,22 @@ fn write_stream(s: &mut TcpStream, seed: u64) {
     }
 }
 
-/// Reads to EOF checking every byte against the stream `seed`; the count.
-fn read_checked(s: &mut TcpStream, seed: u64) -> u64 {
+/// Reads the whole stream to EOF, checking every byte against the stream `seed`.
+fn read_checked(s: &mut TcpStream, seed: u64) -> Arrival {
     let mut p = Pattern::new(seed);
     let mut buf = vec![0u8; 256 << 10];
     let mut got = 0u64;
+    let mut half = None;
     loop {
         let n = s.read(&mut buf).expect("read stream");
         if n == 0 {
-            return got;
+            assert_eq!(got, TOTAL, "the whole stream arrived");
+            let end = Instant::now();
+            let half = half.unwrap_or(end);
+            return Arrival { half, end };
+        }
+        if got + n as u64 >= TOTAL / 2 {
+            half.get_or_insert_with(Instant::now);
         }
         if let Err(at) = p.check(&buf[..n]) {
             panic!("wrong byte at offset {}", got + at);
@@ -101,12 +128,13 @@ fn upload(via: SocketAddr, seed: u64) -> Duration {
     start.elapsed()
 }
 
-/// Downloads the upstream's 20 MiB through `via`, checked: the time.
-fn download(via: SocketAddr, seed: u64) -> Duration {
+/// Downloads the upstream's 20 MiB through `via`, checked: the time, and
+/// when its halves arrived.
+fn download(via: SocketAddr, seed: u64) -> (Duration, Arrival) {
     let mut s = TcpStream::connect(via).expect("connect");
     let start = Instant::now();
-    assert_eq!(read_checked(&mut s, seed), TOTAL, "the whole download");
-    start.elapsed()
+    let arrival = read_checked(&mut s, seed);
+    (start.elapsed(), arrival)
 }
 
 /// One process, three listeners: `up` and `down` limited to 5 MiB/s, `free`
@@ -135,17 +163,27 @@ fn limited_and_free(splice: &str) {
     let down_load = thread::spawn(move || download(down, 2));
     let unlimited = upload(free, 3);
     let up_time = up_load.join().expect("upload");
-    let down_time = down_load.join().expect("download");
-    for served in [up_served, down_served, free_served] {
+    let (down_time, down_arrival) = down_load.join().expect("download");
+    let up_arrival = up_served.join().expect("upstream").expect("a sink");
+    for served in [down_served, free_served] {
         served.join().expect("upstream");
     }
+    let (up_half, down_half) = (up_arrival.second_half(), down_arrival.second_half());
     eprintln!(
-        "splice {splice}: upload {up_time:?}, download {down_time:?}, unlimited {unlimited:?}"
+        "splice {splice}: upload {up_time:?} (second half {up_half:?}), download {down_time:?} \
+         (second half {down_half:?}), unlimited {unlimited:?}"
     );
     for (what, t) in [("upload", up_time), ("download", down_time)] {
         assert!(
             (LOW..=HIGH).contains(&t),
             "splice {splice}: the limited {what} of 20 MiB at {RATE} took {t:?}, not 4 s ± 10%"
+        );
+    }
+    for (what, t) in [("upload", up_half), ("download", down_half)] {
+        assert!(
+            (HALF_LOW..=HALF_HIGH).contains(&t),
+            "splice {splice}: the second 10 MiB of the limited {what} at {RATE} took {t:?}, \
+             not 2 s ± 10%"
         );
     }
     assert!(
@@ -158,6 +196,7 @@ fn limited_and_free(splice: &str) {
     if splice == "always" {
         for name in ["up", "down"] {
             let l = fwd.detail_stats(&format!("listener={name}"));
+            eprintln!("{name}: {l:?}");
             assert!(
                 l.get("splices_in").is_some_and(|&n| n > 0),
                 "the limited listener {name} spliced: {l:?}"
