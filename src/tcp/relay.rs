@@ -1243,3 +1243,189 @@ fn reset_reason(side: Side, e: i32) -> CloseReason {
         _ => CloseReason::Error,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `bandwidth_limit` in the relay: what it issues, pauses and resumes,
+    //! driven by hand (the simulator in `tests/` drives it at random).
+
+    use super::*;
+    use crate::stats::Counters;
+    use crate::tcp::lifecycle::Lifecycle;
+    use crate::tcp::splice::PipeId;
+
+    const MIB: u64 = 1 << 20;
+    const IDLE_MS: Millis = 10_000;
+
+    struct Run {
+        relay: Relay,
+        ops: Vec<ConnOp>,
+        life: Lifecycle,
+        counters: Counters,
+    }
+
+    impl Run {
+        /// A relay connected at time 0, and what the connect asked for.
+        fn connected(bandwidth: Option<u64>, splice: SpliceConfig) -> (Run, Vec<ConnOp>) {
+            let cfg = RelayConfig {
+                idle_ms: IDLE_MS,
+                half_close_ms: 5_000,
+                cap: 4,
+                front: FrontConfig::default(),
+                send_proxy: ProxyOut::Off,
+                bandwidth,
+            };
+            let mut run = Run {
+                relay: Relay::with_splice(cfg, splice, 0),
+                ops: Vec::new(),
+                life: Lifecycle::new(SockState::Open, SockState::Absent),
+                counters: Counters::default(),
+            };
+            let target = Target {
+                upstream: None,
+                addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            };
+            run.step(0, |r, cx| r.start(cx));
+            run.step(0, |r, cx| r.handle_target(Some(target), cx));
+            run.step(0, |r, cx| r.handle_socket(Ok(()), 0, cx));
+            let ops = run.step(0, |r, cx| r.handle_connect(Ok(()), 0, cx));
+            (run, ops)
+        }
+
+        /// Calls into the relay at `now`; the operations it asked for.
+        fn step(&mut self, now: Millis, f: impl FnOnce(&mut Relay, &mut Cx<'_>)) -> Vec<ConnOp> {
+            let mut cx = Cx::new(&mut self.ops, &mut self.life, &mut self.counters, now);
+            f(&mut self.relay, &mut cx);
+            std::mem::take(&mut self.ops)
+        }
+
+        fn data(&mut self, side: Side, bid: u16, len: u32, now: Millis) -> Vec<ConnOp> {
+            let ev = RecvEvent::Data { bid, len };
+            self.step(now, |r, cx| r.handle_recv(side, ev, false, now, cx))
+        }
+    }
+
+    fn receives(ops: &[ConnOp], side: Side) -> Vec<ConnOp> {
+        ops.iter()
+            .copied()
+            .filter(|op| match op {
+                ConnOp::ArmRecv(s) | ConnOp::RecvUpTo { side: s, .. } => *s == side,
+                _ => false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unlimited_relay_arms_multishot_receives() {
+        let (run, ops) = Run::connected(None, SpliceConfig::OFF);
+        assert_eq!(
+            receives(&ops, Side::Client),
+            [ConnOp::ArmRecv(Side::Client)]
+        );
+        assert_eq!(
+            receives(&ops, Side::Upstream),
+            [ConnOp::ArmRecv(Side::Upstream)]
+        );
+        assert_eq!(run.relay.deadline(), Some(IDLE_MS));
+    }
+
+    #[test]
+    fn a_limited_direction_reads_its_quota_pauses_on_the_timer_and_resumes() {
+        let (mut run, ops) = Run::connected(Some(MIB), SpliceConfig::OFF);
+        let burst = (MIB / 10) as u32;
+        // The first receives are single ones, sized by the full bucket.
+        for side in [Side::Client, Side::Upstream] {
+            let want = ConnOp::RecvUpTo { side, max: burst };
+            assert_eq!(receives(&ops, side), [want]);
+        }
+        let ops = run.data(Side::Client, 1, burst, 0);
+        assert!(
+            receives(&ops, Side::Client).is_empty(),
+            "the bucket is empty: no receive until it refills, got {ops:?}"
+        );
+        assert!(ops.contains(&ConnOp::Send {
+            side: Side::Upstream,
+            bid: 1,
+            offset: 0,
+            len: burst
+        }));
+        // One grant (16 KiB) at 1 MiB/s: 15.6 ms, the timer asked for 16.
+        assert_eq!(run.relay.deadline(), Some(16));
+        let ops = run.step(15, |r, cx| r.handle_timeout(15, cx));
+        assert!(receives(&ops, Side::Client).is_empty(), "{ops:?}");
+        let ops = run.step(16, |r, cx| r.handle_timeout(16, cx));
+        assert_eq!(
+            receives(&ops, Side::Client),
+            [ConnOp::RecvUpTo {
+                side: Side::Client,
+                max: 16777
+            }]
+        );
+        // The other direction has its own bucket, still full until now.
+        let ops = run.data(Side::Upstream, 2, 1000, 16);
+        assert_eq!(
+            receives(&ops, Side::Upstream),
+            [ConnOp::RecvUpTo {
+                side: Side::Upstream,
+                max: burst - 1000
+            }]
+        );
+    }
+
+    #[test]
+    fn a_paused_direction_is_not_idle_and_idle_still_ends_a_silent_one() {
+        let (mut run, _) = Run::connected(Some(1 << 10), SpliceConfig::OFF);
+        // 1 KiB/s: a 102-byte burst, and a pause of 100 ms for the next.
+        run.data(Side::Client, 1, 102, 5_000);
+        assert_eq!(run.relay.deadline(), Some(5_100), "the pause comes first");
+        run.step(5_100, |r, cx| r.handle_timeout(5_100, cx));
+        // The idle clock counts from the end of the pause, not the data.
+        assert_eq!(run.relay.deadline(), Some(5_100 + IDLE_MS));
+        let ops = run.step(5_099 + IDLE_MS, |r, cx| {
+            r.handle_timeout(5_099 + IDLE_MS, cx)
+        });
+        assert!(!run.relay.is_closing(), "{ops:?}");
+        run.step(5_100 + IDLE_MS, |r, cx| {
+            r.handle_timeout(5_100 + IDLE_MS, cx)
+        });
+        assert!(run.relay.is_closing());
+        assert_eq!(run.relay.reason(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn a_limited_splice_in_is_capped_by_the_tokens_and_paused_like_a_receive() {
+        let splice = SpliceConfig {
+            mode: SpliceMode::Always,
+            pipe_size: 1 << 20,
+            buffer_size: 16 << 10,
+        };
+        let (mut run, ops) = Run::connected(Some(MIB), splice);
+        assert!(ops.contains(&ConnOp::WantPipe(Side::Client)), "{ops:?}");
+        let ops = run.step(0, |r, cx| {
+            r.handle_pipe(Side::Client, Some(PipeId(0)), 0, cx)
+        });
+        let burst = (MIB / 10) as u32;
+        assert_eq!(
+            ops,
+            [ConnOp::SpliceIn {
+                side: Side::Client,
+                pipe: PipeId(0),
+                len: burst
+            }]
+        );
+        run.step(1, |r, cx| {
+            r.handle_splice_in(Side::Client, Ok(burst), 1, cx)
+        });
+        let ops = run.step(2, |r, cx| {
+            r.handle_splice_out(Side::Upstream, Ok(burst), 2, cx)
+        });
+        assert!(ops.is_empty(), "paused: no splice in yet, got {ops:?}");
+        let due = run.relay.deadline().expect("a pause");
+        assert_eq!(due, 17, "16 KiB at 1 MiB/s after the read at 1 ms");
+        let ops = run.step(due, |r, cx| r.handle_timeout(due, cx));
+        assert!(
+            matches!(ops[..], [ConnOp::SpliceIn { side: Side::Client, len, .. }] if len == 16777),
+            "{ops:?}"
+        );
+    }
+}
