@@ -450,7 +450,7 @@ impl Relay {
                 // preface: its bytes count against the client's limit.
                 let early = self.preface.len() as u64;
                 if early > 0 {
-                    self.charge(Side::Client, early, now);
+                    self.charge(Side::Client, early, now, cx);
                 }
                 let header = self.proxy_header();
                 if !header.is_empty() {
@@ -677,7 +677,7 @@ impl Relay {
                     self.last_activity = now;
                     // Before the pipe sees the data: it re-arms the receive
                     // at once, sized by the quota this sets.
-                    self.charge(side, u64::from(len), now);
+                    self.charge(side, u64::from(len), now, cx);
                 }
                 {
                     if let Some(p) = self.dirs[side.index()].buffers()
@@ -869,7 +869,7 @@ impl Relay {
             {
                 cx.count(Counter::SplicesIn);
                 if self.phase != Phase::Closing {
-                    self.charge(side, u64::from(bytes), now);
+                    self.charge(side, u64::from(bytes), now, cx);
                 }
             }
             self.spliced(side, outcome, now, cx);
@@ -1145,9 +1145,11 @@ impl Relay {
     }
 
     /// Takes `bytes` just read from `side` out of its bucket.
-    fn charge(&mut self, side: Side, bytes: u64, now: Millis) {
+    fn charge(&mut self, side: Side, bytes: u64, now: Millis, cx: &mut Cx<'_>) {
         if let Some(limit) = self.limits[side.index()].as_mut() {
-            limit.charge(bytes, now);
+            if limit.charge(bytes, now) == Quota::Paused {
+                cx.count(Counter::BandwidthPaused);
+            }
             self.requota(side, now);
         }
     }
@@ -1349,6 +1351,7 @@ mod tests {
             offset: 0,
             len: burst
         }));
+        assert_eq!(run.counters.get(Counter::BandwidthPaused), 1);
         // One grant (16 KiB) at 1 MiB/s: 15.6 ms, the timer asked for 16.
         assert_eq!(run.relay.deadline(), Some(16));
         let ops = run.step(15, |r, cx| r.handle_timeout(15, cx));

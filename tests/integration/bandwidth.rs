@@ -193,16 +193,21 @@ fn limited_and_free(splice: &str) {
     // The download, and each sink's "ok".
     fwd.wait_stat("bytes_u2c", Duration::from_secs(5), |v| v == TOTAL + 4);
     assert_eq!(fwd.stat("bytes_c2u"), 2 * TOTAL);
-    if splice == "always" {
-        for name in ["up", "down"] {
-            let l = fwd.detail_stats(&format!("listener={name}"));
-            eprintln!("{name}: {l:?}");
+    for name in ["up", "down"] {
+        let l = fwd.detail_stats(&format!("listener={name}"));
+        assert!(
+            l.get("bandwidth_paused").is_some_and(|&n| n > 0),
+            "the limited listener {name} paused: {l:?}"
+        );
+        if splice == "always" {
             assert!(
                 l.get("splices_in").is_some_and(|&n| n > 0),
                 "the limited listener {name} spliced: {l:?}"
             );
         }
     }
+    let free = fwd.detail_stats("listener=free");
+    assert_eq!(free.get("bandwidth_paused"), None, "{free:?}");
 }
 
 #[test]
