@@ -543,7 +543,7 @@ impl TcpService {
             fds: [Some(fd), None],
             life: Lifecycle::new(SockState::Open, SockState::Absent),
             listener: index,
-            timer_at: None,
+            timer: Default::default(),
             accepted_at: now,
             route: None,
             ends,
@@ -633,10 +633,9 @@ impl TcpService {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.timer_at != Some(deadline) {
+        if !conn.timer.fired(deadline) {
             return; // superseded by an earlier entry
         }
-        conn.timer_at = None;
         if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
             let mut cx = Cx::new(&mut self.scratch, &mut conn.life, &mut l.counters, now);
             conn.logic.handle_timeout(&mut cx);
