@@ -1294,6 +1294,40 @@ mod tests {
             (run, ops)
         }
 
+        /// A relay whose front reads a PROXY header followed by `early`
+        /// bytes of the stream, connected at time 0.
+        fn connected_after_front(bandwidth: u64, early: usize) -> (Run, Vec<ConnOp>) {
+            let cfg = RelayConfig {
+                idle_ms: IDLE_MS,
+                half_close_ms: 5_000,
+                cap: 4,
+                front: FrontConfig {
+                    proxy_ms: Some(5_000),
+                    sni_ms: None,
+                },
+                send_proxy: ProxyOut::Off,
+                bandwidth: Some(bandwidth),
+            };
+            let mut run = Run {
+                relay: Relay::new(cfg, 0),
+                ops: Vec::new(),
+                life: Lifecycle::new(SockState::Open, SockState::Absent),
+                counters: Counters::default(),
+            };
+            let mut bytes = b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\n".to_vec();
+            bytes.resize(bytes.len() + early, b'x');
+            let target = Target {
+                upstream: None,
+                addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            };
+            run.step(0, |r, cx| r.start(cx));
+            run.step(0, |r, cx| r.handle_front(FrontRead::Data(&bytes), cx));
+            run.step(0, |r, cx| r.handle_target(Some(target), cx));
+            run.step(0, |r, cx| r.handle_socket(Ok(()), 0, cx));
+            let ops = run.step(0, |r, cx| r.handle_connect(Ok(()), 0, cx));
+            (run, ops)
+        }
+
         /// Calls into the relay at `now`; the operations it asked for.
         fn step(&mut self, now: Millis, f: impl FnOnce(&mut Relay, &mut Cx<'_>)) -> Vec<ConnOp> {
             let mut cx = Cx::new(&mut self.ops, &mut self.life, &mut self.counters, now);
@@ -1393,6 +1427,25 @@ mod tests {
         });
         assert!(run.relay.is_closing());
         assert_eq!(run.relay.reason(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn bytes_a_front_read_count_against_the_clients_limit() {
+        // 1 KiB/s: a 102-byte burst. 200 bytes came with the PROXY header:
+        // 98 in debt, so the client is read again once 98 + 102 are back.
+        let (mut run, ops) = Run::connected_after_front(1 << 10, 200);
+        assert!(ops.contains(&ConnOp::SendPreface { offset: 0 }), "{ops:?}");
+        let ops = run.step(1, |r, cx| r.handle_sent(Side::Upstream, Ok(200), 1, cx));
+        assert!(receives(&ops, Side::Client).is_empty(), "{ops:?}");
+        assert_eq!(run.relay.deadline(), Some(196), "200 bytes at 1024 B/s");
+        let ops = run.step(196, |r, cx| r.handle_timeout(196, cx));
+        assert_eq!(
+            receives(&ops, Side::Client),
+            [ConnOp::RecvUpTo {
+                side: Side::Client,
+                max: 102
+            }]
+        );
     }
 
     #[test]
