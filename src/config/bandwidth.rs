@@ -62,9 +62,26 @@ fn bits(input: &str, number: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{input:?} is not a rate: the number of bits is not a whole number that fits; {HINT}"))
 }
 
-/// `16384` -> `16KiB/s`: exact, so it parses back.
+/// `16384` -> `16KiB/s`, `12500000` -> `100Mbit/s`: a binary byte unit
+/// when one divides it, else a decimal bit unit, else bytes; exact, so it
+/// parses back.
 pub fn format_rate(bytes_per_sec: u64) -> String {
-    format!("{}/s", format_size(bytes_per_sec))
+    let bytes = format_size(bytes_per_sec);
+    if bytes_per_sec % 1024 == 0 {
+        return format!("{bytes}/s");
+    }
+    let bits = u128::from(bytes_per_sec) * 8;
+    let unit = [
+        (1_000_000_000, "Gbit"),
+        (1_000_000, "Mbit"),
+        (1_000, "Kbit"),
+    ]
+    .into_iter()
+    .find(|&(scale, _)| bits % scale == 0);
+    match unit {
+        Some((scale, name)) => format!("{}{name}/s", bits / scale),
+        None => format!("{bytes}/s"),
+    }
 }
 
 /// The section's `bandwidth_limit`, checked against [`MIN_RATE`] and [`MAX_RATE`].
@@ -133,8 +150,11 @@ mod tests {
 
     #[test]
     fn rates_format_back_to_themselves() {
-        for rate in [MIN_RATE, 1536, 5 << 20, 12_500_000, MAX_RATE] {
+        for rate in [MIN_RATE, 1536, 5 << 20, 12_500_000, 125, 1001, MAX_RATE] {
             assert_eq!(parse_rate(&format_rate(rate)), Ok(rate), "{rate}");
         }
+        assert_eq!(format_rate(12_500_000), "100Mbit/s");
+        assert_eq!(format_rate(5 << 20), "5MiB/s");
+        assert_eq!(format_rate(1001), "1001B/s");
     }
 }
