@@ -102,6 +102,7 @@ fn fixture(n: usize) -> Fixture {
                 connect_timeout_ms: 1_000,
                 idle_ms: 600_000,
                 half_close_ms: 60_000,
+                bandwidth: None,
             }],
             ..EngineConfig::default()
         },

@@ -57,6 +57,7 @@ fn relaying() -> (Relay, St) {
         cap: 16,
         front: Default::default(),
         send_proxy: Default::default(),
+        bandwidth: None,
     };
     let mut st = St {
         out: Vec::with_capacity(32),

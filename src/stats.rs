@@ -159,6 +159,9 @@ counters! {
     Enobufs = "enobufs",
     /// Receives paused because a direction held `buffers_per_direction` buffers.
     RecvPaused = "recv_paused",
+    /// Reads a direction held back for its `bandwidth_limit` until its bucket
+    /// refilled (one per pause).
+    BandwidthPaused = "bandwidth_paused",
     /// Sends the kernel accepted only in part (continued from the offset).
     ShortSends = "short_sends",
     /// accept(2) failures other than running out of descriptors.

@@ -257,6 +257,7 @@ impl Sim {
                     connect_timeout_ms: 1_000,
                     idle_ms: 1 << 40,
                     half_close_ms: 1 << 39,
+                    bandwidth: None,
                 });
                 ListenerKind::Forward { route: i as u16 }
             };

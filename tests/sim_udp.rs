@@ -1288,6 +1288,7 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
                 connect_timeout_ms: 1000,
                 idle_ms: 60_000,
                 half_close_ms: 30_000,
+                bandwidth: None,
             }],
             datagram_buffers: 8,
             udp_listeners: vec![UdpListenerSpec {

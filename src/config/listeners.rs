@@ -8,6 +8,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use super::addr::{parse_listen, parse_upstream};
+use super::bandwidth;
 use super::error::{ConfigError, Origin};
 use super::keys::{MAX_UPSTREAMS, Timeout, timeout, upstreams};
 use super::loops::{ListenAt, UpstreamsAt, UpstreamsKey, reject_loops};
@@ -19,7 +20,7 @@ use super::{
     limits, proxy, routes,
 };
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 14] = [
     "name",
     "listen",
     "upstreams",
@@ -33,6 +34,7 @@ const KEYS: [&str; 13] = [
     "proxy_timeout",
     "sni_timeout",
     "routes",
+    "bandwidth_limit",
 ];
 
 const MAX_NAME_CHARS: usize = 64;
@@ -246,6 +248,7 @@ fn file_listener(
         accept_proxy: proxy::accept_proxy(section)?,
         sni: routes::sni(section)?,
         limits: limits::tcp_limits(section, shards)?,
+        bandwidth_limit: bandwidth::bandwidth_limit(section)?,
     };
     Ok((plan, claim))
 }
@@ -394,6 +397,7 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         accept_proxy: None,
         sni: None,
         limits: super::TcpLimits::default(),
+        bandwidth_limit: None,
     };
     Ok((plan, claim))
 }

@@ -6,6 +6,7 @@
 
 mod addr;
 mod admin;
+pub mod bandwidth;
 mod cidr;
 mod error;
 pub mod file;
@@ -198,6 +199,8 @@ pub struct TcpListenerPlan {
     pub sni: Option<SniPlan>,
     /// `allow`, `deny` and the new-connection rates.
     pub limits: TcpLimits,
+    /// `bandwidth_limit`: bytes per second, per connection and per direction.
+    pub bandwidth_limit: Option<u64>,
 }
 
 /// `send_proxy` of a `[[tcp]]` listener: which PROXY protocol header, if

@@ -6,6 +6,7 @@
 
 use std::fmt::{self, Display, Formatter};
 
+use super::bandwidth::format_rate;
 use super::cidr::Cidr;
 use super::units::{format_duration, format_size};
 use super::{
@@ -156,6 +157,9 @@ fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt
     write_tcp_limits(f, &tcp.limits, shards)?;
     writeln!(f, "send_proxy = \"{}\"", tcp.send_proxy.name())?;
     write_accept_proxy(f, tcp.accept_proxy.as_ref())?;
+    if let Some(rate) = tcp.bandwidth_limit {
+        writeln!(f, "bandwidth_limit = \"{}\"", format_rate(rate))?;
+    }
     write_sni(f, tcp.sni.as_ref())
 }
 

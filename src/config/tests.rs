@@ -88,6 +88,7 @@ fn full_file_resolves_to_the_exact_plan() {
         idle_timeout = "1h"
         half_close_timeout = "30s"
         max_connections = 5001
+        bandwidth_limit = "100Mbit/s"
 
         [[tcp]]
         listen = "[::]:8443"
@@ -124,6 +125,7 @@ fn full_file_resolves_to_the_exact_plan() {
                 accept_proxy: None,
                 sni: None,
                 limits: TcpLimits::default(),
+                bandwidth_limit: Some(12_500_000),
             },
             TcpListenerPlan {
                 name: "[::]:8443".into(),
@@ -138,6 +140,7 @@ fn full_file_resolves_to_the_exact_plan() {
                 accept_proxy: None,
                 sni: None,
                 limits: TcpLimits::default(),
+                bandwidth_limit: None,
             },
         ],
         udp: vec![],
@@ -886,6 +889,7 @@ fn tcp_flags_add_listeners_with_defaults() {
             accept_proxy: None,
             sni: None,
             limits: TcpLimits::default(),
+            bandwidth_limit: None,
         }
     );
     assert_eq!(plan.tcp[2].upstreams, vec![addr("[::1]:9000")]);
@@ -990,6 +994,7 @@ fn shard_shares_add_up() {
         accept_proxy: None,
         sni: None,
         limits: TcpLimits::default(),
+        bandwidth_limit: None,
     };
     let cases = [
         (1, 1),
@@ -1030,6 +1035,7 @@ fn display_shows_every_value_and_round_trips() {
         listen = "0.0.0.0:8080"
         upstreams = ["10.0.0.5:80", "[2001:db8::6]:80"]
         max_connections = 10
+        bandwidth_limit = "5MiB/s"
     "#;
     let plan = resolve_file(text).unwrap();
     let shown = plan.to_string();
@@ -1055,6 +1061,7 @@ fn display_shows_every_value_and_round_trips() {
         "idle_timeout = \"10m\"",
         "half_close_timeout = \"1m\"",
         "max_connections = 10  # per shard: 4 on shard 0, 3 on shards 1-2",
+        "bandwidth_limit = \"5MiB/s\"",
     ] {
         assert!(
             shown.lines().any(|l| l == line),
@@ -1305,5 +1312,47 @@ fn an_ipv4_mapped_listen_address_names_the_key_and_the_ipv4_form() {
         "[[udp]]\nlisten = \"[::ffff:0.0.0.0]:53\"\nupstreams = [\"10.0.0.53:53\"]\n",
         "udp[0].listen",
         &["like 0.0.0.0:53"],
+    );
+}
+
+#[test]
+fn bandwidth_limit_is_refused_out_of_range_or_malformed_naming_the_key() {
+    let base = "listen = \"127.0.0.1:1\"\nupstreams = [\"127.0.0.1:2\"]";
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "\"512B/s\"",
+            &[
+                "\"512B/s\"",
+                "out of range",
+                "1KiB/s",
+                "remove bandwidth_limit",
+            ],
+        ),
+        ("\"2TiB/s\"", &["\"2TiB/s\"", "out of range", "1TiB/s"]),
+        ("\"10MiB\"", &["\"10MiB\"", "does not end in /s", "10MiB/s"]),
+        (
+            "10",
+            &["expected a string", "bandwidth_limit = \"10MiB/s\""],
+        ),
+    ];
+    for (value, needles) in cases {
+        assert_tcp_rejected(
+            &format!("{base}\nbandwidth_limit = {value}"),
+            "tcp[0].bandwidth_limit",
+            needles,
+        );
+    }
+    let text = format!("[[tcp]]\n{base}\nbandwidth_limit = \"1KiB/s\"\n");
+    assert_eq!(
+        resolve_file(&text).unwrap().tcp[0].bandwidth_limit,
+        Some(1024)
+    );
+    // Not a key of a route: the listener's limit applies to every route.
+    assert_tcp_rejected(
+        &format!(
+            "{base}\n[[tcp.routes]]\nsni = [\"a.example\"]\nupstreams = [\"127.0.0.1:3\"]\nbandwidth_limit = \"1MiB/s\""
+        ),
+        "tcp[0].routes[0].bandwidth_limit",
+        &["bandwidth_limit"],
     );
 }

@@ -521,6 +521,17 @@ impl Ring {
         self.push((e, None));
     }
 
+    /// One receive of at most `len` bytes into a provided buffer (the
+    /// kernel takes the smaller of `len` and the buffer's size).
+    pub fn recv_up_to(&mut self, fd: RawFd, len: u32, user_data: u64) {
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), len)
+            .buf_group(BUFFER_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(user_data);
+        self.push((e, None));
+    }
+
     pub fn recv_multi(&mut self, fd: RawFd, user_data: u64) {
         let e = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
             .build()

@@ -699,6 +699,7 @@ fn forward_routes(
             connect_timeout_ms: millis(t.connect_timeout),
             idle_ms: millis(t.idle_timeout),
             half_close_ms: millis(t.half_close_timeout),
+            bandwidth: t.bandwidth_limit,
         });
         Ok(id)
     };

@@ -660,6 +660,7 @@ impl Loop {
             }
             Op::RecvMulti { token, fd } => self.ring.recv_multi(fd.raw(), token),
             Op::RecvOnce { token, fd } => self.ring.recv_once(fd.raw(), token),
+            Op::RecvUpTo { token, fd, len } => self.ring.recv_up_to(fd.raw(), len, token),
             Op::SendOwned { token, fd, bytes } => {
                 if let Err(e) = self.ring.send_owned(fd.raw(), bytes, token) {
                     warn!(shard = self.shard, error = %e, "owned send refused");

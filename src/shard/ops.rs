@@ -97,6 +97,13 @@ pub enum Op {
         token: u64,
         fd: Fd,
     },
+    /// One receive of at most `len` bytes into a provided buffer (a
+    /// `bandwidth_limit`ed direction).
+    RecvUpTo {
+        token: u64,
+        fd: Fd,
+        len: u32,
+    },
     /// Send `bytes`, which the ring keeps until the send's completion is
     /// reaped (a PROXY header, the bytes a front read).
     SendOwned {

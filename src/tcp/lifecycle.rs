@@ -129,6 +129,7 @@ impl Lifecycle {
                     self.socks[Side::Upstream.index()].ops += 1;
                 }
                 ConnOp::ArmRecv(side)
+                | ConnOp::RecvUpTo { side, .. }
                 | ConnOp::Shutdown(side)
                 | ConnOp::Send { side, .. }
                 | ConnOp::SendRegion { side, .. } => {

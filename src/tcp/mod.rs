@@ -8,6 +8,7 @@ pub(crate) mod echo;
 pub(crate) mod front;
 pub mod lifecycle;
 pub mod pipe;
+pub mod rate;
 pub mod relay;
 pub mod serve;
 pub mod splice;
@@ -78,6 +79,10 @@ pub enum ConnOp {
     Connect { target: Target },
     /// Multishot receive into the shard's provided buffers.
     ArmRecv(Side),
+    /// One receive of at most `max` bytes into a provided buffer: a
+    /// `bandwidth_limit`ed direction reads only what its bucket holds. Its
+    /// completion is a receive's that ends without IORING_CQE_F_MORE.
+    RecvUpTo { side: Side, max: u32 },
     /// One receive on the client for the front stage: its bytes are handed
     /// to the relay (`handle_front`) and its buffer goes straight back.
     FrontRecv,

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use super::rate::Quota;
 use super::{ConnOp, Emit, Side};
 
 /// The receive side of the pipe (the multishot receive on `src`).
@@ -63,6 +64,9 @@ pub struct Pipe {
     discarding: bool,
     /// High watermark in buffers; receiving resumes at half of it.
     cap: u32,
+    /// What the next receive may take (`bandwidth_limit`): unlimited, a
+    /// single receive of at most so many bytes, or none while paused.
+    quota: Quota,
     /// Bytes delivered to `dst`.
     pub bytes: u64,
 }
@@ -85,8 +89,15 @@ impl Pipe {
             fin: Fin::Open,
             discarding: false,
             cap: cap.max(1),
+            quota: Quota::Unlimited,
             bytes,
         }
+    }
+
+    /// Sets what the next receive may take; the relay keeps it current with
+    /// the direction's bucket (a stale `UpTo` is only ever too small).
+    pub fn set_quota(&mut self, quota: Quota) {
+        self.quota = quota;
     }
 
     pub fn recv_state(&self) -> RecvState {
@@ -109,14 +120,25 @@ impl Pipe {
         (self.cap / 2) as usize
     }
 
-    /// Arms the receive if it is stopped and the queue is below the resume mark.
+    /// Arms the receive if it is stopped, the queue is below the resume mark
+    /// and the quota is not paused. A limited direction receives once at a
+    /// time, sized by its quota: a multishot receive could not be sized, and
+    /// what it took before a cancel landed would go over the rate.
     pub fn arm_if_allowed(&mut self, out: &mut impl Emit) {
         if self.recv == RecvState::Stopped
             && !self.discarding
             && self.queue.len() <= self.resume_mark()
         {
+            let op = match self.quota {
+                Quota::Unlimited => ConnOp::ArmRecv(self.src),
+                Quota::UpTo(max) => ConnOp::RecvUpTo {
+                    side: self.src,
+                    max,
+                },
+                Quota::Paused => return,
+            };
             self.recv = RecvState::Armed;
-            out.push(ConnOp::ArmRecv(self.src));
+            out.push(op);
         }
     }
 

@@ -12,6 +12,7 @@ use super::cx::Cx;
 use super::front::{Front, FrontConfig, Learnt, Step};
 use super::lifecycle::SockState;
 use super::pipe::{Fin, Pipe, RecvState, Sent};
+use super::rate::{Limit, Quota};
 use super::splice::{PipeId, SWITCH_AFTER_FULL, SpliceConfig, SpliceDir, SpliceMode, Spliced};
 use super::{ConnOp, FrontRead, RecvEvent, Side, errno};
 use crate::front::proxy::{self as proxy_header, Proto};
@@ -46,6 +47,8 @@ pub struct RelayConfig {
     /// The prefix read before connecting (none by default).
     pub front: FrontConfig,
     pub send_proxy: ProxyOut,
+    /// `bandwidth_limit`: bytes per second, per direction (none: unlimited).
+    pub bandwidth: Option<u64>,
 }
 
 /// How much a client whose upstream could not be reached may still send
@@ -172,6 +175,8 @@ pub struct Relay {
     /// When the first connect began and when a connect succeeded.
     connect_started: Option<Millis>,
     connected_at: Option<Millis>,
+    /// Each direction's `bandwidth_limit` (by the side it reads), if any.
+    limits: [Option<Limit>; 2],
 }
 
 impl Relay {
@@ -183,9 +188,14 @@ impl Relay {
 
     /// A relay that may splice its directions as `splice` says.
     pub fn with_splice(cfg: RelayConfig, splice: SpliceConfig, now: Millis) -> Relay {
-        let buffered = |src: Side| Dir::Buffered {
-            pipe: Pipe::new(src, src.other(), cfg.cap),
-            full: 0,
+        let mut limits = cfg.bandwidth.map(|rate| Limit::new(rate, now));
+        let mut limits = [limits.clone(), limits.take()];
+        let mut buffered = |src: Side| {
+            let mut pipe = Pipe::new(src, src.other(), cfg.cap);
+            if let Some(l) = limits[src.index()].as_mut() {
+                pipe.set_quota(l.quota(now));
+            }
+            Dir::Buffered { pipe, full: 0 }
         };
         Relay {
             phase: Phase::Connecting,
@@ -209,6 +219,7 @@ impl Relay {
             preface_relayed: 0,
             connect_started: None,
             connected_at: None,
+            limits,
         }
     }
 
@@ -376,14 +387,23 @@ impl Relay {
     }
 
     /// When `handle_timeout` must next be called (idle or half-close
-    /// inactivity, or a silent splice whose pipe is to be reclaimed).
+    /// inactivity, a silent splice whose pipe is to be reclaimed, or the end
+    /// of a direction's bandwidth pause): the earliest wins, and every expiry
+    /// re-evaluates them all.
     pub fn deadline(&self) -> Option<Millis> {
         let idle = self.idle_deadline()?;
         let reclaim = self.dirs.iter().filter_map(|d| match d {
             Dir::Spliced(s) => s.deadline(),
             Dir::Buffered { .. } | Dir::Switching { .. } => None,
         });
-        Some(reclaim.fold(idle, Millis::min))
+        let relaying = self.phase == Phase::Relaying;
+        let pauses = self
+            .limits
+            .iter()
+            .flatten()
+            .filter_map(Limit::paused)
+            .filter(|_| relaying);
+        Some(reclaim.chain(pauses).fold(idle, Millis::min))
     }
 
     fn idle_deadline(&self) -> Option<Millis> {
@@ -441,6 +461,12 @@ impl Relay {
                 self.phase = Phase::Relaying;
                 self.last_activity = now;
                 self.connected_at = Some(now);
+                // What the client sent during the front goes out in the
+                // preface: its bytes count against the client's limit.
+                let early = self.preface.len() as u64;
+                if early > 0 {
+                    self.charge(Side::Client, early, now, cx);
+                }
                 let header = self.proxy_header();
                 if !header.is_empty() {
                     self.preface_header = header.len();
@@ -664,6 +690,9 @@ impl Relay {
             RecvEvent::Data { bid, len } => {
                 if !closing {
                     self.last_activity = now;
+                    // Before the pipe sees the data: it re-arms the receive
+                    // at once, sized by the quota this sets.
+                    self.charge(side, u64::from(len), now, cx);
                 }
                 {
                     if let Some(p) = self.dirs[side.index()].buffers()
@@ -830,7 +859,8 @@ impl Relay {
         cx.count(Counter::SpliceSwitched);
         let splice = self.splice;
         let bytes = pipe.bytes;
-        let d = SpliceDir::start(side, side.other(), grant, splice, bytes, now, cx);
+        let quota = self.quota_now(side, now);
+        let d = SpliceDir::start(side, side.other(), grant, splice, bytes, quota, now, cx);
         self.dirs[i] = Dir::Spliced(d);
     }
 
@@ -853,6 +883,9 @@ impl Relay {
                 && bytes > 0
             {
                 cx.count(Counter::SplicesIn);
+                if self.phase != Phase::Closing {
+                    self.charge(side, u64::from(bytes), now, cx);
+                }
             }
             self.spliced(side, outcome, now, cx);
         }
@@ -912,6 +945,7 @@ impl Relay {
                 }
                 let bytes = self.dirs[src.index()].bytes();
                 let mut pipe = Pipe::resumed(src, src.other(), self.cfg.cap, bytes);
+                pipe.set_quota(self.quota_now(src, now));
                 if closing {
                     pipe.release_unsent(cx);
                 } else {
@@ -1060,6 +1094,7 @@ impl Relay {
             return;
         }
         if self.phase == Phase::Relaying {
+            self.resume_paused(now, cx);
             {
                 for d in &mut self.dirs {
                     if let Dir::Spliced(s) = d {
@@ -1092,6 +1127,65 @@ impl Relay {
             return;
         }
         self.begin_close(reason, Ending::Graceful, cx);
+    }
+
+    /// The quota of the direction reading `side` now (unlimited without a
+    /// `bandwidth_limit`). A pause moves the idle clock to its end: a
+    /// direction waiting for tokens is not idle, and idle and half-close
+    /// timeouts count from when it may read again.
+    fn quota_now(&mut self, side: Side, now: Millis) -> Quota {
+        let Some(limit) = self.limits[side.index()].as_mut() else {
+            return Quota::Unlimited;
+        };
+        let quota = limit.quota(now);
+        if let Some(until) = limit.paused()
+            && self.phase != Phase::Closing
+        {
+            self.last_activity = self.last_activity.max(until);
+        }
+        quota
+    }
+
+    /// Hands the direction reading `side` its current quota, on whichever
+    /// path it is (it applies from its next receive or splice in).
+    fn requota(&mut self, side: Side, now: Millis) {
+        if self.limits[side.index()].is_none() {
+            return;
+        }
+        let quota = self.quota_now(side, now);
+        match &mut self.dirs[side.index()] {
+            Dir::Buffered { pipe, .. } | Dir::Switching { pipe, .. } => pipe.set_quota(quota),
+            Dir::Spliced(s) => s.set_quota(quota),
+        }
+    }
+
+    /// Takes `bytes` just read from `side` out of its bucket.
+    fn charge(&mut self, side: Side, bytes: u64, now: Millis, cx: &mut Cx<'_>) {
+        if let Some(limit) = self.limits[side.index()].as_mut() {
+            if limit.charge(bytes, now) == Quota::Paused {
+                cx.count(Counter::BandwidthPaused);
+            }
+            self.requota(side, now);
+        }
+    }
+
+    /// Directions whose pause is over read again: the receive or splice in
+    /// held back is issued (the receive only if its queue allows, else its
+    /// next send completion arms it).
+    fn resume_paused(&mut self, now: Millis, cx: &mut Cx<'_>) {
+        for side in [Side::Client, Side::Upstream] {
+            let i = side.index();
+            if !self.limits[i].as_ref().is_some_and(|l| l.due(now)) {
+                continue;
+            }
+            self.requota(side, now);
+            match &mut self.dirs[i] {
+                Dir::Buffered { pipe, .. } => pipe.arm_if_allowed(cx),
+                Dir::Spliced(s) => s.resume(now, cx),
+                // Parked for a splice: it starts with the quota then.
+                Dir::Switching { .. } => {}
+            }
+        }
     }
 
     fn begin_close(&mut self, reason: CloseReason, ending: Ending, cx: &mut Cx<'_>) {
@@ -1164,5 +1258,245 @@ fn reset_reason(side: Side, e: i32) -> CloseReason {
             CloseReason::UpstreamReset
         }
         _ => CloseReason::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `bandwidth_limit` in the relay: what it issues, pauses and resumes,
+    //! driven by hand (the simulator in `tests/` drives it at random).
+
+    use super::*;
+    use crate::stats::Counters;
+    use crate::tcp::lifecycle::Lifecycle;
+    use crate::tcp::splice::PipeId;
+
+    const MIB: u64 = 1 << 20;
+    const IDLE_MS: Millis = 10_000;
+
+    struct Run {
+        relay: Relay,
+        ops: Vec<ConnOp>,
+        life: Lifecycle,
+        counters: Counters,
+    }
+
+    impl Run {
+        /// A relay connected at time 0, and what the connect asked for.
+        fn connected(bandwidth: Option<u64>, splice: SpliceConfig) -> (Run, Vec<ConnOp>) {
+            let cfg = RelayConfig {
+                idle_ms: IDLE_MS,
+                half_close_ms: 5_000,
+                cap: 4,
+                front: FrontConfig::default(),
+                send_proxy: ProxyOut::Off,
+                bandwidth,
+            };
+            let mut run = Run {
+                relay: Relay::with_splice(cfg, splice, 0),
+                ops: Vec::new(),
+                life: Lifecycle::new(SockState::Open, SockState::Absent),
+                counters: Counters::default(),
+            };
+            let target = Target {
+                upstream: None,
+                addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            };
+            run.step(0, |r, cx| r.start(cx));
+            run.step(0, |r, cx| r.handle_target(Some(target), cx));
+            run.step(0, |r, cx| r.handle_socket(Ok(()), 0, cx));
+            let ops = run.step(0, |r, cx| r.handle_connect(Ok(()), 0, cx));
+            (run, ops)
+        }
+
+        /// A relay whose front reads a PROXY header followed by `early`
+        /// bytes of the stream, connected at time 0.
+        fn connected_after_front(bandwidth: u64, early: usize) -> (Run, Vec<ConnOp>) {
+            let cfg = RelayConfig {
+                idle_ms: IDLE_MS,
+                half_close_ms: 5_000,
+                cap: 4,
+                front: FrontConfig {
+                    proxy_ms: Some(5_000),
+                    sni_ms: None,
+                },
+                send_proxy: ProxyOut::Off,
+                bandwidth: Some(bandwidth),
+            };
+            let mut run = Run {
+                relay: Relay::new(cfg, 0),
+                ops: Vec::new(),
+                life: Lifecycle::new(SockState::Open, SockState::Absent),
+                counters: Counters::default(),
+            };
+            let mut bytes = b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\n".to_vec();
+            bytes.resize(bytes.len() + early, b'x');
+            let target = Target {
+                upstream: None,
+                addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            };
+            run.step(0, |r, cx| r.start(cx));
+            run.step(0, |r, cx| r.handle_front(FrontRead::Data(&bytes), cx));
+            run.step(0, |r, cx| r.handle_target(Some(target), cx));
+            run.step(0, |r, cx| r.handle_socket(Ok(()), 0, cx));
+            let ops = run.step(0, |r, cx| r.handle_connect(Ok(()), 0, cx));
+            (run, ops)
+        }
+
+        /// Calls into the relay at `now`; the operations it asked for.
+        fn step(&mut self, now: Millis, f: impl FnOnce(&mut Relay, &mut Cx<'_>)) -> Vec<ConnOp> {
+            let mut cx = Cx::new(&mut self.ops, &mut self.life, &mut self.counters, now);
+            f(&mut self.relay, &mut cx);
+            std::mem::take(&mut self.ops)
+        }
+
+        fn data(&mut self, side: Side, bid: u16, len: u32, now: Millis) -> Vec<ConnOp> {
+            let ev = RecvEvent::Data { bid, len };
+            self.step(now, |r, cx| r.handle_recv(side, ev, false, now, cx))
+        }
+    }
+
+    fn receives(ops: &[ConnOp], side: Side) -> Vec<ConnOp> {
+        ops.iter()
+            .copied()
+            .filter(|op| match op {
+                ConnOp::ArmRecv(s) | ConnOp::RecvUpTo { side: s, .. } => *s == side,
+                _ => false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unlimited_relay_arms_multishot_receives() {
+        let (run, ops) = Run::connected(None, SpliceConfig::OFF);
+        assert_eq!(
+            receives(&ops, Side::Client),
+            [ConnOp::ArmRecv(Side::Client)]
+        );
+        assert_eq!(
+            receives(&ops, Side::Upstream),
+            [ConnOp::ArmRecv(Side::Upstream)]
+        );
+        assert_eq!(run.relay.deadline(), Some(IDLE_MS));
+    }
+
+    #[test]
+    fn a_limited_direction_reads_its_quota_pauses_on_the_timer_and_resumes() {
+        let (mut run, ops) = Run::connected(Some(MIB), SpliceConfig::OFF);
+        let burst = (MIB / 10) as u32;
+        // The first receives are single ones, sized by the full bucket.
+        for side in [Side::Client, Side::Upstream] {
+            let want = ConnOp::RecvUpTo { side, max: burst };
+            assert_eq!(receives(&ops, side), [want]);
+        }
+        let ops = run.data(Side::Client, 1, burst, 0);
+        assert!(
+            receives(&ops, Side::Client).is_empty(),
+            "the bucket is empty: no receive until it refills, got {ops:?}"
+        );
+        assert!(ops.contains(&ConnOp::Send {
+            side: Side::Upstream,
+            bid: 1,
+            offset: 0,
+            len: burst
+        }));
+        assert_eq!(run.counters.get(Counter::BandwidthPaused), 1);
+        // One grant (16 KiB) at 1 MiB/s: 15.6 ms, the timer asked for 16.
+        assert_eq!(run.relay.deadline(), Some(16));
+        let ops = run.step(15, |r, cx| r.handle_timeout(15, cx));
+        assert!(receives(&ops, Side::Client).is_empty(), "{ops:?}");
+        let ops = run.step(16, |r, cx| r.handle_timeout(16, cx));
+        assert_eq!(
+            receives(&ops, Side::Client),
+            [ConnOp::RecvUpTo {
+                side: Side::Client,
+                max: 16777
+            }]
+        );
+        // The other direction has its own bucket, still full until now.
+        let ops = run.data(Side::Upstream, 2, 1000, 16);
+        assert_eq!(
+            receives(&ops, Side::Upstream),
+            [ConnOp::RecvUpTo {
+                side: Side::Upstream,
+                max: burst - 1000
+            }]
+        );
+    }
+
+    #[test]
+    fn a_paused_direction_is_not_idle_and_idle_still_ends_a_silent_one() {
+        let (mut run, _) = Run::connected(Some(1 << 10), SpliceConfig::OFF);
+        // 1 KiB/s: a 102-byte burst, and a pause of 100 ms for the next.
+        run.data(Side::Client, 1, 102, 5_000);
+        assert_eq!(run.relay.deadline(), Some(5_100), "the pause comes first");
+        run.step(5_100, |r, cx| r.handle_timeout(5_100, cx));
+        // The idle clock counts from the end of the pause, not the data.
+        assert_eq!(run.relay.deadline(), Some(5_100 + IDLE_MS));
+        let ops = run.step(5_099 + IDLE_MS, |r, cx| {
+            r.handle_timeout(5_099 + IDLE_MS, cx)
+        });
+        assert!(!run.relay.is_closing(), "{ops:?}");
+        run.step(5_100 + IDLE_MS, |r, cx| {
+            r.handle_timeout(5_100 + IDLE_MS, cx)
+        });
+        assert!(run.relay.is_closing());
+        assert_eq!(run.relay.reason(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn bytes_a_front_read_count_against_the_clients_limit() {
+        // 1 KiB/s: a 102-byte burst. 200 bytes came with the PROXY header:
+        // 98 in debt, so the client is read again once 98 + 102 are back.
+        let (mut run, ops) = Run::connected_after_front(1 << 10, 200);
+        assert!(ops.contains(&ConnOp::SendPreface { offset: 0 }), "{ops:?}");
+        let ops = run.step(1, |r, cx| r.handle_sent(Side::Upstream, Ok(200), 1, cx));
+        assert!(receives(&ops, Side::Client).is_empty(), "{ops:?}");
+        assert_eq!(run.relay.deadline(), Some(196), "200 bytes at 1024 B/s");
+        let ops = run.step(196, |r, cx| r.handle_timeout(196, cx));
+        assert_eq!(
+            receives(&ops, Side::Client),
+            [ConnOp::RecvUpTo {
+                side: Side::Client,
+                max: 102
+            }]
+        );
+    }
+
+    #[test]
+    fn a_limited_splice_in_is_capped_by_the_tokens_and_paused_like_a_receive() {
+        let splice = SpliceConfig {
+            mode: SpliceMode::Always,
+            pipe_size: 1 << 20,
+            buffer_size: 16 << 10,
+        };
+        let (mut run, ops) = Run::connected(Some(MIB), splice);
+        assert!(ops.contains(&ConnOp::WantPipe(Side::Client)), "{ops:?}");
+        let ops = run.step(0, |r, cx| {
+            r.handle_pipe(Side::Client, Some(PipeId(0)), 0, cx)
+        });
+        let burst = (MIB / 10) as u32;
+        assert_eq!(
+            ops,
+            [ConnOp::SpliceIn {
+                side: Side::Client,
+                pipe: PipeId(0),
+                len: burst
+            }]
+        );
+        run.step(1, |r, cx| {
+            r.handle_splice_in(Side::Client, Ok(burst), 1, cx)
+        });
+        let ops = run.step(2, |r, cx| {
+            r.handle_splice_out(Side::Upstream, Ok(burst), 2, cx)
+        });
+        assert!(ops.is_empty(), "paused: no splice in yet, got {ops:?}");
+        let due = run.relay.deadline().expect("a pause");
+        assert_eq!(due, 17, "16 KiB at 1 MiB/s after the read at 1 ms");
+        let ops = run.step(due, |r, cx| r.handle_timeout(due, cx));
+        assert!(
+            matches!(ops[..], [ConnOp::SpliceIn { side: Side::Client, len, .. }] if len == 16777),
+            "{ops:?}"
+        );
     }
 }

@@ -16,6 +16,7 @@
 
 pub use super::SpliceEnd;
 use super::pipe::Fin;
+use super::rate::Quota;
 use super::{ConnOp, Emit, Side};
 use crate::time::Millis;
 
@@ -150,19 +151,25 @@ pub struct SpliceDir {
     /// Consecutive splices in smaller than one buffer.
     small: u32,
     fin: Fin,
+    /// What the next splice in may take (`bandwidth_limit`); while paused
+    /// no splice in is issued until [`resume`](Self::resume).
+    quota: Quota,
     /// Bytes delivered to `dst` (carried over from the buffer path).
     pub bytes: u64,
 }
 
 impl SpliceDir {
     /// Starts splicing `src` → `dst` through `pipe`: issues the first splice
-    /// in. The buffer path must have stopped receiving and sent everything.
+    /// in (unless `quota` is paused). The buffer path must have stopped
+    /// receiving and sent everything.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         src: Side,
         dst: Side,
         pipe: PipeId,
         cfg: SpliceConfig,
         bytes: u64,
+        quota: Quota,
         now: Millis,
         out: &mut impl Emit,
     ) -> SpliceDir {
@@ -178,19 +185,41 @@ impl SpliceDir {
             buffer_size: cfg.buffer_size,
             small: 0,
             fin: Fin::Open,
+            quota,
             bytes,
         };
         d.splice_in(now, out);
         d
     }
 
+    /// Sets what the next splice in may take (see `Pipe::set_quota`).
+    pub fn set_quota(&mut self, quota: Quota) {
+        self.quota = quota;
+    }
+
+    /// A pause ended: issues the splice in it held back, if the direction
+    /// is idle with an empty pipe (where a paused splice in waits).
+    pub fn resume(&mut self, now: Millis, out: &mut impl Emit) {
+        if self.op == InFlight::Idle && self.course == Course::Relaying && self.in_pipe == 0 {
+            self.splice_in(now, out);
+        }
+    }
+
+    /// Splices in at most the quota: each splice's length is capped by the
+    /// tokens the direction's bucket holds, so a limited direction never
+    /// reads more than its rate allows.
     fn splice_in(&mut self, now: Millis, out: &mut impl Emit) {
+        let len = match self.quota {
+            Quota::Unlimited => self.len,
+            Quota::UpTo(max) => self.len.min(max),
+            Quota::Paused => return,
+        };
         if let Some(pipe) = self.pipe {
             self.op = InFlight::In { since: now };
             out.push(ConnOp::SpliceIn {
                 side: self.src,
                 pipe,
-                len: self.len,
+                len,
             });
         }
     }
@@ -392,7 +421,16 @@ mod tests {
 
     fn started(mode: SpliceMode) -> (SpliceDir, Vec<ConnOp>) {
         let mut out = Vec::new();
-        let d = SpliceDir::start(Side::Client, Side::Upstream, P, cfg(mode), 7, 0, &mut out);
+        let d = SpliceDir::start(
+            Side::Client,
+            Side::Upstream,
+            P,
+            cfg(mode),
+            7,
+            Quota::Unlimited,
+            0,
+            &mut out,
+        );
         assert_eq!(
             out,
             [ConnOp::SpliceIn {
@@ -555,5 +593,70 @@ mod tests {
         let (mut d, mut out) = started(SpliceMode::Auto);
         d.on_in(Err(libc::EINTR), 1, &mut out);
         assert!(matches!(out[..], [ConnOp::SpliceIn { .. }]));
+    }
+
+    #[test]
+    fn a_limited_splice_in_takes_at_most_the_quota_and_waits_while_paused() {
+        let mut out = Vec::new();
+        let mut d = SpliceDir::start(
+            Side::Client,
+            Side::Upstream,
+            P,
+            cfg(SpliceMode::Always),
+            0,
+            Quota::UpTo(4096),
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [ConnOp::SpliceIn {
+                side: Side::Client,
+                pipe: P,
+                len: 4096
+            }]
+        );
+        out.clear();
+        d.on_in(Ok(4096), 1, &mut out);
+        d.set_quota(Quota::Paused);
+        out.clear();
+        d.on_out(Ok(4096), 2, &mut out);
+        assert!(out.is_empty(), "paused: no splice in, got {out:?}");
+        assert!(!d.busy());
+        // Still paused: resuming issues nothing.
+        d.resume(3, &mut out);
+        assert!(out.is_empty());
+        d.set_quota(Quota::UpTo(1 << 30));
+        d.resume(4, &mut out);
+        assert_eq!(
+            out,
+            [ConnOp::SpliceIn {
+                side: Side::Client,
+                pipe: P,
+                len: 1 << 20
+            }],
+            "capped by the pipe, not only the quota"
+        );
+        // A paused direction closes with its pipe at once (nothing names it).
+        let mut out = Vec::new();
+        let mut p = SpliceDir::start(
+            Side::Upstream,
+            Side::Client,
+            P,
+            cfg(SpliceMode::Always),
+            0,
+            Quota::Paused,
+            0,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        p.close(&mut out);
+        assert_eq!(
+            out,
+            [ConnOp::ReturnPipe {
+                pipe: P,
+                clean: true
+            }]
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod bandwidth;
 mod bench;
 mod bench_payload;
 mod capacity;

@@ -57,14 +57,68 @@ pub(super) struct Conn {
     pub fds: [Option<Fd>; 2],
     pub life: Lifecycle,
     pub listener: u32,
-    /// Deadline of the earliest timer-wheel entry for this connection.
-    pub timer_at: Option<Millis>,
+    /// Its entries in the shard's timer wheel.
+    pub timer: ConnTimer,
     pub accepted_at: Millis,
     /// The route its targets come from, chosen at its first target request
     /// (the listener's, or an SNI route's).
     pub route: Option<u16>,
     /// The accepted socket's own endpoints, when the listener reads them.
     pub ends: Ends,
+}
+
+/// A connection's entries in the shard's timer wheel, which has no
+/// cancellation: an entry that no longer matches is ignored when it fires.
+///
+/// `at` is the entry that will call the connection; `later` a later entry
+/// still in the wheel that an earlier deadline superseded. The next deadline
+/// at or after `later` reuses it instead of inserting another. Without it, a
+/// `bandwidth_limit`ed direction, which pauses every few milliseconds, left
+/// one superseded idle-timeout entry in the wheel per pause, each living for
+/// the whole `idle_timeout` (hundreds of thousands per connection).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct ConnTimer {
+    at: Option<Millis>,
+    later: Option<Millis>,
+}
+
+impl ConnTimer {
+    /// The connection's next deadline is `d`: the deadline of the entry to
+    /// insert, or `None` when one in the wheel already fires at or before it
+    /// (an early call finds nothing due and schedules again).
+    pub(super) fn schedule(&mut self, d: Millis) -> Option<Millis> {
+        match (self.at, self.later) {
+            (Some(t), _) if t <= d => None,
+            (Some(t), later) => {
+                // Keep the farthest: a superseded near entry (a pause) is
+                // stale for milliseconds, a far one (idle) for minutes.
+                self.later = Some(later.map_or(t, |l| l.max(t)));
+                self.at = Some(d);
+                Some(d)
+            }
+            (None, Some(l)) if l <= d => {
+                self.at = Some(l);
+                self.later = None;
+                None
+            }
+            (None, _) => {
+                self.at = Some(d);
+                Some(d)
+            }
+        }
+    }
+
+    /// An entry fired: whether it is the one that calls the connection.
+    pub(super) fn fired(&mut self, deadline: Millis) -> bool {
+        if self.at == Some(deadline) {
+            self.at = None;
+            return true;
+        }
+        if self.later == Some(deadline) {
+            self.later = None;
+        }
+        false
+    }
 }
 
 /// How a completion of `kind` on `side` is accounted; `None` for a receive
@@ -254,5 +308,84 @@ impl Logic {
             Logic::Relay(r) => Some(r.attempts_mut()),
             Logic::Echo(_) | Logic::Serve(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnTimer;
+
+    /// A wheel of (deadline) entries, fired in order up to `now`.
+    struct Wheel {
+        entries: Vec<u64>,
+        inserted: usize,
+    }
+
+    impl Wheel {
+        fn insert(&mut self, d: Option<u64>) {
+            if let Some(d) = d {
+                self.entries.push(d);
+                self.inserted += 1;
+            }
+        }
+
+        /// Fires what is due; true if the connection was called.
+        fn advance(&mut self, now: u64, t: &mut ConnTimer) -> bool {
+            self.entries.sort_unstable();
+            let due = self.entries.partition_point(|&d| d <= now);
+            let mut called = false;
+            for d in self.entries.drain(..due).collect::<Vec<_>>() {
+                called |= t.fired(d);
+            }
+            called
+        }
+    }
+
+    #[test]
+    fn pauses_reuse_the_idle_entry_instead_of_piling_up() {
+        const IDLE: u64 = 600_000;
+        let mut t = ConnTimer::default();
+        let mut w = Wheel {
+            entries: Vec::new(),
+            inserted: 0,
+        };
+        w.insert(t.schedule(IDLE));
+        // A limited direction: a 3 ms pause, then data, for a minute.
+        let mut now = 0;
+        for _ in 0..20_000 {
+            let pause = now + 3;
+            w.insert(t.schedule(pause));
+            now = pause;
+            assert!(
+                w.advance(now, &mut t),
+                "the pause's entry calls the connection"
+            );
+            // The idle deadline moved on with the data.
+            w.insert(t.schedule(now + IDLE));
+        }
+        assert!(
+            w.entries.len() <= 2,
+            "{} entries left in the wheel",
+            w.entries.len()
+        );
+        assert_eq!(w.inserted, 20_001, "one per pause, and the idle one once");
+        // The idle entry still calls the connection at its time.
+        assert!(w.advance(IDLE, &mut t));
+    }
+
+    #[test]
+    fn the_earliest_deadline_always_has_an_entry() {
+        let mut t = ConnTimer::default();
+        assert_eq!(t.schedule(100), Some(100));
+        assert_eq!(t.schedule(150), None, "covered by the entry at 100");
+        assert_eq!(t.schedule(40), Some(40));
+        assert!(t.fired(40));
+        // 100 is still in the wheel and is at or before the next deadline.
+        assert_eq!(t.schedule(120), None);
+        assert!(!t.fired(40), "an entry fires once");
+        assert!(t.fired(100));
+        // Nothing left in the wheel for a deadline before it: insert.
+        assert_eq!(t.schedule(90), Some(90));
+        assert!(!t.fired(95), "an unknown entry is ignored");
     }
 }

@@ -166,11 +166,8 @@ impl TcpService {
             return;
         };
         if !conn.is_finished() {
-            if let Some(d) = conn.deadline()
-                && conn.timer_at.is_none_or(|t| d < t)
-            {
-                conn.timer_at = Some(d);
-                ctx.timers.insert(d, TimerKey::Conn { id, deadline: d });
+            if let Some(at) = conn.deadline().and_then(|d| conn.timer.schedule(d)) {
+                ctx.timers.insert(at, TimerKey::Conn { id, deadline: at });
             }
             return;
         }
@@ -233,6 +230,14 @@ fn lower_io(
         ConnOp::ArmRecv(side) => {
             let token = tok(OpKind::Recv, side);
             with(token, fd(side), &|fd| Op::RecvMulti { token, fd })
+        }
+        ConnOp::RecvUpTo { side, max } => {
+            let token = tok(OpKind::Recv, side);
+            with(token, fd(side), &|fd| Op::RecvUpTo {
+                token,
+                fd,
+                len: max,
+            })
         }
         ConnOp::FrontRecv => {
             let token = tok(OpKind::FrontRecv, Side::Client);

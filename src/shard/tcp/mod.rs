@@ -137,6 +137,8 @@ pub struct RouteSpec {
     pub connect_timeout_ms: Millis,
     pub idle_ms: Millis,
     pub half_close_ms: Millis,
+    /// `bandwidth_limit`: bytes per second, per connection and direction.
+    pub bandwidth: Option<u64>,
 }
 
 /// What the TCP service is built from.
@@ -548,6 +550,7 @@ impl TcpService {
                     cap: self.cap,
                     front: l.spec.front.read,
                     send_proxy: l.spec.front.send_proxy,
+                    bandwidth: r.spec.bandwidth,
                 };
                 let mut relay = Relay::with_splice(cfg, self.splice, now);
                 relay.set_ends(ends);
@@ -574,7 +577,7 @@ impl TcpService {
             fds: [Some(fd), None],
             life: Lifecycle::new(SockState::Open, SockState::Absent),
             listener: index,
-            timer_at: None,
+            timer: Default::default(),
             accepted_at: now,
             route: None,
             ends,
@@ -668,10 +671,9 @@ impl TcpService {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.timer_at != Some(deadline) {
+        if !conn.timer.fired(deadline) {
             return; // superseded by an earlier entry
         }
-        conn.timer_at = None;
         if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
             let mut cx = Cx::new(&mut self.scratch, &mut conn.life, &mut l.counters, now);
             conn.logic.handle_timeout(&mut cx);
