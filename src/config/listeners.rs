@@ -16,10 +16,10 @@ use super::udp::{file_udp_listener, flag_udp_listener};
 use super::units::{format_size, parse_size};
 use super::{
     EchoMode, EchoPlan, Overrides, Proto, SendProxy, SniPlan, TcpListenerPlan, UdpListenerPlan,
-    proxy, routes,
+    health, proxy, routes,
 };
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 14] = [
     "name",
     "listen",
     "upstreams",
@@ -33,6 +33,7 @@ const KEYS: [&str; 13] = [
     "proxy_timeout",
     "sni_timeout",
     "routes",
+    "health_check",
 ];
 
 const MAX_NAME_CHARS: usize = 64;
@@ -229,6 +230,7 @@ fn file_listener(
         send_proxy: proxy::send_proxy(section.get("send_proxy"))?,
         accept_proxy: proxy::accept_proxy(section)?,
         sni: routes::sni(section)?,
+        health_check: health::health_check(section)?,
     };
     Ok((plan, claim))
 }
@@ -376,6 +378,7 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         send_proxy: SendProxy::Off,
         accept_proxy: None,
         sni: None,
+        health_check: None,
     };
     Ok((plan, claim))
 }

@@ -8,6 +8,7 @@ mod addr;
 mod cidr;
 mod error;
 pub mod file;
+mod health;
 mod keys;
 mod listeners;
 mod log;
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 pub use cidr::Cidr;
 pub use error::ConfigError;
+pub use health::HealthCheck;
 pub use loops::{LocalLoop, local_loop};
 
 /// Facts about the host the plan is resolved against (passed in so parsing is testable).
@@ -190,6 +192,9 @@ pub struct TcpListenerPlan {
     /// `Some`: the listener has `[[tcp.routes]]`; `upstreams` stays the
     /// default for a connection no route takes (not TLS, no SNI, no match).
     pub sni: Option<SniPlan>,
+    /// `health_check`: active checks of `upstreams` (not of the routes',
+    /// which have their own key); `None`: no active checks.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// `send_proxy` of a `[[tcp]]` listener: which PROXY protocol header, if
@@ -260,6 +265,8 @@ pub struct RoutePlan {
     pub names: Vec<String>,
     /// Same rules as a listener's `upstreams`.
     pub upstreams: Vec<SocketAddr>,
+    /// `health_check` of this route's upstreams; `None`: no active checks.
+    pub health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -123,6 +123,7 @@ fn full_file_resolves_to_the_exact_plan() {
                 send_proxy: SendProxy::Off,
                 accept_proxy: None,
                 sni: None,
+                health_check: None,
             },
             TcpListenerPlan {
                 name: "[::]:8443".into(),
@@ -136,6 +137,7 @@ fn full_file_resolves_to_the_exact_plan() {
                 send_proxy: SendProxy::Off,
                 accept_proxy: None,
                 sni: None,
+                health_check: None,
             },
         ],
         udp: vec![],
@@ -882,6 +884,7 @@ fn tcp_flags_add_listeners_with_defaults() {
             send_proxy: SendProxy::Off,
             accept_proxy: None,
             sni: None,
+            health_check: None,
         }
     );
     assert_eq!(plan.tcp[2].upstreams, vec![addr("[::1]:9000")]);
@@ -985,6 +988,7 @@ fn shard_shares_add_up() {
         send_proxy: SendProxy::Off,
         accept_proxy: None,
         sni: None,
+        health_check: None,
     };
     let cases = [
         (1, 1),
