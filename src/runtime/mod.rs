@@ -19,6 +19,7 @@ use crate::config::{
     local_loop,
 };
 use crate::front::sni::SniRoutes;
+use crate::health::{Monitor, UpstreamHealth};
 use crate::shard::engine::{FdBudget, FrontSpec, ListenerKind, ListenerSpec, RouteSpec, SniSpec};
 use crate::shard::event_loop::{self, Command, Control, Report, ShardSetup, SpliceSetup};
 use crate::shard::udp::{UDP_DRAIN_GRACE_MS, UdpKind, UdpListenerSpec, UdpRouteSpec};
@@ -63,6 +64,8 @@ pub struct Runtime {
     seq: u64,
     /// The access log's writer thread (`[log] access`).
     access_log: Option<AccessLog>,
+    /// The health checker and its results (any `health_check`).
+    health: Option<Monitor>,
 }
 
 /// How long the access log's writer may take to write what the shards
@@ -430,6 +433,7 @@ impl Runtime {
         }
 
         let (access_log, mut access_handles) = start_access_log(plan, n)?;
+        let health = Monitor::start(plan)?;
         let (report_tx, reports) = mpsc::channel();
         let mut shards = Vec::with_capacity(n);
         let shard_inputs = listeners.into_iter().zip(udp_listeners);
@@ -484,6 +488,7 @@ impl Runtime {
             bound,
             seq: 0,
             access_log,
+            health,
         };
         runtime.wait_ready()?;
         Ok(runtime)
@@ -571,8 +576,13 @@ impl Runtime {
         }
     }
 
-    /// Processes reports for up to `timeout`.
+    /// Processes reports for up to `timeout` (and health changes: each goes
+    /// to every shard).
     pub fn poll(&mut self, timeout: Duration) {
+        let changes = self.health.as_mut().map(Monitor::poll).unwrap_or_default();
+        for (upstream, up) in changes {
+            self.send_all(Command::UpstreamHealth { upstream, up });
+        }
         match self.reports.recv_timeout(timeout) {
             Ok(r) => {
                 self.record(r);
@@ -639,7 +649,21 @@ impl Runtime {
         for s in &self.shards {
             total.merge(&s.last);
         }
+        if let Some(h) = &self.health {
+            h.view().add_to(&mut total);
+        }
         total
+    }
+
+    /// Every checked upstream's state, as the control thread knows it.
+    // Read by the admin endpoint (`/status`, `ringfwd_upstream_up`), which
+    // another branch adds.
+    #[allow(dead_code)]
+    pub(crate) fn health_view(&self) -> Vec<UpstreamHealth> {
+        self.health
+            .as_ref()
+            .map(|h| h.view().health().to_vec())
+            .unwrap_or_default()
     }
 
     /// True if every shard exited having got every operation back from the kernel.
