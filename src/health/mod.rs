@@ -182,9 +182,7 @@ impl View {
             info!("tcp listener '{listener}': upstream {addr} is up: {reason}");
         } else {
             counters.inc(Counter::UpstreamDown);
-            warn!(
-                "tcp listener '{listener}': upstream {addr} is down: {reason}; new connections go to the other upstreams"
-            );
+            warn!("tcp listener '{listener}': upstream {addr} is down: {reason}");
         }
         health.up = up;
         health.since = now;
