@@ -66,6 +66,7 @@ fn the_v2_local_hello_is_the_16_byte_local_header() {
     assert_eq!(&bytes[..12], &crate::front::proxy::V2_SIGNATURE);
     assert_eq!(bytes[12], 0x20, "version 2, command LOCAL");
     assert!(Hello::Nothing.bytes().is_empty());
+    assert_eq!(Hello::V1Unknown.bytes(), b"PROXY UNKNOWN\r\n");
 }
 
 fn view() -> View {

@@ -121,3 +121,31 @@ fn a_send_proxy_listeners_checks_send_a_v2_local_header() {
     local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
     assert_eq!(got, local, "the v2 LOCAL header, then FIN");
 }
+
+#[test]
+fn when_every_upstream_is_down_clients_still_try_them() {
+    let (_guard, dead) = dead_port();
+    let fwd = forwarder(
+        &[dead],
+        "health_check = { interval = \"100ms\", fall = 1 }",
+        "shards = 1",
+    );
+    fwd.wait_log(&format!("upstream {dead} is down"), WAIT);
+    let t = fwd.first_addr();
+    for _ in 0..3 {
+        // The upstream refuses, so the client is closed; what matters is
+        // that it was tried rather than refused a try.
+        let _ = round_trip(t, b"x");
+    }
+    let line = format!("listener=t upstream={dead}");
+    let tried = wait_until(WAIT, || {
+        fwd.detail_stats(&line)
+            .get("connect_attempts")
+            .is_some_and(|&n| n >= 3)
+    });
+    assert!(
+        tried,
+        "an all-down pool is still tried; log:\n{}",
+        fwd.log()
+    );
+}
