@@ -193,9 +193,7 @@ impl fmt::Display for HostError {
                 write!(f, "shard {shard} failed to start: {error}")
             }
             HostError::AccessLog { error } => write!(f, "the access log cannot start: {error}"),
-            HostError::HealthChecker { error } => {
-                write!(f, "the health checker cannot start: {error}")
-            }
+            HostError::HealthChecker { error } => write!(f, "health checker cannot start: {error}"),
             HostError::ForwardingLoop {
                 upstream_of,
                 upstream,
