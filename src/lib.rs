@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod front;
+pub(crate) mod health;
 pub mod ring;
 pub mod runtime;
 pub mod shard;

@@ -213,6 +213,15 @@ counters! {
     /// Access log lines dropped: the writer's queue was full, or the write
     /// failed (forwarding never waits for the log).
     AccessLogDropped = "access_log_dropped",
+    /// Active health checks of an upstream (`health_check`), counted by the
+    /// control thread from the one checker's reports.
+    HealthChecks = "health_checks",
+    /// Health checks that failed (refused, timed out, or another error).
+    HealthCheckFailures = "health_check_failures",
+    /// Times an upstream was taken down by `fall` failed checks in a row.
+    UpstreamDown = "upstream_down",
+    /// Times a down upstream came back after `rise` passed checks in a row.
+    UpstreamUp = "upstream_up",
 }
 
 const SCALARS: usize = Counter::ALL.len();

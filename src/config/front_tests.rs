@@ -107,10 +107,12 @@ fn the_documented_example_resolves_to_the_exact_plan() {
                 RoutePlan {
                     names: vec!["api.example.com".into()],
                     upstreams: vec![addr("10.0.0.7:443"), addr("10.0.0.8:443")],
+                    health_check: None,
                 },
                 RoutePlan {
                     names: vec!["*.example.org".into(), "example.org".into()],
                     upstreams: vec![addr("10.0.1.7:443")],
+                    health_check: None,
                 },
             ],
         })

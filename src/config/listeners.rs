@@ -17,10 +17,10 @@ use super::udp::{file_udp_listener, flag_udp_listener};
 use super::units::{format_size, parse_size};
 use super::{
     EchoMode, EchoPlan, Overrides, Proto, SendProxy, SniPlan, TcpListenerPlan, UdpListenerPlan,
-    limits, proxy, routes,
+    health, limits, proxy, routes,
 };
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
     "name",
     "listen",
     "upstreams",
@@ -35,6 +35,7 @@ const KEYS: [&str; 14] = [
     "sni_timeout",
     "routes",
     "bandwidth_limit",
+    "health_check",
 ];
 
 const MAX_NAME_CHARS: usize = 64;
@@ -249,6 +250,7 @@ fn file_listener(
         sni: routes::sni(section)?,
         limits: limits::tcp_limits(section, shards)?,
         bandwidth_limit: bandwidth::bandwidth_limit(section)?,
+        health_check: health::health_check(section)?,
     };
     Ok((plan, claim))
 }
@@ -398,6 +400,7 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         sni: None,
         limits: super::TcpLimits::default(),
         bandwidth_limit: None,
+        health_check: None,
     };
     Ok((plan, claim))
 }

@@ -10,6 +10,7 @@ pub mod bandwidth;
 mod cidr;
 mod error;
 pub mod file;
+mod health;
 mod keys;
 mod limits;
 mod listeners;
@@ -43,6 +44,7 @@ use std::time::Duration;
 pub use admin::AdminPlan;
 pub use cidr::Cidr;
 pub use error::ConfigError;
+pub use health::HealthCheck;
 pub use limits::{Access, TcpLimits};
 pub use loops::{LocalLoop, local_loop};
 
@@ -201,6 +203,9 @@ pub struct TcpListenerPlan {
     pub limits: TcpLimits,
     /// `bandwidth_limit`: bytes per second, per connection and per direction.
     pub bandwidth_limit: Option<u64>,
+    /// `health_check`: active checks of `upstreams` (not of the routes',
+    /// which have their own key); `None`: no active checks.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// `send_proxy` of a `[[tcp]]` listener: which PROXY protocol header, if
@@ -271,6 +276,8 @@ pub struct RoutePlan {
     pub names: Vec<String>,
     /// Same rules as a listener's `upstreams`.
     pub upstreams: Vec<SocketAddr>,
+    /// `health_check` of this route's upstreams; `None`: no active checks.
+    pub health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

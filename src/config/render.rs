@@ -155,6 +155,7 @@ fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt
         share_summary(|shard| tcp.shard_share(shard, shards), shards)
     )?;
     write_tcp_limits(f, &tcp.limits, shards)?;
+    writeln!(f, "{}", super::health::render(tcp.health_check.as_ref()))?;
     writeln!(f, "send_proxy = \"{}\"", tcp.send_proxy.name())?;
     write_accept_proxy(f, tcp.accept_proxy.as_ref())?;
     if let Some(rate) = tcp.bandwidth_limit {
@@ -221,6 +222,9 @@ fn write_sni(f: &mut Formatter<'_>, sni: Option<&SniPlan>) -> fmt::Result {
         writeln!(f, "[[tcp.routes]]")?;
         writeln!(f, "sni = {}", quoted_list(&route.names))?;
         writeln!(f, "upstreams = {}", quoted_list(&route.upstreams))?;
+        if route.health_check.is_some() {
+            writeln!(f, "{}", super::health::render(route.health_check.as_ref()))?;
+        }
     }
     Ok(())
 }

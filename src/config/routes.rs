@@ -21,7 +21,7 @@ pub(super) const SNI_TIMEOUT: Timeout = Timeout {
     max: Duration::from_secs(600),
 };
 
-const KEYS: [&str; 2] = ["sni", "upstreams"];
+const KEYS: [&str; 3] = ["sni", "upstreams", "health_check"];
 /// Bounds on the config, not on a measured cost: matching is by hash.
 const MAX_ROUTES: usize = 1024;
 const MAX_NAMES: usize = 1024;
@@ -90,6 +90,7 @@ fn route(index: usize, entry: &Field<'_>, seen: &mut Seen) -> Result<RoutePlan, 
     Ok(RoutePlan {
         names: names(index, &sni, seen)?,
         upstreams: upstreams(&targets)?,
+        health_check: super::health::health_check(&section)?,
     })
 }
 

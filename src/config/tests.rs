@@ -126,6 +126,7 @@ fn full_file_resolves_to_the_exact_plan() {
                 sni: None,
                 limits: TcpLimits::default(),
                 bandwidth_limit: Some(12_500_000),
+                health_check: None,
             },
             TcpListenerPlan {
                 name: "[::]:8443".into(),
@@ -141,6 +142,7 @@ fn full_file_resolves_to_the_exact_plan() {
                 sni: None,
                 limits: TcpLimits::default(),
                 bandwidth_limit: None,
+                health_check: None,
             },
         ],
         udp: vec![],
@@ -890,6 +892,7 @@ fn tcp_flags_add_listeners_with_defaults() {
             sni: None,
             limits: TcpLimits::default(),
             bandwidth_limit: None,
+            health_check: None,
         }
     );
     assert_eq!(plan.tcp[2].upstreams, vec![addr("[::1]:9000")]);
@@ -995,6 +998,7 @@ fn shard_shares_add_up() {
         sni: None,
         limits: TcpLimits::default(),
         bandwidth_limit: None,
+        health_check: None,
     };
     let cases = [
         (1, 1),

@@ -19,6 +19,7 @@ use crate::config::{
     local_loop,
 };
 use crate::front::sni::SniRoutes;
+use crate::health::{Monitor, UpstreamHealth};
 use crate::shard::engine::{
     FdBudget, FrontSpec, GateSpec, ListenerKind, ListenerSpec, RateSpec, RouteSpec, SniSpec,
 };
@@ -69,6 +70,8 @@ pub struct Runtime {
     /// What `/ready` answers: serving once every shard is ready, not from
     /// the moment a drain starts.
     ready: crate::admin::Readiness,
+    /// The health checker and its results (any `health_check`).
+    health: Option<Monitor>,
 }
 
 /// How long the access log's writer may take to write what the shards
@@ -440,6 +443,7 @@ impl Runtime {
         }
 
         let (access_log, mut access_handles) = start_access_log(plan, n)?;
+        let health = Monitor::start(plan)?;
         let (report_tx, reports) = mpsc::channel();
         let mut shards = Vec::with_capacity(n);
         let shard_inputs = listeners.into_iter().zip(udp_listeners);
@@ -495,6 +499,7 @@ impl Runtime {
             seq: 0,
             access_log,
             ready: crate::admin::Readiness::default(),
+            health,
         };
         runtime.wait_ready()?;
         runtime.ready.set_serving();
@@ -586,8 +591,13 @@ impl Runtime {
         }
     }
 
-    /// Processes reports for up to `timeout`.
+    /// Processes reports for up to `timeout` (and health changes: each goes
+    /// to every shard).
     pub fn poll(&mut self, timeout: Duration) {
+        let changes = self.health.as_mut().map(Monitor::poll).unwrap_or_default();
+        for (upstream, up) in changes {
+            self.send_all(Command::UpstreamHealth { upstream, up });
+        }
         match self.reports.recv_timeout(timeout) {
             Ok(r) => {
                 self.record(r);
@@ -657,7 +667,21 @@ impl Runtime {
         for s in &self.shards {
             total.merge(&s.last);
         }
+        if let Some(h) = &self.health {
+            h.view().add_to(&mut total);
+        }
         total
+    }
+
+    /// Every checked upstream's state, as the control thread knows it.
+    // Read by the admin endpoint (`/status`, `ringfwd_upstream_up`), which
+    // another branch adds.
+    #[allow(dead_code)]
+    pub(crate) fn health_view(&self) -> Vec<UpstreamHealth> {
+        self.health
+            .as_ref()
+            .map(|h| h.view().health().to_vec())
+            .unwrap_or_default()
     }
 
     /// True if every shard exited having got every operation back from the kernel.

@@ -16,6 +16,7 @@ use crate::stats::{Counter, ShardStats};
 use crate::tcp::relay::Ends;
 use crate::tcp::splice::SpliceConfig;
 use crate::time::Millis;
+use crate::upstream::UpstreamId;
 
 pub use super::context::{FdBudget, Mode};
 pub use super::ops::{CQE_F_BUFFER, CQE_F_MORE, Family, Fd, Op, PipeFds, RecvTemplate};
@@ -91,6 +92,11 @@ impl Engine {
     }
 
     /// The shard's counters: its own, each listener's and each upstream's.
+    /// The health checker's verdict on `id` (see `Command::UpstreamHealth`).
+    pub fn set_checked(&mut self, id: UpstreamId, up: bool) {
+        self.tcp.set_checked(id, up);
+    }
+
     pub fn stats(&self) -> ShardStats {
         let mut s = ShardStats {
             shard: self.ctx.counters.clone(),

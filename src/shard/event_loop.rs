@@ -26,6 +26,7 @@ use crate::tcp::Side;
 use crate::tcp::relay::Ends;
 use crate::tcp::splice::{SpliceConfig, SpliceMode};
 use crate::time::Millis;
+use crate::upstream::UpstreamId;
 
 /// The longest the loop sleeps without a timer due: commands wake it anyway,
 /// this only bounds how stale the clock can get.
@@ -151,6 +152,9 @@ pub(crate) enum Command {
     Stop,
     /// Send a `Report::Snapshot` tagged with this sequence number.
     Snapshot(u64),
+    /// The health checker's verdict on an upstream: a down one gets no new
+    /// connection while another of its route is up.
+    UpstreamHealth { upstream: UpstreamId, up: bool },
 }
 
 /// Shard → control thread.
@@ -593,6 +597,7 @@ impl Loop {
                         stats: engine.stats(),
                     });
                 }
+                Command::UpstreamHealth { upstream, up } => engine.set_checked(upstream, up),
             }
         }
         if engine.mode() == Mode::Running || !engine.is_done() {

@@ -73,6 +73,10 @@ pub enum HostError {
     AccessLog {
         error: String,
     },
+    /// The health checker's thread or doorbell could not be made.
+    HealthChecker {
+        error: String,
+    },
     /// An upstream that is an address of this host on a wildcard
     /// listener's port: ringfwd would forward to itself.
     ForwardingLoop {
@@ -189,6 +193,7 @@ impl fmt::Display for HostError {
                 write!(f, "shard {shard} failed to start: {error}")
             }
             HostError::AccessLog { error } => write!(f, "the access log cannot start: {error}"),
+            HostError::HealthChecker { error } => write!(f, "health checker cannot start: {error}"),
             HostError::ForwardingLoop {
                 upstream_of,
                 upstream,

@@ -5,10 +5,12 @@
 // The kernel layer: the one place `unsafe` is allowed (see Cargo.toml [lints]).
 #![allow(unsafe_code)]
 
+pub(crate) mod connect;
 pub(crate) mod eventfd;
 pub mod host;
 pub mod output;
 pub(crate) mod pipe;
+pub(crate) mod poll;
 pub(crate) mod signals;
 pub(crate) mod socket;
 

@@ -192,6 +192,18 @@ impl Proc {
             .unwrap_or_default()
     }
 
+    /// Waits until a log line contains `needle`; fails the test with the log
+    /// when none does within `timeout`. Returns the line.
+    pub(crate) fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let mut found = None;
+        wait_until(timeout, || {
+            let lines = self.stderr.lock().expect("lock");
+            found = lines.iter().find(|l| l.contains(needle)).cloned();
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no log line with {needle:?}; log:\n{}", self.log()))
+    }
+
     pub(crate) fn stat(&self, key: &str) -> u64 {
         self.stats().get(key).copied().unwrap_or(0)
     }

@@ -15,6 +15,7 @@ mod docs;
 mod echo_modes;
 mod front;
 mod harness;
+mod health;
 mod known;
 mod lifecycle;
 mod limits;

@@ -15,7 +15,7 @@ use crate::tcp::cx::Cx;
 use crate::tcp::splice::SpliceEnd;
 use crate::tcp::{ConnOp, Side};
 use crate::time::Millis;
-use crate::upstream::{Outcome, Target};
+use crate::upstream::{Attempts, Outcome, RoundRobin, Target};
 
 /// A request answered before any completion.
 #[derive(Clone, Copy, Debug)]
@@ -145,7 +145,7 @@ impl TcpService {
                     });
                     let balancer = self.routes.get_mut(route as usize).map(|r| &mut r.balancer);
                     let target = match (balancer, conn.logic.attempts()) {
-                        (Some(b), Some(walk)) => b.pick(None, walk),
+                        (Some(b), Some(walk)) => pick_checked(b, walk, &self.upstreams),
                         _ => None,
                     };
                     // Counted when taken, as the listener counts it.
@@ -172,6 +172,30 @@ impl TcpService {
             return;
         }
         self.finish(ctx, id, now);
+    }
+}
+
+/// The balancer's next pick among the members the health checker has not
+/// taken down; when it took down every member, among all of them (better a
+/// try than a certain failure, as Envoy's panic threshold does).
+fn pick_checked(
+    balancer: &mut RoundRobin,
+    walk: &mut Attempts,
+    upstreams: &[super::Upstream],
+) -> Option<Target> {
+    let up = |t: &Target| {
+        t.upstream
+            .and_then(|u| upstreams.get(u.0 as usize))
+            .is_none_or(|u| u.checked_up)
+    };
+    if !balancer.members().iter().any(up) {
+        return balancer.pick(None, walk);
+    }
+    loop {
+        let target = balancer.pick(None, walk)?;
+        if up(&target) {
+            return Some(target);
+        }
     }
 }
 

@@ -171,6 +171,8 @@ struct Upstream {
     listener: Option<u32>,
     addr: SocketAddr,
     counters: Counters,
+    /// The health checker's verdict (up until it says otherwise).
+    checked_up: bool,
 }
 
 /// A route as the shard runs it: its settings and its balancer.
@@ -298,6 +300,7 @@ impl TcpService {
                         listener,
                         addr,
                         counters: Counters::default(),
+                        checked_up: true,
                     });
                     Target {
                         upstream: Some(id),
@@ -326,6 +329,14 @@ impl TcpService {
             cap: cfg.cap,
             splice,
             pipes: PipePool::new(&cfg.pipes),
+        }
+    }
+
+    /// The health checker's verdict on upstream `id`: a down one is skipped
+    /// by its route's picks while any member is up.
+    pub(crate) fn set_checked(&mut self, id: UpstreamId, up: bool) {
+        if let Some(u) = self.upstreams.get_mut(id.0 as usize) {
+            u.checked_up = up;
         }
     }
 
