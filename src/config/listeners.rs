@@ -8,8 +8,9 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use super::addr::{parse_listen, parse_upstream};
+use super::balance;
 use super::error::{ConfigError, Origin};
-use super::keys::{MAX_UPSTREAMS, Timeout, timeout, upstreams};
+use super::keys::{MAX_UPSTREAMS, Timeout, timeout};
 use super::loops::{ListenAt, UpstreamsAt, UpstreamsKey, reject_loops};
 use super::raw::{Field, Section, clip};
 use super::udp::{file_udp_listener, flag_udp_listener};
@@ -19,8 +20,11 @@ use super::{
     proxy, routes,
 };
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 16] = [
     "name",
+    "balance",
+    "max_fails",
+    "fail_timeout",
     "listen",
     "upstreams",
     "connect_timeout",
@@ -207,15 +211,19 @@ fn file_listener(
     section.deny_unknown(&KEYS, "in [[tcp]]")?;
     let claim = section_claim(section, Proto::Tcp)?;
     let upstreams_example = "upstreams = [\"10.0.0.5:80\"]";
+    let pool = balance::pool(&required(
+        section,
+        Proto::Tcp,
+        "upstreams",
+        upstreams_example,
+    )?)?;
     let plan = TcpListenerPlan {
         name: claim.name.clone(),
         listen: claim.listen,
-        upstreams: upstreams(&required(
-            section,
-            Proto::Tcp,
-            "upstreams",
-            upstreams_example,
-        )?)?,
+        upstreams: pool.upstreams,
+        weights: pool.weights,
+        balance: balance::balance(section)?,
+        passive: balance::passive(section)?,
         connect_timeout: timeout(section, &CONNECT_TIMEOUT)?,
         idle_timeout: timeout(section, &IDLE_TIMEOUT)?,
         half_close_timeout: timeout(section, &HALF_CLOSE_TIMEOUT)?,
@@ -367,7 +375,10 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
     let plan = TcpListenerPlan {
         name: claim.name.clone(),
         listen,
+        weights: vec![1; upstreams.len()],
         upstreams,
+        balance: super::Balance::default(),
+        passive: super::PassiveHealth::default(),
         connect_timeout: CONNECT_TIMEOUT.default,
         idle_timeout: IDLE_TIMEOUT.default,
         half_close_timeout: HALF_CLOSE_TIMEOUT.default,

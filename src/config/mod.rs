@@ -5,6 +5,7 @@
 //! value, says why, and says what to write instead.
 
 mod addr;
+mod balance;
 mod cidr;
 mod error;
 pub mod file;
@@ -37,6 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use balance::{Balance, PassiveHealth};
 pub use cidr::Cidr;
 pub use error::ConfigError;
 pub use loops::{LocalLoop, local_loop};
@@ -177,6 +179,12 @@ pub struct TcpListenerPlan {
     pub name: String,
     pub listen: SocketAddr,
     pub upstreams: Vec<SocketAddr>,
+    /// Each upstream's weight, parallel to `upstreams` (1 unless written).
+    pub weights: Vec<u32>,
+    /// How an upstream is picked for a new connection.
+    pub balance: Balance,
+    /// `max_fails` / `fail_timeout`.
+    pub passive: PassiveHealth,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub half_close_timeout: Duration,
@@ -260,6 +268,12 @@ pub struct RoutePlan {
     pub names: Vec<String>,
     /// Same rules as a listener's `upstreams`.
     pub upstreams: Vec<SocketAddr>,
+    /// Each upstream's weight, parallel to `upstreams` (1 unless written).
+    pub weights: Vec<u32>,
+    /// How an upstream is picked for a new connection of the route.
+    pub balance: Balance,
+    /// `max_fails` / `fail_timeout`.
+    pub passive: PassiveHealth,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -267,6 +281,12 @@ pub struct UdpListenerPlan {
     pub name: String,
     pub listen: SocketAddr,
     pub upstreams: Vec<SocketAddr>,
+    /// Each upstream's weight, parallel to `upstreams` (1 unless written).
+    pub weights: Vec<u32>,
+    /// How an upstream is picked for a new session.
+    pub balance: Balance,
+    /// `max_fails` / `fail_timeout`.
+    pub passive: PassiveHealth,
     /// A session ends after this long with no datagram in either direction.
     pub idle_timeout: Duration,
     /// Upstream replies owed per client datagram: a session ends once every

@@ -8,8 +8,8 @@ use std::fmt::{self, Display, Formatter};
 
 use super::units::{format_duration, format_size};
 use super::{
-    AcceptProxy, AccessTarget, EchoMode, EchoPlan, LogPlan, Plan, Proto, RuntimePlan, SniPlan,
-    SpliceMode, TcpListenerPlan, UdpListenerPlan,
+    AcceptProxy, AccessTarget, Balance, EchoMode, EchoPlan, LogPlan, PassiveHealth, Plan, Proto,
+    RuntimePlan, SniPlan, SpliceMode, TcpListenerPlan, UdpListenerPlan,
 };
 
 /// Pretty resolved plan for `ringfwd check`: every value with defaults filled in, in TOML-like
@@ -123,11 +123,10 @@ fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan, udp: bool) -> fmt
 }
 
 fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt::Result {
-    let upstreams: Vec<String> = tcp.upstreams.iter().map(|up| format!("\"{up}\"")).collect();
     writeln!(f, "[[tcp]]")?;
     writeln!(f, "name = {:?}", tcp.name)?;
     writeln!(f, "listen = \"{}\"", tcp.listen)?;
-    writeln!(f, "upstreams = [{}]", upstreams.join(", "))?;
+    write_pool(f, &tcp.upstreams, &tcp.weights, tcp.balance, tcp.passive)?;
     writeln!(
         f,
         "connect_timeout = \"{}\"",
@@ -155,6 +154,37 @@ fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt
     write_sni(f, tcp.sni.as_ref())
 }
 
+/// `upstreams` (a weight shown where it is not 1), `balance` and passive health.
+fn write_pool(
+    f: &mut Formatter<'_>,
+    upstreams: &[std::net::SocketAddr],
+    weights: &[u32],
+    balance: Balance,
+    passive: PassiveHealth,
+) -> fmt::Result {
+    let entries =
+        upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, up)| match weights.get(i).copied().unwrap_or(1) {
+                1 => up.to_string(),
+                w => format!("{up} weight={w}"),
+            });
+    writeln!(f, "upstreams = {}", quoted_list(entries))?;
+    writeln!(f, "balance = \"{}\"", balance.name())?;
+    let off = if passive.max_fails == 0 {
+        "  # passive health off"
+    } else {
+        ""
+    };
+    writeln!(f, "max_fails = {}{off}", passive.max_fails)?;
+    writeln!(
+        f,
+        "fail_timeout = \"{}\"",
+        format_duration(passive.fail_timeout)
+    )
+}
+
 fn quoted_list(items: impl IntoIterator<Item = impl Display>) -> String {
     let quoted: Vec<String> = items.into_iter().map(|i| format!("\"{i}\"")).collect();
     format!("[{}]", quoted.join(", "))
@@ -178,7 +208,13 @@ fn write_sni(f: &mut Formatter<'_>, sni: Option<&SniPlan>) -> fmt::Result {
     for route in &sni.routes {
         writeln!(f, "[[tcp.routes]]")?;
         writeln!(f, "sni = {}", quoted_list(&route.names))?;
-        writeln!(f, "upstreams = {}", quoted_list(&route.upstreams))?;
+        write_pool(
+            f,
+            &route.upstreams,
+            &route.weights,
+            route.balance,
+            route.passive,
+        )?;
     }
     Ok(())
 }
@@ -212,11 +248,10 @@ fn default_mark(given: super::LimitSource) -> &'static str {
 }
 
 fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt::Result {
-    let upstreams: Vec<String> = udp.upstreams.iter().map(|up| format!("\"{up}\"")).collect();
     writeln!(f, "[[udp]]")?;
     writeln!(f, "name = {:?}", udp.name)?;
     writeln!(f, "listen = \"{}\"", udp.listen)?;
-    writeln!(f, "upstreams = [{}]", upstreams.join(", "))?;
+    write_pool(f, &udp.upstreams, &udp.weights, udp.balance, udp.passive)?;
     writeln!(
         f,
         "idle_timeout = \"{}\"",

@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::balance;
 use super::error::{ConfigError, Origin};
-use super::keys::{Timeout, timeout, upstreams};
+use super::keys::{Timeout, timeout};
 use super::raw::{Field, Section};
 use super::sni::fold_pattern;
 use super::{RoutePlan, SniPlan};
@@ -21,7 +22,7 @@ pub(super) const SNI_TIMEOUT: Timeout = Timeout {
     max: Duration::from_secs(600),
 };
 
-const KEYS: [&str; 2] = ["sni", "upstreams"];
+const KEYS: [&str; 5] = ["sni", "upstreams", "balance", "max_fails", "fail_timeout"];
 /// Bounds on the config, not on a measured cost: matching is by hash.
 const MAX_ROUTES: usize = 1024;
 const MAX_NAMES: usize = 1024;
@@ -87,9 +88,13 @@ fn route(index: usize, entry: &Field<'_>, seen: &mut Seen) -> Result<RoutePlan, 
             "upstreams = [\"10.0.0.7:443\"]",
         ));
     };
+    let pool = balance::pool(&targets)?;
     Ok(RoutePlan {
         names: names(index, &sni, seen)?,
-        upstreams: upstreams(&targets)?,
+        upstreams: pool.upstreams,
+        weights: pool.weights,
+        balance: balance::balance(&section)?,
+        passive: balance::passive(&section)?,
     })
 }
 
