@@ -2,6 +2,7 @@
 //! upstream) on loopback and check what a client and an upstream observe, and
 //! what the process reports.
 
+mod balance;
 mod bench;
 mod bench_payload;
 mod capacity;
