@@ -289,3 +289,47 @@ fn with_every_upstream_down_each_is_still_tried_and_counted_as_all_down() {
     assert_eq!(t.get("all_down"), Some(&4), "{t:?}");
     assert_eq!(t.get("connect_attempts"), Some(&6), "{t:?}");
 }
+
+/// Which upstream a client that a trusted proxy (this test, from
+/// 127.0.0.1) announces as `ip` in a PROXY v1 header reached.
+fn landed_via_proxy(fwd: SocketAddr, ip: [u8; 4]) -> Option<u8> {
+    let mut s = TcpStream::connect(fwd).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let [a, b, c, d] = ip;
+    let header = format!(
+        "PROXY TCP4 {a}.{b}.{c}.{d} 127.0.0.1 40000 {}\r\n",
+        fwd.port()
+    );
+    std::io::Write::write_all(&mut s, header.as_bytes()).ok()?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).ok()?;
+    match got.as_slice() {
+        [who] => Some(*who),
+        _ => None,
+    }
+}
+
+#[test]
+fn hash_source_hashes_the_client_a_trusted_proxy_header_names() {
+    let ups = named(4);
+    let list = entries(&ups, &[1, 1, 1, 1]);
+    let direct = forwarder(&list, "balance = \"hash_source\"", 2);
+    let proxied = forwarder(
+        &list,
+        "balance = \"hash_source\"\naccept_proxy = true\ntrusted_proxies = [\"127.0.0.1\"]",
+        2,
+    );
+    let from = clients(100);
+    let want = where_each(&direct, &from);
+    let got: Vec<u8> = from
+        .iter()
+        .map(|ip| {
+            landed_via_proxy(proxied.first_addr(), *ip)
+                .unwrap_or_else(|| panic!("client {ip:?} not served; log:\n{}", proxied.log()))
+        })
+        .collect();
+    assert_eq!(
+        got, want,
+        "the same upstream as the client itself would reach"
+    );
+}
