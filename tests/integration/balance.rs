@@ -152,21 +152,18 @@ fn round_robin_spreads_3000_connections_evenly_and_by_weight() {
 }
 
 #[test]
-fn least_conn_and_random_two_serve_every_client_and_follow_weights_when_idle() {
+fn random_two_serves_every_client_and_follows_weights_when_idle() {
     let ups = named(3);
     let weights = [1, 1, 2];
-    for policy in ["least_conn", "random_two"] {
-        let keys = format!("balance = \"{policy}\"");
-        let fwd = forwarder(&entries(&ups, &weights), &keys, 1);
-        let got = distribution(&fwd, 3, 1200);
-        // Short connections: how many are open at a pick is noise, so only
-        // the broad shape holds: the weight-2 upstream takes the most.
-        assert_eq!(got.iter().sum::<usize>(), 1200, "{policy}");
-        assert!(
-            got[2] > got[0] && got[2] > got[1],
-            "{policy}: weight 2 gets the most: {got:?}"
-        );
-    }
+    let fwd = forwarder(&entries(&ups, &weights), "balance = \"random_two\"", 1);
+    let got = distribution(&fwd, 3, 1200);
+    // Short connections: how many are open at a pick is noise, so only the
+    // broad shape holds: the weight-2 upstream takes the most.
+    assert_eq!(got.iter().sum::<usize>(), 1200);
+    assert!(
+        got[2] > got[0] && got[2] > got[1],
+        "weight 2 gets the most: {got:?}"
+    );
 }
 
 /// Distinct client addresses 127.1.x.y.
@@ -331,5 +328,61 @@ fn hash_source_hashes_the_client_a_trusted_proxy_header_names() {
     assert_eq!(
         got, want,
         "the same upstream as the client itself would reach"
+    );
+}
+
+/// The per-upstream `active` gauge (and least_conn, which reads it) counts a
+/// connection on the upstream it reached, from the pick to its close, and
+/// not on one whose connect failed; least_conn fills by weight.
+#[test]
+fn least_conn_counts_connections_where_they_are_until_they_close() {
+    let a = crate::harness::echo_upstream(1);
+    let b = crate::harness::echo_upstream(1);
+    let (_guard, dead) = crate::harness::dead_port();
+    let list = vec![
+        dead.to_string(),
+        format!("{} weight=1", a.first_addr()),
+        format!("{} weight=3", b.first_addr()),
+    ];
+    // Passive health off: the dead upstream stays in rotation, and every
+    // connection that picks it moves on.
+    let fwd = forwarder(&list, "balance = \"least_conn\"\nmax_fails = 0", 1);
+    let mut open = Vec::new();
+    for i in 0..8u8 {
+        let mut s = TcpStream::connect(fwd.first_addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        std::io::Write::write_all(&mut s, &[i]).expect("write");
+        let mut back = [0u8; 1];
+        s.read_exact(&mut back).expect("echo");
+        open.push(s);
+    }
+    let active = |up: SocketAddr| {
+        fwd.detail_stats(&format!("listener=t upstream={up}"))
+            .get("active")
+            .copied()
+            .unwrap_or(0)
+    };
+    let held = wait_until(Duration::from_secs(5), || {
+        active(a.first_addr()) == 2 && active(b.first_addr()) == 6
+    });
+    assert!(
+        held && active(dead) == 0,
+        "8 open connections: {} on a, {} on b, {} on the dead one; log:\n{}",
+        active(a.first_addr()),
+        active(b.first_addr()),
+        active(dead),
+        fwd.log()
+    );
+    drop(open);
+    let gone = wait_until(Duration::from_secs(5), || {
+        fwd.detail_stats("listener=t").get("close_client_eof") == Some(&8)
+            && active(a.first_addr()) == 0
+            && active(b.first_addr()) == 0
+    });
+    assert!(
+        gone,
+        "closed connections still counted; log:\n{}",
+        fwd.log()
     );
 }

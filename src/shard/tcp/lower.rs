@@ -60,11 +60,6 @@ impl TcpService {
                     }
                     ConnOp::Report { target, outcome } => {
                         note_outcome(&mut self.upstreams, target, outcome);
-                        if outcome.failed() {
-                            // The connection moves on: no longer active there.
-                            let held = conn.active_on.take();
-                            super::health::release_active(&self.upstreams, &mut self.routes, held);
-                        }
                         let r = conn.route.or(route);
                         if let Some(r) = r.and_then(|r| self.routes.get_mut(r as usize))
                             && let Some(change) = r.balancer.report(target, outcome, now)
@@ -156,7 +151,8 @@ impl TcpService {
                     // hash_source's key: the client a trusted PROXY header
                     // named, else the peer.
                     let client = conn.logic.seen().proxied.or(conn.ends.peer);
-                    // Defensive: a failed attempt released it already.
+                    // A target is asked for when the last attempt failed:
+                    // the connection moves on, and is no longer active there.
                     let held = conn.active_on.take();
                     super::health::release_active(&self.upstreams, &mut self.routes, held);
                     let balancer = self.routes.get_mut(route as usize).map(|r| &mut r.balancer);
