@@ -386,3 +386,47 @@ fn least_conn_counts_connections_where_they_are_until_they_close() {
         fwd.log()
     );
 }
+
+/// A UDP port where nothing is bound (ICMP port unreachable), below the
+/// ephemeral range so no socket of the suite takes it meanwhile.
+fn dead_udp_addr() -> SocketAddr {
+    let mut rng = ringfwd::verify::Rng::new(u64::from(std::process::id()) ^ 0xba1);
+    loop {
+        let port = 20_000 + rng.below(10_000) as u16;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return SocketAddr::from(([127, 0, 0, 1], port));
+        }
+    }
+}
+
+/// UDP sessions: an upstream that answers with ICMP port unreachable is
+/// taken out after `max_fails` refused sessions, so new sessions go to the
+/// live one.
+#[test]
+fn a_refusing_udp_upstream_is_ejected_for_new_sessions() {
+    let live = Proc::start(&["echo", "--udp", "127.0.0.1:0", "--shards", "1"], 1);
+    let dead = dead_udp_addr();
+    let cfg = write_config(&format!(
+        "[runtime]\nshards = 1\nstats_interval = \"100ms\"\n\
+         [[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{dead}\", \"{}\"]\n\
+         max_fails = 1\nfail_timeout = \"30s\"\n",
+        live.first_addr()
+    ));
+    let fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
+    let mut served = 0;
+    for k in 0..10u8 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        s.send_to(&[k], fwd.first_addr()).expect("send");
+        let mut b = [0u8; 8];
+        if matches!(s.recv_from(&mut b), Ok((1, _)) if b[0] == k) {
+            served += 1;
+        }
+    }
+    // The first session went to the dead upstream (round robin starts
+    // there); its refusal took it out, so every later one was served.
+    assert_eq!(served, 9, "log:\n{}", fwd.log());
+    fwd.wait_stat("upstream_ejected", Duration::from_secs(5), |v| v == 1);
+    assert_eq!(fwd.stat("udp_end_refused"), 1);
+}
