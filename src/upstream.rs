@@ -160,6 +160,12 @@ impl Change {
     }
 }
 
+/// A shard's seed for its balancers' random draws, from its index and the
+/// time the caller read (`nanos`): shards, and restarts, draw differently.
+pub fn shard_seed(shard: usize, nanos: u64) -> u64 {
+    nanos ^ (shard as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
 /// xorshift64*: a cheap per-shard generator for `random_two`'s draws.
 #[derive(Clone, Copy, Debug)]
 struct XorShift(u64);
@@ -184,7 +190,9 @@ impl XorShift {
 #[derive(Clone, Debug)]
 enum Policy {
     RoundRobin(SmoothWeighted),
-    LeastConn,
+    /// Ties (the same active connections per weight) go round robin, as
+    /// NGINX's least_conn does: a quiet shard still spreads.
+    LeastConn(SmoothWeighted),
     HashSource(Maglev),
     RandomTwo(XorShift),
 }
@@ -239,7 +247,20 @@ fn choose(
                 .find(|&i| !skip(i))
         }
         Policy::RoundRobin(s) => s.pick(skip),
-        Policy::LeastConn => least_conn(weights, active, skip),
+        Policy::LeastConn(ties) => {
+            let best = least_conn(weights, active, &skip)?;
+            let load = |i: usize| {
+                let a = u64::from(active.get(i).copied().unwrap_or(0));
+                let w = u64::from(weights.get(i).copied().unwrap_or(1));
+                (a, w)
+            };
+            let (ba, bw) = load(best);
+            // Members as loaded as the best one (a/w == ba/bw), in turn.
+            ties.pick(|i| {
+                let (a, w) = load(i);
+                skip(i) || a * bw != ba * w
+            })
+        }
         Policy::RandomTwo(rng) => random_two(weights, active, skip, || rng.next()),
         Policy::HashSource(table) => {
             if (0..weights.len()).all(&skip) {
@@ -270,7 +291,7 @@ impl Balancer {
         let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
         let policy = match balance {
             Balance::RoundRobin => Policy::RoundRobin(SmoothWeighted::new(weights.clone())),
-            Balance::LeastConn => Policy::LeastConn,
+            Balance::LeastConn => Policy::LeastConn(SmoothWeighted::new(weights.clone())),
             Balance::RandomTwo => Policy::RandomTwo(XorShift::new(0x9e37_79b9_7f4a_7c15)),
             Balance::HashSource => {
                 // Named by address as written, so every shard and every
@@ -555,6 +576,20 @@ mod tests {
             b.release(1);
         }
         assert_eq!(spread(&mut b, 200, |_| None), vec![0, 200]);
+    }
+
+    #[test]
+    fn least_conn_ties_go_round_robin_by_weight() {
+        let mut b = balancer(&[1, 1, 2], Balance::LeastConn, OFF);
+        let mut got = [0u32; 3];
+        // Every connection closes before the next: all tie at 0.
+        for _ in 0..100 {
+            if let Some(i) = ix(b.pick(None, &mut Attempts::default(), 0)) {
+                got[i] += 1;
+                b.release(i);
+            }
+        }
+        assert_eq!(got, [25, 25, 50]);
     }
 
     #[test]

@@ -152,18 +152,22 @@ fn round_robin_spreads_3000_connections_evenly_and_by_weight() {
 }
 
 #[test]
-fn random_two_serves_every_client_and_follows_weights_when_idle() {
+fn least_conn_and_random_two_serve_every_client_and_follow_weights_when_idle() {
     let ups = named(3);
     let weights = [1, 1, 2];
-    let fwd = forwarder(&entries(&ups, &weights), "balance = \"random_two\"", 1);
-    let got = distribution(&fwd, 3, 1200);
-    // Short connections: how many are open at a pick is noise, so only the
-    // broad shape holds: the weight-2 upstream takes the most.
-    assert_eq!(got.iter().sum::<usize>(), 1200);
-    assert!(
-        got[2] > got[0] && got[2] > got[1],
-        "weight 2 gets the most: {got:?}"
-    );
+    for policy in ["least_conn", "random_two"] {
+        let keys = format!("balance = \"{policy}\"");
+        let fwd = forwarder(&entries(&ups, &weights), &keys, 1);
+        let got = distribution(&fwd, 3, 1200);
+        // Short connections: how many are open at a pick is noise, so only
+        // the broad shape holds (least_conn's ties go round robin by
+        // weight): the weight-2 upstream takes the most.
+        assert_eq!(got.iter().sum::<usize>(), 1200, "{policy}");
+        assert!(
+            got[2] > got[0] && got[2] > got[1],
+            "{policy}: weight 2 gets the most: {got:?}"
+        );
+    }
 }
 
 /// Distinct client addresses 127.1.x.y.

@@ -220,13 +220,12 @@ fn log_access(
     });
 }
 
-/// A shard's seed for its balancers' random draws: its index and the time,
-/// so shards (and restarts) draw differently.
+/// A shard's seed for its balancers' random draws (see `shard_seed`).
 fn balance_seed(shard: usize) -> u64 {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (shard as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+    crate::upstream::shard_seed(shard, nanos)
 }
 
 /// Whether a client may send a PROXY header: always when the listener does

@@ -265,8 +265,19 @@ impl UdpService {
         }
     }
 
-    /// Arms every listener's receive.
+    /// Arms every listener's receive (and seeds the balancers: each shard
+    /// its own random sequence).
     pub fn start(&mut self, ctx: &mut Ctx) {
+        // The time as well as the index, as the TCP service seeds its own
+        // (services do not share code).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = crate::upstream::shard_seed(ctx.shard, nanos);
+        for (i, l) in self.udp_listeners.iter_mut().enumerate() {
+            l.balancer
+                .seed(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
         for i in 0..self.udp_listeners.len() {
             self.arm_udp_listener(ctx, i as u32);
         }
