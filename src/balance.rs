@@ -1,6 +1,5 @@
 //! Balancing policies as pure functions over a listener's upstreams (the
-//! policies of issue 13; `upstream::RoundRobin` is what the shards run
-//! today): smooth weighted round robin as NGINX's upstream module does it,
+//! policies of issue 13, run by `upstream::Balancer`): smooth weighted round robin as NGINX's upstream module does it,
 //! least connections by weight, power of two random choices, and a Maglev
 //! table for source hashing that every shard and every ringfwd instance with
 //! the same upstream list builds identically. No I/O, no clock, no shared
@@ -191,6 +190,12 @@ impl Maglev {
 
     /// The member a client address maps to (`None` for an empty table).
     pub fn lookup(&self, client: IpAddr) -> Option<usize> {
+        let slot = self.slot_of(client)?;
+        self.table.get(slot).map(|&i| i as usize)
+    }
+
+    /// The slot a client address hashes to (`None` for an empty table).
+    pub fn slot_of(&self, client: IpAddr) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }
@@ -198,8 +203,7 @@ impl Maglev {
             IpAddr::V4(v4) => fnv1a(&v4.octets(), 1),
             IpAddr::V6(v6) => fnv1a(&v6.octets(), 1),
         };
-        let slot = (key % self.table.len() as u64) as usize;
-        self.table.get(slot).map(|&i| i as usize)
+        Some((key % self.table.len() as u64) as usize)
     }
 
     /// How many slots each of `n` members holds.

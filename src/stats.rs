@@ -222,6 +222,19 @@ counters! {
     UpstreamDown = "upstream_down",
     /// Times a down upstream came back after `rise` passed checks in a row.
     UpstreamUp = "upstream_up",
+    // Balancing and passive health (issue 13).
+    /// Picks made while every upstream of the listener (or route) was out
+    /// of rotation, so all of them were tried as if up.
+    AllDown = "all_down",
+    /// Upstreams a shard took out of rotation after `max_fails` connect
+    /// failures within `fail_timeout`.
+    UpstreamEjected = "upstream_ejected",
+    /// Upstreams a shard put back in rotation after a connect succeeded
+    /// (their trial connection, or a pick while all were down).
+    UpstreamRestored = "upstream_restored",
+    /// An upstream's gauge: 1 while this shard has it in rotation, so the
+    /// sum over shards says on how many it is up.
+    InRotation = "in_rotation",
 }
 
 const SCALARS: usize = Counter::ALL.len();

@@ -254,6 +254,9 @@ impl Sim {
             } else {
                 routes.push(RouteSpec {
                     upstreams: upstreams.clone(),
+                    weights: Vec::new(),
+                    balance: ringfwd::config::Balance::RoundRobin,
+                    passive: crate::OFF_PASSIVE,
                     connect_timeout_ms: 1_000,
                     idle_ms: 1 << 40,
                     half_close_ms: 1 << 39,
@@ -1291,3 +1294,11 @@ fn several_listeners_accept_errors_and_mid_stream_drains_survive_random_schedule
         }
     }
 }
+
+/// Passive health off: these models expect every attempt to go where
+/// round robin sends it (ejection is tested in `upstream` and the
+/// integration tests).
+const OFF_PASSIVE: ringfwd::config::PassiveHealth = ringfwd::config::PassiveHealth {
+    max_fails: 0,
+    fail_timeout: std::time::Duration::from_secs(10),
+};

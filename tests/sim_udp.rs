@@ -249,6 +249,9 @@ impl Sim {
             });
             routes.push(UdpRouteSpec {
                 upstreams: ups.clone(),
+                weights: Vec::new(),
+                balance: ringfwd::config::Balance::RoundRobin,
+                passive: crate::OFF_PASSIVE,
                 session_rcvbuf: None,
                 send_proxy: false,
                 idle_ms,
@@ -1285,6 +1288,9 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
             }],
             routes: vec![RouteSpec {
                 upstreams: vec![addr("10.0.0.1:80")],
+                weights: Vec::new(),
+                balance: ringfwd::config::Balance::RoundRobin,
+                passive: crate::OFF_PASSIVE,
                 connect_timeout_ms: 1000,
                 idle_ms: 60_000,
                 half_close_ms: 30_000,
@@ -1300,6 +1306,9 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
             }],
             udp_routes: vec![UdpRouteSpec {
                 upstreams: vec![addr("10.0.0.2:53")],
+                weights: Vec::new(),
+                balance: ringfwd::config::Balance::RoundRobin,
+                passive: crate::OFF_PASSIVE,
                 session_rcvbuf: None,
                 send_proxy: false,
                 idle_ms: 1000,
@@ -1374,3 +1383,11 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
         "the paused listener was not resumed when the session ended: {ended:?}"
     );
 }
+
+/// Passive health off: these models expect every attempt to go where
+/// round robin sends it (ejection is tested in `upstream` and the
+/// integration tests).
+const OFF_PASSIVE: ringfwd::config::PassiveHealth = ringfwd::config::PassiveHealth {
+    max_fails: 0,
+    fail_timeout: std::time::Duration::from_secs(10),
+};

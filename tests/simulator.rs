@@ -324,6 +324,9 @@ impl Sim {
                 }],
                 routes: vec![RouteSpec {
                     upstreams: vec![addr("10.0.0.1:1"), addr("10.0.0.2:2")],
+                    weights: Vec::new(),
+                    balance: ringfwd::config::Balance::RoundRobin,
+                    passive: crate::OFF_PASSIVE,
                     connect_timeout_ms: 1_000,
                     idle_ms,
                     half_close_ms: idle_ms / 2,
@@ -2579,6 +2582,9 @@ mod scripted {
                 }],
                 routes: vec![RouteSpec {
                     upstreams: vec!["127.0.0.1:1".parse().expect("addr")],
+                    weights: Vec::new(),
+                    balance: ringfwd::config::Balance::RoundRobin,
+                    passive: crate::OFF_PASSIVE,
                     connect_timeout_ms: 1_000,
                     idle_ms: 60_000,
                     half_close_ms: 60_000,
@@ -2934,6 +2940,9 @@ mod scripted {
                 }],
                 udp_routes: vec![UdpRouteSpec {
                     upstreams: vec!["127.0.0.1:53".parse().expect("addr")],
+                    weights: Vec::new(),
+                    balance: ringfwd::config::Balance::RoundRobin,
+                    passive: crate::OFF_PASSIVE,
                     session_rcvbuf: None,
                     send_proxy: false,
                     idle_ms: 1000,
@@ -3005,3 +3014,11 @@ mod scripted {
         s.finish_close(recv, ops, 7);
     }
 }
+
+/// Passive health off: these models expect every attempt to go where
+/// round robin sends it (ejection is tested in `upstream` and the
+/// integration tests).
+const OFF_PASSIVE: ringfwd::config::PassiveHealth = ringfwd::config::PassiveHealth {
+    max_fails: 0,
+    fail_timeout: std::time::Duration::from_secs(10),
+};

@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use self::http::{Received, Request, Response};
 use crate::config::AdminPlan;
-use crate::stats::ShardStats;
+use crate::stats::{Counter, ShardStats};
 use crate::sys::host::HostError;
 
 /// How long a scrape waits for the control loop's snapshot (it wakes every
@@ -85,10 +85,11 @@ pub struct UpstreamState {
 }
 
 /// Whether each upstream is in rotation, for `ringfwd_upstream_up` and
-/// `/status`: every configured upstream (and every one the snapshot has a
-/// row for, the SNI routes' included), up until health checking exists.
-/// The one place health is read: wire the checker's and the passive
-/// state in here.
+/// `/status`: up while at least one shard has it in rotation (its
+/// `in_rotation` gauge summed over shards is above 0). A shard takes an
+/// upstream out when the health checker says it is down or when its own
+/// passive health ejected it, so this is down once every shard agrees.
+/// Upstreams with no per-upstream row (UDP's) are shown up.
 pub fn upstream_states(snapshot: &ShardStats, listeners: &[ListenerInfo]) -> Vec<UpstreamState> {
     let mut out: Vec<UpstreamState> = Vec::new();
     let configured = listeners
@@ -99,15 +100,23 @@ pub fn upstream_states(snapshot: &ShardStats, listeners: &[ListenerInfo]) -> Vec
         .iter()
         .filter(|u| !u.listener.is_empty())
         .map(|u| (u.listener.clone(), u.upstream.clone()));
+    let up = |listener: &str, upstream: &str| {
+        snapshot
+            .upstreams
+            .iter()
+            .find(|u| u.listener == listener && u.upstream == upstream)
+            .is_none_or(|u| u.counters.get(Counter::InRotation) > 0)
+    };
     for (listener, upstream) in configured.chain(counted) {
         if !out
             .iter()
             .any(|o| o.listener == listener && o.upstream == upstream)
         {
+            let up = up(&listener, &upstream);
             out.push(UpstreamState {
                 listener,
                 upstream,
-                up: true,
+                up,
             });
         }
     }

@@ -108,11 +108,17 @@ fn the_documented_example_resolves_to_the_exact_plan() {
                     names: vec!["api.example.com".into()],
                     upstreams: vec![addr("10.0.0.7:443"), addr("10.0.0.8:443")],
                     health_check: None,
+                    weights: vec![1; 2],
+                    balance: Balance::RoundRobin,
+                    passive: PassiveHealth::default(),
                 },
                 RoutePlan {
                     names: vec!["*.example.org".into(), "example.org".into()],
                     upstreams: vec![addr("10.0.1.7:443")],
                     health_check: None,
+                    weights: vec![1; 1],
+                    balance: Balance::RoundRobin,
+                    passive: PassiveHealth::default(),
                 },
             ],
         })
@@ -574,8 +580,10 @@ fn check_shows_every_new_key_and_round_trips() {
                 sni_timeout = \"2s\"\n\
                 [[tcp.routes]]\nsni = [\"api.example.com\"]\n\
                 upstreams = [\"10.0.0.7:443\", \"10.0.0.8:443\"]\n\
+                balance = \"round_robin\"\nmax_fails = 1\nfail_timeout = \"10s\"\n\
                 [[tcp.routes]]\nsni = [\"*.example.org\", \"example.org\"]\n\
-                upstreams = [\"10.0.1.7:443\"]\n";
+                upstreams = [\"10.0.1.7:443\"]\n\
+                balance = \"round_robin\"\nmax_fails = 1\nfail_timeout = \"10s\"\n";
     assert!(shown.contains(tail), "{shown}");
     let log = "[log]\naccess = \"/var/log/ringfwd/access.log\"\nformat = \"json\"\n";
     assert!(shown.contains(log), "{shown}");

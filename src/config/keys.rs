@@ -3,10 +3,8 @@
 //! section readers (`listeners`, `udp`, `proxy`, `routes`) depend on them
 //! and not on each other.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::addr::parse_upstream;
 use super::cidr::Cidr;
 use super::error::ConfigError;
 use super::raw::{Field, Section};
@@ -23,30 +21,6 @@ pub(super) struct Timeout {
     pub key: &'static str,
     pub default: Duration,
     pub max: Duration,
-}
-
-pub(super) fn upstreams(field: &Field<'_>) -> Result<Vec<SocketAddr>, ConfigError> {
-    let example = "upstreams = [\"10.0.0.5:80\", \"[2001:db8::6]:80\"]";
-    let items = field.array(example)?;
-    if items.is_empty() {
-        return Err(field.error(format!(
-            "{} is empty; list at least one upstream, like {example}",
-            field.shown()
-        )));
-    }
-    if items.len() > MAX_UPSTREAMS {
-        return Err(field.error(format!(
-            "{} upstreams are listed; at most {MAX_UPSTREAMS} are allowed per listener",
-            items.len()
-        )));
-    }
-    items
-        .iter()
-        .map(|item| {
-            let text = item.string(example)?;
-            parse_upstream(text).map_err(|why| item.error(why))
-        })
-        .collect()
 }
 
 /// A list of address ranges (`allow`, `trusted_proxies`). `empty_why` says

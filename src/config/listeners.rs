@@ -8,9 +8,10 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use super::addr::{parse_listen, parse_upstream};
+use super::balance;
 use super::bandwidth;
 use super::error::{ConfigError, Origin};
-use super::keys::{MAX_UPSTREAMS, Timeout, timeout, upstreams};
+use super::keys::{MAX_UPSTREAMS, Timeout, timeout};
 use super::loops::{ListenAt, UpstreamsAt, UpstreamsKey, reject_loops};
 use super::raw::{Field, Section, clip};
 use super::udp::{file_udp_listener, flag_udp_listener};
@@ -20,8 +21,11 @@ use super::{
     health, limits, proxy, routes,
 };
 
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 18] = [
     "name",
+    "balance",
+    "max_fails",
+    "fail_timeout",
     "listen",
     "upstreams",
     "connect_timeout",
@@ -226,15 +230,19 @@ fn file_listener(
     section.deny_unknown(&keys, "in [[tcp]]")?;
     let claim = section_claim(section, Proto::Tcp)?;
     let upstreams_example = "upstreams = [\"10.0.0.5:80\"]";
+    let pool = balance::pool(&required(
+        section,
+        Proto::Tcp,
+        "upstreams",
+        upstreams_example,
+    )?)?;
     let plan = TcpListenerPlan {
         name: claim.name.clone(),
         listen: claim.listen,
-        upstreams: upstreams(&required(
-            section,
-            Proto::Tcp,
-            "upstreams",
-            upstreams_example,
-        )?)?,
+        upstreams: pool.upstreams,
+        weights: pool.weights,
+        balance: balance::balance(section)?,
+        passive: balance::passive(section)?,
         connect_timeout: timeout(section, &CONNECT_TIMEOUT)?,
         idle_timeout: timeout(section, &IDLE_TIMEOUT)?,
         half_close_timeout: timeout(section, &HALF_CLOSE_TIMEOUT)?,
@@ -389,7 +397,10 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
     let plan = TcpListenerPlan {
         name: claim.name.clone(),
         listen,
+        weights: vec![1; upstreams.len()],
         upstreams,
+        balance: super::Balance::default(),
+        passive: super::PassiveHealth::default(),
         connect_timeout: CONNECT_TIMEOUT.default,
         idle_timeout: IDLE_TIMEOUT.default,
         half_close_timeout: HALF_CLOSE_TIMEOUT.default,

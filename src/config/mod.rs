@@ -6,6 +6,7 @@
 
 mod addr;
 mod admin;
+mod balance;
 pub mod bandwidth;
 mod cidr;
 mod error;
@@ -42,6 +43,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use admin::AdminPlan;
+pub use balance::{Balance, PassiveHealth};
 pub use cidr::Cidr;
 pub use error::ConfigError;
 pub use health::HealthCheck;
@@ -186,6 +188,12 @@ pub struct TcpListenerPlan {
     pub name: String,
     pub listen: SocketAddr,
     pub upstreams: Vec<SocketAddr>,
+    /// Each upstream's weight, parallel to `upstreams` (1 unless written).
+    pub weights: Vec<u32>,
+    /// How an upstream is picked for a new connection.
+    pub balance: Balance,
+    /// `max_fails` / `fail_timeout`.
+    pub passive: PassiveHealth,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub half_close_timeout: Duration,
@@ -278,6 +286,12 @@ pub struct RoutePlan {
     pub upstreams: Vec<SocketAddr>,
     /// `health_check` of this route's upstreams; `None`: no active checks.
     pub health_check: Option<HealthCheck>,
+    /// Each upstream's weight, parallel to `upstreams` (1 unless written).
+    pub weights: Vec<u32>,
+    /// How an upstream is picked for a new connection of the route.
+    pub balance: Balance,
+    /// `max_fails` / `fail_timeout`.
+    pub passive: PassiveHealth,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -285,6 +299,12 @@ pub struct UdpListenerPlan {
     pub name: String,
     pub listen: SocketAddr,
     pub upstreams: Vec<SocketAddr>,
+    /// Each upstream's weight, parallel to `upstreams` (1 unless written).
+    pub weights: Vec<u32>,
+    /// How an upstream is picked for a new session.
+    pub balance: Balance,
+    /// `max_fails` / `fail_timeout`.
+    pub passive: PassiveHealth,
     /// A session ends after this long with no datagram in either direction.
     pub idle_timeout: Duration,
     /// Upstream replies owed per client datagram: a session ends once every

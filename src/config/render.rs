@@ -10,8 +10,8 @@ use super::bandwidth::format_rate;
 use super::cidr::Cidr;
 use super::units::{format_duration, format_size};
 use super::{
-    AcceptProxy, AccessTarget, AdminPlan, EchoMode, EchoPlan, LogPlan, Plan, Proto, RuntimePlan,
-    SniPlan, SpliceMode, TcpLimits, TcpListenerPlan, UdpListenerPlan,
+    AcceptProxy, AccessTarget, AdminPlan, Balance, EchoMode, EchoPlan, LogPlan, PassiveHealth,
+    Plan, Proto, RuntimePlan, SniPlan, SpliceMode, TcpLimits, TcpListenerPlan, UdpListenerPlan,
 };
 
 /// Pretty resolved plan for `ringfwd check`: every value with defaults filled in, in TOML-like
@@ -127,11 +127,10 @@ fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan, udp: bool) -> fmt
 }
 
 fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt::Result {
-    let upstreams: Vec<String> = tcp.upstreams.iter().map(|up| format!("\"{up}\"")).collect();
     writeln!(f, "[[tcp]]")?;
     writeln!(f, "name = {:?}", tcp.name)?;
     writeln!(f, "listen = \"{}\"", tcp.listen)?;
-    writeln!(f, "upstreams = [{}]", upstreams.join(", "))?;
+    write_pool(f, &tcp.upstreams, &tcp.weights, tcp.balance, tcp.passive)?;
     writeln!(
         f,
         "connect_timeout = \"{}\"",
@@ -198,6 +197,37 @@ fn write_ranges(f: &mut Formatter<'_>, key: &str, ranges: &[Cidr], unset: &str) 
     }
 }
 
+/// `upstreams` (a weight shown where it is not 1), `balance` and passive health.
+fn write_pool(
+    f: &mut Formatter<'_>,
+    upstreams: &[std::net::SocketAddr],
+    weights: &[u32],
+    balance: Balance,
+    passive: PassiveHealth,
+) -> fmt::Result {
+    let entries =
+        upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, up)| match weights.get(i).copied().unwrap_or(1) {
+                1 => up.to_string(),
+                w => format!("{up} weight={w}"),
+            });
+    writeln!(f, "upstreams = {}", quoted_list(entries))?;
+    writeln!(f, "balance = \"{}\"", balance.name())?;
+    let off = if passive.max_fails == 0 {
+        "  # passive health off"
+    } else {
+        ""
+    };
+    writeln!(f, "max_fails = {}{off}", passive.max_fails)?;
+    writeln!(
+        f,
+        "fail_timeout = \"{}\"",
+        format_duration(passive.fail_timeout)
+    )
+}
+
 fn quoted_list(items: impl IntoIterator<Item = impl Display>) -> String {
     let quoted: Vec<String> = items.into_iter().map(|i| format!("\"{i}\"")).collect();
     format!("[{}]", quoted.join(", "))
@@ -225,6 +255,13 @@ fn write_sni(f: &mut Formatter<'_>, sni: Option<&SniPlan>) -> fmt::Result {
         if route.health_check.is_some() {
             writeln!(f, "{}", super::health::render(route.health_check.as_ref()))?;
         }
+        write_pool(
+            f,
+            &route.upstreams,
+            &route.weights,
+            route.balance,
+            route.passive,
+        )?;
     }
     Ok(())
 }
@@ -266,11 +303,10 @@ fn default_mark(given: super::LimitSource) -> &'static str {
 }
 
 fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt::Result {
-    let upstreams: Vec<String> = udp.upstreams.iter().map(|up| format!("\"{up}\"")).collect();
     writeln!(f, "[[udp]]")?;
     writeln!(f, "name = {:?}", udp.name)?;
     writeln!(f, "listen = \"{}\"", udp.listen)?;
-    writeln!(f, "upstreams = [{}]", upstreams.join(", "))?;
+    write_pool(f, &udp.upstreams, &udp.weights, udp.balance, udp.passive)?;
     writeln!(
         f,
         "idle_timeout = \"{}\"",

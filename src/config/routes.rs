@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::balance;
 use super::error::{ConfigError, Origin};
-use super::keys::{Timeout, timeout, upstreams};
+use super::keys::{Timeout, timeout};
 use super::raw::{Field, Section};
 use super::sni::fold_pattern;
 use super::{RoutePlan, SniPlan};
@@ -21,7 +22,14 @@ pub(super) const SNI_TIMEOUT: Timeout = Timeout {
     max: Duration::from_secs(600),
 };
 
-const KEYS: [&str; 3] = ["sni", "upstreams", "health_check"];
+const KEYS: [&str; 6] = [
+    "sni",
+    "upstreams",
+    "health_check",
+    "balance",
+    "max_fails",
+    "fail_timeout",
+];
 /// Bounds on the config, not on a measured cost: matching is by hash.
 const MAX_ROUTES: usize = 1024;
 const MAX_NAMES: usize = 1024;
@@ -87,10 +95,14 @@ fn route(index: usize, entry: &Field<'_>, seen: &mut Seen) -> Result<RoutePlan, 
             "upstreams = [\"10.0.0.7:443\"]",
         ));
     };
+    let pool = balance::pool(&targets)?;
     Ok(RoutePlan {
         names: names(index, &sni, seen)?,
-        upstreams: upstreams(&targets)?,
         health_check: super::health::health_check(&section)?,
+        upstreams: pool.upstreams,
+        weights: pool.weights,
+        balance: balance::balance(&section)?,
+        passive: balance::passive(&section)?,
     })
 }
 

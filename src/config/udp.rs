@@ -4,16 +4,20 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use super::balance;
 use super::cidr::Cidr;
 use super::error::{ConfigError, Origin};
-use super::keys::{Timeout, cidr_list, timeout, upstreams};
+use super::keys::{Timeout, cidr_list, timeout};
 use super::listeners::{Claim, DAY, count, limit, required, section_claim, split_spec};
 use super::proxy::udp_send_proxy;
 use super::raw::{Field, Section};
 use super::{Proto, UdpListenerPlan, UdpSendProxy};
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 16] = [
     "name",
+    "balance",
+    "max_fails",
+    "fail_timeout",
     "listen",
     "upstreams",
     "idle_timeout",
@@ -49,15 +53,19 @@ pub(super) fn file_udp_listener(
     section.deny_unknown(&KEYS, "in [[udp]]")?;
     let claim = section_claim(section, Proto::Udp)?;
     let upstreams_example = "upstreams = [\"10.0.0.53:53\"]";
+    let pool = balance::pool(&required(
+        section,
+        Proto::Udp,
+        "upstreams",
+        upstreams_example,
+    )?)?;
     let plan = UdpListenerPlan {
         name: claim.name.clone(),
         listen: claim.listen,
-        upstreams: upstreams(&required(
-            section,
-            Proto::Udp,
-            "upstreams",
-            upstreams_example,
-        )?)?,
+        upstreams: pool.upstreams,
+        weights: pool.weights,
+        balance: balance::balance(section)?,
+        passive: balance::passive(section)?,
         idle_timeout: timeout(section, &IDLE_TIMEOUT)?,
         max_responses: section
             .get("max_responses")
@@ -128,7 +136,10 @@ pub(super) fn flag_udp_listener(
     let plan = UdpListenerPlan {
         name: claim.name.clone(),
         listen,
+        weights: vec![1; upstreams.len()],
         upstreams,
+        balance: super::Balance::default(),
+        passive: super::PassiveHealth::default(),
         idle_timeout: IDLE_TIMEOUT.default,
         max_responses: None,
         max_sessions: DEFAULT_MAX_SESSIONS,

@@ -190,6 +190,7 @@ impl View {
         Some((target.id, up))
     }
 
+    #[cfg(test)]
     pub(crate) fn health(&self) -> &[UpstreamHealth] {
         &self.health
     }

@@ -37,7 +37,7 @@ pub(super) fn start(plan: &Plan, rt: &Runtime, socket: Option<TcpListener>) -> O
                 name: b.name.clone(),
                 kind: b.kind,
                 addr: b.addr,
-                balance: balance_of(b.kind),
+                balance: balance_of(plan, b.kind, &b.name),
                 upstreams: b.upstreams.clone(),
             })
             .collect(),
@@ -57,8 +57,13 @@ pub(super) fn start(plan: &Plan, rt: &Runtime, socket: Option<TcpListener>) -> O
     }
 }
 
-/// The balancing policy a listener of `kind` uses: round robin is the only
-/// one today; read the listener's `balance` here once it has one.
-fn balance_of(kind: &str) -> Option<&'static str> {
-    matches!(kind, "tcp" | "udp").then_some("round_robin")
+/// The balancing policy of forward listener `name` (`None` for the
+/// built-in servers, which have no upstreams).
+fn balance_of(plan: &Plan, kind: &str, name: &str) -> Option<&'static str> {
+    let balance = match kind {
+        "tcp" => plan.tcp.iter().find(|t| t.name == name).map(|t| t.balance),
+        "udp" => plan.udp.iter().find(|u| u.name == name).map(|u| u.balance),
+        _ => None,
+    };
+    balance.map(crate::config::Balance::name)
 }

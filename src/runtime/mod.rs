@@ -15,11 +15,11 @@ use tracing::{error, info, warn};
 use crate::accesslog::{AccessLog, AccessLogShard, Format, Sink};
 use crate::config::units::format_duration;
 use crate::config::{
-    AccessFormat, AccessTarget, EchoMode, Plan, Proto, SendProxy, TcpListenerPlan, UdpSendProxy,
-    local_loop,
+    AccessFormat, AccessTarget, Balance, EchoMode, PassiveHealth, Plan, Proto, SendProxy,
+    TcpListenerPlan, UdpSendProxy, local_loop,
 };
 use crate::front::sni::SniRoutes;
-use crate::health::{Monitor, UpstreamHealth};
+use crate::health::Monitor;
 use crate::shard::engine::{
     FdBudget, FrontSpec, GateSpec, ListenerKind, ListenerSpec, RateSpec, RouteSpec, SniSpec,
 };
@@ -363,6 +363,9 @@ impl Runtime {
             })?;
             udp_routes.push(UdpRouteSpec {
                 upstreams: u.upstreams.clone(),
+                weights: u.weights.clone(),
+                balance: u.balance,
+                passive: u.passive,
                 session_rcvbuf: u.session_rcvbuf,
                 send_proxy: u.send_proxy == UdpSendProxy::V2,
                 idle_ms: millis(u.idle_timeout),
@@ -673,17 +676,6 @@ impl Runtime {
         total
     }
 
-    /// Every checked upstream's state, as the control thread knows it.
-    // Read by the admin endpoint (`/status`, `ringfwd_upstream_up`), which
-    // another branch adds.
-    #[allow(dead_code)]
-    pub(crate) fn health_view(&self) -> Vec<UpstreamHealth> {
-        self.health
-            .as_ref()
-            .map(|h| h.view().health().to_vec())
-            .unwrap_or_default()
-    }
-
     /// True if every shard exited having got every operation back from the kernel.
     pub fn clean(&self) -> bool {
         self.shards
@@ -716,10 +708,17 @@ fn forward_routes(
         error: "more than 65535 routes over all listeners; use fewer listeners or SNI routes"
             .into(),
     };
-    let mut push = |upstreams: &[SocketAddr]| -> Result<u16, HostError> {
+    let mut push = |upstreams: &[SocketAddr],
+                    weights: &[u32],
+                    balance: Balance,
+                    passive: PassiveHealth|
+     -> Result<u16, HostError> {
         let id = u16::try_from(routes.len()).map_err(|_| too_many())?;
         routes.push(RouteSpec {
             upstreams: upstreams.to_vec(),
+            weights: weights.to_vec(),
+            balance,
+            passive,
             connect_timeout_ms: millis(t.connect_timeout),
             idle_ms: millis(t.idle_timeout),
             half_close_ms: millis(t.half_close_timeout),
@@ -727,13 +726,13 @@ fn forward_routes(
         });
         Ok(id)
     };
-    let own = push(&t.upstreams)?;
+    let own = push(&t.upstreams, &t.weights, t.balance, t.passive)?;
     let sni = match &t.sni {
         None => None,
         Some(plan) => {
             let mut ids = Vec::with_capacity(plan.routes.len());
             for r in &plan.routes {
-                ids.push(push(&r.upstreams)?);
+                ids.push(push(&r.upstreams, &r.weights, r.balance, r.passive)?);
             }
             let names: Vec<Vec<String>> = plan.routes.iter().map(|r| r.names.clone()).collect();
             let names = SniRoutes::new(&names).map_err(|error| HostError::Bind {
@@ -769,13 +768,25 @@ fn forward_routes(
             .unwrap_or_default(),
         sni,
         send_proxy,
+        // hash_source balances on the client's address.
         wants_ends: access_log
             || send_proxy != ProxyOut::Off
             || t.accept_proxy.is_some()
-            || gate.wants_peer(),
+            || gate.wants_peer()
+            || uses_hash_source(t),
         gate,
     };
     Ok((own, front))
+}
+
+fn uses_hash_source(t: &TcpListenerPlan) -> bool {
+    let routes = t
+        .sni
+        .iter()
+        .flat_map(|s| s.routes.iter().map(|r| r.balance));
+    std::iter::once(t.balance)
+        .chain(routes)
+        .any(|b| b == Balance::HashSource)
 }
 
 /// Process exit codes.

@@ -262,6 +262,7 @@ fn stats_lines_count_per_listener_and_per_upstream() {
     let cfg = crate::harness::write_config(&format!(
         "[runtime]\nshards = 1\nstats_interval = \"100ms\"\n\
          [[tcp]]\nname = \"busy\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{dead_addr}\", \"{up_addr}\"]\n\
+         max_fails = 0\n\
          [[tcp]]\nname = \"quiet\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{up_addr}\"]\n"
     ));
     let fwd = crate::harness::Proc::start(&["run", "--config", cfg.to_str().expect("path")], 2);
@@ -283,8 +284,8 @@ fn stats_lines_count_per_listener_and_per_upstream() {
         None,
         "nothing went through quiet: {quiet:?}"
     );
-    // Round robin with retry: every connection reached the live upstream,
-    // two of them after the dead one refused.
+    // Round robin with retry (passive health off): every connection reached
+    // the live upstream, two of them after the dead one refused.
     let live = fwd.detail_stats(&format!("listener=busy upstream={up_addr}"));
     assert_eq!(live.get("connect_attempts"), Some(&4), "{live:?}");
     assert_eq!(live.get("close_client_eof"), Some(&4), "{live:?}");

@@ -80,7 +80,8 @@ fn a_timed_out_upstream_gives_a_client_that_sent_data_a_fin_not_a_reset() {
 fn a_refused_upstream_is_skipped_for_the_next_one() {
     let (_guard, dead) = dead_port();
     let echo = echo_upstream(1);
-    let fwd = forwarder(&[dead, echo.first_addr()], "", "shards = 1");
+    // Passive health off: the dead upstream stays in rotation.
+    let fwd = forwarder(&[dead, echo.first_addr()], "max_fails = 0", "shards = 1");
     // Round-robin starts each connection at the next upstream, so half of
     // these hit the dead one first and must fail over.
     for i in 0..6u8 {

@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod balance;
 mod bandwidth;
 mod bench;
 mod bench_payload;

@@ -63,6 +63,10 @@ pub(super) struct Conn {
     /// The route its targets come from, chosen at its first target request
     /// (the listener's, or an SNI route's).
     pub route: Option<u16>,
+    /// The upstream whose balancer counts this connection as active: set
+    /// when a target is taken, given back when the connection asks for its
+    /// next target (that attempt failed) or closes.
+    pub active_on: Option<crate::upstream::UpstreamId>,
     /// The accepted socket's own endpoints, when the listener reads them.
     pub ends: Ends,
 }

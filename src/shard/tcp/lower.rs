@@ -15,7 +15,7 @@ use crate::tcp::cx::Cx;
 use crate::tcp::splice::SpliceEnd;
 use crate::tcp::{ConnOp, Side};
 use crate::time::Millis;
-use crate::upstream::{Attempts, Outcome, RoundRobin, Target};
+use crate::upstream::{Outcome, Pool, Target};
 
 /// A request answered before any completion.
 #[derive(Clone, Copy, Debug)]
@@ -60,8 +60,13 @@ impl TcpService {
                     }
                     ConnOp::Report { target, outcome } => {
                         note_outcome(&mut self.upstreams, target, outcome);
-                        if let Some(r) = route.and_then(|r| self.routes.get_mut(r as usize)) {
-                            r.balancer.report(target, outcome);
+                        let r = conn.route.or(route);
+                        if let Some(r) = r.and_then(|r| self.routes.get_mut(r as usize))
+                            && let Some(change) = r.balancer.report(target, outcome, now)
+                        {
+                            let fail_ms = r.balancer.fail_ms();
+                            let names = (self.listeners.as_slice(), self.upstreams.as_mut_slice());
+                            super::health::changed(ctx, names, target, change, fail_ms, now);
                         }
                         continue;
                     }
@@ -143,17 +148,33 @@ impl TcpService {
                         });
                         sni.or(route).unwrap_or(0)
                     });
+                    // hash_source's key: the client a trusted PROXY header
+                    // named, else the peer.
+                    let client = conn.logic.seen().proxied.or(conn.ends.peer);
+                    // A target is asked for when the last attempt failed:
+                    // the connection moves on, and is no longer active there.
+                    let held = conn.active_on.take();
+                    super::health::release_active(&self.upstreams, &mut self.routes, held);
                     let balancer = self.routes.get_mut(route as usize).map(|r| &mut r.balancer);
-                    let target = match (balancer, conn.logic.attempts()) {
-                        (Some(b), Some(walk)) => pick_checked(b, walk, &self.upstreams),
+                    let picked = match (balancer, conn.logic.attempts()) {
+                        (Some(b), Some(walk)) => b.pick(client, walk, now),
                         _ => None,
                     };
+                    let target = picked.map(|p| p.target);
+                    conn.active_on = target.and_then(|t| t.upstream);
+                    let all_down = picked.is_some_and(|p| p.pool == Pool::AllDown);
+                    if all_down {
+                        cx.count(Counter::AllDown);
+                    }
                     // Counted when taken, as the listener counts it.
                     if let Some(u) = target
                         .and_then(|t| t.upstream)
                         .and_then(|u| self.upstreams.get_mut(u.0 as usize))
                     {
                         u.counters.inc(Counter::ConnectAttempts);
+                        if all_down {
+                            u.counters.inc(Counter::AllDown);
+                        }
                     }
                     conn.logic.handle_target(target, &mut cx);
                 }
@@ -172,30 +193,6 @@ impl TcpService {
             return;
         }
         self.finish(ctx, id, now);
-    }
-}
-
-/// The balancer's next pick among the members the health checker has not
-/// taken down; when it took down every member, among all of them (better a
-/// try than a certain failure, as Envoy's panic threshold does).
-fn pick_checked(
-    balancer: &mut RoundRobin,
-    walk: &mut Attempts,
-    upstreams: &[super::Upstream],
-) -> Option<Target> {
-    let up = |t: &Target| {
-        t.upstream
-            .and_then(|u| upstreams.get(u.0 as usize))
-            .is_none_or(|u| u.checked_up)
-    };
-    if !balancer.members().iter().any(up) {
-        return balancer.pick(None, walk);
-    }
-    loop {
-        let target = balancer.pick(None, walk)?;
-        if up(&target) {
-            return Some(target);
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 mod accept;
 mod conn;
 mod gate;
+mod health;
 mod lower;
 
 use std::collections::VecDeque;
@@ -26,6 +27,7 @@ use super::slab::{ConnId, Slab};
 use super::token::{OpKind, Token};
 use crate::accesslog::{AccessLogShard, AccessRecord, Proto as AccessProto};
 use crate::config::Cidr;
+use crate::config::{Balance, PassiveHealth};
 use crate::front::sni::SniRoutes;
 use crate::stats::{CloseReason, Counter, Counters, Histogram, ListenerStats, UpstreamStats};
 use crate::tcp::cx::Cx;
@@ -37,7 +39,7 @@ use crate::tcp::serve::{ServeMode, Server};
 use crate::tcp::splice::SpliceConfig;
 use crate::tcp::{ConnOp, FrontRead, Side};
 use crate::time::Millis;
-use crate::upstream::{RoundRobin, Target, UpstreamId};
+use crate::upstream::{Balancer, Member, Target, UpstreamId};
 use std::time::SystemTime;
 
 /// What a listener serves.
@@ -134,6 +136,10 @@ pub struct SniSpec {
 #[derive(Clone, Debug)]
 pub struct RouteSpec {
     pub upstreams: Vec<SocketAddr>,
+    /// Parallel to `upstreams`.
+    pub weights: Vec<u32>,
+    pub balance: Balance,
+    pub passive: PassiveHealth,
     pub connect_timeout_ms: Millis,
     pub idle_ms: Millis,
     pub half_close_ms: Millis,
@@ -165,20 +171,23 @@ struct Listener {
     duration: Histogram,
 }
 
-/// An upstream of one route, with its counters.
+/// An upstream of one route, with its counters. Its health (passive, and
+/// the checker's verdict) is kept by its route's balancer, which skips it
+/// while it is down.
 struct Upstream {
     /// The listener whose route it belongs to (for its stats line).
     listener: Option<u32>,
+    /// Its route, and its index among the route balancer's members.
+    route: u16,
+    member: usize,
     addr: SocketAddr,
     counters: Counters,
-    /// The health checker's verdict (up until it says otherwise).
-    checked_up: bool,
 }
 
 /// A route as the shard runs it: its settings and its balancer.
 struct Route {
     spec: RouteSpec,
-    balancer: RoundRobin,
+    balancer: Balancer,
 }
 
 pub(crate) struct TcpService {
@@ -233,6 +242,14 @@ fn refuse(ctx: &mut Ctx, l: &mut Listener, fd: Fd, ends: Ends, why: Refusal, now
             .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         info!(shard = ctx.shard, listener = %l.spec.name, peer, "{}", why.advice());
     }
+}
+
+/// A shard's seed for its balancers' random draws (see `shard_seed`).
+fn balance_seed(shard: usize) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    crate::upstream::shard_seed(shard, nanos)
 }
 
 /// Whether a client may send a PROXY header: always when the listener does
@@ -291,27 +308,31 @@ impl TcpService {
         let mut routes = Vec::new();
         for (i, spec) in cfg.routes.into_iter().enumerate() {
             let listener = owner.get(i).copied().flatten();
-            let members = spec
+            let route = u16::try_from(i).unwrap_or(u16::MAX);
+            let members: Vec<Member> = spec
                 .upstreams
                 .iter()
-                .map(|&addr| {
+                .enumerate()
+                .map(|(member, &addr)| {
                     let id = UpstreamId(upstreams.len() as u32);
                     upstreams.push(Upstream {
                         listener,
+                        route,
+                        member,
                         addr,
                         counters: Counters::default(),
-                        checked_up: true,
                     });
-                    Target {
-                        upstream: Some(id),
-                        addr,
+                    Member {
+                        target: Target {
+                            upstream: Some(id),
+                            addr,
+                        },
+                        weight: spec.weights.get(member).copied().unwrap_or(1),
                     }
                 })
                 .collect();
-            routes.push(Route {
-                spec,
-                balancer: RoundRobin::new(members),
-            });
+            let balancer = Balancer::new(&members, spec.balance, spec.passive);
+            routes.push(Route { spec, balancer });
         }
         let splice = if cfg.pipes.is_empty() {
             SpliceConfig::OFF
@@ -329,14 +350,6 @@ impl TcpService {
             cap: cfg.cap,
             splice,
             pipes: PipePool::new(&cfg.pipes),
-        }
-    }
-
-    /// The health checker's verdict on upstream `id`: a down one is skipped
-    /// by its route's picks while any member is up.
-    pub(crate) fn set_checked(&mut self, id: UpstreamId, up: bool) {
-        if let Some(u) = self.upstreams.get_mut(id.0 as usize) {
-            u.checked_up = up;
         }
     }
 
@@ -377,8 +390,14 @@ impl TcpService {
                 .all(|l| l.accept == AcceptState::Closed)
     }
 
-    /// Arms accept on every listener.
+    /// Arms accept on every listener (and seeds the balancers: each shard
+    /// its own random sequence).
     pub(crate) fn start(&mut self, ctx: &mut Ctx) {
+        let seed = balance_seed(ctx.shard);
+        for (i, r) in self.routes.iter_mut().enumerate() {
+            r.balancer
+                .seed(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
         for i in 0..self.listeners.len() {
             self.arm_accept(ctx, i as u32);
         }
@@ -591,6 +610,7 @@ impl TcpService {
             timer: Default::default(),
             accepted_at: now,
             route: None,
+            active_on: None,
             ends,
         };
         let need = l.spec.kind.descriptors();
@@ -624,6 +644,7 @@ impl TcpService {
         };
         l.active = l.active.saturating_sub(1);
         ctx.release_conn_fds(l.spec.kind.descriptors());
+        health::release_active(&self.upstreams, &mut self.routes, conn.active_on);
         l.counters.close(closed.reason);
         l.duration.observe_ms(now.saturating_sub(conn.accepted_at));
         if let Some(ms) = conn.logic.seen().connect_ms {
@@ -726,6 +747,18 @@ impl TcpService {
         }
     }
 
+    /// The health checker's verdict on upstream `id`: while down, its
+    /// balancer skips it as it skips a passively ejected one. The checker
+    /// logs the change.
+    pub(crate) fn set_checked(&mut self, id: UpstreamId, up: bool) {
+        let Some(u) = self.upstreams.get(id.0 as usize) else {
+            return;
+        };
+        if let Some(r) = self.routes.get_mut(usize::from(u.route)) {
+            r.balancer.set_checked(u.member, up);
+        }
+    }
+
     /// Counters of every listener (with its gauges) and every upstream.
     pub(crate) fn snapshot(
         &self,
@@ -747,10 +780,16 @@ impl TcpService {
                 .listener
                 .and_then(|i| self.listeners.get(i as usize))
                 .map_or_else(String::new, |l| l.spec.name.clone());
+            let mut counters = u.counters.clone();
+            if let Some(r) = self.routes.get(usize::from(u.route)) {
+                let b = &r.balancer;
+                counters.set(Counter::InRotation, u64::from(b.in_rotation(u.member)));
+                counters.set(Counter::Active, u64::from(b.active(u.member)));
+            }
             ups.push(UpstreamStats {
                 listener,
                 upstream: u.addr.to_string(),
-                counters: u.counters.clone(),
+                counters,
             });
         }
     }

@@ -16,6 +16,7 @@ use super::slab::{SessionId, Slab};
 use super::token::{OpKind, SlotId, Token};
 use crate::accesslog::{AccessLogShard, AccessRecord, Proto as AccessProto};
 use crate::config::Cidr;
+use crate::config::{Balance, PassiveHealth};
 use crate::front::proxy::{self as proxy_header, Proto as ProxyProto};
 use crate::stats::{Counter, Counters};
 use crate::tcp::Side;
@@ -29,7 +30,7 @@ use crate::udp::map::{SessionKey, SessionMap};
 pub use crate::udp::session::DRAIN_GRACE_MS as UDP_DRAIN_GRACE_MS;
 use crate::udp::session::{Session, SessionConfig};
 use crate::udp::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
-use crate::upstream::{Attempts, RoundRobin, Target};
+use crate::upstream::{Attempts, Balancer, Change, Member, Outcome, Pool, Target};
 use std::time::SystemTime;
 
 /// Datagrams a session may have waiting or in flight per direction: a quarter
@@ -88,6 +89,10 @@ pub struct UdpListenerSpec {
 #[derive(Clone, Debug)]
 pub struct UdpRouteSpec {
     pub upstreams: Vec<SocketAddr>,
+    /// Parallel to `upstreams`.
+    pub weights: Vec<u32>,
+    pub balance: Balance,
+    pub passive: PassiveHealth,
     /// SO_RCVBUF of each session's upstream socket (`None`: kernel default).
     pub session_rcvbuf: Option<u32>,
     /// `send_proxy = "v2"`: every datagram to the upstream carries a PROXY
@@ -119,7 +124,7 @@ pub struct UdpListener {
     sessions: SessionMap<SessionId>,
     active: u32,
     /// Picks each new session's upstream.
-    balancer: RoundRobin,
+    balancer: Balancer,
     /// Echo replies in flight (they use this listener's socket).
     echo_inflight: u32,
     limiter: Option<SourceLimiter>,
@@ -146,14 +151,21 @@ impl UdpListener {
             .and_then(|r| r.new_sessions_per_second_per_source)
             .map(SourceLimiter::new);
         let upstreams = route.map(|r| r.upstreams.as_slice()).unwrap_or(&[]);
-        let balancer = RoundRobin::new(
-            upstreams
-                .iter()
-                .map(|&addr| Target {
+        let members: Vec<Member> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| Member {
+                target: Target {
                     upstream: None,
                     addr,
-                })
-                .collect(),
+                },
+                weight: route.and_then(|r| r.weights.get(i)).copied().unwrap_or(1),
+            })
+            .collect();
+        let balancer = Balancer::new(
+            &members,
+            route.map_or(Balance::RoundRobin, |r| r.balance),
+            route.map_or_else(PassiveHealth::default, |r| r.passive),
         );
         UdpListener {
             embryonic: EmbryonicQueue::default(),
@@ -178,8 +190,10 @@ impl UdpListener {
 /// A session and what the shard keeps beside it.
 pub struct UdpConn {
     session: Session,
-    /// The upstream its listener's balancer chose for it.
+    /// The upstream its listener's balancer chose for it, and its index
+    /// among the balancer's members (whose active count it is in).
     target: Target,
+    member: usize,
     /// The PROXY v2 header each of its datagrams carries (`send_proxy`).
     proxy_header: Option<([u8; 52], u8)>,
     listener: u32,
@@ -256,8 +270,19 @@ impl UdpService {
         }
     }
 
-    /// Arms every listener's receive.
+    /// Arms every listener's receive (and seeds the balancers: each shard
+    /// its own random sequence).
     pub fn start(&mut self, ctx: &mut Ctx) {
+        // The time as well as the index, as the TCP service seeds its own
+        // (services do not share code).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = crate::upstream::shard_seed(ctx.shard, nanos);
+        for (i, l) in self.udp_listeners.iter_mut().enumerate() {
+            l.balancer
+                .seed(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
         for i in 0..self.udp_listeners.len() {
             self.arm_udp_listener(ctx, i as u32);
         }
@@ -677,10 +702,16 @@ impl UdpService {
             self.release_datagram(ctx, payload.bid);
             return;
         };
-        let Some(target) = l.balancer.pick(Some(key.client), &mut Attempts::default()) else {
+        let mut walk = Attempts::default();
+        let Some(picked) = l.balancer.pick(Some(key.client), &mut walk, now) else {
             self.release_datagram(ctx, payload.bid);
             return;
         };
+        if picked.pool == Pool::AllDown {
+            l.counters.inc(Counter::AllDown);
+        }
+        let target = picked.target;
+        let member = l.balancer.index_of(target).unwrap_or(usize::MAX);
         let cfg = SessionConfig {
             idle_ms: r.idle_ms,
             max_responses: r.max_responses,
@@ -701,6 +732,7 @@ impl UdpService {
         let conn = UdpConn {
             session,
             target,
+            member,
             proxy_header,
             listener: index,
             client: key.client,
@@ -877,6 +909,7 @@ impl UdpService {
         ctx.release_session_fd();
         let end = c.session.end().unwrap_or(SessionEnd::Error);
         l.counters.udp_end(end);
+        session_health(ctx, l, &c, end, now);
         log_session_end(ctx, &c, end, &l.spec.name, now);
         if let Some(access) = ctx.access.as_mut() {
             log_access(access, &c, end, &l.spec, now);
@@ -1127,6 +1160,31 @@ fn log_access(
 }
 
 /// Logs a freed session's end (errors rate-limited).
+/// A session's end as its upstream's health sees it: an ICMP refusal or a
+/// socket error is a failed attempt, a reply a success; and the session no
+/// longer counts as active on its upstream.
+fn session_health(ctx: &mut Ctx, l: &mut UdpListener, c: &UdpConn, end: SessionEnd, now: Millis) {
+    l.balancer.release(c.member);
+    let outcome = match end {
+        SessionEnd::Refused => Outcome::Refused,
+        SessionEnd::Error => Outcome::Error,
+        _ if !c.session.is_embryonic() => Outcome::Connected,
+        _ => return,
+    };
+    let Some(change) = l.balancer.report(c.target, outcome, now) else {
+        return;
+    };
+    match change {
+        Change::Ejected { .. } => l.counters.inc(Counter::UpstreamEjected),
+        Change::Restored => l.counters.inc(Counter::UpstreamRestored),
+        Change::TrialFailed => {}
+    }
+    if ctx.log.allow(now, ctx.shard) {
+        let (message, reason) = change.describe(ctx.shard, l.balancer.fail_ms());
+        info!(shard = ctx.shard, listener = %l.spec.name, upstream = %c.target.addr, reason, "{message}");
+    }
+}
+
 fn log_session_end(ctx: &mut Ctx, c: &UdpConn, end: SessionEnd, name: &str, now: Millis) {
     let upstream = c.target.addr;
     match end {
