@@ -377,14 +377,18 @@ mod tests {
     }
 
     #[test]
-    fn every_configured_and_counted_upstream_is_listed_once_and_up() {
+    fn every_configured_and_counted_upstream_is_listed_once_and_up_while_a_shard_has_it() {
         let info = served(mpsc::channel().0).info;
         let mut snap = ShardStats::default();
-        for (listener, upstream) in [("web", "10.0.0.1:80"), ("web", "10.0.0.9:443"), ("", "x")] {
+        // (listener, upstream, shards that have it in rotation)
+        let rows = [("web", "10.0.0.1:80", 2), ("web", "10.0.0.9:443", 0), ("", "x", 1)];
+        for (listener, upstream, shards) in rows {
+            let mut counters = crate::stats::Counters::default();
+            counters.set(Counter::InRotation, shards);
             snap.upstreams.push(UpstreamStats {
                 listener: listener.into(),
                 upstream: upstream.into(),
-                ..Default::default()
+                counters,
             });
         }
         let states = upstream_states(&snap, &info.listeners);
@@ -394,7 +398,7 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("web", "10.0.0.1:80", true), ("web", "10.0.0.9:443", true)]
+            [("web", "10.0.0.1:80", true), ("web", "10.0.0.9:443", false)]
         );
     }
 }

@@ -257,14 +257,23 @@ fn range_name(field: &Field<'_>, range: PortRange) -> Result<Option<String>, Con
 /// listener's offset.
 enum RangeUpstream {
     One(String),
-    Range { host: String, first: u16 },
+    /// `options`: what followed the address (` weight=3`), kept per port.
+    Range {
+        host: String,
+        first: u16,
+        options: String,
+    },
 }
 
 impl RangeUpstream {
     fn at(&self, offset: u16) -> String {
         match self {
             RangeUpstream::One(text) => text.clone(),
-            RangeUpstream::Range { host, first } => format!("{host}:{}", first + offset),
+            RangeUpstream::Range {
+                host,
+                first,
+                options,
+            } => format!("{host}:{}{options}", first + offset),
         }
     }
 }
@@ -285,7 +294,12 @@ fn range_upstreams(
         let Some(text) = item.as_str() else {
             return Ok(None);
         };
-        let Some((host, range)) = split_range(text).map_err(|why| item.error(why))? else {
+        // The address is the first word; options (`weight=N`) follow it.
+        let text = text.trim();
+        let (addr, options) = text
+            .find(char::is_whitespace)
+            .map_or((text, ""), |at| text.split_at(at));
+        let Some((host, range)) = split_range(addr).map_err(|why| item.error(why))? else {
             out.push(RangeUpstream::One(text.to_owned()));
             continue;
         };
@@ -311,6 +325,7 @@ fn range_upstreams(
             Some(_) => out.push(RangeUpstream::Range {
                 host: host.to_owned(),
                 first: range.first,
+                options: options.to_owned(),
             }),
         }
     }

@@ -251,7 +251,6 @@ fn write_sni(f: &mut Formatter<'_>, sni: Option<&SniPlan>) -> fmt::Result {
     for route in &sni.routes {
         writeln!(f, "[[tcp.routes]]")?;
         writeln!(f, "sni = {}", quoted_list(&route.names))?;
-        writeln!(f, "upstreams = {}", quoted_list(&route.upstreams))?;
         if route.health_check.is_some() {
             writeln!(f, "{}", super::health::render(route.health_check.as_ref()))?;
         }
