@@ -381,7 +381,11 @@ mod tests {
         let info = served(mpsc::channel().0).info;
         let mut snap = ShardStats::default();
         // (listener, upstream, shards that have it in rotation)
-        let rows = [("web", "10.0.0.1:80", 2), ("web", "10.0.0.9:443", 0), ("", "x", 1)];
+        let rows = [
+            ("web", "10.0.0.1:80", 2),
+            ("web", "10.0.0.9:443", 0),
+            ("", "x", 1),
+        ];
         for (listener, upstream, shards) in rows {
             let mut counters = crate::stats::Counters::default();
             counters.set(Counter::InRotation, shards);

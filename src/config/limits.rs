@@ -518,6 +518,27 @@ mod tests {
     }
 
     #[test]
+    fn a_range_upstream_keeps_its_weight_on_every_port() {
+        let plan = resolve(
+            "[[tcp]]\nlisten = \"127.0.0.1:10000-10001\"\n\
+             upstreams = [\"127.0.0.5:20000-20001 weight=3\", \"127.0.0.6:80\"]\n",
+        )
+        .unwrap();
+        let got: Vec<_> = plan
+            .tcp
+            .iter()
+            .map(|t| (t.upstreams.clone(), t.weights.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (addrs(&["127.0.0.5:20000", "127.0.0.6:80"]), vec![3, 1]),
+                (addrs(&["127.0.0.5:20001", "127.0.0.6:80"]), vec![3, 1]),
+            ]
+        );
+    }
+
+    #[test]
     fn a_port_range_is_one_listener_per_port_keeping_the_offset() {
         let plan = resolve(
             "[[tcp]]\nname = \"r\"\nlisten = \"127.0.0.1:10000-10002\"\n\
