@@ -47,7 +47,7 @@ def variants(before, after):
         ("least_conn", after, 'balance = "least_conn"'),
         ("random_two", after, 'balance = "random_two"'),
         ("hash_source", after, 'balance = "hash_source"'),
-        ("rr+health", after, 'balance = "round_robin"\nhealth_check = { interval = "1s", timeout = "500ms" }'),
+        ("rr-health", after, 'balance = "round_robin"\nhealth_check = { interval = "1s", timeout = "500ms" }'),
     ]
 
 
@@ -91,7 +91,7 @@ def bench(binary, args, target, duration, warmup):
 def config_file(dirpath, label, port, extra):
     ups = ", ".join(f'"127.0.0.1:{p}"' for p in UPSTREAM_PORTS)
     text = f'[[tcp]]\nname = "{label}"\nlisten = "127.0.0.1:{port}"\nupstreams = [{ups}]\n{extra}\n'
-    path = Path(dirpath) / f"{label.replace('+', '-')}.toml"
+    path = Path(dirpath) / f"{label}.toml"
     path.write_text(text)
     return path
 
