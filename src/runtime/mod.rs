@@ -28,6 +28,7 @@ use crate::shard::udp::{UDP_DRAIN_GRACE_MS, UdpKind, UdpListenerSpec, UdpRouteSp
 use crate::stats::{Counter, ShardStats};
 use crate::sys::eventfd::EventFd;
 use crate::sys::host::{self, HostError};
+use crate::sys::notify;
 use crate::sys::output;
 use crate::sys::signals::{ControlSignals, Intent, Signal};
 use crate::sys::socket::{self, ListenKind};
@@ -857,6 +858,11 @@ fn on_signal(rt: &mut Runtime, plan: &Plan, sig: Signal, draining: bool) -> Sign
         format_duration(plan.runtime.drain_timeout),
         UDP_DRAIN_GRACE_MS
     );
+    notify::stopping();
+    notify::status(&format!(
+        "draining {active} connection(s) for up to {}",
+        format_duration(plan.runtime.drain_timeout)
+    ));
     rt.drain();
     Signalled::Draining(Instant::now() + plan.runtime.drain_timeout)
 }
@@ -884,6 +890,12 @@ pub fn serve(plan: &Plan) -> u8 {
     };
     announce(&rt, plan.runtime.shards);
     let admin = admin::start(plan, &rt, admin_socket);
+    notify::ready();
+    notify::status(&format!(
+        "serving {} listener(s) on {} shard(s)",
+        rt.bound().len(),
+        plan.runtime.shards
+    ));
     let stats_every = plan.runtime.stats_interval;
     let mut next_stats = stats_every.map(|d| Instant::now() + d);
     let mut drain_deadline: Option<Instant> = None;
