@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,13 +20,43 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Application log format on stderr: text (default) or json (one object per line, for a
+    /// log collector).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// How the application log (stderr) is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line: timestamp, level, fields.message, threadName.
+    Json,
+}
+
+/// The signals `run` (and `echo`) act on, shown by `ringfwd run --help` and
+/// the man page; README "Signals" says the same at length.
+pub const SIGNALS_HELP: &str = "\
+Signals:
+  SIGTERM, SIGINT  Drain: /ready turns 503, listeners close, open connections get up to
+                   drain_timeout to finish, then exit 0. A second one exits at once (status 1).
+  SIGQUIT          Drains as SIGTERM does (NGINX's graceful stop).
+  SIGHUP           Reload the configuration file: validated as `ringfwd check` does; an invalid
+                   file keeps the running configuration (logged, counted in reload_failed).
+                   Under systemd: `systemctl reload ringfwd`.
+  SIGUSR1          Reopen the access log ([log] access) after logrotate renamed it.
+  SIGUSR2          Binary upgrade: start the binary at the same path with the same arguments,
+                   hand it the listening sockets; once it is ready this process drains and exits.
+  SIGPIPE          Ignored: a write to a closed socket or pipe fails with EPIPE instead.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Forward TCP connections and UDP datagrams (listeners from --config, --tcp and --udp).
+    #[command(after_help = SIGNALS_HELP)]
     Run(PlanArgs),
     /// Validate the configuration and the host (binding every listener as run does), print the
     /// resolved plan; exit 0, 2 (configuration) or 3 (host) with the reason.
@@ -38,6 +68,26 @@ pub enum Command {
     Demo(DemoArgs),
     /// Load generator: request/response, connection-rate, stream and UDP loads with HDR latency.
     Bench(Box<BenchArgs>),
+    /// Print a shell completion script to stdout, e.g.
+    /// `ringfwd completions bash > /etc/bash_completion.d/ringfwd`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout, e.g. `ringfwd man > /usr/local/share/man/man1/ringfwd.1`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: CompletionShell,
+}
+
+/// Shells `ringfwd completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]
@@ -347,4 +397,35 @@ pub struct UdpStreamArgs {
     pub window: u32,
     #[command(flatten)]
     pub common: BenchCommon,
+}
+
+/// The completion script for `shell`, generated from these definitions.
+pub fn completions(shell: CompletionShell) -> String {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "ringfwd", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The man page (roff), generated from these definitions, with the signal
+/// summary as its own section: the top-level page lists the subcommands but
+/// not their `after_help`.
+pub fn man_page() -> std::io::Result<String> {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    out.extend_from_slice(b".SH SIGNALS\n.nf\n");
+    for line in SIGNALS_HELP.lines().skip(1) {
+        // A roff line must not start with a control character.
+        out.extend_from_slice(format!("\\&{}\n", line.replace('\\', "\\e")).as_bytes());
+    }
+    out.extend_from_slice(b".fi\n");
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }

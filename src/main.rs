@@ -4,13 +4,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringfwd::cli::{Cli, Command, PlanArgs};
+use ringfwd::cli::{Cli, Command, LogFormat, PlanArgs};
 use ringfwd::config::{HostFacts, Overrides, Plan};
 use ringfwd::runtime::{self, exit};
 use ringfwd::sys::host;
 use ringfwd::sys::output::{self, LogWriter, Printed};
 
-fn init_logging(level: Option<&str>) -> Result<(), String> {
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).map_err(|e| {
@@ -19,17 +19,20 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
         // A closed or full stderr must cost log lines, not the process: the
         // writer swallows (and counts) errors, and tracing-subscriber's own
         // report of a failed write would panic on that same broken stderr.
         .with_writer(LogWriter::stderr)
         .log_internal_errors(false)
         .with_target(false)
-        .with_thread_names(true)
-        .init();
+        .with_thread_names(true);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // No colour codes inside JSON strings, whatever stderr is.
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
     Ok(())
 }
 
@@ -108,6 +111,18 @@ fn check(plan: &Plan) -> ExitCode {
     }
 }
 
+/// `ringfwd completions` / `ringfwd man`: the generated text on stdout.
+fn print_generated(text: std::io::Result<String>) -> ExitCode {
+    let printed = text.map(|t| output::print(&t));
+    match printed {
+        Ok(Printed::All | Printed::ReaderGone) => ExitCode::from(exit::OK),
+        Ok(Printed::Failed(e)) | Err(e) => {
+            output::message(&format!("ringfwd: cannot write to stdout: {e}"));
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own report; only warnings and errors go to the log
@@ -116,7 +131,7 @@ fn main() -> ExitCode {
         (Command::Demo(_), None) if std::env::var_os("RUST_LOG").is_none() => Some("warn"),
         (_, l) => l,
     };
-    if let Err(e) = init_logging(level) {
+    if let Err(e) = init_logging(level, cli.log_format) {
         return config_error(&e);
     }
     match cli.command {
@@ -151,5 +166,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => ExitCode::from(ringfwd::demo::run(&args)),
         Command::Bench(args) => ExitCode::from(ringfwd::bench::run(&args)),
+        Command::Completions(args) => print_generated(Ok(ringfwd::cli::completions(args.shell))),
+        Command::Man => print_generated(ringfwd::cli::man_page()),
     }
 }
