@@ -72,6 +72,17 @@ impl Proc {
         Proc::launch(cmd, args, listeners)
     }
 
+    /// As `start`, with extra environment variables (e.g. NOTIFY_SOCKET).
+    pub(crate) fn start_with_env(
+        env: &[(&str, &std::ffi::OsStr)],
+        args: &[&str],
+        listeners: usize,
+    ) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
+        Proc::launch(cmd, args, listeners)
+    }
+
     /// As `start`, with RLIMIT_NOFILE (soft and hard) set to `nofile` by
     /// `prlimit`, which execs ringfwd (so the pid is ringfwd's).
     pub(crate) fn start_with_nofile(nofile: u64, args: &[&str], listeners: usize) -> Proc {

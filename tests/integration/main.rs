@@ -22,6 +22,7 @@ mod lifecycle;
 mod limits;
 mod peers;
 mod relay;
+mod shipping;
 mod signals;
 mod splice;
 mod udp;
