@@ -71,8 +71,16 @@ pub enum Command {
     /// Print a shell completion script to stdout, e.g.
     /// `ringfwd completions bash > /etc/bash_completion.d/ringfwd`.
     Completions(CompletionsArgs),
-    /// Print the man page (roff) to stdout, e.g. `ringfwd man > /usr/local/share/man/man1/ringfwd.1`.
-    Man,
+    /// Print the man page (roff) to stdout, e.g. `ringfwd man > /usr/local/share/man/man1/ringfwd.1`,
+    /// or with --dir write it and one page per subcommand (ringfwd-run.1, ...) into a directory.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write ringfwd.1 and a page per subcommand into DIR instead of ringfwd.1 to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -414,13 +422,30 @@ pub fn completions(shell: CompletionShell) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The command as the man pages show it: without clap's `help` subcommand,
+/// which has no page of its own.
+fn man_command() -> clap::Command {
+    use clap::CommandFactory as _;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    cmd
+}
+
+/// `ringfwd man --dir DIR`: ringfwd.1 (as `man_page`) and one page per
+/// subcommand, which ringfwd.1 refers to as ringfwd-run(1) and so on.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+    clap_mangen::generate_to(man_command(), dir).map_err(named)?;
+    std::fs::write(dir.join("ringfwd.1"), man_page()?).map_err(named)
+}
+
 /// The man page (roff), generated from these definitions, with the signal
 /// summary as its own section: the top-level page lists the subcommands but
 /// not their `after_help`.
 pub fn man_page() -> std::io::Result<String> {
-    use clap::CommandFactory as _;
     let mut out = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    clap_mangen::Man::new(man_command()).render(&mut out)?;
     out.extend_from_slice(b".SH SIGNALS\n.nf\n");
     for line in SIGNALS_HELP.lines().skip(1) {
         // A roff line must not start with a control character.

@@ -167,6 +167,15 @@ fn main() -> ExitCode {
         Command::Demo(args) => ExitCode::from(ringfwd::demo::run(&args)),
         Command::Bench(args) => ExitCode::from(ringfwd::bench::run(&args)),
         Command::Completions(args) => print_generated(Ok(ringfwd::cli::completions(args.shell))),
-        Command::Man => print_generated(ringfwd::cli::man_page()),
+        Command::Man(args) => match &args.dir {
+            None => print_generated(ringfwd::cli::man_page()),
+            Some(dir) => match ringfwd::cli::write_man_pages(dir) {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    output::message(&format!("ringfwd: cannot write the man pages: {e}"));
+                    ExitCode::from(exit::FAILURE)
+                }
+            },
+        },
     }
 }

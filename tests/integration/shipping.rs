@@ -179,6 +179,25 @@ fn bash_completions_parse_and_name_the_commands_and_options() {
 }
 
 #[test]
+fn man_dir_writes_a_page_per_subcommand() {
+    let dir = temp_path("man1");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (code, _, err) = run_to_end(&["man", "--dir", dir.to_str().expect("utf-8 temp path")]);
+    assert_eq!(code, Some(0), "{err}");
+    for sub in SUBCOMMANDS {
+        let page = std::fs::read_to_string(dir.join(format!("ringfwd-{sub}.1")))
+            .unwrap_or_else(|e| panic!("no page for {sub}: {e}"));
+        assert!(
+            page.contains(&format!(".TH ringfwd-{sub} 1")),
+            "{sub}: {page}"
+        );
+    }
+    let top = std::fs::read_to_string(dir.join("ringfwd.1")).expect("ringfwd.1");
+    assert!(top.contains(".SH SIGNALS"), "{top}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn man_page_is_roff_naming_every_subcommand_and_signal() {
     let (code, out, err) = run_to_end(&["man"]);
     assert_eq!(code, Some(0), "{err}");
