@@ -19,6 +19,12 @@ const SUBCOMMANDS: [&str; 7] = [
     "completions",
     "man",
 ];
+/// After drain_timeout, how long the shards get to close before ringfwd
+/// exits anyway (runtime's STOP_GRACE): a supervisor's stop timeout must
+/// cover both.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The default `runtime.drain_timeout`, which the unit is written for.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 const SIGNALS: [&str; 6] = [
     "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2",
 ];
@@ -269,6 +275,15 @@ fn systemd_unit_passes_systemd_analyze_verify() {
             "the unit lacks {key}"
         );
     }
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim_end_matches('s').parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        Duration::from_secs(stop) > DEFAULT_DRAIN + STOP_GRACE,
+        "TimeoutStopSec={stop}s would SIGKILL a drain of the default drain_timeout"
+    );
     if let Some(filter) = unit.lines().find(|l| l.starts_with("SystemCallFilter=")) {
         for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
             assert!(filter.contains(call), "{filter} does not allow {call}");
@@ -339,8 +354,8 @@ fn kubernetes_manifests_pass_the_schema_check_and_outlast_the_drain() {
         .and_then(|v| v.trim().parse().ok())
         .expect("daemonset.yaml sets terminationGracePeriodSeconds");
     assert!(
-        Duration::from_secs(grace) > plan.runtime.drain_timeout,
-        "terminationGracePeriodSeconds {grace} must exceed drain_timeout {:?}",
+        Duration::from_secs(grace) > plan.runtime.drain_timeout + STOP_GRACE,
+        "terminationGracePeriodSeconds {grace} must exceed drain_timeout {:?} + {STOP_GRACE:?} for the shards to close",
         plan.runtime.drain_timeout
     );
     for needle in [
