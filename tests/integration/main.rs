@@ -22,6 +22,7 @@ mod lifecycle;
 mod limits;
 mod peers;
 mod relay;
+mod reload;
 mod signals;
 mod splice;
 mod udp;
