@@ -337,3 +337,37 @@ fn a_kept_listener_keeps_its_sockets_and_a_runtime_key_needs_a_restart() {
     });
     assert!(ok, "the new upstream was not used; log:\n{}", fwd.log());
 }
+
+#[test]
+fn an_upstream_the_checker_took_down_stays_down_across_a_reload() {
+    let echo = echo_upstream(1);
+    let up = echo.first_addr();
+    let (_guard, dead) = crate::harness::dead_port();
+    let check = "health_check = { interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }";
+    let path = write_config(&config(&tcp("t", "127.0.0.1:0", &[up, dead], check)));
+    let fwd = start(&path, 1);
+    let addr = fwd.addr("t");
+    fwd.wait_stat("upstream_down", Duration::from_secs(10), |v| v == 1);
+    let checks = fwd.stat("health_checks");
+    let changed = check.to_owned() + "\nbalance = \"least_conn\"";
+    reload(
+        &fwd,
+        &path,
+        &config(&tcp("t", "127.0.0.1:0", &[up, dead], &changed)),
+        1,
+    );
+    // New connections go to the live upstream only: the shards' new
+    // balancer starts with the checker's verdict, not with "up".
+    for i in 0..10 {
+        echo_checked(addr, i, 100).expect("echo");
+    }
+    // The new checker has run a few rounds: had it started the dead
+    // upstream up, it would have taken it down again (a second count).
+    fwd.wait_stat("health_checks", Duration::from_secs(10), |v| {
+        v >= checks + 8
+    });
+    assert_eq!(fwd.stat("upstream_down"), 1, "{}", fwd.log());
+    let line = fwd.detail_stats(&format!("listener=t upstream={dead}"));
+    assert_eq!(line.get("connect_attempts"), None, "{line:?}");
+    assert_eq!(line.get("in_rotation"), None, "{line:?}");
+}
