@@ -374,3 +374,123 @@ impl TcpService {
         &self.retired
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ListenerKind, ListenerSpec, RouteSpec, TcpConfig, TcpService};
+    use super::{ReloadListener, ShardReload};
+    use crate::config::{Balance, PassiveHealth};
+    use crate::shard::context::{Ctx, FdBudget};
+    use crate::stats::Counter;
+    use crate::upstream::UpstreamId;
+
+    fn route(ports: &[u16]) -> RouteSpec {
+        RouteSpec {
+            upstreams: ports
+                .iter()
+                .map(|p| std::net::SocketAddr::from(([10, 0, 0, 1], *p)))
+                .collect(),
+            weights: Vec::new(),
+            balance: Balance::RoundRobin,
+            passive: PassiveHealth::default(),
+            connect_timeout_ms: 1_000,
+            idle_ms: 1_000,
+            half_close_ms: 1_000,
+            bandwidth: None,
+        }
+    }
+
+    fn listener(fd: i32, route: u16) -> ListenerSpec {
+        ListenerSpec {
+            name: format!("l{fd}"),
+            fd,
+            kind: ListenerKind::Forward { route },
+            limit: 100,
+            front: Default::default(),
+        }
+    }
+
+    fn service() -> (TcpService, Ctx) {
+        let s = TcpService::new(TcpConfig {
+            listeners: vec![listener(100, 0)],
+            routes: vec![route(&[1, 2])],
+            ..TcpConfig::default()
+        });
+        (s, Ctx::new(0, FdBudget::Unlimited, 0))
+    }
+
+    fn in_rotation(s: &TcpService) -> Vec<(String, u64)> {
+        let (mut listeners, mut ups) = (Vec::new(), Vec::new());
+        s.snapshot(&mut listeners, &mut ups);
+        ups.iter()
+            .map(|u| (u.upstream.clone(), u.counters.get(Counter::InRotation)))
+            .collect()
+    }
+
+    #[test]
+    fn many_reloads_without_connections_keep_the_tables_bounded() {
+        let (mut s, mut ctx) = service();
+        for n in 0..200u16 {
+            let routes = if n % 2 == 0 {
+                vec![route(&[1, 2]), route(&[3])]
+            } else {
+                vec![route(&[4])]
+            };
+            let reload = ShardReload {
+                listeners: vec![ReloadListener::Keep(listener(100, 0))],
+                routes,
+                drain_ms: 1_000,
+            };
+            s.reload(&mut ctx, &reload, u64::from(n));
+        }
+        // At most two configurations at once (the largest pair: the
+        // first one's 1 route and 2 upstreams, and 2 routes with 3).
+        assert!(s.routes.len() <= 3, "{} route slots", s.routes.len());
+        assert!(
+            s.upstreams.len() <= 5,
+            "{} upstream slots",
+            s.upstreams.len()
+        );
+        assert_eq!(s.listeners.len(), 1, "the kept listener kept its slot");
+    }
+
+    #[test]
+    fn the_checkers_ids_name_the_new_configurations_upstreams() {
+        let (mut s, mut ctx) = service();
+        let reload = ShardReload {
+            listeners: vec![ReloadListener::Keep(listener(100, 0))],
+            routes: vec![route(&[7, 8])],
+            drain_ms: 1_000,
+        };
+        s.reload(&mut ctx, &reload, 0);
+        s.set_checked(UpstreamId(1), false);
+        let mut got = in_rotation(&s);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("10.0.0.1:7".to_owned(), 1), ("10.0.0.1:8".to_owned(), 0)],
+            "id 1 is the second upstream of the new table; the old routes are freed"
+        );
+    }
+
+    #[test]
+    fn a_freed_upstreams_counters_are_kept_in_retired() {
+        let (mut s, mut ctx) = service();
+        if let Some(u) = s.upstreams.first_mut() {
+            u.counters.add(Counter::ConnectAttempts, 5);
+        }
+        let reload = ShardReload {
+            listeners: vec![ReloadListener::Keep(listener(100, 0))],
+            routes: vec![route(&[9])],
+            drain_ms: 1_000,
+        };
+        s.reload(&mut ctx, &reload, 0);
+        let gone = s
+            .retired()
+            .upstreams
+            .iter()
+            .find(|u| u.upstream == "10.0.0.1:1")
+            .map(|u| u.counters.get(Counter::ConnectAttempts));
+        assert_eq!(gone, Some(5));
+    }
+}
