@@ -842,8 +842,12 @@ fn on_signal(
     reread: &dyn Fn() -> Result<Plan, String>,
 ) -> Signalled {
     let name = sig.name();
-    if sig == Signal::Hup && !draining {
-        reload::on_sighup(rt, reread);
+    if sig == Signal::Hup {
+        if draining {
+            warn!("{name} ignored: draining, so a new configuration would not apply");
+        } else {
+            reload::on_sighup(rt, reread);
+        }
         return Signalled::Ignored;
     }
     let plan = rt.reload.plan().clone();
