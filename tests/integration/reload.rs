@@ -218,10 +218,11 @@ fn twenty_reloads_under_load_lose_no_connection_and_removed_listeners_drain() {
 fn an_invalid_reload_keeps_the_running_configuration_and_counts_reload_failed() {
     let echo = echo_upstream(1);
     let up = echo.first_addr();
-    let path = write_config(&config(&tcp("t", "127.0.0.1:0", &[up], "")));
-    let fwd = start(&path, 1);
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let path = write_config(&(config(admin) + &tcp("t", "127.0.0.1:0", &[up], "")));
+    let fwd = start(&path, 2);
     let addr = fwd.addr("t");
-    let bad = config(&tcp("t", "127.0.0.1:0", &[up], "balance = \"fastest\""));
+    let bad = config(admin) + &tcp("t", "127.0.0.1:0", &[up], "balance = \"fastest\"");
     reload(&fwd, &path, &bad, 1);
     let line = fwd.wait_log("SIGHUP: reload failed", Duration::from_secs(5));
     assert!(line.contains("balance"), "the error names the key: {line}");
@@ -231,6 +232,64 @@ fn an_invalid_reload_keeps_the_running_configuration_and_counts_reload_failed() 
     );
     fwd.wait_stat("reload_failed", Duration::from_secs(5), |v| v == 1);
     assert_eq!(fwd.stat("reloads"), 0);
+    let metrics = http_get(fwd.addr("admin"), "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "ringfwd_reload_failed_total 1"),
+        "/metrics has no reload_failed:\n{metrics}"
+    );
+}
+
+/// The body of `GET path` from the admin endpoint.
+fn http_get(admin: SocketAddr, path: &str) -> String {
+    let mut c = TcpStream::connect(admin).expect("connect to the admin endpoint");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: ringfwd\r\n\r\n");
+    c.write_all(req.as_bytes()).expect("write the request");
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("read the answer");
+    out.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_removed_listeners_connections_are_closed_at_drain_timeout() {
+    let echo = echo_upstream(1);
+    let up = echo.first_addr();
+    let short = |listeners: &str| config(listeners).replace("\"30s\"", "\"300ms\"");
+    let path = write_config(&short(
+        &(tcp("kept", "127.0.0.1:0", &[up], "") + &tcp("gone", "127.0.0.1:0", &[up], "")),
+    ));
+    let fwd = start(&path, 2);
+    let mut open = TcpStream::connect(fwd.addr("gone")).expect("connect");
+    echo_on(&mut open, b"before the reload");
+    reload(
+        &fwd,
+        &path,
+        &short(&tcp("kept", "127.0.0.1:0", &[up], "")),
+        1,
+    );
+    // Open past the removed listener's drain_timeout: closed by ringfwd.
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    let read = open.read(&mut buf);
+    let timed_out = read.as_ref().is_err_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    });
+    let ended = matches!(read, Ok(0) | Err(_)) && !timed_out;
+    assert!(
+        ended,
+        "the connection outlived drain_timeout; log:\n{}",
+        fwd.log()
+    );
+    fwd.wait_stat("close_shutdown", Duration::from_secs(5), |v| v == 1);
 }
 
 #[test]
