@@ -163,10 +163,17 @@ fn twenty_reloads_under_load_lose_no_connection_and_removed_listeners_drain() {
             text += &tcp("extra", &extra, &[a], "");
         }
         reload(&fwd, &path, &config(&text), n);
-        if n == 1 {
-            // Removed: new connections refused once the shards closed it.
+        // Removed ("gone" at the first reload, "extra" at every odd one
+        // after): new connections refused once the shards closed it (and
+        // its port free again for the next reload to add it back).
+        let removed = match n {
+            1 => Some(gone_addr),
+            n if n % 2 == 1 => Some(extra_addr),
+            _ => None,
+        };
+        if let Some(removed) = removed {
             assert!(
-                wait_until(Duration::from_secs(5), || TcpStream::connect(gone_addr)
+                wait_until(Duration::from_secs(5), || TcpStream::connect(removed)
                     .is_err()),
                 "the removed listener still accepts; log:\n{}",
                 fwd.log()
