@@ -23,7 +23,7 @@ use crate::shard::context::{Ctx, Mode, TimerKey};
 use crate::stats::{CloseReason, Counter, Counters, Histogram, ListenerStats, UpstreamStats};
 use crate::tcp::cx::Cx;
 use crate::time::Millis;
-use crate::upstream::{Balancer, Member, Target, UpstreamId};
+use crate::upstream::{Balancer, Member, PassiveState, Target, UpstreamId};
 
 /// A listener slot's place in the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +196,7 @@ impl TcpService {
     /// Retires every current route and installs `specs` in free slots, with
     /// their upstreams; returns each spec's slot (`FREED` when the table is full).
     fn install_routes(&mut self, ctx: &Ctx, specs: &[RouteSpec], owners: &[String]) -> Vec<u16> {
+        let carried = self.passive_states();
         for r in &mut self.routes {
             if r.life == Life::Current {
                 r.life = Life::Retired;
@@ -239,6 +240,12 @@ impl TcpService {
                 })
                 .collect();
             let mut balancer = Balancer::new(&members, spec.balance, spec.passive);
+            for (member, addr) in spec.upstreams.iter().enumerate() {
+                let state = carried.iter().find(|(l, a, _)| *l == listener && a == addr);
+                if let Some(&(_, _, state)) = state {
+                    balancer.carry_passive(member, state);
+                }
+            }
             balancer.seed(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let fresh = Route {
                 spec: spec.clone(),
@@ -252,6 +259,23 @@ impl TcpService {
             slots.push(route);
         }
         slots
+    }
+
+    /// The passive health of every upstream of the configuration, by
+    /// listener name and address: an upstream that stays keeps it (a shard
+    /// that ejected it does not send it new connections again at once).
+    fn passive_states(&self) -> Vec<(String, std::net::SocketAddr, PassiveState)> {
+        self.upstreams
+            .iter()
+            .filter_map(|u| {
+                let r = self.routes.get(usize::from(u.route))?;
+                if r.life != Life::Current {
+                    return None;
+                }
+                let state = r.balancer.passive_state(u.member)?;
+                Some((u.listener.clone(), u.addr, state))
+            })
+            .collect()
     }
 
     fn add_upstream(&mut self, u: Upstream) -> UpstreamId {
@@ -470,6 +494,48 @@ mod tests {
             got,
             vec![("10.0.0.1:7".to_owned(), 1), ("10.0.0.1:8".to_owned(), 0)],
             "id 1 is the second upstream of the new table; the old routes are freed"
+        );
+    }
+
+    #[test]
+    fn an_upstream_a_shard_ejected_stays_ejected_across_a_reload() {
+        let passive = PassiveHealth {
+            max_fails: 1,
+            fail_timeout: std::time::Duration::from_secs(10),
+        };
+        let with_passive = |ports: &[u16]| RouteSpec {
+            passive,
+            ..route(ports)
+        };
+        let mut s = TcpService::new(TcpConfig {
+            listeners: vec![listener(100, 0)],
+            routes: vec![with_passive(&[1, 2])],
+            ..TcpConfig::default()
+        });
+        let mut ctx = Ctx::new(0, FdBudget::Unlimited, 0);
+        let target = crate::upstream::Target {
+            upstream: Some(UpstreamId(0)),
+            addr: std::net::SocketAddr::from(([10, 0, 0, 1], 1)),
+        };
+        if let Some(r) = s.routes.first_mut() {
+            r.balancer
+                .report(target, crate::upstream::Outcome::Refused, 5);
+        }
+        let reload = ShardReload {
+            listeners: vec![ReloadListener::Keep(listener(100, 0))],
+            routes: vec![with_passive(&[1, 2, 3])],
+            drain_ms: 1_000,
+        };
+        s.reload(&mut ctx, &reload, 10);
+        let mut got = in_rotation(&s);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.1:1".to_owned(), 0),
+                ("10.0.0.1:2".to_owned(), 1),
+                ("10.0.0.1:3".to_owned(), 1)
+            ]
         );
     }
 
