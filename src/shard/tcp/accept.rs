@@ -153,7 +153,7 @@ impl TcpService {
         let (at_limit, limit, name) = (l.active >= l.spec.limit, l.spec.limit, l.spec.name.clone());
         // Cancelled by us: a pause, a drain, or a reload that removed it.
         let cancelled = matches!(l.accept, AcceptState::Pausing(_) | AcceptState::Cancelling);
-        let serving = l.role == super::reload::Role::Serving;
+        let serving = l.role == super::Role::Serving;
         let mut ended = AcceptEnd::Normal;
         if res >= 0 {
             let fd = Fd(res);

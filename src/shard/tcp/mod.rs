@@ -20,7 +20,6 @@ use self::accept::AcceptState;
 use self::conn::{Conn, Logic};
 use self::gate::{Gate, Refusal};
 pub use self::gate::{GateSpec, RateSpec};
-use self::reload::{Life, Role};
 pub use self::reload::{ReloadListener, ShardReload};
 use super::buffers::Held;
 use super::context::{Ctx, Mode};
@@ -163,6 +162,30 @@ pub(crate) struct TcpConfig {
     pub splice: SpliceConfig,
     /// The shard's pipes (its `max_pipes`); none: nothing splices.
     pub pipes: Vec<PipeFds>,
+}
+
+/// A listener slot's place in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Serving,
+    /// Removed by a reload: not accepting; its connections are closed at
+    /// `until` (drain_timeout after the reload) if they have not ended;
+    /// freed after the last.
+    Retired {
+        until: Millis,
+    },
+    /// Unused: a later added listener may take it.
+    Free,
+}
+
+/// A route slot's place in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    /// New connections take it.
+    Current,
+    /// Replaced by a reload: only connections that picked it use it.
+    Retired,
+    Free,
 }
 
 struct Listener {

@@ -17,37 +17,14 @@ use tracing::warn;
 use super::accept::AcceptState;
 use super::gate::Gate;
 use super::{
-    ListenerKind, ListenerSpec, Route, RouteSpec, TcpService, Upstream, balance_seed, route_owners,
+    Life, ListenerKind, ListenerSpec, Role, Route, RouteSpec, TcpService, Upstream, balance_seed,
+    route_owners,
 };
 use crate::shard::context::{Ctx, Mode, TimerKey};
 use crate::stats::{CloseReason, Counter, Counters, Histogram, ListenerStats, UpstreamStats};
 use crate::tcp::cx::Cx;
 use crate::time::Millis;
 use crate::upstream::{Balancer, Member, PassiveState, Target, UpstreamId};
-
-/// A listener slot's place in the configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Role {
-    Serving,
-    /// Removed by a reload: not accepting; its connections are closed at
-    /// `until` (drain_timeout after the reload) if they have not ended;
-    /// freed after the last.
-    Retired {
-        until: Millis,
-    },
-    /// Unused: a later added listener may take it.
-    Free,
-}
-
-/// A route slot's place in the configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Life {
-    /// New connections take it.
-    Current,
-    /// Replaced by a reload: only connections that picked it use it.
-    Retired,
-    Free,
-}
 
 /// The route of an upstream slot that is free.
 const FREED: u16 = u16::MAX;
