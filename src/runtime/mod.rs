@@ -850,7 +850,8 @@ fn on_signal(
         }
         return Signalled::Ignored;
     }
-    let plan = rt.reload.plan().clone();
+    // The file in force: a reload may have changed it.
+    let drain_timeout = rt.reload.plan().runtime.drain_timeout;
     if sig == Signal::Usr1
         && let Some(log) = &rt.access_log
     {
@@ -874,11 +875,11 @@ fn on_signal(
     );
     info!(
         "{name}: draining — no new connections or UDP sessions; {active} open connection(s) get up to {} to finish, and {sessions} UDP session(s) end once they owe no reply or have been quiet for {}ms, within the same bound (send {name} again to exit at once)",
-        format_duration(plan.runtime.drain_timeout),
+        format_duration(drain_timeout),
         UDP_DRAIN_GRACE_MS
     );
     rt.drain();
-    Signalled::Draining(Instant::now() + plan.runtime.drain_timeout)
+    Signalled::Draining(Instant::now() + drain_timeout)
 }
 
 /// `ringfwd run` / `ringfwd echo`: serve until signalled; returns the exit

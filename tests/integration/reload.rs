@@ -445,3 +445,20 @@ fn an_upstream_the_checker_took_down_stays_down_across_a_reload() {
     assert_eq!(line.get("connect_attempts"), None, "{line:?}");
     assert_eq!(line.get("in_rotation"), None, "{line:?}");
 }
+
+#[test]
+fn a_reloaded_drain_timeout_is_the_one_a_stop_uses() {
+    let echo = echo_upstream(1);
+    let up = echo.first_addr();
+    let path = write_config(&config(&tcp("t", "127.0.0.1:0", &[up], "")));
+    let mut fwd = start(&path, 1);
+    let shorter = config(&tcp("t", "127.0.0.1:0", &[up], "")).replace("\"30s\"", "\"250ms\"");
+    reload(&fwd, &path, &shorter, 1);
+    let mut open = TcpStream::connect(fwd.addr("t")).expect("connect");
+    echo_on(&mut open, b"open at the stop");
+    fwd.signal(libc::SIGTERM);
+    let line = fwd.wait_log("SIGTERM: draining", Duration::from_secs(5));
+    assert!(line.contains("get up to 250ms"), "{line}");
+    let status = fwd.wait_exit(Duration::from_secs(10)).expect("exit");
+    assert_eq!(status.code(), Some(0), "{}", fwd.log());
+}
