@@ -38,7 +38,7 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
 
 /// Echo listeners, for `ringfwd echo`: TCP and UDP echo, TCP sink, source and
 /// request/response (with its sizes, raw).
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct EchoAddrs {
     tcp: Vec<String>,
     udp: Vec<String>,
@@ -136,7 +136,10 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run(args) => match resolve(&args, EchoAddrs::default()) {
-            Ok(plan) => ExitCode::from(runtime::serve(&plan)),
+            Ok(plan) => {
+                let reread = || resolve(&args, EchoAddrs::default());
+                ExitCode::from(runtime::serve(&plan, &reread))
+            }
             Err(e) => config_error(&e),
         },
         Command::Check(args) => match resolve(&args, EchoAddrs::default()) {
@@ -159,8 +162,11 @@ fn main() -> ExitCode {
                 request_size: args.request_size,
                 response_size: args.response_size,
             };
-            match resolve(&plan_args, echo) {
-                Ok(plan) => ExitCode::from(runtime::serve(&plan)),
+            match resolve(&plan_args, echo.clone()) {
+                Ok(plan) => {
+                    let reread = || resolve(&plan_args, echo.clone());
+                    ExitCode::from(runtime::serve(&plan, &reread))
+                }
                 Err(e) => config_error(&e),
             }
         }

@@ -235,6 +235,12 @@ counters! {
     /// An upstream's gauge: 1 while this shard has it in rotation, so the
     /// sum over shards says on how many it is up.
     InRotation = "in_rotation",
+    // Reload on SIGHUP (issue 14), counted by the control thread.
+    /// Configuration reloads applied (SIGHUP with a valid file).
+    Reloads = "reloads",
+    /// Reloads refused: the file was invalid or a new listener could not be
+    /// bound; the configuration before stayed in force.
+    ReloadFailed = "reload_failed",
 }
 
 const SCALARS: usize = Counter::ALL.len();

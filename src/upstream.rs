@@ -98,6 +98,10 @@ enum Health {
     Trial { until: Millis },
 }
 
+/// A member's passive health, opaque: carried over a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassiveState(Health);
+
 /// What the active health checker last said of a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Checked {
@@ -362,6 +366,23 @@ impl Balancer {
     /// Whether member `i` takes connections now (see [`eligible`]).
     fn eligible(&self, i: usize, now: Millis) -> bool {
         eligible(&self.checked, &self.health, i, now)
+    }
+
+    /// Member `i`'s passive health, for a reload to carry over to the
+    /// same upstream in the new configuration's balancer.
+    pub fn passive_state(&self, i: usize) -> Option<PassiveState> {
+        self.health.get(i).copied().map(PassiveState)
+    }
+
+    /// Gives member `i` the passive health it had before a reload (nothing
+    /// when this balancer has passive health off).
+    pub fn carry_passive(&mut self, i: usize, state: PassiveState) {
+        if self.max_fails == 0 {
+            return;
+        }
+        if let Some(h) = self.health.get_mut(i) {
+            *h = state.0;
+        }
     }
 
     /// Whether member `i` is in this shard's rotation (for the gauge).

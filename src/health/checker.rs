@@ -14,7 +14,7 @@ use tracing::error;
 
 use super::Event;
 use super::schedule::Schedule;
-use super::state::{Failure, Outcome, Tracker};
+use super::state::{Failure, Outcome, State, Tracker};
 use crate::config::HealthCheck;
 use crate::sys::connect::Connecting;
 use crate::sys::eventfd::EventFd;
@@ -27,6 +27,8 @@ pub(crate) struct Probe {
     pub check: HealthCheck,
     /// Sent once connected (a PROXY header), then the check closes.
     pub hello: Vec<u8>,
+    /// The verdict it starts with (carried over a reload; up otherwise).
+    pub start: State,
 }
 
 /// The running checker; dropping it stops the thread and waits for it.
@@ -91,7 +93,7 @@ impl Run {
             schedule: Schedule::new(&timing),
             trackers: probes
                 .iter()
-                .map(|p| Tracker::new(p.check.rise, p.check.fall))
+                .map(|p| Tracker::starting(p.check.rise, p.check.fall, p.start))
                 .collect(),
             pending: probes.iter().map(|_| None).collect(),
             probes,

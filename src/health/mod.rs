@@ -239,12 +239,68 @@ impl Monitor {
         if targets.is_empty() {
             return Ok(None);
         }
-        let probes = targets
+        let view = View::new(targets, SystemTime::now());
+        Monitor::spawn(view)
+    }
+
+    /// After a reload: a checker for `plan`'s targets. A target that stays
+    /// (same listener, same address) keeps its verdict and its counters;
+    /// the counters of those that went are added to `retired`, so no total
+    /// goes backwards. Returns the monitor and the targets that start down
+    /// (the shards' new balancers start every upstream up).
+    pub(crate) fn rebuild(
+        plan: &Plan,
+        old: Option<Monitor>,
+        retired: &mut ShardStats,
+    ) -> Result<(Option<Monitor>, Vec<UpstreamId>), HostError> {
+        let mut view = View::new(targets(plan), SystemTime::now());
+        if let Some(old) = old {
+            // The old checker stops here (dropped), before the new one starts.
+            let old = old.view;
+            let mut taken = vec![false; old.targets.len()];
+            for (i, t) in view.targets.iter().enumerate() {
+                let found = old.targets.iter().enumerate().position(|(j, o)| {
+                    !taken.get(j).copied().unwrap_or(true)
+                        && o.listener == t.listener
+                        && o.addr == t.addr
+                });
+                let Some(j) = found else { continue };
+                if let Some(tk) = taken.get_mut(j) {
+                    *tk = true;
+                }
+                if let (Some(h), Some(oh)) = (view.health.get_mut(i), old.health.get(j)) {
+                    h.up = oh.up;
+                    h.since = oh.since;
+                    h.reason.clone_from(&oh.reason);
+                }
+                if let (Some(c), Some(oc)) = (view.counters.get_mut(i), old.counters.get(j)) {
+                    c.clone_from(oc);
+                }
+            }
+            let gone = View {
+                targets: keep_untaken(old.targets, &taken),
+                health: keep_untaken(old.health, &taken),
+                counters: keep_untaken(old.counters, &taken),
+            };
+            gone.add_to(retired);
+        }
+        let down = view.health.iter().filter(|h| !h.up).map(|h| h.id).collect();
+        if view.targets.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        Ok((Monitor::spawn(view)?, down))
+    }
+
+    fn spawn(view: View) -> Result<Option<Monitor>, HostError> {
+        let probes = view
+            .targets
             .iter()
-            .map(|t| Probe {
+            .zip(&view.health)
+            .map(|(t, h)| Probe {
                 addr: t.addr,
                 check: t.check,
                 hello: t.hello.bytes(),
+                start: if h.up { State::Up } else { State::Down },
             })
             .collect();
         let (tx, events) = mpsc::channel();
@@ -253,10 +309,10 @@ impl Monitor {
         })?;
         info!(
             "health checker: {} upstream(s) checked by one thread for every shard",
-            targets.len()
+            view.targets.len()
         );
         Ok(Some(Monitor {
-            view: View::new(targets, SystemTime::now()),
+            view,
             events,
             _checker: checker,
         }))
@@ -275,6 +331,16 @@ impl Monitor {
     pub(crate) fn view(&self) -> &View {
         &self.view
     }
+}
+
+/// The entries of `items` whose `taken` flag is false.
+fn keep_untaken<T>(items: Vec<T>, taken: &[bool]) -> Vec<T> {
+    items
+        .into_iter()
+        .zip(taken)
+        .filter(|(_, t)| !**t)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 #[cfg(test)]

@@ -97,6 +97,14 @@ impl Tracker {
         }
     }
 
+    /// Starts in `state`: a reload carries an upstream's verdict over.
+    pub(crate) fn starting(rise: u32, fall: u32, state: State) -> Tracker {
+        Tracker {
+            state,
+            ..Tracker::new(rise, fall)
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn state(&self) -> State {
         self.state

@@ -38,6 +38,7 @@ use crate::time::millis;
 
 mod admin;
 mod descriptors;
+mod reload;
 
 /// How long start-up waits for every shard to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +74,8 @@ pub struct Runtime {
     ready: crate::admin::Readiness,
     /// The health checker and its results (any `health_check`).
     health: Option<Monitor>,
+    /// The configuration in force and what a SIGHUP reload needs.
+    reload: reload::State,
 }
 
 /// How long the access log's writer may take to write what the shards
@@ -450,6 +453,7 @@ impl Runtime {
         let health = Monitor::start(plan)?;
         let (report_tx, reports) = mpsc::channel();
         let mut shards = Vec::with_capacity(n);
+        let reload = reload::State::new(plan, &listeners, &bound);
         let shard_inputs = listeners.into_iter().zip(udp_listeners);
         for (index, (shard_listeners, shard_udp)) in shard_inputs.enumerate() {
             let cpu = rt.cpus.get(index).copied().unwrap_or(index);
@@ -504,6 +508,7 @@ impl Runtime {
             access_log,
             ready: crate::admin::Readiness::default(),
             health,
+            reload,
         };
         runtime.wait_ready()?;
         runtime.ready.set_serving();
@@ -552,7 +557,7 @@ impl Runtime {
 
     fn send_all(&self, cmd: Command) {
         for s in self.shards.iter().filter(|s| s.exited.is_none()) {
-            if s.commands.send(cmd).is_ok() {
+            if s.commands.send(cmd.clone()).is_ok() {
                 let _ = s.doorbell.notify();
             }
         }
@@ -674,6 +679,7 @@ impl Runtime {
         if let Some(h) = &self.health {
             h.view().add_to(&mut total);
         }
+        self.reload.add_to(&mut total);
         total
     }
 
@@ -830,8 +836,26 @@ enum Signalled {
     ExitNow,
 }
 
-fn on_signal(rt: &mut Runtime, plan: &Plan, sig: Signal, draining: bool) -> Signalled {
+fn on_signal(
+    rt: &mut Runtime,
+    sig: Signal,
+    draining: bool,
+    reread: &dyn Fn() -> Result<Plan, String>,
+) -> Signalled {
     let name = sig.name();
+    if sig.intent() == Intent::Reload {
+        if draining {
+            warn!("{name} ignored: draining, so a new configuration would not apply");
+        } else {
+            // systemd (Type=notify / notify-reload) hears the reload's start and end.
+            notify::reloading();
+            reload::on_sighup(rt, reread);
+            notify::ready();
+        }
+        return Signalled::Ignored;
+    }
+    // The file in force: a reload may have changed it.
+    let drain_timeout = rt.reload.plan().runtime.drain_timeout;
     if sig == Signal::Usr1
         && let Some(log) = &rt.access_log
     {
@@ -855,20 +879,21 @@ fn on_signal(rt: &mut Runtime, plan: &Plan, sig: Signal, draining: bool) -> Sign
     );
     info!(
         "{name}: draining — no new connections or UDP sessions; {active} open connection(s) get up to {} to finish, and {sessions} UDP session(s) end once they owe no reply or have been quiet for {}ms, within the same bound (send {name} again to exit at once)",
-        format_duration(plan.runtime.drain_timeout),
+        format_duration(drain_timeout),
         UDP_DRAIN_GRACE_MS
     );
     notify::stopping();
     notify::status(&format!(
         "draining {active} connection(s) for up to {}",
-        format_duration(plan.runtime.drain_timeout)
+        format_duration(drain_timeout)
     ));
     rt.drain();
-    Signalled::Draining(Instant::now() + plan.runtime.drain_timeout)
+    Signalled::Draining(Instant::now() + drain_timeout)
 }
 
-/// `ringfwd run` / `ringfwd echo`: serve until signalled; returns the exit code.
-pub fn serve(plan: &Plan) -> u8 {
+/// `ringfwd run` / `ringfwd echo`: serve until signalled; returns the exit
+/// code. `reread` builds the plan from the same sources again (SIGHUP).
+pub fn serve(plan: &Plan, reread: &dyn Fn() -> Result<Plan, String>) -> u8 {
     // Block before any thread exists so every shard inherits the mask.
     let signals = match ControlSignals::block() {
         Ok(s) => s,
@@ -902,7 +927,7 @@ pub fn serve(plan: &Plan) -> u8 {
     let mut stop_deadline: Option<Instant> = None;
     loop {
         if let Some(sig) = signals.wait(Duration::from_millis(50)) {
-            match on_signal(&mut rt, plan, sig, drain_deadline.is_some()) {
+            match on_signal(&mut rt, sig, drain_deadline.is_some(), reread) {
                 Signalled::Ignored => {}
                 Signalled::Draining(deadline) => drain_deadline = Some(deadline),
                 Signalled::ExitNow => {

@@ -21,7 +21,8 @@ use crate::upstream::UpstreamId;
 pub use super::context::{FdBudget, Mode};
 pub use super::ops::{CQE_F_BUFFER, CQE_F_MORE, Family, Fd, Op, PipeFds, RecvTemplate};
 pub use super::tcp::{
-    FrontSpec, GateSpec, ListenerKind, ListenerSpec, RateSpec, RouteSpec, SniSpec,
+    FrontSpec, GateSpec, ListenerKind, ListenerSpec, RateSpec, ReloadListener, RouteSpec,
+    ShardReload, SniSpec,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -108,7 +109,19 @@ impl Engine {
         }
         self.tcp.snapshot(&mut s.listeners, &mut s.upstreams);
         self.udp.snapshot(&mut s.listeners);
+        s.merge(self.tcp.retired());
         s
+    }
+
+    /// Swaps in a reloaded configuration (a `Command::Reload`): new
+    /// connections get it, open ones keep what they started with.
+    pub fn reload(&mut self, new: &ShardReload, now: Millis) {
+        self.tcp.reload(&mut self.ctx, new, now);
+    }
+
+    /// Frees what a reload retired once nothing uses it any more.
+    pub fn tidy(&mut self) {
+        self.tcp.collect_retired();
     }
 
     /// UDP sessions open (or closing) on this shard.
@@ -277,7 +290,7 @@ impl Engine {
         for key in fired.drain(..) {
             match key {
                 TimerKey::Conn { id, deadline } => self.tcp.timer(&mut self.ctx, id, deadline, now),
-                TimerKey::Listener(index) => self.tcp.backoff_over(&mut self.ctx, index),
+                TimerKey::Listener(index) => self.tcp.backoff_over(&mut self.ctx, index, now),
                 TimerKey::Session { id, deadline } => {
                     self.udp.session_timer(&mut self.ctx, id, deadline, now)
                 }

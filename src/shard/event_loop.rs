@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::engine::{
     Engine, EngineConfig, Fd, FdBudget, ListenerSpec, Mode, Op, PipeFds, RecvTemplate, RouteSpec,
+    ShardReload,
 };
 use super::token::{OpKind, SlotId, Token};
 use super::udp::{DatagramMeta, UdpListenerSpec, UdpRouteSpec};
@@ -144,7 +145,7 @@ fn make_pipes(shard: usize, s: SpliceSetup) -> Vec<Option<pipe::Pipe>> {
 }
 
 /// Control thread → shard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum Command {
     /// Stop accepting; let connections finish.
     Drain,
@@ -155,6 +156,9 @@ pub(crate) enum Command {
     /// The health checker's verdict on an upstream: a down one gets no new
     /// connection while another of its route is up.
     UpstreamHealth { upstream: UpstreamId, up: bool },
+    /// A reloaded configuration, this shard's part, swapped in between two
+    /// turns of the loop. Upstream ids of later commands are the new ones.
+    Reload(Arc<ShardReload>),
 }
 
 /// Shard → control thread.
@@ -590,6 +594,7 @@ impl Loop {
                     engine.stop(now);
                 }
                 Command::Snapshot(seq) => {
+                    engine.tidy();
                     Self::read_listener_drops(engine);
                     let _ = self.control.reports.send(Report::Snapshot {
                         shard: self.shard,
@@ -598,6 +603,10 @@ impl Loop {
                     });
                 }
                 Command::UpstreamHealth { upstream, up } => engine.set_checked(upstream, up),
+                Command::Reload(new) => {
+                    debug!(shard = self.shard, "reloading");
+                    engine.reload(&new, now);
+                }
             }
         }
         if engine.mode() == Mode::Running || !engine.is_done() {

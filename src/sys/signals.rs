@@ -15,7 +15,7 @@ pub(crate) enum Signal {
     Term,
     /// NGINX's graceful stop: drains as SIGTERM does.
     Quit,
-    /// A reload elsewhere; not supported yet, so logged and ignored.
+    /// Reload the configuration.
     Hup,
     Usr1,
     Usr2,
@@ -26,6 +26,8 @@ pub(crate) enum Signal {
 pub(crate) enum Intent {
     /// Drain (the first time) or exit at once (a second stop signal).
     Stop,
+    /// Re-read the configuration file and apply it.
+    Reload,
     /// Log why, and keep serving.
     Ignore { why: &'static str },
 }
@@ -69,11 +71,7 @@ impl Signal {
     pub(crate) fn intent(self) -> Intent {
         match self {
             Signal::Int | Signal::Term | Signal::Quit => Intent::Stop,
-            Signal::Hup => Intent::Ignore {
-                why: "configuration reload is not supported yet, so the current configuration \
-                      stays in force; to apply a new one, stop (SIGTERM or SIGQUIT drains) and \
-                      start again",
-            },
+            Signal::Hup => Intent::Reload,
             Signal::Usr1 => Intent::Ignore {
                 why: "it reopens the access log, and no `[log] access` is configured (the \
                       application log goes to stderr)",

@@ -22,6 +22,7 @@ mod lifecycle;
 mod limits;
 mod peers;
 mod relay;
+mod reload;
 mod shipping;
 mod signals;
 mod splice;

@@ -94,7 +94,7 @@ fn next_state(sock: &UnixDatagram, deadline: Instant) -> String {
 }
 
 #[test]
-fn systemd_is_told_ready_once_serving_and_stopping_at_drain() {
+fn systemd_is_told_ready_once_serving_reloading_around_a_reload_and_stopping_at_drain() {
     let path = temp_path("notify.sock");
     let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
     let mut p = Proc::start_with_env(
@@ -104,6 +104,14 @@ fn systemd_is_told_ready_once_serving_and_stopping_at_drain() {
     );
     let ready = next_state(&sock, Instant::now() + Duration::from_secs(15));
     assert_eq!(ready, format!("READY=1\nMAINPID={}", p.pid()));
+    p.signal(libc::SIGHUP);
+    let reloading = next_state(&sock, Instant::now() + Duration::from_secs(15));
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let ready = next_state(&sock, Instant::now() + Duration::from_secs(15));
+    assert!(ready.starts_with("READY=1"), "{ready}");
     p.signal(libc::SIGTERM);
     let stopping = next_state(&sock, Instant::now() + Duration::from_secs(15));
     assert_eq!(stopping, "STOPPING=1");

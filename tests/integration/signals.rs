@@ -1,5 +1,5 @@
-//! Signals an operator of NGINX or HAProxy sends out of habit: SIGHUP,
-//! SIGUSR1 and SIGUSR2 are logged and ignored (reload does not exist yet),
+//! Signals an operator of NGINX or HAProxy sends out of habit: SIGUSR1
+//! and SIGUSR2 are logged and ignored (SIGHUP reloads: see reload.rs),
 //! SIGPIPE never ends the process, and SIGQUIT drains as SIGTERM does. And a
 //! broken stderr (its reader gone, or a full disk) costs log lines, never
 //! the forwarder.
@@ -24,17 +24,14 @@ fn echo_once(c: &mut TcpStream, msg: &[u8]) {
 }
 
 #[test]
-fn sighup_sigusr1_sigusr2_and_sigpipe_are_ignored_and_serving_goes_on() {
+fn sigusr1_sigusr2_and_sigpipe_are_ignored_and_serving_goes_on() {
     let echo = echo_upstream(1);
     let mut fwd = forwarder(&[echo.first_addr()], "", "shards = 1");
     let addr = fwd.first_addr();
     let mut open = TcpStream::connect(addr).expect("connect");
     echo_once(&mut open, b"before");
     for (sig, line) in [
-        (
-            libc::SIGHUP,
-            "SIGHUP ignored: configuration reload is not supported yet",
-        ),
+        // SIGHUP reloads: tests/integration/reload.rs.
         (libc::SIGUSR1, "SIGUSR1 ignored"),
         (libc::SIGUSR2, "SIGUSR2 ignored"),
     ] {
@@ -175,13 +172,13 @@ fn a_broken_stderr_costs_log_lines_never_the_forwarder() {
 }
 
 #[test]
-fn the_echo_upstream_ignores_sighup_too() {
+fn the_echo_upstream_reloads_its_command_line_on_sighup_and_keeps_serving() {
     let mut echo: Proc = echo_upstream(1);
     echo.signal(libc::SIGHUP);
     assert!(
         wait_until(Duration::from_secs(5), || echo
             .log()
-            .contains("SIGHUP ignored")),
+            .contains("SIGHUP: configuration reloaded: 1 listener(s) kept")),
         "{}",
         echo.log()
     );

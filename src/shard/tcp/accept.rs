@@ -90,7 +90,7 @@ impl TcpService {
         ctx.push_own(op);
     }
 
-    fn close_listener(&mut self, ctx: &mut Ctx, index: u32) {
+    pub(super) fn close_listener(&mut self, ctx: &mut Ctx, index: u32) {
         let Some(l) = self.listeners.get_mut(index as usize) else {
             return;
         };
@@ -104,25 +104,30 @@ impl TcpService {
     /// Stop accepting: cancel every accept, then close the listening sockets.
     pub(super) fn cancel_accepts(&mut self, ctx: &mut Ctx) {
         for i in 0..self.listeners.len() {
-            let index = i as u32;
-            let Some(state) = self.listeners.get(i).map(|l| l.accept) else {
-                continue;
-            };
-            match state {
-                AcceptState::Armed(_) => {
-                    self.set_accept(index, AcceptState::Cancelling);
-                    ctx.push_own(Op::CancelAccept {
-                        token: own_token(OpKind::CancelAccept, index),
-                        target: own_token(OpKind::Accept, index),
-                    });
-                }
-                AcceptState::Backoff | AcceptState::Paused => self.close_listener(ctx, index),
-                // A pause's cancel is in flight: its final completion closes the listener.
-                AcceptState::Pausing(_)
-                | AcceptState::Cancelling
-                | AcceptState::Closing
-                | AcceptState::Closed => {}
+            self.stop_accepting(ctx, i as u32);
+        }
+    }
+
+    /// Stop accepting on one listener (a drain, or a reload removed it):
+    /// cancel its accept, then close its socket.
+    pub(super) fn stop_accepting(&mut self, ctx: &mut Ctx, index: u32) {
+        let Some(state) = self.listeners.get(index as usize).map(|l| l.accept) else {
+            return;
+        };
+        match state {
+            AcceptState::Armed(_) => {
+                self.set_accept(index, AcceptState::Cancelling);
+                ctx.push_own(Op::CancelAccept {
+                    token: own_token(OpKind::CancelAccept, index),
+                    target: own_token(OpKind::Accept, index),
+                });
             }
+            AcceptState::Backoff | AcceptState::Paused => self.close_listener(ctx, index),
+            // A pause's cancel is in flight: its final completion closes the listener.
+            AcceptState::Pausing(_)
+            | AcceptState::Cancelling
+            | AcceptState::Closing
+            | AcceptState::Closed => {}
         }
     }
 
@@ -146,7 +151,9 @@ impl TcpService {
             return;
         };
         let (at_limit, limit, name) = (l.active >= l.spec.limit, l.spec.limit, l.spec.name.clone());
-        let pausing = matches!(l.accept, AcceptState::Pausing(_));
+        // Cancelled by us: a pause, a drain, or a reload that removed it.
+        let cancelled = matches!(l.accept, AcceptState::Pausing(_) | AcceptState::Cancelling);
+        let serving = l.role == super::Role::Serving;
         let mut ended = AcceptEnd::Normal;
         if res >= 0 {
             let fd = Fd(res);
@@ -175,7 +182,7 @@ impl TcpService {
         } else if is_out_of_fds(-res) && ctx.mode == Mode::Running {
             ended = AcceptEnd::OutOfFds;
             self.note_fd_pause(ctx, &name, -res, now);
-        } else if -res != libc::ECANCELED || (ctx.mode == Mode::Running && !pausing) {
+        } else if -res != libc::ECANCELED || (ctx.mode == Mode::Running && !cancelled) {
             ended = AcceptEnd::Failed;
             l.counters.inc(Counter::AcceptErrors);
             let err = std::io::Error::from_raw_os_error(-res);
@@ -192,8 +199,8 @@ impl TcpService {
             return;
         }
         match ctx.mode {
-            Mode::Running => self.accept_ended(ctx, index, ended, now),
-            Mode::Draining | Mode::Stopping => self.close_listener(ctx, index),
+            Mode::Running if serving => self.accept_ended(ctx, index, ended, now),
+            Mode::Running | Mode::Draining | Mode::Stopping => self.close_listener(ctx, index),
         }
     }
 
@@ -219,7 +226,10 @@ impl TcpService {
     }
 
     /// A listener's back-off timer fired.
-    pub(crate) fn backoff_over(&mut self, ctx: &mut Ctx, index: u32) {
+    pub(crate) fn backoff_over(&mut self, ctx: &mut Ctx, index: u32, now: Millis) {
+        if self.retired_deadline(ctx, index, now) {
+            return;
+        }
         let backoff = self
             .listeners
             .get(index as usize)

@@ -5,7 +5,7 @@
 
 use tracing::info;
 
-use super::{Listener, Route, Upstream};
+use super::{Route, Upstream};
 use crate::shard::context::Ctx;
 use crate::stats::Counter;
 use crate::time::Millis;
@@ -30,7 +30,7 @@ pub(super) fn release_active(
 /// upstream, and one (rate-limited) log line naming why.
 pub(super) fn changed(
     ctx: &mut Ctx,
-    (listeners, upstreams): (&[Listener], &mut [Upstream]),
+    upstreams: &mut [Upstream],
     target: Target,
     change: Change,
     fail_ms: Millis,
@@ -50,10 +50,11 @@ pub(super) fn changed(
     if !ctx.log.allow(now, ctx.shard) {
         return;
     }
-    let listener = u
-        .listener
-        .and_then(|i| listeners.get(i as usize))
-        .map_or("-", |l| l.spec.name.as_str());
+    let listener = if u.listener.is_empty() {
+        "-"
+    } else {
+        u.listener.as_str()
+    };
     let (message, reason) = change.describe(ctx.shard, fail_ms);
     info!(
         shard = ctx.shard,

@@ -65,8 +65,8 @@ impl TcpService {
                             && let Some(change) = r.balancer.report(target, outcome, now)
                         {
                             let fail_ms = r.balancer.fail_ms();
-                            let names = (self.listeners.as_slice(), self.upstreams.as_mut_slice());
-                            super::health::changed(ctx, names, target, change, fail_ms, now);
+                            let ups = self.upstreams.as_mut_slice();
+                            super::health::changed(ctx, ups, target, change, fail_ms, now);
                         }
                         continue;
                     }

@@ -9,6 +9,7 @@ mod conn;
 mod gate;
 mod health;
 mod lower;
+mod reload;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use self::accept::AcceptState;
 use self::conn::{Conn, Logic};
 use self::gate::{Gate, Refusal};
 pub use self::gate::{GateSpec, RateSpec};
+pub use self::reload::{ReloadListener, ShardReload};
 use super::buffers::Held;
 use super::context::{Ctx, Mode};
 use super::ops::{Fd, Op, PipeFds, buffer_id};
@@ -29,7 +31,9 @@ use crate::accesslog::{AccessLogShard, AccessRecord, Proto as AccessProto};
 use crate::config::Cidr;
 use crate::config::{Balance, PassiveHealth};
 use crate::front::sni::SniRoutes;
-use crate::stats::{CloseReason, Counter, Counters, Histogram, ListenerStats, UpstreamStats};
+use crate::stats::{
+    CloseReason, Counter, Counters, Histogram, ListenerStats, ShardStats, UpstreamStats,
+};
 use crate::tcp::cx::Cx;
 use crate::tcp::echo::Echo;
 use crate::tcp::front::FrontConfig;
@@ -160,8 +164,34 @@ pub(crate) struct TcpConfig {
     pub pipes: Vec<PipeFds>,
 }
 
+/// A listener slot's place in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Serving,
+    /// Removed by a reload: not accepting; its connections are closed at
+    /// `until` (drain_timeout after the reload) if they have not ended;
+    /// freed after the last.
+    Retired {
+        until: Millis,
+    },
+    /// Unused: a later added listener may take it.
+    Free,
+}
+
+/// A route slot's place in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    /// New connections take it.
+    Current,
+    /// Replaced by a reload: only connections that picked it use it.
+    Retired,
+    Free,
+}
+
 struct Listener {
     spec: ListenerSpec,
+    /// Whether it is in the configuration (see `reload`).
+    role: Role,
     gate: Gate,
     accept: AcceptState,
     active: u32,
@@ -175,8 +205,9 @@ struct Listener {
 /// the checker's verdict) is kept by its route's balancer, which skips it
 /// while it is down.
 struct Upstream {
-    /// The listener whose route it belongs to (for its stats line).
-    listener: Option<u32>,
+    /// The name of the listener whose route it belongs to (for its stats
+    /// line; a name, as listener slots are reused across reloads).
+    listener: String,
     /// Its route, and its index among the route balancer's members.
     route: u16,
     member: usize,
@@ -188,6 +219,8 @@ struct Upstream {
 struct Route {
     spec: RouteSpec,
     balancer: Balancer,
+    /// Whether new connections take it, or only open ones hold it.
+    life: Life,
 }
 
 pub(crate) struct TcpService {
@@ -202,6 +235,12 @@ pub(crate) struct TcpService {
     cap: u32,
     splice: SpliceConfig,
     pipes: PipePool,
+    /// The counters of listeners and upstreams a reload removed whose last
+    /// connection ended (their slots reused): totals never go backwards.
+    retired: ShardStats,
+    /// The upstream slot of each upstream of the configuration, in the
+    /// control thread's order (the health checker's ids).
+    current: Vec<UpstreamId>,
 }
 
 /// One access log line for a closed connection.
@@ -291,12 +330,13 @@ fn route_owners(listeners: &[ListenerSpec]) -> Vec<Option<u32>> {
 impl TcpService {
     pub(crate) fn new(cfg: TcpConfig) -> TcpService {
         let owner = route_owners(&cfg.listeners);
-        let listeners = cfg
+        let listeners: Vec<Listener> = cfg
             .listeners
             .into_iter()
             .map(|spec| Listener {
                 gate: Gate::new(&spec.front.gate, spec.front.read.proxy_ms.is_some()),
                 spec,
+                role: Role::Serving,
                 accept: AcceptState::Closed,
                 active: 0,
                 counters: Counters::default(),
@@ -307,7 +347,12 @@ impl TcpService {
         let mut upstreams = Vec::new();
         let mut routes = Vec::new();
         for (i, spec) in cfg.routes.into_iter().enumerate() {
-            let listener = owner.get(i).copied().flatten();
+            let listener = owner
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|l| listeners.get(l as usize))
+                .map_or_else(String::new, |l: &Listener| l.spec.name.clone());
             let route = u16::try_from(i).unwrap_or(u16::MAX);
             let members: Vec<Member> = spec
                 .upstreams
@@ -316,7 +361,7 @@ impl TcpService {
                 .map(|(member, &addr)| {
                     let id = UpstreamId(upstreams.len() as u32);
                     upstreams.push(Upstream {
-                        listener,
+                        listener: listener.clone(),
                         route,
                         member,
                         addr,
@@ -332,7 +377,11 @@ impl TcpService {
                 })
                 .collect();
             let balancer = Balancer::new(&members, spec.balance, spec.passive);
-            routes.push(Route { spec, balancer });
+            routes.push(Route {
+                spec,
+                balancer,
+                life: Life::Current,
+            });
         }
         let splice = if cfg.pipes.is_empty() {
             SpliceConfig::OFF
@@ -342,7 +391,6 @@ impl TcpService {
         TcpService {
             listeners,
             routes,
-            upstreams,
             conns: Slab::default(),
             starved: VecDeque::new(),
             scratch: Vec::with_capacity(16),
@@ -350,6 +398,9 @@ impl TcpService {
             cap: cfg.cap,
             splice,
             pipes: PipePool::new(&cfg.pipes),
+            current: (0..upstreams.len() as u32).map(UpstreamId).collect(),
+            retired: ShardStats::default(),
+            upstreams,
         }
     }
 
@@ -751,7 +802,8 @@ impl TcpService {
     /// balancer skips it as it skips a passively ejected one. The checker
     /// logs the change.
     pub(crate) fn set_checked(&mut self, id: UpstreamId, up: bool) {
-        let Some(u) = self.upstreams.get(id.0 as usize) else {
+        let slot = self.current.get(id.0 as usize);
+        let Some(u) = slot.and_then(|s| self.upstreams.get(s.0 as usize)) else {
             return;
         };
         if let Some(r) = self.routes.get_mut(usize::from(u.route)) {
@@ -765,7 +817,7 @@ impl TcpService {
         listeners: &mut Vec<ListenerStats>,
         ups: &mut Vec<UpstreamStats>,
     ) {
-        for l in &self.listeners {
+        for l in self.listeners.iter().filter(|l| l.role != Role::Free) {
             let mut counters = l.counters.clone();
             counters.set(Counter::Active, u64::from(l.active));
             listeners.push(ListenerStats {
@@ -775,15 +827,21 @@ impl TcpService {
                 duration: l.duration,
             });
         }
-        for u in &self.upstreams {
-            let listener = u
-                .listener
-                .and_then(|i| self.listeners.get(i as usize))
-                .map_or_else(String::new, |l| l.spec.name.clone());
+        let routes = &self.routes;
+        let held = |u: &&Upstream| {
+            routes
+                .get(usize::from(u.route))
+                .is_some_and(|r| r.life != Life::Free)
+        };
+        for u in self.upstreams.iter().filter(held) {
+            let listener = u.listener.clone();
             let mut counters = u.counters.clone();
             if let Some(r) = self.routes.get(usize::from(u.route)) {
                 let b = &r.balancer;
-                counters.set(Counter::InRotation, u64::from(b.in_rotation(u.member)));
+                // Only the configuration's routes say whether it is in
+                // rotation: a retired route's copy would count it twice.
+                let in_rotation = r.life == Life::Current && b.in_rotation(u.member);
+                counters.set(Counter::InRotation, u64::from(in_rotation));
                 counters.set(Counter::Active, u64::from(b.active(u.member)));
             }
             ups.push(UpstreamStats {

@@ -1,0 +1,434 @@
+//! Reload on SIGHUP: re-read the configuration as `ringfwd check` does,
+//! diff it against the running one and hand each shard its part as one
+//! `Command::Reload`. Only this (control) thread reads files and builds
+//! plans; the shards swap at a loop boundary.
+//!
+//! A TCP listener is the same listener across a reload when its kind and
+//! its configured address are (its name may change): it keeps its sockets,
+//! so nothing waiting in its accept queues is lost. Listeners added are
+//! bound here on every shard first (a bind error refuses the whole reload);
+//! listeners removed stop accepting and their connections get
+//! `drain_timeout`. What cannot change in a running process (the shards'
+//! rings, buffers and pipes, UDP listeners, the log and admin sockets) is
+//! named in the log as needing a restart or an upgrade, and keeps its
+//! running value while the rest applies.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd as _, IntoRawFd as _, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use super::{Bound, Runtime, forward_routes, reject_local_loops};
+use crate::config::{EchoMode, Plan, Proto};
+use crate::health::Monitor;
+use crate::shard::engine::{FrontSpec, ListenerKind, ListenerSpec, ReloadListener, ShardReload};
+use crate::shard::event_loop::Command;
+use crate::stats::{Counter, ShardStats};
+use crate::sys::socket::{self, ListenKind};
+use crate::time::millis;
+
+/// What makes two TCP listeners of two configurations the same one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    /// `tcp` for a forwarding listener, the echo mode's kind otherwise.
+    kind: &'static str,
+    /// As configured (port 0 included), not as bound.
+    listen: SocketAddr,
+}
+
+/// A TCP listener the shards accept on: each shard's socket.
+#[derive(Debug)]
+struct Held {
+    key: Key,
+    name: String,
+    addr: SocketAddr,
+    /// By shard; each shard owns its descriptor, this only names it.
+    fds: Vec<RawFd>,
+}
+
+/// The control thread's reload state: the configuration in force, the
+/// listeners' sockets, the reload counters and the counters of health
+/// checks of upstreams a reload removed.
+#[derive(Debug)]
+pub(super) struct State {
+    plan: Plan,
+    held: Vec<Held>,
+    reloads: u64,
+    failed: u64,
+    retired: ShardStats,
+}
+
+/// Every TCP listener of `plan` in the shards' order (forwarding, then echo).
+fn tcp_keys(plan: &Plan) -> Vec<(Key, String)> {
+    let forward = plan.tcp.iter().map(|t| {
+        let key = Key {
+            kind: "tcp",
+            listen: t.listen,
+        };
+        (key, t.name.clone())
+    });
+    let echo = plan.echo.iter().filter(|e| e.proto == Proto::Tcp).map(|e| {
+        let key = Key {
+            kind: e.mode.kind(),
+            listen: e.listen,
+        };
+        (key, e.name.clone())
+    });
+    forward.chain(echo).collect()
+}
+
+impl State {
+    /// The state of a runtime started on `plan` with `listeners` (each
+    /// shard's TCP listeners, in `tcp_keys` order) bound at `bound`.
+    pub(super) fn new(
+        plan: &Plan,
+        listeners: &[Vec<(ListenerSpec, OwnedFd)>],
+        bound: &[Bound],
+    ) -> State {
+        let held = tcp_keys(plan)
+            .into_iter()
+            .enumerate()
+            .map(|(j, (key, name))| Held {
+                addr: bound
+                    .iter()
+                    .find(|b| b.kind == key.kind && b.name == name)
+                    .map_or(key.listen, |b| b.addr),
+                fds: listeners
+                    .iter()
+                    .filter_map(|l| l.get(j).map(|(_, fd)| fd.as_raw_fd()))
+                    .collect(),
+                key,
+                name,
+            })
+            .collect();
+        State {
+            plan: plan.clone(),
+            held,
+            reloads: 0,
+            failed: 0,
+            retired: ShardStats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub(super) fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Adds `reloads`, `reload_failed` and the retired health counters.
+    pub(super) fn add_to(&self, total: &mut ShardStats) {
+        total.shard.add(Counter::Reloads, self.reloads);
+        total.shard.add(Counter::ReloadFailed, self.failed);
+        total.merge(&self.retired);
+    }
+}
+
+/// The keys whose change needs a restart or an upgrade (SIGUSR2).
+fn restart_keys(old: &Plan, new: &Plan) -> Vec<&'static str> {
+    let (o, n) = (&old.runtime, &new.runtime);
+    let checks = [
+        ("runtime.shards", o.shards != n.shards),
+        ("runtime.cpus", o.cpus != n.cpus),
+        ("runtime.buffer_size", o.buffer_size != n.buffer_size),
+        (
+            "runtime.buffers_per_shard",
+            o.buffers_per_shard != n.buffers_per_shard,
+        ),
+        (
+            "runtime.buffers_per_direction",
+            o.buffers_per_direction != n.buffers_per_direction,
+        ),
+        ("runtime.ring_entries", o.ring_entries != n.ring_entries),
+        (
+            "runtime.stats_interval",
+            o.stats_interval != n.stats_interval,
+        ),
+        ("runtime.max_datagram", o.max_datagram != n.max_datagram),
+        (
+            "runtime.udp_buffers_per_shard",
+            o.udp_buffers_per_shard != n.udp_buffers_per_shard,
+        ),
+        ("runtime.busy_poll", o.busy_poll != n.busy_poll),
+        ("runtime.splice", o.splice != n.splice),
+        ("runtime.max_pipes", o.max_pipes != n.max_pipes),
+        ("runtime.pipe_size", o.pipe_size != n.pipe_size),
+        ("[[udp]]", old.udp != new.udp),
+        ("udp echo listeners", udp_echo(old) != udp_echo(new)),
+        ("[log]", old.log != new.log),
+        ("[admin]", old.admin != new.admin),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(k, _)| k)
+        .collect()
+}
+
+fn udp_echo(plan: &Plan) -> Vec<&crate::config::EchoPlan> {
+    plan.echo.iter().filter(|e| e.proto == Proto::Udp).collect()
+}
+
+/// `new` with what cannot change live taken from `old` (see `restart_keys`).
+fn effective_plan(old: &Plan, new: Plan) -> Plan {
+    let mut plan = new;
+    let drain_timeout = plan.runtime.drain_timeout;
+    plan.runtime = old.runtime.clone();
+    plan.runtime.drain_timeout = drain_timeout;
+    plan.udp = old.udp.clone();
+    plan.echo.retain(|e| e.proto == Proto::Tcp);
+    plan.echo.extend(udp_echo(old).into_iter().cloned());
+    plan.log = old.log.clone();
+    plan.admin = old.admin.clone();
+    plan
+}
+
+/// Where a listener of the new configuration comes from.
+enum Source {
+    /// `held[j]`.
+    Kept(usize),
+    /// Bound for this reload: one socket per shard.
+    Added(Vec<OwnedFd>, SocketAddr),
+}
+
+fn echo_kind(mode: EchoMode) -> ListenerKind {
+    match mode {
+        EchoMode::Echo => ListenerKind::Echo,
+        EchoMode::Sink => ListenerKind::EchoSink,
+        EchoMode::Source => ListenerKind::EchoSource,
+        EchoMode::RequestResponse { request, response } => {
+            ListenerKind::EchoRr { request, response }
+        }
+    }
+}
+
+/// Each shard's listener specs (fd not set yet) and the route table, as
+/// `Runtime::start` builds them.
+fn shard_specs(
+    plan: &Plan,
+    n: usize,
+) -> Result<(Vec<Vec<ListenerSpec>>, Vec<crate::shard::engine::RouteSpec>), String> {
+    let mut routes = Vec::new();
+    let mut specs: Vec<Vec<ListenerSpec>> = (0..n).map(|_| Vec::new()).collect();
+    for t in &plan.tcp {
+        let (route, front) =
+            forward_routes(t, &mut routes, plan.log.access.is_some()).map_err(|e| e.to_string())?;
+        for (shard, list) in specs.iter_mut().enumerate() {
+            let mut front = front.clone();
+            front.gate.rates.per_listener = t.limits.rate_share(shard, n);
+            list.push(ListenerSpec {
+                name: t.name.clone(),
+                fd: -1,
+                kind: ListenerKind::Forward { route },
+                limit: t.shard_share(shard, n),
+                front,
+            });
+        }
+    }
+    for e in plan.echo.iter().filter(|e| e.proto == Proto::Tcp) {
+        for list in &mut specs {
+            list.push(ListenerSpec {
+                name: e.name.clone(),
+                fd: -1,
+                kind: echo_kind(e.mode),
+                limit: u32::MAX,
+                front: FrontSpec::default(),
+            });
+        }
+    }
+    Ok((specs, routes))
+}
+
+/// What a reload did, for its log line.
+struct Applied {
+    kept: usize,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl Runtime {
+    /// Binds what is new, matches what stays: the sources of `keys`, in order.
+    fn sources(&self, keys: &[(Key, String)]) -> Result<Vec<Source>, String> {
+        let n = self.shards.len();
+        let mut taken = vec![false; self.reload.held.len()];
+        let mut sources = Vec::with_capacity(keys.len());
+        for (key, name) in keys {
+            let found = self
+                .reload
+                .held
+                .iter()
+                .enumerate()
+                .position(|(j, h)| h.key == *key && !taken.get(j).copied().unwrap_or(true));
+            if let Some(j) = found {
+                if let Some(t) = taken.get_mut(j) {
+                    *t = true;
+                }
+                sources.push(Source::Kept(j));
+                continue;
+            }
+            let kind = if key.kind == "tcp" {
+                ListenKind::Tcp
+            } else {
+                ListenKind::Echo
+            };
+            let (fds, addr) =
+                socket::bind_listeners(kind, name, key.listen, n).map_err(|e| e.to_string())?;
+            sources.push(Source::Added(fds, addr));
+        }
+        Ok(sources)
+    }
+
+    /// Applies `new` (see the module comment); `Err` says why nothing changed.
+    fn apply_reload(&mut self, new: Plan) -> Result<Applied, String> {
+        let restart = restart_keys(&self.reload.plan, &new);
+        let plan = effective_plan(&self.reload.plan, new);
+        reject_local_loops(&plan).map_err(|e| e.to_string())?;
+        let n = self.shards.len();
+        let keys = tcp_keys(&plan);
+        let (specs, routes) = shard_specs(&plan, n)?;
+        let sources = self.sources(&keys)?;
+        if !restart.is_empty() {
+            warn!(
+                "SIGHUP: {} changed in the file; a running process cannot change {}: they keep their running values until a restart or an upgrade (SIGUSR2); the rest of the file applies",
+                restart.join(", "),
+                if restart.len() == 1 { "it" } else { "them" }
+            );
+        }
+        // From here on nothing fails: the shards get their parts.
+        let mut held = Vec::with_capacity(keys.len());
+        let mut applied = Applied {
+            kept: 0,
+            added: Vec::new(),
+            removed: Vec::new(),
+        };
+        let mut parts: Vec<Vec<ReloadListener>> = (0..n).map(|_| Vec::new()).collect();
+        let mut old: Vec<Option<Held>> = std::mem::take(&mut self.reload.held)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (j, ((key, name), source)) in keys.into_iter().zip(sources).enumerate() {
+            let wrap: fn(ListenerSpec) -> ReloadListener;
+            let (addr, fds) = match source {
+                Source::Kept(i) => {
+                    applied.kept += 1;
+                    wrap = ReloadListener::Keep;
+                    let h = old.get_mut(i).and_then(Option::take);
+                    h.map_or((key.listen, Vec::new()), |h| (h.addr, h.fds))
+                }
+                Source::Added(owned, addr) => {
+                    wrap = ReloadListener::Add;
+                    applied.added.push(format!("'{name}' on {addr}"));
+                    let live = self.shards.iter().map(|s| s.exited.is_none());
+                    // An exited shard's socket is closed here (dropped).
+                    let fds = owned
+                        .into_iter()
+                        .zip(live)
+                        .map(|(fd, live)| if live { fd.into_raw_fd() } else { -1 })
+                        .collect();
+                    (addr, fds)
+                }
+            };
+            for (shard, part) in parts.iter_mut().enumerate() {
+                let Some(mut spec) = specs.get(shard).and_then(|s| s.get(j)).cloned() else {
+                    continue;
+                };
+                spec.fd = fds.get(shard).copied().unwrap_or(-1);
+                part.push(wrap(spec));
+            }
+            held.push(Held {
+                key,
+                name,
+                addr,
+                fds,
+            });
+        }
+        applied.removed = old.into_iter().flatten().map(|h| h.name).collect();
+        self.reload.held = held;
+        let drain_ms = millis(plan.runtime.drain_timeout);
+        for (s, part) in self.shards.iter().zip(parts) {
+            let cmd = Command::Reload(Arc::new(ShardReload {
+                listeners: part,
+                routes: routes.clone(),
+                drain_ms,
+            }));
+            if s.exited.is_none() && s.commands.send(cmd).is_ok() {
+                let _ = s.doorbell.notify();
+            }
+        }
+        self.rebuild_health(&plan);
+        self.rebound(&plan);
+        self.reload.plan = plan;
+        Ok(applied)
+    }
+
+    /// A new health checker for `plan`, carrying the verdicts of the
+    /// upstreams that stay; the shards hear which of those start down.
+    fn rebuild_health(&mut self, plan: &Plan) {
+        match Monitor::rebuild(plan, self.health.take(), &mut self.reload.retired) {
+            Ok((monitor, down)) => {
+                self.health = monitor;
+                for upstream in down {
+                    self.send_all(Command::UpstreamHealth {
+                        upstream,
+                        up: false,
+                    });
+                }
+            }
+            Err(e) => error!("SIGHUP: {e}; upstreams are not health checked until a restart"),
+        }
+    }
+
+    /// `bound` after a reload: the TCP listeners now held, the UDP ones as they were.
+    fn rebound(&mut self, plan: &Plan) {
+        let udp: Vec<Bound> = self
+            .bound
+            .iter()
+            .filter(|b| b.kind == "udp" || b.kind == "udp-echo")
+            .cloned()
+            .collect();
+        let tcp = self.reload.held.iter().map(|h| Bound {
+            kind: h.key.kind,
+            name: h.name.clone(),
+            addr: h.addr,
+            upstreams: plan
+                .tcp
+                .iter()
+                .find(|t| h.key.kind == "tcp" && t.name == h.name)
+                .map(|t| t.upstreams.clone())
+                .unwrap_or_default(),
+        });
+        let (forward, echo): (Vec<Bound>, Vec<Bound>) = tcp.partition(|b| b.kind == "tcp");
+        self.bound = forward.into_iter().chain(udp).chain(echo).collect();
+    }
+}
+
+/// SIGHUP: re-read and apply the configuration; a failure leaves the
+/// running one in force and is counted in `reload_failed`.
+pub(super) fn on_sighup(rt: &mut Runtime, reread: &dyn Fn() -> Result<Plan, String>) {
+    info!("SIGHUP: reloading the configuration");
+    match reread().and_then(|plan| rt.apply_reload(plan)) {
+        Ok(a) => {
+            rt.reload.reloads += 1;
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            info!(
+                "SIGHUP: configuration reloaded: {} listener(s) kept (their sockets and queues too), added: {}; removed: {} (their open connections get drain_timeout = {}); open connections keep the settings they started with",
+                a.kept,
+                list(&a.added),
+                list(&a.removed),
+                crate::config::units::format_duration(rt.reload.plan.runtime.drain_timeout)
+            );
+        }
+        Err(e) => {
+            rt.reload.failed += 1;
+            error!(
+                "SIGHUP: reload failed, the running configuration stays in force (counted in reload_failed): {e}"
+            );
+        }
+    }
+}
