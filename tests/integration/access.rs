@@ -220,28 +220,42 @@ fn each_source_has_its_own_rate() {
     assert_eq!(fwd.stat("close_rate_limited"), n as u64 - busy);
 }
 
-/// A free run of `width` consecutive loopback ports below the ephemeral
-/// range, found by binding them all (and released again).
-fn free_ports(width: u16, not: &[u16]) -> u16 {
-    (20_000..30_000u16)
-        .step_by(97)
-        .find(|&base| {
-            let clear = (base..base + width).all(|p| !not.contains(&p));
-            clear
-                && (base..base + width)
-                    .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .is_ok()
+/// A run of `width` consecutive loopback ports below the ephemeral range,
+/// bound (and kept: the caller holds them until it hands them on). The scan
+/// starts at a place of its own per call, so tests scanning at once do not
+/// race for the same run.
+fn bound_ports(width: u16, not: &[u16]) -> (u16, Vec<std::net::TcpListener>) {
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = 20_000 + (std::process::id() as u16 % 50 + call * 50) * 97 % 9_000;
+    (0..200u16)
+        .map(|i| 20_000 + (start - 20_000 + i * 97) % 9_900)
+        .find_map(|base| {
+            if (base..base + width).any(|p| not.contains(&p)) {
+                return None;
+            }
+            let ls = (base..base + width)
+                .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            Some((base, ls))
         })
         .expect("a free run of ports")
 }
 
-/// Upstreams on ports `base..base + width`, each answering every connection
-/// with its own port number, then closing.
-fn port_tellers(base: u16, width: u16) -> Vec<std::thread::JoinHandle<()>> {
-    (base..base + width)
-        .map(|port| {
-            let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind an upstream");
+/// A free run of `width` ports (released again, for the forwarder to bind).
+fn free_ports(width: u16, not: &[u16]) -> u16 {
+    bound_ports(width, not).0
+}
+
+/// Upstreams on `width` bound ports, each answering every connection with
+/// its own port number, then closing.
+fn port_tellers(width: u16) -> (u16, Vec<std::thread::JoinHandle<()>>) {
+    let (base, listeners) = bound_ports(width, &[]);
+    let tellers = listeners
+        .into_iter()
+        .zip(base..)
+        .map(|(l, port)| {
             std::thread::spawn(move || {
                 // One connection each: the test makes exactly one per port.
                 if let Ok((mut s, _)) = l.accept() {
@@ -249,14 +263,14 @@ fn port_tellers(base: u16, width: u16) -> Vec<std::thread::JoinHandle<()>> {
                 }
             })
         })
-        .collect()
+        .collect();
+    (base, tellers)
 }
 
 #[test]
 fn a_port_range_forwards_each_port_to_the_upstream_port_at_its_offset() {
     let width = 3;
-    let up = free_ports(width, &[]);
-    let tellers = port_tellers(up, width);
+    let (up, tellers) = port_tellers(width);
     let listen = free_ports(width, &[up, up + 1, up + 2]);
     let cfg = write_config(&format!(
         "[runtime]\nstats_interval = \"100ms\"\n[[tcp]]\nname = \"r\"\n\
