@@ -37,6 +37,7 @@ use crate::time::millis;
 
 mod admin;
 mod descriptors;
+mod upgrade;
 
 /// How long start-up waits for every shard to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +73,8 @@ pub struct Runtime {
     ready: crate::admin::Readiness,
     /// The health checker and its results (any `health_check`).
     health: Option<Monitor>,
+    /// Copies of the listening sockets for a SIGUSR2 upgrade.
+    handover: upgrade::Handover,
 }
 
 /// How long the access log's writer may take to write what the shards
@@ -272,28 +275,36 @@ struct Groups {
 /// Binds every listener as `run` does, so `check` meets the same errors
 /// (address in use, not on this host, a port below 1024 without the
 /// capability) through the same code.
-fn bind_groups(plan: &Plan) -> Result<Groups, HostError> {
+/// A listener's group: handed over by the process this one upgrades
+/// (see `upgrade`), else bound.
+fn bind_groups(plan: &Plan, inherited: &mut upgrade::Inherited) -> Result<Groups, HostError> {
     let n = plan.runtime.shards;
+    let mut group = |kind, name: &str, listen, udp: bool| {
+        upgrade::take_or_bind(inherited, kind, name, listen, n, || match udp {
+            false => socket::bind_listeners(kind, name, listen, n),
+            true => socket::bind_udp_listeners(kind, name, listen, n),
+        })
+    };
     let tcp = plan
         .tcp
         .iter()
-        .map(|t| socket::bind_listeners(ListenKind::Tcp, &t.name, t.listen, n))
+        .map(|t| group(ListenKind::Tcp, &t.name, t.listen, false))
         .collect::<Result<_, _>>()?;
     let udp = plan
         .udp
         .iter()
         .map(|u| {
-            let (fds, addr) = socket::bind_udp_listeners(ListenKind::Udp, &u.name, u.listen, n)?;
+            let (fds, addr) = group(ListenKind::Udp, &u.name, u.listen, true)?;
             socket_buffers(u, &fds, addr)?;
             Ok((fds, addr))
         })
         .collect::<Result<_, HostError>>()?;
     let echo = |proto: Proto| plan.echo.iter().filter(move |e| e.proto == proto);
     let udp_echo = echo(Proto::Udp)
-        .map(|e| socket::bind_udp_listeners(ListenKind::UdpEcho, &e.name, e.listen, n))
+        .map(|e| group(ListenKind::UdpEcho, &e.name, e.listen, true))
         .collect::<Result<_, _>>()?;
     let tcp_echo = echo(Proto::Tcp)
-        .map(|e| socket::bind_listeners(ListenKind::Echo, &e.name, e.listen, n))
+        .map(|e| group(ListenKind::Echo, &e.name, e.listen, false))
         .collect::<Result<_, _>>()?;
     Ok(Groups {
         tcp,
@@ -308,7 +319,7 @@ fn bind_groups(plan: &Plan) -> Result<Groups, HostError> {
 /// Returns what `run` would log.
 pub fn check(plan: &Plan) -> Result<HostReport, HostError> {
     let report = check_host(plan)?;
-    drop(bind_groups(plan)?);
+    drop(bind_groups(plan, &mut upgrade::Inherited::none())?);
     drop(admin::bind(plan)?);
     Ok(report)
 }
@@ -316,6 +327,14 @@ pub fn check(plan: &Plan) -> Result<HostReport, HostError> {
 impl Runtime {
     /// Checks the host, binds, spawns and waits until every shard is ready.
     pub fn start(plan: &Plan) -> Result<Runtime, HostError> {
+        Runtime::start_inheriting(plan, &mut upgrade::Inherited::none())
+    }
+
+    /// As `start`, on the sockets a process being upgraded handed over.
+    fn start_inheriting(
+        plan: &Plan,
+        inherited: &mut upgrade::Inherited,
+    ) -> Result<Runtime, HostError> {
         let host = check_host(plan)?;
         for warning in &host.warnings {
             warn!("{warning}");
@@ -328,7 +347,8 @@ impl Runtime {
         let mut listeners: Vec<Vec<(ListenerSpec, OwnedFd)>> = (0..n).map(|_| Vec::new()).collect();
         let mut routes = Vec::new();
         let mut bound = Vec::new();
-        let groups = bind_groups(plan)?;
+        let groups = bind_groups(plan, inherited)?;
+        let handover = upgrade::Handover::of(plan, &groups)?;
         for (t, (fds, addr)) in plan.tcp.iter().zip(groups.tcp) {
             let (route, front) = forward_routes(t, &mut routes, plan.log.access.is_some())?;
             for (shard, fd) in fds.into_iter().enumerate() {
@@ -503,6 +523,7 @@ impl Runtime {
             access_log,
             ready: crate::admin::Readiness::default(),
             health,
+            handover,
         };
         runtime.wait_ready()?;
         runtime.ready.set_serving();
@@ -558,10 +579,13 @@ impl Runtime {
     }
 
     /// Stop accepting; open connections continue. Shards exit when they have none.
-    pub fn drain(&self) {
+    pub fn drain(&mut self) {
         // Before any shard stops accepting: a load balancer polling /ready
         // must see the drain while the listeners still take connections.
         self.ready.set_draining();
+        // Our copies would keep the listeners open (their queues unserved)
+        // after the shards close theirs.
+        self.handover.clear();
         self.send_all(Command::Drain);
     }
 
@@ -829,8 +853,18 @@ enum Signalled {
     ExitNow,
 }
 
-fn on_signal(rt: &mut Runtime, plan: &Plan, sig: Signal, draining: bool) -> Signalled {
+fn on_signal(
+    rt: &mut Runtime,
+    plan: &Plan,
+    sig: Signal,
+    draining: bool,
+    upgrader: &mut upgrade::Upgrader,
+) -> Signalled {
     let name = sig.name();
+    if sig.intent() == Intent::Upgrade {
+        upgrader.on_usr2(&rt.handover, draining);
+        return Signalled::Ignored;
+    }
     if sig == Signal::Usr1
         && let Some(log) = &rt.access_log
     {
@@ -873,7 +907,11 @@ pub fn serve(plan: &Plan) -> u8 {
             return exit::FAILURE;
         }
     };
-    let started = admin::bind(plan).and_then(|socket| Ok((Runtime::start(plan)?, socket)));
+    // Before anything else: SIGUSR2 starts the file at this path.
+    let mut upgrader = upgrade::Upgrader::new();
+    let mut inherited = upgrade::Inherited::from_env();
+    let started = admin::bind(plan)
+        .and_then(|socket| Ok((Runtime::start_inheriting(plan, &mut inherited)?, socket)));
     let (mut rt, admin_socket) = match started {
         Ok(started) => started,
         Err(e) => {
@@ -883,6 +921,14 @@ pub fn serve(plan: &Plan) -> u8 {
         }
     };
     announce(&rt, plan.runtime.shards);
+    let pid_file = match inherited.serving(plan.runtime.pid_file.as_deref()) {
+        Ok(pid_file) => pid_file,
+        Err(e) => {
+            error!("{e}");
+            log_stats("final stats", &rt.shutdown());
+            return exit::HOST;
+        }
+    };
     let admin = admin::start(plan, &rt, admin_socket);
     let stats_every = plan.runtime.stats_interval;
     let mut next_stats = stats_every.map(|d| Instant::now() + d);
@@ -890,7 +936,7 @@ pub fn serve(plan: &Plan) -> u8 {
     let mut stop_deadline: Option<Instant> = None;
     loop {
         if let Some(sig) = signals.wait(Duration::from_millis(50)) {
-            match on_signal(&mut rt, plan, sig, drain_deadline.is_some()) {
+            match on_signal(&mut rt, plan, sig, drain_deadline.is_some(), &mut upgrader) {
                 Signalled::Ignored => {}
                 Signalled::Draining(deadline) => drain_deadline = Some(deadline),
                 Signalled::ExitNow => {
@@ -900,6 +946,14 @@ pub fn serve(plan: &Plan) -> u8 {
             }
         }
         rt.poll(Duration::from_millis(0));
+        if let Some(upgrade::Outcome::Ready(pid)) = upgrader.poll(&pid_file) {
+            info!(
+                "upgrade: the new process (pid {pid}) serves; this one stops accepting and drains its open connections (up to {})",
+                format_duration(plan.runtime.drain_timeout)
+            );
+            rt.drain();
+            drain_deadline = Some(Instant::now() + plan.runtime.drain_timeout);
+        }
         if let Some(asks) = &admin {
             asks.answer(|| rt.snapshot(admin::SCRAPE_SNAPSHOT));
         }

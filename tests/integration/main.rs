@@ -26,3 +26,4 @@ mod signals;
 mod splice;
 mod udp;
 mod udp_abuse;
+mod upgrade;
