@@ -61,43 +61,49 @@ struct Load {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
+
+/// Client threads: each about a thousand connections a second.
+const CLIENTS: u64 = 2;
 
 impl Load {
     fn start(addr: SocketAddr) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let (s, d, f) = (stop.clone(), done.clone(), failures.clone());
-        let thread = std::thread::spawn(move || {
-            let mut seed = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                seed += 1;
-                let mut payload = vec![0u8; 1 + (seed * 7919 % 8192) as usize];
-                Pattern::new(seed).fill(&mut payload);
-                match round_trip(addr, &payload) {
-                    Ok(back) if back == payload => {
-                        d.fetch_add(1, Ordering::Relaxed);
+        let client = |first: u64| {
+            let (s, d, f) = (stop.clone(), done.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let mut seed = first;
+                while !s.load(Ordering::Relaxed) {
+                    seed += CLIENTS;
+                    let mut payload = vec![0u8; 1 + (seed * 7919 % 8192) as usize];
+                    Pattern::new(seed).fill(&mut payload);
+                    match round_trip(addr, &payload) {
+                        Ok(back) if back == payload => {
+                            d.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(back) => f.lock().expect("lock").push(format!(
+                            "connection {seed}: {} bytes back of {}, or different",
+                            back.len(),
+                            payload.len()
+                        )),
+                        Err(e) => f
+                            .lock()
+                            .expect("lock")
+                            .push(format!("connection {seed}: {e}")),
                     }
-                    Ok(back) => f.lock().expect("lock").push(format!(
-                        "connection {seed}: {} bytes back of {}, or different",
-                        back.len(),
-                        payload.len()
-                    )),
-                    Err(e) => f
-                        .lock()
-                        .expect("lock")
-                        .push(format!("connection {seed}: {e}")),
+                    std::thread::sleep(Duration::from_micros(500));
                 }
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        });
+            })
+        };
+        let threads = (0..CLIENTS).map(client).collect();
         Load {
             stop,
             done,
             failures,
-            thread: Some(thread),
+            threads,
         }
     }
 
@@ -108,7 +114,7 @@ impl Load {
     /// Stops the client; returns its completed connections and failures.
     fn finish(mut self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
         (self.done(), self.failures.lock().expect("lock").clone())
@@ -162,6 +168,13 @@ fn three_upgrades_under_load_lose_no_connection() {
     let load = Load::start(addr);
     let mut current = fwd.pid();
     for generation in 1..=3usize {
+        // Upgrade while connections are being opened and served.
+        let before = load.done();
+        assert!(
+            wait_until(Duration::from_secs(10), || load.done() > before + 300),
+            "the client made no progress before upgrade {generation}:\n{}",
+            fwd.log()
+        );
         let before = load.done();
         // Opened before the upgrade: it stays on the old process, which drains.
         let mut long = TcpStream::connect(addr).expect("connect");
@@ -218,13 +231,14 @@ fn three_upgrades_under_load_lose_no_connection() {
             fwd.log()
         );
         assert!(
-            wait_until(Duration::from_secs(10), || load.done() > before + 100),
+            wait_until(Duration::from_secs(10), || load.done() > before + 600),
             "the client made no progress after upgrade {generation}:\n{}",
             fwd.log()
         );
         current = new;
     }
     let (done, failures) = load.finish();
+    eprintln!("{done} connections completed across 3 upgrades");
     assert!(
         failures.is_empty(),
         "{} of {} connections failed across the upgrades, first: {:?}\n{}",
