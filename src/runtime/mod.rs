@@ -641,7 +641,12 @@ impl Runtime {
     }
 
     /// A shard thread that ended without reporting (a panic).
-    pub fn crashed_shard(&self) -> Option<usize> {
+    pub fn crashed_shard(&mut self) -> Option<usize> {
+        // A shard reports Exited before its thread ends: a report still
+        // queued is not a crash (a drain with nothing open ends at once).
+        while let Ok(r) = self.reports.try_recv() {
+            self.record(r);
+        }
         self.shards
             .iter()
             .position(|s| s.exited.is_none() && s.thread.as_ref().is_some_and(|t| t.is_finished()))

@@ -136,13 +136,34 @@ fn echo_once(c: &mut TcpStream, msg: &[u8]) {
     assert_eq!(back, msg);
 }
 
-fn config(echo: SocketAddr, pid_file: &Path) -> PathBuf {
-    write_config(&format!(
-        "[runtime]\nshards = 2\nstats_interval = \"1s\"\ndrain_timeout = \"20s\"\n\
+fn config_text(echo: SocketAddr, pid_file: &Path, shards: usize) -> String {
+    format!(
+        "[runtime]\nshards = {shards}\nstats_interval = \"1s\"\ndrain_timeout = \"20s\"\n\
          pid_file = \"{}\"\n\
          [[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{echo}\"]\n",
         pid_file.display()
-    ))
+    )
+}
+
+fn config(echo: SocketAddr, pid_file: &Path) -> PathBuf {
+    write_config(&config_text(echo, pid_file, 2))
+}
+
+/// Sends SIGUSR2 to `old` and waits until the pid file names another
+/// process, which it returns.
+fn upgrade(old: u32, pid_file: &Path, fwd: &Proc) -> u32 {
+    signal(old, "USR2");
+    let mut new = None;
+    let ready = wait_until(Duration::from_secs(20), || {
+        new = pid_in(pid_file).filter(|p| *p != old);
+        new.is_some()
+    });
+    assert!(
+        ready,
+        "no new process after SIGUSR2 to {old}:\n{}",
+        fwd.log()
+    );
+    new.expect("new pid")
 }
 
 /// Lines ending the normal way (exit status 0) in a log several processes share.
@@ -182,18 +203,7 @@ fn three_upgrades_under_load_lose_no_connection() {
             &mut long,
             format!("generation {generation}: before").as_bytes(),
         );
-        signal(current, "USR2");
-        let mut new = None;
-        let ready = wait_until(Duration::from_secs(20), || {
-            new = pid_in(&pid_file).filter(|p| *p != current);
-            new.is_some()
-        });
-        assert!(
-            ready,
-            "no new process after SIGUSR2 #{generation}:\n{}",
-            fwd.log()
-        );
-        let new = new.expect("new pid");
+        let new = upgrade(current, &pid_file, &fwd);
         descendants.0.push(new);
         fwd.wait_log(
             &format!("upgrade: the new process (pid {new}) serves; this one stops accepting"),
@@ -313,4 +323,57 @@ fn a_failed_upgrade_leaves_the_old_process_serving_and_says_why() {
     assert_eq!(status.code(), Some(0), "{}", fwd.log());
     assert!(!pid_file.exists());
     let _ = std::fs::remove_file(&program);
+}
+
+/// The new configuration may have another shard count: one shard fewer
+/// closes the handed-over socket no shard uses, one more binds a socket
+/// into the same SO_REUSEPORT group; either way every connection is served.
+#[test]
+fn an_upgrade_may_change_the_shard_count() {
+    let echo = echo_upstream(1);
+    let pid_file = temp_path("ringfwd.pid");
+    let cfg = config(echo.first_addr(), &pid_file);
+    let mut fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
+    let mut descendants = Descendants::default();
+    let addr = fwd.first_addr();
+    let mut current = fwd.pid();
+    let steps = [
+        (
+            1,
+            "1 handed-over socket(s) beyond this process's 1 shard(s) closed",
+        ),
+        (
+            2,
+            "took 1 handed-over socket(s), bound 1 more into its SO_REUSEPORT group",
+        ),
+    ];
+    for (shards, line) in steps {
+        std::fs::write(&cfg, config_text(echo.first_addr(), &pid_file, shards)).expect("config");
+        let new = upgrade(current, &pid_file, &fwd);
+        descendants.0.push(new);
+        fwd.wait_log(line, Duration::from_secs(10));
+        assert!(
+            wait_until(Duration::from_secs(15), || !alive(current)),
+            "old process {current} still runs:\n{}",
+            fwd.log()
+        );
+        // Connections from many source ports: the kernel's hash spreads
+        // them over every socket of the group, and each is served.
+        for i in 0..50u32 {
+            let msg = format!("{shards} shard(s): {i}");
+            assert_eq!(
+                round_trip(addr, msg.as_bytes()).expect("round trip"),
+                msg.as_bytes()
+            );
+        }
+        current = new;
+    }
+    assert_eq!(
+        fwd.exited().and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        fwd.log()
+    );
+    signal(current, "TERM");
+    assert!(wait_until(Duration::from_secs(15), || !alive(current)));
 }
