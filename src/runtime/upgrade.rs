@@ -319,10 +319,14 @@ impl Inherited {
         }
         let pid_file = PidFile::claim(pid_file)?;
         if let Some(fd) = self.ready.take() {
-            inherit::write_ready(fd).map_err(|e| {
-                format!("telling the old process this one is ready ({READY_ENV}): {e}")
-            })?;
-            info!("upgrade: serving; the old process drains");
+            match inherit::write_ready(fd) {
+                Ok(()) => info!("upgrade: serving; the old process drains"),
+                // The old process is gone (killed meanwhile): this one is all
+                // there is, so it serves on.
+                Err(e) => warn!(
+                    "upgrade: serving, but the old process could not be told ({READY_ENV}: {e}); it may have exited already"
+                ),
+            }
         }
         Ok(pid_file)
     }

@@ -55,8 +55,8 @@ fn pid_in(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// A client that opens connection after connection (about a thousand a
-/// second), each echoing a payload of its own through the forwarder.
+/// Clients that open connection after connection (about two thousand a
+/// second in all), each echoing a payload of its own through the forwarder.
 struct Load {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
@@ -64,8 +64,11 @@ struct Load {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// Client threads: each about a thousand connections a second.
-const CLIENTS: u64 = 2;
+/// Client threads, each about 500 connections a second. More than two: a
+/// connection whose wakeup an old shard consumed as it stopped accepting
+/// waits in the queue until the next one reaches the same socket (README,
+/// "Binary upgrade"), so with two clients both could wait on each other.
+const CLIENTS: u64 = 4;
 
 impl Load {
     fn start(addr: SocketAddr) -> Load {
@@ -94,7 +97,7 @@ impl Load {
                             .expect("lock")
                             .push(format!("connection {seed}: {e}")),
                     }
-                    std::thread::sleep(Duration::from_micros(500));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             })
         };
@@ -376,4 +379,64 @@ fn an_upgrade_may_change_the_shard_count() {
     );
     signal(current, "TERM");
     assert!(wait_until(Duration::from_secs(15), || !alive(current)));
+}
+
+/// `ringfwd echo` upgrades too, and a UDP socket is handed over like a TCP
+/// one: after the old process exited, the new one answers on the same ports.
+#[test]
+fn udp_and_echo_listeners_are_handed_over() {
+    let mut old = Proc::start(
+        &[
+            "echo",
+            "--tcp",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ],
+        2,
+    );
+    let mut descendants = Descendants::default();
+    let of = |kind: &str| {
+        old.listening
+            .iter()
+            .find(|(k, _, _)| k == kind)
+            .map(|l| l.2)
+            .expect("listener")
+    };
+    let (tcp, udp) = (of("echo"), of("udp-echo"));
+    old.signal(libc::SIGUSR2);
+    let line = old.wait_log("upgrade: the new process (pid ", Duration::from_secs(20));
+    let new: u32 = line
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("pid in the log line");
+    descendants.0.push(new);
+    assert!(
+        old.log().contains("udp listener '127.0.0.1:0' on")
+            && old.log().contains("took 1 handed-over socket(s)"),
+        "{}",
+        old.log()
+    );
+    let mut status = None;
+    wait_until(Duration::from_secs(15), || {
+        status = old.exited();
+        status.is_some()
+    });
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", old.log());
+    assert!(alive(new));
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    client.send_to(b"datagram", udp).expect("send");
+    let mut buf = [0u8; 64];
+    let (n, from) = client.recv_from(&mut buf).expect("the new process echoes");
+    assert_eq!((&buf[..n], from), (&b"datagram"[..], udp));
+    assert_eq!(round_trip(tcp, b"stream").expect("round trip"), b"stream");
+    signal(new, "TERM");
+    assert!(wait_until(Duration::from_secs(15), || !alive(new)));
 }
