@@ -583,6 +583,12 @@ impl Runtime {
         // Before any shard stops accepting: a load balancer polling /ready
         // must see the drain while the listeners still take connections.
         self.ready.set_draining();
+        self.stop_accepting();
+    }
+
+    /// The drain without `/ready` turning 503: after an upgrade the new
+    /// process serves, so the host stays ready.
+    fn stop_accepting(&mut self) {
         // Our copies would keep the listeners open (their queues unserved)
         // after the shards close theirs.
         self.handover.clear();
@@ -915,7 +921,8 @@ pub fn serve(plan: &Plan) -> u8 {
     // Before anything else: SIGUSR2 starts the file at this path.
     let mut upgrader = upgrade::Upgrader::new();
     let mut inherited = upgrade::Inherited::from_env();
-    let started = admin::bind(plan)
+    let started = inherited
+        .admin_socket(plan)
         .and_then(|socket| Ok((Runtime::start_inheriting(plan, &mut inherited)?, socket)));
     let (mut rt, admin_socket) = match started {
         Ok(started) => started,
@@ -934,6 +941,9 @@ pub fn serve(plan: &Plan) -> u8 {
             return exit::HOST;
         }
     };
+    if let Some(socket) = &admin_socket {
+        rt.handover.keep_admin(socket);
+    }
     let admin = admin::start(plan, &rt, admin_socket);
     let stats_every = plan.runtime.stats_interval;
     let mut next_stats = stats_every.map(|d| Instant::now() + d);
@@ -956,7 +966,7 @@ pub fn serve(plan: &Plan) -> u8 {
                 "upgrade: the new process (pid {pid}) serves; this one stops accepting and drains its open connections (up to {})",
                 format_duration(plan.runtime.drain_timeout)
             );
-            rt.drain();
+            rt.stop_accepting();
             drain_deadline = Some(Instant::now() + plan.runtime.drain_timeout);
         }
         if let Some(asks) = &admin {

@@ -12,7 +12,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -35,6 +35,9 @@ pub(super) const READY_ENV: &str = "RINGFWD_UPGRADE_READY";
 /// new process's own bound on its shards' start (10 s), so a slow start
 /// reports its own reason before it is killed.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The name the admin endpoint's socket is handed over under.
+const ADMIN: &str = "[admin]";
 
 /// One listener's SO_REUSEPORT group: handed over, or kept to hand over.
 #[derive(Debug)]
@@ -190,6 +193,25 @@ impl Handover {
         Ok(handover)
     }
 
+    /// Keeps a copy of the admin endpoint's socket: the new process answers
+    /// on it (both do while the old one drains).
+    pub(super) fn keep_admin(&mut self, socket: &TcpListener) {
+        let kept = socket
+            .local_addr()
+            .and_then(|addr| Ok((addr, OwnedFd::from(socket.try_clone()?))));
+        match kept {
+            Ok((addr, fd)) => self.groups.push(Handed {
+                proto: Proto::Tcp,
+                name: ADMIN.to_owned(),
+                addr,
+                fds: vec![fd],
+            }),
+            Err(e) => warn!(
+                "[admin] listen: cannot keep its socket for a SIGUSR2 upgrade ({e}); an upgrade will fail to bind it"
+            ),
+        }
+    }
+
     /// Closes the copies: a drain closes the listeners.
     pub(super) fn clear(&mut self) {
         self.groups.clear();
@@ -293,6 +315,20 @@ impl Inherited {
                     || (listen.port() == 0 && g.addr.ip() == listen.ip() && g.name == name))
         })?;
         Some(self.groups.swap_remove(i))
+    }
+
+    /// `[admin] listen`: the handed-over socket, else bound.
+    pub(super) fn admin_socket(&mut self, plan: &Plan) -> Result<Option<TcpListener>, HostError> {
+        let Some(admin) = &plan.admin else {
+            return Ok(None);
+        };
+        match self
+            .take(Proto::Tcp, ADMIN, admin.listen)
+            .and_then(|mut g| g.fds.pop())
+        {
+            Some(fd) => Ok(Some(TcpListener::from(fd))),
+            None => super::admin::bind(plan),
+        }
     }
 
     /// Closes what no listener took and what the shards do not use, writes

@@ -143,9 +143,22 @@ fn config_text(echo: SocketAddr, pid_file: &Path, shards: usize) -> String {
     format!(
         "[runtime]\nshards = {shards}\nstats_interval = \"1s\"\ndrain_timeout = \"20s\"\n\
          pid_file = \"{}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
          [[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{echo}\"]\n",
         pid_file.display()
     )
+}
+
+/// The status line of `GET path` on the admin endpoint.
+fn admin_status(admin: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).expect("connect to the admin endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply.lines().next().unwrap_or_default().to_owned()
 }
 
 fn config(echo: SocketAddr, pid_file: &Path) -> PathBuf {
@@ -179,9 +192,10 @@ fn three_upgrades_under_load_lose_no_connection() {
     let echo = echo_upstream(1);
     let pid_file = temp_path("ringfwd.pid");
     let cfg = config(echo.first_addr(), &pid_file);
-    let mut fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
+    let mut fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 2);
     let mut descendants = Descendants::default();
     let addr = fwd.first_addr();
+    let admin = fwd.addr("admin");
     assert!(
         wait_until(Duration::from_secs(5), || pid_in(&pid_file)
             == Some(fwd.pid())),
@@ -246,6 +260,12 @@ fn three_upgrades_under_load_lose_no_connection() {
         assert!(
             wait_until(Duration::from_secs(10), || load.done() > before + 600),
             "the client made no progress after upgrade {generation}:\n{}",
+            fwd.log()
+        );
+        // The admin endpoint was handed over too, and the host stays ready.
+        assert!(
+            admin_status(admin, "/ready").contains(" 200"),
+            "{}",
             fwd.log()
         );
         current = new;
@@ -336,7 +356,7 @@ fn an_upgrade_may_change_the_shard_count() {
     let echo = echo_upstream(1);
     let pid_file = temp_path("ringfwd.pid");
     let cfg = config(echo.first_addr(), &pid_file);
-    let mut fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
+    let mut fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 2);
     let mut descendants = Descendants::default();
     let addr = fwd.first_addr();
     let mut current = fwd.pid();
