@@ -906,6 +906,47 @@ fn on_signal(
     Signalled::Draining(Instant::now() + plan.runtime.drain_timeout)
 }
 
+/// Starts the shards (on the sockets a process being upgraded handed over,
+/// if any), announces the listeners, writes the pid file and reports ready
+/// to that process. `Err` is the exit code.
+fn start_serving(
+    plan: &Plan,
+) -> Result<(Runtime, Option<std::net::TcpListener>, upgrade::PidFile), u8> {
+    let mut inherited = upgrade::Inherited::from_env();
+    let started = inherited
+        .admin_socket(plan)
+        .and_then(|socket| Ok((Runtime::start_inheriting(plan, &mut inherited)?, socket)));
+    let (mut rt, admin_socket) = started.map_err(|e| {
+        error!("{e}");
+        output::message(&format!("ringfwd: {e}"));
+        exit::HOST
+    })?;
+    announce(&rt, plan.runtime.shards);
+    let pid_file = match inherited.serving(plan.runtime.pid_file.as_deref()) {
+        Ok(pid_file) => pid_file,
+        Err(e) => {
+            error!("{e}");
+            log_stats("final stats", &rt.shutdown());
+            return Err(exit::HOST);
+        }
+    };
+    if let Some(socket) = &admin_socket {
+        rt.handover.keep_admin(socket);
+    }
+    Ok((rt, admin_socket, pid_file))
+}
+
+/// The new process of an upgrade serves: stop accepting and drain. Returns
+/// the drain's deadline.
+fn upgraded(rt: &mut Runtime, plan: &Plan, pid: u32) -> Instant {
+    info!(
+        "upgrade: the new process (pid {pid}) serves; this one stops accepting and drains its open connections (up to {})",
+        format_duration(plan.runtime.drain_timeout)
+    );
+    rt.stop_accepting();
+    Instant::now() + plan.runtime.drain_timeout
+}
+
 /// `ringfwd run` / `ringfwd echo`: serve until signalled; returns the exit code.
 pub fn serve(plan: &Plan) -> u8 {
     // Block before any thread exists so every shard inherits the mask.
@@ -920,30 +961,10 @@ pub fn serve(plan: &Plan) -> u8 {
     };
     // Before anything else: SIGUSR2 starts the file at this path.
     let mut upgrader = upgrade::Upgrader::new();
-    let mut inherited = upgrade::Inherited::from_env();
-    let started = inherited
-        .admin_socket(plan)
-        .and_then(|socket| Ok((Runtime::start_inheriting(plan, &mut inherited)?, socket)));
-    let (mut rt, admin_socket) = match started {
+    let (mut rt, admin_socket, pid_file) = match start_serving(plan) {
         Ok(started) => started,
-        Err(e) => {
-            error!("{e}");
-            output::message(&format!("ringfwd: {e}"));
-            return exit::HOST;
-        }
+        Err(code) => return code,
     };
-    announce(&rt, plan.runtime.shards);
-    let pid_file = match inherited.serving(plan.runtime.pid_file.as_deref()) {
-        Ok(pid_file) => pid_file,
-        Err(e) => {
-            error!("{e}");
-            log_stats("final stats", &rt.shutdown());
-            return exit::HOST;
-        }
-    };
-    if let Some(socket) = &admin_socket {
-        rt.handover.keep_admin(socket);
-    }
     let admin = admin::start(plan, &rt, admin_socket);
     let stats_every = plan.runtime.stats_interval;
     let mut next_stats = stats_every.map(|d| Instant::now() + d);
@@ -962,12 +983,7 @@ pub fn serve(plan: &Plan) -> u8 {
         }
         rt.poll(Duration::from_millis(0));
         if let Some(upgrade::Outcome::Ready(pid)) = upgrader.poll(&pid_file) {
-            info!(
-                "upgrade: the new process (pid {pid}) serves; this one stops accepting and drains its open connections (up to {})",
-                format_duration(plan.runtime.drain_timeout)
-            );
-            rt.stop_accepting();
-            drain_deadline = Some(Instant::now() + plan.runtime.drain_timeout);
+            drain_deadline = Some(upgraded(&mut rt, plan, pid));
         }
         if let Some(asks) = &admin {
             asks.answer(|| rt.snapshot(admin::SCRAPE_SNAPSHOT));
