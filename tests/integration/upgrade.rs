@@ -64,10 +64,7 @@ struct Load {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// Client threads, each about 500 connections a second. More than two: a
-/// connection whose wakeup an old shard consumed as it stopped accepting
-/// waits in the queue until the next one reaches the same socket (README,
-/// "Binary upgrade"), so with two clients both could wait on each other.
+/// Client threads, each about 500 connections a second.
 const CLIENTS: u64 = 4;
 
 impl Load {
