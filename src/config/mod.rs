@@ -141,6 +141,8 @@ pub struct RuntimePlan {
     pub max_pipes: u32,
     /// Capacity asked for each pipe (F_SETPIPE_SZ), bytes, a power of two.
     pub pipe_size: u32,
+    /// Where the serving process writes its PID (`None`: nowhere).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// `runtime.splice`: which relay directions splice (socket → pipe → socket)

@@ -99,6 +99,9 @@ fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan, udp: bool) -> fmt
         format_size(runtime.pipe_size.into())
     )?;
     writeln!(f, "max_datagram = {}", runtime.max_datagram)?;
+    if let Some(path) = &runtime.pid_file {
+        writeln!(f, "pid_file = {:?}", path.display().to_string())?;
+    }
     writeln!(
         f,
         "udp_buffers_per_shard = {}  # allocated only with a UDP listener",

@@ -2,6 +2,7 @@
 
 use std::fmt::Display;
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::error::{COMMAND_LINE, ConfigError, Origin};
@@ -9,7 +10,7 @@ use super::raw::{Field, Section};
 use super::units::format_size;
 use super::{HostFacts, Overrides, RuntimePlan, SpliceMode};
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
     "shards",
     "cpus",
     "buffer_size",
@@ -24,6 +25,7 @@ const KEYS: [&str; 14] = [
     "splice",
     "max_pipes",
     "pipe_size",
+    "pid_file",
 ];
 
 pub(super) const MAX_SHARDS: usize = 1024;
@@ -149,7 +151,31 @@ pub(super) fn resolve(
             "max_pipes = 64 (or splice = \"off\" for none)",
         )?,
         pipe_size: pipe_size(get("pipe_size"))?,
+        pid_file: pid_file(get("pid_file"))?,
     })
+}
+
+/// `pid_file = "/run/ringfwd.pid"`: where the serving process writes its
+/// PID (rewritten by the new process of a SIGUSR2 upgrade once it serves).
+fn pid_file(field: Option<Field<'_>>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(field) = field else {
+        return Ok(None);
+    };
+    let example = "pid_file = \"/run/ringfwd.pid\"";
+    let text = field.string(example)?;
+    let refuse = |why: &str| {
+        Err(field.error(format!(
+            "{} {why}; give a file path, like {example}",
+            field.shown()
+        )))
+    };
+    if text.is_empty() || text.contains('\0') {
+        return refuse("is not a file path (empty, or with a NUL byte)");
+    }
+    if text.ends_with('/') || matches!(text.rsplit('/').next(), Some("." | "..")) {
+        return refuse("names a directory");
+    }
+    Ok(Some(PathBuf::from(text)))
 }
 
 fn splice_mode(field: Option<Field<'_>>) -> Result<SpliceMode, ConfigError> {

@@ -78,6 +78,7 @@ fn full_file_resolves_to_the_exact_plan() {
         stats_interval = "off"
         splice = "always"
         max_pipes = 8
+        pid_file = "/run/ringfwd.pid"
         pipe_size = "256KiB"
 
         [[tcp]]
@@ -110,6 +111,7 @@ fn full_file_resolves_to_the_exact_plan() {
             splice: SpliceMode::Always,
             max_pipes: 8,
             pipe_size: 256 << 10,
+            pid_file: Some("/run/ringfwd.pid".into()),
         },
         tcp: vec![
             TcpListenerPlan {
@@ -177,6 +179,7 @@ fn defaults_fill_every_missing_value() {
         splice: SpliceMode::Auto,
         max_pipes: 64,
         pipe_size: 1 << 20,
+        pid_file: None,
     };
     assert_eq!(plan.runtime, want);
     let tcp = &plan.tcp[0];
@@ -1370,5 +1373,21 @@ fn bandwidth_limit_is_refused_out_of_range_or_malformed_naming_the_key() {
         ),
         "tcp[0].routes[0].bandwidth_limit",
         &["bandwidth_limit"],
+    );
+}
+
+#[test]
+fn pid_file_must_name_a_file_and_check_shows_it() {
+    for bad in ["\"\"", "\"/run/\"", "\"/run/..\"", "7"] {
+        assert_runtime_rejected(
+            &format!("pid_file = {bad}"),
+            "runtime.pid_file",
+            &["pid_file"],
+        );
+    }
+    let plan = resolve_file(&format!("[runtime]\npid_file = \"/run/r.pid\"\n{LISTENER}")).unwrap();
+    assert!(
+        plan.to_string().contains("pid_file = \"/run/r.pid\""),
+        "{plan}"
     );
 }

@@ -39,6 +39,7 @@ use crate::time::millis;
 mod admin;
 mod descriptors;
 mod reload;
+mod upgrade;
 
 /// How long start-up waits for every shard to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +77,8 @@ pub struct Runtime {
     health: Option<Monitor>,
     /// The configuration in force and what a SIGHUP reload needs.
     reload: reload::State,
+    /// Copies of the listening sockets for a SIGUSR2 upgrade.
+    handover: upgrade::Handover,
 }
 
 /// How long the access log's writer may take to write what the shards
@@ -276,28 +279,36 @@ struct Groups {
 /// Binds every listener as `run` does, so `check` meets the same errors
 /// (address in use, not on this host, a port below 1024 without the
 /// capability) through the same code.
-fn bind_groups(plan: &Plan) -> Result<Groups, HostError> {
+/// A listener's group: handed over by the process this one upgrades
+/// (see `upgrade`), else bound.
+fn bind_groups(plan: &Plan, inherited: &mut upgrade::Inherited) -> Result<Groups, HostError> {
     let n = plan.runtime.shards;
+    let mut group = |kind, name: &str, listen, udp: bool| {
+        upgrade::take_or_bind(inherited, kind, name, listen, n, || match udp {
+            false => socket::bind_listeners(kind, name, listen, n),
+            true => socket::bind_udp_listeners(kind, name, listen, n),
+        })
+    };
     let tcp = plan
         .tcp
         .iter()
-        .map(|t| socket::bind_listeners(ListenKind::Tcp, &t.name, t.listen, n))
+        .map(|t| group(ListenKind::Tcp, &t.name, t.listen, false))
         .collect::<Result<_, _>>()?;
     let udp = plan
         .udp
         .iter()
         .map(|u| {
-            let (fds, addr) = socket::bind_udp_listeners(ListenKind::Udp, &u.name, u.listen, n)?;
+            let (fds, addr) = group(ListenKind::Udp, &u.name, u.listen, true)?;
             socket_buffers(u, &fds, addr)?;
             Ok((fds, addr))
         })
         .collect::<Result<_, HostError>>()?;
     let echo = |proto: Proto| plan.echo.iter().filter(move |e| e.proto == proto);
     let udp_echo = echo(Proto::Udp)
-        .map(|e| socket::bind_udp_listeners(ListenKind::UdpEcho, &e.name, e.listen, n))
+        .map(|e| group(ListenKind::UdpEcho, &e.name, e.listen, true))
         .collect::<Result<_, _>>()?;
     let tcp_echo = echo(Proto::Tcp)
-        .map(|e| socket::bind_listeners(ListenKind::Echo, &e.name, e.listen, n))
+        .map(|e| group(ListenKind::Echo, &e.name, e.listen, false))
         .collect::<Result<_, _>>()?;
     Ok(Groups {
         tcp,
@@ -312,7 +323,7 @@ fn bind_groups(plan: &Plan) -> Result<Groups, HostError> {
 /// Returns what `run` would log.
 pub fn check(plan: &Plan) -> Result<HostReport, HostError> {
     let report = check_host(plan)?;
-    drop(bind_groups(plan)?);
+    drop(bind_groups(plan, &mut upgrade::Inherited::none())?);
     drop(admin::bind(plan)?);
     Ok(report)
 }
@@ -320,6 +331,14 @@ pub fn check(plan: &Plan) -> Result<HostReport, HostError> {
 impl Runtime {
     /// Checks the host, binds, spawns and waits until every shard is ready.
     pub fn start(plan: &Plan) -> Result<Runtime, HostError> {
+        Runtime::start_inheriting(plan, &mut upgrade::Inherited::none())
+    }
+
+    /// As `start`, on the sockets a process being upgraded handed over.
+    fn start_inheriting(
+        plan: &Plan,
+        inherited: &mut upgrade::Inherited,
+    ) -> Result<Runtime, HostError> {
         let host = check_host(plan)?;
         for warning in &host.warnings {
             warn!("{warning}");
@@ -332,7 +351,8 @@ impl Runtime {
         let mut listeners: Vec<Vec<(ListenerSpec, OwnedFd)>> = (0..n).map(|_| Vec::new()).collect();
         let mut routes = Vec::new();
         let mut bound = Vec::new();
-        let groups = bind_groups(plan)?;
+        let groups = bind_groups(plan, inherited)?;
+        let handover = upgrade::Handover::of(plan, &groups)?;
         for (t, (fds, addr)) in plan.tcp.iter().zip(groups.tcp) {
             let (route, front) = forward_routes(t, &mut routes, plan.log.access.is_some())?;
             for (shard, fd) in fds.into_iter().enumerate() {
@@ -509,6 +529,7 @@ impl Runtime {
             ready: crate::admin::Readiness::default(),
             health,
             reload,
+            handover,
         };
         runtime.wait_ready()?;
         runtime.ready.set_serving();
@@ -564,10 +585,19 @@ impl Runtime {
     }
 
     /// Stop accepting; open connections continue. Shards exit when they have none.
-    pub fn drain(&self) {
+    pub fn drain(&mut self) {
         // Before any shard stops accepting: a load balancer polling /ready
         // must see the drain while the listeners still take connections.
         self.ready.set_draining();
+        self.stop_accepting();
+    }
+
+    /// The drain without `/ready` turning 503: after an upgrade the new
+    /// process serves, so the host stays ready.
+    fn stop_accepting(&mut self) {
+        // Our copies would keep the listeners open (their queues unserved)
+        // after the shards close theirs.
+        self.handover.clear();
         self.send_all(Command::Drain);
     }
 
@@ -623,7 +653,12 @@ impl Runtime {
     }
 
     /// A shard thread that ended without reporting (a panic).
-    pub fn crashed_shard(&self) -> Option<usize> {
+    pub fn crashed_shard(&mut self) -> Option<usize> {
+        // A shard reports Exited before its thread ends: a report still
+        // queued is not a crash (a drain with nothing open ends at once).
+        while let Ok(r) = self.reports.try_recv() {
+            self.record(r);
+        }
         self.shards
             .iter()
             .position(|s| s.exited.is_none() && s.thread.as_ref().is_some_and(|t| t.is_finished()))
@@ -841,8 +876,13 @@ fn on_signal(
     sig: Signal,
     draining: bool,
     reread: &dyn Fn() -> Result<Plan, String>,
+    upgrader: &mut upgrade::Upgrader,
 ) -> Signalled {
     let name = sig.name();
+    if sig.intent() == Intent::Upgrade {
+        upgrader.on_usr2(&rt.handover, draining);
+        return Signalled::Ignored;
+    }
     if sig.intent() == Intent::Reload {
         if draining {
             warn!("{name} ignored: draining, so a new configuration would not apply");
@@ -891,6 +931,49 @@ fn on_signal(
     Signalled::Draining(Instant::now() + drain_timeout)
 }
 
+/// Starts the shards (on the sockets a process being upgraded handed over,
+/// if any), announces the listeners, writes the pid file and reports ready
+/// to that process. `Err` is the exit code.
+fn start_serving(
+    plan: &Plan,
+) -> Result<(Runtime, Option<std::net::TcpListener>, upgrade::PidFile), u8> {
+    let mut inherited = upgrade::Inherited::from_env();
+    let started = inherited
+        .admin_socket(plan)
+        .and_then(|socket| Ok((Runtime::start_inheriting(plan, &mut inherited)?, socket)));
+    let (mut rt, admin_socket) = started.map_err(|e| {
+        error!("{e}");
+        output::message(&format!("ringfwd: {e}"));
+        exit::HOST
+    })?;
+    announce(&rt, plan.runtime.shards);
+    let pid_file = match inherited.serving(plan.runtime.pid_file.as_deref()) {
+        Ok(pid_file) => pid_file,
+        Err(e) => {
+            error!("{e}");
+            log_stats("final stats", &rt.shutdown());
+            return Err(exit::HOST);
+        }
+    };
+    if let Some(socket) = &admin_socket {
+        rt.handover.keep_admin(socket);
+    }
+    Ok((rt, admin_socket, pid_file))
+}
+
+/// The new process of an upgrade serves: stop accepting and drain. Returns
+/// the drain's deadline.
+fn upgraded(rt: &mut Runtime, pid: u32) -> Instant {
+    // The file in force: a reload may have changed it.
+    let drain_timeout = rt.reload.plan().runtime.drain_timeout;
+    info!(
+        "upgrade: the new process (pid {pid}) serves; this one stops accepting and drains its open connections (up to {})",
+        format_duration(drain_timeout)
+    );
+    rt.stop_accepting();
+    Instant::now() + drain_timeout
+}
+
 /// `ringfwd run` / `ringfwd echo`: serve until signalled; returns the exit
 /// code. `reread` builds the plan from the same sources again (SIGHUP).
 pub fn serve(plan: &Plan, reread: &dyn Fn() -> Result<Plan, String>) -> u8 {
@@ -904,16 +987,12 @@ pub fn serve(plan: &Plan, reread: &dyn Fn() -> Result<Plan, String>) -> u8 {
             return exit::FAILURE;
         }
     };
-    let started = admin::bind(plan).and_then(|socket| Ok((Runtime::start(plan)?, socket)));
-    let (mut rt, admin_socket) = match started {
+    // Before anything else: SIGUSR2 starts the file at this path.
+    let mut upgrader = upgrade::Upgrader::new();
+    let (mut rt, admin_socket, pid_file) = match start_serving(plan) {
         Ok(started) => started,
-        Err(e) => {
-            error!("{e}");
-            output::message(&format!("ringfwd: {e}"));
-            return exit::HOST;
-        }
+        Err(code) => return code,
     };
-    announce(&rt, plan.runtime.shards);
     let admin = admin::start(plan, &rt, admin_socket);
     notify::ready();
     notify::status(&format!(
@@ -927,7 +1006,13 @@ pub fn serve(plan: &Plan, reread: &dyn Fn() -> Result<Plan, String>) -> u8 {
     let mut stop_deadline: Option<Instant> = None;
     loop {
         if let Some(sig) = signals.wait(Duration::from_millis(50)) {
-            match on_signal(&mut rt, sig, drain_deadline.is_some(), reread) {
+            match on_signal(
+                &mut rt,
+                sig,
+                drain_deadline.is_some(),
+                reread,
+                &mut upgrader,
+            ) {
                 Signalled::Ignored => {}
                 Signalled::Draining(deadline) => drain_deadline = Some(deadline),
                 Signalled::ExitNow => {
@@ -937,6 +1022,9 @@ pub fn serve(plan: &Plan, reread: &dyn Fn() -> Result<Plan, String>) -> u8 {
             }
         }
         rt.poll(Duration::from_millis(0));
+        if let Some(upgrade::Outcome::Ready(pid)) = upgrader.poll(&pid_file) {
+            drain_deadline = Some(upgraded(&mut rt, pid));
+        }
         if let Some(asks) = &admin {
             asks.answer(|| rt.snapshot(admin::SCRAPE_SNAPSHOT));
         }

@@ -302,6 +302,8 @@ impl Runtime {
             removed: Vec::new(),
         };
         let mut parts: Vec<Vec<ReloadListener>> = (0..n).map(|_| Vec::new()).collect();
+        // Copies of the sockets bound now, for a later SIGUSR2 upgrade.
+        let mut handed = Vec::new();
         let mut old: Vec<Option<Held>> = std::mem::take(&mut self.reload.held)
             .into_iter()
             .map(Some)
@@ -318,6 +320,12 @@ impl Runtime {
                 Source::Added(owned, addr) => {
                     wrap = ReloadListener::Add;
                     applied.added.push(format!("'{name}' on {addr}"));
+                    match owned.iter().map(OwnedFd::try_clone).collect() {
+                        Ok(copies) => handed.push((name.clone(), addr, copies)),
+                        Err(e) => warn!(
+                            "SIGHUP: listener '{name}' on {addr}: no copy of its sockets kept for a SIGUSR2 upgrade ({e}); an upgrade binds it anew"
+                        ),
+                    }
                     let live = self.shards.iter().map(|s| s.exited.is_none());
                     // An exited shard's socket is closed here (dropped).
                     let fds = owned
@@ -344,6 +352,13 @@ impl Runtime {
         }
         applied.removed = old.into_iter().flatten().map(|h| h.name).collect();
         self.reload.held = held;
+        let now_held: Vec<(String, SocketAddr)> = self
+            .reload
+            .held
+            .iter()
+            .map(|h| (h.name.clone(), h.addr))
+            .collect();
+        self.handover.reloaded(&now_held, handed);
         let drain_ms = millis(plan.runtime.drain_timeout);
         for (s, part) in self.shards.iter().zip(parts) {
             let cmd = Command::Reload(Arc::new(ShardReload {

@@ -8,6 +8,7 @@
 pub(crate) mod connect;
 pub(crate) mod eventfd;
 pub mod host;
+pub(crate) mod inherit;
 pub mod notify;
 pub mod output;
 pub(crate) mod pipe;

@@ -30,6 +30,8 @@ pub(crate) enum Intent {
     Reload,
     /// Log why, and keep serving.
     Ignore { why: &'static str },
+    /// Start the binary at our path on our listening sockets (NGINX's USR2).
+    Upgrade,
 }
 
 impl Signal {
@@ -76,9 +78,7 @@ impl Signal {
                 why: "it reopens the access log, and no `[log] access` is configured (the \
                       application log goes to stderr)",
             },
-            Signal::Usr2 => Intent::Ignore {
-                why: "ringfwd binds no action to it (binary upgrade is not supported yet)",
-            },
+            Signal::Usr2 => Intent::Upgrade,
         }
     }
 }

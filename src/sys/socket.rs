@@ -151,6 +151,49 @@ fn bind_group_on(
     Ok((fds, addr))
 }
 
+/// Binds `count` more SO_REUSEPORT listening sockets into the group that
+/// already holds `addr` (sockets handed over by the process this one
+/// upgrades): no probe first, since the port is taken on purpose.
+pub(crate) fn join_listeners(
+    kind: ListenKind,
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<Vec<OwnedFd>, HostError> {
+    join_group(kind, name, addr, count, new_socket, |s| {
+        s.listen(LISTEN_BACKLOG)
+    })
+}
+
+/// [`join_listeners`] for UDP.
+pub(crate) fn join_udp_listeners(
+    kind: ListenKind,
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<Vec<OwnedFd>, HostError> {
+    join_group(kind, name, addr, count, new_udp_socket, |_| Ok(()))
+}
+
+fn join_group(
+    kind: ListenKind,
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+    make: fn(SocketAddr, bool) -> io::Result<Socket>,
+    ready: fn(&Socket) -> io::Result<()>,
+) -> Result<Vec<OwnedFd>, HostError> {
+    (0..count)
+        .map(|_| {
+            let s = make(addr, true).map_err(|e| bind_error(kind, name, addr, e))?;
+            s.bind(&addr.into())
+                .map_err(|e| bind_error(kind, name, addr, e))?;
+            ready(&s).map_err(|e| bind_error(kind, name, addr, e))?;
+            Ok(OwnedFd::from(s))
+        })
+        .collect()
+}
+
 fn new_udp_socket(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
     // No SO_REUSEADDR: on UDP it lets unrelated sockets bind the same address
     // and steal datagrams; SO_REUSEPORT alone forms the per-shard group.

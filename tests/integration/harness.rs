@@ -60,6 +60,24 @@ impl Proc {
         Proc::launch(Command::new(BIN), args, listeners)
     }
 
+    /// As `start`, running the binary at `program` (a copy of ringfwd).
+    pub(crate) fn start_program(
+        program: &std::path::Path,
+        args: &[&str],
+        listeners: usize,
+    ) -> Proc {
+        Proc::launch(Command::new(program), args, listeners)
+    }
+
+    /// The exit status if the process has exited (without waiting for its
+    /// stderr to close: processes it started may hold it).
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
     /// As `start`, in a process group of its own. The kernel discards
     /// SIGTSTP sent to an orphaned process group (no member's parent in
     /// another group of the session), as the test runner's group is when CI

@@ -28,3 +28,4 @@ mod signals;
 mod splice;
 mod udp;
 mod udp_abuse;
+mod upgrade;

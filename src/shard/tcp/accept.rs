@@ -157,7 +157,11 @@ impl TcpService {
         let mut ended = AcceptEnd::Normal;
         if res >= 0 {
             let fd = Fd(res);
-            if ctx.mode != Mode::Running {
+            // Draining: the kernel completed this accept before our cancel,
+            // so the client is connected; serve it like the open ones. (On
+            // a SIGUSR2 upgrade the new process shares the socket and can no
+            // longer take it: closing it would reset a client.)
+            if ctx.mode == Mode::Stopping {
                 l.counters.close(CloseReason::Shutdown);
                 ctx.reject(fd);
             } else if !l.gate.permits(ends.peer) {
