@@ -457,3 +457,145 @@ fn udp_and_echo_listeners_are_handed_over() {
     signal(new, "TERM");
     assert!(wait_until(Duration::from_secs(15), || !alive(new)));
 }
+
+/// A port below the ephemeral range that nothing listens on now (the
+/// clients' own ports come from the ephemeral range, so they cannot take it).
+fn free_low_port() -> u16 {
+    let start = (std::process::id() % 3_000) as u16 * 3;
+    (0..2_000u16)
+        .map(|i| start.wrapping_add(i * 13) % 9_000 + 21_000)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port in 21000-30000")
+}
+
+/// Rewrites the config and sends SIGHUP to `pid`; waits until the shared
+/// log has `n` reload results in all.
+fn reload_to(pid: u32, path: &Path, text: &str, n: usize, fwd: &Proc) {
+    std::fs::write(path, text).expect("write config");
+    signal(pid, "HUP");
+    let done = |log: &str| log.matches("SIGHUP: configuration reloaded").count();
+    assert!(
+        wait_until(Duration::from_secs(10), || done(&fwd.log()) >= n),
+        "reload {n} (pid {pid}) did not finish; log:\n{}",
+        fwd.log()
+    );
+}
+
+/// The issue's check in one run: connections opened all along through 20
+/// SIGHUP reloads (upstreams, balance and a second listener changing) and 3
+/// SIGUSR2 upgrades between them, each process reloaded before it is
+/// upgraded: not one connection lost, and a listener a reload added is
+/// handed over and served by every later process.
+#[test]
+fn twenty_reloads_and_three_upgrades_interleaved_under_load_lose_no_connection() {
+    let (a, b) = (echo_upstream(1), echo_upstream(1));
+    let (a, b) = (a.first_addr(), b.first_addr());
+    let pid_file = temp_path("ringfwd.pid");
+    let keep = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+    let extra = loop {
+        let p = free_low_port();
+        if p != keep.port() {
+            break SocketAddr::from(([127, 0, 0, 1], p));
+        }
+    };
+    let text = |n: usize| {
+        let ups = match n % 3 {
+            0 => format!("\"{a}\""),
+            1 => format!("\"{b}\""),
+            _ => format!("\"{a}\", \"{b} weight=2\""),
+        };
+        let balance = ["round_robin", "least_conn", "random_two"][n % 3];
+        let mut t = format!(
+            "[runtime]\nshards = 2\nstats_interval = \"1s\"\ndrain_timeout = \"20s\"\n\
+             pid_file = \"{}\"\n\
+             [[tcp]]\nname = \"keep\"\nlisten = \"{keep}\"\nupstreams = [{ups}]\nbalance = \"{balance}\"\n",
+            pid_file.display()
+        );
+        // The second listener is there from reload 2 on, except at every
+        // fifth reload, which removes it again (and the next adds it back).
+        if n >= 2 && n % 5 != 0 {
+            t += &format!(
+                "[[tcp]]\nname = \"extra\"\nlisten = \"{extra}\"\nupstreams = [\"{a}\"]\n"
+            );
+        }
+        t
+    };
+    let cfg = write_config(&text(0));
+    let fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
+    let mut descendants = Descendants::default();
+    assert!(
+        wait_until(Duration::from_secs(5), || pid_in(&pid_file)
+            == Some(fwd.pid())),
+        "the pid file does not name the forwarder:\n{}",
+        fwd.log()
+    );
+    let load = Load::start(keep);
+    let mut current = fwd.pid();
+    let mut reloads = 0usize;
+    for generation in 0..=3usize {
+        for _ in 0..5 {
+            let before = load.done();
+            assert!(
+                wait_until(Duration::from_secs(10), || load.done() > before + 50),
+                "no progress before reload {}:\n{}",
+                reloads + 1,
+                fwd.log()
+            );
+            reloads += 1;
+            reload_to(current, &cfg, &text(reloads), reloads, &fwd);
+            if reloads >= 2 && reloads % 5 != 0 {
+                assert!(
+                    wait_until(Duration::from_secs(5), || round_trip(extra, b"extra")
+                        .is_ok_and(|r| r == b"extra")),
+                    "the added listener does not serve after reload {reloads}:\n{}",
+                    fwd.log()
+                );
+            }
+        }
+        if generation == 3 {
+            break;
+        }
+        let new = upgrade(current, &pid_file, &fwd);
+        descendants.0.push(new);
+        fwd.wait_log(
+            &format!("upgrade: the new process (pid {new}) serves; this one stops accepting"),
+            Duration::from_secs(10),
+        );
+        let old = current;
+        assert!(
+            wait_until(Duration::from_secs(15), || !alive(old)),
+            "old process {old} still runs after its drain:\n{}",
+            fwd.log()
+        );
+        current = new;
+        // The second listener (present in the file now) is served by the
+        // new process after the old one is gone.
+        if reloads % 5 != 0 {
+            assert_eq!(
+                round_trip(extra, b"after the upgrade").expect("round trip"),
+                b"after the upgrade",
+                "{}",
+                fwd.log()
+            );
+        }
+    }
+    assert_eq!(reloads, 20);
+    let (done, failures) = load.finish();
+    eprintln!("{done} connections completed across 20 reloads and 3 upgrades");
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed, first: {:?}\n{}",
+        failures.len(),
+        done + failures.len() as u64,
+        failures.first(),
+        fwd.log()
+    );
+    assert!(!fwd.log().contains("reload failed"), "{}", fwd.log());
+    assert_eq!(pid_in(&pid_file), Some(current), "{}", fwd.log());
+    signal(current, "TERM");
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(current)),
+        "{}",
+        fwd.log()
+    );
+}
