@@ -15,16 +15,14 @@ use tracing::{error, info, warn};
 use crate::accesslog::{AccessLog, AccessLogShard, Format, Sink};
 use crate::config::units::format_duration;
 use crate::config::{
-    AccessFormat, AccessTarget, Balance, EchoMode, PassiveHealth, Plan, Proto, SendProxy,
-    TcpListenerPlan, UdpSendProxy, local_loop,
+    AccessFormat, AccessTarget, Balance, PassiveHealth, Plan, Proto, SendProxy, TcpListenerPlan,
+    local_loop,
 };
 use crate::front::sni::SniRoutes;
 use crate::health::Monitor;
-use crate::shard::engine::{
-    FdBudget, FrontSpec, GateSpec, ListenerKind, ListenerSpec, RateSpec, RouteSpec, SniSpec,
-};
+use crate::shard::engine::{FdBudget, FrontSpec, GateSpec, RateSpec, RouteSpec, SniSpec};
 use crate::shard::event_loop::{self, Command, Control, Report, ShardSetup, SpliceSetup};
-use crate::shard::udp::{UDP_DRAIN_GRACE_MS, UdpKind, UdpListenerSpec, UdpRouteSpec};
+use crate::shard::udp::UDP_DRAIN_GRACE_MS;
 use crate::stats::{Counter, ShardStats};
 use crate::sys::eventfd::EventFd;
 use crate::sys::host::{self, HostError};
@@ -39,6 +37,7 @@ use crate::time::millis;
 mod admin;
 mod descriptors;
 mod reload;
+mod specs;
 mod upgrade;
 
 /// How long start-up waits for every shard to report ready.
@@ -348,133 +347,16 @@ impl Runtime {
         }
         let rt = &plan.runtime;
         let n = rt.shards;
-        let mut listeners: Vec<Vec<(ListenerSpec, OwnedFd)>> = (0..n).map(|_| Vec::new()).collect();
-        let mut routes = Vec::new();
-        let mut bound = Vec::new();
         let groups = bind_groups(plan, inherited)?;
         let handover = upgrade::Handover::of(plan, &groups)?;
-        for (t, (fds, addr)) in plan.tcp.iter().zip(groups.tcp) {
-            let (route, front) = forward_routes(t, &mut routes, plan.log.access.is_some())?;
-            for (shard, fd) in fds.into_iter().enumerate() {
-                let mut front = front.clone();
-                front.gate.rates.per_listener = t.limits.rate_share(shard, n);
-                let spec = ListenerSpec {
-                    name: t.name.clone(),
-                    fd: -1,
-                    kind: ListenerKind::Forward { route },
-                    limit: t.shard_share(shard, n),
-                    front,
-                };
-                if let Some(l) = listeners.get_mut(shard) {
-                    l.push((spec, fd));
-                }
-            }
-            bound.push(Bound {
-                kind: "tcp",
-                name: t.name.clone(),
-                addr,
-                upstreams: t.upstreams.clone(),
-            });
-        }
-        let mut udp_listeners: Vec<Vec<(UdpListenerSpec, OwnedFd, bool)>> =
-            (0..n).map(|_| Vec::new()).collect();
-        let mut udp_routes = Vec::new();
-        for ((i, u), (fds, addr)) in plan.udp.iter().enumerate().zip(groups.udp) {
-            let route = u16::try_from(i).map_err(|_| HostError::Bind {
-                what: format!("udp listener '{}'", u.name),
-                addr: u.listen,
-                error: "more than 65535 listeners".into(),
-            })?;
-            udp_routes.push(UdpRouteSpec {
-                upstreams: u.upstreams.clone(),
-                weights: u.weights.clone(),
-                balance: u.balance,
-                passive: u.passive,
-                session_rcvbuf: u.session_rcvbuf,
-                send_proxy: u.send_proxy == UdpSendProxy::V2,
-                idle_ms: millis(u.idle_timeout),
-                max_responses: u.max_responses,
-                new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
-                allow: u.allow.clone(),
-                deny: u.deny.clone(),
-            });
-            session_buffer(u);
-            for (shard, fd) in fds.into_iter().enumerate() {
-                let spec = UdpListenerSpec {
-                    name: u.name.clone(),
-                    fd: -1,
-                    kind: UdpKind::Forward { route },
-                    limit: u.shard_share(shard, n),
-                    listen: addr,
-                };
-                if let Some(l) = udp_listeners.get_mut(shard) {
-                    l.push((spec, fd, u.listen.ip().is_unspecified()));
-                }
-            }
-            bound.push(Bound {
-                kind: "udp",
-                name: u.name.clone(),
-                addr,
-                upstreams: u.upstreams.clone(),
-            });
-        }
-        let udp_echo = plan.echo.iter().filter(|e| e.proto == Proto::Udp);
-        for (e, (fds, addr)) in udp_echo.zip(groups.udp_echo) {
-            for (shard, fd) in fds.into_iter().enumerate() {
-                let spec = UdpListenerSpec {
-                    name: e.name.clone(),
-                    fd: -1,
-                    kind: UdpKind::Echo,
-                    limit: u32::MAX,
-                    listen: addr,
-                };
-                if let Some(l) = udp_listeners.get_mut(shard) {
-                    l.push((spec, fd, e.listen.ip().is_unspecified()));
-                }
-            }
-            bound.push(Bound {
-                kind: "udp-echo",
-                name: e.name.clone(),
-                addr,
-                upstreams: Vec::new(),
-            });
-        }
-        let tcp_echo = plan.echo.iter().filter(|e| e.proto == Proto::Tcp);
-        for (e, (fds, addr)) in tcp_echo.zip(groups.tcp_echo) {
-            let kind = match e.mode {
-                EchoMode::Echo => ListenerKind::Echo,
-                EchoMode::Sink => ListenerKind::EchoSink,
-                EchoMode::Source => ListenerKind::EchoSource,
-                EchoMode::RequestResponse { request, response } => {
-                    ListenerKind::EchoRr { request, response }
-                }
-            };
-            for (shard, fd) in fds.into_iter().enumerate() {
-                let spec = ListenerSpec {
-                    name: e.name.clone(),
-                    fd: -1,
-                    kind,
-                    limit: u32::MAX,
-                    front: FrontSpec::default(),
-                };
-                if let Some(l) = listeners.get_mut(shard) {
-                    l.push((spec, fd));
-                }
-            }
-            bound.push(Bound {
-                kind: e.mode.kind(),
-                name: e.name.clone(),
-                addr,
-                upstreams: Vec::new(),
-            });
-        }
-
+        let inputs = specs::ShardInputs::of(plan, groups)?;
         let (access_log, mut access_handles) = start_access_log(plan, n)?;
         let health = Monitor::start(plan)?;
         let (report_tx, reports) = mpsc::channel();
         let mut shards = Vec::with_capacity(n);
-        let reload = reload::State::new(plan, &listeners, &bound);
-        let shard_inputs = listeners.into_iter().zip(udp_listeners);
+        let reload = reload::State::new(plan, &inputs.tcp, &inputs.bound);
+        let (routes, udp_routes, bound) = (inputs.routes, inputs.udp_routes, inputs.bound);
+        let shard_inputs = inputs.tcp.into_iter().zip(inputs.udp);
         for (index, (shard_listeners, shard_udp)) in shard_inputs.enumerate() {
             let cpu = rt.cpus.get(index).copied().unwrap_or(index);
             let doorbell = Arc::new(EventFd::new().map_err(|e| HostError::Shard {

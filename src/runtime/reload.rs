@@ -20,9 +20,9 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use super::{Bound, Runtime, forward_routes, reject_local_loops};
-use crate::config::{EchoMode, Plan, Proto};
+use crate::config::{Plan, Proto};
 use crate::health::Monitor;
-use crate::shard::engine::{FrontSpec, ListenerKind, ListenerSpec, ReloadListener, ShardReload};
+use crate::shard::engine::{ListenerSpec, ReloadListener, ShardReload};
 use crate::shard::event_loop::Command;
 use crate::stats::{Counter, ShardStats};
 use crate::sys::socket::{self, ListenKind};
@@ -191,17 +191,6 @@ enum Source {
     Added(Vec<OwnedFd>, SocketAddr),
 }
 
-fn echo_kind(mode: EchoMode) -> ListenerKind {
-    match mode {
-        EchoMode::Echo => ListenerKind::Echo,
-        EchoMode::Sink => ListenerKind::EchoSink,
-        EchoMode::Source => ListenerKind::EchoSource,
-        EchoMode::RequestResponse { request, response } => {
-            ListenerKind::EchoRr { request, response }
-        }
-    }
-}
-
 /// Each shard's listener specs (fd not set yet) and the route table, as
 /// `Runtime::start` builds them.
 fn shard_specs(
@@ -214,26 +203,12 @@ fn shard_specs(
         let (route, front) =
             forward_routes(t, &mut routes, plan.log.access.is_some()).map_err(|e| e.to_string())?;
         for (shard, list) in specs.iter_mut().enumerate() {
-            let mut front = front.clone();
-            front.gate.rates.per_listener = t.limits.rate_share(shard, n);
-            list.push(ListenerSpec {
-                name: t.name.clone(),
-                fd: -1,
-                kind: ListenerKind::Forward { route },
-                limit: t.shard_share(shard, n),
-                front,
-            });
+            list.push(super::specs::forward_spec(t, route, &front, shard, n));
         }
     }
     for e in plan.echo.iter().filter(|e| e.proto == Proto::Tcp) {
         for list in &mut specs {
-            list.push(ListenerSpec {
-                name: e.name.clone(),
-                fd: -1,
-                kind: echo_kind(e.mode),
-                limit: u32::MAX,
-                front: FrontSpec::default(),
-            });
+            list.push(super::specs::echo_spec(e));
         }
     }
     Ok((specs, routes))

@@ -1,0 +1,166 @@
+//! What each shard is built from, as the plan says it: the listener specs
+//! (with the sockets bound or inherited for them), the route tables and the
+//! `Bound` lines `run` prints. Shared by start-up and a SIGHUP reload, so a
+//! listener is the same spec whichever built it.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use super::{Bound, Groups, forward_routes, session_buffer};
+use crate::config::{EchoMode, EchoPlan, Plan, Proto, TcpListenerPlan, UdpSendProxy};
+use crate::shard::engine::{FrontSpec, ListenerKind, ListenerSpec, RouteSpec};
+use crate::shard::udp::{UdpKind, UdpListenerSpec, UdpRouteSpec};
+use crate::sys::host::HostError;
+use crate::time::millis;
+
+/// The TCP service's listener kind of an echo listener.
+pub(super) fn echo_kind(mode: EchoMode) -> ListenerKind {
+    match mode {
+        EchoMode::Echo => ListenerKind::Echo,
+        EchoMode::Sink => ListenerKind::EchoSink,
+        EchoMode::Source => ListenerKind::EchoSource,
+        EchoMode::RequestResponse { request, response } => {
+            ListenerKind::EchoRr { request, response }
+        }
+    }
+}
+
+/// Shard `shard`'s (of `n`) spec of forward listener `t` (fd not set yet):
+/// its shares of `max_connections` and of the listener's connection rate.
+pub(super) fn forward_spec(
+    t: &TcpListenerPlan,
+    route: u16,
+    front: &FrontSpec,
+    shard: usize,
+    n: usize,
+) -> ListenerSpec {
+    let mut front = front.clone();
+    front.gate.rates.per_listener = t.limits.rate_share(shard, n);
+    ListenerSpec {
+        name: t.name.clone(),
+        fd: -1,
+        kind: ListenerKind::Forward { route },
+        limit: t.shard_share(shard, n),
+        front,
+    }
+}
+
+/// A TCP echo listener's spec (the same on every shard; fd not set yet).
+pub(super) fn echo_spec(e: &EchoPlan) -> ListenerSpec {
+    ListenerSpec {
+        name: e.name.clone(),
+        fd: -1,
+        kind: echo_kind(e.mode),
+        limit: u32::MAX,
+        front: FrontSpec::default(),
+    }
+}
+
+/// Every shard's listeners and routes, and the `Bound` lines.
+pub(super) struct ShardInputs {
+    /// Per shard: its TCP listeners with their sockets.
+    pub tcp: Vec<Vec<(ListenerSpec, OwnedFd)>>,
+    pub routes: Vec<RouteSpec>,
+    /// Per shard: its UDP listeners with their sockets, and whether each
+    /// listens on a wildcard address.
+    pub udp: Vec<Vec<(UdpListenerSpec, OwnedFd, bool)>>,
+    pub udp_routes: Vec<UdpRouteSpec>,
+    pub bound: Vec<Bound>,
+}
+
+impl ShardInputs {
+    /// The inputs for `plan`, on the sockets of `groups` (bound in
+    /// `bind_groups`' order).
+    pub(super) fn of(plan: &Plan, groups: Groups) -> Result<ShardInputs, HostError> {
+        let n = plan.runtime.shards;
+        let mut inputs = ShardInputs {
+            tcp: (0..n).map(|_| Vec::new()).collect(),
+            routes: Vec::new(),
+            udp: (0..n).map(|_| Vec::new()).collect(),
+            udp_routes: Vec::new(),
+            bound: Vec::new(),
+        };
+        for (t, (fds, addr)) in plan.tcp.iter().zip(groups.tcp) {
+            let (route, front) = forward_routes(t, &mut inputs.routes, plan.log.access.is_some())?;
+            for (shard, fd) in fds.into_iter().enumerate() {
+                if let Some(l) = inputs.tcp.get_mut(shard) {
+                    l.push((forward_spec(t, route, &front, shard, n), fd));
+                }
+            }
+            inputs.bound("tcp", &t.name, addr, t.upstreams.clone());
+        }
+        for ((i, u), (fds, addr)) in plan.udp.iter().enumerate().zip(groups.udp) {
+            let route = u16::try_from(i).map_err(|_| HostError::Bind {
+                what: format!("udp listener '{}'", u.name),
+                addr: u.listen,
+                error: "more than 65535 listeners".into(),
+            })?;
+            inputs.udp_routes.push(UdpRouteSpec {
+                upstreams: u.upstreams.clone(),
+                weights: u.weights.clone(),
+                balance: u.balance,
+                passive: u.passive,
+                session_rcvbuf: u.session_rcvbuf,
+                send_proxy: u.send_proxy == UdpSendProxy::V2,
+                idle_ms: millis(u.idle_timeout),
+                max_responses: u.max_responses,
+                new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
+                allow: u.allow.clone(),
+                deny: u.deny.clone(),
+            });
+            session_buffer(u);
+            let kind = UdpKind::Forward { route };
+            let wildcard = u.listen.ip().is_unspecified();
+            for (shard, fd) in fds.into_iter().enumerate() {
+                let spec = udp_spec(&u.name, kind, u.shard_share(shard, n), addr);
+                inputs.udp_listener(shard, spec, fd, wildcard);
+            }
+            inputs.bound("udp", &u.name, addr, u.upstreams.clone());
+        }
+        let udp_echo = plan.echo.iter().filter(|e| e.proto == Proto::Udp);
+        for (e, (fds, addr)) in udp_echo.zip(groups.udp_echo) {
+            let wildcard = e.listen.ip().is_unspecified();
+            for (shard, fd) in fds.into_iter().enumerate() {
+                let spec = udp_spec(&e.name, UdpKind::Echo, u32::MAX, addr);
+                inputs.udp_listener(shard, spec, fd, wildcard);
+            }
+            inputs.bound("udp-echo", &e.name, addr, Vec::new());
+        }
+        let tcp_echo = plan.echo.iter().filter(|e| e.proto == Proto::Tcp);
+        for (e, (fds, addr)) in tcp_echo.zip(groups.tcp_echo) {
+            for (shard, fd) in fds.into_iter().enumerate() {
+                if let Some(l) = inputs.tcp.get_mut(shard) {
+                    l.push((echo_spec(e), fd));
+                }
+            }
+            inputs.bound(e.mode.kind(), &e.name, addr, Vec::new());
+        }
+        Ok(inputs)
+    }
+
+    fn bound(&mut self, kind: &'static str, name: &str, addr: SocketAddr, ups: Vec<SocketAddr>) {
+        self.bound.push(Bound {
+            kind,
+            name: name.to_owned(),
+            addr,
+            upstreams: ups,
+        });
+    }
+
+    fn udp_listener(&mut self, shard: usize, spec: UdpListenerSpec, fd: OwnedFd, wildcard: bool) {
+        if let Some(l) = self.udp.get_mut(shard) {
+            l.push((spec, fd, wildcard));
+        }
+    }
+}
+
+/// A UDP listener's spec on one shard (fd not set yet).
+fn udp_spec(name: &str, kind: UdpKind, limit: u32, listen: SocketAddr) -> UdpListenerSpec {
+    UdpListenerSpec {
+        name: name.to_owned(),
+        fd: -1,
+        kind,
+        limit,
+        listen,
+    }
+}
