@@ -125,8 +125,9 @@ pub fn upstream_states(snapshot: &ShardStats, listeners: &[ListenerInfo]) -> Vec
 
 /// What the admin thread asks the control loop; each carries where to answer.
 pub enum Ask {
-    /// Fresh counters of every shard, summed.
-    Snapshot(SyncSender<ShardStats>),
+    /// Fresh counters of every shard, summed, and the listeners in force
+    /// (a reload changes them).
+    Snapshot(SyncSender<(ShardStats, Vec<ListenerInfo>)>),
     /// Are you there (`/live`)?
     Ping(SyncSender<()>),
 }
@@ -135,8 +136,9 @@ pub enum Ask {
 pub struct Asks(Receiver<Ask>);
 
 impl Asks {
-    /// Answers every waiting ask; `snapshot` takes a fresh one from the shards.
-    pub fn answer(&self, mut snapshot: impl FnMut() -> ShardStats) {
+    /// Answers every waiting ask; `snapshot` takes a fresh one from the
+    /// shards, with the listeners in force.
+    pub fn answer(&self, mut snapshot: impl FnMut() -> (ShardStats, Vec<ListenerInfo>)) {
         while let Ok(ask) = self.0.try_recv() {
             match ask {
                 Ask::Snapshot(reply) => {
@@ -246,14 +248,14 @@ fn route(req: &Request, served: &Served) -> Response {
         "/ready" if served.ready.is_ready() => Response::text(200, "ready\n"),
         "/ready" => Response::text(503, "draining: not taking new connections\n"),
         "/live" => live(served),
-        "/status" => with_snapshot(served, |stats, ups| Response {
+        "/status" => with_snapshot(served, |info, stats, ups| Response {
             status: 200,
             content_type: "application/json",
-            body: status::render(&served.info, stats, ups, served.ready.is_ready())
+            body: status::render(info, stats, ups, served.ready.is_ready())
                 .to_string()
                 .into_bytes(),
         }),
-        _ => with_snapshot(served, |stats, ups| Response {
+        _ => with_snapshot(served, |_, stats, ups| Response {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
             body: metrics::render(stats, ups, crate::sys::output::log_write_errors()).into_bytes(),
@@ -277,14 +279,14 @@ fn live(served: &Served) -> Response {
 
 fn with_snapshot(
     served: &Served,
-    answer: impl FnOnce(&ShardStats, &[UpstreamState]) -> Response,
+    answer: impl FnOnce(&Static, &ShardStats, &[UpstreamState]) -> Response,
 ) -> Response {
     let (tx, rx) = mpsc::sync_channel(1);
     let stats = match served.asks.send(Ask::Snapshot(tx)) {
         Ok(()) => rx.recv_timeout(SNAPSHOT_WAIT).ok(),
         Err(_) => None,
     };
-    let Some(stats) = stats else {
+    let Some((stats, listeners)) = stats else {
         return Response::text(
             503,
             format!(
@@ -293,8 +295,12 @@ fn with_snapshot(
             ),
         );
     };
-    let ups = upstream_states(&stats, &served.info.listeners);
-    answer(&stats, &ups)
+    let info = Static {
+        listeners,
+        ..served.info.clone()
+    };
+    let ups = upstream_states(&stats, &info.listeners);
+    answer(&info, &stats, &ups)
 }
 
 #[cfg(test)]
@@ -353,7 +359,7 @@ mod tests {
         // A stand-in for the serve loop's turns.
         let control = std::thread::spawn(move || {
             while !stop.load(Ordering::Acquire) {
-                asks.answer(ShardStats::default);
+                asks.answer(|| (ShardStats::default(), Vec::new()));
                 std::thread::sleep(Duration::from_millis(1));
             }
         });

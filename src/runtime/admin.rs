@@ -30,17 +30,7 @@ pub(super) fn start(plan: &Plan, rt: &Runtime, socket: Option<TcpListener>) -> O
         cpus: (0..plan.runtime.shards)
             .map(|i| plan.runtime.cpus.get(i).copied().unwrap_or(i))
             .collect(),
-        listeners: rt
-            .bound()
-            .iter()
-            .map(|b| ListenerInfo {
-                name: b.name.clone(),
-                kind: b.kind,
-                addr: b.addr,
-                balance: balance_of(plan, b.kind, &b.name),
-                upstreams: b.upstreams.clone(),
-            })
-            .collect(),
+        listeners: listeners(rt),
     };
     match admin::spawn(socket, info, rt.ready.clone()) {
         Ok(asks) => {
@@ -55,6 +45,28 @@ pub(super) fn start(plan: &Plan, rt: &Runtime, socket: Option<TcpListener>) -> O
             None
         }
     }
+}
+
+/// What a scrape answers with: fresh counters, and the listeners in force
+/// (a SIGHUP reload may have changed them since start).
+pub(super) fn scrape(rt: &mut Runtime) -> (crate::stats::ShardStats, Vec<ListenerInfo>) {
+    (rt.snapshot(SCRAPE_SNAPSHOT), listeners(rt))
+}
+
+/// The listeners `/status` and `ringfwd_upstream_up` show: those bound now,
+/// with the balance of the configuration in force.
+fn listeners(rt: &Runtime) -> Vec<ListenerInfo> {
+    let plan = rt.reload.plan();
+    rt.bound()
+        .iter()
+        .map(|b| ListenerInfo {
+            name: b.name.clone(),
+            kind: b.kind,
+            addr: b.addr,
+            balance: balance_of(plan, b.kind, &b.name),
+            upstreams: b.upstreams.clone(),
+        })
+        .collect()
 }
 
 /// The balancing policy of forward listener `name` (`None` for the

@@ -908,7 +908,7 @@ pub fn serve(plan: &Plan, reread: &dyn Fn() -> Result<Plan, String>) -> u8 {
             drain_deadline = Some(upgraded(&mut rt, pid));
         }
         if let Some(asks) = &admin {
-            asks.answer(|| rt.snapshot(admin::SCRAPE_SNAPSHOT));
+            asks.answer(|| admin::scrape(&mut rt));
         }
         if rt.all_exited() {
             break;

@@ -235,6 +235,47 @@ fn status_is_json_naming_every_listener_and_its_upstreams() {
     );
 }
 
+/// A SIGHUP reload that adds a listener and changes the balance: `/status`
+/// and `ringfwd_upstream_up` show the configuration in force, not the
+/// start's.
+#[test]
+fn status_and_upstream_up_follow_a_reload() {
+    let (a, b) = (echo_upstream(1), echo_upstream(1));
+    let (a, b) = (a.first_addr(), b.first_addr());
+    let text = |extra: &str| {
+        format!(
+            "[runtime]\nshards = 2\nstats_interval = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{a}\"]\n{extra}"
+        )
+    };
+    let cfg = write_config(&text(""));
+    let fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 2);
+    let admin = fwd.addr("admin");
+    std::fs::write(
+        &cfg,
+        text(&format!(
+            "balance = \"least_conn\"\n[[tcp]]\nname = \"two\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{b}\"]\n"
+        )),
+    )
+    .expect("write config");
+    fwd.signal(libc::SIGHUP);
+    fwd.wait_log("SIGHUP: configuration reloaded", Duration::from_secs(10));
+    let (code, body) = get(admin, "/status");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let names: Vec<&str> = v["listeners"]
+        .as_array()
+        .expect("listeners")
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    assert_eq!(names, ["t", "two"], "{v}");
+    assert_eq!(v["listeners"][0]["balance"], "least_conn", "{v}");
+    let (_, metrics) = get(admin, "/metrics");
+    let series = format!("ringfwd_upstream_up{{listener=\"two\",upstream=\"{b}\"}}");
+    assert_eq!(sample(&metrics, &series), Some(1.0), "{metrics}");
+}
+
 #[test]
 fn other_paths_are_404_and_other_methods_405() {
     let echo = echo_upstream(1);
