@@ -31,6 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# The process helpers are ab.py's (same layout: forwarders on CPU 0, the rest on CPU 1).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab import cpu_seconds, start, wait_listening  # noqa: E402
+
 WORKLOADS = [
     ("tcp-rr-100", ["tcp-rr", "--connections", "100", "--size", "64"]),
     ("tcp-crr-50", ["tcp-crr", "--connections", "50"]),
@@ -49,31 +53,6 @@ def variants(before, after):
         ("hash_source", after, 'balance = "hash_source"'),
         ("rr-health", after, 'balance = "round_robin"\nhealth_check = { interval = "1s", timeout = "500ms" }'),
     ]
-
-
-def start(argv, cpu):
-    return subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-
-
-def wait_listening(proc, n, what):
-    deadline = time.monotonic() + 15
-    seen = 0
-    while seen < n:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            sys.exit(f"pool.py: {what} did not start listening")
-        line = proc.stdout.readline()
-        if line.startswith("listening"):
-            seen += 1
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def bench(binary, args, target, duration, warmup):
