@@ -131,8 +131,13 @@ fn ten_udp_reloads_answer_every_datagram_and_add_and_remove_a_listener() {
     let (a, b) = (udp_echo(), udp_echo());
     let (a, b) = (a.first_addr(), b.first_addr());
     let second = free_udp_port();
-    let path = write_config(&config(&udp("u", "127.0.0.1:0", &[a])));
-    let fwd = start(&path, 1);
+    let to = SocketAddr::from(([127, 0, 0, 1], second));
+    // The second listener is there from the start (so the first reload
+    // removes one the process started with), then every other reload.
+    let path = write_config(&config(
+        &(udp("u", "127.0.0.1:0", &[a]) + &udp("v", &to.to_string(), &[a, b])),
+    ));
+    let fwd = start(&path, 2);
     let kept = fwd.addr("u");
     let inodes = udp_inodes(fwd.pid(), kept.port());
     assert_eq!(inodes.len(), 2, "one socket per shard: {inodes:?}");
@@ -157,7 +162,7 @@ fn ten_udp_reloads_answer_every_datagram_and_add_and_remove_a_listener() {
     for round in 1..=10usize {
         let up = if round % 2 == 1 { b } else { a };
         let mut listeners = udp("u", "127.0.0.1:0", &[up]);
-        let added = round % 2 == 1;
+        let added = round % 2 == 0;
         if added {
             listeners += &udp("v", &format!("127.0.0.1:{second}"), &[a, b]);
         }
@@ -178,7 +183,6 @@ fn ten_udp_reloads_answer_every_datagram_and_add_and_remove_a_listener() {
                 fwd.log()
             );
         }
-        let to = SocketAddr::from(([127, 0, 0, 1], second));
         if added {
             let c = client();
             assert!(
