@@ -578,3 +578,48 @@ pub(super) fn on_sighup(rt: &mut Runtime, reread: &dyn Fn() -> Result<Plan, Stri
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HostFacts, Overrides};
+
+    fn plan(text: &str) -> Plan {
+        let host = HostFacts {
+            available_cpus: vec![0, 1],
+        };
+        Plan::resolve(Some(("ringfwd.toml", text)), &Overrides::default(), &host)
+            .expect("a valid file")
+    }
+
+    const TCP: &str =
+        "[[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"127.0.0.1:2\"]\n";
+    const UDP: &str =
+        "[[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:3\"\nupstreams = [\"127.0.0.1:4\"]\n";
+
+    #[test]
+    fn udp_listeners_reload_live_unless_the_process_has_no_datagram_buffers() {
+        let with_udp = plan(&format!("{TCP}{UDP}"));
+        let other_udp = plan(&format!("{TCP}{}", UDP.replace(":4", ":5")));
+        let tcp_only = plan(TCP);
+        // Started with a UDP listener: changing, removing or adding one is live.
+        assert!(restart_keys(&with_udp, &other_udp, true).is_empty());
+        assert!(restart_keys(&with_udp, &tcp_only, true).is_empty());
+        assert!(restart_keys(&tcp_only, &with_udp, true).is_empty());
+        assert_eq!(
+            effective_plan(&with_udp, other_udp.clone(), true).udp,
+            other_udp.udp
+        );
+        assert!(
+            effective_plan(&with_udp, tcp_only.clone(), true)
+                .udp
+                .is_empty()
+        );
+        // Started without one: no datagram buffers, so adding one waits.
+        assert_eq!(
+            restart_keys(&tcp_only, &with_udp, false),
+            vec![UDP_WITHOUT_RING]
+        );
+        assert!(effective_plan(&tcp_only, with_udp, false).udp.is_empty());
+    }
+}
