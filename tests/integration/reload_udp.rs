@@ -159,6 +159,9 @@ fn ten_udp_reloads_answer_every_datagram_and_add_and_remove_a_listener() {
         })
     };
     let none = AtomicU64::new(0);
+    // Sessions created in all: the looping client's, then per round a new
+    // client's and, when the second listener is there, its client's.
+    let mut sessions = 1;
     for round in 1..=10usize {
         let up = if round % 2 == 1 { b } else { a };
         let mut listeners = udp("u", "127.0.0.1:0", &[up]);
@@ -205,6 +208,12 @@ fn ten_udp_reloads_answer_every_datagram_and_add_and_remove_a_listener() {
             inodes,
             "round {round}: the kept listener was bound anew"
         );
+        // Counters continue: a removed listener's sessions still count once
+        // a later reload reuses its slot.
+        sessions += if added { 2 } else { 1 };
+        fwd.wait_stat("udp_sessions_created", Duration::from_secs(5), |v| {
+            v >= sessions
+        });
         // The looping client went on across this reload.
         assert!(wait_until(Duration::from_secs(10), || sent
             .load(Ordering::Relaxed)
