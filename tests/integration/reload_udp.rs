@@ -268,3 +268,40 @@ fn new_udp_sessions_take_the_reloaded_upstream_and_open_ones_keep_theirs() {
         "the open session moved to the new upstream"
     );
 }
+
+/// An upstream a shard ejected (ICMP refused, `max_fails = 1`) stays out of
+/// the kept listener's new balancer: no new session is refused after the
+/// reload.
+#[test]
+fn an_ejected_udp_upstream_stays_out_across_a_reload() {
+    let live = udp_echo();
+    let dead = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead); // nothing there: sends to it are refused (ICMP)
+    let text = |idle: &str| {
+        format!(
+            "[runtime]\nshards = 1\nstats_interval = \"100ms\"\n\
+             [[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{dead_addr}\", \"{}\"]\n\
+             max_fails = 1\nfail_timeout = \"30s\"\nidle_timeout = \"{idle}\"\n",
+            live.first_addr()
+        )
+    };
+    let path = write_config(&text("30s"));
+    let fwd = start(&path, 1);
+    let addr = fwd.addr("u");
+    // Round robin starts at the dead upstream: the first session is refused.
+    let first = client();
+    let _ = answered(&first, addr, b"first");
+    fwd.wait_stat("upstream_ejected", Duration::from_secs(5), |v| v == 1);
+    reload(&fwd, &path, &text("20s"), 1);
+    for k in 0..6 {
+        let c = client();
+        // No retry: a session the dead upstream took stays unanswered.
+        assert!(
+            answered(&c, addr, format!("after {k}").as_bytes()),
+            "session {k} after the reload went to the ejected upstream; log:\n{}",
+            fwd.log()
+        );
+    }
+    assert_eq!(fwd.stat("udp_end_refused"), 1, "{}", fwd.log());
+}

@@ -2,7 +2,8 @@
 //!
 //! A listener is kept when the reload names its socket (`Keep`): its socket,
 //! receive, session map and counters stay; its balancer, source limiter and
-//! loop guard are rebuilt for the new route, which only new sessions use. An
+//! loop guard are rebuilt for the new route, which only new sessions use
+//! (an upstream that stays keeps its passive health). An
 //! open session keeps what it took at its start (upstream, idle timeout,
 //! `max_responses`, PROXY header, socket buffer): nothing it uses after its
 //! start is looked up in the route table, so the table is replaced whole.
@@ -91,7 +92,19 @@ impl UdpService {
         else {
             return;
         };
-        let fresh = UdpListener::new(spec.clone(), routes, own);
+        let mut fresh = UdpListener::new(spec.clone(), routes, own);
+        // An upstream that stays keeps its passive health (one this shard
+        // ejected gets no new session again at once), as in the TCP service.
+        for (i, old) in l.balancer.members().iter().enumerate() {
+            let new = fresh
+                .balancer
+                .members()
+                .iter()
+                .position(|t| t.addr == old.addr);
+            if let (Some(j), Some(state)) = (new, l.balancer.passive_state(i)) {
+                fresh.balancer.carry_passive(j, state);
+            }
+        }
         l.spec = fresh.spec;
         l.balancer = fresh.balancer;
         l.balancer
