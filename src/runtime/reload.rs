@@ -563,7 +563,7 @@ pub(super) fn on_sighup(rt: &mut Runtime, reread: &dyn Fn() -> Result<Plan, Stri
                 }
             };
             info!(
-                "SIGHUP: configuration reloaded: {} listener(s) kept (their sockets and queues too), added: {}; removed: {} (their open connections get drain_timeout = {}); open connections keep the settings they started with",
+                "SIGHUP: configuration reloaded: {} listener(s) kept (their sockets and queues too), added: {}; removed: {} (their open TCP connections get drain_timeout = {}; their UDP sessions end once they owe no reply or are quiet); open connections and sessions keep the settings they started with",
                 a.kept,
                 list(&a.added),
                 list(&a.removed),
