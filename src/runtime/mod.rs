@@ -354,7 +354,7 @@ impl Runtime {
         let health = Monitor::start(plan)?;
         let (report_tx, reports) = mpsc::channel();
         let mut shards = Vec::with_capacity(n);
-        let reload = reload::State::new(plan, &inputs.tcp, &inputs.bound);
+        let reload = reload::State::new(plan, &inputs.tcp, &inputs.udp, &inputs.bound);
         let (routes, udp_routes, bound) = (inputs.routes, inputs.udp_routes, inputs.bound);
         let shard_inputs = inputs.tcp.into_iter().zip(inputs.udp);
         for (index, (shard_listeners, shard_udp)) in shard_inputs.enumerate() {

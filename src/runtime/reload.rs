@@ -3,15 +3,16 @@
 //! `Command::Reload`. Only this (control) thread reads files and builds
 //! plans; the shards swap at a loop boundary.
 //!
-//! A TCP listener is the same listener across a reload when its kind and
-//! its configured address are (its name may change): it keeps its sockets,
-//! so nothing waiting in its accept queues is lost. Listeners added are
-//! bound here on every shard first (a bind error refuses the whole reload);
-//! listeners removed stop accepting and their connections get
-//! `drain_timeout`. What cannot change in a running process (the shards'
-//! rings, buffers and pipes, UDP listeners, the log and admin sockets) is
-//! named in the log as needing a restart or an upgrade, and keeps its
-//! running value while the rest applies.
+//! A listener (TCP or UDP) is the same listener across a reload when its
+//! kind and its configured address are (its name may change): it keeps its
+//! sockets, so nothing waiting in its accept queues or receive buffers is
+//! lost. Listeners added are bound here on every shard first (a bind error
+//! refuses the whole reload); removed TCP listeners stop accepting and their
+//! connections get `drain_timeout`; removed UDP listeners drain as on
+//! SIGTERM. What cannot change in a running process (the shards' rings,
+//! buffers and pipes, the log and admin sockets) is named in the log as
+//! needing a restart or an upgrade, and keeps its running value while the
+//! rest applies.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, IntoRawFd as _, OwnedFd, RawFd};
@@ -24,20 +25,22 @@ use crate::config::{Plan, Proto};
 use crate::health::Monitor;
 use crate::shard::engine::{ListenerSpec, ReloadListener, ShardReload};
 use crate::shard::event_loop::Command;
+use crate::shard::udp::{UdpListenerSpec, UdpReload, UdpReloadListener};
 use crate::stats::{Counter, ShardStats};
 use crate::sys::socket::{self, ListenKind};
 use crate::time::millis;
 
-/// What makes two TCP listeners of two configurations the same one.
+/// What makes two listeners of two configurations the same one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Key {
-    /// `tcp` for a forwarding listener, the echo mode's kind otherwise.
+    /// `tcp`/`udp` for a forwarding listener, `udp-echo` or the TCP echo
+    /// mode's kind otherwise.
     kind: &'static str,
     /// As configured (port 0 included), not as bound.
     listen: SocketAddr,
 }
 
-/// A TCP listener the shards accept on: each shard's socket.
+/// A listener the shards accept or receive on: each shard's socket.
 #[derive(Debug)]
 struct Held {
     key: Key,
@@ -54,6 +57,11 @@ struct Held {
 pub(super) struct State {
     plan: Plan,
     held: Vec<Held>,
+    /// The UDP listeners, in `udp_keys` order.
+    udp_held: Vec<Held>,
+    /// Whether the shards have datagram buffers: the process started with
+    /// a UDP listener (they are allocated only then).
+    udp_ring: bool,
     reloads: u64,
     failed: u64,
     retired: ShardStats,
@@ -78,33 +86,64 @@ fn tcp_keys(plan: &Plan) -> Vec<(Key, String)> {
     forward.chain(echo).collect()
 }
 
+/// Every UDP listener of `plan` in the shards' order (forwarding, then echo).
+fn udp_keys(plan: &Plan) -> Vec<(Key, String)> {
+    let forward = plan.udp.iter().map(|u| {
+        let key = Key {
+            kind: "udp",
+            listen: u.listen,
+        };
+        (key, u.name.clone())
+    });
+    let echo = udp_echo(plan).into_iter().map(|e| {
+        let key = Key {
+            kind: "udp-echo",
+            listen: e.listen,
+        };
+        (key, e.name.clone())
+    });
+    forward.chain(echo).collect()
+}
+
+/// What `keys` hold: per listener, each shard's socket (`fds[shard][j]`)
+/// and the address `bound` says it is bound to.
+fn held_of(keys: Vec<(Key, String)>, fds: &[Vec<RawFd>], bound: &[Bound]) -> Vec<Held> {
+    keys.into_iter()
+        .enumerate()
+        .map(|(j, (key, name))| Held {
+            addr: bound
+                .iter()
+                .find(|b| b.kind == key.kind && b.name == name)
+                .map_or(key.listen, |b| b.addr),
+            fds: fds.iter().filter_map(|l| l.get(j).copied()).collect(),
+            key,
+            name,
+        })
+        .collect()
+}
+
 impl State {
     /// The state of a runtime started on `plan` with `listeners` (each
     /// shard's TCP listeners, in `tcp_keys` order) bound at `bound`.
     pub(super) fn new(
         plan: &Plan,
         listeners: &[Vec<(ListenerSpec, OwnedFd)>],
+        udp: &[Vec<(UdpListenerSpec, OwnedFd, bool)>],
         bound: &[Bound],
     ) -> State {
-        let held = tcp_keys(plan)
-            .into_iter()
-            .enumerate()
-            .map(|(j, (key, name))| Held {
-                addr: bound
-                    .iter()
-                    .find(|b| b.kind == key.kind && b.name == name)
-                    .map_or(key.listen, |b| b.addr),
-                fds: listeners
-                    .iter()
-                    .filter_map(|l| l.get(j).map(|(_, fd)| fd.as_raw_fd()))
-                    .collect(),
-                key,
-                name,
-            })
+        let tcp_fds: Vec<Vec<RawFd>> = listeners
+            .iter()
+            .map(|l| l.iter().map(|(_, fd)| fd.as_raw_fd()).collect())
+            .collect();
+        let udp_fds: Vec<Vec<RawFd>> = udp
+            .iter()
+            .map(|l| l.iter().map(|(_, fd, _)| fd.as_raw_fd()).collect())
             .collect();
         State {
             plan: plan.clone(),
-            held,
+            held: held_of(tcp_keys(plan), &tcp_fds, bound),
+            udp_held: held_of(udp_keys(plan), &udp_fds, bound),
+            udp_ring: plan.has_udp(),
             reloads: 0,
             failed: 0,
             retired: ShardStats::default(),
@@ -124,8 +163,14 @@ impl State {
     }
 }
 
-/// The keys whose change needs a restart or an upgrade (SIGUSR2).
-fn restart_keys(old: &Plan, new: &Plan) -> Vec<&'static str> {
+/// What a process started without a UDP listener cannot add: its shards
+/// have no datagram buffers.
+const UDP_WITHOUT_RING: &str =
+    "UDP listeners (the process started without one, so its shards have no datagram buffers)";
+
+/// The keys whose change needs a restart or an upgrade (SIGUSR2);
+/// `udp_ring`: whether the shards have datagram buffers.
+fn restart_keys(old: &Plan, new: &Plan, udp_ring: bool) -> Vec<&'static str> {
     let (o, n) = (&old.runtime, &new.runtime);
     let checks = [
         ("runtime.shards", o.shards != n.shards),
@@ -153,8 +198,7 @@ fn restart_keys(old: &Plan, new: &Plan) -> Vec<&'static str> {
         ("runtime.splice", o.splice != n.splice),
         ("runtime.max_pipes", o.max_pipes != n.max_pipes),
         ("runtime.pipe_size", o.pipe_size != n.pipe_size),
-        ("[[udp]]", old.udp != new.udp),
-        ("udp echo listeners", udp_echo(old) != udp_echo(new)),
+        (UDP_WITHOUT_RING, !udp_ring && new.has_udp()),
         ("[log]", old.log != new.log),
         ("[admin]", old.admin != new.admin),
     ];
@@ -170,14 +214,16 @@ fn udp_echo(plan: &Plan) -> Vec<&crate::config::EchoPlan> {
 }
 
 /// `new` with what cannot change live taken from `old` (see `restart_keys`).
-fn effective_plan(old: &Plan, new: Plan) -> Plan {
+fn effective_plan(old: &Plan, new: Plan, udp_ring: bool) -> Plan {
     let mut plan = new;
     let drain_timeout = plan.runtime.drain_timeout;
     plan.runtime = old.runtime.clone();
     plan.runtime.drain_timeout = drain_timeout;
-    plan.udp = old.udp.clone();
-    plan.echo.retain(|e| e.proto == Proto::Tcp);
-    plan.echo.extend(udp_echo(old).into_iter().cloned());
+    if !udp_ring {
+        plan.udp = old.udp.clone();
+        plan.echo.retain(|e| e.proto == Proto::Tcp);
+        plan.echo.extend(udp_echo(old).into_iter().cloned());
+    }
     plan.log = old.log.clone();
     plan.admin = old.admin.clone();
     plan
@@ -221,16 +267,79 @@ struct Applied {
     removed: Vec<String>,
 }
 
+/// Name and address of each listener held.
+fn names(held: &[Held]) -> Vec<(String, SocketAddr)> {
+    held.iter().map(|h| (h.name.clone(), h.addr)).collect()
+}
+
+/// Each shard's TCP listeners of the reload, with their sockets.
+fn tcp_parts(placed: &Placed, specs: &[Vec<ListenerSpec>]) -> Vec<Vec<ReloadListener>> {
+    let mut parts: Vec<Vec<ReloadListener>> = specs.iter().map(|_| Vec::new()).collect();
+    for (j, (h, &added)) in placed.held.iter().zip(&placed.added).enumerate() {
+        for (shard, part) in parts.iter_mut().enumerate() {
+            let Some(mut spec) = specs.get(shard).and_then(|s| s.get(j)).cloned() else {
+                continue;
+            };
+            spec.fd = h.fds.get(shard).copied().unwrap_or(-1);
+            part.push(if added {
+                ReloadListener::Add(spec)
+            } else {
+                ReloadListener::Keep(spec)
+            });
+        }
+    }
+    parts
+}
+
+/// Each shard's UDP listeners of the reload, with their sockets and bound
+/// addresses.
+fn udp_parts(placed: &Placed, specs: &[Vec<UdpListenerSpec>]) -> Vec<Vec<UdpReloadListener>> {
+    let mut parts: Vec<Vec<UdpReloadListener>> = specs.iter().map(|_| Vec::new()).collect();
+    for (j, (h, &added)) in placed.held.iter().zip(&placed.added).enumerate() {
+        for (shard, part) in parts.iter_mut().enumerate() {
+            let Some(mut spec) = specs.get(shard).and_then(|s| s.get(j)).cloned() else {
+                continue;
+            };
+            spec.fd = h.fds.get(shard).copied().unwrap_or(-1);
+            spec.listen = h.addr;
+            part.push(if added {
+                UdpReloadListener::Add(spec)
+            } else {
+                UdpReloadListener::Keep(spec)
+            });
+        }
+    }
+    parts
+}
+
+/// The listeners of the new configuration, matched and bound: what they
+/// hold, and per listener its sockets by shard and whether it is new.
+struct Placed {
+    held: Vec<Held>,
+    added: Vec<bool>,
+    /// Copies of the sockets bound now, for a later SIGUSR2 upgrade.
+    handed: Vec<(String, SocketAddr, Vec<OwnedFd>)>,
+}
+
+/// The socket kind a listener of `key` binds.
+fn listen_kind(key: &Key) -> ListenKind {
+    match key.kind {
+        "tcp" => ListenKind::Tcp,
+        "udp" => ListenKind::Udp,
+        "udp-echo" => ListenKind::UdpEcho,
+        _ => ListenKind::Echo,
+    }
+}
+
 impl Runtime {
-    /// Binds what is new, matches what stays: the sources of `keys`, in order.
-    fn sources(&self, keys: &[(Key, String)]) -> Result<Vec<Source>, String> {
+    /// Binds what is new, matches what stays (in `held`): the sources of
+    /// `keys`, in order.
+    fn sources(&self, held: &[Held], keys: &[(Key, String)]) -> Result<Vec<Source>, String> {
         let n = self.shards.len();
-        let mut taken = vec![false; self.reload.held.len()];
+        let mut taken = vec![false; held.len()];
         let mut sources = Vec::with_capacity(keys.len());
         for (key, name) in keys {
-            let found = self
-                .reload
-                .held
+            let found = held
                 .iter()
                 .enumerate()
                 .position(|(j, h)| h.key == *key && !taken.get(j).copied().unwrap_or(true));
@@ -241,62 +350,49 @@ impl Runtime {
                 sources.push(Source::Kept(j));
                 continue;
             }
-            let kind = if key.kind == "tcp" {
-                ListenKind::Tcp
-            } else {
-                ListenKind::Echo
+            let kind = listen_kind(key);
+            let bound = match kind {
+                ListenKind::Udp | ListenKind::UdpEcho => {
+                    socket::bind_udp_listeners(kind, name, key.listen, n)
+                }
+                ListenKind::Tcp | ListenKind::Echo => {
+                    socket::bind_listeners(kind, name, key.listen, n)
+                }
             };
-            let (fds, addr) =
-                socket::bind_listeners(kind, name, key.listen, n).map_err(|e| e.to_string())?;
+            let (fds, addr) = bound.map_err(|e| e.to_string())?;
             sources.push(Source::Added(fds, addr));
         }
         Ok(sources)
     }
 
-    /// Applies `new` (see the module comment); `Err` says why nothing changed.
-    fn apply_reload(&mut self, new: Plan) -> Result<Applied, String> {
-        let restart = restart_keys(&self.reload.plan, &new);
-        let plan = effective_plan(&self.reload.plan, new);
-        reject_local_loops(&plan).map_err(|e| e.to_string())?;
-        let n = self.shards.len();
-        let keys = tcp_keys(&plan);
-        let (specs, routes) = shard_specs(&plan, n)?;
-        let sources = self.sources(&keys)?;
-        if !restart.is_empty() {
-            warn!(
-                "SIGHUP: {} changed in the file; a running process cannot change {}: they keep their running values until a restart or an upgrade (SIGUSR2); the rest of the file applies",
-                restart.join(", "),
-                if restart.len() == 1 { "it" } else { "them" }
-            );
-        }
-        // From here on nothing fails: the shards get their parts.
-        let mut held = Vec::with_capacity(keys.len());
-        let mut applied = Applied {
-            kept: 0,
-            added: Vec::new(),
-            removed: Vec::new(),
+    /// Takes each listener of `keys` from its source: a kept one's sockets
+    /// from `old` (what is left there was removed), an added one's sockets
+    /// handed to the shards (copies kept for an upgrade).
+    fn place(
+        &self,
+        keys: Vec<(Key, String)>,
+        sources: Vec<Source>,
+        old: &mut [Option<Held>],
+        applied: &mut Applied,
+    ) -> Placed {
+        let mut placed = Placed {
+            held: Vec::with_capacity(keys.len()),
+            added: Vec::with_capacity(keys.len()),
+            handed: Vec::new(),
         };
-        let mut parts: Vec<Vec<ReloadListener>> = (0..n).map(|_| Vec::new()).collect();
-        // Copies of the sockets bound now, for a later SIGUSR2 upgrade.
-        let mut handed = Vec::new();
-        let mut old: Vec<Option<Held>> = std::mem::take(&mut self.reload.held)
-            .into_iter()
-            .map(Some)
-            .collect();
-        for (j, ((key, name), source)) in keys.into_iter().zip(sources).enumerate() {
-            let wrap: fn(ListenerSpec) -> ReloadListener;
+        for ((key, name), source) in keys.into_iter().zip(sources) {
             let (addr, fds) = match source {
                 Source::Kept(i) => {
                     applied.kept += 1;
-                    wrap = ReloadListener::Keep;
+                    placed.added.push(false);
                     let h = old.get_mut(i).and_then(Option::take);
                     h.map_or((key.listen, Vec::new()), |h| (h.addr, h.fds))
                 }
                 Source::Added(owned, addr) => {
-                    wrap = ReloadListener::Add;
+                    placed.added.push(true);
                     applied.added.push(format!("'{name}' on {addr}"));
                     match owned.iter().map(OwnedFd::try_clone).collect() {
-                        Ok(copies) => handed.push((name.clone(), addr, copies)),
+                        Ok(copies) => placed.handed.push((name.clone(), addr, copies)),
                         Err(e) => warn!(
                             "SIGHUP: listener '{name}' on {addr}: no copy of its sockets kept for a SIGUSR2 upgrade ({e}); an upgrade binds it anew"
                         ),
@@ -311,35 +407,83 @@ impl Runtime {
                     (addr, fds)
                 }
             };
-            for (shard, part) in parts.iter_mut().enumerate() {
-                let Some(mut spec) = specs.get(shard).and_then(|s| s.get(j)).cloned() else {
-                    continue;
-                };
-                spec.fd = fds.get(shard).copied().unwrap_or(-1);
-                part.push(wrap(spec));
-            }
-            held.push(Held {
+            placed.held.push(Held {
                 key,
                 name,
                 addr,
                 fds,
             });
         }
-        applied.removed = old.into_iter().flatten().map(|h| h.name).collect();
-        self.reload.held = held;
-        let now_held: Vec<(String, SocketAddr)> = self
-            .reload
-            .held
-            .iter()
-            .map(|h| (h.name.clone(), h.addr))
+        placed
+    }
+
+    /// Applies `new` (see the module comment); `Err` says why nothing changed.
+    fn apply_reload(&mut self, new: Plan) -> Result<Applied, String> {
+        let udp_ring = self.reload.udp_ring;
+        let restart = restart_keys(&self.reload.plan, &new, udp_ring);
+        let plan = effective_plan(&self.reload.plan, new, udp_ring);
+        reject_local_loops(&plan).map_err(|e| e.to_string())?;
+        let n = self.shards.len();
+        let keys = tcp_keys(&plan);
+        let ukeys = udp_keys(&plan);
+        let (specs, routes) = shard_specs(&plan, n)?;
+        let (uspecs, uroutes) = super::specs::udp_specs(&plan, n);
+        let sources = self.sources(&self.reload.held, &keys)?;
+        // A bind error here drops (closes) the TCP sockets bound above.
+        let usources = self.sources(&self.reload.udp_held, &ukeys)?;
+        if !restart.is_empty() {
+            warn!(
+                "SIGHUP: {} changed in the file; a running process cannot change {}: they keep their running values until a restart or an upgrade (SIGUSR2); the rest of the file applies",
+                restart.join(", "),
+                if restart.len() == 1 { "it" } else { "them" }
+            );
+        }
+        // From here on nothing fails: the shards get their parts.
+        let mut applied = Applied {
+            kept: 0,
+            added: Vec::new(),
+            removed: Vec::new(),
+        };
+        let mut old: Vec<Option<Held>> = std::mem::take(&mut self.reload.held)
+            .into_iter()
+            .map(Some)
             .collect();
-        self.handover.reloaded(&now_held, handed);
+        let tcp = self.place(keys, sources, &mut old, &mut applied);
+        applied.removed = old.into_iter().flatten().map(|h| h.name).collect();
+        let mut old: Vec<Option<Held>> = std::mem::take(&mut self.reload.udp_held)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let udp = self.place(ukeys, usources, &mut old, &mut applied);
+        applied
+            .removed
+            .extend(old.into_iter().flatten().map(|h| h.name));
+        for u in plan.udp.iter().filter(|u| {
+            udp.held
+                .iter()
+                .zip(&udp.added)
+                .any(|(h, added)| *added && h.key.kind == "udp" && h.key.listen == u.listen)
+        }) {
+            super::session_buffer(u);
+        }
+        let parts = tcp_parts(&tcp, &specs);
+        let uparts = udp_parts(&udp, &uspecs);
+        self.reload.held = tcp.held;
+        self.reload.udp_held = udp.held;
+        self.handover
+            .reloaded(Proto::Tcp, &names(&self.reload.held), tcp.handed);
+        self.handover
+            .reloaded(Proto::Udp, &names(&self.reload.udp_held), udp.handed);
         let drain_ms = millis(plan.runtime.drain_timeout);
-        for (s, part) in self.shards.iter().zip(parts) {
+        for ((s, part), upart) in self.shards.iter().zip(parts).zip(uparts) {
             let cmd = Command::Reload(Arc::new(ShardReload {
                 listeners: part,
                 routes: routes.clone(),
                 drain_ms,
+                udp: UdpReload {
+                    listeners: upart,
+                    routes: uroutes.clone(),
+                },
             }));
             if s.exited.is_none() && s.commands.send(cmd).is_ok() {
                 let _ = s.doorbell.notify();
@@ -368,27 +512,39 @@ impl Runtime {
         }
     }
 
-    /// `bound` after a reload: the TCP listeners now held, the UDP ones as they were.
+    /// `bound` after a reload: the listeners now held, in start-up order
+    /// (TCP forwarding, UDP, echo).
     fn rebound(&mut self, plan: &Plan) {
-        let udp: Vec<Bound> = self
-            .bound
-            .iter()
-            .filter(|b| b.kind == "udp" || b.kind == "udp-echo")
-            .cloned()
-            .collect();
-        let tcp = self.reload.held.iter().map(|h| Bound {
+        let line = |h: &Held| Bound {
             kind: h.key.kind,
             name: h.name.clone(),
             addr: h.addr,
-            upstreams: plan
-                .tcp
-                .iter()
-                .find(|t| h.key.kind == "tcp" && t.name == h.name)
-                .map(|t| t.upstreams.clone())
-                .unwrap_or_default(),
-        });
+            upstreams: match h.key.kind {
+                "tcp" => plan
+                    .tcp
+                    .iter()
+                    .find(|t| t.name == h.name)
+                    .map(|t| t.upstreams.clone()),
+                "udp" => plan
+                    .udp
+                    .iter()
+                    .find(|u| u.name == h.name)
+                    .map(|u| u.upstreams.clone()),
+                _ => None,
+            }
+            .unwrap_or_default(),
+        };
+        let tcp = self.reload.held.iter().map(line);
         let (forward, echo): (Vec<Bound>, Vec<Bound>) = tcp.partition(|b| b.kind == "tcp");
-        self.bound = forward.into_iter().chain(udp).chain(echo).collect();
+        let udp: Vec<Bound> = self.reload.udp_held.iter().map(line).collect();
+        let (udp_forward, udp_echo): (Vec<Bound>, Vec<Bound>) =
+            udp.into_iter().partition(|b| b.kind == "udp");
+        self.bound = forward
+            .into_iter()
+            .chain(udp_forward)
+            .chain(udp_echo)
+            .chain(echo)
+            .collect();
     }
 }
 
@@ -407,7 +563,7 @@ pub(super) fn on_sighup(rt: &mut Runtime, reread: &dyn Fn() -> Result<Plan, Stri
                 }
             };
             info!(
-                "SIGHUP: configuration reloaded: {} listener(s) kept (their sockets and queues too), added: {}; removed: {} (their open connections get drain_timeout = {}); open connections keep the settings they started with",
+                "SIGHUP: configuration reloaded: {} listener(s) kept (their sockets and queues too), added: {}; removed: {} (their open TCP connections get drain_timeout = {}; their UDP sessions end once they owe no reply or are quiet); open connections and sessions keep the settings they started with",
                 a.kept,
                 list(&a.added),
                 list(&a.removed),
@@ -420,5 +576,50 @@ pub(super) fn on_sighup(rt: &mut Runtime, reread: &dyn Fn() -> Result<Plan, Stri
                 "SIGHUP: reload failed, the running configuration stays in force (counted in reload_failed): {e}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HostFacts, Overrides};
+
+    fn plan(text: &str) -> Plan {
+        let host = HostFacts {
+            available_cpus: vec![0, 1],
+        };
+        Plan::resolve(Some(("ringfwd.toml", text)), &Overrides::default(), &host)
+            .expect("a valid file")
+    }
+
+    const TCP: &str =
+        "[[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"127.0.0.1:2\"]\n";
+    const UDP: &str =
+        "[[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:3\"\nupstreams = [\"127.0.0.1:4\"]\n";
+
+    #[test]
+    fn udp_listeners_reload_live_unless_the_process_has_no_datagram_buffers() {
+        let with_udp = plan(&format!("{TCP}{UDP}"));
+        let other_udp = plan(&format!("{TCP}{}", UDP.replace(":4", ":5")));
+        let tcp_only = plan(TCP);
+        // Started with a UDP listener: changing, removing or adding one is live.
+        assert!(restart_keys(&with_udp, &other_udp, true).is_empty());
+        assert!(restart_keys(&with_udp, &tcp_only, true).is_empty());
+        assert!(restart_keys(&tcp_only, &with_udp, true).is_empty());
+        assert_eq!(
+            effective_plan(&with_udp, other_udp.clone(), true).udp,
+            other_udp.udp
+        );
+        assert!(
+            effective_plan(&with_udp, tcp_only.clone(), true)
+                .udp
+                .is_empty()
+        );
+        // Started without one: no datagram buffers, so adding one waits.
+        assert_eq!(
+            restart_keys(&tcp_only, &with_udp, false),
+            vec![UDP_WITHOUT_RING]
+        );
+        assert!(effective_plan(&tcp_only, with_udp, false).udp.is_empty());
     }
 }

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
 use super::{Bound, Groups, forward_routes, session_buffer};
-use crate::config::{EchoMode, EchoPlan, Plan, Proto, TcpListenerPlan, UdpSendProxy};
+use crate::config::{
+    EchoMode, EchoPlan, Plan, Proto, TcpListenerPlan, UdpListenerPlan, UdpSendProxy,
+};
 use crate::shard::engine::{FrontSpec, ListenerKind, ListenerSpec, RouteSpec};
 use crate::shard::udp::{UdpKind, UdpListenerSpec, UdpRouteSpec};
 use crate::sys::host::HostError;
@@ -95,19 +97,7 @@ impl ShardInputs {
                 addr: u.listen,
                 error: "more than 65535 listeners".into(),
             })?;
-            inputs.udp_routes.push(UdpRouteSpec {
-                upstreams: u.upstreams.clone(),
-                weights: u.weights.clone(),
-                balance: u.balance,
-                passive: u.passive,
-                session_rcvbuf: u.session_rcvbuf,
-                send_proxy: u.send_proxy == UdpSendProxy::V2,
-                idle_ms: millis(u.idle_timeout),
-                max_responses: u.max_responses,
-                new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
-                allow: u.allow.clone(),
-                deny: u.deny.clone(),
-            });
+            inputs.udp_routes.push(udp_route(u));
             session_buffer(u);
             let kind = UdpKind::Forward { route };
             let wildcard = u.listen.ip().is_unspecified();
@@ -152,6 +142,46 @@ impl ShardInputs {
             l.push((spec, fd, wildcard));
         }
     }
+}
+
+/// A `[[udp]]` listener's route.
+pub(super) fn udp_route(u: &UdpListenerPlan) -> UdpRouteSpec {
+    UdpRouteSpec {
+        upstreams: u.upstreams.clone(),
+        weights: u.weights.clone(),
+        balance: u.balance,
+        passive: u.passive,
+        session_rcvbuf: u.session_rcvbuf,
+        send_proxy: u.send_proxy == UdpSendProxy::V2,
+        idle_ms: millis(u.idle_timeout),
+        max_responses: u.max_responses,
+        new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
+        allow: u.allow.clone(),
+        deny: u.deny.clone(),
+    }
+}
+
+/// Each shard's UDP listener specs (forwarding, then echo; fd not set, and
+/// `listen` the configured address until bound) and their routes, as
+/// `ShardInputs::of` builds them: what a reload hands the shards.
+pub(super) fn udp_specs(plan: &Plan, n: usize) -> (Vec<Vec<UdpListenerSpec>>, Vec<UdpRouteSpec>) {
+    let mut specs: Vec<Vec<UdpListenerSpec>> = (0..n).map(|_| Vec::new()).collect();
+    let mut routes = Vec::new();
+    for (i, u) in plan.udp.iter().enumerate() {
+        // Validation caps the listeners far below 65536.
+        let route = u16::try_from(i).unwrap_or(u16::MAX);
+        routes.push(udp_route(u));
+        for (shard, list) in specs.iter_mut().enumerate() {
+            let kind = UdpKind::Forward { route };
+            list.push(udp_spec(&u.name, kind, u.shard_share(shard, n), u.listen));
+        }
+    }
+    for e in plan.echo.iter().filter(|e| e.proto == Proto::Udp) {
+        for list in &mut specs {
+            list.push(udp_spec(&e.name, UdpKind::Echo, u32::MAX, e.listen));
+        }
+    }
+    (specs, routes)
 }
 
 /// A UDP listener's spec on one shard (fd not set yet).

@@ -212,18 +212,18 @@ impl Handover {
         }
     }
 
-    /// After a SIGHUP reload: the TCP listeners handed over are those the
-    /// reload holds (`held`: name and address; a kept one keeps its copies,
-    /// renamed if the file renamed it), plus `added` (copies of the
-    /// sockets the reload bound). UDP listeners and the admin socket do not
-    /// change on reload.
+    /// After a SIGHUP reload: the `proto` listeners handed over are those
+    /// the reload holds (`held`: name and address; a kept one keeps its
+    /// copies, renamed if the file renamed it), plus `added` (copies of the
+    /// sockets the reload bound). The admin socket does not change on reload.
     pub(super) fn reloaded(
         &mut self,
+        proto: Proto,
         held: &[(String, SocketAddr)],
         added: Vec<(String, SocketAddr, Vec<OwnedFd>)>,
     ) {
         self.groups.retain_mut(|g| {
-            if g.proto != Proto::Tcp || g.name == ADMIN {
+            if g.proto != proto || g.name == ADMIN {
                 return true;
             }
             match held.iter().find(|(_, addr)| *addr == g.addr) {
@@ -236,7 +236,7 @@ impl Handover {
         });
         for (name, addr, fds) in added {
             self.groups.push(Handed {
-                proto: Proto::Tcp,
+                proto,
                 name,
                 addr,
                 fds,

@@ -110,6 +110,7 @@ impl Engine {
         self.tcp.snapshot(&mut s.listeners, &mut s.upstreams);
         self.udp.snapshot(&mut s.listeners);
         s.merge(self.tcp.retired());
+        s.merge(self.udp.retired());
         s
     }
 
@@ -117,6 +118,8 @@ impl Engine {
     /// connections get it, open ones keep what they started with.
     pub fn reload(&mut self, new: &ShardReload, now: Millis) {
         self.tcp.reload(&mut self.ctx, new, now);
+        self.udp.reload(&mut self.ctx, &new.udp, now);
+        self.after_udp();
     }
 
     /// Frees what a reload retired once nothing uses it any more.
@@ -336,6 +339,11 @@ impl Engine {
     /// The UDP listener sockets still open (for drop-counter reads).
     pub fn udp_listener_sockets(&self) -> Vec<(u32, RawFd)> {
         self.udp.udp_listener_sockets()
+    }
+
+    /// Each UDP listener slot's bound address.
+    pub fn udp_listener_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.udp.udp_listener_addrs()
     }
 
     /// A reading of UDP listener `index`'s kernel drop counter.

@@ -15,7 +15,7 @@ use super::engine::{
     ShardReload,
 };
 use super::token::{OpKind, SlotId, Token};
-use super::udp::{DatagramMeta, UdpListenerSpec, UdpRouteSpec};
+use super::udp::{DatagramMeta, UdpListenerSpec, UdpReloadListener, UdpRouteSpec};
 use crate::accesslog::AccessLogShard;
 use crate::ring::TemplateId;
 use crate::ring::datagram::Layout;
@@ -439,6 +439,7 @@ pub(crate) fn run(setup: ShardSetup, control: Control) {
         region,
         upstream_template,
         listen_templates,
+        wildcard_templates: [None, None],
         control,
         control_armed: false,
         ops: Vec::with_capacity(1024),
@@ -470,6 +471,8 @@ struct Loop {
     region: Option<RegionId>,
     upstream_template: TemplateId,
     listen_templates: Vec<TemplateId>,
+    /// The receive templates a reload gave listeners: a non-wildcard's, a wildcard's.
+    wildcard_templates: [Option<TemplateId>; 2],
     control: Control,
     control_armed: bool,
     ops: Vec<Op>,
@@ -606,6 +609,7 @@ impl Loop {
                 Command::Reload(new) => {
                     debug!(shard = self.shard, "reloading");
                     engine.reload(&new, now);
+                    self.reloaded_udp(engine, &new);
                 }
             }
         }
@@ -1003,6 +1007,40 @@ impl Loop {
         {
             debug!(shard = self.shard, error = %e, "SO_RCVBUF on a UDP session socket failed");
         }
+    }
+
+    /// After a reload: the added UDP listeners count their kernel drops,
+    /// and each listener slot gets the receive template of its address (one
+    /// per kind of address, so reloads do not grow the ring's templates).
+    fn reloaded_udp(&mut self, engine: &Engine, new: &ShardReload) {
+        for l in &new.udp.listeners {
+            if let UdpReloadListener::Add(spec) = l
+                && let Err(e) = socket::set_rxq_ovfl(spec.fd)
+            {
+                warn!(shard = self.shard, listener = %spec.name, error = %e, "SO_RXQ_OVFL failed: datagrams the kernel drops on this listener are counted only at stats snapshots");
+            }
+        }
+        self.listen_templates = engine
+            .udp_listener_addrs()
+            .into_iter()
+            .map(|a| self.listener_template(a.ip().is_unspecified()))
+            .collect();
+    }
+
+    fn listener_template(&mut self, wildcard: bool) -> TemplateId {
+        let cached = self
+            .wildcard_templates
+            .get(usize::from(wildcard))
+            .copied()
+            .flatten();
+        if let Some(t) = cached {
+            return t;
+        }
+        let t = self.ring.add_recvmsg_template(Layout::listener(wildcard));
+        if let Some(c) = self.wildcard_templates.get_mut(usize::from(wildcard)) {
+            *c = Some(t);
+        }
+        t
     }
 
     /// Reads every open listener's kernel drop counter into the engine, so

@@ -23,6 +23,7 @@ mod limits;
 mod peers;
 mod relay;
 mod reload;
+mod reload_udp;
 mod shipping;
 mod signals;
 mod splice;

@@ -599,3 +599,69 @@ fn twenty_reloads_and_three_upgrades_interleaved_under_load_lose_no_connection()
         fwd.log()
     );
 }
+
+/// A UDP listener a reload added is handed over on a later SIGUSR2 (the new
+/// process takes its sockets rather than binding anew).
+#[test]
+fn a_udp_listener_a_reload_added_is_handed_over() {
+    let up = Proc::start(&["echo", "--udp", "127.0.0.1:0", "--shards", "1"], 1);
+    let up = up.first_addr();
+    let pid_file = temp_path("ringfwd.pid");
+    let (first, added) = loop {
+        let (p, q) = (free_low_port(), free_low_port().wrapping_add(1));
+        let free = |p: u16| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok();
+        if p != q && free(p) && free(q) {
+            break (p, q);
+        }
+    };
+    let text = |name: &str, port: u16| {
+        format!(
+            "[runtime]\nshards = 2\nstats_interval = \"1s\"\ndrain_timeout = \"5s\"\n\
+             pid_file = \"{}\"\n\
+             [[udp]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nupstreams = [\"{up}\"]\n",
+            pid_file.display()
+        )
+    };
+    let cfg = write_config(&text("first", first));
+    let fwd = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
+    let mut descendants = Descendants::default();
+    assert!(
+        wait_until(Duration::from_secs(5), || pid_in(&pid_file)
+            == Some(fwd.pid())),
+        "{}",
+        fwd.log()
+    );
+    reload_to(fwd.pid(), &cfg, &text("added", added), 1, &fwd);
+    let new = upgrade(fwd.pid(), &pid_file, &fwd);
+    descendants.0.push(new);
+    fwd.wait_log(
+        &format!("udp listener 'added' on 127.0.0.1:{added}: took 2 handed-over socket(s)"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        !fwd.log()
+            .contains("no listener of this configuration uses it"),
+        "the removed listener was handed over:\n{}",
+        fwd.log()
+    );
+    let old = fwd.pid();
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(old)),
+        "{}",
+        fwd.log()
+    );
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    client
+        .send_to(b"datagram", ("127.0.0.1", added))
+        .expect("send");
+    let mut buf = [0u8; 64];
+    let (n, _) = client
+        .recv_from(&mut buf)
+        .expect("the new process forwards");
+    assert_eq!(&buf[..n], b"datagram");
+    signal(new, "TERM");
+    assert!(wait_until(Duration::from_secs(15), || !alive(new)));
+}

@@ -46,6 +46,8 @@ pub struct ShardReload {
     pub routes: Vec<RouteSpec>,
     /// How long the connections of a removed listener may go on.
     pub drain_ms: Millis,
+    /// The UDP listeners and routes (the UDP service's part).
+    pub udp: crate::shard::udp::UdpReload,
 }
 
 impl ReloadListener {
@@ -441,6 +443,7 @@ mod tests {
                 listeners: vec![ReloadListener::Keep(listener(100, 0))],
                 routes,
                 drain_ms: 1_000,
+                udp: Default::default(),
             };
             s.reload(&mut ctx, &reload, u64::from(n));
         }
@@ -462,6 +465,7 @@ mod tests {
             listeners: vec![ReloadListener::Keep(listener(100, 0))],
             routes: vec![route(&[7, 8])],
             drain_ms: 1_000,
+            udp: Default::default(),
         };
         s.reload(&mut ctx, &reload, 0);
         s.set_checked(UpstreamId(1), false);
@@ -502,6 +506,7 @@ mod tests {
             listeners: vec![ReloadListener::Keep(listener(100, 0))],
             routes: vec![with_passive(&[1, 2, 3])],
             drain_ms: 1_000,
+            udp: Default::default(),
         };
         s.reload(&mut ctx, &reload, 10);
         let mut got = in_rotation(&s);
@@ -526,6 +531,7 @@ mod tests {
             listeners: vec![ReloadListener::Keep(listener(100, 0))],
             routes: vec![route(&[9])],
             drain_ms: 1_000,
+            udp: Default::default(),
         };
         s.reload(&mut ctx, &reload, 0);
         let gone = s

@@ -5,6 +5,7 @@
 //! (listeners at every stats snapshot, every socket just before its close)
 //! for the drops after the last datagram queued, which no datagram reports.
 
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use super::ListenRecv;
@@ -47,6 +48,12 @@ impl UdpService {
             .filter(|(_, l)| !matches!(l.recv, ListenRecv::CloseInFlight | ListenRecv::Closed))
             .filter_map(|(i, l)| Some((u32::try_from(i).ok()?, l.spec.fd)))
             .collect()
+    }
+
+    /// Each listener slot's bound address (its receive template depends
+    /// on whether it is a wildcard).
+    pub fn udp_listener_addrs(&self) -> Vec<SocketAddr> {
+        self.udp_listeners.iter().map(|l| l.spec.listen).collect()
     }
 
     /// Whether the close `user_data` names is of a UDP socket whose drop

@@ -33,6 +33,10 @@ use crate::udp::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
 use crate::upstream::{Attempts, Balancer, Change, Member, Outcome, Pool, Target};
 use std::time::SystemTime;
 
+mod reload;
+use reload::Role;
+pub use reload::{UdpReload, UdpReloadListener};
+
 /// Datagrams a session may have waiting or in flight per direction: a quarter
 /// of the shard's datagram buffers, between 16 and 256 (128 with the default
 /// 512). Sends to a connected UDP socket complete at once, but their
@@ -134,6 +138,10 @@ pub struct UdpListener {
     /// Datagrams the kernel dropped on this shard's socket, counted so far.
     drops: KernelDrops,
     counters: Counters,
+    role: Role,
+    /// Bumped when a reload replaces the balancer: a session started on an
+    /// older one is not among the new one's members.
+    epoch: u32,
 }
 
 impl UdpListener {
@@ -179,6 +187,8 @@ impl UdpListener {
             limiter,
             drops: KernelDrops::default(),
             counters: Counters::default(),
+            role: Role::Serving,
+            epoch: 0,
         }
     }
 
@@ -206,6 +216,10 @@ pub struct UdpConn {
     in_embryonic: bool,
     /// Datagrams the kernel dropped on the upstream socket, counted so far.
     drops: KernelDrops,
+    /// Its listener's balancer epoch when it started (see `UdpListener::epoch`).
+    epoch: u32,
+    /// SO_RCVBUF of its upstream socket, as its route said when it started.
+    rcvbuf: Option<u32>,
 }
 
 /// Who waits for datagram buffers.
@@ -243,6 +257,8 @@ pub struct UdpService {
     /// Datagram buffers handed to us and not yet released.
     dgram: Held,
     session_ops: Vec<SessionOp>,
+    /// Counters of listeners a reload removed whose slot was reused.
+    retired: crate::stats::ShardStats,
 }
 
 /// Whether a client may open a session: not in `deny` (which wins), and in
@@ -267,18 +283,14 @@ impl UdpService {
             udp_starved: VecDeque::new(),
             dgram: Held::new(cfg.datagram_buffers),
             session_ops: Vec::with_capacity(16),
+            retired: crate::stats::ShardStats::default(),
         }
     }
 
     /// Arms every listener's receive (and seeds the balancers: each shard
     /// its own random sequence).
     pub fn start(&mut self, ctx: &mut Ctx) {
-        // The time as well as the index, as the TCP service seeds its own
-        // (services do not share code).
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let seed = crate::upstream::shard_seed(ctx.shard, nanos);
+        let seed = self.seed(ctx);
         for (i, l) in self.udp_listeners.iter_mut().enumerate() {
             l.balancer
                 .seed(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -286,6 +298,15 @@ impl UdpService {
         for i in 0..self.udp_listeners.len() {
             self.arm_udp_listener(ctx, i as u32);
         }
+    }
+
+    /// The balancers' seed: the time as well as the shard, as the TCP
+    /// service seeds its own (services do not share code).
+    fn seed(&self, ctx: &Ctx) -> u64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        crate::upstream::shard_seed(ctx.shard, nanos)
     }
 
     /// UDP sessions open (or closing) on this shard.
@@ -589,18 +610,22 @@ impl UdpService {
         key: SessionKey,
         now: Millis,
     ) {
+        let Some(l) = self.udp_listeners.get(index as usize) else {
+            self.release_datagram(ctx, payload.bid);
+            return;
+        };
+        // A session admitted under the allow list in force at its start
+        // keeps going after a reload changed it, as a TCP connection does.
+        let existing = l.sessions.get(&key);
+        let removed = l.role == Role::Removed;
         let Some(r) = self.udp_routes.get(route as usize) else {
             self.release_datagram(ctx, payload.bid);
             return;
         };
-        if !allowed(&r.allow, &r.deny, key.client.ip()) {
+        if existing.is_none() && !allowed(&r.allow, &r.deny, key.client.ip()) {
             self.drop_datagram(ctx, index, DropReason::Denied, payload.bid);
             return;
         }
-        let existing = self
-            .udp_listeners
-            .get(index as usize)
-            .and_then(|l| l.sessions.get(&key));
         if let Some(slot) = existing {
             if let Some(c) = self.sessions.get_mut(slot) {
                 c.session.handle_client_datagram(
@@ -614,7 +639,7 @@ impl UdpService {
             return;
         }
         // A new client.
-        if ctx.mode != Mode::Running {
+        if ctx.mode != Mode::Running || removed {
             self.drop_datagram(ctx, index, DropReason::Draining, payload.bid);
             return;
         }
@@ -741,6 +766,8 @@ impl UdpService {
             timer_at: None,
             in_embryonic: true,
             drops: KernelDrops::default(),
+            epoch: l.epoch,
+            rcvbuf: r.session_rcvbuf,
         };
         match self.sessions.insert(conn) {
             Some(slot) => {
@@ -851,13 +878,7 @@ impl UdpService {
             self.session_ops.clear();
             return;
         };
-        let rcvbuf = match l.spec.kind {
-            UdpKind::Forward { route } => self
-                .udp_routes
-                .get(route as usize)
-                .and_then(|r| r.session_rcvbuf),
-            UdpKind::Echo => None,
-        };
+        let rcvbuf = c.rcvbuf;
         let listener_fd = Fd(l.spec.fd);
         for op in self.session_ops.drain(..) {
             let lowered = match op {
@@ -945,7 +966,11 @@ impl UdpService {
                         .get(index as usize)
                         .is_some_and(|l| l.recv == ListenRecv::Starved);
                     if starved {
-                        if ctx.mode == Mode::Running
+                        let serving = self
+                            .udp_listeners
+                            .get(index as usize)
+                            .is_some_and(|l| l.role == Role::Serving);
+                        if (ctx.mode == Mode::Running && serving)
                             || self
                                 .udp_listeners
                                 .get(index as usize)
@@ -993,11 +1018,13 @@ impl UdpService {
         self.close_idle_udp_listeners(ctx);
     }
 
-    /// While draining or stopping: a UDP listener with no session left (echo:
-    /// no reply in flight) stops receiving and closes. Forwarding listeners
-    /// stay open while sessions remain, since replies leave through them.
+    /// While draining or stopping, or once a reload removed it: a UDP
+    /// listener with no session left (echo: no reply in flight) stops
+    /// receiving and closes. Forwarding listeners stay open while sessions
+    /// remain, since replies leave through them.
     pub fn close_idle_udp_listeners(&mut self, ctx: &mut Ctx) {
-        if ctx.mode == Mode::Running {
+        let running = ctx.mode == Mode::Running;
+        if running && self.udp_listeners.iter().all(|l| l.role == Role::Serving) {
             return;
         }
         for i in 0..self.udp_listeners.len() {
@@ -1005,7 +1032,7 @@ impl UdpService {
             let Some(l) = self.udp_listeners.get_mut(i) else {
                 continue;
             };
-            if l.active > 0 || l.echo_inflight > 0 {
+            if (running && l.role == Role::Serving) || l.active > 0 || l.echo_inflight > 0 {
                 continue;
             }
             match l.recv {
@@ -1164,7 +1191,9 @@ fn log_access(
 /// socket error is a failed attempt, a reply a success; and the session no
 /// longer counts as active on its upstream.
 fn session_health(ctx: &mut Ctx, l: &mut UdpListener, c: &UdpConn, end: SessionEnd, now: Millis) {
-    l.balancer.release(c.member);
+    if c.epoch == l.epoch {
+        l.balancer.release(c.member);
+    }
     let outcome = match end {
         SessionEnd::Refused => Outcome::Refused,
         SessionEnd::Error => Outcome::Error,
