@@ -151,10 +151,14 @@ fn ten_udp_reloads_answer_every_datagram_and_add_and_remove_a_listener() {
             let s = client();
             let deadline = Instant::now() + Duration::from_secs(120);
             let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && i < 20_000 {
+            // Paced (at most ~2000/s), so the count bound outlasts the ten
+            // reloads on a quiet machine too: unpaced it ran out after ~2 s,
+            // and a later round then saw no progress.
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && i < 100_000 {
                 exchange(&s, kept, format!("loop {i}").as_bytes(), &lost);
                 sent.fetch_add(1, Ordering::Relaxed);
                 i += 1;
+                std::thread::sleep(Duration::from_micros(500));
             }
         })
     };
