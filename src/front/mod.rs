@@ -19,3 +19,47 @@ pub enum Parsed<T> {
     /// Not a valid prefix; the connection is to be closed (counted, logged).
     Invalid(&'static str),
 }
+
+/// Where a client asked to go (SOCKS5 DST, an HTTP CONNECT authority): an
+/// address, or a name to resolve on the shard's own resolver.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Ip(std::net::SocketAddr),
+    /// A host name (ASCII, checked by the parser) and a port.
+    Name(String, u16),
+}
+
+impl Destination {
+    pub fn port(&self) -> u16 {
+        match self {
+            Destination::Ip(a) => a.port(),
+            Destination::Name(_, p) => *p,
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Ip(a) => write!(f, "{a}"),
+            Destination::Name(n, p) => write!(f, "{n}:{p}"),
+        }
+    }
+}
+
+/// A user name and password a client offered (SOCKS5 RFC 1929, HTTP
+/// `Proxy-Authorization: Basic`). Never logged: no `Debug` of the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: Vec<u8>,
+    pub password: Vec<u8>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &String::from_utf8_lossy(&self.user))
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
