@@ -259,6 +259,9 @@ fn file_listener(
         limits: limits::tcp_limits(section, shards)?,
         bandwidth_limit: bandwidth::bandwidth_limit(section)?,
         health_check: health::health_check(section)?,
+        kind: super::forward::TcpKind::Forward,
+        mptcp: super::forward::Mptcp::Off,
+        upstream_mptcp: false,
     };
     Ok((plan, claim))
 }
@@ -412,6 +415,9 @@ fn flag_listener(index: usize, spec: &str) -> Result<(TcpListenerPlan, Claim), C
         limits: super::TcpLimits::default(),
         bandwidth_limit: None,
         health_check: None,
+        kind: super::forward::TcpKind::Forward,
+        mptcp: super::forward::Mptcp::Off,
+        upstream_mptcp: false,
     };
     Ok((plan, claim))
 }

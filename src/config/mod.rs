@@ -11,6 +11,7 @@ pub mod bandwidth;
 mod cidr;
 mod error;
 pub mod file;
+pub mod forward;
 mod health;
 mod keys;
 mod limits;
@@ -216,6 +217,13 @@ pub struct TcpListenerPlan {
     /// `health_check`: active checks of `upstreams` (not of the routes',
     /// which have their own key); `None`: no active checks.
     pub health_check: Option<HealthCheck>,
+    /// How a connection's destination is found: `upstreams`, or a SOCKS5 /
+    /// HTTP CONNECT request, or the address the client dialled.
+    pub kind: forward::TcpKind,
+    /// `mptcp`: listen with IPPROTO_MPTCP.
+    pub mptcp: forward::Mptcp,
+    /// `upstream_mptcp`: connect with IPPROTO_MPTCP (TCP when the kernel lacks it).
+    pub upstream_mptcp: bool,
 }
 
 /// `send_proxy` of a `[[tcp]]` listener: which PROXY protocol header, if

@@ -132,6 +132,9 @@ fn full_file_resolves_to_the_exact_plan() {
                 limits: TcpLimits::default(),
                 bandwidth_limit: Some(12_500_000),
                 health_check: None,
+                kind: super::forward::TcpKind::Forward,
+                mptcp: super::forward::Mptcp::Off,
+                upstream_mptcp: false,
             },
             TcpListenerPlan {
                 name: "[::]:8443".into(),
@@ -151,6 +154,9 @@ fn full_file_resolves_to_the_exact_plan() {
                 limits: TcpLimits::default(),
                 bandwidth_limit: None,
                 health_check: None,
+                kind: super::forward::TcpKind::Forward,
+                mptcp: super::forward::Mptcp::Off,
+                upstream_mptcp: false,
             },
         ],
         udp: vec![],
@@ -905,6 +911,9 @@ fn tcp_flags_add_listeners_with_defaults() {
             limits: TcpLimits::default(),
             bandwidth_limit: None,
             health_check: None,
+            kind: super::forward::TcpKind::Forward,
+            mptcp: super::forward::Mptcp::Off,
+            upstream_mptcp: false,
         }
     );
     assert_eq!(plan.tcp[2].upstreams, vec![addr("[::1]:9000")]);
@@ -1014,6 +1023,9 @@ fn shard_shares_add_up() {
         limits: TcpLimits::default(),
         bandwidth_limit: None,
         health_check: None,
+        kind: super::forward::TcpKind::Forward,
+        mptcp: super::forward::Mptcp::Off,
+        upstream_mptcp: false,
     };
     let cases = [
         (1, 1),
