@@ -6,6 +6,7 @@
 
 pub mod proxy;
 pub mod sni;
+pub mod socks5;
 pub mod tls;
 
 /// What a front parser says about the bytes it was given.
