@@ -535,42 +535,118 @@ fn base64_invalid() {
     }
 }
 
-/// Every 1-3 byte string (a sample of them) encodes and decodes back, and
-/// flipping any pad bit makes the encoding invalid.
-#[test]
-fn base64_round_trips_short_strings() {
-    fn encode(plain: &[u8]) -> Vec<u8> {
-        const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = Vec::new();
-        for chunk in plain.chunks(3) {
-            let mut block = [0u8; 4];
-            block[1..=chunk.len()].copy_from_slice(chunk);
-            let n = u32::from_be_bytes(block);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize]);
-                } else {
-                    out.push(b'=');
-                }
+/// Test-only RFC 4648 encoder, to check the decoder against.
+fn encode(plain: &[u8]) -> Vec<u8> {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    for chunk in plain.chunks(3) {
+        let mut block = [0u8; 4];
+        block[1..=chunk.len()].copy_from_slice(chunk);
+        let n = u32::from_be_bytes(block);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize]);
+            } else {
+                out.push(b'=');
             }
         }
-        out
     }
+    out
+}
+
+/// Random short strings encode and decode back, and setting a pad bit in
+/// the last data sextet makes the encoding invalid.
+#[test]
+fn base64_round_trips_short_strings() {
     let mut rng = crate::verify::Rng::new(15);
     for _ in 0..5000 {
-        let len = (rng.next_u64() % 7) as usize;
+        let len = rng.below(7) as usize;
         let plain: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         let coded = encode(&plain);
         assert_eq!(base64_decode(&coded), Some(plain.clone()), "{coded:?}");
         let pads = coded.iter().filter(|&&b| b == b'=').count();
         if pads > 0 {
-            // The last data sextet with its lowest bit set.
             let mut odd = coded.clone();
             let at = odd.len() - pads - 1;
             let s = super::sextet(odd[at]).unwrap() | 1;
             odd[at] = encode(&[0, 0, s])[3];
             assert_eq!(base64_decode(&odd), None, "{odd:?}");
         }
+    }
+}
+
+/// Random destinations and credentials, built as a client would, parse back
+/// at a random split point with random tunnel bytes after the head.
+#[test]
+fn property_random_heads_and_splits() {
+    let mut rng = crate::verify::Rng::new(0x15c0);
+    for seed in 0..2000 {
+        let port = 1 + rng.below(65535) as u16;
+        let (target, dst) = match rng.below(3) {
+            0 => {
+                let a = std::net::Ipv4Addr::from(rng.next_u64() as u32);
+                (format!("{a}:{port}"), ip(&format!("{a}:{port}")))
+            }
+            1 => {
+                let a = std::net::Ipv6Addr::from(u128::from(rng.next_u64()) << 64 | 1);
+                (format!("[{a}]:{port}"), ip(&format!("[{a}]:{port}")))
+            }
+            _ => {
+                let labels = 1 + rng.below(4);
+                let host: Vec<String> = (0..labels)
+                    .map(|_| {
+                        let len = 1 + rng.below(20) as usize;
+                        (0..len)
+                            .map(|_| {
+                                b"abcdefghijklmnopqrstuvwxyz0123456789-_"[rng.below(38) as usize]
+                                    as char
+                            })
+                            .collect::<String>()
+                            + "x"
+                    })
+                    .collect();
+                let host = host.join(".");
+                (format!("{host}:{port}"), name(&host, port))
+            }
+        };
+        let credentials = rng.chance(1, 2).then(|| {
+            let user: Vec<u8> = (0..rng.below(12))
+                .map(|_| rng.next_u64() as u8)
+                .filter(|&b| b != b':')
+                .collect();
+            let password: Vec<u8> = (0..rng.below(40)).map(|_| rng.next_u64() as u8).collect();
+            Credentials { user, password }
+        });
+        let mut head = format!(
+            "CONNECT {target} HTTP/1.{}\r\nHost: {target}\r\n",
+            rng.below(2)
+        );
+        if let Some(c) = &credentials {
+            let token = encode(&[&c.user[..], b":", &c.password[..]].concat());
+            head.push_str("Proxy-Authorization: Basic ");
+            head.push_str(std::str::from_utf8(&token).unwrap());
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut input = head.clone().into_bytes();
+        let tail: Vec<u8> = (0..rng.below(64)).map(|_| rng.next_u64() as u8).collect();
+        input.extend_from_slice(&tail);
+        let whole = Parsed::Done {
+            value: connect(dst, credentials),
+            consumed: head.len(),
+        };
+        let k = rng.below(input.len() as u64 + 1) as usize;
+        let want = if k < head.len() {
+            Parsed::Incomplete
+        } else {
+            whole.clone()
+        };
+        assert_eq!(
+            parse_head(&input[..k]),
+            want,
+            "seed {seed}: split {k} of {head:?}"
+        );
+        assert_eq!(parse_head(&input), whole, "seed {seed}: {head:?}");
     }
 }
 
