@@ -4,6 +4,7 @@
 //! have arrived split anywhere: it never reads a socket and keeps no state
 //! between calls, so the caller only appends bytes and asks again.
 
+pub mod connect;
 pub mod proxy;
 pub mod sni;
 pub mod socks5;
