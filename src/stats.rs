@@ -51,10 +51,27 @@ pub enum CloseReason {
     /// Over `new_connections_per_second` (this shard's share) or
     /// `new_connections_per_second_per_source`: closed right after accept.
     RateLimited,
+    /// A SOCKS5 or HTTP CONNECT handshake that is not the protocol's.
+    HandshakeMalformed,
+    /// No complete SOCKS5 or HTTP CONNECT handshake within `header_timeout`.
+    HandshakeTimeout,
+    /// No acceptable authentication method, or wrong credentials.
+    AuthFailed,
+    /// SOCKS5 BIND or UDP ASSOCIATE not allowed, or an HTTP method other than CONNECT.
+    CommandUnsupported,
+    /// The destination the client named (or dialled) is outside the
+    /// listener's `ports`, `destinations_allow` or `destinations_deny`.
+    DestinationDenied,
+    /// The destination is one of ringfwd's own listen addresses.
+    LoopRefused,
+    /// The name the client asked for could not be resolved.
+    ResolveFailed,
+    /// `transparent`: the connection's original destination could not be read.
+    NoDestination,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 19] = [
+    pub const ALL: [CloseReason; 27] = [
         CloseReason::ClientEof,
         CloseReason::UpstreamEof,
         CloseReason::ClientReset,
@@ -74,6 +91,14 @@ impl CloseReason {
         CloseReason::SniTooLarge,
         CloseReason::Denied,
         CloseReason::RateLimited,
+        CloseReason::HandshakeMalformed,
+        CloseReason::HandshakeTimeout,
+        CloseReason::AuthFailed,
+        CloseReason::CommandUnsupported,
+        CloseReason::DestinationDenied,
+        CloseReason::LoopRefused,
+        CloseReason::ResolveFailed,
+        CloseReason::NoDestination,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -98,6 +123,14 @@ impl CloseReason {
             CloseReason::SniTooLarge => "sni_too_large",
             CloseReason::Denied => "denied",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::HandshakeMalformed => "handshake_malformed",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::AuthFailed => "auth_failed",
+            CloseReason::CommandUnsupported => "command_unsupported",
+            CloseReason::DestinationDenied => "destination_denied",
+            CloseReason::LoopRefused => "loop_refused",
+            CloseReason::ResolveFailed => "resolve_failed",
+            CloseReason::NoDestination => "no_destination",
         }
     }
 

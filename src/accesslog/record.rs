@@ -64,6 +64,11 @@ pub struct AccessRecord<'a> {
     /// The close reason, as named in the counters (`close_<reason>`,
     /// `udp_end_<reason>`): `CloseReason::name()`, `SessionEnd::name()`.
     pub reason: &'a str,
+    /// Where a SOCKS5 or HTTP CONNECT client asked to go (a name or an
+    /// address, with its port), or a transparent client dialled.
+    pub destination: Option<&'a str>,
+    /// The user a forward proxy's client authenticated as.
+    pub user: Option<&'a str>,
 }
 
 impl AccessRecord<'_> {
@@ -130,6 +135,15 @@ pub(super) fn format_json(rec: &AccessRecord, out: &mut String) {
     push_json_num(datagrams.map(|d| d.1), out);
     out.push_str(",\"reason\":");
     push_json_str(rec.reason, out);
+    for (key, value) in [("destination", rec.destination), ("user", rec.user)] {
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":");
+        match value {
+            Some(v) => push_json_str(v, out),
+            None => out.push_str("null"),
+        }
+    }
     out.push_str("}\n");
 }
 
@@ -187,7 +201,7 @@ fn push_json_str(s: &str, out: &mut String) {
 /// not apply, in this order (documented in README.md, "Access log"):
 ///
 /// `time listener proto client peer local upstream sni connect_ms duration_ms
-/// bytes_c2u bytes_u2c datagrams_c2u datagrams_u2c reason`
+/// bytes_c2u bytes_u2c datagrams_c2u datagrams_u2c reason destination user`
 ///
 /// The strings (listener, sni, reason) are written by `push_text_str`'s rule.
 pub(super) fn format_text(rec: &AccessRecord, out: &mut String) {
@@ -226,6 +240,13 @@ pub(super) fn format_text(rec: &AccessRecord, out: &mut String) {
     }
     out.push(' ');
     push_text_str(rec.reason, out);
+    for value in [rec.destination, rec.user] {
+        out.push(' ');
+        match value {
+            Some(v) => push_text_str(v, out),
+            None => out.push('-'),
+        }
+    }
     out.push('\n');
 }
 
@@ -318,6 +339,8 @@ mod tests {
             bytes_c2u: 512,
             bytes_u2c: 4096,
             reason: "client_eof",
+            destination: Some("example.org:443"),
+            user: Some("alice"),
         }
     }
 
@@ -339,6 +362,8 @@ mod tests {
             bytes_c2u: 80,
             bytes_u2c: 0,
             reason: "idle",
+            destination: None,
+            user: None,
         }
     }
 
@@ -375,6 +400,8 @@ mod tests {
             "datagrams_c2u": null,
             "datagrams_u2c": null,
             "reason": "client_eof",
+            "destination": "example.org:443",
+            "user": "alice",
         });
         assert_eq!(v, want);
     }
@@ -398,6 +425,8 @@ mod tests {
             "datagrams_c2u": 2,
             "datagrams_u2c": 0,
             "reason": "idle",
+            "destination": null,
+            "user": null,
         });
         assert_eq!(v, want);
     }
@@ -422,6 +451,8 @@ mod tests {
             "datagrams_c2u",
             "datagrams_u2c",
             "reason",
+            "destination",
+            "user",
         ];
         let at: Vec<usize> = keys
             .iter()
@@ -452,12 +483,12 @@ mod tests {
         assert_eq!(
             text(&full_tcp()),
             "2026-12-06T12:34:56.789Z web tcp 203.0.113.7:40000 10.0.0.9:51000 \
-             10.0.0.1:443 10.0.1.2:8443 example.com 3 1520 512 4096 - - client_eof\n"
+             10.0.0.1:443 10.0.1.2:8443 example.com 3 1520 512 4096 - - client_eof example.org:443 alice\n"
         );
         assert_eq!(
             text(&minimal_udp()),
             "2026-12-06T12:34:56.789Z dns udp [::1]:5353 - [2001:db8::1]:53 - - - \
-             30000 80 0 2 0 idle\n"
+             30000 80 0 2 0 idle - -\n"
         );
     }
 
@@ -495,7 +526,7 @@ mod tests {
     }
 
     #[test]
-    fn text_splits_into_fifteen_fields() {
+    fn text_splits_into_seventeen_fields() {
         // An escaped value with spaces is one field once quotes are honoured.
         let rec = AccessRecord {
             sni: Some("a b c"),
@@ -519,7 +550,7 @@ mod tests {
             }
             prev = b;
         }
-        assert_eq!(fields, 15, "{line}");
+        assert_eq!(fields, 17, "{line}");
     }
 
     #[test]

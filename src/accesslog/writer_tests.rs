@@ -35,6 +35,8 @@ fn rec(listener: &str) -> AccessRecord<'_> {
         bytes_c2u: 100,
         bytes_u2c: 200,
         reason: "client_eof",
+        destination: None,
+        user: None,
     }
 }
 
@@ -487,6 +489,8 @@ fn measure_log_cost_per_line() {
         datagrams_c2u: Option<u64>,
         datagrams_u2c: Option<u64>,
         reason: &'a str,
+        destination: Option<&'a str>,
+        user: Option<&'a str>,
     }
     let mut out = Vec::with_capacity(BATCH_BYTES);
     let (serde_wall, serde_cpu) = per_line(|| {
@@ -507,6 +511,8 @@ fn measure_log_cost_per_line() {
                 datagrams_c2u: None,
                 datagrams_u2c: None,
                 reason: r.reason,
+                destination: None,
+                user: None,
             };
             if out.len() > BATCH_BYTES - LINE_RESERVE {
                 out.clear();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::accesslog::{AccessLog, AccessLogShard, Format, Sink};
+use crate::config::forward::{TcpKind, Users};
 use crate::config::units::format_duration;
 use crate::config::{
     AccessFormat, AccessTarget, Balance, PassiveHealth, Plan, Proto, SendProxy, TcpListenerPlan,
@@ -31,6 +32,7 @@ use crate::sys::output;
 use crate::sys::signals::{ControlSignals, Intent, Signal};
 use crate::sys::socket::{self, ListenKind};
 use crate::tcp::front::FrontConfig;
+use crate::tcp::handshake::{LoopGuard, NamedKind, NamedSpec};
 use crate::tcp::relay::ProxyOut;
 use crate::time::millis;
 
@@ -625,6 +627,7 @@ fn forward_routes(
     t: &TcpListenerPlan,
     routes: &mut Vec<RouteSpec>,
     access_log: bool,
+    guard: &LoopGuard,
 ) -> Result<(u16, FrontSpec), HostError> {
     let too_many = || HostError::Bind {
         what: format!("tcp listener '{}'", t.name),
@@ -684,6 +687,15 @@ fn forward_routes(
         read: FrontConfig {
             proxy_ms: t.accept_proxy.as_ref().map(|a| millis(a.timeout)),
             sni_ms: t.sni.as_ref().map(|s| millis(s.timeout)),
+            named_ms: match &t.kind {
+                TcpKind::Socks5(p) | TcpKind::HttpConnect(p) => Some(millis(p.header_timeout)),
+                TcpKind::Forward | TcpKind::Transparent(_) => None,
+            },
+        },
+        named: named_spec(t, guard),
+        transparent: match &t.kind {
+            TcpKind::Transparent(p) => Some(p.mode),
+            _ => None,
         },
         trusted: t
             .accept_proxy
@@ -697,10 +709,39 @@ fn forward_routes(
             || send_proxy != ProxyOut::Off
             || t.accept_proxy.is_some()
             || gate.wants_peer()
-            || uses_hash_source(t),
+            || uses_hash_source(t)
+            || t.kind != TcpKind::Forward,
         gate,
     };
     Ok((own, front))
+}
+
+/// What a listener whose clients name (or dialled) their destination checks
+/// it against; `None` for a listener with upstreams.
+fn named_spec(t: &TcpListenerPlan, guard: &LoopGuard) -> Option<Arc<NamedSpec>> {
+    let (kind, users, policy) = match &t.kind {
+        TcpKind::Forward => return None,
+        TcpKind::Socks5(p) => (NamedKind::Socks5, p.users.clone(), p.policy.clone()),
+        TcpKind::HttpConnect(p) => (NamedKind::HttpConnect, p.users.clone(), p.policy.clone()),
+        TcpKind::Transparent(p) => (NamedKind::Transparent, Users::default(), p.policy.clone()),
+    };
+    Some(Arc::new(NamedSpec {
+        kind,
+        users,
+        policy,
+        guard: guard.clone(),
+    }))
+}
+
+/// ringfwd's own TCP listen addresses, which no client may name as its
+/// destination.
+pub(crate) fn loop_guard(plan: &Plan) -> LoopGuard {
+    let echo = plan
+        .echo
+        .iter()
+        .filter(|e| e.proto == Proto::Tcp)
+        .map(|e| e.listen);
+    LoopGuard::new(plan.tcp.iter().map(|t| t.listen).chain(echo))
 }
 
 fn uses_hash_source(t: &TcpListenerPlan) -> bool {

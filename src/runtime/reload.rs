@@ -245,9 +245,10 @@ fn shard_specs(
 ) -> Result<(Vec<Vec<ListenerSpec>>, Vec<crate::shard::engine::RouteSpec>), String> {
     let mut routes = Vec::new();
     let mut specs: Vec<Vec<ListenerSpec>> = (0..n).map(|_| Vec::new()).collect();
+    let guard = super::loop_guard(plan);
     for t in &plan.tcp {
-        let (route, front) =
-            forward_routes(t, &mut routes, plan.log.access.is_some()).map_err(|e| e.to_string())?;
+        let (route, front) = forward_routes(t, &mut routes, plan.log.access.is_some(), &guard)
+            .map_err(|e| e.to_string())?;
         for (shard, list) in specs.iter_mut().enumerate() {
             list.push(super::specs::forward_spec(t, route, &front, shard, n));
         }

@@ -82,8 +82,10 @@ impl ShardInputs {
             udp_routes: Vec::new(),
             bound: Vec::new(),
         };
+        let guard = super::loop_guard(plan);
         for (t, (fds, addr)) in plan.tcp.iter().zip(groups.tcp) {
-            let (route, front) = forward_routes(t, &mut inputs.routes, plan.log.access.is_some())?;
+            let (route, front) =
+                forward_routes(t, &mut inputs.routes, plan.log.access.is_some(), &guard)?;
             for (shard, fd) in fds.into_iter().enumerate() {
                 if let Some(l) = inputs.tcp.get_mut(shard) {
                     l.push((forward_spec(t, route, &front, shard, n), fd));

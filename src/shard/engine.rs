@@ -210,6 +210,25 @@ impl Engine {
         self.tcp.wants_ends(index)
     }
 
+    /// Whether TCP listener `index` wants each accepted socket's original
+    /// destination read (`transparent = "redirect"`: `SO_ORIGINAL_DST`).
+    pub fn wants_original_dst(&self, index: u32) -> bool {
+        self.tcp.wants_original_dst(index)
+    }
+
+    /// For a successful connect's completion: the upstream socket, when its
+    /// relay needs the socket's local address (a SOCKS5 reply names it).
+    /// The event loop reads it and calls `set_bound` before `handle_cqe`.
+    pub fn wants_bound(&self, user_data: u64) -> Option<RawFd> {
+        self.tcp.wants_bound(Token::decode(user_data)?)
+    }
+
+    pub fn set_bound(&mut self, user_data: u64, local: Option<std::net::SocketAddr>) {
+        if let Some(token) = Token::decode(user_data) {
+            self.tcp.set_bound(token, local);
+        }
+    }
+
     /// An accept completion with the accepted socket's endpoints.
     pub fn handle_accept_cqe(
         &mut self,

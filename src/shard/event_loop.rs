@@ -919,8 +919,19 @@ impl Loop {
                 if t.kind == OpKind::Accept && c.res >= 0 && engine.wants_ends(t.slot.index) =>
             {
                 let (peer, local) = socket::endpoints(c.res);
-                let ends = Ends { peer, local };
+                let ends = Ends {
+                    peer,
+                    local,
+                    original: None,
+                };
                 engine.handle_accept_cqe(c.user_data, c.res, c.flags, ends, now);
+            }
+            Some(t) if t.kind == OpKind::Connect && c.res == 0 => {
+                if let Some(fd) = engine.wants_bound(c.user_data) {
+                    let (_, local) = socket::endpoints(fd);
+                    engine.set_bound(c.user_data, local);
+                }
+                engine.handle_cqe(c.user_data, c.res, c.flags, now);
             }
             _ => engine.handle_cqe(c.user_data, c.res, c.flags, now),
         }

@@ -7,10 +7,12 @@
 //! I/O, no clock: reads and the time come in.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use crate::front::Parsed;
+use super::handshake::{Handshake, HsStep, NamedSpec};
 use crate::front::proxy::{self, ProxyHeader};
 use crate::front::tls::{self, TlsFront};
+use crate::front::{Destination, Parsed};
 use crate::stats::CloseReason;
 use crate::time::Millis;
 
@@ -25,19 +27,24 @@ pub struct FrontConfig {
     pub proxy_ms: Option<Millis>,
     /// A ClientHello is read for SNI routing, within this many milliseconds.
     pub sni_ms: Option<Millis>,
+    /// The client names its destination (SOCKS5, HTTP CONNECT) in a
+    /// handshake finished within this many milliseconds (`header_timeout`).
+    pub named_ms: Option<Millis>,
 }
 
 impl FrontConfig {
     pub fn is_none(&self) -> bool {
-        self.proxy_ms.is_none() && self.sni_ms.is_none()
+        self.proxy_ms.is_none() && self.sni_ms.is_none() && self.named_ms.is_none()
     }
 }
 
 /// The prefix being read now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Stage {
     Proxy,
     Hello,
+    /// A SOCKS5 or HTTP CONNECT handshake.
+    Named(Handshake),
 }
 
 /// What the front learnt, for the rest of the connection.
@@ -48,6 +55,10 @@ pub struct Learnt {
     pub proxied: Option<(SocketAddr, SocketAddr)>,
     /// The server name a ClientHello asked for.
     pub sni: Option<String>,
+    /// Where the client asked to go (SOCKS5, HTTP CONNECT).
+    pub destination: Option<Destination>,
+    /// The user it authenticated as.
+    pub user: Option<String>,
 }
 
 /// What one read did to the front.
@@ -60,6 +71,9 @@ pub(crate) enum Step {
     Done,
     /// The connection is to be closed, counted under this reason.
     Fail(CloseReason),
+    /// The handshake failed: send `Front::take_reply`, then close, counted
+    /// under this reason.
+    Refuse(CloseReason),
 }
 
 #[derive(Debug)]
@@ -73,16 +87,33 @@ pub(crate) struct Front {
     /// When the current stage gives up.
     deadline: Millis,
     learnt: Learnt,
+    /// The listener's users and kind, when its clients name their destination.
+    named: Option<Arc<NamedSpec>>,
+    /// Replies the handshake wrote and the relay has not taken yet.
+    out: Vec<u8>,
 }
 
 impl Front {
     /// A front for a connection accepted at `now`; `None` when the listener
     /// reads no prefix.
+    #[cfg(test)]
     pub(crate) fn new(cfg: FrontConfig, now: Millis) -> Option<Front> {
-        let (stage, ms) = match (cfg.proxy_ms, cfg.sni_ms) {
-            (Some(ms), _) => (Stage::Proxy, ms),
-            (None, Some(ms)) => (Stage::Hello, ms),
-            (None, None) => return None,
+        Front::with_named(cfg, now, None)
+    }
+
+    /// A front whose handshake (when `cfg.named_ms` asks for one) is the
+    /// one `named` says, checked against its users.
+    pub(crate) fn with_named(
+        cfg: FrontConfig,
+        now: Millis,
+        named: Option<Arc<NamedSpec>>,
+    ) -> Option<Front> {
+        let handshake = named.as_ref().map(|n| Handshake::new(n.kind));
+        let (stage, ms) = match (cfg.proxy_ms, cfg.named_ms.zip(handshake), cfg.sni_ms) {
+            (Some(ms), _, _) => (Stage::Proxy, ms),
+            (None, Some((ms, hs)), _) => (Stage::Named(hs), ms),
+            (None, None, Some(ms)) => (Stage::Hello, ms),
+            (None, None, None) => return None,
         };
         Some(Front {
             cfg,
@@ -91,7 +122,14 @@ impl Front {
             skip: 0,
             deadline: now.saturating_add(ms),
             learnt: Learnt::default(),
+            named,
+            out: Vec::new(),
         })
+    }
+
+    /// The replies the handshake wrote since the last call, to send in order.
+    pub(crate) fn take_reply(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
     }
 
     pub(crate) fn deadline(&self) -> Millis {
@@ -103,12 +141,13 @@ impl Front {
         match self.stage {
             Stage::Proxy => CloseReason::ProxyTimeout,
             Stage::Hello => CloseReason::SniTimeout,
+            Stage::Named(_) => CloseReason::HandshakeTimeout,
         }
     }
 
     /// The client ended its stream (or it broke) before the prefix was complete.
     pub(crate) fn eof_reason(&self) -> CloseReason {
-        match (self.stage, self.buf.len() > self.skip) {
+        match (&self.stage, self.buf.len() > self.skip) {
             // A header that stops part-way is not a valid header.
             (Stage::Proxy, true) => CloseReason::ProxyMalformed,
             _ => CloseReason::ClientEof,
@@ -140,6 +179,15 @@ impl Front {
                     Parsed::Done { value, consumed } => {
                         self.proxied(value);
                         self.skip += consumed;
+                        let handshake = self.named.as_ref().map(|n| Handshake::new(n.kind));
+                        if let Some((ms, hs)) = self.cfg.named_ms.zip(handshake) {
+                            self.stage = Stage::Named(hs);
+                            self.deadline = now.saturating_add(ms);
+                            if self.buf.len() == self.skip {
+                                return Step::More;
+                            }
+                            continue;
+                        }
                         match self.cfg.sni_ms {
                             Some(ms) => {
                                 self.stage = Stage::Hello;
@@ -152,6 +200,22 @@ impl Front {
                         }
                     }
                 },
+                Stage::Named(ref mut hs) => {
+                    let Some(named) = self.named.as_deref() else {
+                        return Step::Fail(CloseReason::Error);
+                    };
+                    let (step, used) = hs.step(input, &named.users, &mut self.out);
+                    self.skip += used;
+                    return match step {
+                        HsStep::More => Step::More,
+                        HsStep::Refuse(reason) => Step::Refuse(reason),
+                        HsStep::Done { dst, user } => {
+                            self.learnt.destination = Some(dst);
+                            self.learnt.user = user;
+                            Step::Done
+                        }
+                    };
+                }
                 Stage::Hello => {
                     return match tls::read_client_hello(input) {
                         Parsed::Incomplete => Step::More,
@@ -207,6 +271,7 @@ mod tests {
         FrontConfig {
             proxy_ms: Some(5_000),
             sni_ms: None,
+            named_ms: None,
         }
     }
 
@@ -281,6 +346,7 @@ mod tests {
         let cfg = FrontConfig {
             proxy_ms: Some(5_000),
             sni_ms: Some(5_000),
+            named_ms: None,
         };
         let mut input = V1.to_vec();
         input.extend_from_slice(b"SSH-2.0-OpenSSH\r\n");
@@ -296,6 +362,7 @@ mod tests {
         let cfg = FrontConfig {
             proxy_ms: Some(100),
             sni_ms: Some(1_000),
+            named_ms: None,
         };
         let mut f = Front::new(cfg, 0).expect("front");
         assert_eq!(f.deadline(), 100);

@@ -120,6 +120,10 @@ impl Lifecycle {
                     self.inflight += 2;
                     self.socks[Side::Upstream.index()].ops += 1;
                 }
+                ConnOp::SendReply { .. } => {
+                    self.inflight += 1;
+                    self.socks[Side::Client.index()].ops += 1;
+                }
                 ConnOp::FrontRecv => {
                     self.inflight += 1;
                     self.socks[Side::Client.index()].ops += 1;
@@ -141,6 +145,7 @@ impl Lifecycle {
                     self.socks[side.index()].state = SockState::CloseInFlight;
                 }
                 ConnOp::NextTarget
+                | ConnOp::Resolve
                 | ConnOp::Report { .. }
                 | ConnOp::Release(_)
                 | ConnOp::Starved(_)

@@ -6,6 +6,7 @@
 pub mod cx;
 pub(crate) mod echo;
 pub(crate) mod front;
+pub mod handshake;
 pub mod lifecycle;
 pub mod pipe;
 pub mod rate;
@@ -90,6 +91,13 @@ pub enum ConnOp {
     /// during the front) to the upstream, from `offset`: the shard copies
     /// them into memory the ring owns until the send completes.
     SendPreface { offset: u32 },
+    /// Send the relay's reply to the client (SOCKS5, HTTP CONNECT) from
+    /// `offset`: the shard copies it into memory the ring owns.
+    SendReply { offset: u32 },
+    /// Ask the shard to resolve the name the relay holds
+    /// (`Relay::resolve_name`). Answered later (`handle_resolved`), no
+    /// completion.
+    Resolve,
     /// Cancel this side's multishot receive (pause at the high watermark).
     CancelRecv(Side),
     /// Send `len` bytes of buffer `bid` starting at `offset`.

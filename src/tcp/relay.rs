@@ -10,6 +10,7 @@
 use super::Emit;
 use super::cx::Cx;
 use super::front::{Front, FrontConfig, Learnt, Step};
+use super::handshake;
 use super::lifecycle::SockState;
 use super::pipe::{Fin, Pipe, RecvState, Sent};
 use super::rate::{Limit, Quota};
@@ -20,6 +21,9 @@ use crate::stats::{CloseReason, Counter};
 use crate::time::Millis;
 use crate::upstream::{Attempts, Outcome, Target};
 use std::net::SocketAddr;
+
+mod named;
+use named::{Named, ReplyQueue};
 
 /// Which PROXY header, if any, goes to the upstream before the first byte.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,6 +39,9 @@ pub enum ProxyOut {
 pub struct Ends {
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
+    /// `transparent = "redirect"`: the destination before NAT rewrote it
+    /// (`SO_ORIGINAL_DST`).
+    pub original: Option<SocketAddr>,
 }
 
 /// Per-listener settings a relay needs, in the units the state machine uses.
@@ -70,6 +77,10 @@ enum Phase {
     /// Reading the prefix the listener asks for (`front`) before choosing
     /// where to go.
     Front,
+    /// Waiting for the shard's resolver to answer the name the client asked for.
+    Resolving {
+        until: Millis,
+    },
     Connecting,
     Relaying,
     /// No upstream could be reached: the client got a FIN and what it sends
@@ -77,6 +88,11 @@ enum Phase {
     Lingering {
         until: Millis,
         discarded: u64,
+    },
+    /// The client was refused: its reply is being sent, then it gets a FIN
+    /// (or is closed at `until` if it does not take the reply).
+    Refusing {
+        until: Millis,
     },
     Closing,
 }
@@ -177,6 +193,10 @@ pub struct Relay {
     connected_at: Option<Millis>,
     /// Each direction's `bandwidth_limit` (by the side it reads), if any.
     limits: [Option<Limit>; 2],
+    /// A client that names (or dialled) its destination.
+    named: Option<Named>,
+    /// Protocol replies to the client (SOCKS5, HTTP CONNECT).
+    replies: ReplyQueue,
 }
 
 impl Relay {
@@ -220,6 +240,8 @@ impl Relay {
             connect_started: None,
             connected_at: None,
             limits,
+            named: None,
+            replies: ReplyQueue::default(),
         }
     }
 
@@ -238,7 +260,11 @@ impl Relay {
     /// Begins the front stage if the listener asks for a prefix, else the
     /// first upstream attempt.
     pub fn start(&mut self, cx: &mut Cx<'_>) {
-        match Front::new(self.cfg.front, cx.now) {
+        if self.start_named(cx) {
+            return;
+        }
+        let named = self.named.as_ref().map(|n| n.spec.clone());
+        match Front::with_named(self.cfg.front, cx.now, named) {
             Some(front) => {
                 self.phase = Phase::Front;
                 self.front = Some(Box::new(front));
@@ -290,6 +316,8 @@ impl Relay {
             FrontRead::Eof | FrontRead::Error(_) => Step::Fail(front.eof_reason()),
             FrontRead::Cancelled => Step::Fail(CloseReason::Shutdown),
         };
+        let reply = front.take_reply();
+        self.queue_reply(reply, cx);
         match step {
             Step::More => cx.push(ConnOp::FrontRecv),
             Step::Done => {
@@ -305,10 +333,15 @@ impl Relay {
                     return self.end_front(CloseReason::Denied, cx);
                 }
                 self.phase = Phase::Connecting;
-                cx.push(ConnOp::NextTarget);
+                match self.learnt.destination.clone() {
+                    Some(dst) if self.named.is_some() => self.go_to(dst, cx),
+                    _ => cx.push(ConnOp::NextTarget),
+                }
             }
             Step::Fail(reason) => self.end_front(reason, cx),
+            Step::Refuse(reason) => self.refuse_now(reason, cx),
         }
+        self.after(cx);
     }
 
     /// The front failed: close the client (nothing was relayed).
@@ -416,7 +449,9 @@ impl Relay {
                 };
                 Some(self.last_activity.saturating_add(limit))
             }
-            Phase::Lingering { until, .. } => Some(until),
+            Phase::Lingering { until, .. }
+            | Phase::Resolving { until }
+            | Phase::Refusing { until } => Some(until),
             Phase::Front => self.front.as_ref().map(|f| f.deadline()),
             Phase::Connecting | Phase::Closing => None,
         }
@@ -474,7 +509,10 @@ impl Relay {
                     self.preface = header;
                     self.preface.extend_from_slice(&rest);
                 }
-                self.start_direction(Side::Upstream, cx);
+                // A named client gets its reply before the upstream's bytes.
+                if !self.connected_named(cx) {
+                    self.start_direction(Side::Upstream, cx);
+                }
                 if self.preface.is_empty() {
                     self.start_direction(Side::Client, cx);
                 } else {
@@ -574,6 +612,10 @@ impl Relay {
     /// it was the last.
     fn next_attempt(&mut self, failure: CloseReason, cx: &mut Cx<'_>) {
         self.failure = Some(failure);
+        if self.named.is_some() {
+            // The next address the client's destination resolved to.
+            return self.next_named(cx);
+        }
         cx.push(ConnOp::NextTarget);
     }
 
@@ -969,6 +1011,10 @@ impl Relay {
 
     /// A send on `side` completed: Ok(bytes) or Err(errno).
     pub fn handle_sent(&mut self, side: Side, res: Result<u32, i32>, now: Millis, cx: &mut Cx<'_>) {
+        if side == Side::Client && self.replies.busy() {
+            // The only send to the client while a reply is pending.
+            return self.reply_sent(res, cx);
+        }
         if side == Side::Upstream && !self.preface.is_empty() {
             // The only send to the upstream while a preface is pending.
             self.preface_sent(res, now, cx);
@@ -1093,6 +1139,18 @@ impl Relay {
             }
             return;
         }
+        match self.phase {
+            Phase::Resolving { until } if until <= now => {
+                let timeout = handshake::Outcome::Unresolved(handshake::ResolveFail::Timeout);
+                return self.refuse(timeout, cx);
+            }
+            Phase::Refusing { until } if until <= now => {
+                let reason = self.reason.unwrap_or(CloseReason::Error);
+                return self.end_front(reason, cx);
+            }
+            Phase::Resolving { .. } | Phase::Refusing { .. } => return,
+            _ => {}
+        }
         if self.phase == Phase::Relaying {
             self.resume_paused(now, cx);
             {
@@ -1117,7 +1175,11 @@ impl Relay {
 
     /// Ends the connection now (shutdown after drain_timeout).
     pub fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
-        if self.phase == Phase::Front {
+        if matches!(
+            self.phase,
+            Phase::Front | Phase::Resolving { .. } | Phase::Refusing { .. }
+        ) {
+            let reason = self.reason.unwrap_or(reason);
             self.end_front(reason, cx);
             return;
         }
@@ -1319,6 +1381,7 @@ mod tests {
                 front: FrontConfig {
                     proxy_ms: Some(5_000),
                     sni_ms: None,
+                    named_ms: None,
                 },
                 send_proxy: ProxyOut::Off,
                 bandwidth: Some(bandwidth),

@@ -14,6 +14,7 @@ mod config;
 mod dns;
 mod docs;
 mod echo_modes;
+mod forward_proxy;
 mod front;
 mod harness;
 mod health;

@@ -40,6 +40,10 @@ pub(super) struct Seen<'a> {
     /// The upstream reached (a connect succeeded).
     pub upstream: Option<SocketAddr>,
     pub connect_ms: Option<u64>,
+    /// Where the client asked to go (forward proxies, transparent).
+    pub destination: Option<&'a crate::front::Destination>,
+    /// The user it authenticated as.
+    pub user: Option<&'a str>,
 }
 
 /// What a closed connection leaves for its close log line and counters.
@@ -233,6 +237,44 @@ impl Logic {
         }
     }
 
+    /// The relay's reply to its client from `offset`, copied for an owned send.
+    pub(super) fn reply_from(&self, offset: u32) -> Option<Box<[u8]>> {
+        match self {
+            Logic::Relay(r) => Some(r.reply_from(offset).into()),
+            Logic::Echo(_) | Logic::Serve(_) => None,
+        }
+    }
+
+    /// Whether the relay wants its upstream socket's local address.
+    pub(super) fn wants_bound(&self) -> bool {
+        matches!(self, Logic::Relay(r) if r.wants_bound())
+    }
+
+    pub(super) fn set_bound(&mut self, local: Option<SocketAddr>) {
+        if let Logic::Relay(r) = self {
+            r.set_bound(local);
+        }
+    }
+
+    /// The name a relay asked the shard to resolve.
+    pub(super) fn resolve_name(&self) -> Option<&str> {
+        match self {
+            Logic::Relay(r) => r.resolve_name(),
+            Logic::Echo(_) | Logic::Serve(_) => None,
+        }
+    }
+
+    /// The resolver's answer to `resolve_name`.
+    pub(super) fn handle_resolved(
+        &mut self,
+        answer: Result<Vec<std::net::IpAddr>, crate::tcp::handshake::ResolveFail>,
+        cx: &mut Cx<'_>,
+    ) {
+        if let Logic::Relay(r) = self {
+            r.handle_resolved(answer, cx);
+        }
+    }
+
     /// The relay's preface from `offset`, copied for an owned send.
     pub(super) fn preface_from(&self, offset: u32) -> Option<Box<[u8]>> {
         match self {
@@ -301,6 +343,8 @@ impl Logic {
                 sni: r.sni(),
                 upstream: r.connected().then(|| r.target().map(|t| t.addr)).flatten(),
                 connect_ms: r.connect_ms(),
+                destination: r.destination(),
+                user: r.learnt().user.as_deref(),
             },
             Logic::Echo(_) | Logic::Serve(_) => Seen::default(),
         }

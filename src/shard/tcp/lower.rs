@@ -54,6 +54,12 @@ impl TcpService {
                         push_answer(&mut answers, &mut n, Answer::Target);
                         continue;
                     }
+                    ConnOp::Resolve => {
+                        if let Some(name) = conn.logic.resolve_name() {
+                            self.lookups.push((id, name.to_owned()));
+                        }
+                        continue;
+                    }
                     ConnOp::WantPipe(side) => {
                         push_answer(&mut answers, &mut n, Answer::Pipe(side));
                         continue;
@@ -271,6 +277,13 @@ fn lower_io(
                 _ => fail(token),
             }
         }
+        ConnOp::SendReply { offset } => {
+            let token = tok(OpKind::Send, Side::Client);
+            match (fd(Side::Client), conn.logic.reply_from(offset)) {
+                (Some(fd), Some(bytes)) => Op::SendOwned { token, fd, bytes },
+                _ => fail(token),
+            }
+        }
         ConnOp::CancelRecv(side) => Op::CancelOne {
             token: tok(OpKind::CancelRecv, side),
             target: tok(OpKind::Recv, side),
@@ -330,6 +343,7 @@ fn lower_io(
         }
         // Handled by the caller (answered at once, or shard bookkeeping).
         ConnOp::NextTarget
+        | ConnOp::Resolve
         | ConnOp::WantPipe(_)
         | ConnOp::Report { .. }
         | ConnOp::Release(_)

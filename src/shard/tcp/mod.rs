@@ -10,6 +10,7 @@ mod gate;
 mod health;
 mod lower;
 mod reload;
+mod resolve;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use super::slab::{ConnId, Slab};
 use super::token::{OpKind, Token};
 use crate::accesslog::{AccessLogShard, AccessRecord, Proto as AccessProto};
 use crate::config::Cidr;
+use crate::config::forward::TransparentMode;
 use crate::config::{Balance, PassiveHealth};
 use crate::front::sni::SniRoutes;
 use crate::stats::{
@@ -37,6 +39,7 @@ use crate::stats::{
 use crate::tcp::cx::Cx;
 use crate::tcp::echo::Echo;
 use crate::tcp::front::FrontConfig;
+use crate::tcp::handshake::NamedSpec;
 use crate::tcp::lifecycle::{Lifecycle, SockState};
 use crate::tcp::relay::{Ends, ProxyOut, Relay, RelayConfig};
 use crate::tcp::serve::{ServeMode, Server};
@@ -126,6 +129,11 @@ pub struct FrontSpec {
     pub wants_ends: bool,
     /// `allow`/`deny` and the new-connection rates, checked on accept.
     pub gate: GateSpec,
+    /// The client names its destination (SOCKS5, HTTP CONNECT) or dialled
+    /// it (transparent): the kind, users and destination policy.
+    pub named: Option<std::sync::Arc<NamedSpec>>,
+    /// `transparent`: where the destination is read at accept.
+    pub transparent: Option<TransparentMode>,
 }
 
 /// SNI routing of one listener: the matcher and, by its route index, the
@@ -231,6 +239,9 @@ pub(crate) struct TcpService {
     starved: VecDeque<(ConnId, Side)>,
     /// The state machine's requests being lowered.
     scratch: Vec<ConnOp>,
+    /// Names connections asked to resolve, for the engine to hand to the
+    /// shard's resolver (`take_lookups`).
+    lookups: Vec<(ConnId, String)>,
     bufs: Held,
     cap: u32,
     splice: SpliceConfig,
@@ -252,6 +263,7 @@ fn log_access(
     now: Millis,
 ) {
     let seen = conn.logic.seen();
+    let destination = seen.destination.map(|d| d.to_string());
     let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
     let peer = conn.ends.peer.unwrap_or(unknown);
     access.log(&AccessRecord {
@@ -268,6 +280,8 @@ fn log_access(
         bytes_c2u: closed.bytes.0,
         bytes_u2c: closed.bytes.1,
         reason: closed.reason.name(),
+        destination: destination.as_deref(),
+        user: seen.user,
     });
 }
 
@@ -394,6 +408,7 @@ impl TcpService {
             conns: Slab::default(),
             starved: VecDeque::new(),
             scratch: Vec::with_capacity(16),
+            lookups: Vec::new(),
             bufs: Held::new(cfg.buffers),
             cap: cfg.cap,
             splice,
@@ -639,6 +654,19 @@ impl TcpService {
                     && l.spec.front.read.proxy_ms.is_some()
                 {
                     relay.set_access(access.clone());
+                }
+                if let Some(named) = &l.spec.front.named {
+                    relay.set_named(named.clone());
+                    // The address the client dialled: the one NAT rewrote
+                    // (REDIRECT), or the one TPROXY accepted it on.
+                    let dialled = match l.spec.front.transparent {
+                        Some(TransparentMode::Redirect) => ends.original,
+                        Some(TransparentMode::Tproxy) => ends.local,
+                        None => None,
+                    };
+                    if let Some(dst) = dialled {
+                        relay.set_destination(dst);
+                    }
                 }
                 Logic::Relay(relay)
             }

@@ -1183,6 +1183,8 @@ fn log_access(
         bytes_c2u: moved.bytes_c2u,
         bytes_u2c: moved.bytes_u2c,
         reason: end.name(),
+        destination: None,
+        user: None,
     });
 }
 
