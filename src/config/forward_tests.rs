@@ -860,11 +860,9 @@ fn a_forwarder_to_a_proxy_or_transparent_listener_is_not_a_loop() {
         transparent("")
     );
     let plan = resolve_file(&text).unwrap();
-    let wildcard = format!(
-        "[[socks5]]\nlisten = \"0.0.0.0:1080\"\nopen = true\n\
-         [[tcp]]\nlisten = \"127.0.0.1:8080\"\nupstreams = [\"192.0.2.2:1080\"]\n"
-    );
-    let wildcard = resolve_file(&wildcard).unwrap();
+    let wildcard = "[[socks5]]\nlisten = \"0.0.0.0:1080\"\nopen = true\n\
+                    [[tcp]]\nlisten = \"127.0.0.1:8080\"\nupstreams = [\"192.0.2.2:1080\"]\n";
+    let wildcard = resolve_file(wildcard).unwrap();
     let local: [IpAddr; 1] = ["192.0.2.2".parse().unwrap()];
     assert_eq!(local_loop(&wildcard, &local), None);
     assert_eq!(local_loop(&plan, &local), None);
