@@ -19,41 +19,60 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
 }
 
 fn read_capped(path: &Path, cap: u64) -> Result<String, ConfigError> {
-    let shown = path.display().to_string();
-    let fail = |message: String| ConfigError {
-        source_name: shown.clone(),
+    read_text(path, cap, &CONFIG_FILE).map_err(|message| ConfigError {
+        source_name: path.display().to_string(),
         key: String::new(),
         message,
-    };
+    })
+}
+
+/// What kind of file [`read_text`] reads, for its messages.
+pub(super) struct TextFile {
+    /// `config file`, `users file`.
+    pub noun: &'static str,
+    /// What to give instead of something that is not a regular file.
+    pub shape: &'static str,
+    /// What to check when the file is over the cap.
+    pub too_big: &'static str,
+}
+
+const CONFIG_FILE: TextFile = TextFile {
+    noun: "config file",
+    shape: "a regular TOML file",
+    too_big: "a config is a few KiB, so check that --config names the right file",
+};
+
+/// The UTF-8 text of the regular file at `path`, at most `cap` bytes, or
+/// why not (the message does not name the path: the caller's error does).
+pub(super) fn read_text(path: &Path, cap: u64, kind: &TextFile) -> Result<String, String> {
+    let TextFile {
+        noun,
+        shape,
+        too_big,
+    } = kind;
     let limit = format_size(cap);
-    let not_regular = |what: &str| {
-        fail(format!(
-            "is {what}, not a regular file; give a regular TOML file of at most {limit}"
-        ))
-    };
+    let not_regular =
+        |what: &str| format!("is {what}, not a regular file; give {shape} of at most {limit}");
     // Checked before opening: opening a FIFO would block until a writer came.
-    let meta =
-        std::fs::metadata(path).map_err(|e| fail(format!("cannot read config file: {e}")))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {noun}: {e}"))?;
     if !meta.is_file() {
         return Err(not_regular(file_kind(&meta)));
     }
-    let file =
-        std::fs::File::open(path).map_err(|e| fail(format!("cannot read config file: {e}")))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {noun}: {e}"))?;
     let mut bytes = Vec::new();
     file.take(cap.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(|e| fail(format!("cannot read config file: {e}")))?;
+        .map_err(|e| format!("cannot read {noun}: {e}"))?;
     if bytes.len() as u64 > cap {
-        return Err(fail(format!(
-            "is larger than {limit}, the most a config file may be; a config is a few KiB, so \
-             check that --config names the right file"
-        )));
+        return Err(format!(
+            "is larger than {limit}, the most a {noun} may be; {too_big}"
+        ));
     }
     String::from_utf8(bytes).map_err(|e| {
-        fail(format!(
+        format!(
             "is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
             e.utf8_error().valid_up_to()
-        ))
+        )
     })
 }
 

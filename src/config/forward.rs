@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Cidr;
@@ -90,6 +91,9 @@ impl TransparentMode {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Users {
     list: Vec<Credentials>,
+    /// `users_file`, when the list was read from one (shown by `check`
+    /// instead of the passwords, and read again on reload).
+    file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Users {
@@ -100,7 +104,20 @@ impl std::fmt::Debug for Users {
 
 impl Users {
     pub fn new(list: Vec<Credentials>) -> Users {
-        Users { list }
+        Users { list, file: None }
+    }
+
+    /// The users read from `users_file` at `path`.
+    pub fn from_file(path: PathBuf, list: Vec<Credentials>) -> Users {
+        Users {
+            list,
+            file: Some(path),
+        }
+    }
+
+    /// The `users_file` they were read from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// No users: the listener asks for no authentication.

@@ -11,9 +11,11 @@ use super::addr::{parse_listen, parse_upstream};
 use super::balance;
 use super::bandwidth;
 use super::error::{ConfigError, Origin};
+use super::forward::{TcpKind, TransparentMode, TransparentPlan};
 use super::keys::{MAX_UPSTREAMS, Timeout, timeout};
 use super::loops::{ListenAt, UpstreamsAt, UpstreamsKey, reject_loops};
 use super::raw::{Field, Section, clip};
+use super::socks::{self, ProxyKind};
 use super::udp::{file_udp_listener, flag_udp_listener};
 use super::units::{format_size, parse_size};
 use super::{
@@ -21,8 +23,9 @@ use super::{
     health, limits, proxy, routes,
 };
 
-const KEYS: [&str; 18] = [
+const KEYS: [&str; 19] = [
     "name",
+    "transparent",
     "balance",
     "max_fails",
     "fail_timeout",
@@ -47,17 +50,17 @@ const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=10_000_000;
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub(super) const DAY: Duration = Duration::from_secs(86_400);
 
-const CONNECT_TIMEOUT: Timeout = Timeout {
+pub(super) const CONNECT_TIMEOUT: Timeout = Timeout {
     key: "connect_timeout",
     default: Duration::from_secs(5),
     max: Duration::from_secs(600),
 };
-const IDLE_TIMEOUT: Timeout = Timeout {
+pub(super) const IDLE_TIMEOUT: Timeout = Timeout {
     key: "idle_timeout",
     default: Duration::from_secs(600),
     max: DAY.saturating_mul(7),
 };
-const HALF_CLOSE_TIMEOUT: Timeout = Timeout {
+pub(super) const HALF_CLOSE_TIMEOUT: Timeout = Timeout {
     key: "half_close_timeout",
     default: Duration::from_secs(60),
     max: DAY.saturating_mul(7),
@@ -86,6 +89,7 @@ pub(super) struct Listeners {
 pub(super) fn resolve(
     tcp: Option<Field<'_>>,
     udp: Option<Field<'_>>,
+    proxies: Vec<(ProxyKind, Field<'_>)>,
     overrides: &Overrides,
     shards: usize,
 ) -> Result<Listeners, ConfigError> {
@@ -98,9 +102,14 @@ pub(super) fn resolve(
             let ports = limits::port_tables(&section)?;
             for section in per_port(section, &ports) {
                 let (plan, claim) = file_listener(&section, shards)?;
-                let key = UpstreamsKey::Array(section.origin("upstreams"));
-                places.add(&claim, key, &plan.upstreams);
-                places.add_routes(&section, plan.sni.as_ref());
+                // A transparent listener forwards nowhere fixed: its
+                // destination is checked against ringfwd's own listeners
+                // when it is known (the loop guard).
+                if plan.kind == TcpKind::Forward {
+                    let key = UpstreamsKey::Array(section.origin("upstreams"));
+                    places.add(&claim, key, &plan.upstreams);
+                    places.add_routes(&section, plan.sni.as_ref());
+                }
                 registry.claim(claim)?;
                 plans.push(plan);
             }
@@ -115,6 +124,15 @@ pub(super) fn resolve(
         );
         registry.claim(claim)?;
         plans.push(plan);
+    }
+    for (kind, field) in proxies {
+        let name = kind.section();
+        for entry in field.array(&format!("[[{name}]], one section per listener"))? {
+            let section = entry.table(&format!("[[{name}]] with listen = \"127.0.0.1:1080\""))?;
+            let (plan, claim) = socks::proxy_listener(&section, kind, shards)?;
+            registry.claim(claim)?;
+            plans.push(plan);
+        }
     }
     let mut udp_plans = Vec::new();
     if let Some(field) = udp {
@@ -226,16 +244,29 @@ fn file_listener(
     section: &Section<'_>,
     shards: usize,
 ) -> Result<(TcpListenerPlan, Claim), ConfigError> {
-    let keys: Vec<&str> = KEYS.iter().chain(&limits::TCP_KEYS).copied().collect();
+    let keys: Vec<&str> = (KEYS.iter())
+        .chain(&limits::TCP_KEYS)
+        .chain(&socks::POLICY_KEYS)
+        .chain(&socks::MPTCP_KEYS)
+        .copied()
+        .collect();
     section.deny_unknown(&keys, "in [[tcp]]")?;
+    let kind = tcp_kind(section)?;
     let claim = section_claim(section, Proto::Tcp)?;
-    let upstreams_example = "upstreams = [\"10.0.0.5:80\"]";
-    let pool = balance::pool(&required(
-        section,
-        Proto::Tcp,
-        "upstreams",
-        upstreams_example,
-    )?)?;
+    let pool = match kind {
+        TcpKind::Forward => balance::pool(&required(
+            section,
+            Proto::Tcp,
+            "upstreams",
+            "upstreams = [\"10.0.0.5:80\"] (or transparent = \"redirect\" to forward each \
+             connection to the address its client dialled)",
+        )?)?,
+        _ => balance::Pool {
+            upstreams: Vec::new(),
+            weights: Vec::new(),
+        },
+    };
+    let max_connections = section.get("max_connections");
     let plan = TcpListenerPlan {
         name: claim.name.clone(),
         listen: claim.listen,
@@ -246,24 +277,86 @@ fn file_listener(
         connect_timeout: timeout(section, &CONNECT_TIMEOUT)?,
         idle_timeout: timeout(section, &IDLE_TIMEOUT)?,
         half_close_timeout: timeout(section, &HALF_CLOSE_TIMEOUT)?,
-        max_connections: limit(
-            section.get("max_connections"),
-            MAX_CONNECTIONS,
-            DEFAULT_MAX_CONNECTIONS,
-            shards,
-        )?,
-        max_connections_given: super::LimitSource::of(&section.get("max_connections")),
+        max_connections_given: super::LimitSource::of(&max_connections),
+        max_connections: self::max_connections(max_connections, shards)?,
         send_proxy: proxy::send_proxy(section.get("send_proxy"))?,
         accept_proxy: proxy::accept_proxy(section)?,
         sni: routes::sni(section)?,
         limits: limits::tcp_limits(section, shards)?,
         bandwidth_limit: bandwidth::bandwidth_limit(section)?,
         health_check: health::health_check(section)?,
-        kind: super::forward::TcpKind::Forward,
-        mptcp: super::forward::Mptcp::Off,
-        upstream_mptcp: false,
+        kind,
+        mptcp: socks::mptcp(section)?,
+        upstream_mptcp: socks::upstream_mptcp(section)?,
     };
     Ok((plan, claim))
+}
+
+/// `max_connections` of a `[[tcp]]`, `[[socks5]]` or `[[http_connect]]` listener.
+pub(super) fn max_connections(field: Option<Field<'_>>, shards: usize) -> Result<u32, ConfigError> {
+    limit(field, MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, shards)
+}
+
+/// Keys about a pool of upstreams, which a transparent listener has none of.
+const NOT_TRANSPARENT: [&str; 7] = [
+    "upstreams",
+    "routes",
+    "balance",
+    "max_fails",
+    "fail_timeout",
+    "health_check",
+    "accept_proxy",
+];
+
+/// `transparent = "redirect" | "tproxy"` and the keys it allows and forbids;
+/// without it, `Forward`, and the destination policy keys are refused.
+fn tcp_kind(section: &Section<'_>) -> Result<TcpKind, ConfigError> {
+    let example = "transparent = \"redirect\" (or \"tproxy\")";
+    let Some(field) = section.get("transparent") else {
+        if let Some(key) = socks::POLICY_KEYS.iter().find_map(|k| section.get(k)) {
+            return Err(key.error(
+                "bounds where a transparent listener's clients may go, and this [[tcp]] \
+                 listener is not transparent (its connections go to its upstreams); remove it, \
+                 or set transparent = \"redirect\" or \"tproxy\"",
+            ));
+        }
+        return Ok(TcpKind::Forward);
+    };
+    let mode = match field.string(example)?.trim() {
+        "redirect" => TransparentMode::Redirect,
+        "tproxy" => TransparentMode::Tproxy,
+        _ => {
+            return Err(field.error(format!(
+                "{} is not a transparent mode; use \"redirect\" (iptables/nftables REDIRECT: \
+                 the destination is SO_ORIGINAL_DST) or \"tproxy\" (TPROXY: the destination \
+                 is the address the client dialled), like {example}",
+                field.shown()
+            )));
+        }
+    };
+    if let Some(key) = NOT_TRANSPARENT.iter().find_map(|k| section.get(k)) {
+        let name = key
+            .origin
+            .key
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let why = match name.as_str() {
+            "upstreams" => "a transparent listener has no upstreams: each connection goes to \
+                            the address its client dialled"
+                .to_owned(),
+            _ => format!(
+                "{name} does not apply to a transparent listener, whose connections go to the \
+                 address each client dialled, not to upstreams"
+            ),
+        };
+        return Err(key.error(format!(
+            "{why}; remove {name}, or transparent to forward to upstreams"
+        )));
+    }
+    let policy = socks::destination_policy(section, Vec::new())?;
+    Ok(TcpKind::Transparent(TransparentPlan { mode, policy }))
 }
 
 /// The section's `listen` and optional `name`, checked.

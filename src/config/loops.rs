@@ -8,6 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::error::{ConfigError, Origin};
+use super::forward::TcpKind;
 use super::{Plan, Proto};
 
 /// Whether a listener bound to `listen` receives what is sent to `upstream`,
@@ -130,7 +131,10 @@ pub struct LocalLoop {
 /// The first upstream in `plan` that a wildcard listener of the plan receives
 /// because its address is one of this host's (`local`, from getifaddrs).
 pub fn local_loop(plan: &Plan, local: &[IpAddr]) -> Option<LocalLoop> {
+    // A proxy or transparent listener has no fixed destination to loop to:
+    // the runtime loop guard checks each destination it is asked for.
     let listeners: Vec<(Proto, &String, SocketAddr)> = (plan.tcp.iter())
+        .filter(|t| t.kind == TcpKind::Forward)
         .map(|t| (Proto::Tcp, &t.name, t.listen))
         .chain(plan.udp.iter().map(|u| (Proto::Udp, &u.name, u.listen)))
         .collect();

@@ -24,11 +24,14 @@ mod render;
 mod routes;
 mod runtime;
 mod sni;
+mod socks;
 mod udp;
 pub mod units;
 
 #[cfg(test)]
 mod echo_tests;
+#[cfg(test)]
+mod forward_tests;
 #[cfg(test)]
 mod front_tests;
 #[cfg(test)]
@@ -429,7 +432,15 @@ impl Plan {
         let root = document.as_ref().map(raw::Document::root);
         if let Some(root) = &root {
             root.deny_unknown(
-                &["runtime", "tcp", "udp", "log", "admin"],
+                &[
+                    "runtime",
+                    "tcp",
+                    "udp",
+                    "socks5",
+                    "http_connect",
+                    "log",
+                    "admin",
+                ],
                 "at the top level",
             )?;
         }
@@ -441,7 +452,15 @@ impl Plan {
         let runtime = runtime::resolve(runtime_section.as_ref(), overrides, host)?;
         let tcp_field = root.as_ref().and_then(|root| root.get("tcp"));
         let udp_field = root.as_ref().and_then(|root| root.get("udp"));
-        let listeners = listeners::resolve(tcp_field, udp_field, overrides, runtime.shards)?;
+        let proxies = [socks::ProxyKind::Socks5, socks::ProxyKind::HttpConnect]
+            .into_iter()
+            .filter_map(|kind| {
+                let field = root.as_ref()?.get(kind.section())?;
+                Some((kind, field))
+            })
+            .collect();
+        let listeners =
+            listeners::resolve(tcp_field, udp_field, proxies, overrides, runtime.shards)?;
         let log = log::resolve(root.as_ref().and_then(|root| root.get("log")))?;
         let admin = admin::resolve(root.as_ref().and_then(|root| root.get("admin")))?;
         if listeners.tcp.is_empty() && listeners.udp.is_empty() && listeners.echo.is_empty() {

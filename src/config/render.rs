@@ -1,13 +1,16 @@
 //! The `ringfwd check` view of a [`Plan`]: every resolved value in TOML-like form, in human
 //! units, with derived numbers (queue sizes, buffer memory, per-shard limits) as comments.
 //!
-//! A plan with only `[[tcp]]` listeners prints as TOML that resolves back to the same plan on
-//! the same host, so the output can be used as a starting config.
+//! A plan with only `[[tcp]]`, `[[socks5]]` and `[[http_connect]]` listeners prints as TOML
+//! that resolves back to the same plan on the same host, so the output can be used as a
+//! starting config (except for users given inline: their passwords are never printed).
 
 use std::fmt::{self, Display, Formatter};
 
 use super::bandwidth::format_rate;
 use super::cidr::Cidr;
+use super::forward::{DestinationPolicy, ProxyPlan, TcpKind, TransparentPlan};
+use super::socks;
 use super::units::{format_duration, format_size};
 use super::{
     AcceptProxy, AccessTarget, AdminPlan, Balance, EchoMode, EchoPlan, LogPlan, PassiveHealth,
@@ -130,10 +133,87 @@ fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan, udp: bool) -> fmt
 }
 
 fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt::Result {
-    writeln!(f, "[[tcp]]")?;
-    writeln!(f, "name = {:?}", tcp.name)?;
-    writeln!(f, "listen = \"{}\"", tcp.listen)?;
+    match &tcp.kind {
+        TcpKind::Forward => write_forward(f, tcp, shards),
+        TcpKind::Transparent(transparent) => write_transparent(f, tcp, transparent, shards),
+        TcpKind::Socks5(proxy) | TcpKind::HttpConnect(proxy) => write_proxy(f, tcp, proxy, shards),
+    }
+}
+
+fn write_forward(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt::Result {
+    write_head(f, "tcp", tcp)?;
     write_pool(f, &tcp.upstreams, &tcp.weights, tcp.balance, tcp.passive)?;
+    write_connections(f, tcp, shards)?;
+    write_transfer(f, tcp)?;
+    writeln!(f, "{}", super::health::render(tcp.health_check.as_ref()))?;
+    writeln!(f, "send_proxy = \"{}\"", tcp.send_proxy.name())?;
+    write_accept_proxy(f, tcp.accept_proxy.as_ref())?;
+    write_sni(f, tcp.sni.as_ref())
+}
+
+fn write_transparent(
+    f: &mut Formatter<'_>,
+    tcp: &TcpListenerPlan,
+    transparent: &TransparentPlan,
+    shards: usize,
+) -> fmt::Result {
+    write_head(f, "tcp", tcp)?;
+    writeln!(
+        f,
+        "transparent = \"{}\"  # each connection goes where its client dialled",
+        transparent.mode.name()
+    )?;
+    write_connections(f, tcp, shards)?;
+    writeln!(f, "send_proxy = \"{}\"", tcp.send_proxy.name())?;
+    write_transfer(f, tcp)?;
+    write_policy(f, &transparent.policy)
+}
+
+fn write_proxy(
+    f: &mut Formatter<'_>,
+    tcp: &TcpListenerPlan,
+    proxy: &ProxyPlan,
+    shards: usize,
+) -> fmt::Result {
+    write_head(f, tcp.kind.name(), tcp)?;
+    writeln!(f, "{}", socks::describe_users(&proxy.users))?;
+    let open = !tcp.listen.ip().is_loopback()
+        && proxy.users.is_empty()
+        && tcp.limits.access.allow.is_empty();
+    if open {
+        writeln!(
+            f,
+            "open = true  # no users and no client allow list on a non-loopback address"
+        )?;
+    }
+    writeln!(
+        f,
+        "header_timeout = \"{}\"",
+        format_duration(proxy.header_timeout)
+    )?;
+    if let TcpKind::Socks5(_) = tcp.kind {
+        match proxy.udp_idle {
+            Some(idle) => {
+                writeln!(f, "udp = true")?;
+                writeln!(f, "udp_idle_timeout = \"{}\"", format_duration(idle))?;
+            }
+            None => writeln!(f, "udp = false")?,
+        }
+    }
+    write_connections(f, tcp, shards)?;
+    write_transfer(f, tcp)?;
+    write_policy(f, &proxy.policy)
+}
+
+/// `[[SECTION]]`, `name` and `listen`.
+fn write_head(f: &mut Formatter<'_>, section: &str, tcp: &TcpListenerPlan) -> fmt::Result {
+    writeln!(f, "[[{section}]]")?;
+    writeln!(f, "name = {:?}", tcp.name)?;
+    writeln!(f, "listen = \"{}\"", tcp.listen)
+}
+
+/// The timeouts and the limits on who connects and how many.
+fn write_connections(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt::Result {
     writeln!(
         f,
         "connect_timeout = \"{}\"",
@@ -156,14 +236,31 @@ fn write_tcp(f: &mut Formatter<'_>, tcp: &TcpListenerPlan, shards: usize) -> fmt
         tcp.max_connections,
         share_summary(|shard| tcp.shard_share(shard, shards), shards)
     )?;
-    write_tcp_limits(f, &tcp.limits, shards)?;
-    writeln!(f, "{}", super::health::render(tcp.health_check.as_ref()))?;
-    writeln!(f, "send_proxy = \"{}\"", tcp.send_proxy.name())?;
-    write_accept_proxy(f, tcp.accept_proxy.as_ref())?;
+    write_tcp_limits(f, &tcp.limits, shards)
+}
+
+/// `bandwidth_limit`, `mptcp` and `upstream_mptcp`.
+fn write_transfer(f: &mut Formatter<'_>, tcp: &TcpListenerPlan) -> fmt::Result {
     if let Some(rate) = tcp.bandwidth_limit {
         writeln!(f, "bandwidth_limit = \"{}\"", format_rate(rate))?;
     }
-    write_sni(f, tcp.sni.as_ref())
+    writeln!(f, "mptcp = {}", socks::describe_mptcp(tcp.mptcp))?;
+    writeln!(f, "upstream_mptcp = {}", tcp.upstream_mptcp)
+}
+
+fn write_policy(f: &mut Formatter<'_>, policy: &DestinationPolicy) -> fmt::Result {
+    write_ranges(
+        f,
+        "destinations_allow",
+        &policy.allow,
+        "every destination not denied",
+    )?;
+    writeln!(f, "destinations_deny = {}", quoted_list(&policy.deny))?;
+    if policy.ports.is_empty() {
+        writeln!(f, "# ports: unset (every port)")
+    } else {
+        writeln!(f, "ports = {}", socks::describe_ports(&policy.ports))
+    }
 }
 
 fn write_tcp_limits(f: &mut Formatter<'_>, limits: &TcpLimits, shards: usize) -> fmt::Result {
