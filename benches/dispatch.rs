@@ -106,6 +106,7 @@ fn fixture(n: usize) -> Fixture {
                 idle_ms: 600_000,
                 half_close_ms: 60_000,
                 bandwidth: None,
+                upstream_proto: Default::default(),
             }],
             ..EngineConfig::default()
         },

@@ -274,6 +274,11 @@ counters! {
     /// Reloads refused: the file was invalid or a new listener could not be
     /// bound; the configuration before stayed in force.
     ReloadFailed = "reload_failed",
+    // MPTCP (issue 15), counted by the control thread.
+    /// Listeners with `mptcp = "preferred"`, and listeners' upstream sockets
+    /// with `upstream_mptcp = true`, made with plain TCP because the kernel
+    /// made no MPTCP socket (at start and at each reload).
+    MptcpFallback = "mptcp_fallback",
 }
 
 const SCALARS: usize = Counter::ALL.len();

@@ -261,6 +261,7 @@ impl Sim {
                     idle_ms: 1 << 40,
                     half_close_ms: 1 << 39,
                     bandwidth: None,
+                    upstream_proto: Default::default(),
                 });
                 ListenerKind::Forward { route: i as u16 }
             };

@@ -1295,6 +1295,7 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
                 idle_ms: 60_000,
                 half_close_ms: 30_000,
                 bandwidth: None,
+                upstream_proto: Default::default(),
             }],
             datagram_buffers: 8,
             udp_listeners: vec![UdpListenerSpec {

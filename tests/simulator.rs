@@ -331,6 +331,7 @@ impl Sim {
                     idle_ms,
                     half_close_ms: idle_ms / 2,
                     bandwidth,
+                    upstream_proto: Default::default(),
                 }],
                 splice: SpliceConfig {
                     mode: splice,
@@ -2589,6 +2590,7 @@ mod scripted {
                     idle_ms: 60_000,
                     half_close_ms: 60_000,
                     bandwidth: None,
+                    upstream_proto: Default::default(),
                 }],
                 ..EngineConfig::default()
             }

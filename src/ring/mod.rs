@@ -473,12 +473,14 @@ impl Ring {
         self.push((e, None));
     }
 
-    pub fn socket(&mut self, family: i32, kind: SockType, user_data: u64) {
+    /// IORING_OP_SOCKET; `protocol` is socket(2)'s third argument (0: the
+    /// family's default for `kind`, IPPROTO_MPTCP for an MPTCP stream).
+    pub fn socket(&mut self, family: i32, kind: SockType, protocol: i32, user_data: u64) {
         let ty = match kind {
             SockType::Stream => libc::SOCK_STREAM,
             SockType::Datagram => libc::SOCK_DGRAM,
         };
-        let e = opcode::Socket::new(family, ty | libc::SOCK_CLOEXEC, 0)
+        let e = opcode::Socket::new(family, ty | libc::SOCK_CLOEXEC, protocol)
             .build()
             .user_data(user_data);
         self.push((e, None));

@@ -27,6 +27,7 @@ use crate::shard::udp::UDP_DRAIN_GRACE_MS;
 use crate::stats::{Counter, ShardStats};
 use crate::sys::eventfd::EventFd;
 use crate::sys::host::{self, HostError};
+use crate::sys::mptcp::StreamProto;
 use crate::sys::notify;
 use crate::sys::output;
 use crate::sys::signals::{ControlSignals, Intent, Signal};
@@ -40,6 +41,7 @@ mod admin;
 mod descriptors;
 mod reload;
 mod specs;
+mod stream;
 mod upgrade;
 
 /// How long start-up waits for every shard to report ready.
@@ -275,6 +277,8 @@ struct Groups {
     udp: Vec<Group>,
     udp_echo: Vec<Group>,
     tcp_echo: Vec<Group>,
+    /// `mptcp` listeners bound with plain TCP (the kernel has no MPTCP).
+    mptcp_fallback: stream::Fallbacks,
 }
 
 /// Binds every listener as `run` does, so `check` meets the same errors
@@ -284,17 +288,26 @@ struct Groups {
 /// (see `upgrade`), else bound.
 fn bind_groups(plan: &Plan, inherited: &mut upgrade::Inherited) -> Result<Groups, HostError> {
     let n = plan.runtime.shards;
+    let mut mptcp_fallback = stream::Fallbacks::default();
+    let mut tcp = Vec::with_capacity(plan.tcp.len());
+    for t in &plan.tcp {
+        let how = stream::listen_socket(t, &mut mptcp_fallback)?;
+        let (kind, name, listen) = (ListenKind::Tcp, &t.name, t.listen);
+        tcp.push(upgrade::take_or_bind(
+            inherited,
+            kind,
+            name,
+            listen,
+            n,
+            || socket::bind_stream_listeners(name, listen, n, how),
+        )?);
+    }
     let mut group = |kind, name: &str, listen, udp: bool| {
         upgrade::take_or_bind(inherited, kind, name, listen, n, || match udp {
             false => socket::bind_listeners(kind, name, listen, n),
             true => socket::bind_udp_listeners(kind, name, listen, n),
         })
     };
-    let tcp = plan
-        .tcp
-        .iter()
-        .map(|t| group(ListenKind::Tcp, &t.name, t.listen, false))
-        .collect::<Result<_, _>>()?;
     let udp = plan
         .udp
         .iter()
@@ -316,6 +329,7 @@ fn bind_groups(plan: &Plan, inherited: &mut upgrade::Inherited) -> Result<Groups
         udp,
         udp_echo,
         tcp_echo,
+        mptcp_fallback,
     })
 }
 
@@ -356,7 +370,8 @@ impl Runtime {
         let health = Monitor::start(plan)?;
         let (report_tx, reports) = mpsc::channel();
         let mut shards = Vec::with_capacity(n);
-        let reload = reload::State::new(plan, &inputs.tcp, &inputs.udp, &inputs.bound);
+        let mut reload = reload::State::new(plan, &inputs.tcp, &inputs.udp, &inputs.bound);
+        reload.count_mptcp_fallback(inputs.mptcp_fallback);
         let (routes, udp_routes, bound) = (inputs.routes, inputs.udp_routes, inputs.bound);
         let shard_inputs = inputs.tcp.into_iter().zip(inputs.udp);
         for (index, (shard_listeners, shard_udp)) in shard_inputs.enumerate() {
@@ -628,6 +643,7 @@ fn forward_routes(
     routes: &mut Vec<RouteSpec>,
     access_log: bool,
     guard: &LoopGuard,
+    upstream_proto: StreamProto,
 ) -> Result<(u16, FrontSpec), HostError> {
     let too_many = || HostError::Bind {
         what: format!("tcp listener '{}'", t.name),
@@ -650,6 +666,7 @@ fn forward_routes(
             idle_ms: millis(t.idle_timeout),
             half_close_ms: millis(t.half_close_timeout),
             bandwidth: t.bandwidth_limit,
+            upstream_proto,
         });
         Ok(id)
     };

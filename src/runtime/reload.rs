@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+use super::stream::{Fallbacks, listen_socket, upstream_proto};
 use super::{Bound, Runtime, forward_routes, reject_local_loops};
 use crate::config::{Plan, Proto};
 use crate::health::Monitor;
@@ -65,6 +66,9 @@ pub(super) struct State {
     reloads: u64,
     failed: u64,
     retired: ShardStats,
+    /// `mptcp_fallback`: listeners and upstream sockets made with TCP
+    /// because the kernel made no MPTCP socket (at start and reloads).
+    mptcp_fallback: u64,
 }
 
 /// Every TCP listener of `plan` in the shards' order (forwarding, then echo).
@@ -147,7 +151,13 @@ impl State {
             reloads: 0,
             failed: 0,
             retired: ShardStats::default(),
+            mptcp_fallback: 0,
         }
+    }
+
+    /// Counts fallbacks from MPTCP to TCP found while resolving sockets.
+    pub(super) fn count_mptcp_fallback(&mut self, n: Fallbacks) {
+        self.mptcp_fallback += n.0;
     }
 
     /// The configuration in force.
@@ -159,6 +169,7 @@ impl State {
     pub(super) fn add_to(&self, total: &mut ShardStats) {
         total.shard.add(Counter::Reloads, self.reloads);
         total.shard.add(Counter::ReloadFailed, self.failed);
+        total.shard.add(Counter::MptcpFallback, self.mptcp_fallback);
         total.merge(&self.retired);
     }
 }
@@ -242,12 +253,15 @@ enum Source {
 fn shard_specs(
     plan: &Plan,
     n: usize,
+    fallbacks: &mut Fallbacks,
 ) -> Result<(Vec<Vec<ListenerSpec>>, Vec<crate::shard::engine::RouteSpec>), String> {
     let mut routes = Vec::new();
     let mut specs: Vec<Vec<ListenerSpec>> = (0..n).map(|_| Vec::new()).collect();
     let guard = super::loop_guard(plan);
     for t in &plan.tcp {
-        let (route, front) = forward_routes(t, &mut routes, plan.log.access.is_some(), &guard)
+        let upstream = upstream_proto(t, fallbacks);
+        let access_log = plan.log.access.is_some();
+        let (route, front) = forward_routes(t, &mut routes, access_log, &guard, upstream)
             .map_err(|e| e.to_string())?;
         for (shard, list) in specs.iter_mut().enumerate() {
             list.push(super::specs::forward_spec(t, route, &front, shard, n));
@@ -335,7 +349,13 @@ fn listen_kind(key: &Key) -> ListenKind {
 impl Runtime {
     /// Binds what is new, matches what stays (in `held`): the sources of
     /// `keys`, in order.
-    fn sources(&self, held: &[Held], keys: &[(Key, String)]) -> Result<Vec<Source>, String> {
+    fn sources(
+        &self,
+        held: &[Held],
+        keys: &[(Key, String)],
+        plan: &Plan,
+        fallbacks: &mut Fallbacks,
+    ) -> Result<Vec<Source>, String> {
         let n = self.shards.len();
         let mut taken = vec![false; held.len()];
         let mut sources = Vec::with_capacity(keys.len());
@@ -356,9 +376,12 @@ impl Runtime {
                 ListenKind::Udp | ListenKind::UdpEcho => {
                     socket::bind_udp_listeners(kind, name, key.listen, n)
                 }
-                ListenKind::Tcp | ListenKind::Echo => {
-                    socket::bind_listeners(kind, name, key.listen, n)
-                }
+                ListenKind::Tcp => match plan.tcp.iter().find(|t| t.name == *name) {
+                    Some(t) => listen_socket(t, fallbacks)
+                        .and_then(|how| socket::bind_stream_listeners(name, key.listen, n, how)),
+                    None => socket::bind_listeners(kind, name, key.listen, n),
+                },
+                ListenKind::Echo => socket::bind_listeners(kind, name, key.listen, n),
             };
             let (fds, addr) = bound.map_err(|e| e.to_string())?;
             sources.push(Source::Added(fds, addr));
@@ -427,11 +450,13 @@ impl Runtime {
         let n = self.shards.len();
         let keys = tcp_keys(&plan);
         let ukeys = udp_keys(&plan);
-        let (specs, routes) = shard_specs(&plan, n)?;
+        let mut fallbacks = Fallbacks::default();
+        let (specs, routes) = shard_specs(&plan, n, &mut fallbacks)?;
         let (uspecs, uroutes) = super::specs::udp_specs(&plan, n);
-        let sources = self.sources(&self.reload.held, &keys)?;
+        let sources = self.sources(&self.reload.held, &keys, &plan, &mut fallbacks)?;
         // A bind error here drops (closes) the TCP sockets bound above.
-        let usources = self.sources(&self.reload.udp_held, &ukeys)?;
+        let usources = self.sources(&self.reload.udp_held, &ukeys, &plan, &mut fallbacks)?;
+        self.reload.count_mptcp_fallback(fallbacks);
         if !restart.is_empty() {
             warn!(
                 "SIGHUP: {} changed in the file; a running process cannot change {}: they keep their running values until a restart or an upgrade (SIGUSR2); the rest of the file applies",

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
+use super::stream::{Fallbacks, upstream_proto};
 use super::{Bound, Groups, forward_routes, session_buffer};
 use crate::config::{
     EchoMode, EchoPlan, Plan, Proto, TcpListenerPlan, UdpListenerPlan, UdpSendProxy,
@@ -68,6 +69,8 @@ pub(super) struct ShardInputs {
     pub udp: Vec<Vec<(UdpListenerSpec, OwnedFd, bool)>>,
     pub udp_routes: Vec<UdpRouteSpec>,
     pub bound: Vec<Bound>,
+    /// Listeners and upstream sockets that fell back from MPTCP to TCP.
+    pub mptcp_fallback: Fallbacks,
 }
 
 impl ShardInputs {
@@ -81,11 +84,14 @@ impl ShardInputs {
             udp: (0..n).map(|_| Vec::new()).collect(),
             udp_routes: Vec::new(),
             bound: Vec::new(),
+            mptcp_fallback: groups.mptcp_fallback,
         };
         let guard = super::loop_guard(plan);
         for (t, (fds, addr)) in plan.tcp.iter().zip(groups.tcp) {
+            let upstream = upstream_proto(t, &mut inputs.mptcp_fallback);
+            let access_log = plan.log.access.is_some();
             let (route, front) =
-                forward_routes(t, &mut inputs.routes, plan.log.access.is_some(), &guard)?;
+                forward_routes(t, &mut inputs.routes, access_log, &guard, upstream)?;
             for (shard, fd) in fds.into_iter().enumerate() {
                 if let Some(l) = inputs.tcp.get_mut(shard) {
                     l.push((forward_spec(t, route, &front, shard, n), fd));

@@ -655,7 +655,13 @@ impl Loop {
                 self.ring.close(fd.raw(), token)
             }
             Op::Fail { token, errno } => self.fail(token, errno),
-            Op::Socket { token, family } => self.ring.socket(family.raw(), SockType::Stream, token),
+            Op::Socket {
+                token,
+                family,
+                proto,
+            } => self
+                .ring
+                .socket(family.raw(), SockType::Stream, proto.raw(), token),
             Op::Connect {
                 token,
                 timeout_token,
@@ -798,7 +804,7 @@ impl Loop {
                 }
             }
             Op::UdpSocket { token, family } => {
-                self.ring.socket(family.raw(), SockType::Datagram, token)
+                self.ring.socket(family.raw(), SockType::Datagram, 0, token)
             }
             Op::UdpConnect {
                 token,

@@ -6,6 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 
+pub(crate) use crate::sys::mptcp::StreamProto;
 use crate::tcp::RecvEvent;
 use crate::time::Millis;
 
@@ -75,10 +76,11 @@ pub enum Op {
         token: u64,
         fd: Fd,
     },
-    /// Create a TCP socket of `family`.
+    /// Create a stream socket of `family` and `proto` (TCP or MPTCP).
     Socket {
         token: u64,
         family: Family,
+        proto: StreamProto,
     },
     /// Connect to `addr` with `timeout_ms` linked (two completions).
     Connect {

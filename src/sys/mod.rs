@@ -9,11 +9,13 @@ pub(crate) mod connect;
 pub(crate) mod eventfd;
 pub mod host;
 pub(crate) mod inherit;
+pub mod mptcp;
 pub mod notify;
 pub mod output;
 pub(crate) mod pipe;
 pub(crate) mod poll;
 pub(crate) mod signals;
 pub(crate) mod socket;
+pub(crate) mod transparent;
 
 pub use host::HostError;

@@ -10,6 +10,7 @@ use std::os::fd::{OwnedFd, RawFd};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::HostError;
+use super::mptcp::StreamProto;
 
 /// Accept queue length asked for; the kernel caps it at net.core.somaxconn.
 const LISTEN_BACKLOG: i32 = 65535;
@@ -42,8 +43,50 @@ fn bind_error(kind: ListenKind, name: &str, addr: SocketAddr, e: io::Error) -> H
     }
 }
 
+/// How a TCP listener's sockets are made, beyond their address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StreamListen {
+    /// `mptcp`: IPPROTO_MPTCP (resolved: `Tcp` when the kernel has none).
+    pub proto: StreamProto,
+    pub capture: Capture,
+}
+
+/// Which connections a listener may accept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Capture {
+    /// Those to its own address.
+    #[default]
+    Own,
+    /// `transparent = "tproxy"`: also those a TPROXY rule steers to it,
+    /// whatever their destination (IP_TRANSPARENT).
+    Tproxy,
+}
+
 fn new_socket(addr: SocketAddr, reuseport: bool) -> io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    new_stream_socket(addr, reuseport, StreamListen::default())
+}
+
+fn new_stream_socket(addr: SocketAddr, reuseport: bool, how: StreamListen) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(how.proto.socket2()),
+    )?;
+    if how.capture == Capture::Tproxy {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        super::transparent::set_transparent(fd, addr).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EPERM) {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "transparent = \"tproxy\" needs CAP_NET_ADMIN to set IP_TRANSPARENT ({e}): run ringfwd as root or give it the capability (`setcap cap_net_admin=+ep`, or AmbientCapabilities=CAP_NET_ADMIN in the systemd unit)"
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+    }
     s.set_reuse_address(true)?;
     if reuseport {
         s.set_reuse_port(true)?;
@@ -71,6 +114,19 @@ pub(crate) fn bind_listeners(
     })
 }
 
+/// [`bind_listeners`] of sockets made as `how` says (MPTCP, IP_TRANSPARENT).
+pub(crate) fn bind_stream_listeners(
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+    how: StreamListen,
+) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
+    let make = move |addr, reuseport| new_stream_socket(addr, reuseport, how);
+    bind_group(ListenKind::Tcp, name, addr, count, make, |s| {
+        s.listen(LISTEN_BACKLOG)
+    })
+}
+
 /// Tries to pick a free port for port 0 this many times before giving up.
 const PORT_PICKS: usize = 8;
 
@@ -81,7 +137,7 @@ fn bind_group(
     name: &str,
     addr: SocketAddr,
     count: usize,
-    make: fn(SocketAddr, bool) -> io::Result<Socket>,
+    make: impl Fn(SocketAddr, bool) -> io::Result<Socket> + Copy,
     ready: fn(&Socket) -> io::Result<()>,
 ) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
     if addr.port() != 0 {
@@ -119,7 +175,7 @@ fn plain_bind(
     kind: ListenKind,
     name: &str,
     addr: SocketAddr,
-    make: fn(SocketAddr, bool) -> io::Result<Socket>,
+    make: impl Fn(SocketAddr, bool) -> io::Result<Socket> + Copy,
 ) -> Result<Socket, HostError> {
     let s = make(addr, false).map_err(|e| bind_error(kind, name, addr, e))?;
     s.bind(&addr.into())
@@ -133,7 +189,7 @@ fn bind_group_on(
     name: &str,
     addr: SocketAddr,
     count: usize,
-    make: fn(SocketAddr, bool) -> io::Result<Socket>,
+    make: impl Fn(SocketAddr, bool) -> io::Result<Socket> + Copy,
     ready: fn(&Socket) -> io::Result<()>,
 ) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
     // SO_REUSEPORT would silently join another same-user process's group on
@@ -180,7 +236,7 @@ fn join_group(
     name: &str,
     addr: SocketAddr,
     count: usize,
-    make: fn(SocketAddr, bool) -> io::Result<Socket>,
+    make: impl Fn(SocketAddr, bool) -> io::Result<Socket> + Copy,
     ready: fn(&Socket) -> io::Result<()>,
 ) -> Result<Vec<OwnedFd>, HostError> {
     (0..count)
@@ -387,5 +443,53 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd as _;
+
+    fn bind(how: StreamListen) -> (Vec<OwnedFd>, SocketAddr) {
+        bind_stream_listeners("t", "127.0.0.1:0".parse().unwrap(), 2, how).unwrap()
+    }
+
+    #[test]
+    fn stream_listeners_are_made_with_the_protocol_asked_for() {
+        if super::super::mptcp::probe("127.0.0.1:0".parse().unwrap()).is_err() {
+            eprintln!("skipped: this kernel makes no MPTCP socket");
+            return;
+        }
+        for proto in [StreamProto::Tcp, StreamProto::Mptcp] {
+            let (fds, _) = bind(StreamListen {
+                proto,
+                capture: Capture::Own,
+            });
+            for fd in &fds {
+                let got = super::super::mptcp::protocol_of(fd.as_raw_fd()).unwrap();
+                assert_eq!(got, proto);
+            }
+        }
+    }
+
+    #[test]
+    fn tproxy_listeners_are_transparent_before_bind() {
+        let on = |fds: &[OwnedFd]| {
+            fds.iter()
+                .map(|fd| getsockopt_int(fd.as_raw_fd(), libc::SOL_IP, libc::IP_TRANSPARENT))
+                .collect::<io::Result<Vec<u32>>>()
+        };
+        let tproxy = StreamListen {
+            proto: StreamProto::Tcp,
+            capture: Capture::Tproxy,
+        };
+        match bind_stream_listeners("t", "127.0.0.1:0".parse().unwrap(), 2, tproxy) {
+            Ok((fds, _)) => assert_eq!(on(&fds).unwrap(), vec![1, 1]),
+            // Without CAP_NET_ADMIN: the error says what to grant.
+            Err(e) => assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}"),
+        }
+        let (fds, _) = bind(StreamListen::default());
+        assert_eq!(on(&fds).unwrap(), vec![0, 0]);
     }
 }

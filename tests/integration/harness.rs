@@ -111,6 +111,14 @@ impl Proc {
         Proc::launch(cmd, args, listeners)
     }
 
+    /// As `start`, inside network namespace `netns` (`ip netns exec`, which
+    /// execs ringfwd: the pid is ringfwd's).
+    pub(crate) fn start_in_netns(netns: &str, args: &[&str], listeners: usize) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, BIN]);
+        Proc::launch(cmd, args, listeners)
+    }
+
     fn launch(mut cmd: Command, args: &[&str], listeners: usize) -> Proc {
         let mut child = cmd
             .args(args)

@@ -21,6 +21,8 @@ mod health;
 mod known;
 mod lifecycle;
 mod limits;
+mod mptcp;
+mod netns;
 mod peers;
 mod relay;
 mod reload;

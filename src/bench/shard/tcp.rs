@@ -28,7 +28,7 @@ impl Gen {
             return;
         };
         self.ring
-            .socket(self.family, SockType::Stream, tok(OpKind::Socket, slot));
+            .socket(self.family, SockType::Stream, 0, tok(OpKind::Socket, slot));
         self.issued(slot, 1);
     }
 

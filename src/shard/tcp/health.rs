@@ -85,6 +85,7 @@ mod tests {
             idle_ms: 1_000,
             half_close_ms: 1_000,
             bandwidth: None,
+            upstream_proto: Default::default(),
         };
         TcpService::new(TcpConfig {
             routes: vec![route(&[1, 2]), route(&[3])],

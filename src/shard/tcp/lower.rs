@@ -7,7 +7,7 @@
 use super::TcpService;
 use super::conn::Conn;
 use crate::shard::context::{Ctx, TimerKey};
-use crate::shard::ops::{Family, Fd, Op};
+use crate::shard::ops::{Family, Fd, Op, StreamProto};
 use crate::shard::slab::ConnId;
 use crate::shard::token::{OpKind, Token};
 use crate::stats::{Counter, Counters};
@@ -94,6 +94,9 @@ impl TcpService {
                     ConnOp::OpenUpstream { target } => Op::Socket {
                         token: tok(OpKind::Socket, Side::Upstream),
                         family: Family::of(target.addr),
+                        proto: route
+                            .and_then(|r| self.routes.get(r as usize))
+                            .map_or(StreamProto::Tcp, |r| r.spec.upstream_proto),
                     },
                     ConnOp::Connect { target } => {
                         let token = tok(OpKind::Connect, Side::Upstream);

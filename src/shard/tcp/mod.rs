@@ -24,7 +24,7 @@ pub use self::gate::{GateSpec, RateSpec};
 pub use self::reload::{ReloadListener, ShardReload};
 use super::buffers::Held;
 use super::context::{Ctx, Mode};
-use super::ops::{Fd, Op, PipeFds, buffer_id};
+use super::ops::{Fd, Op, PipeFds, StreamProto, buffer_id};
 use super::pipes::{PipePool, PipeSlot};
 use super::slab::{ConnId, Slab};
 use super::token::{OpKind, Token};
@@ -157,6 +157,9 @@ pub struct RouteSpec {
     pub half_close_ms: Millis,
     /// `bandwidth_limit`: bytes per second, per connection and direction.
     pub bandwidth: Option<u64>,
+    /// `upstream_mptcp`: the protocol upstream sockets are made with
+    /// (resolved at start: MPTCP only when the kernel makes it).
+    pub upstream_proto: StreamProto,
 }
 
 /// What the TCP service is built from.

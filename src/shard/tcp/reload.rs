@@ -400,6 +400,7 @@ mod tests {
             idle_ms: 1_000,
             half_close_ms: 1_000,
             bandwidth: None,
+            upstream_proto: Default::default(),
         }
     }
 

@@ -1,0 +1,273 @@
+//! Transparent proxying's kernel side: the destination a client dialled
+//! before netfilter redirected it here (`SO_ORIGINAL_DST`, for REDIRECT),
+//! the `IP_TRANSPARENT` option a TPROXY listener needs, and, for UDP TPROXY,
+//! the per-datagram original destination (`IP_RECVORIGDSTADDR`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use crate::ring::datagram::parse_sockaddr;
+
+/// `struct cmsghdr` on 64-bit Linux: len (u64), level (i32), type (i32).
+#[allow(
+    dead_code,
+    reason = "for UDP transparent = \"tproxy\", not wired yet (issue 15)"
+)]
+const CMSG_HEADER: usize = 16;
+
+/// The destination of accepted connection `fd` before a netfilter REDIRECT
+/// (or DNAT) rewrote it: `SO_ORIGINAL_DST` at SOL_IP for IPv4,
+/// `IP6T_SO_ORIGINAL_DST` at SOL_IPV6 for IPv6. ENOENT: the connection was
+/// not redirected (conntrack has no such entry), so there is nowhere to go.
+#[allow(
+    dead_code,
+    reason = "the accept path of transparent = \"redirect\" calls it (issue 15)"
+)]
+pub(crate) fn original_dst(fd: RawFd) -> io::Result<SocketAddr> {
+    let (_, local) = super::socket::endpoints(fd);
+    let v6 = match local {
+        // A dual-stack socket's IPv4 client is tracked by IPv4 conntrack.
+        Some(SocketAddr::V6(a)) => a.ip().to_ipv4_mapped().is_none(),
+        Some(SocketAddr::V4(_)) => false,
+        None => return Err(io::Error::last_os_error()),
+    };
+    let (level, name) = if v6 {
+        (libc::SOL_IPV6, libc::IP6T_SO_ORIGINAL_DST)
+    } else {
+        (libc::SOL_IP, libc::SO_ORIGINAL_DST)
+    };
+    // SAFETY: sockaddr_storage is plain bytes; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` and `len` are live locals and `len` is `storage`'s
+    // size; the kernel writes at most `len` bytes into it.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut storage).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `storage` is a live, initialised local of
+    // size_of::<sockaddr_storage>() bytes; the slice borrows it read-only
+    // for this call only.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&raw const storage).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr_storage>(),
+        )
+    };
+    let written = bytes.get(..len as usize).unwrap_or(bytes);
+    parse_sockaddr(written).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// IP_TRANSPARENT (IPV6_TRANSPARENT for an IPv6 socket), set before bind:
+/// a TPROXY listener then accepts connections to addresses that are not
+/// this host's. The kernel allows it only with CAP_NET_ADMIN (or
+/// CAP_NET_RAW); EPERM otherwise.
+pub(crate) fn set_transparent(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    match addr {
+        SocketAddr::V4(_) => setsockopt_int(fd, libc::SOL_IP, libc::IP_TRANSPARENT, on),
+        SocketAddr::V6(_) => setsockopt_int(fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, on),
+    }
+}
+
+/// IP_RECVORIGDSTADDR (IPV6_RECVORIGDSTADDR): each datagram then carries
+/// the destination its sender wrote to in a control message
+/// ([`orig_dst_from_control`] reads it) — for a UDP TPROXY socket, the
+/// address a reply must come from.
+#[allow(
+    dead_code,
+    reason = "for UDP transparent = \"tproxy\", not wired yet (issue 15)"
+)]
+pub(crate) fn set_recv_orig_dst(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    match addr {
+        SocketAddr::V4(_) => setsockopt_int(fd, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, on),
+        SocketAddr::V6(_) => setsockopt_int(fd, libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, on),
+    }
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its exact size; the
+    // kernel only reads it. A bad fd yields EBADF, never memory unsafety.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The original destination in a datagram's control messages (as
+/// recvmsg wrote them: `msg_control` up to `msg_controllen`), from an
+/// IP_ORIGDSTADDR (`sockaddr_in`) or IPV6_ORIGDSTADDR (`sockaddr_in6`)
+/// message. Other messages are skipped; a malformed one ends the walk.
+#[allow(
+    dead_code,
+    reason = "for UDP transparent = \"tproxy\", not wired yet (issue 15)"
+)]
+pub(crate) fn orig_dst_from_control(control: &[u8]) -> Option<SocketAddr> {
+    let mut at = 0usize;
+    while let Some(header) = control.get(at..at + CMSG_HEADER) {
+        let len = usize::try_from(u64::from_ne_bytes(header.get(..8)?.try_into().ok()?)).ok()?;
+        let level = i32::from_ne_bytes(header.get(8..12)?.try_into().ok()?);
+        let kind = i32::from_ne_bytes(header.get(12..16)?.try_into().ok()?);
+        if len < CMSG_HEADER {
+            return None;
+        }
+        let data = control.get(at + CMSG_HEADER..at + len)?;
+        let wanted = (level == libc::SOL_IP && kind == libc::IP_ORIGDSTADDR)
+            || (level == libc::SOL_IPV6 && kind == libc::IPV6_ORIGDSTADDR);
+        if wanted {
+            return parse_sockaddr(data);
+        }
+        at = at.checked_add(len.next_multiple_of(8))?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6, UdpSocket};
+    use std::os::fd::AsRawFd as _;
+
+    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+        let len = (CMSG_HEADER + data.len()) as u64;
+        let mut v = Vec::new();
+        v.extend_from_slice(&len.to_ne_bytes());
+        v.extend_from_slice(&level.to_ne_bytes());
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(data);
+        v.resize(v.len().next_multiple_of(8), 0);
+        v
+    }
+
+    fn sockaddr_in(ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut v = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&port.to_be_bytes());
+        v.extend_from_slice(&ip);
+        v.extend_from_slice(&[0; 8]);
+        v
+    }
+
+    fn sockaddr_in6(ip: std::net::Ipv6Addr, port: u16, scope: u32) -> Vec<u8> {
+        let mut v = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&port.to_be_bytes());
+        v.extend_from_slice(&0u32.to_be_bytes());
+        v.extend_from_slice(&ip.octets());
+        v.extend_from_slice(&scope.to_ne_bytes());
+        v
+    }
+
+    #[test]
+    fn parses_ipv4_orig_dst_after_other_messages() {
+        let mut control = cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &7u32.to_ne_bytes());
+        control.extend(cmsg(
+            libc::SOL_IP,
+            libc::IP_ORIGDSTADDR,
+            &sockaddr_in([10, 231, 1, 2], 8080),
+        ));
+        assert_eq!(
+            orig_dst_from_control(&control),
+            Some("10.231.1.2:8080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn parses_ipv6_orig_dst() {
+        let ip: std::net::Ipv6Addr = "fd00:231::2".parse().unwrap();
+        let control = cmsg(
+            libc::SOL_IPV6,
+            libc::IPV6_ORIGDSTADDR,
+            &sockaddr_in6(ip, 53, 0),
+        );
+        assert_eq!(
+            orig_dst_from_control(&control),
+            Some(SocketAddr::V6(SocketAddrV6::new(ip, 53, 0, 0)))
+        );
+    }
+
+    #[test]
+    fn rejects_absent_truncated_and_malformed_messages() {
+        assert_eq!(orig_dst_from_control(&[]), None);
+        // Another level's message of the same type number.
+        let other = cmsg(libc::SOL_SOCKET, libc::IP_ORIGDSTADDR, &[0; 16]);
+        assert_eq!(orig_dst_from_control(&other), None);
+        let whole = cmsg(
+            libc::SOL_IP,
+            libc::IP_ORIGDSTADDR,
+            &sockaddr_in([1, 2, 3, 4], 5),
+        );
+        // Cut inside the sockaddr: its length says more than is there.
+        assert_eq!(orig_dst_from_control(&whole[..CMSG_HEADER + 6]), None);
+        // A length shorter than its own header would loop forever if trusted.
+        let mut bad = whole.clone();
+        bad[..8].copy_from_slice(&4u64.to_ne_bytes());
+        assert_eq!(orig_dst_from_control(&bad), None);
+        // A length past the buffer.
+        let mut long = whole;
+        long[..8].copy_from_slice(&1000u64.to_ne_bytes());
+        assert_eq!(orig_dst_from_control(&long), None);
+    }
+
+    /// The kernel's own control message parses to the address the datagram
+    /// was sent to.
+    #[test]
+    fn reads_the_kernels_orig_dst_message() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        set_recv_orig_dst(rx.as_raw_fd(), to).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"x", to).unwrap();
+        let mut payload = [0u8; 16];
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        };
+        // SAFETY: msghdr is plain data; zeroed is valid (no name wanted).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: every pointer in `msg` names a live local of the length given.
+        let n = unsafe { libc::recvmsg(rx.as_raw_fd(), &raw mut msg, 0) };
+        assert_eq!(n, 1);
+        // SAFETY: `control` is a live local; the kernel wrote `msg_controllen` of its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), msg.msg_controllen)
+        };
+        assert_eq!(orig_dst_from_control(bytes), Some(to));
+    }
+
+    /// A connection nothing redirected has no original destination.
+    #[test]
+    fn original_dst_of_a_plain_connection_is_an_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let got = original_dst(c.as_raw_fd());
+        // ENOENT when conntrack is loaded and has no NAT entry; ENOPROTOOPT
+        // without nf_conntrack.
+        assert!(got.is_err(), "{got:?}");
+    }
+
+    #[test]
+    fn transparent_needs_no_more_than_a_socket_as_root() {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+        match set_transparent(s.as_raw_fd(), addr) {
+            Ok(()) => {}
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}"),
+        }
+    }
+}
