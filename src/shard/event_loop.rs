@@ -22,7 +22,7 @@ use crate::ring::datagram::Layout;
 use crate::ring::{Cqe, RegionId, Ring, SendKind, SockType};
 use crate::stats::ShardStats;
 use crate::sys::eventfd::EventFd;
-use crate::sys::{pipe, socket};
+use crate::sys::{pipe, socket, transparent};
 use crate::tcp::Side;
 use crate::tcp::relay::Ends;
 use crate::tcp::splice::{SpliceConfig, SpliceMode};
@@ -925,10 +925,16 @@ impl Loop {
                 if t.kind == OpKind::Accept && c.res >= 0 && engine.wants_ends(t.slot.index) =>
             {
                 let (peer, local) = socket::endpoints(c.res);
+                // REDIRECT rewrote the destination to ringfwd's own address;
+                // conntrack still has the one the client dialled.
+                let original = engine
+                    .wants_original_dst(t.slot.index)
+                    .then(|| transparent::original_dst(c.res).ok())
+                    .flatten();
                 let ends = Ends {
                     peer,
                     local,
-                    original: None,
+                    original,
                 };
                 engine.handle_accept_cqe(c.user_data, c.res, c.flags, ends, now);
             }

@@ -388,3 +388,32 @@ fn an_open_proxy_is_refused_at_start_unless_asked_for() {
     let (code, _out, err) = run_to_end(&["check", "--config", cfg.to_str().expect("path")]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn a_transparent_listener_reached_directly_closes_without_a_loop() {
+    // No NAT rule sent this client: its original destination is the
+    // listener itself (conntrack without a rewrite) or unknown (no
+    // conntrack). Either way nothing is connected, and it is counted.
+    let cfg = write_config(
+        "[runtime]\nstats_interval = \"100ms\"\nshards = 1\n\n[[tcp]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\ntransparent = \"redirect\"\ndestinations_deny = []\n",
+    );
+    let p = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
+    let mut s = TcpStream::connect(p.first_addr()).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = s.write_all(b"hello");
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    assert!(back.is_empty());
+    p.wait_stat("accepted", WAIT, |v| v == 1);
+    assert!(
+        crate::harness::wait_until(WAIT, || {
+            let st = p.stats();
+            st.get("close_no_destination").copied().unwrap_or(0)
+                + st.get("close_loop_refused").copied().unwrap_or(0)
+                == 1
+        }),
+        "{}",
+        p.log()
+    );
+    assert_eq!(p.stat("connect_attempts"), 0, "no upstream was tried");
+}

@@ -165,7 +165,6 @@ fn without_mptcp_keys_both_hops_are_tcp() {
 
 /// The same through the binary, with the config keys.
 #[test]
-#[ignore = "needs the mptcp / upstream_mptcp config keys (another helper's branch)"]
 fn mptcp_keys_in_the_config_file_make_mptcp_sockets() {
     if !mptcp_here() {
         return;
@@ -187,7 +186,6 @@ fn mptcp_keys_in_the_config_file_make_mptcp_sockets() {
 /// namespace): `mptcp = true` and `upstream_mptcp` fall back to TCP, each
 /// with a warning naming the listener and the sysctl, counted.
 #[test]
-#[ignore = "needs the mptcp / upstream_mptcp config keys (another helper's branch)"]
 fn preferred_falls_back_to_tcp_with_one_warning_and_a_counter() {
     let Some(t) = Topology::new(false) else {
         return;
@@ -213,7 +211,6 @@ fn preferred_falls_back_to_tcp_with_one_warning_and_a_counter() {
 /// `mptcp = "required"` on such a kernel refuses to start, naming the
 /// listener, the key and the sysctl.
 #[test]
-#[ignore = "needs the mptcp / upstream_mptcp config keys (another helper's branch)"]
 fn required_refuses_to_start_without_mptcp() {
     let Some(t) = Topology::new(false) else {
         return;

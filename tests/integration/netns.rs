@@ -621,7 +621,6 @@ fn check_through_ringfwd(t: &Topology, fwd: &Proc) {
 }
 
 #[test]
-#[ignore = "needs the lead's accept wiring (SO_ORIGINAL_DST) and the transparent key"]
 fn transparent_redirect_tcp_reaches_the_original_destination() {
     let Some(t) = Topology::new(true) else {
         return;
@@ -632,7 +631,6 @@ fn transparent_redirect_tcp_reaches_the_original_destination() {
 }
 
 #[test]
-#[ignore = "needs the lead's accept wiring (local address as destination) and the transparent key"]
 fn transparent_tproxy_tcp_reaches_the_original_destination() {
     let Some(t) = Topology::new(true) else {
         return;
