@@ -241,6 +241,16 @@ counters! {
     /// Reloads refused: the file was invalid or a new listener could not be
     /// bound; the configuration before stayed in force.
     ReloadFailed = "reload_failed",
+    // Name resolution (issue 15).
+    /// DNS query datagrams the shard's resolver sent (one per family per try).
+    DnsQueries = "dns_queries",
+    /// DNS queries that got no reply within `resolver_timeout`.
+    DnsTimeouts = "dns_timeouts",
+    /// DNS replies that said NXDOMAIN or no address, SERVFAIL, REFUSED, or
+    /// were otherwise unusable.
+    DnsFailures = "dns_failures",
+    /// Lookups answered from the shard's DNS cache.
+    DnsCacheHits = "dns_cache_hits",
 }
 
 const SCALARS: usize = Counter::ALL.len();

@@ -356,6 +356,7 @@ impl Runtime {
         let mut shards = Vec::with_capacity(n);
         let reload = reload::State::new(plan, &inputs.tcp, &inputs.udp, &inputs.bound);
         let (routes, udp_routes, bound) = (inputs.routes, inputs.udp_routes, inputs.bound);
+        let resolver = specs::resolver_config(plan);
         let shard_inputs = inputs.tcp.into_iter().zip(inputs.udp);
         for (index, (shard_listeners, shard_udp)) in shard_inputs.enumerate() {
             let cpu = rt.cpus.get(index).copied().unwrap_or(index);
@@ -381,6 +382,7 @@ impl Runtime {
                 udp_routes: udp_routes.clone(),
                 fd_budget: host.fd_budget,
                 access_log: access_handles.get_mut(index).and_then(Option::take),
+                resolver: resolver.clone(),
             };
             let control = Control {
                 commands: cmd_rx,

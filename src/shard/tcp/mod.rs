@@ -10,6 +10,7 @@ mod gate;
 mod health;
 mod lower;
 mod reload;
+mod resolve;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
