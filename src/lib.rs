@@ -14,6 +14,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod front;
 pub(crate) mod health;
 pub mod ring;

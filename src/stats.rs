@@ -279,6 +279,16 @@ counters! {
     /// with `upstream_mptcp = true`, made with plain TCP because the kernel
     /// made no MPTCP socket (at start and at each reload).
     MptcpFallback = "mptcp_fallback",
+    // Name resolution (issue 15).
+    /// DNS query datagrams the shard's resolver sent (one per family per try).
+    DnsQueries = "dns_queries",
+    /// DNS queries that got no reply within `resolver_timeout`.
+    DnsTimeouts = "dns_timeouts",
+    /// DNS replies that said NXDOMAIN or no address, SERVFAIL, REFUSED, or
+    /// were otherwise unusable.
+    DnsFailures = "dns_failures",
+    /// Lookups answered from the shard's DNS cache.
+    DnsCacheHits = "dns_cache_hits",
 }
 
 const SCALARS: usize = Counter::ALL.len();

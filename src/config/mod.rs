@@ -147,6 +147,33 @@ pub struct RuntimePlan {
     pub pipe_size: u32,
     /// Where the serving process writes its PID (`None`: nowhere).
     pub pid_file: Option<PathBuf>,
+    /// How shards resolve destination names (`resolver*` keys).
+    pub resolver: ResolverPlan,
+}
+
+/// `runtime.resolver`, `resolver_timeout`, `resolver_attempts`,
+/// `resolver_prefer`: the shards' DNS client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverPlan {
+    /// `None`: the nameservers of /etc/resolv.conf, read by the runtime at
+    /// start and on reload.
+    pub nameservers: Option<Vec<std::net::SocketAddr>>,
+    /// How long one query waits for its reply before the next nameserver.
+    pub timeout: Duration,
+    /// Rounds over every nameserver before a lookup times out.
+    pub attempts: u32,
+    pub prefer: crate::dns::Prefer,
+}
+
+impl Default for ResolverPlan {
+    fn default() -> Self {
+        ResolverPlan {
+            nameservers: None,
+            timeout: Duration::from_secs(2),
+            attempts: 2,
+            prefer: crate::dns::Prefer::Ipv4,
+        }
+    }
 }
 
 /// `runtime.splice`: which relay directions splice (socket → pipe → socket)

@@ -105,6 +105,7 @@ fn write_runtime(f: &mut Formatter<'_>, runtime: &RuntimePlan, udp: bool) -> fmt
     if let Some(path) = &runtime.pid_file {
         writeln!(f, "pid_file = {:?}", path.display().to_string())?;
     }
+    render_resolver(f, &runtime.resolver)?;
     writeln!(
         f,
         "udp_buffers_per_shard = {}  # allocated only with a UDP listener",
@@ -498,4 +499,27 @@ fn shard_range(first: usize, last: usize) -> String {
     } else {
         format!("shards {first}-{last}")
     }
+}
+
+/// The `resolver*` keys; nameservers from /etc/resolv.conf are read when
+/// the process starts, so `check` says where they come from.
+fn render_resolver(f: &mut Formatter<'_>, r: &super::ResolverPlan) -> fmt::Result {
+    match &r.nameservers {
+        Some(list) => {
+            let quoted: Vec<String> = list.iter().map(|a| format!("\"{a}\"")).collect();
+            writeln!(f, "resolver = [{}]", quoted.join(", "))?;
+        }
+        None => writeln!(f, "# resolver: the nameservers of /etc/resolv.conf")?,
+    }
+    writeln!(
+        f,
+        "resolver_timeout = \"{}\"  # per try",
+        format_duration(r.timeout)
+    )?;
+    writeln!(
+        f,
+        "resolver_attempts = {}  # rounds over every nameserver",
+        r.attempts
+    )?;
+    writeln!(f, "resolver_prefer = \"{}\"", r.prefer.as_str())
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use super::error::{COMMAND_LINE, ConfigError, Origin};
 use super::raw::{Field, Section};
 use super::units::format_size;
-use super::{HostFacts, Overrides, RuntimePlan, SpliceMode};
+use super::{HostFacts, Overrides, ResolverPlan, RuntimePlan, SpliceMode};
+use crate::dns::Prefer;
 
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 19] = [
     "shards",
     "cpus",
     "buffer_size",
@@ -26,6 +27,10 @@ const KEYS: [&str; 15] = [
     "max_pipes",
     "pipe_size",
     "pid_file",
+    "resolver",
+    "resolver_timeout",
+    "resolver_attempts",
+    "resolver_prefer",
 ];
 
 pub(super) const MAX_SHARDS: usize = 1024;
@@ -68,6 +73,16 @@ const PIPE_SIZE: RangeInclusive<u64> = (4 << 10)..=(64 << 20);
 /// 1 MiB: the most an unprivileged process may ask (fs.pipe-max-size's
 /// default), and the fastest size measured (tuning.md, "Bulk: splice").
 const DEFAULT_PIPE_SIZE: u32 = 1 << 20;
+
+/// Nameservers a shard asks: each is one socket per shard, and a lookup
+/// that three could not answer will not be saved by a fourth (glibc reads
+/// at most three).
+const MAX_NAMESERVERS: usize = 8;
+const DEFAULT_RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
+const RESOLVER_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(60);
+const RESOLVER_ATTEMPTS: RangeInclusive<u32> = 1..=10;
+const DEFAULT_RESOLVER_ATTEMPTS: u32 = 2;
 
 const WIDEN: &str = "widen the CPU set (taskset / cgroup cpuset)";
 
@@ -152,6 +167,82 @@ pub(super) fn resolve(
         )?,
         pipe_size: pipe_size(get("pipe_size"))?,
         pid_file: pid_file(get("pid_file"))?,
+        resolver: ResolverPlan {
+            nameservers: nameservers(get("resolver"))?,
+            timeout: resolver_timeout(get("resolver_timeout"))?,
+            attempts: count(
+                get("resolver_attempts"),
+                RESOLVER_ATTEMPTS,
+                DEFAULT_RESOLVER_ATTEMPTS,
+                "resolver_attempts = 2",
+            )?,
+            prefer: resolver_prefer(get("resolver_prefer"))?,
+        },
+    })
+}
+
+/// `resolver = ["192.0.2.53:53", "[2001:db8::53]:53"]`: the nameservers
+/// shards ask, in order, instead of those of /etc/resolv.conf.
+fn nameservers(field: Option<Field<'_>>) -> Result<Option<Vec<std::net::SocketAddr>>, ConfigError> {
+    let Some(field) = field else {
+        return Ok(None);
+    };
+    let example = "resolver = [\"192.0.2.53:53\"]";
+    let items = field.array(example)?;
+    if items.len() > MAX_NAMESERVERS {
+        return Err(field.error(format!(
+            "{} names {} nameservers, more than the {MAX_NAMESERVERS} a shard asks (each is a socket per shard); keep the first few",
+            field.shown(),
+            items.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let text = item.string(example)?;
+        let addr = text.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+            item.error(format!(
+                "{} is not a nameserver address; write IP:port (IPv6 in brackets), like {example}",
+                item.shown()
+            ))
+        })?;
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(item.error(format!(
+                "{} cannot be asked (port 0 or an unspecified address); write the nameserver's IP:port, like {example}",
+                item.shown()
+            )));
+        }
+        out.push(addr);
+    }
+    Ok(Some(out))
+}
+
+fn resolver_timeout(field: Option<Field<'_>>) -> Result<Duration, ConfigError> {
+    let Some(field) = field else {
+        return Ok(DEFAULT_RESOLVER_TIMEOUT);
+    };
+    let example = "resolver_timeout = \"2s\"";
+    let d = field.duration(example)?;
+    if !RESOLVER_TIMEOUT.contains(&d) {
+        return Err(field.error(format!(
+            "{} is out of range; use 10ms to 60s per try, like {example}",
+            field.shown()
+        )));
+    }
+    Ok(d)
+}
+
+fn resolver_prefer(field: Option<Field<'_>>) -> Result<Prefer, ConfigError> {
+    let Some(field) = field else {
+        return Ok(Prefer::Ipv4);
+    };
+    let example = "resolver_prefer = \"ipv4\"";
+    let text = field.string(example)?;
+    Prefer::parse(text.trim()).ok_or_else(|| {
+        field.error(format!(
+            "{} is not an address preference; use one of {}, like {example}",
+            field.shown(),
+            Prefer::NAMES.map(|n| format!("\"{n}\"")).join(", ")
+        ))
     })
 }
 

@@ -112,6 +112,7 @@ fn full_file_resolves_to_the_exact_plan() {
             max_pipes: 8,
             pipe_size: 256 << 10,
             pid_file: Some("/run/ringfwd.pid".into()),
+            resolver: ResolverPlan::default(),
         },
         tcp: vec![
             TcpListenerPlan {
@@ -186,6 +187,7 @@ fn defaults_fill_every_missing_value() {
         max_pipes: 64,
         pipe_size: 1 << 20,
         pid_file: None,
+        resolver: ResolverPlan::default(),
     };
     assert_eq!(plan.runtime, want);
     let tcp = &plan.tcp[0];
@@ -1401,5 +1403,66 @@ fn pid_file_must_name_a_file_and_check_shows_it() {
     assert!(
         plan.to_string().contains("pid_file = \"/run/r.pid\""),
         "{plan}"
+    );
+}
+
+#[test]
+fn resolver_keys_are_read_and_bad_values_name_their_key() {
+    let text = format!(
+        "[runtime]\nresolver = [\"192.0.2.53:53\", \"[2001:db8::53]:5353\"]\n\
+         resolver_timeout = \"500ms\"\nresolver_attempts = 3\nresolver_prefer = \"ipv6_only\"\n{LISTENER}"
+    );
+    let r = resolve_file(&text).unwrap().runtime.resolver;
+    assert_eq!(
+        r,
+        ResolverPlan {
+            nameservers: Some(vec![addr("192.0.2.53:53"), addr("[2001:db8::53]:5353")]),
+            timeout: Duration::from_millis(500),
+            attempts: 3,
+            prefer: crate::dns::Prefer::Ipv6Only,
+        }
+    );
+    let rendered = resolve_file(&text).unwrap().to_string();
+    assert!(
+        rendered.contains("resolver = [\"192.0.2.53:53\", \"[2001:db8::53]:5353\"]"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("resolver_prefer = \"ipv6_only\""),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("resolver_timeout = \"500ms\""),
+        "{rendered}"
+    );
+    assert_runtime_rejected(
+        "resolver = [\"192.0.2.53\"]",
+        "runtime.resolver[0]",
+        &["IP:port"],
+    );
+    assert_runtime_rejected(
+        "resolver = \"192.0.2.53:53\"",
+        "runtime.resolver",
+        &["array"],
+    );
+    assert_runtime_rejected(
+        "resolver = [\"0.0.0.0:53\"]",
+        "runtime.resolver[0]",
+        &["unspecified"],
+    );
+    assert_runtime_rejected(
+        "resolver_timeout = \"0s\"",
+        "runtime.resolver_timeout",
+        &["10ms to 60s"],
+    );
+    assert_runtime_rejected(
+        "resolver_attempts = 0",
+        "runtime.resolver_attempts",
+        &["1 to 10"],
+    );
+    assert_runtime_rejected(
+        "resolver_prefer = \"both\"",
+        "runtime.resolver_prefer",
+        &["\"ipv4_only\""],
     );
 }

@@ -167,6 +167,10 @@ pub struct Ring {
     /// is reaped (after the ring is torn down on drop, since `uring` drops
     /// first).
     owned: HashMap<u64, Box<[u8]>>,
+    /// Memory owned receives write into, by their user_data: kept until
+    /// the event loop takes the bytes after the completion (`take_received`),
+    /// and dropped after the ring itself otherwise.
+    receiving: HashMap<u64, Box<[u8]>>,
 }
 
 impl Ring {
@@ -193,6 +197,7 @@ impl Ring {
             inline_sends: VecDeque::new(),
             sq_inline: 0,
             owned: HashMap::new(),
+            receiving: HashMap::new(),
         })
     }
 
@@ -590,6 +595,32 @@ impl Ring {
         Ok(())
     }
 
+    /// One receive of at most `len` bytes into memory the ring allocates and
+    /// keeps until `take_received` (not a provided buffer: these belong to
+    /// the TCP and UDP services). `Err` (nothing queued) if a receive with
+    /// the same `user_data` still holds memory.
+    pub fn recv_owned(&mut self, fd: RawFd, len: u32, user_data: u64) -> io::Result<()> {
+        if self.receiving.contains_key(&user_data) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        let mut buf = vec![0u8; len as usize].into_boxed_slice();
+        // The box's heap memory does not move when the box moves into the map.
+        let ptr = buf.as_mut_ptr();
+        self.receiving.insert(user_data, buf);
+        let e = opcode::Recv::new(types::Fd(fd), ptr, len)
+            .build()
+            .user_data(user_data);
+        self.push((e, None));
+        Ok(())
+    }
+
+    /// The memory of an owned receive, once its completion was reaped (the
+    /// completion's result says how many bytes of it were received); the
+    /// caller's from here on.
+    pub fn take_received(&mut self, user_data: u64) -> Option<Box<[u8]>> {
+        self.receiving.remove(&user_data)
+    }
+
     /// Hands `bytes` to the ring for the ring's whole life, as memory that
     /// `send_region` can send from.
     pub fn add_region(&mut self, bytes: Box<[u8]>) -> RegionId {
@@ -714,8 +745,10 @@ impl Ring {
         // slices (`bufs`, `dgram`), send regions (`regions`, boxed slices that
         // never move), addresses (`targets`), timespecs (`timeouts`,
         // boxed so they never move), recvmsg templates (`templates`, boxed), send
-        // headers (`dgram.slots`, a boxed slice that never moves) and the eventfd
-        // counter (`control_buf`, boxed).
+        // headers (`dgram.slots`, a boxed slice that never moves), owned sends'
+        // and receives' bytes (`owned`, `receiving`: boxed slices kept until
+        // their completion is reaped) and the eventfd counter (`control_buf`,
+        // boxed).
         // Capacity was checked above, so both entries of a linked pair land
         // together (a lone IO_LINK entry would link to an unrelated one).
         unsafe {

@@ -373,6 +373,7 @@ impl Runtime {
         let mut reload = reload::State::new(plan, &inputs.tcp, &inputs.udp, &inputs.bound);
         reload.count_mptcp_fallback(inputs.mptcp_fallback);
         let (routes, udp_routes, bound) = (inputs.routes, inputs.udp_routes, inputs.bound);
+        let resolver = specs::resolver_config(plan);
         let shard_inputs = inputs.tcp.into_iter().zip(inputs.udp);
         for (index, (shard_listeners, shard_udp)) in shard_inputs.enumerate() {
             let cpu = rt.cpus.get(index).copied().unwrap_or(index);
@@ -398,6 +399,7 @@ impl Runtime {
                 udp_routes: udp_routes.clone(),
                 fd_budget: host.fd_budget,
                 access_log: access_handles.get_mut(index).and_then(Option::take),
+                resolver: resolver.clone(),
             };
             let control = Control {
                 commands: cmd_rx,

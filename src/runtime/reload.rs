@@ -501,6 +501,7 @@ impl Runtime {
         self.handover
             .reloaded(Proto::Udp, &names(&self.reload.udp_held), udp.handed);
         let drain_ms = millis(plan.runtime.drain_timeout);
+        let resolver = Arc::new(super::specs::resolver_config(&plan));
         for ((s, part), upart) in self.shards.iter().zip(parts).zip(uparts) {
             let cmd = Command::Reload(Arc::new(ShardReload {
                 listeners: part,
@@ -512,6 +513,8 @@ impl Runtime {
                 },
             }));
             if s.exited.is_none() && s.commands.send(cmd).is_ok() {
+                // The resolver's part follows in the same wakeup.
+                let _ = s.commands.send(Command::Resolver(resolver.clone()));
                 let _ = s.doorbell.notify();
             }
         }

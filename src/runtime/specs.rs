@@ -202,3 +202,46 @@ fn udp_spec(name: &str, kind: UdpKind, limit: u32, listen: SocketAddr) -> UdpLis
         listen,
     }
 }
+
+/// Where the nameservers come from when `[runtime] resolver` is not set.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Static names, looked up before any query.
+const HOSTS: &str = "/etc/hosts";
+
+/// The shards' resolver settings: the plan's keys, with /etc/hosts and
+/// (unless `resolver` names them) /etc/resolv.conf's nameservers read now —
+/// at start and on each reload, never by a shard. A file that cannot be
+/// read counts as empty, with a warning.
+pub(super) fn resolver_config(plan: &Plan) -> crate::dns::ResolverConfig {
+    let r = &plan.runtime.resolver;
+    let nameservers = match &r.nameservers {
+        Some(list) => list.clone(),
+        None => crate::dns::parse_resolv_conf(&read_or_warn(
+            RESOLV_CONF,
+            "no nameserver: a destination name cannot be resolved; set [runtime] resolver",
+        )),
+    };
+    let hosts = crate::dns::Hosts::parse(&read_or_warn(
+        HOSTS,
+        "names are resolved by the nameservers only",
+    ));
+    tracing::debug!(?nameservers, hosts = hosts.len(), "resolver settings");
+    crate::dns::ResolverConfig {
+        nameservers,
+        timeout: millis(r.timeout),
+        attempts: r.attempts,
+        prefer: r.prefer,
+        hosts,
+        ..crate::dns::ResolverConfig::default()
+    }
+}
+
+fn read_or_warn(path: &str, consequence: &str) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::warn!("reading {path} failed: {e}; {consequence}");
+            String::new()
+        }
+    }
+}

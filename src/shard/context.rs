@@ -44,6 +44,10 @@ pub enum TimerKey {
     },
     /// A UDP listener's receive back-off.
     UdpListener(u32),
+    /// The resolver's next per-try timeout.
+    Resolver {
+        deadline: Millis,
+    },
 }
 
 /// Descriptors a shard may hold for its connections and sessions: its share

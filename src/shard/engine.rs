@@ -7,11 +7,13 @@
 use std::os::fd::RawFd;
 
 use super::context::{Ctx, TimerKey};
+use super::resolve::ResolveService;
 use super::slab::ConnId;
 use super::tcp::{TcpConfig, TcpService};
 use super::token::{OpKind, Token};
 use super::udp::{DatagramMeta, UdpConfig, UdpListenerSpec, UdpRouteSpec, UdpService};
 use crate::accesslog::AccessLogShard;
+use crate::dns::{Answer, ResolverConfig};
 use crate::stats::{Counter, ShardStats};
 use crate::tcp::relay::Ends;
 use crate::tcp::splice::SpliceConfig;
@@ -42,12 +44,25 @@ pub struct EngineConfig {
     pub pipes: Vec<PipeFds>,
     /// Descriptors its connections and sessions may hold.
     pub fd_budget: FdBudget,
+    /// How destination names are resolved (nameservers, hosts, preference).
+    pub resolver: ResolverConfig,
+    /// Seeds the resolver's query ids (random per process and shard).
+    pub resolver_seed: u64,
 }
+
+/// Rounds of lookups and answers passed between the TCP and resolver
+/// services in one go: an answer may make a connection ask for another
+/// name (a retry), but never without end.
+const RESOLVE_ROUNDS: usize = 4;
 
 pub struct Engine {
     ctx: Ctx,
     tcp: TcpService,
     udp: UdpService,
+    resolve: ResolveService,
+    /// Lookups the TCP service asked for, and the answers going back to it.
+    lookups: Vec<(ConnId, String)>,
+    answers: Vec<(ConnId, Answer)>,
     fired: Vec<TimerKey>,
 }
 
@@ -68,6 +83,9 @@ impl Engine {
                 listeners: cfg.udp_listeners,
                 routes: cfg.udp_routes,
             }),
+            resolve: ResolveService::new(cfg.resolver, cfg.resolver_seed),
+            lookups: Vec::new(),
+            answers: Vec::new(),
             fired: Vec::new(),
         }
     }
@@ -120,6 +138,13 @@ impl Engine {
         self.tcp.reload(&mut self.ctx, new, now);
         self.udp.reload(&mut self.ctx, &new.udp, now);
         self.after_udp();
+        self.after_tcp(now);
+    }
+
+    /// A reload's resolver settings (`Command::Resolver`).
+    pub fn reload_resolver(&mut self, cfg: &ResolverConfig, now: Millis) {
+        self.resolve.reload(&mut self.ctx, cfg, now);
+        self.after_tcp(now);
     }
 
     /// Frees what a reload retired once nothing uses it any more.
@@ -151,9 +176,20 @@ impl Engine {
         self.tcp.held_buffers()
     }
 
-    /// Operations produced since the last call, for the event loop to execute.
+    /// Operations produced since the last call, for the event loop to
+    /// execute. Once draining or stopping has left no connection or session,
+    /// the resolver closes its sockets first (they would keep the shard's
+    /// own operations in flight for ever).
     pub fn take_ops(&mut self, into: &mut Vec<Op>) {
+        if self.ctx.mode != Mode::Running && self.tcp.is_done() && self.udp.is_done() {
+            self.resolve.shutdown(&mut self.ctx);
+        }
         self.ctx.take_ops(into);
+    }
+
+    /// Resolver sockets open (tests and diagnostics).
+    pub fn resolver_sockets(&self) -> usize {
+        self.resolve.open_sockets()
     }
 
     /// When the event loop must call `advance` next (None: no timer pending).
@@ -244,6 +280,7 @@ impl Engine {
                 .handle_accept(&mut self.ctx, token, res, flags, ends, now),
             None => self.tcp.stale(&mut self.ctx, OpKind::Accept, res, flags),
         }
+        self.after_tcp(now);
     }
 
     /// A front receive's completion with the bytes it received.
@@ -260,6 +297,18 @@ impl Engine {
                 .tcp
                 .handle_front(&mut self.ctx, token, res, flags, bytes, now),
             None => self.tcp.stale(&mut self.ctx, OpKind::FrontRecv, res, flags),
+        }
+        self.after_tcp(now);
+    }
+
+    /// A completion of the resolver's (`bytes`: what an owned receive got).
+    pub fn handle_dns_cqe(&mut self, user_data: u64, res: i32, bytes: Option<&[u8]>, now: Millis) {
+        match Token::decode(user_data) {
+            Some(token) if token.kind.is_dns() => {
+                self.resolve.on_cqe(&mut self.ctx, token, res, bytes, now);
+                self.after_tcp(now);
+            }
+            _ => self.route(user_data, res, 0, None, now),
         }
     }
 
@@ -289,12 +338,40 @@ impl Engine {
         };
         match token.kind {
             OpKind::Control => {}
+            kind if kind.is_dns() => {
+                self.resolve.on_cqe(&mut self.ctx, token, res, None, now);
+                self.after_tcp(now);
+            }
             kind if kind.is_udp() => {
                 self.udp
                     .on_udp_cqe(&mut self.ctx, token, res, flags, meta, now);
                 self.after_udp();
             }
-            _ => self.tcp.handle(&mut self.ctx, token, res, flags, now),
+            _ => {
+                self.tcp.handle(&mut self.ctx, token, res, flags, now);
+                self.after_tcp(now);
+            }
+        }
+    }
+
+    /// Hands the names the TCP service's connections asked for to the
+    /// resolver, and the answers back (at once for hosts, cache hits and
+    /// errors; later ones from the resolver's replies and timeouts).
+    fn after_tcp(&mut self, now: Millis) {
+        for _ in 0..RESOLVE_ROUNDS {
+            self.tcp.take_lookups(&mut self.lookups);
+            if self.lookups.is_empty() && !self.resolve.has_done() {
+                return;
+            }
+            for (id, name) in self.lookups.drain(..) {
+                if let Some(answer) = self.resolve.lookup(&mut self.ctx, id, &name, now) {
+                    self.answers.push((id, answer));
+                }
+            }
+            self.resolve.take_done(&mut self.answers);
+            for (id, answer) in self.answers.drain(..) {
+                self.tcp.resolved(&mut self.ctx, id, answer, now);
+            }
         }
     }
 
@@ -317,10 +394,12 @@ impl Engine {
                     self.udp.session_timer(&mut self.ctx, id, deadline, now)
                 }
                 TimerKey::UdpListener(index) => self.udp.udp_listener_timer(&mut self.ctx, index),
+                TimerKey::Resolver { deadline } => self.resolve.timer(&mut self.ctx, deadline, now),
             }
         }
         self.fired = fired;
         self.after_udp();
+        self.after_tcp(now);
     }
 
     /// Re-arms starved receives while the rings have buffers.
@@ -328,6 +407,7 @@ impl Engine {
         self.tcp.wake_starved(&mut self.ctx, now);
         self.udp.wake_udp_starved(&mut self.ctx, now);
         self.after_udp();
+        self.after_tcp(now);
     }
 
     /// Gives the shard its handle on the access log.

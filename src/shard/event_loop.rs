@@ -62,6 +62,8 @@ pub(crate) struct ShardSetup {
     pub fd_budget: FdBudget,
     /// This shard's handle on the access log, if there is one.
     pub access_log: Option<AccessLogShard>,
+    /// How destination names are resolved (the runtime read the files).
+    pub resolver: crate::dns::ResolverConfig,
 }
 
 /// The splice relay of a shard: `max_pipes` pipes of `pipe_size` bytes,
@@ -159,6 +161,9 @@ pub(crate) enum Command {
     /// A reloaded configuration, this shard's part, swapped in between two
     /// turns of the loop. Upstream ids of later commands are the new ones.
     Reload(Arc<ShardReload>),
+    /// A reload's resolver settings, with /etc/hosts (and /etc/resolv.conf
+    /// unless `[runtime] resolver` names the nameservers) read again.
+    Resolver(Arc<crate::dns::ResolverConfig>),
 }
 
 /// Shard → control thread.
@@ -341,6 +346,15 @@ fn describe(
     describe
 }
 
+/// Unpredictable query ids: std's per-process random hash keys (read from
+/// the OS once), mixed with the shard index.
+fn resolver_seed(shard: usize) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(shard);
+    h.finish()
+}
+
 /// The provided buffer a completion carries, if any.
 fn buffer_of(flags: u32) -> Option<u16> {
     (flags & super::engine::CQE_F_BUFFER != 0).then_some((flags >> 16) as u16)
@@ -419,6 +433,8 @@ pub(crate) fn run(setup: ShardSetup, control: Control) {
             },
             pipes: pipe_fds,
             fd_budget: setup.fd_budget,
+            resolver: setup.resolver,
+            resolver_seed: resolver_seed(shard),
         },
         0,
     );
@@ -611,6 +627,7 @@ impl Loop {
                     engine.reload(&new, now);
                     self.reloaded_udp(engine, &new);
                 }
+                Command::Resolver(cfg) => engine.reload_resolver(&cfg, now),
             }
         }
         if engine.mode() == Mode::Running || !engine.is_done() {
@@ -692,6 +709,11 @@ impl Loop {
                 }
             }
             Op::Send { .. } | Op::SendRegion { .. } => self.execute_send(op),
+            Op::RecvOwned { token, fd, len } => {
+                if self.ring.recv_owned(fd.raw(), len, token).is_err() {
+                    self.fail(token, libc::EINVAL);
+                }
+            }
             Op::Shutdown { token, fd } => {
                 // Inline, not on the ring: see `socket::shutdown_write`. The
                 // result comes back as a completion like any other.
@@ -913,6 +935,12 @@ impl Loop {
     fn route_stream(&mut self, engine: &mut Engine, c: &Cqe, now: Millis) {
         let token = Token::decode(c.user_data);
         match token {
+            Some(t) if t.kind == OpKind::DnsRecv => {
+                let buf = self.ring.take_received(c.user_data);
+                let n = usize::try_from(c.res).unwrap_or(0);
+                let bytes = buf.as_deref().and_then(|b| b.get(..n));
+                engine.handle_dns_cqe(c.user_data, c.res, bytes, now);
+            }
             Some(t) if t.kind == OpKind::FrontRecv => {
                 let bytes = u32::try_from(c.res)
                     .ok()

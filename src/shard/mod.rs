@@ -9,6 +9,7 @@ pub mod engine;
 pub(crate) mod event_loop;
 pub(crate) mod ops;
 pub(crate) mod pipes;
+pub(crate) mod resolve;
 pub mod slab;
 pub(crate) mod tcp;
 pub mod token;

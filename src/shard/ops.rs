@@ -153,6 +153,14 @@ pub enum Op {
         token: u64,
         errno: i32,
     },
+    /// One receive of at most `len` bytes into memory the ring owns (not a
+    /// provided buffer); the bytes come back with the completion (the
+    /// resolver's replies).
+    RecvOwned {
+        token: u64,
+        fd: Fd,
+        len: u32,
+    },
     /// Return a provided buffer to the ring (no completion).
     Release {
         bid: u16,

@@ -53,9 +53,33 @@ pub enum OpKind {
     CancelSplice = 29,
     /// One receive of the front stage (its bytes are copied to the relay).
     FrontRecv = 30,
+    /// The resolver's socket to nameserver `index` (generation = the
+    /// resolver's socket generation, bumped when a reload changes them).
+    DnsSocket = 31,
+    DnsConnect = 32,
+    /// A query datagram (aux = a sequence number: several may be in flight).
+    DnsSend = 33,
+    /// A receive of replies into memory the ring owns.
+    DnsRecv = 34,
+    /// Cancel of the receive on a resolver socket (before its close).
+    DnsCancel = 35,
+    DnsClose = 36,
 }
 
 impl OpKind {
+    /// Whether the resolver service issued it.
+    pub fn is_dns(self) -> bool {
+        matches!(
+            self,
+            OpKind::DnsSocket
+                | OpKind::DnsConnect
+                | OpKind::DnsSend
+                | OpKind::DnsRecv
+                | OpKind::DnsCancel
+                | OpKind::DnsClose
+        )
+    }
+
     /// Whether the UDP service issued it.
     pub fn is_udp(self) -> bool {
         matches!(
@@ -107,6 +131,12 @@ impl OpKind {
             28 => SpliceOut,
             29 => CancelSplice,
             30 => FrontRecv,
+            31 => DnsSocket,
+            32 => DnsConnect,
+            33 => DnsSend,
+            34 => DnsRecv,
+            35 => DnsCancel,
+            36 => DnsClose,
             _ => return None,
         })
     }
@@ -193,7 +223,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind_side_and_extreme_slots() {
-        for k in 1..=30u8 {
+        for k in 1..=36u8 {
             let kind = OpKind::from_u8(k).expect("kind");
             for side in [Side::Client, Side::Upstream] {
                 for (index, generation) in [(0, 0), (MAX_INDEX, GEN_MASK), (12345, 678)] {
@@ -210,6 +240,6 @@ mod tests {
     fn rejects_values_never_issued() {
         assert_eq!(Token::decode(0), None);
         assert_eq!(Token::decode(200), None);
-        assert_eq!(Token::decode(31), None);
+        assert_eq!(Token::decode(37), None);
     }
 }

@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 
 use super::TcpService;
 use crate::config::forward::TransparentMode;
+use crate::dns::ResolveError;
 use crate::shard::context::Ctx;
 use crate::shard::slab::ConnId;
 use crate::shard::token::{OpKind, Token};
@@ -25,9 +26,16 @@ impl TcpService {
         &mut self,
         ctx: &mut Ctx,
         id: ConnId,
-        answer: Result<Vec<IpAddr>, ResolveFail>,
+        answer: Result<Vec<IpAddr>, ResolveError>,
         now: Millis,
     ) {
+        let answer = answer.map_err(|e| match e {
+            ResolveError::NotFound => ResolveFail::NotFound,
+            ResolveError::Timeout => ResolveFail::Timeout,
+            ResolveError::ServerFailure
+            | ResolveError::Overloaded
+            | ResolveError::NoNameservers => ResolveFail::Other,
+        });
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
