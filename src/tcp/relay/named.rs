@@ -342,3 +342,6 @@ impl Relay {
         self.after(cx);
     }
 }
+
+#[cfg(test)]
+mod tests;
