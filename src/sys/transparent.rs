@@ -25,12 +25,15 @@ const CMSG_HEADER: usize = 16;
     reason = "the accept path of transparent = \"redirect\" calls it (issue 15)"
 )]
 pub(crate) fn original_dst(fd: RawFd) -> io::Result<SocketAddr> {
-    let (_, local) = super::socket::endpoints(fd);
+    // SAFETY: `fd` is an open socket the caller owns for the length of this
+    // call; the borrow does not outlive it and nothing here closes it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let local = socket2::SockRef::from(&borrowed).local_addr()?.as_socket();
     let v6 = match local {
         // A dual-stack socket's IPv4 client is tracked by IPv4 conntrack.
         Some(SocketAddr::V6(a)) => a.ip().to_ipv4_mapped().is_none(),
         Some(SocketAddr::V4(_)) => false,
-        None => return Err(io::Error::last_os_error()),
+        None => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
     };
     let (level, name) = if v6 {
         (libc::SOL_IPV6, libc::IP6T_SO_ORIGINAL_DST)
@@ -248,6 +251,59 @@ mod tests {
             std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), msg.msg_controllen)
         };
         assert_eq!(orig_dst_from_control(bytes), Some(to));
+    }
+
+    /// Runs `f` on a thread of its own in a fresh network namespace (a
+    /// thread's namespace is its own: the test process and host are not
+    /// touched; commands it spawns inherit it), with loopback up and the
+    /// nftables `ruleset` loaded there. `None` (reason printed) when this
+    /// host cannot: not root, or no `ip`/`nft`.
+    fn in_own_netns<T: Send + 'static>(
+        ruleset: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        std::thread::spawn(move || {
+            // SAFETY: no pointers; it changes only this thread's network
+            // namespace, which ends with the thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                eprintln!(
+                    "skipped: unshare(CLONE_NEWNET): {}",
+                    io::Error::last_os_error()
+                );
+                return None;
+            }
+            let ok = |cmd: &mut std::process::Command| cmd.status().is_ok_and(|s| s.success());
+            let lo = ok(std::process::Command::new("ip").args(["link", "set", "lo", "up"]));
+            let mut nft = std::process::Command::new("nft");
+            if !lo || !ok(nft.arg(ruleset)) {
+                eprintln!("skipped: ip or nft missing or refused in a new namespace");
+                return None;
+            }
+            Some(f())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// REDIRECT of locally made connections to port 7 of either loopback
+    /// address: their original destination is port 7, over IPv4 and IPv6.
+    #[test]
+    fn original_dst_reads_the_redirected_destination() {
+        let ruleset = "add table inet t; add chain inet t out { type nat hook output priority -100; }; \
+                       add rule inet t out tcp dport 7 redirect to :1007";
+        let got = in_own_netns(ruleset, || {
+            ["127.0.0.1:1007", "[::1]:1007"].map(|at| {
+                let l = std::net::TcpListener::bind(at).unwrap();
+                let mut dial = l.local_addr().unwrap();
+                dial.set_port(7);
+                let _c = std::net::TcpStream::connect(dial).unwrap();
+                let (a, _) = l.accept().unwrap();
+                (dial, original_dst(a.as_raw_fd()).unwrap())
+            })
+        });
+        for (dial, orig) in got.into_iter().flatten() {
+            assert_eq!(orig, dial);
+        }
     }
 
     /// A connection nothing redirected has no original destination.
