@@ -212,12 +212,40 @@ fn restart_keys(old: &Plan, new: &Plan, udp_ring: bool) -> Vec<&'static str> {
         (UDP_WITHOUT_RING, !udp_ring && new.has_udp()),
         ("[log]", old.log != new.log),
         ("[admin]", old.admin != new.admin),
+        (KEPT_MPTCP, kept_socket_changed(old, new, |t| t.mptcp)),
+        (KEPT_TPROXY, kept_socket_changed(old, new, is_tproxy)),
     ];
     checks
         .into_iter()
         .filter(|(_, changed)| *changed)
         .map(|(k, _)| k)
         .collect()
+}
+
+/// `mptcp` and `transparent = "tproxy"` are properties of a listener's
+/// sockets (IPPROTO_MPTCP, IP_TRANSPARENT), which a listener kept by a
+/// reload keeps; an upgrade hands the same sockets over.
+const KEPT_MPTCP: &str = "mptcp of a [[tcp]] listener that stays (its sockets keep their protocol)";
+const KEPT_TPROXY: &str = "transparent = \"tproxy\" of a [[tcp]] listener that stays (its sockets keep IP_TRANSPARENT as made)";
+
+fn is_tproxy(t: &crate::config::TcpListenerPlan) -> bool {
+    use crate::config::forward::{TcpKind, TransparentMode};
+    matches!(&t.kind, TcpKind::Transparent(p) if p.mode == TransparentMode::Tproxy)
+}
+
+/// Whether a `[[tcp]]` listener of `new` that keeps its sockets (same
+/// configured address as one of `old`) wants them made differently.
+fn kept_socket_changed<T: PartialEq>(
+    old: &Plan,
+    new: &Plan,
+    made: impl Fn(&crate::config::TcpListenerPlan) -> T,
+) -> bool {
+    new.tcp.iter().any(|n| {
+        old.tcp
+            .iter()
+            .find(|o| o.listen == n.listen)
+            .is_some_and(|o| made(o) != made(n))
+    })
 }
 
 fn udp_echo(plan: &Plan) -> Vec<&crate::config::EchoPlan> {
@@ -237,6 +265,13 @@ fn effective_plan(old: &Plan, new: Plan, udp_ring: bool) -> Plan {
     }
     plan.log = old.log.clone();
     plan.admin = old.admin.clone();
+    // A kept listener's sockets keep their protocol: so does its plan, so
+    // the next reload still sees the change as pending (KEPT_MPTCP).
+    for t in &mut plan.tcp {
+        if let Some(o) = old.tcp.iter().find(|o| o.listen == t.listen) {
+            t.mptcp = o.mptcp;
+        }
+    }
     plan
 }
 
@@ -650,5 +685,35 @@ mod tests {
             vec![UDP_WITHOUT_RING]
         );
         assert!(effective_plan(&tcp_only, with_udp, false).udp.is_empty());
+    }
+
+    #[test]
+    fn socket_properties_of_a_kept_listener_need_a_restart() {
+        use crate::config::forward::TransparentPlan;
+        use crate::config::forward::{DestinationPolicy, Mptcp, TcpKind, TransparentMode};
+        let old = plan(TCP);
+        let mut mptcp = plan(TCP);
+        mptcp.tcp[0].mptcp = Mptcp::Preferred;
+        assert_eq!(restart_keys(&old, &mptcp, true), vec![KEPT_MPTCP]);
+        let running = effective_plan(&old, mptcp.clone(), true);
+        assert_eq!(running.tcp[0].mptcp, Mptcp::Off);
+        let mut tproxy = plan(TCP);
+        tproxy.tcp[0].kind = TcpKind::Transparent(TransparentPlan {
+            mode: TransparentMode::Tproxy,
+            policy: DestinationPolicy {
+                allow: Vec::new(),
+                deny: Vec::new(),
+                ports: Vec::new(),
+            },
+        });
+        assert_eq!(restart_keys(&old, &tproxy, true), vec![KEPT_TPROXY]);
+        // A listener on another address is bound anew, as asked.
+        let mut moved = mptcp.clone();
+        moved.tcp[0].listen = "127.0.0.1:9".parse().unwrap();
+        assert!(restart_keys(&old, &moved, true).is_empty());
+        // upstream_mptcp is the route's, which a reload replaces.
+        let mut upstream = plan(TCP);
+        upstream.tcp[0].upstream_mptcp = true;
+        assert!(restart_keys(&old, &upstream, true).is_empty());
     }
 }

@@ -225,6 +225,49 @@ mod tests {
         }
     }
 
+    /// The whole start in a network namespace whose kernel makes no MPTCP
+    /// socket (net.mptcp.enabled = 0 there): `"preferred"` and
+    /// `upstream_mptcp` start on TCP, each counted once in
+    /// `mptcp_fallback`; `"required"` refuses to start, naming the
+    /// listener, the key and the sysctl.
+    #[test]
+    fn a_kernel_without_mptcp_falls_back_or_refuses() {
+        use crate::runtime::Runtime;
+        use crate::stats::Counter;
+        let got = crate::sys::testns::in_own_netns(
+            &[&["sysctl", "-qw", "net.mptcp.enabled=0"]],
+            || {
+                let mut t = listener();
+                t.upstreams.truncate(1);
+                let toml = "[runtime]\nshards = 1\n[[tcp]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"127.0.0.1:9\"]\nmax_connections = 16\n";
+                let host = HostFacts {
+                    available_cpus: vec![0],
+                };
+                let mut plan =
+                    Plan::resolve(Some(("t.toml", toml)), &Overrides::default(), &host).unwrap();
+                plan.tcp[0].mptcp = Mptcp::Preferred;
+                plan.tcp[0].upstream_mptcp = true;
+                let rt = Runtime::start(&plan).map_err(|e| e.to_string());
+                let fallbacks = rt.map(|rt| rt.shutdown().get(Counter::MptcpFallback));
+                plan.tcp[0].mptcp = Mptcp::Required;
+                let refused = Runtime::start(&plan).err().map(|e| e.to_string());
+                (fallbacks, refused)
+            },
+        );
+        let Some((fallbacks, refused)) = got else {
+            return;
+        };
+        assert_eq!(
+            fallbacks,
+            Ok(2),
+            "one for the listener, one for its upstreams"
+        );
+        let refused = refused.expect("mptcp = \"required\" started without MPTCP");
+        for part in ["'web'", "mptcp = \"required\"", "net.mptcp.enabled"] {
+            assert!(refused.contains(part), "{part} missing from: {refused}");
+        }
+    }
+
     #[test]
     fn families_probe_each_family_once() {
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();

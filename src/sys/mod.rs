@@ -16,6 +16,8 @@ pub(crate) mod pipe;
 pub(crate) mod poll;
 pub(crate) mod signals;
 pub(crate) mod socket;
+#[cfg(test)]
+pub(crate) mod testns;
 pub(crate) mod transparent;
 
 pub use host::HostError;

@@ -25,12 +25,15 @@ const CMSG_HEADER: usize = 16;
     reason = "the accept path of transparent = \"redirect\" calls it (issue 15)"
 )]
 pub(crate) fn original_dst(fd: RawFd) -> io::Result<SocketAddr> {
-    let (_, local) = super::socket::endpoints(fd);
+    // SAFETY: `fd` is an open socket the caller owns for the length of this
+    // call; the borrow does not outlive it and nothing here closes it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let local = socket2::SockRef::from(&borrowed).local_addr()?.as_socket();
     let v6 = match local {
         // A dual-stack socket's IPv4 client is tracked by IPv4 conntrack.
         Some(SocketAddr::V6(a)) => a.ip().to_ipv4_mapped().is_none(),
         Some(SocketAddr::V4(_)) => false,
-        None => return Err(io::Error::last_os_error()),
+        None => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
     };
     let (level, name) = if v6 {
         (libc::SOL_IPV6, libc::IP6T_SO_ORIGINAL_DST)
@@ -137,6 +140,7 @@ pub(crate) fn orig_dst_from_control(control: &[u8]) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::testns::in_own_netns;
     use std::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6, UdpSocket};
     use std::os::fd::AsRawFd as _;
 
@@ -250,15 +254,42 @@ mod tests {
         assert_eq!(orig_dst_from_control(bytes), Some(to));
     }
 
+    /// REDIRECT of locally made connections to port 7 of either loopback
+    /// address: their original destination is port 7, over IPv4 and IPv6.
+    #[test]
+    fn original_dst_reads_the_redirected_destination() {
+        const RULESET: &str = "add table inet t; add chain inet t out { type nat hook output priority -100; }; \
+                       add rule inet t out tcp dport 7 redirect to :1007";
+        let got = in_own_netns(&[&["nft", RULESET]], || {
+            ["127.0.0.1:1007", "[::1]:1007"].map(|at| {
+                let l = std::net::TcpListener::bind(at).unwrap();
+                let mut dial = l.local_addr().unwrap();
+                dial.set_port(7);
+                let _c = std::net::TcpStream::connect(dial).unwrap();
+                let (a, _) = l.accept().unwrap();
+                (dial, original_dst(a.as_raw_fd()).unwrap())
+            })
+        });
+        for (dial, orig) in got.into_iter().flatten() {
+            assert_eq!(orig, dial);
+        }
+    }
+
     /// A connection nothing redirected has no original destination.
     #[test]
     fn original_dst_of_a_plain_connection_is_an_error() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let got = original_dst(c.as_raw_fd());
+        // In a namespace of its own: the host's ephemeral ports and
+        // conntrack table are the host's business.
+        let got = in_own_netns(&[], || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            original_dst(c.as_raw_fd()).map_err(|e| e.to_string())
+        });
         // ENOENT when conntrack is loaded and has no NAT entry; ENOPROTOOPT
         // without nf_conntrack.
-        assert!(got.is_err(), "{got:?}");
+        if let Some(got) = got {
+            assert!(got.is_err(), "{got:?}");
+        }
     }
 
     #[test]
