@@ -20,10 +20,6 @@ const CMSG_HEADER: usize = 16;
 /// (or DNAT) rewrote it: `SO_ORIGINAL_DST` at SOL_IP for IPv4,
 /// `IP6T_SO_ORIGINAL_DST` at SOL_IPV6 for IPv6. ENOENT: the connection was
 /// not redirected (conntrack has no such entry), so there is nowhere to go.
-#[allow(
-    dead_code,
-    reason = "the accept path of transparent = \"redirect\" calls it (issue 15)"
-)]
 pub(crate) fn original_dst(fd: RawFd) -> io::Result<SocketAddr> {
     // SAFETY: `fd` is an open socket the caller owns for the length of this
     // call; the borrow does not outlive it and nothing here closes it.
