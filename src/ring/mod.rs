@@ -1048,6 +1048,35 @@ mod tests {
         assert_eq!(b.recv(&mut buf).expect("datagram"), 64);
     }
 
+    /// An owned receive gets a datagram into memory the ring holds until
+    /// the bytes are taken, and a second receive under the same user_data
+    /// is refused while the first still holds its memory (the resolver's
+    /// queries and replies, on a real kernel).
+    #[test]
+    fn owned_receives_and_sends_carry_datagrams_through_the_kernel() {
+        let mut ring = Ring::new(8, 2, 4096).expect("ring");
+        let (a, b) = UnixDatagram::pair().expect("socketpair");
+        ring.recv_owned(a.as_raw_fd(), 512, 21)
+            .expect("receive queued");
+        assert!(ring.recv_owned(a.as_raw_fd(), 512, 21).is_err());
+        ring.send_owned(b.as_raw_fd(), Box::new(*b"query"), 22)
+            .expect("send queued");
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.len() < 2 && Instant::now() < deadline {
+            seen.extend(reap_within(&mut ring, Duration::from_millis(100)));
+        }
+        seen.sort_by_key(|c| c.user_data);
+        let lens: Vec<(u64, i32)> = seen.iter().map(|c| (c.user_data, c.res)).collect();
+        assert_eq!(lens, [(21, 5), (22, 5)]);
+        let got = ring.take_received(21).expect("the receive's memory");
+        assert_eq!(got.get(..5), Some(&b"query"[..]));
+        assert!(ring.take_received(21).is_none(), "taken once");
+        // Free again: the next receive under the same user_data is accepted.
+        ring.recv_owned(a.as_raw_fd(), 512, 21)
+            .expect("receive queued");
+    }
+
     #[test]
     fn sends_are_counted_in_the_wait_only_with_defer_taskrun_and_buffers_to_spare() {
         assert_eq!(counted_inline(SetupMode::DeferTaskrun, 3, 512, 512), 3);

@@ -8,6 +8,7 @@ use std::os::fd::OwnedFd;
 
 use super::stream::{Fallbacks, upstream_proto};
 use super::{Bound, Groups, forward_routes, session_buffer};
+use crate::config::forward::TcpKind;
 use crate::config::{
     EchoMode, EchoPlan, Plan, Proto, TcpListenerPlan, UdpListenerPlan, UdpSendProxy,
 };
@@ -211,18 +212,22 @@ const HOSTS: &str = "/etc/hosts";
 /// The shards' resolver settings: the plan's keys, with /etc/hosts and
 /// (unless `resolver` names them) /etc/resolv.conf's nameservers read now —
 /// at start and on each reload, never by a shard. A file that cannot be
-/// read counts as empty, with a warning.
+/// read counts as empty; that is a warning only when a listener lets
+/// clients name destinations (a plain forwarder never resolves a name).
 pub(super) fn resolver_config(plan: &Plan) -> crate::dns::ResolverConfig {
     let r = &plan.runtime.resolver;
+    let names = needs_names(plan);
     let nameservers = match &r.nameservers {
         Some(list) => list.clone(),
-        None => crate::dns::parse_resolv_conf(&read_or_warn(
+        None => crate::dns::parse_resolv_conf(&read_file(
             RESOLV_CONF,
-            "no nameserver: a destination name cannot be resolved; set [runtime] resolver",
+            names,
+            "no nameserver: destination names cannot be resolved; set [runtime] resolver",
         )),
     };
-    let hosts = crate::dns::Hosts::parse(&read_or_warn(
+    let hosts = crate::dns::Hosts::parse(&read_file(
         HOSTS,
+        names,
         "names are resolved by the nameservers only",
     ));
     tracing::debug!(?nameservers, hosts = hosts.len(), "resolver settings");
@@ -236,11 +241,22 @@ pub(super) fn resolver_config(plan: &Plan) -> crate::dns::ResolverConfig {
     }
 }
 
-fn read_or_warn(path: &str, consequence: &str) -> String {
+/// Whether a listener lets its clients name a destination.
+fn needs_names(plan: &Plan) -> bool {
+    plan.tcp
+        .iter()
+        .any(|t| matches!(t.kind, TcpKind::Socks5(_) | TcpKind::HttpConnect(_)))
+}
+
+fn read_file(path: &str, warn: bool, consequence: &str) -> String {
     match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) => {
+        Err(e) if warn => {
             tracing::warn!("reading {path} failed: {e}; {consequence}");
+            String::new()
+        }
+        Err(e) => {
+            tracing::debug!("reading {path} failed: {e}; no listener resolves names");
             String::new()
         }
     }

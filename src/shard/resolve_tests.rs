@@ -159,6 +159,9 @@ fn a_lookup_opens_a_socket_sends_a_query_and_answers_from_the_reply() {
     );
     assert_eq!(ctx.own_inflight(), 0, "every operation came back");
     assert!(ops(&mut ctx).is_empty(), "nothing re-armed after shutdown");
+    // A lookup after shutdown opens no socket (nobody would close it).
+    assert_eq!(svc.lookup(&mut ctx, conn(5), "new.example", 5), None);
+    assert!(ops(&mut ctx).is_empty(), "no socket after shutdown");
 }
 
 fn rearmed_token(ops: &[Op]) -> u64 {

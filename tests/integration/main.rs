@@ -12,6 +12,7 @@ mod capacity;
 mod check;
 mod config;
 mod dns;
+mod dnsd;
 mod docs;
 mod echo_modes;
 mod forward_proxy;
