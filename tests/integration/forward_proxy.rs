@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use crate::dnsd::{Dnsd, Mode as DnsMode};
 use crate::harness::{Proc, blackhole, dead_port, echo_upstream, run_to_end, write_config};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -160,7 +161,7 @@ fn socks5_curl_reaches_an_address_and_a_name_and_ncat_relays_both_ways() {
         let out = child.wait_with_output().expect("ncat output");
         assert_eq!(out.stdout, b"ping through ncat\n", "{}", p.log());
     } else {
-        eprintln!("SKIPPED the ncat part: ncat is not installed");
+        eprintln!("SKIPPED the ncat part: ncat is not installed (.ci/run installs it)");
     }
     // The HTTP server closes first; ncat's client sends its FIN first.
     p.wait_stat("close_upstream_eof", WAIT, |v| v == 2);
@@ -419,4 +420,52 @@ fn a_transparent_listener_reached_directly_closes_without_a_loop() {
         p.log()
     );
     assert_eq!(p.stat("connect_attempts"), 0, "no upstream was tried");
+}
+
+/// A proxy of `kind` whose resolver is `dns` (tries of 300 ms, one attempt).
+fn proxy_with_dns(kind: &str, dns: &Dnsd, keys: &str) -> Proc {
+    let cfg = write_config(&format!(
+        "[runtime]\nstats_interval = \"100ms\"\nshards = 1\n{}\nresolver_timeout = \"300ms\"\nresolver_attempts = 1\n\n[[{kind}]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\n{keys}\n",
+        dns.resolver_line()
+    ));
+    Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1)
+}
+
+#[test]
+fn names_are_resolved_on_the_shard_and_checked_by_their_addresses() {
+    let echo = echo_upstream(1);
+    let port = echo.first_addr().port();
+    let dns = Dnsd::start();
+    dns.insert("app.test", "127.0.0.1");
+    let p = proxy_with_dns("socks5", &dns, OPEN);
+    for round in 0..2 {
+        let (reply, mut s) = socks_request(p.first_addr(), &connect_name("app.test", port));
+        assert_eq!(reply[1], 0, "round {round}: {reply:?}\n{}", p.log());
+        s.write_all(b"by name").expect("write");
+        let mut back = [0u8; 7];
+        s.read_exact(&mut back).expect("echo");
+        assert_eq!(&back, b"by name");
+    }
+    p.wait_stat("dns_cache_hits", WAIT, |v| v == 1);
+    let (reply, mut s) = socks_request(p.first_addr(), &connect_name("missing.test", port));
+    assert_eq!(reply[1], 4, "NXDOMAIN: host unreachable");
+    assert!(read_to_close(&mut s).is_empty());
+    p.wait_stat("close_resolve_failed", WAIT, |v| v == 1);
+
+    // The default destinations_deny: a name that resolves to loopback is
+    // refused like the address (no DNS rebinding around the policy).
+    let q = proxy_with_dns("socks5", &dns, "");
+    let (reply, _) = socks_request(q.first_addr(), &connect_name("app.test", port));
+    assert_eq!(reply[1], 2, "{reply:?}");
+    q.wait_stat("close_destination_denied", WAIT, |v| v == 1);
+
+    // No answer at all: 504 from HTTP CONNECT once the resolver gives up.
+    dns.set_mode(DnsMode::Drop);
+    let h = proxy_with_dns("http_connect", &dns, &format!("{OPEN}\nports = [{port}]"));
+    let (r, _) = connect_raw(
+        h.first_addr(),
+        &format!("CONNECT slow.test:{port} HTTP/1.1\r\n\r\n"),
+    );
+    assert!(r.starts_with("HTTP/1.1 504 "), "{r}");
+    h.wait_stat("dns_timeouts", WAIT, |v| v >= 1);
 }
