@@ -345,8 +345,16 @@ fn users(section: &Section<'_>) -> Result<Users, ConfigError> {
     }
 }
 
+/// A wrong type under `users`, without quoting the value: it may hold a password.
+fn secret_shape(field: &Field<'_>, expected: &str) -> ConfigError {
+    field.error(format!(
+        "expected {expected}, like {USERS_EXAMPLE} (the value is not shown: it may hold a \
+         password)"
+    ))
+}
+
 fn inline_users(field: &Field<'_>) -> Result<Vec<Credentials>, ConfigError> {
-    let items = field.array(USERS_EXAMPLE)?;
+    let items = (field.array(USERS_EXAMPLE)).map_err(|_| secret_shape(field, "an array"))?;
     if items.is_empty() {
         return Err(field.error(format!(
             "[] is empty; list users, like {USERS_EXAMPLE}, or remove the key for no \
@@ -355,7 +363,7 @@ fn inline_users(field: &Field<'_>) -> Result<Vec<Credentials>, ConfigError> {
     }
     let mut list = Vec::with_capacity(items.len());
     for item in &items {
-        let entry = item.table(USERS_EXAMPLE)?;
+        let entry = (item.table(USERS_EXAMPLE)).map_err(|_| secret_shape(item, "a table"))?;
         entry.deny_unknown(&["name", "password"], "in a user")?;
         let text = |key: &str| {
             let field = entry.get(key).ok_or_else(|| {
@@ -363,7 +371,9 @@ fn inline_users(field: &Field<'_>) -> Result<Vec<Credentials>, ConfigError> {
                     "missing; every user needs a name and a password, like {USERS_EXAMPLE}"
                 ))
             })?;
-            let text = field.string(USERS_EXAMPLE)?.to_owned();
+            let text = (field.as_str())
+                .ok_or_else(|| secret_shape(&field, "a string"))?
+                .to_owned();
             Ok::<_, ConfigError>((field, text))
         };
         let (name_field, name) = text("name")?;
