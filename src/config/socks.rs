@@ -60,7 +60,7 @@ impl ProxyKind {
 }
 
 /// The keys of both proxy sections (besides the policy, MPTCP and client keys).
-const PROXY_KEYS: [&str; 12] = [
+const PROXY_KEYS: [&str; 11] = [
     "name",
     "listen",
     "users",
@@ -72,7 +72,6 @@ const PROXY_KEYS: [&str; 12] = [
     "half_close_timeout",
     "max_connections",
     "bandwidth_limit",
-    "upstreams",
 ];
 
 /// Where clients of a proxy or transparent listener may go.
@@ -116,7 +115,6 @@ pub(super) fn proxy_listener(
     shards: usize,
 ) -> Result<(TcpListenerPlan, Claim), ConfigError> {
     let name = kind.section();
-    section.deny_unknown(&kind.keys(), &format!("in [[{name}]]"))?;
     if let Some(field) = section.get("upstreams") {
         return Err(field.error(format!(
             "a [[{name}]] listener has no upstreams: each client names its destination; remove \
@@ -124,6 +122,7 @@ pub(super) fn proxy_listener(
              destinations_deny and ports"
         )));
     }
+    section.deny_unknown(&kind.keys(), &format!("in [[{name}]]"))?;
     if !limits::port_tables(section)?.is_empty() {
         return Err(section.origin("listen").error(format!(
             "a [[{name}]] listener takes one port, not a range; write one address like listen = \
