@@ -544,6 +544,26 @@ fn a_bad_password_is_never_quoted() {
     )))
     .unwrap_err();
     assert!(!err.to_string().contains("SECRETWORD"), "{err}");
+    for (users, key, expected) in [
+        (
+            "\"alice:SECRETWORD\"",
+            "socks5[0].users",
+            "expected an array",
+        ),
+        (
+            "[\"alice:SECRETWORD\"]",
+            "socks5[0].users[0]",
+            "expected a table",
+        ),
+        (
+            "[{ name = \"alice\", password = [\"SECRETWORD\"] }]",
+            "socks5[0].users[0].password",
+            "expected a string",
+        ),
+    ] {
+        let err = assert_rejected(&socks(&format!("users = {users}")), key, &[expected]);
+        assert!(!err.to_string().contains("SECRETWORD"), "{err}");
+    }
     let path = temp_file("no-colon", "alice:ok\nSECRETWORD\n");
     let err = resolve_file(&socks(&format!(
         "users_file = {:?}",

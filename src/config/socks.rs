@@ -60,7 +60,7 @@ impl ProxyKind {
 }
 
 /// The keys of both proxy sections (besides the policy, MPTCP and client keys).
-const PROXY_KEYS: [&str; 12] = [
+const PROXY_KEYS: [&str; 11] = [
     "name",
     "listen",
     "users",
@@ -72,7 +72,6 @@ const PROXY_KEYS: [&str; 12] = [
     "half_close_timeout",
     "max_connections",
     "bandwidth_limit",
-    "upstreams",
 ];
 
 /// Where clients of a proxy or transparent listener may go.
@@ -116,7 +115,6 @@ pub(super) fn proxy_listener(
     shards: usize,
 ) -> Result<(TcpListenerPlan, Claim), ConfigError> {
     let name = kind.section();
-    section.deny_unknown(&kind.keys(), &format!("in [[{name}]]"))?;
     if let Some(field) = section.get("upstreams") {
         return Err(field.error(format!(
             "a [[{name}]] listener has no upstreams: each client names its destination; remove \
@@ -124,6 +122,7 @@ pub(super) fn proxy_listener(
              destinations_deny and ports"
         )));
     }
+    section.deny_unknown(&kind.keys(), &format!("in [[{name}]]"))?;
     if !limits::port_tables(section)?.is_empty() {
         return Err(section.origin("listen").error(format!(
             "a [[{name}]] listener takes one port, not a range; write one address like listen = \
@@ -345,8 +344,16 @@ fn users(section: &Section<'_>) -> Result<Users, ConfigError> {
     }
 }
 
+/// A wrong type under `users`, without quoting the value: it may hold a password.
+fn secret_shape(field: &Field<'_>, expected: &str) -> ConfigError {
+    field.error(format!(
+        "expected {expected}, like {USERS_EXAMPLE} (the value is not shown: it may hold a \
+         password)"
+    ))
+}
+
 fn inline_users(field: &Field<'_>) -> Result<Vec<Credentials>, ConfigError> {
-    let items = field.array(USERS_EXAMPLE)?;
+    let items = (field.array(USERS_EXAMPLE)).map_err(|_| secret_shape(field, "an array"))?;
     if items.is_empty() {
         return Err(field.error(format!(
             "[] is empty; list users, like {USERS_EXAMPLE}, or remove the key for no \
@@ -355,7 +362,7 @@ fn inline_users(field: &Field<'_>) -> Result<Vec<Credentials>, ConfigError> {
     }
     let mut list = Vec::with_capacity(items.len());
     for item in &items {
-        let entry = item.table(USERS_EXAMPLE)?;
+        let entry = (item.table(USERS_EXAMPLE)).map_err(|_| secret_shape(item, "a table"))?;
         entry.deny_unknown(&["name", "password"], "in a user")?;
         let text = |key: &str| {
             let field = entry.get(key).ok_or_else(|| {
@@ -363,7 +370,9 @@ fn inline_users(field: &Field<'_>) -> Result<Vec<Credentials>, ConfigError> {
                     "missing; every user needs a name and a password, like {USERS_EXAMPLE}"
                 ))
             })?;
-            let text = field.string(USERS_EXAMPLE)?.to_owned();
+            let text = (field.as_str())
+                .ok_or_else(|| secret_shape(&field, "a string"))?
+                .to_owned();
             Ok::<_, ConfigError>((field, text))
         };
         let (name_field, name) = text("name")?;

@@ -170,3 +170,33 @@ fn bad_flags_are_rejected_naming_the_flag() {
         assert!(err.contains(key), "{args:?}: {err}");
     }
 }
+
+/// Issue 15: a SOCKS5 or HTTP CONNECT listener that anyone could use is
+/// refused by `check` (and so at start, which resolves the same plan), naming
+/// the listener, its address and the three keys that fix it; each fix passes.
+#[test]
+fn check_refuses_an_open_forward_proxy_naming_the_keys_that_fix_it() {
+    let open = "[runtime]\nshards = 1\n[[socks5]]\nname = \"egress\"\nlisten = \"0.0.0.0:0\"\n";
+    let (code, _, err) = check(open);
+    assert_eq!(code, Some(2), "{err}");
+    for want in [
+        "socks5[0].listen",
+        "\"egress\" on 0.0.0.0:0 would be an open proxy",
+        "set users (or users_file)",
+        "allow to list the clients",
+        "open = true",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    let users = write_config("alice:secret\n");
+    for fix in [
+        format!("users_file = {:?}\n", users.display().to_string()),
+        "allow = [\"10.0.0.0/8\"]\n".to_owned(),
+        "open = true\n".to_owned(),
+    ] {
+        let (code, out, err) = check(&format!("{open}{fix}"));
+        assert_eq!(code, Some(0), "{fix}: {err}");
+        assert!(out.contains("[[socks5]]\nname = \"egress\"\n"), "{out}");
+        assert!(!out.contains("secret"), "{out}");
+    }
+}
