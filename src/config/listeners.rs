@@ -159,6 +159,20 @@ pub(super) fn resolve(
         udp_plans.push(plan);
     }
     reject_loops(&places.listens, &places.upstreams)?;
+    let echo = echo_plans(overrides, &mut registry)?;
+    Ok(Listeners {
+        tcp: plans,
+        udp: udp_plans,
+        echo,
+    })
+}
+
+/// The built-in servers of `ringfwd echo`, in the order given, each address
+/// claimed in `registry` like a listener's.
+fn echo_plans(
+    overrides: &Overrides,
+    registry: &mut Registry,
+) -> Result<Vec<EchoPlan>, ConfigError> {
     let mut echo = Vec::new();
     let rr = EchoMode::RequestResponse {
         request: message_size("--request-size", overrides.echo_request_size.as_deref())?,
@@ -205,11 +219,7 @@ pub(super) fn resolve(
             });
         }
     }
-    Ok(Listeners {
-        tcp: plans,
-        udp: udp_plans,
-        echo,
-    })
+    Ok(echo)
 }
 
 /// The section itself, or, for a port range, the section read once per

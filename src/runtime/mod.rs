@@ -299,11 +299,12 @@ fn bind_groups(plan: &Plan, inherited: &mut upgrade::Inherited) -> Result<Groups
             name,
             listen,
             n,
+            Some(how),
             || socket::bind_stream_listeners(name, listen, n, how),
         )?);
     }
     let mut group = |kind, name: &str, listen, udp: bool| {
-        upgrade::take_or_bind(inherited, kind, name, listen, n, || match udp {
+        upgrade::take_or_bind(inherited, kind, name, listen, n, None, || match udp {
             false => socket::bind_listeners(kind, name, listen, n),
             true => socket::bind_udp_listeners(kind, name, listen, n),
         })

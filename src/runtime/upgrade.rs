@@ -24,6 +24,7 @@ use super::Groups;
 use crate::config::{Plan, Proto};
 use crate::sys::HostError;
 use crate::sys::inherit::{self, ReadyPipe, SocketKind};
+use crate::sys::socket::StreamListen;
 use crate::sys::socket::{self, ListenKind};
 
 /// Names the handed-over listening sockets: `proto addr name fd,fd...`
@@ -436,6 +437,7 @@ pub(super) fn take_or_bind(
     name: &str,
     listen: SocketAddr,
     count: usize,
+    stream: Option<StreamListen>,
     bind: impl FnOnce() -> Result<(Vec<OwnedFd>, SocketAddr), HostError>,
 ) -> Result<(Vec<OwnedFd>, SocketAddr), HostError> {
     let proto = match kind {
@@ -451,7 +453,10 @@ pub(super) fn take_or_bind(
     let more = count - fds.len();
     if more > 0 {
         let joined = match proto {
-            Proto::Tcp => socket::join_listeners(kind, name, addr, more)?,
+            Proto::Tcp => match stream {
+                Some(how) => socket::join_stream_listeners(name, addr, more, how)?,
+                None => socket::join_listeners(kind, name, addr, more)?,
+            },
             Proto::Udp => socket::join_udp_listeners(kind, name, addr, more)?,
         };
         fds.extend(joined);

@@ -221,6 +221,21 @@ pub(crate) fn join_listeners(
     })
 }
 
+/// [`join_listeners`] for a listener made as `how` says (MPTCP,
+/// IP_TRANSPARENT): the joined sockets must be made like the handed-over
+/// ones, or a TPROXY'd or MPTCP client landing on them would be refused.
+pub(crate) fn join_stream_listeners(
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+    how: StreamListen,
+) -> Result<Vec<OwnedFd>, HostError> {
+    let make = move |addr, reuseport| new_stream_socket(addr, reuseport, how);
+    join_group(ListenKind::Tcp, name, addr, count, make, |s| {
+        s.listen(LISTEN_BACKLOG)
+    })
+}
+
 /// [`join_listeners`] for UDP.
 pub(crate) fn join_udp_listeners(
     kind: ListenKind,
@@ -491,5 +506,23 @@ mod tests {
         }
         let (fds, _) = bind(StreamListen::default());
         assert_eq!(on(&fds).unwrap(), vec![0, 0]);
+    }
+
+    #[test]
+    fn sockets_joined_after_an_upgrade_are_made_like_the_group() {
+        let tproxy = StreamListen {
+            proto: StreamProto::Tcp,
+            capture: Capture::Tproxy,
+        };
+        let Ok((_held, addr)) =
+            bind_stream_listeners("t", "127.0.0.1:0".parse().unwrap(), 1, tproxy)
+        else {
+            return; // No CAP_NET_ADMIN: the test above checks the message.
+        };
+        let joined = join_stream_listeners("t", addr, 2, tproxy).unwrap();
+        for fd in &joined {
+            let on = getsockopt_int(fd.as_raw_fd(), libc::SOL_IP, libc::IP_TRANSPARENT).unwrap();
+            assert_eq!(on, 1, "a joined tproxy socket is transparent too");
+        }
     }
 }
