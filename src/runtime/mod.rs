@@ -761,7 +761,13 @@ pub(crate) fn loop_guard(plan: &Plan) -> LoopGuard {
         .iter()
         .filter(|e| e.proto == Proto::Tcp)
         .map(|e| e.listen);
-    LoopGuard::new(plan.tcp.iter().map(|t| t.listen).chain(echo))
+    let guard = LoopGuard::new(plan.tcp.iter().map(|t| t.listen).chain(echo));
+    // Only a forward proxy or transparent listener checks it: read the
+    // interfaces only then.
+    if plan.tcp.iter().any(|t| t.kind != TcpKind::Forward) && !guard.wildcard_ports.is_empty() {
+        return guard.with_local(&host::local_addresses());
+    }
+    guard
 }
 
 fn uses_hash_source(t: &TcpListenerPlan) -> bool {

@@ -4,7 +4,7 @@
 //! answers how going there went. Pure: the bytes received so far in, a step
 //! and the reply bytes out; the parsers are those of `crate::front`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::forward::{DestinationPolicy, Refusal, Users};
 use crate::front::connect::{self, Head, Status};
@@ -49,9 +49,8 @@ pub struct LoopGuard {
     /// Listeners bound to one address.
     pub exact: Vec<SocketAddr>,
     /// Ports of listeners bound to a wildcard address: any loopback or
-    /// unspecified address on them is ringfwd too. (Other local addresses
-    /// on them are not known without asking the kernel for the interfaces;
-    /// the default `destinations_deny` covers loopback, not those.)
+    /// unspecified address on them is ringfwd too, and so is every address
+    /// of the host's interfaces (`with_local`), read at start and reload.
     pub wildcard_ports: Vec<u16>,
 }
 
@@ -67,6 +66,16 @@ impl LoopGuard {
             }
         }
         g
+    }
+
+    /// Adds the host's own addresses on every wildcard listener's port.
+    pub fn with_local(mut self, local: &[IpAddr]) -> LoopGuard {
+        for &port in &self.wildcard_ports {
+            for &ip in local {
+                self.exact.push(SocketAddr::new(ip.to_canonical(), port));
+            }
+        }
+        self
     }
 
     pub fn hits(&self, addr: SocketAddr) -> bool {

@@ -213,4 +213,13 @@ fn the_loop_guard_knows_exact_and_wildcard_listeners() {
     assert!(g.hits("127.0.0.5:3128".parse().expect("addr")));
     assert!(g.hits("0.0.0.0:3128".parse().expect("addr")));
     assert!(!g.hits("192.0.2.9:3128".parse().expect("addr")));
+    let g = g.with_local(&["192.0.2.9".parse().expect("ip")]);
+    assert!(
+        g.hits("192.0.2.9:3128".parse().expect("addr")),
+        "a local address"
+    );
+    assert!(
+        !g.hits("192.0.2.9:1080".parse().expect("addr")),
+        "not a wildcard's port"
+    );
 }
