@@ -469,3 +469,76 @@ fn names_are_resolved_on_the_shard_and_checked_by_their_addresses() {
     assert!(r.starts_with("HTTP/1.1 504 "), "{r}");
     h.wait_stat("dns_timeouts", WAIT, |v| v >= 1);
 }
+
+/// A child process killed (by its PID) when the test ends.
+struct Peer(std::process::Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn curl_tunnels_to_nginx_through_http_connect_and_socks5() {
+    if !have("nginx") || !have("curl") {
+        eprintln!("SKIPPED: nginx or curl is not installed (.ci/run installs them)");
+        return;
+    }
+    let dir = crate::harness::temp_path("connect-nginx");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("index.html"), BODY).expect("page");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {d}; }} }}\n",
+            d = dir.display()
+        ),
+    )
+    .expect("write nginx.conf");
+    let _nginx = Peer(
+        Command::new("nginx")
+            .args([
+                "-c",
+                conf.to_str().expect("path"),
+                "-p",
+                dir.to_str().expect("path"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx"),
+    );
+    assert!(
+        crate::harness::wait_until(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "nginx listens"
+    );
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let h = proxy(
+        "http_connect",
+        &format!("{OPEN}\nports = [{port}]\nusers = [{{ name = \"user\", password = \"pass\" }}]"),
+    );
+    let x = format!("http://user:pass@{}", h.first_addr());
+    let out = curl(&["-p", "-x", &x, &url]);
+    assert!(out.status.success(), "{out:?}\n{}", h.log());
+    assert_eq!(out.stdout, BODY);
+    let wrong = format!("http://user:nope@{}", h.first_addr());
+    let out = curl(&["-p", "-x", &wrong, &url]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("407"),
+        "{out:?}"
+    );
+
+    let s = proxy("socks5", OPEN);
+    let out = curl(&["--socks5-hostname", &s.first_addr().to_string(), &url]);
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    assert_eq!(out.stdout, BODY);
+}
