@@ -183,8 +183,6 @@ new_connections_per_second_per_source = 5
 destinations_allow = ["0.0.0.0/0", "::/0"]
 destinations_deny = ["127.0.0.0/8"]
 ports = [80, "1024-65535"]
-udp = true
-udp_idle_timeout = "30s"
 header_timeout = "3s"
 connect_timeout = "2s"
 idle_timeout = "1m"
@@ -228,12 +226,12 @@ fn every_socks5_key_resolves() {
             ports: vec![80..=80, 1024..=65535],
         }
     );
-    assert_eq!(p.udp_idle, Some(Duration::from_secs(30)));
+    assert_eq!(p.udp_idle, None);
     assert_eq!(p.header_timeout, Duration::from_secs(3));
-    let udp_default = resolve_file(&socks("udp = true")).unwrap();
-    assert_eq!(
-        proxy(&udp_default.tcp[0]).udp_idle,
-        Some(Duration::from_secs(60))
+    let err = resolve_file(&socks("udp = true")).unwrap_err().to_string();
+    assert!(
+        err.contains("socks5[0].udp") && err.contains("not served yet"),
+        "{err}"
     );
 }
 
@@ -441,8 +439,8 @@ fn bad_proxy_values_name_the_key_the_value_and_the_fix() {
         ),
         (
             socks("udp = true\nudp_idle_timeout = \"0s\""),
-            "socks5[0].udp_idle_timeout",
-            vec!["\"0s\" is out of range", "1ms to 1d"],
+            "socks5[0].udp",
+            vec!["UDP ASSOCIATE is not served yet", "remove udp = true"],
         ),
         (
             connect("udp = true"),
@@ -917,8 +915,6 @@ fn check_prints_every_new_key_and_reads_it_back() {
         "open = true  # no users and no client allow list on a non-loopback address",
         "# users: none (no authentication)",
         "header_timeout = \"3s\"",
-        "udp = true",
-        "udp_idle_timeout = \"30s\"",
         "connect_timeout = \"2s\"",
         "max_connections = 50  # per shard: 25 on each of 2 shards",
         "allow = [\"10.0.0.0/8\"]",
