@@ -58,10 +58,14 @@ UPSTREAM_PORT = 17301
 PORTS = {
     "ringfwd-socks5": 17311, "microsocks": 17312, "dante": 17313,
     "ringfwd-http": 17321, "tinyproxy": 17322, "squid": 17323,
+    "ringfwd-tcp": 17331, "direct": UPSTREAM_PORT,
 }
 GROUPS = {
     "socks5": ["ringfwd-socks5", "microsocks", "dante"],
     "http": ["ringfwd-http", "tinyproxy", "squid"],
+    # Not proxies: the client's ceiling (straight to the upstream) and a
+    # plain ringfwd `[[tcp]]` forward, for what the handshakes add.
+    "plain": ["ringfwd-tcp", "direct"],
 }
 PROTO = {t: g for g, ts in GROUPS.items() for t in ts}
 PACKAGES = {"microsocks": "microsocks", "dante": "dante-server", "tinyproxy": "tinyproxy", "squid": "squid"}
@@ -104,7 +108,7 @@ def client(a):
         req = b"\x05\x01\x00\x01" + socket.inet_aton(thost) + tport.to_bytes(2, "big")
     else:
         req = f"CONNECT {thost}:{tport} HTTP/1.1\r\nHost: {thost}:{tport}\r\n\r\n".encode()
-    first, first_phase = (greet, "method") if a.proto == "socks5" else (req, "reply")
+    first, first_phase = {"socks5": (greet, "method"), "http": (req, "reply"), "plain": (PAYLOAD, "data")}[a.proto]
     ep = select.epoll()
     conns = {}
     st = {"tx": 0, "err": 0, "lat": [], "errors": {}, "measuring": False}
@@ -454,7 +458,14 @@ def ensure_packages(targets, note):
 def start_target(procs, t, a, cfgdir, logdir, configs, commands):
     """Start target t on its port pinned to CPU 0; return (Popen, None) or (None, why)."""
     port = PORTS[t]
-    if t.startswith("ringfwd-"):
+    if t == "direct":
+        return None, None
+    if t == "ringfwd-tcp":
+        text = (f'[runtime]\nshards = 1\n\n[[tcp]]\nname = "plain"\nlisten = "127.0.0.1:{port}"\n'
+                f'upstreams = ["127.0.0.1:{UPSTREAM_PORT}"]\n')
+        path = cfgdir / f"{t}.toml"
+        argv = [str(a.ringfwd or a.echo_bin), "run", "--config", str(path), "--cpus", "0", "--log-level", "warn"]
+    elif t.startswith("ringfwd-"):
         text = ringfwd_config(t, port)
         path = cfgdir / f"{t}.toml"
         argv = [str(a.ringfwd), "run", "--config", str(path), "--cpus", "0", "--log-level", "warn"]
@@ -548,7 +559,7 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         cp = argparse.ArgumentParser(prog="fwdproxy.py client")
         cp.add_argument("client")
-        cp.add_argument("--proto", choices=["socks5", "http"], required=True)
+        cp.add_argument("--proto", choices=["socks5", "http", "plain"], required=True)
         cp.add_argument("--proxy", required=True)
         cp.add_argument("--target", required=True)
         cp.add_argument("--conns", type=int, default=50)
@@ -574,7 +585,7 @@ def main():
     echo_bin = a.echo_bin or a.ringfwd
     if not echo_bin or (not a.only_peers and not a.ringfwd):
         ap.error("--ringfwd is required (or --only-peers with --echo-bin)")
-    targets = [t for t in PORTS if not (a.only_peers and t.startswith("ringfwd-"))]
+    targets = [t for t in PORTS if not (a.only_peers and t in ("ringfwd-socks5", "ringfwd-http"))]
     if a.targets:
         targets = [t for t in targets if t in a.targets.split(",")]
     a.out.mkdir(parents=True, exist_ok=True)
@@ -612,14 +623,15 @@ def main():
                 failed[t] = why
                 note(f"{t}: not started: {why}")
                 continue
-            procs.remember(p)
-            res, err = run_client(a, t, 0.5, 0.2, 2, p.pid)
+            if p:
+                procs.remember(p)
+            res, err = run_client(a, t, 0.5, 0.2, 2, p.pid if p else None)
             if err or not res or res["tx"] == 0 or res["errors"]:
                 failed[t] = f"check failed: {err or res}"
                 note(f"{t}: check failed: {err or res}")
                 continue
             live[t] = p
-            note(f"{t}: started (pid {p.pid}), check passed ({res['tx']} tx)")
+            note(f"{t}: started (pid {p.pid if p else '-'}), check passed ({res['tx']} tx)")
         load_at_start = os.getloadavg()
         wait_quiet(a, note)
         quiet_load = (os.getloadavg(), other_cpu_users())
@@ -630,12 +642,13 @@ def main():
             for rep in range(a.reps):
                 order = ts[rep % len(ts):] + ts[:rep % len(ts)]
                 for pos, t in enumerate(order):
-                    procs.remember(live[t])
+                    if live[t]:
+                        procs.remember(live[t])
                     load = os.getloadavg()[0]
-                    res, err = run_client(a, t, a.duration, a.warmup, a.conns, live[t].pid)
+                    res, err = run_client(a, t, a.duration, a.warmup, a.conns, live[t].pid if live[t] else None)
                     row = {"group": group, "target": t, "rep": rep, "position": pos, "tx": "", "errors": "",
                            "rate": "", "p50_us": "", "p99_us": "", "proxy_cpu_s": "",
-                           "proxy_cpu_s_per_1000tx": "", "client_cpu_s": "", "client_cpu_s_per_1000tx": "",
+                           "proxy_cpu_s_per_1000tx": "", "proxy_cpu_pct": "", "client_cpu_s": "", "client_cpu_s_per_1000tx": "",
                            "cpu0_busy_pct": "", "cpu1_busy_pct": "", "load1": round(load, 2), "error": err or ""}
                     if res:
                         tx = res["tx"]
@@ -646,6 +659,7 @@ def main():
                                    error=json.dumps(res["error_kinds"]) if res["error_kinds"] else "")
                         if "proxy_cpu_s" in res:
                             row["proxy_cpu_s"] = round(res["proxy_cpu_s"], 3)
+                            row["proxy_cpu_pct"] = round(100 * res["proxy_cpu_s"] / res["seconds"], 1)
                         if tx:
                             if "proxy_cpu_s" in res:
                                 row["proxy_cpu_s_per_1000tx"] = round(res["proxy_cpu_s"] * 1000 / tx, 4)
@@ -681,21 +695,22 @@ def write_results(a, targets, rows, failed, notes, commands, configs, started, f
              "flight; proxy on CPU 0, client and upstream on CPU 1. A transaction: connect, handshake, 64 B "
              "request and 64 B response through the tunnel, close.", "",
              "| group | target | median tx/s | min–max tx/s | errors (all reps) | p50 / p99 µs | proxy CPU-s per 1000 tx | "
-             "client CPU-s per 1000 tx | CPU 0 busy % | CPU 1 busy % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "proxy CPU % | client CPU-s per 1000 tx | CPU 0 busy % | CPU 1 busy % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for group, members in GROUPS.items():
         for t in members:
             if t not in targets:
                 continue
             rs = [r for r in rows if r["target"] == t and r["rate"] != ""]
             if not rs:
-                lines.append(f"| {group} | {t} | failed: {failed.get(t, 'no runs')} | | | | | | | |")
+                lines.append(f"| {group} | {t} | failed: {failed.get(t, 'no runs')} | | | | | | | | |")
                 continue
             rates = [float(r["rate"]) for r in rs]
             errs = sum(int(r["errors"] or 0) for r in rs)
             lines.append(f"| {group} | {t} | {med(rates):.0f} | {min(rates):.0f}–{max(rates):.0f} | {errs} | "
                          f"{med(r['p50_us'] for r in rs):.0f} / {med(r['p99_us'] for r in rs):.0f} | "
                          f"{med(r['proxy_cpu_s_per_1000tx'] for r in rs):.4f} | "
+                         f"{med(r['proxy_cpu_pct'] for r in rs):.0f} | "
                          f"{med(r['client_cpu_s_per_1000tx'] for r in rs):.4f} | "
                          f"{med(r['cpu0_busy_pct'] for r in rs):.0f} | {med(r['cpu1_busy_pct'] for r in rs):.0f} |")
     ratio_lines = ["", "## ringfwd ÷ peer", "",
@@ -704,6 +719,8 @@ def write_results(a, targets, rows, failed, notes, commands, configs, started, f
                    "|---|---|---|---|---|---|"]
     have_ratio = False
     for group, members in GROUPS.items():
+        if group == "plain":
+            continue
         base = members[0]
         b = [r for r in rows if r["target"] == base and r["rate"] != ""]
         if not b:
@@ -730,9 +747,13 @@ def write_results(a, targets, rows, failed, notes, commands, configs, started, f
     if have_ratio:
         lines += ratio_lines
     lines += ["", "Proxy CPU: utime+stime+cutime+cstime summed over the proxy's process tree "
-              "(/proc/PID/stat, 100 Hz ticks) over the client's measured window, per 1000 completed transactions. "
-              "CPU 0/1 busy: /proc/stat over the same window (CPU 0 at ~100% means the proxy was the "
-              "bottleneck; CPU 1 at ~100% means the client + upstream were). Errors: transactions that failed "
+              "(/proc/PID/stat, 100 Hz ticks) over the client's measured window, per 1000 completed transactions; "
+              "proxy CPU %: the same over the window's wall time (near 100% = the "
+              "proxy, alone on CPU 0, was the bottleneck; well below while CPU 1 is ~100% busy = the client + "
+              "upstream on CPU 1 were, and that target's tx/s is a lower bound). CPU 0/1 busy: /proc/stat over "
+              "the same window, other agents' load included. `plain` is not a proxy: `direct` is the client "
+              "straight to the upstream (connect, 64 B, 64 B, close: the client's ceiling), `ringfwd-tcp` the "
+              "same through a plain ringfwd `[[tcp]]` forward. Errors: transactions that failed "
               "(refused, reset, bad reply, over 5 s) in the measured window; each is replaced by a new one."]
     if interrupted:
         lines += ["", f"**Run {interrupted}; the rows above are what was measured.**"]
