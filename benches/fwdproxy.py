@@ -316,8 +316,8 @@ class Procs:
     def __init__(self, logdir):
         self.logdir, self.procs, self.seen = logdir, [], {}
 
-    def start(self, name, argv, cpu):
-        log = open(self.logdir / f"{name}.log", "w")
+    def start(self, name, argv, cpu, log=True):
+        log = open(self.logdir / f"{name}.log", "w") if log else subprocess.DEVNULL
         p = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL)
         self.procs.append((name, p))
@@ -493,7 +493,9 @@ def start_target(procs, t, a, cfgdir, logdir, configs, commands):
         path.write_text(text)
         configs[t] = (path.name, text)
     commands.append(f"taskset -c 0 {' '.join(argv)}")
-    p = procs.start(t, argv, 0)
+    # microsocks writes a line per connection with no switch to stop it:
+    # /dev/null is the cheapest place for it.
+    p = procs.start(t, argv, 0, log=t != "microsocks")
     why = wait_port(p, port, t)
     return (None, why) if why else (p, None)
 
@@ -784,7 +786,7 @@ def write_results(a, targets, rows, failed, notes, commands, configs, started, f
         "- pinning: every proxy `taskset -c 0` (its threads and children inherit it); the upstream "
         f"(`ringfwd echo --tcp-rr`, one shard) and the client `taskset -c 1`",
         "- workers: ringfwd `[runtime] shards = 1`; microsocks is one process with a thread per connection "
-        "(no knob); Dante `-N 1` (one of each child process kind to start with; it forks more as needed); "
+        "(no knob; it writes a line per connection to stderr with no switch to stop it, sent to /dev/null); Dante `-N 1` (one of each child process kind to start with; it forks more as needed); "
         f"tinyproxy 1.11 is one process with a thread per connection, `MaxClients {a.conns * 4}` "
         "(StartServers/MaxSpareServers are gone in 1.11); squid `workers 1`, no cache, access log off",
         f"- client: `benches/fwdproxy.py client`, one Python process, non-blocking sockets on epoll, "
