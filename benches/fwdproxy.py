@@ -59,14 +59,16 @@ UPSTREAM_PORT = 17301
 PORTS = {
     "ringfwd-socks5": 17311, "microsocks": 17312, "dante": 17313,
     "ringfwd-http": 17321, "tinyproxy": 17322, "squid": 17323,
-    "ringfwd-tcp": 17331, "direct": UPSTREAM_PORT,
+    "ringfwd-tcp": 17331, "direct": UPSTREAM_PORT, "direct-python": UPSTREAM_PORT,
 }
 GROUPS = {
     "socks5": ["ringfwd-socks5", "microsocks", "dante"],
     "http": ["ringfwd-http", "tinyproxy", "squid"],
     # Not proxies: the client's ceiling (straight to the upstream) and a
     # plain ringfwd `[[tcp]]` forward, for what the handshakes add.
-    "plain": ["ringfwd-tcp", "direct"],
+    # direct-python: the same with the Python client, for what the client
+    # itself costs in each language.
+    "plain": ["ringfwd-tcp", "direct", "direct-python"],
 }
 PROTO = {t: g for g, ts in GROUPS.items() for t in ts}
 PACKAGES = {"microsocks": "microsocks", "dante": "dante-server", "tinyproxy": "tinyproxy", "squid": "squid"}
@@ -459,7 +461,7 @@ def ensure_packages(targets, note):
 def start_target(procs, t, a, cfgdir, logdir, configs, commands):
     """Start target t on its port pinned to CPU 0; return (Popen, None) or (None, why)."""
     port = PORTS[t]
-    if t == "direct":
+    if t in ("direct", "direct-python"):
         return None, None
     if t == "ringfwd-tcp":
         text = (f'[runtime]\nshards = 1\n\n[[tcp]]\nname = "plain"\nlisten = "127.0.0.1:{port}"\n'
@@ -506,7 +508,7 @@ def start_target(procs, t, a, cfgdir, logdir, configs, commands):
 def client_argv(a, t, duration, warmup, conns):
     args = ["--proto", PROTO[t], "--proxy", f"127.0.0.1:{PORTS[t]}", "--target", f"127.0.0.1:{UPSTREAM_PORT}",
             "--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup)]
-    if a.client == "python":
+    if a.client == "python" or t == "direct-python":
         return [sys.executable, str(Path(__file__).resolve()), "client", *args]
     return [str(a.client_bin), *args]
 
@@ -785,8 +787,9 @@ def write_results(a, targets, rows, failed, notes, commands, configs, started, f
               "proxy, alone on CPU 0, was the bottleneck; well below while CPU 1 is ~100% busy = the client + "
               "upstream on CPU 1 were, and that target's tx/s is a lower bound). CPU 0/1 busy: /proc/stat over "
               "the same window, other agents' load included. `plain` is not a proxy: `direct` is the client "
-              "straight to the upstream (connect, 64 B, 64 B, close: the client's ceiling), `ringfwd-tcp` the "
-              "same through a plain ringfwd `[[tcp]]` forward. Errors: transactions that failed "
+              "straight to the upstream (connect, 64 B, 64 B, close: the ceiling of CPU 1, which carries the client "
+              "and the upstream), `direct-python` the same with the Python client (what the client costs in each "
+              "language), `ringfwd-tcp` the same through a plain ringfwd `[[tcp]]` forward. Errors: transactions that failed "
               "(refused, reset, bad reply, over 5 s) in the measured window; each is replaced by a new one."]
     if interrupted:
         lines += ["", f"**Run {interrupted}; the rows above are what was measured.**"]
