@@ -72,6 +72,8 @@ GROUPS = {
 }
 PROTO = {t: g for g, ts in GROUPS.items() for t in ts}
 PACKAGES = {"microsocks": "microsocks", "dante": "dante-server", "tinyproxy": "tinyproxy", "squid": "squid"}
+DANTE_EXTERNAL = "127.0.0.2"
+DANTE_EXTERNAL_HEX = "0200007F:"
 PAYLOAD = bytes((i * 7 + 1) & 0xFF for i in range(64))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # A prefix for every process of the bench: ["nice", "-n", N] with --nice,
@@ -391,7 +393,7 @@ def ringfwd_config(target, port):
 def dante_config(port, logdir):
     return f"""logoutput: {logdir}/dante-internal.log
 internal: 127.0.0.1 port = {port}
-external: 127.0.0.2
+external: {DANTE_EXTERNAL}
 socksmethod: none
 clientmethod: none
 user.privileged: root
@@ -547,6 +549,34 @@ def run_client(a, t, duration, warmup, conns, root_pid=None):
     return result, None
 
 
+def time_wait_from(addr_hex):
+    """TIME_WAIT sockets whose local address is addr_hex (/proc/net/tcp form)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split(None, 4)
+            if fields[3] == "06" and fields[1].startswith(addr_hex):
+                n += 1
+    return n
+
+
+def settle_dante(note, limit=2000, timeout=75):
+    """Wait (bounded) until Dante's TIME_WAIT sockets are few again.
+
+    Dante binds its outgoing socket (port 0) before connecting; a port taken
+    that way is closed to every other socket's connect() until its TIME_WAIT
+    ends (60 s). After a Dante run of ~25k connections the ephemeral range is
+    nearly all such ports, and whatever runs next fails with EADDRNOTAVAIL or
+    pays for long port searches, so every Dante run is followed by this."""
+    t0 = time.monotonic()
+    n = time_wait_from(DANTE_EXTERNAL_HEX)
+    while n > limit and time.monotonic() - t0 < timeout:
+        time.sleep(2)
+        n = time_wait_from(DANTE_EXTERNAL_HEX)
+    note(f"after dante: {n} TIME_WAIT sockets from {DANTE_EXTERNAL} ({time.monotonic() - t0:.0f} s waited)")
+
+
 def wait_quiet(a, note):
     deadline = time.monotonic() + a.quiet_wait
     while True:
@@ -699,6 +729,8 @@ def main():
                                 row["proxy_cpu_s_per_1000tx"] = round(res["proxy_cpu_s"] * 1000 / tx, 4)
                             row["client_cpu_s_per_1000tx"] = round(res["client_cpu_s"] * 1000 / tx, 4)
                     rows.append(row)
+                    if t == "dante":
+                        settle_dante(note)
                     print(f"{group} rep {rep} {t}: {row['rate']} tx/s, {row['errors']} errors, "
                           f"proxy {row['proxy_cpu_s_per_1000tx']} CPU-s/1000tx {row['error']}", flush=True)
     except KeyboardInterrupt:
@@ -713,7 +745,7 @@ def main():
 
 
 def med(xs):
-    xs = [float(x) for x in xs if x != ""]
+    xs = [float(x) for x in xs if x not in ("", None)]
     return statistics.median(xs) if xs else float("nan")
 
 
@@ -825,11 +857,12 @@ def write_results(a, targets, rows, failed, notes, commands, configs, started, f
         "(no knob; it writes a line per connection to stderr with no switch to stop it, sent to /dev/null); Dante `-N 1` (one of each child process kind to start with; it forks more as needed); "
         f"tinyproxy 1.11 is one process with a thread per connection, `MaxClients {a.conns * 4}` "
         "(StartServers/MaxSpareServers are gone in 1.11); squid `workers 1`, no cache, access log off",
-        "- Dante binds its outgoing socket to `external` port 0 before connecting, and bind() does not reuse "
-        "ports in TIME_WAIT as connect() does on loopback (net.ipv4.tcp_tw_reuse=2), so it gets its own source "
-        "address, `external: 127.0.0.2`: the others' TIME_WAITs on 127.0.0.1 do not exhaust its ports; its own "
-        "still can (about 28k ports a minute), which shows as errors in its rows and warnings in "
-        "logs/dante-internal.log",
+        f"- Dante binds its outgoing socket to `external` port 0 before connecting, so it gets its own source "
+        f"address, `external: {DANTE_EXTERNAL}` (bind() does not take ports others hold in TIME_WAIT the way "
+        "connect() may on loopback, net.ipv4.tcp_tw_reuse=2); and a port taken by bind() is closed to every "
+        "other socket's connect() until its TIME_WAIT ends (60 s), so after each Dante run the bench waits "
+        f"(at most 75 s) until fewer than 2000 TIME_WAIT sockets from {DANTE_EXTERNAL} are left (see Progress); "
+        "without that wait the run after Dante's failed with EADDRNOTAVAIL",
         ("- client: `examples/fwdproxy_client.rs` (standard library only, built with rustc), one process, "
          "a blocking thread per transaction in flight, " if a.client == "rust" else
          "- client: `benches/fwdproxy.py client`, one Python process, non-blocking sockets on epoll, ")
