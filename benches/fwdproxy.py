@@ -50,7 +50,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -59,16 +58,14 @@ UPSTREAM_PORT = 17301
 PORTS = {
     "ringfwd-socks5": 17311, "microsocks": 17312, "dante": 17313,
     "ringfwd-http": 17321, "tinyproxy": 17322, "squid": 17323,
-    "ringfwd-tcp": 17331, "direct": UPSTREAM_PORT, "direct-python": UPSTREAM_PORT,
+    "ringfwd-tcp": 17331, "direct": UPSTREAM_PORT,
 }
 GROUPS = {
     "socks5": ["ringfwd-socks5", "microsocks", "dante"],
     "http": ["ringfwd-http", "tinyproxy", "squid"],
     # Not proxies: the client's ceiling (straight to the upstream) and a
     # plain ringfwd `[[tcp]]` forward, for what the handshakes add.
-    # direct-python: the same with the Python client, for what the client
-    # itself costs in each language.
-    "plain": ["ringfwd-tcp", "direct", "direct-python"],
+    "plain": ["ringfwd-tcp", "direct"],
 }
 PROTO = {t: g for g, ts in GROUPS.items() for t in ts}
 PACKAGES = {"microsocks": "microsocks", "dante": "dante-server", "tinyproxy": "tinyproxy", "squid": "squid"}
@@ -463,7 +460,7 @@ def ensure_packages(targets, note):
 def start_target(procs, t, a, cfgdir, logdir, configs, commands):
     """Start target t on its port pinned to CPU 0; return (Popen, None) or (None, why)."""
     port = PORTS[t]
-    if t in ("direct", "direct-python"):
+    if t == "direct":
         return None, None
     if t == "ringfwd-tcp":
         text = (f'[runtime]\nshards = 1\n\n[[tcp]]\nname = "plain"\nlisten = "127.0.0.1:{port}"\n'
@@ -480,13 +477,13 @@ def start_target(procs, t, a, cfgdir, logdir, configs, commands):
     elif t == "dante":
         text = dante_config(port, logdir)
         path = cfgdir / "danted.conf"
-        argv = ["danted", "-f", str(path), "-N", "1", "-p", str(cfgdir / "danted.pid")]
+        argv = ["danted", "-f", str(path), "-N", "1", "-p", str(logdir / "danted.pid")]
     elif t == "tinyproxy":
         text = tinyproxy_config(port, a.conns * 4)
         path = cfgdir / "tinyproxy.conf"
         argv = ["tinyproxy", "-d", "-c", str(path)]
     elif t == "squid":
-        rundir = cfgdir / "squid-run"
+        rundir = logdir / "squid-run"
         rundir.mkdir(exist_ok=True)
         shutil.chown(rundir, "proxy", "proxy")
         text = squid_config(port, rundir)
@@ -507,19 +504,17 @@ def start_target(procs, t, a, cfgdir, logdir, configs, commands):
 
 # ---------------------------------------------------------------- a run
 
-def client_argv(a, t, duration, warmup, conns):
-    args = ["--proto", PROTO[t], "--proxy", f"127.0.0.1:{PORTS[t]}", "--target", f"127.0.0.1:{UPSTREAM_PORT}",
+def client_argv(t, duration, warmup, conns):
+    return [sys.executable, str(Path(__file__).resolve()), "client", "--proto", PROTO[t],
+            "--proxy", f"127.0.0.1:{PORTS[t]}", "--target", f"127.0.0.1:{UPSTREAM_PORT}",
             "--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup)]
-    if a.client == "python" or t == "direct-python":
-        return [sys.executable, str(Path(__file__).resolve()), "client", *args]
-    return [str(a.client_bin), *args]
 
 
 def run_client(a, t, duration, warmup, conns, root_pid=None):
     """One client run against target t: its JSON, plus the proxy's and the
     client's CPU and each CPU's busy share over the measured window (between
     the client's `measuring` and `done` lines)."""
-    argv = [*NICE, "taskset", "-c", "1", *client_argv(a, t, duration, warmup, conns)]
+    argv = [*NICE, "taskset", "-c", "1", *client_argv(t, duration, warmup, conns)]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # The client bounds itself; this is for a client that hangs all the same.
     watchdog = threading.Timer(warmup + duration + 30, p.kill)
@@ -625,9 +620,6 @@ def main():
     ap.add_argument("--nice", type=int, default=0,
                     help="run every process of the bench (proxies, upstream, client) at this nice value, e.g. -10 "
                          "on a machine others keep busy, so the figures are less a measure of the scheduler's share")
-    ap.add_argument("--client", choices=["rust", "python"], default="rust",
-                    help="rust: examples/fwdproxy_client.rs, built here with rustc (default); python: this "
-                         "script's `client` subcommand")
     ap.add_argument("--rt", type=int, default=0,
                     help="run every process of the bench SCHED_RR at this priority (chrt -r N; the kernel's RT "
                          "throttling still leaves others 5%%): on a machine others keep busy, wake-ups of the "
@@ -655,15 +647,6 @@ def main():
         print(msg, flush=True)
 
     ensure_packages(targets, note)
-    tmp = tempfile.TemporaryDirectory(prefix="fwdproxy-")
-    if a.client == "rust":
-        a.client_bin = Path(tmp.name) / "fwdproxy_client"
-        src = Path(__file__).resolve().parent.parent / "examples" / "fwdproxy_client.rs"
-        build = ["rustc", "--edition", "2024", "-C", "opt-level=3", "-o", str(a.client_bin), str(src)]
-        commands.append(" ".join(build))
-        out = subprocess.run(build, capture_output=True, text=True, timeout=300)
-        if out.returncode:
-            sys.exit(f"fwdproxy.py: building the client failed:\n{out.stderr}")
     busy = [p for p in [UPSTREAM_PORT, *(PORTS[t] for t in targets)] if not port_free(p)]
     if busy:
         sys.exit(f"fwdproxy.py: ports already in use: {busy}")
@@ -673,7 +656,7 @@ def main():
     load_at_start = quiet_load = None
     interrupted = None
     try:
-        echo_argv = [str(echo_bin), "echo", "--shards", "1", "--cpus", "1",
+        echo_argv = [str(echo_bin), "echo", "--log-level", "warn", "--shards", "1", "--cpus", "1",
                      "--tcp-rr", f"127.0.0.1:{UPSTREAM_PORT}", "--request-size", "64", "--response-size", "64"]
         commands.append(f"{' '.join(NICE)} taskset -c 1 {' '.join(echo_argv)}".strip())
         echo = procs.start("upstream", echo_argv, 1)
@@ -737,7 +720,6 @@ def main():
         interrupted = "interrupted"
     finally:
         procs.stop_all()
-        tmp.cleanup()
     finished = time.strftime("%Y-%m-%d %H:%M:%S")
     write_results(a, targets, rows, failed, notes, commands, configs, started, finished,
                   load_at_start, quiet_load, interrupted)
@@ -815,13 +797,13 @@ def write_results(a, targets, rows, failed, notes, commands, configs, started, f
         lines += ratio_lines
     lines += ["", "Proxy CPU: utime+stime+cutime+cstime summed over the proxy's process tree "
               "(/proc/PID/stat, 100 Hz ticks) over the client's measured window, per 1000 completed transactions; "
-              "proxy CPU %: the same over the window's wall time (near 100% = the "
+              "proxy CPU %: the same over the window's wall time (near 100%, or 95% under `--rt` where the kernel's "
+              "RT throttling stops there, = the "
               "proxy, alone on CPU 0, was the bottleneck; well below while CPU 1 is ~100% busy = the client + "
               "upstream on CPU 1 were, and that target's tx/s is a lower bound). CPU 0/1 busy: /proc/stat over "
               "the same window, other agents' load included. `plain` is not a proxy: `direct` is the client "
               "straight to the upstream (connect, 64 B, 64 B, close: the ceiling of CPU 1, which carries the client "
-              "and the upstream), `direct-python` the same with the Python client (what the client costs in each "
-              "language), `ringfwd-tcp` the same through a plain ringfwd `[[tcp]]` forward. Errors: transactions that failed "
+              "and the upstream), `ringfwd-tcp` the same through a plain ringfwd `[[tcp]]` forward. Errors: transactions that failed "
               "(refused, reset, bad reply, over 5 s) in the measured window; each is replaced by a new one."]
     if interrupted:
         lines += ["", f"**Run {interrupted}; the rows above are what was measured.**"]
@@ -863,10 +845,8 @@ def write_results(a, targets, rows, failed, notes, commands, configs, started, f
         "other socket's connect() until its TIME_WAIT ends (60 s), so after each Dante run the bench waits "
         f"(at most 75 s) until fewer than 2000 TIME_WAIT sockets from {DANTE_EXTERNAL} are left (see Progress); "
         "without that wait the run after Dante's failed with EADDRNOTAVAIL",
-        ("- client: `examples/fwdproxy_client.rs` (standard library only, built with rustc), one process, "
-         "a blocking thread per transaction in flight, " if a.client == "rust" else
-         "- client: `benches/fwdproxy.py client`, one Python process, non-blocking sockets on epoll, ")
-        + f"{a.conns} transactions in flight, TCP_NODELAY, a failed or >5 s transaction counted and replaced; "
+        "- client: `benches/fwdproxy.py client`, one Python process, non-blocking sockets on epoll, "
+        f"{a.conns} transactions in flight, TCP_NODELAY, a failed or >5 s transaction counted and replaced; "
         "SOCKS5: greeting `05 01 00`, wait for `05 00`, CONNECT IPv4 literal, wait for the reply; HTTP: "
         "`CONNECT 127.0.0.1:PORT HTTP/1.1` + Host, wait for a 200 head; then 64 B request, 64 B response, close",
         f"- each run `{a.warmup:g} s` warm-up + `{a.duration:g} s`; {a.reps} repetitions; per group all "
