@@ -16,20 +16,26 @@ program has the notion:
           process, a thread per connection), Dante `danted` (`-N 1`)
   http:   ringfwd `[[http_connect]]`, tinyproxy (a thread per connection,
           `MaxClients`), squid (`workers 1`, no cache)
+  plain:  a ringfwd `[[tcp]]` forward, and `direct` (the client straight to
+          the upstream: the ceiling of CPU 1)
 The upstream (`ringfwd echo`, one shard) and the client run on CPU 1.
+Python is enough for the client: CPU 1's ceiling is the kernel's work for
+the client's and the upstream's sockets; a Rust client measured the same
+(bench-results/2026-12-06-vm-fwdproxy-rust-client/).
 
 For every group and repetition all of its targets are measured back to back,
 the order rotating each repetition, so drift of the shared machine hits all
 alike. Per run: transactions per second, errors, latency p50/p99, the
 proxy's CPU seconds per 1000 transactions (utime+stime+cutime+cstime of
 every process of its tree, /proc/PID/stat, over the client's measured
-window) and the client's own CPU (getrusage). Writes setup.md, raw.csv and
+window) and the client's own CPU (the same, for its process). Writes setup.md, raw.csv and
 summary.md under --out; ratios ringfwd/peer of the medians and per
 repetition.
 
     benches/fwdproxy.py --ringfwd target/release/ringfwd \
         --out bench-results/<date>-<host>-fwdproxy [--reps 5] [--duration 5] [--warmup 1]
     benches/fwdproxy.py --only-peers --echo-bin target/release/ringfwd --out /tmp/fp  # no ringfwd targets
+    benches/fwdproxy.py ... --rt 1   # a busy shared machine: every process of the bench SCHED_RR
 
 Needs root (apt-get for the peers; Dante and squid switch users). Every
 process started here is stopped by PID (its tree, recorded by start time)
