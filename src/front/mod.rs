@@ -6,6 +6,7 @@
 
 pub mod connect;
 pub mod proxy;
+mod put;
 pub mod sni;
 pub mod socks5;
 pub mod tls;

@@ -53,6 +53,7 @@ mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use super::put::Put;
 use super::{Credentials, Destination, Parsed};
 
 /// The protocol version byte of the greeting, request and reply.
@@ -264,8 +265,8 @@ fn request(r: &mut Reader<'_>) -> Scan<Request> {
 pub fn write_reply(code: Reply, bound: SocketAddr, out: &mut [u8; MAX_REPLY]) -> usize {
     let mut w = Put::new(out);
     w.put(&[VERSION, code as u8, 0]);
-    w.address(bound);
-    w.len
+    put_address(&mut w, bound);
+    w.len()
 }
 
 /// Parses a UDP ASSOCIATE datagram's header: `RSV(2)=0 FRAG ATYP DST`.
@@ -301,8 +302,8 @@ fn udp(r: &mut Reader<'_>) -> Scan<UdpHeader> {
 pub fn write_udp_header(src: SocketAddr, out: &mut [u8; MAX_UDP_HEADER]) -> usize {
     let mut w = Put::new(out);
     w.put(&[0, 0, 0]);
-    w.address(src);
-    w.len
+    put_address(&mut w, src);
+    w.len()
 }
 
 /// The reply for a failed outbound connect, from its errno. A connect
@@ -477,38 +478,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Appends to a fixed buffer sized by its caller for what it writes; a write
-/// past the end is dropped, never a panic.
-struct Put<'a> {
-    out: &'a mut [u8],
-    len: usize,
-}
-
-impl<'a> Put<'a> {
-    fn new(out: &'a mut [u8]) -> Put<'a> {
-        Put { out, len: 0 }
-    }
-
-    fn put(&mut self, bytes: &[u8]) {
-        let end = self.len + bytes.len();
-        if let Some(dest) = self.out.get_mut(self.len..end) {
-            dest.copy_from_slice(bytes);
-            self.len = end;
+/// ATYP ADDR PORT, an IPv4-mapped address as IPv4.
+fn put_address(w: &mut Put<'_>, addr: SocketAddr) {
+    match addr.ip().to_canonical() {
+        IpAddr::V4(v4) => {
+            w.put(&[ATYP_IPV4]);
+            w.put(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            w.put(&[ATYP_IPV6]);
+            w.put(&v6.octets());
         }
     }
-
-    /// ATYP ADDR PORT, an IPv4-mapped address as IPv4.
-    fn address(&mut self, addr: SocketAddr) {
-        match addr.ip().to_canonical() {
-            IpAddr::V4(v4) => {
-                self.put(&[ATYP_IPV4]);
-                self.put(&v4.octets());
-            }
-            IpAddr::V6(v6) => {
-                self.put(&[ATYP_IPV6]);
-                self.put(&v6.octets());
-            }
-        }
-        self.put(&addr.port().to_be_bytes());
-    }
+    w.put(&addr.port().to_be_bytes());
 }

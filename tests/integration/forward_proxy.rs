@@ -11,7 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::dnsd::{Dnsd, Mode as DnsMode};
-use crate::harness::{Proc, blackhole, dead_port, echo_upstream, run_to_end, write_config};
+use crate::harness::{Peer, Proc, blackhole, dead_port, echo_upstream, run_to_end, write_config};
 
 const WAIT: Duration = Duration::from_secs(10);
 const BODY: &[u8] = b"hello through the proxy\n";
@@ -468,16 +468,6 @@ fn names_are_resolved_on_the_shard_and_checked_by_their_addresses() {
     );
     assert!(r.starts_with("HTTP/1.1 504 "), "{r}");
     h.wait_stat("dns_timeouts", WAIT, |v| v >= 1);
-}
-
-/// A child process killed (by its PID) when the test ends.
-struct Peer(std::process::Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

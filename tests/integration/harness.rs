@@ -580,3 +580,13 @@ pub(crate) fn closed_pipe() -> Stdio {
     reader.wait().expect("true exits");
     Stdio::from(write_end)
 }
+
+/// A peer program (nginx, HAProxy...) killed by its PID when the test ends.
+pub(crate) struct Peer(pub(crate) std::process::Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -8,11 +8,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use crate::harness::{Proc, temp_path, wait_until, write_config};
+use crate::harness::{Peer, Proc, temp_path, wait_until, write_config};
 
 fn have(tool: &str) -> bool {
     let ok = Command::new("sh")
@@ -24,16 +24,6 @@ fn have(tool: &str) -> bool {
         eprintln!("SKIPPED: `{tool}` is not installed (.ci/run installs it)");
     }
     ok
-}
-
-/// A child process killed (by its PID) when the test ends.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A port free now (bound and released), below the ephemeral range is not

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use super::Proto;
 use super::v2::{FIXED, INET_BLOCK, INET6_BLOCK, SIGNATURE};
+use crate::front::put::Put;
 
 /// Room for the largest header [`write_v2`] writes (IPv6: 16 + 36).
 pub const V2_MAX_BUILT: usize = FIXED + INET6_BLOCK;
@@ -54,7 +55,7 @@ pub fn write_v2(
     }
     w.put(&src.port().to_be_bytes());
     w.put(&dst.port().to_be_bytes());
-    w.len
+    w.len()
 }
 
 /// Writes a v2 LOCAL header (AF_UNSPEC, no addresses): "this connection is
@@ -64,7 +65,7 @@ pub fn write_v2_local(out: &mut [u8; V2_LOCAL_LEN]) -> usize {
     w.put(&SIGNATURE);
     w.put(&[VERSION_2 | CMD_LOCAL, 0x00]);
     w.put(&block_len(0));
-    w.len
+    w.len()
 }
 
 /// Writes the v1 line for a TCP connection from `src` to `dst` into `out`;
@@ -86,7 +87,7 @@ pub fn write_v1(src: SocketAddr, dst: SocketAddr, out: &mut [u8; V1_MAX_LEN]) ->
     written.unwrap_or_else(|_| {
         let mut w = Put::new(out);
         w.put(b"PROXY UNKNOWN\r\n");
-        w.len
+        w.len()
     })
 }
 
@@ -100,7 +101,7 @@ fn line(
 ) -> Result<usize, fmt::Error> {
     let mut w = Put::new(out);
     write!(w, "PROXY {proto} {src} {dst} {sport} {dport}\r\n")?;
-    Ok(w.len)
+    Ok(w.len())
 }
 
 fn as_v6(ip: IpAddr) -> Ipv6Addr {
@@ -112,36 +113,4 @@ fn as_v6(ip: IpAddr) -> Ipv6Addr {
 
 fn block_len(n: usize) -> [u8; 2] {
     u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes()
-}
-
-/// Appends to a fixed buffer; overflowing is refused, never a panic.
-struct Put<'a> {
-    out: &'a mut [u8],
-    len: usize,
-}
-
-impl<'a> Put<'a> {
-    fn new(out: &'a mut [u8]) -> Put<'a> {
-        Put { out, len: 0 }
-    }
-
-    fn try_put(&mut self, bytes: &[u8]) -> Result<(), fmt::Error> {
-        let end = self.len + bytes.len();
-        let dest = self.out.get_mut(self.len..end).ok_or(fmt::Error)?;
-        dest.copy_from_slice(bytes);
-        self.len = end;
-        Ok(())
-    }
-
-    /// For the binary headers, whose sizes the array types fix.
-    fn put(&mut self, bytes: &[u8]) {
-        // Cannot fail: each caller's array is sized for what it writes.
-        let _ = self.try_put(bytes);
-    }
-}
-
-impl fmt::Write for Put<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.try_put(s.as_bytes())
-    }
 }
