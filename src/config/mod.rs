@@ -23,6 +23,7 @@ mod raw;
 mod render;
 mod routes;
 mod runtime;
+mod section;
 mod sni;
 mod socks;
 mod udp;

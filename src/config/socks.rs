@@ -13,8 +13,8 @@ use super::error::ConfigError;
 use super::file::{TextFile, read_text};
 use super::forward::{DestinationPolicy, Mptcp, ProxyPlan, TcpKind, Users};
 use super::keys::{Timeout, cidr_list, timeout};
-use super::listeners::{self, Claim};
 use super::raw::{Field, Section};
+use super::section::{self, Claim};
 use super::{Proto, SendProxy, TcpListenerPlan, bandwidth, limits};
 use crate::front::Credentials;
 
@@ -94,7 +94,7 @@ const HEADER_TIMEOUT: Timeout = Timeout {
 const UDP_IDLE_TIMEOUT: Timeout = Timeout {
     key: "udp_idle_timeout",
     default: Duration::from_secs(60),
-    max: listeners::DAY,
+    max: section::DAY,
 };
 
 /// RFC 1929: a user name and a password are each 1 to 255 bytes.
@@ -129,7 +129,7 @@ pub(super) fn proxy_listener(
              \"127.0.0.1:1080\", and another [[{name}]] section for each further port"
         )));
     }
-    let claim = listeners::section_claim(section, Proto::Tcp)?;
+    let claim = section::section_claim(section, Proto::Tcp)?;
     let plan = ProxyPlan {
         users: users(section)?,
         policy: destination_policy(section, kind.default_ports())?,
@@ -146,11 +146,11 @@ pub(super) fn proxy_listener(
         weights: Vec::new(),
         balance: super::Balance::default(),
         passive: super::PassiveHealth::default(),
-        connect_timeout: timeout(section, &listeners::CONNECT_TIMEOUT)?,
-        idle_timeout: timeout(section, &listeners::IDLE_TIMEOUT)?,
-        half_close_timeout: timeout(section, &listeners::HALF_CLOSE_TIMEOUT)?,
+        connect_timeout: timeout(section, &section::CONNECT_TIMEOUT)?,
+        idle_timeout: timeout(section, &section::IDLE_TIMEOUT)?,
+        half_close_timeout: timeout(section, &section::HALF_CLOSE_TIMEOUT)?,
         max_connections_given: super::LimitSource::of(&max_connections),
-        max_connections: listeners::max_connections(max_connections, shards)?,
+        max_connections: section::max_connections(max_connections, shards)?,
         send_proxy: SendProxy::Off,
         accept_proxy: None,
         sni: None,

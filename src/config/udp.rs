@@ -8,9 +8,9 @@ use super::balance;
 use super::cidr::Cidr;
 use super::error::{ConfigError, Origin};
 use super::keys::{Timeout, cidr_list, timeout};
-use super::listeners::{Claim, DAY, count, limit, required, section_claim, split_spec};
 use super::proxy::udp_send_proxy;
 use super::raw::{Field, Section};
+use super::section::{Claim, DAY, count, limit, required, section_claim, split_spec};
 use super::{Proto, UdpListenerPlan, UdpSendProxy};
 
 const KEYS: [&str; 16] = [
