@@ -532,3 +532,35 @@ fn curl_tunnels_to_nginx_through_http_connect_and_socks5() {
     assert!(out.status.success(), "{out:?}\n{}", s.log());
     assert_eq!(out.stdout, BODY);
 }
+
+#[test]
+fn a_reload_changes_the_users_of_a_kept_socks5_listener() {
+    let (up, _) = http_upstream();
+    let users = crate::harness::temp_path("socks-users");
+    std::fs::write(&users, "alice:one\n").expect("users file");
+    let text = format!(
+        "[runtime]\nstats_interval = \"100ms\"\nshards = 1\n\n[[socks5]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\n{OPEN}\nusers_file = {:?}\n",
+        users.display().to_string()
+    );
+    let cfg = write_config(&text);
+    let p = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
+    let socks = p.first_addr().to_string();
+    let url = format!("http://{up}/");
+    let as_user = |pass: &str| curl(&["--socks5", &socks, "--proxy-user", pass, &url]);
+    assert!(as_user("alice:one").status.success(), "{}", p.log());
+    std::fs::write(&users, "alice:two\n").expect("users file");
+    p.signal(libc::SIGHUP);
+    p.wait_stat("reloads", WAIT, |v| v == 1);
+    let out = as_user("alice:two");
+    assert!(
+        out.status.success(),
+        "the new password: {out:?}\n{}",
+        p.log()
+    );
+    assert_eq!(out.stdout, BODY);
+    assert!(
+        !as_user("alice:one").status.success(),
+        "the old password is gone"
+    );
+    p.wait_stat("close_auth_failed", WAIT, |v| v == 1);
+}
