@@ -564,3 +564,34 @@ fn a_reload_changes_the_users_of_a_kept_socks5_listener() {
     );
     p.wait_stat("close_auth_failed", WAIT, |v| v == 1);
 }
+
+#[test]
+fn socks5_over_ipv6_to_an_ipv6_destination() {
+    let up = TcpListener::bind("[::1]:0").expect("an IPv6 loopback listener");
+    let to = up.local_addr().expect("addr");
+    thread::spawn(move || {
+        if let Ok((mut s, _)) = up.accept() {
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.read(&mut buf) {
+                let _ = s.write_all(&buf[..n]);
+            }
+        }
+    });
+    let cfg = write_config(&format!(
+        "[runtime]\nshards = 1\n\n[[socks5]]\nname = \"p\"\nlisten = \"[::1]:0\"\n{OPEN}\n"
+    ));
+    let p = Proc::start(&["run", "--config", cfg.to_str().expect("path")], 1);
+    let SocketAddr::V6(v6) = to else {
+        panic!("IPv6")
+    };
+    let mut request = vec![5, 1, 0, 4];
+    request.extend_from_slice(&v6.ip().octets());
+    request.extend_from_slice(&v6.port().to_be_bytes());
+    let (reply, mut s) = socks_request(p.first_addr(), &request);
+    assert_eq!(&reply[..4], &[5, 0, 0, 4], "succeeded, with an IPv6 BND");
+    assert_eq!(&reply[4..20], &std::net::Ipv6Addr::LOCALHOST.octets());
+    s.write_all(b"six").expect("write");
+    let mut back = [0u8; 3];
+    s.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"six");
+}
