@@ -10,7 +10,10 @@ use ringfwd::dns::{Lookup, Prefer, Resolver, ResolverConfig};
 
 fuzz_target!(|data: &[u8]| {
     let cfg = ResolverConfig {
-        nameservers: vec!["192.0.2.53:53".parse().unwrap(), "[2001:db8::53]:53".parse().unwrap()],
+        nameservers: vec![
+            "192.0.2.53:53".parse().unwrap(),
+            "[2001:db8::53]:53".parse().unwrap(),
+        ],
         timeout: 1000,
         attempts: 2,
         prefer: Prefer::Ipv4,
