@@ -3,7 +3,7 @@
 //! its `stats ...` log lines, send it signals, and always kill it (by the PID
 //! we started) when the test ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -589,4 +589,35 @@ impl Drop for Peer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The inodes of `pid`'s own sockets in `/proc/PID/net/{table}` ("tcp",
+/// "udp") bound to `port` in kernel state `state` ("0A": a TCP listener,
+/// "07": an unconnected UDP socket).
+pub(crate) fn socket_inodes(pid: u32, table: &str, state: &str, port: u16) -> HashSet<String> {
+    let rows = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+    let own: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter_map(|l| {
+                    l.strip_prefix("socket:[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let local = format!(":{port:04X}");
+    rows.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let in_state = f.get(3) == Some(&state);
+            let on_port = f.get(1).is_some_and(|a| a.ends_with(&local));
+            (in_state && on_port).then(|| f.get(9).map(|s| s.to_string()))?
+        })
+        .filter(|inode| own.contains(inode))
+        .collect()
 }

@@ -352,32 +352,7 @@ fn counters_continue_across_a_reload_for_kept_and_removed_listeners() {
 
 /// The inodes of the listening sockets of `pid` on `port` (from /proc).
 fn listening_inodes(pid: u32, port: u16) -> HashSet<String> {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
-    let own: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .map(|l| l.to_string_lossy().into_owned())
-                .filter_map(|l| {
-                    l.strip_prefix("socket:[")
-                        .and_then(|r| r.strip_suffix(']'))
-                        .map(str::to_owned)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let local = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let listening = f.get(3) == Some(&"0A");
-            let on_port = f.get(1).is_some_and(|a| a.ends_with(&local));
-            (listening && on_port).then(|| f.get(9).map(|s| s.to_string()))?
-        })
-        .filter(|inode| own.contains(inode))
-        .collect()
+    crate::harness::socket_inodes(pid, "tcp", "0A", port)
 }
 
 #[test]

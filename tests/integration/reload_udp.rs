@@ -98,32 +98,7 @@ fn exchange(s: &UdpSocket, to: SocketAddr, msg: &[u8], lost: &AtomicU64) -> bool
 
 /// The inodes of `pid`'s unconnected UDP sockets bound to `port`.
 fn udp_inodes(pid: u32, port: u16) -> HashSet<String> {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap_or_default();
-    let own: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .map(|l| l.to_string_lossy().into_owned())
-                .filter_map(|l| {
-                    l.strip_prefix("socket:[")
-                        .and_then(|r| r.strip_suffix(']'))
-                        .map(str::to_owned)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let local = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let unconnected = f.get(3) == Some(&"07");
-            let on_port = f.get(1).is_some_and(|a| a.ends_with(&local));
-            (unconnected && on_port).then(|| f.get(9).map(|s| s.to_string()))?
-        })
-        .filter(|inode| own.contains(inode))
-        .collect()
+    crate::harness::socket_inodes(pid, "udp", "07", port)
 }
 
 #[test]
