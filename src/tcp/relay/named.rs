@@ -273,15 +273,15 @@ impl Relay {
     pub(super) fn refuse_now(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
         self.front = None;
         self.reason = Some(reason);
+        // A queued reply is always in flight (`queue_reply` sends at once);
+        // with none, there is nothing to wait for.
         if self.replies.busy() {
             self.replies.then = AfterReply::Close(reason);
             self.phase = Phase::Refusing {
                 until: cx.now.saturating_add(REFUSING_MS),
             };
-        } else if self.replies.bytes.is_empty() {
-            self.end_front(reason, cx);
         } else {
-            self.linger(reason, cx.now, cx);
+            self.end_front(reason, cx);
         }
     }
 
