@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringfwd::front::Destination;
-use ringfwd::front::socks5::{self, MAX_UDP_HEADER, UdpHeader};
+use ringfwd::front::socks5::{self, MAX_UDP_IP_HEADER, UdpHeader};
 use std::net::SocketAddr;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let Destination::Ip(addr) = header.dst else {
         return;
     };
-    let mut out = [0u8; MAX_UDP_HEADER];
+    let mut out = [0u8; MAX_UDP_IP_HEADER];
     let n = socks5::write_udp_header(addr, &mut out);
     let want = UdpHeader {
         frag: 0,

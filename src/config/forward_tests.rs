@@ -228,11 +228,21 @@ fn every_socks5_key_resolves() {
     );
     assert_eq!(p.udp_idle, None);
     assert_eq!(p.header_timeout, Duration::from_secs(3));
-    let err = resolve_file(&socks("udp = true")).unwrap_err().to_string();
+    let udp = resolve_file(&socks("udp = true")).unwrap();
+    let TcpKind::Socks5(p) = &udp.tcp[0].kind else {
+        panic!("not socks5: {:?}", udp.tcp[0].kind);
+    };
+    assert_eq!(p.udp_idle, Some(Duration::from_secs(60)), "the default");
     assert!(
-        err.contains("socks5[0].udp") && err.contains("not served yet"),
-        "{err}"
+        udp.has_udp(),
+        "UDP ASSOCIATE needs the shards' datagram buffers"
     );
+    let idle = resolve_file(&socks("udp = true\nudp_idle_timeout = \"5s\"")).unwrap();
+    let TcpKind::Socks5(p) = &idle.tcp[0].kind else {
+        panic!("not socks5");
+    };
+    assert_eq!(p.udp_idle, Some(Duration::from_secs(5)));
+    assert!(!resolve_file(&socks("udp = false")).unwrap().has_udp());
 }
 
 #[test]
@@ -439,8 +449,8 @@ fn bad_proxy_values_name_the_key_the_value_and_the_fix() {
         ),
         (
             socks("udp = true\nudp_idle_timeout = \"0s\""),
-            "socks5[0].udp",
-            vec!["UDP ASSOCIATE is not served yet", "remove udp = true"],
+            "socks5[0].udp_idle_timeout",
+            vec!["udp_idle_timeout"],
         ),
         (
             connect("udp = true"),

@@ -504,9 +504,14 @@ impl Plan {
         })
     }
 
-    /// Whether any listener (forwarding or echo) is UDP, so shards need datagram buffers.
+    /// Whether any listener (forwarding or echo) is UDP, or a SOCKS5
+    /// listener serves UDP ASSOCIATE, so shards need datagram buffers.
     pub fn has_udp(&self) -> bool {
-        !self.udp.is_empty() || self.echo.iter().any(|e| e.proto == Proto::Udp)
+        let associates = self
+            .tcp
+            .iter()
+            .any(|t| matches!(&t.kind, forward::TcpKind::Socks5(p) if p.udp_idle.is_some()));
+        !self.udp.is_empty() || self.echo.iter().any(|e| e.proto == Proto::Udp) || associates
     }
 }
 

@@ -204,14 +204,6 @@ fn udp_idle(section: &Section<'_>, kind: ProxyKind) -> Result<Option<Duration>, 
         None => false,
     };
     if udp {
-        // Refused rather than ignored: a client relying on it would get
-        // reply 7 (command not supported) from a config that asked for it.
-        if let Some(field) = section.get("udp") {
-            return Err(field.error(
-                "UDP ASSOCIATE is not served yet (a request for it is answered with reply 7, \
-                 command not supported); remove udp = true",
-            ));
-        }
         return timeout(section, &UDP_IDLE_TIMEOUT).map(Some);
     }
     match section.get("udp_idle_timeout") {

@@ -75,6 +75,9 @@ const ATYP_IPV6: u8 = 4;
 pub const MAX_REPLY: usize = 22;
 /// Room for any UDP header (a 255-byte name: 3 + 1 + 1 + 255 + 2).
 pub const MAX_UDP_HEADER: usize = 262;
+/// The longest UDP header naming an address (IPv6): what a reply from a
+/// destination carries.
+pub const MAX_UDP_IP_HEADER: usize = 22;
 
 /// The longest name in text form, without the trailing dot (RFC 1035 2.3.4).
 const MAX_NAME: usize = 253;
@@ -252,11 +255,30 @@ fn request(r: &mut Reader<'_>) -> Scan<Request> {
          the client is not speaking SOCKS5",
     )?;
     let atyp = r.byte()?;
+    if command == Command::UdpAssociate && atyp == ATYP_NAME {
+        return Ok(Request {
+            command,
+            dst: RequestDst::Dst(hint_name(r)?),
+        });
+    }
     let dst = match address(r, atyp)? {
         Some(d) => RequestDst::Dst(d),
         None => RequestDst::UnsupportedType(atyp),
     };
     Ok(Request { command, dst })
+}
+
+/// UDP ASSOCIATE's DST as a name: where the client says it will send from,
+/// a hint that is never resolved or connected to, so the host-name rules do
+/// not apply (PySocks sends the name "0").
+fn hint_name(r: &mut Reader<'_>) -> Scan<Destination> {
+    let len = r.byte()?;
+    let name = r.take(usize::from(len))?;
+    let port = r.port()?;
+    Ok(Destination::Name(
+        String::from_utf8_lossy(name).into_owned(),
+        port,
+    ))
 }
 
 /// Writes a reply `VER REP RSV=0 ATYP BND.ADDR BND.PORT` into `out`; returns
@@ -299,7 +321,7 @@ fn udp(r: &mut Reader<'_>) -> Scan<UdpHeader> {
 /// Writes the header the relay prepends to a datagram from `src`:
 /// `RSV(2)=0 FRAG=0 ATYP SRC.ADDR SRC.PORT`; returns its length (10 or 22).
 /// An IPv4-mapped address is written as IPv4, as in [`write_reply`].
-pub fn write_udp_header(src: SocketAddr, out: &mut [u8; MAX_UDP_HEADER]) -> usize {
+pub fn write_udp_header(src: SocketAddr, out: &mut [u8; MAX_UDP_IP_HEADER]) -> usize {
     let mut w = Put::new(out);
     w.put(&[0, 0, 0]);
     put_address(&mut w, src);

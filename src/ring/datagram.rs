@@ -287,9 +287,16 @@ impl SendSlot {
         }
     }
 
-    /// Fills the header to send `header` then `len` bytes at `data` on a
-    /// connected socket, as one datagram. The slot must not move afterwards.
-    pub fn prepare_with_header(&mut self, header: &[u8], data: *const u8, len: u32) {
+    /// Fills the header to send `header` then `len` bytes at `data` as one
+    /// datagram: on a connected socket (`dest` None), or to `dest`. The slot
+    /// must not move afterwards.
+    pub fn prepare_with_header(
+        &mut self,
+        header: &[u8],
+        data: *const u8,
+        len: u32,
+        dest: Option<SocketAddr>,
+    ) {
         let n = header.len().min(HEADER_MAX);
         if let (Some(dst), Some(src)) = (self.header.get_mut(..n), header.get(..n)) {
             dst.copy_from_slice(src);
@@ -304,8 +311,16 @@ impl SendSlot {
                 iov_len: len as usize,
             },
         ];
-        self.hdr.msg_name = std::ptr::null_mut();
-        self.hdr.msg_namelen = 0;
+        match dest {
+            Some(dest) => {
+                self.hdr.msg_namelen = write_sockaddr(dest, &mut self.name);
+                self.hdr.msg_name = self.name.as_mut_ptr().cast();
+            }
+            None => {
+                self.hdr.msg_name = std::ptr::null_mut();
+                self.hdr.msg_namelen = 0;
+            }
+        }
         self.hdr.msg_iov = self.iov.as_mut_ptr();
         self.hdr.msg_iovlen = 2;
         self.hdr.msg_control = std::ptr::null_mut();

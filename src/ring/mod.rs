@@ -261,6 +261,18 @@ impl Ring {
         datagram::parse(buf, layout, pool.max_datagram)
     }
 
+    /// The `len` bytes at `offset` of datagram buffer `bid`, which a
+    /// completion handed over (a SOCKS5 UDP datagram, whose header decides
+    /// where it goes).
+    pub fn datagram_bytes(&self, bid: u16, offset: u32, len: u32) -> Option<&[u8]> {
+        let pool = self.dgram.as_ref()?;
+        let p = pool.bufs.slice_ptr(bid, offset, len)?;
+        // SAFETY: in bounds (checked by slice_ptr); the buffer is out of the
+        // ring (a completion handed it over and it is not yet released), so
+        // the kernel is not writing to it while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts(p, len as usize) })
+    }
+
     /// Sends `len` bytes of datagram buffer `bid` at `offset` on a connected socket.
     pub fn send_datagram(
         &mut self,
@@ -314,8 +326,10 @@ impl Ring {
         Ok(())
     }
 
-    /// Sends `header` then part of datagram buffer `bid` as one datagram on
-    /// a connected socket (a session's PROXY v2 header, `send_proxy`).
+    /// Sends `header` then part of datagram buffer `bid` as one datagram:
+    /// on a connected socket (a session's PROXY v2 header, `send_proxy`), or
+    /// to `dest` (a SOCKS5 UDP header naming a reply's source).
+    #[allow(clippy::too_many_arguments)]
     pub fn send_datagram_with_header(
         &mut self,
         fd: RawFd,
@@ -323,13 +337,14 @@ impl Ring {
         offset: u32,
         len: u32,
         header: &[u8],
+        dest: Option<SocketAddr>,
         user_data: u64,
     ) -> io::Result<()> {
         let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
         let pool = self.dgram.as_mut().ok_or_else(invalid)?;
         let ptr = pool.bufs.slice_ptr(bid, offset, len).ok_or_else(invalid)?;
         let slot = pool.slots.get_mut(bid as usize).ok_or_else(invalid)?;
-        slot.prepare_with_header(header, ptr, len);
+        slot.prepare_with_header(header, ptr, len, dest);
         let hdr: *const libc::msghdr = &slot.hdr;
         let send = |flags: i32| {
             opcode::SendMsg::new(types::Fd(fd), hdr)

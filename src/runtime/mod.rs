@@ -750,6 +750,12 @@ fn named_spec(t: &TcpListenerPlan, guard: &LoopGuard) -> Option<Arc<NamedSpec>> 
         users,
         policy,
         guard: guard.clone(),
+        udp_idle_ms: match &t.kind {
+            TcpKind::Socks5(p) => p.udp_idle.map(|d| {
+                crate::time::Millis::try_from(d.as_millis()).unwrap_or(crate::time::Millis::MAX)
+            }),
+            _ => None,
+        },
     }))
 }
 

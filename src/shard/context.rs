@@ -7,7 +7,7 @@
 use tracing::warn;
 
 use super::ops::{Fd, Op};
-use super::slab::{ConnId, SessionId};
+use super::slab::{AssocId, ConnId, SessionId};
 use super::token::{OpKind, SlotId, Token};
 use crate::accesslog::AccessLogShard;
 use crate::stats::Counters;
@@ -46,6 +46,11 @@ pub enum TimerKey {
     UdpListener(u32),
     /// The resolver's next per-try timeout.
     Resolver {
+        deadline: Millis,
+    },
+    /// A SOCKS5 UDP association's idle deadline.
+    Assoc {
+        id: AssocId,
         deadline: Millis,
     },
 }

@@ -7,14 +7,15 @@
 use std::os::fd::RawFd;
 
 use super::context::{Ctx, TimerKey};
-use super::resolve::ResolveService;
-use super::slab::ConnId;
+use super::resolve::{Asker, ResolveService};
+use super::slab::{AssocId, ConnId};
 use super::tcp::{TcpConfig, TcpService};
 use super::token::{OpKind, Token};
-use super::udp::{DatagramMeta, UdpConfig, UdpListenerSpec, UdpRouteSpec, UdpService};
+use super::udp::{AssocEvent, DatagramMeta, UdpConfig, UdpListenerSpec, UdpRouteSpec, UdpService};
 use crate::accesslog::AccessLogShard;
 use crate::dns::{Answer, ResolverConfig};
 use crate::stats::{Counter, ShardStats};
+use crate::tcp::handshake::AssocAsk;
 use crate::tcp::relay::Ends;
 use crate::tcp::splice::SpliceConfig;
 use crate::time::Millis;
@@ -50,10 +51,11 @@ pub struct EngineConfig {
     pub resolver_seed: u64,
 }
 
-/// Rounds of lookups and answers passed between the TCP and resolver
-/// services in one go: an answer may make a connection ask for another
-/// name (a retry), but never without end.
-const RESOLVE_ROUNDS: usize = 4;
+/// Rounds of lookups, associations and answers passed between the TCP, UDP
+/// and resolver services in one go: an answer may make a connection ask for
+/// more (another name, an association's end), but never without end; what
+/// is left waits for the next completion or timer.
+const EXCHANGE_ROUNDS: usize = 4;
 
 pub struct Engine {
     ctx: Ctx,
@@ -62,7 +64,14 @@ pub struct Engine {
     resolve: ResolveService,
     /// Lookups the TCP service asked for, and the answers going back to it.
     lookups: Vec<(ConnId, String)>,
-    answers: Vec<(ConnId, Answer)>,
+    /// Lookups SOCKS5 UDP associations asked for.
+    assoc_lookups: Vec<(AssocId, String)>,
+    answers: Vec<(Asker, Answer)>,
+    /// SOCKS5 UDP associations connections asked for, the connections freed
+    /// (their associations end), and the UDP service's answers.
+    assoc_asks: Vec<(ConnId, AssocAsk)>,
+    assoc_ends: Vec<ConnId>,
+    assoc_events: Vec<(ConnId, AssocEvent)>,
     fired: Vec<TimerKey>,
 }
 
@@ -85,7 +94,11 @@ impl Engine {
             }),
             resolve: ResolveService::new(cfg.resolver, cfg.resolver_seed),
             lookups: Vec::new(),
+            assoc_lookups: Vec::new(),
             answers: Vec::new(),
+            assoc_asks: Vec::new(),
+            assoc_ends: Vec::new(),
+            assoc_events: Vec::new(),
             fired: Vec::new(),
         }
     }
@@ -129,7 +142,11 @@ impl Engine {
         self.udp.snapshot(&mut s.listeners);
         s.merge(self.tcp.retired());
         s.merge(self.udp.retired());
-        s
+        // A SOCKS5 listener's associations are counted by the UDP service
+        // under the listener's name: one entry per name.
+        let mut merged = ShardStats::default();
+        merged.merge(&s);
+        merged
     }
 
     /// Swaps in a reloaded configuration (a `Command::Reload`): new
@@ -312,6 +329,28 @@ impl Engine {
         }
     }
 
+    /// A receive completion on a SOCKS5 UDP association's socket, with the
+    /// datagram's bytes (its header is read to decide where it goes).
+    pub fn handle_assoc_cqe(
+        &mut self,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        meta: Option<DatagramMeta>,
+        bytes: Option<&[u8]>,
+        now: Millis,
+    ) {
+        match Token::decode(user_data) {
+            Some(token) => {
+                self.udp
+                    .on_assoc_cqe(&mut self.ctx, token, res, flags, meta, bytes, now);
+                self.after_udp();
+                self.after_tcp(now);
+            }
+            None => self.route(user_data, res, flags, meta, now),
+        }
+    }
+
     /// A completion of a UDP receive; `meta` is its parsed recvmsg layout.
     pub fn handle_datagram_cqe(
         &mut self,
@@ -346,6 +385,9 @@ impl Engine {
                 self.udp
                     .on_udp_cqe(&mut self.ctx, token, res, flags, meta, now);
                 self.after_udp();
+                if self.udp.has_assoc_work() {
+                    self.after_tcp(now);
+                }
             }
             _ => {
                 self.tcp.handle(&mut self.ctx, token, res, flags, now);
@@ -354,23 +396,65 @@ impl Engine {
         }
     }
 
-    /// Hands the names the TCP service's connections asked for to the
-    /// resolver, and the answers back (at once for hosts, cache hits and
-    /// errors; later ones from the resolver's replies and timeouts).
+    /// Carries what the services ask of each other: names to the resolver
+    /// and its answers back (at once for hosts, cache hits and errors; later
+    /// ones from its replies and timeouts), associations to the UDP service
+    /// and its answers back, and freed connections' associations to their end.
     fn after_tcp(&mut self, now: Millis) {
-        for _ in 0..RESOLVE_ROUNDS {
+        for _ in 0..EXCHANGE_ROUNDS {
             self.tcp.take_lookups(&mut self.lookups);
-            if self.lookups.is_empty() && !self.resolve.has_done() {
+            self.udp.take_assoc_lookups(&mut self.assoc_lookups);
+            let idle = self.lookups.is_empty()
+                && self.assoc_lookups.is_empty()
+                && !self.resolve.has_done()
+                && !self.tcp.has_association_work()
+                && !self.udp.has_assoc_work();
+            if idle {
                 return;
             }
-            for (id, name) in self.lookups.drain(..) {
-                if let Some(answer) = self.resolve.lookup(&mut self.ctx, id, &name, now) {
-                    self.answers.push((id, answer));
+            let asks = self.lookups.drain(..).map(|(id, n)| (Asker::Conn(id), n));
+            let asks = asks.chain(
+                self.assoc_lookups
+                    .drain(..)
+                    .map(|(id, n)| (Asker::Assoc(id), n)),
+            );
+            for (asker, name) in asks.collect::<Vec<_>>() {
+                if let Some(answer) = self.resolve.lookup(&mut self.ctx, asker, &name, now) {
+                    self.answers.push((asker, answer));
                 }
             }
             self.resolve.take_done(&mut self.answers);
-            for (id, answer) in self.answers.drain(..) {
-                self.tcp.resolved(&mut self.ctx, id, answer, now);
+            for (asker, answer) in self.answers.drain(..) {
+                match asker {
+                    Asker::Conn(id) => self.tcp.resolved(&mut self.ctx, id, answer, now),
+                    Asker::Assoc(id) => self.udp.assoc_resolved(&mut self.ctx, id, answer, now),
+                }
+            }
+            self.exchange_associations(now);
+        }
+    }
+
+    /// Associations asked for and ended by the TCP service, and the UDP
+    /// service's answers.
+    fn exchange_associations(&mut self, now: Millis) {
+        let (asks, ends) = (&mut self.assoc_asks, &mut self.assoc_ends);
+        self.tcp.take_associations(&mut self.ctx, asks, ends, now);
+        for (conn, ask) in self.assoc_asks.drain(..) {
+            self.udp.open_association(&mut self.ctx, conn, ask, now);
+        }
+        for conn in self.assoc_ends.drain(..) {
+            self.udp.end_association(&mut self.ctx, conn, now);
+        }
+        self.udp.take_assoc_events(&mut self.assoc_events);
+        for (conn, event) in self.assoc_events.drain(..) {
+            match event {
+                AssocEvent::Bound(addr) => self.tcp.associated(&mut self.ctx, conn, Ok(addr), now),
+                AssocEvent::Failed(errno) => {
+                    self.tcp.associated(&mut self.ctx, conn, Err(errno), now)
+                }
+                AssocEvent::Ended(reason) => {
+                    self.tcp.association_ended(&mut self.ctx, conn, reason, now)
+                }
             }
         }
     }
@@ -395,6 +479,9 @@ impl Engine {
                 }
                 TimerKey::UdpListener(index) => self.udp.udp_listener_timer(&mut self.ctx, index),
                 TimerKey::Resolver { deadline } => self.resolve.timer(&mut self.ctx, deadline, now),
+                TimerKey::Assoc { id, deadline } => {
+                    self.udp.assoc_timer(&mut self.ctx, id, deadline, now)
+                }
             }
         }
         self.fired = fired;

@@ -264,6 +264,11 @@ fn register_udp(
     Ok((upstream_template, listen_templates, specs))
 }
 
+/// Whether `user_data` is a receive on a SOCKS5 UDP association's socket.
+fn is_assoc_recv(user_data: u64) -> bool {
+    Token::decode(user_data).is_some_and(|t| t.kind == OpKind::AssocRecv)
+}
+
 /// Pins the calling thread to the shard's CPU and creates its ring there
 /// (SINGLE_ISSUER binds the ring to this thread); `Err` says what failed
 /// and what to do.
@@ -557,6 +562,13 @@ impl Loop {
                 let meta = self.datagram_meta(&c);
                 self.lend(&c, meta.is_some());
                 match meta {
+                    Some(meta) if is_assoc_recv(c.user_data) => {
+                        let bytes = meta
+                            .zip(buffer_of(c.flags))
+                            .filter(|_| c.res > 0)
+                            .and_then(|(m, bid)| self.ring.datagram_bytes(bid, m.offset, m.len));
+                        engine.handle_assoc_cqe(c.user_data, c.res, c.flags, meta, bytes, now)
+                    }
                     Some(meta) => {
                         engine.handle_datagram_cqe(c.user_data, c.res, c.flags, meta, now)
                     }
@@ -756,7 +768,9 @@ impl Loop {
             | Op::UdpConnect { .. }
             | Op::SendDatagram { .. }
             | Op::SendDatagramProxied { .. }
-            | Op::SendDatagramTo { .. } => self.execute_datagram_op(op),
+            | Op::SendDatagramTo { .. }
+            | Op::UdpBind { .. }
+            | Op::SendDatagramToWithHeader { .. } => self.execute_datagram_op(op),
         }
     }
 
@@ -819,6 +833,7 @@ impl Loop {
                 let t = match template {
                     RecvTemplate::Listener(i) => self.listen_templates.get(i as usize).copied(),
                     RecvTemplate::Upstream => Some(self.upstream_template),
+                    RecvTemplate::Association => Some(self.listener_template(false)),
                 };
                 let queued = t.is_some_and(|t| self.ring.recvmsg_multi(fd.raw(), t, token).is_ok());
                 if !queued {
@@ -866,11 +881,44 @@ impl Loop {
                 let header = header.get(..usize::from(header_len)).unwrap_or_default();
                 if self
                     .ring
-                    .send_datagram_with_header(fd.raw(), bid, offset, len, header, token)
+                    .send_datagram_with_header(fd.raw(), bid, offset, len, header, None, token)
                     .is_err()
                 {
                     self.fail(token, libc::EINVAL);
                 }
+            }
+            Op::SendDatagramToWithHeader {
+                token,
+                fd,
+                bid,
+                offset,
+                len,
+                dest,
+                header,
+                header_len,
+            } => {
+                let header = header.get(..usize::from(header_len)).unwrap_or_default();
+                let dest = Some(dest);
+                if self
+                    .ring
+                    .send_datagram_with_header(fd.raw(), bid, offset, len, header, dest, token)
+                    .is_err()
+                {
+                    self.fail(token, libc::EINVAL);
+                }
+            }
+            Op::UdpBind { token, fd, addr } => {
+                // Inline, as `Op::Shutdown`: io_uring's bind needs kernel
+                // 6.11, and a datagram bind never blocks.
+                let res = match socket::bind_port(fd.raw(), addr) {
+                    Ok(port) => i32::from(port),
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EADDRNOTAVAIL),
+                };
+                self.synthetic.push(Cqe {
+                    user_data: token,
+                    res,
+                    flags: 0,
+                });
             }
             Op::SendDatagramTo {
                 token,
@@ -1008,6 +1056,7 @@ impl Loop {
         let template = match token.kind {
             OpKind::UdpListenRecv => *self.listen_templates.get(token.slot.index as usize)?,
             OpKind::UdpUpRecv => self.upstream_template,
+            OpKind::AssocRecv => self.wildcard_templates.first().copied().flatten()?,
             _ => return None,
         };
         if c.res <= 0 || c.flags & super::engine::CQE_F_BUFFER == 0 {

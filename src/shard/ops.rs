@@ -217,6 +217,25 @@ pub enum Op {
     ReleaseDatagram {
         bid: u16,
     },
+    /// bind(2) a UDP socket to `addr` (port 0: the kernel picks), run
+    /// inline: completes with the bound port, or `-errno`.
+    UdpBind {
+        token: u64,
+        fd: Fd,
+        addr: SocketAddr,
+    },
+    /// Send `header` (its first `header_len` bytes: a SOCKS5 UDP header)
+    /// then part of datagram buffer `bid`, as one datagram to `dest`.
+    SendDatagramToWithHeader {
+        token: u64,
+        fd: Fd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        dest: SocketAddr,
+        header: [u8; crate::front::socks5::MAX_UDP_IP_HEADER],
+        header_len: u8,
+    },
     /// IORING_OP_SPLICE of up to `len` bytes from `fd_in` to `fd_out` (a
     /// socket and a pipe end, one way or the other).
     Splice {
@@ -249,6 +268,9 @@ pub enum RecvTemplate {
     Listener(u32),
     /// A session's connected socket: payload only.
     Upstream,
+    /// A SOCKS5 UDP association's socket: the sender's address (it talks to
+    /// its client and to every destination).
+    Association,
 }
 
 pub(crate) fn result(res: i32) -> Result<u32, i32> {

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::context::{Ctx, TimerKey};
 use super::ops::{Family, Fd, Op};
-use super::slab::ConnId;
+use super::slab::{AssocId, ConnId};
 use super::token::{GEN_MASK, MAX_AUX, MAX_INDEX, OpKind, SlotId, Token};
 use crate::dns::{Answer, Lookup, ResolveError, Resolver, ResolverConfig};
 use crate::stats::Counter;
@@ -26,17 +26,37 @@ use crate::time::Millis;
 /// ignored (its query times out).
 const REPLY_BUFFER: u32 = 4096;
 
-/// The waiter a connection's lookup is filed under.
-pub(crate) fn waiter_of(id: ConnId) -> u64 {
-    u64::from(id.0.index) | (u64::from(id.0.generation) << 32)
+/// Who asked for a lookup: a connection (a destination name), or a SOCKS5
+/// UDP association (a datagram's destination name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Asker {
+    Conn(ConnId),
+    Assoc(AssocId),
 }
 
-/// The connection a waiter names.
-pub(crate) fn conn_of(waiter: u64) -> ConnId {
-    ConnId(SlotId {
+/// Marks an association's waiter (slot indices and generations take 20 bits each).
+const ASSOC_BIT: u64 = 1 << 63;
+
+/// The waiter a lookup is filed under.
+pub(crate) fn waiter_of(asker: Asker) -> u64 {
+    let (slot, tag) = match asker {
+        Asker::Conn(id) => (id.0, 0),
+        Asker::Assoc(id) => (id.0, ASSOC_BIT),
+    };
+    u64::from(slot.index) | (u64::from(slot.generation) << 32) | tag
+}
+
+/// Who a waiter names.
+pub(crate) fn asker_of(waiter: u64) -> Asker {
+    let slot = SlotId {
         index: (waiter as u32) & MAX_INDEX,
         generation: ((waiter >> 32) as u32) & GEN_MASK,
-    })
+    };
+    if waiter & ASSOC_BIT == 0 {
+        Asker::Conn(ConnId(slot))
+    } else {
+        Asker::Assoc(AssocId(slot))
+    }
 }
 
 /// Where one nameserver's socket is.
@@ -98,11 +118,11 @@ impl ResolveService {
     pub(crate) fn lookup(
         &mut self,
         ctx: &mut Ctx,
-        id: ConnId,
+        asker: Asker,
         name: &str,
         now: Millis,
     ) -> Option<Answer> {
-        let answer = match self.resolver.lookup(name, waiter_of(id), now) {
+        let answer = match self.resolver.lookup(name, waiter_of(asker), now) {
             Lookup::Ready(answer) => Some(answer),
             Lookup::Pending => None,
         };
@@ -124,8 +144,8 @@ impl ResolveService {
     }
 
     /// Answers that came since the last call.
-    pub(crate) fn take_done(&mut self, out: &mut Vec<(ConnId, Answer)>) {
-        out.extend(self.done.drain(..).map(|(w, a)| (conn_of(w), a)));
+    pub(crate) fn take_done(&mut self, out: &mut Vec<(Asker, Answer)>) {
+        out.extend(self.done.drain(..).map(|(w, a)| (asker_of(w), a)));
     }
 
     /// Sends what the resolver queued, re-arms its timer, and moves its

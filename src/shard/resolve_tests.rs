@@ -20,7 +20,11 @@ fn cfg(nameservers: &[&str]) -> ResolverConfig {
     }
 }
 
-fn conn(index: u32) -> ConnId {
+fn conn(index: u32) -> Asker {
+    Asker::Conn(conn_id(index))
+}
+
+fn conn_id(index: u32) -> ConnId {
     ConnId(SlotId {
         index,
         generation: 7,
@@ -188,7 +192,10 @@ fn queries_wait_for_the_connect_and_time_out_on_the_timer() {
     svc.timer(&mut ctx, *deadline, 1000);
     let mut done = Vec::new();
     svc.take_done(&mut done);
-    done.sort_by_key(|d| d.0.0.index);
+    done.sort_by_key(|d| match d.0 {
+        Asker::Conn(id) => id.0.index,
+        Asker::Assoc(id) => id.0.index,
+    });
     assert_eq!(
         done,
         vec![
@@ -311,9 +318,11 @@ fn no_nameserver_answers_at_once_without_an_operation() {
 }
 
 #[test]
-fn waiters_and_connection_ids_convert_both_ways() {
+fn waiters_and_askers_convert_both_ways() {
     for (index, generation) in [(0, 0), (MAX_INDEX, GEN_MASK), (12345, 678)] {
-        let id = ConnId(SlotId { index, generation });
-        assert_eq!(conn_of(waiter_of(id)), id);
+        let slot = SlotId { index, generation };
+        for asker in [Asker::Conn(ConnId(slot)), Asker::Assoc(AssocId(slot))] {
+            assert_eq!(asker_of(waiter_of(asker)), asker);
+        }
     }
 }

@@ -50,6 +50,10 @@ slot_id! {
     /// A UDP session of the shard.
     SessionId
 }
+slot_id! {
+    /// A SOCKS5 UDP association of the shard.
+    AssocId
+}
 
 struct Slot<T> {
     generation: u32,

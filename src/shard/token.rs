@@ -64,6 +64,17 @@ pub enum OpKind {
     /// Cancel of the receive on a resolver socket (before its close).
     DnsCancel = 35,
     DnsClose = 36,
+    /// A SOCKS5 UDP association's socket (index = association).
+    AssocSocket = 37,
+    AssocBind = 38,
+    /// Multishot recvmsg on an association's socket.
+    AssocRecv = 39,
+    /// A client's datagram to its destination (aux = buffer id).
+    AssocSend = 40,
+    /// A destination's datagram to the client, with its header (aux = buffer id).
+    AssocReply = 41,
+    AssocCancel = 42,
+    AssocClose = 43,
 }
 
 impl OpKind {
@@ -95,6 +106,13 @@ impl OpKind {
                 | OpKind::UdpClose
                 | OpKind::UdpListenCancel
                 | OpKind::UdpListenClose
+                | OpKind::AssocSocket
+                | OpKind::AssocBind
+                | OpKind::AssocRecv
+                | OpKind::AssocSend
+                | OpKind::AssocReply
+                | OpKind::AssocCancel
+                | OpKind::AssocClose
         )
     }
 
@@ -137,6 +155,13 @@ impl OpKind {
             34 => DnsRecv,
             35 => DnsCancel,
             36 => DnsClose,
+            37 => AssocSocket,
+            38 => AssocBind,
+            39 => AssocRecv,
+            40 => AssocSend,
+            41 => AssocReply,
+            42 => AssocCancel,
+            43 => AssocClose,
             _ => return None,
         })
     }
@@ -223,7 +248,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind_side_and_extreme_slots() {
-        for k in 1..=36u8 {
+        for k in 1..=43u8 {
             let kind = OpKind::from_u8(k).expect("kind");
             for side in [Side::Client, Side::Upstream] {
                 for (index, generation) in [(0, 0), (MAX_INDEX, GEN_MASK), (12345, 678)] {
@@ -240,6 +265,6 @@ mod tests {
     fn rejects_values_never_issued() {
         assert_eq!(Token::decode(0), None);
         assert_eq!(Token::decode(200), None);
-        assert_eq!(Token::decode(37), None);
+        assert_eq!(Token::decode(44), None);
     }
 }

@@ -434,6 +434,20 @@ pub(crate) fn endpoints(fd: RawFd) -> (Option<SocketAddr>, Option<SocketAddr>) {
     (peer, local)
 }
 
+/// Binds socket `fd` to `addr` (port 0: one the kernel picks) and returns
+/// the port it got (a SOCKS5 UDP association's socket).
+pub(crate) fn bind_port(fd: RawFd, addr: SocketAddr) -> io::Result<u16> {
+    // SAFETY: `fd` is an open socket the caller owns for the length of this
+    // call; the borrow does not outlive it and nothing here closes it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&borrowed);
+    sock.bind(&addr.into())?;
+    sock.local_addr()?
+        .as_socket()
+        .map(|a| a.port())
+        .ok_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable))
+}
+
 /// A UDP socket connected to `target` from an ephemeral port (a load
 /// generator's flow: the kernel then delivers only `target`'s replies to it).
 pub(crate) fn connected_udp(target: SocketAddr) -> io::Result<OwnedFd> {

@@ -59,6 +59,10 @@ pub struct Learnt {
     pub destination: Option<Destination>,
     /// The user it authenticated as.
     pub user: Option<String>,
+    /// SOCKS5 UDP ASSOCIATE: the address the client said it would send
+    /// from (kept for the log; datagrams are matched to the control
+    /// connection's peer).
+    pub associate: Option<Destination>,
 }
 
 /// What one read did to the front.
@@ -108,7 +112,7 @@ impl Front {
         now: Millis,
         named: Option<Arc<NamedSpec>>,
     ) -> Option<Front> {
-        let handshake = named.as_ref().map(|n| Handshake::new(n.kind));
+        let handshake = named.as_ref().map(|n| Handshake::for_spec(n));
         let (stage, ms) = match (cfg.proxy_ms, cfg.named_ms.zip(handshake), cfg.sni_ms) {
             (Some(ms), _, _) => (Stage::Proxy, ms),
             (None, Some((ms, hs)), _) => (Stage::Named(hs), ms),
@@ -179,7 +183,7 @@ impl Front {
                     Parsed::Done { value, consumed } => {
                         self.proxied(value);
                         self.skip += consumed;
-                        let handshake = self.named.as_ref().map(|n| Handshake::new(n.kind));
+                        let handshake = self.named.as_ref().map(|n| Handshake::for_spec(n));
                         if let Some((ms, hs)) = self.cfg.named_ms.zip(handshake) {
                             self.stage = Stage::Named(hs);
                             self.deadline = now.saturating_add(ms);
@@ -211,6 +215,11 @@ impl Front {
                         HsStep::Refuse(reason) => Step::Refuse(reason),
                         HsStep::Done { dst, user } => {
                             self.learnt.destination = Some(dst);
+                            self.learnt.user = user;
+                            Step::Done
+                        }
+                        HsStep::Associate { hint, user } => {
+                            self.learnt.associate = Some(hint);
                             self.learnt.user = user;
                             Step::Done
                         }

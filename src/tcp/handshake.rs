@@ -5,12 +5,14 @@
 //! and the reply bytes out; the parsers are those of `crate::front`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crate::config::forward::{DestinationPolicy, Refusal, Users};
 use crate::front::connect::{self, Head, Status};
 use crate::front::socks5::{self, Command, Reply, RequestDst};
 use crate::front::{Destination, Parsed};
 use crate::stats::CloseReason;
+use crate::time::Millis;
 
 /// Which protocol names the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +31,9 @@ pub struct NamedSpec {
     pub users: Users,
     pub policy: DestinationPolicy,
     pub guard: LoopGuard,
+    /// SOCKS5 `udp = true`: UDP ASSOCIATE is served, and an association
+    /// ends after this long without a datagram (`udp_idle_timeout`).
+    pub udp_idle_ms: Option<Millis>,
 }
 
 impl NamedSpec {
@@ -40,6 +45,20 @@ impl NamedSpec {
         }
         self.policy.check(addr)
     }
+}
+
+/// What a SOCKS5 UDP ASSOCIATE asks the shard to open.
+#[derive(Clone, Debug)]
+pub struct AssocAsk {
+    /// The control connection's client: only datagrams from this address are
+    /// relayed to destinations.
+    pub client: IpAddr,
+    /// The address the client reached: the association's socket is bound
+    /// there, and the reply's BND names it (never 0.0.0.0).
+    pub local: IpAddr,
+    pub spec: Arc<NamedSpec>,
+    /// The listener's name (its counters, log lines).
+    pub listener: String,
 }
 
 /// ringfwd's own TCP listen addresses: a destination among them would send
@@ -114,6 +133,13 @@ pub enum HsStep {
     /// The handshake failed: send the reply it wrote (if any), then close,
     /// counted under the reason.
     Refuse(CloseReason),
+    /// SOCKS5 UDP ASSOCIATE (the listener serves it): `hint` is where the
+    /// client says it will send from, often 0.0.0.0:0 and, behind NAT,
+    /// wrong; the relay goes by the control connection's peer instead.
+    Associate {
+        hint: Destination,
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -121,6 +147,14 @@ pub struct Handshake {
     kind: NamedKind,
     stage: Stage,
     user: Option<String>,
+    udp: UdpAssociate,
+}
+
+/// Whether the listener serves SOCKS5 UDP ASSOCIATE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UdpAssociate {
+    Refused,
+    Served,
 }
 
 impl Handshake {
@@ -134,7 +168,17 @@ impl Handshake {
             kind,
             stage,
             user: None,
+            udp: UdpAssociate::Refused,
         }
+    }
+
+    /// The handshake of `spec`'s listener (UDP ASSOCIATE served when it says).
+    pub fn for_spec(spec: &NamedSpec) -> Handshake {
+        let mut hs = Handshake::new(spec.kind);
+        if spec.udp_idle_ms.is_some() {
+            hs.udp = UdpAssociate::Served;
+        }
+        hs
     }
 
     /// Runs the handshake over `input` (the client's bytes not yet taken by
@@ -227,7 +271,15 @@ impl Handshake {
                         dst,
                         user: self.user.take(),
                     },
-                    // BIND, and UDP ASSOCIATE (not served yet), and unknown commands.
+                    (Command::UdpAssociate, RequestDst::Dst(hint))
+                        if self.udp == UdpAssociate::Served =>
+                    {
+                        HsStep::Associate {
+                            hint,
+                            user: self.user.take(),
+                        }
+                    }
+                    // BIND, UDP ASSOCIATE where `udp` is off, and unknown commands.
                     (Command::Bind | Command::UdpAssociate | Command::Other(_), _) => {
                         socks_reply(Reply::CommandNotSupported, unspecified, out);
                         HsStep::Refuse(CloseReason::CommandUnsupported)

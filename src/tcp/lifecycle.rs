@@ -146,6 +146,7 @@ impl Lifecycle {
                 }
                 ConnOp::NextTarget
                 | ConnOp::Resolve
+                | ConnOp::Associate
                 | ConnOp::Report { .. }
                 | ConnOp::Release(_)
                 | ConnOp::Starved(_)

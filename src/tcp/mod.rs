@@ -98,6 +98,11 @@ pub enum ConnOp {
     /// (`Relay::resolve_name`). Answered later (`handle_resolved`), no
     /// completion.
     Resolve,
+    /// Ask the shard for a SOCKS5 UDP association for this connection's
+    /// client (a UDP socket bound to the address the client reached).
+    /// Answered later (`handle_associated`), no completion; the shard ends
+    /// the association when the connection is freed.
+    Associate,
     /// Cancel this side's multishot receive (pause at the high watermark).
     CancelRecv(Side),
     /// Send `len` bytes of buffer `bid` starting at `offset`.

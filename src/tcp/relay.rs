@@ -22,6 +22,7 @@ use crate::time::Millis;
 use crate::upstream::{Attempts, Outcome, Target};
 use std::net::SocketAddr;
 
+mod associate;
 mod named;
 use named::{Named, ReplyQueue};
 
@@ -94,6 +95,14 @@ enum Phase {
     Refusing {
         until: Millis,
     },
+    /// SOCKS5 UDP ASSOCIATE: waiting for the shard to open the association.
+    Associating {
+        until: Millis,
+    },
+    /// The association is open; the control connection is only watched for
+    /// its end. No idle deadline of its own: the association's
+    /// `udp_idle_timeout` ends both.
+    Associated,
     Closing,
 }
 
@@ -301,6 +310,9 @@ impl Relay {
 
     /// A front receive completed.
     pub fn handle_front(&mut self, ev: FrontRead<'_>, cx: &mut Cx<'_>) {
+        if self.phase == Phase::Associated {
+            return self.control_read(ev, cx);
+        }
         let now = cx.now;
         let Some(front) = self.front.as_mut().filter(|_| self.phase == Phase::Front) else {
             self.after(cx);
@@ -331,6 +343,9 @@ impl Relay {
                     && !client.is_some_and(|c| access.permits(c.ip()))
                 {
                     return self.end_front(CloseReason::Denied, cx);
+                }
+                if self.learnt.associate.is_some() {
+                    return self.associate(cx);
                 }
                 self.phase = Phase::Connecting;
                 match self.learnt.destination.clone() {
@@ -451,9 +466,10 @@ impl Relay {
             }
             Phase::Lingering { until, .. }
             | Phase::Resolving { until }
-            | Phase::Refusing { until } => Some(until),
+            | Phase::Refusing { until }
+            | Phase::Associating { until } => Some(until),
             Phase::Front => self.front.as_ref().map(|f| f.deadline()),
-            Phase::Connecting | Phase::Closing => None,
+            Phase::Connecting | Phase::Associated | Phase::Closing => None,
         }
     }
 
@@ -1106,7 +1122,7 @@ impl Relay {
 
     /// Buffers returned to the shard's ring: a starved receive on `side` retries.
     pub fn handle_buffers(&mut self, side: Side, cx: &mut Cx<'_>) {
-        if let (Phase::Front, Side::Client) = (self.phase, side) {
+        if let (Phase::Front | Phase::Associated, Side::Client) = (self.phase, side) {
             cx.push(ConnOp::FrontRecv);
             return;
         }
@@ -1148,7 +1164,14 @@ impl Relay {
                 let reason = self.reason.unwrap_or(CloseReason::Error);
                 return self.end_front(reason, cx);
             }
-            Phase::Resolving { .. } | Phase::Refusing { .. } => return,
+            Phase::Associating { until } if until <= now => {
+                let errno = libc::ETIMEDOUT;
+                return self.refuse(handshake::Outcome::Failed { errno }, cx);
+            }
+            Phase::Resolving { .. }
+            | Phase::Refusing { .. }
+            | Phase::Associating { .. }
+            | Phase::Associated => return,
             _ => {}
         }
         if self.phase == Phase::Relaying {
@@ -1177,7 +1200,11 @@ impl Relay {
     pub fn abort(&mut self, reason: CloseReason, cx: &mut Cx<'_>) {
         if matches!(
             self.phase,
-            Phase::Front | Phase::Resolving { .. } | Phase::Refusing { .. }
+            Phase::Front
+                | Phase::Resolving { .. }
+                | Phase::Refusing { .. }
+                | Phase::Associating { .. }
+                | Phase::Associated
         ) {
             let reason = self.reason.unwrap_or(reason);
             self.end_front(reason, cx);

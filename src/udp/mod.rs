@@ -4,6 +4,7 @@
 //! completions and the time come in, `SessionOp`s go out.
 
 pub(crate) mod admission;
+pub mod assoc;
 pub(crate) mod drops;
 pub(crate) mod limiter;
 pub(crate) mod loops;
@@ -80,10 +81,12 @@ pub enum SessionEnd {
     /// Evicted while embryonic (no reply from its upstream yet) to admit a
     /// new client to a full table.
     Evicted,
+    /// A SOCKS5 UDP association whose control connection ended.
+    ControlClosed,
 }
 
 impl SessionEnd {
-    pub const ALL: [SessionEnd; 7] = [
+    pub const ALL: [SessionEnd; 8] = [
         SessionEnd::Idle,
         SessionEnd::Refused,
         SessionEnd::Responses,
@@ -91,6 +94,7 @@ impl SessionEnd {
         SessionEnd::Shutdown,
         SessionEnd::Drained,
         SessionEnd::Evicted,
+        SessionEnd::ControlClosed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +106,7 @@ impl SessionEnd {
             SessionEnd::Shutdown => "shutdown",
             SessionEnd::Drained => "drained",
             SessionEnd::Evicted => "evicted",
+            SessionEnd::ControlClosed => "control_closed",
         }
     }
 }
@@ -135,10 +140,21 @@ pub enum DropReason {
     /// Dropped by the kernel on a session's upstream socket (`session_rcvbuf`):
     /// upstream replies that ringfwd never saw.
     RcvbufU2c,
+    /// SOCKS5 UDP: a client datagram with FRAG ≠ 0 (fragmentation is not
+    /// served, as RFC 1928 allows).
+    Fragment,
+    /// SOCKS5 UDP: a client datagram whose header does not parse.
+    Malformed,
+    /// SOCKS5 UDP: from neither the association's client nor a destination
+    /// the client sent to.
+    Stranger,
+    /// SOCKS5 UDP: a client datagram for a name that did not resolve (or
+    /// waiting behind too many others that do).
+    Unresolved,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Truncated,
         DropReason::Denied,
         DropReason::SessionLimit,
@@ -150,6 +166,10 @@ impl DropReason {
         DropReason::Loop,
         DropReason::RcvbufC2u,
         DropReason::RcvbufU2c,
+        DropReason::Fragment,
+        DropReason::Malformed,
+        DropReason::Stranger,
+        DropReason::Unresolved,
     ];
 
     pub fn name(self) -> &'static str {
@@ -165,6 +185,10 @@ impl DropReason {
             DropReason::Loop => "loop",
             DropReason::RcvbufC2u => "rcvbuf_c2u",
             DropReason::RcvbufU2c => "rcvbuf_u2c",
+            DropReason::Fragment => "fragment",
+            DropReason::Malformed => "malformed",
+            DropReason::Stranger => "stranger",
+            DropReason::Unresolved => "unresolved",
         }
     }
 }

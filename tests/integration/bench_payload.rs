@@ -287,7 +287,7 @@ fn a_server_that_answers_wrong_fails_the_run_showing_expected_and_got() {
 
 /// A DNS query for `name` (type A, class IN) with a fixed ID and no EDNS:
 /// dnsmasq answers it with the same bytes every time.
-fn dns_query(name: &str) -> Vec<u8> {
+pub(crate) fn dns_query(name: &str) -> Vec<u8> {
     let mut q = vec![0x52, 0x46, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
         q.push(label.len() as u8);

@@ -30,6 +30,7 @@ mod reload;
 mod reload_udp;
 mod shipping;
 mod signals;
+mod socks_udp;
 mod splice;
 mod udp;
 mod udp_abuse;

@@ -592,7 +592,7 @@ fn udp_header_round_trips() {
         ("[::ffff:10.0.0.53]:53", "10.0.0.53:53"),
         ("0.0.0.0:0", "0.0.0.0:0"),
     ] {
-        let mut out = [0u8; MAX_UDP_HEADER];
+        let mut out = [0u8; MAX_UDP_IP_HEADER];
         let n = write_udp_header(sa(src), &mut out);
         let dgram = cat(&[&out[..n], b"reply"]);
         let (h, off) = parse_udp(&dgram).unwrap();
@@ -673,4 +673,31 @@ fn property_random_requests_and_splits() {
             check_valid(parse_request, &msg, want);
         }
     }
+}
+
+#[test]
+fn udp_associates_hint_name_is_taken_as_sent_not_checked_as_a_host() {
+    // PySocks names where it will send from as "0": a hint, never resolved.
+    let input = [5, 3, 0, 3, 1, b'0', 0x30, 0x39];
+    let parsed = every_split(parse_request, &input);
+    assert_eq!(
+        parsed,
+        Parsed::Done {
+            value: Request {
+                command: Command::UdpAssociate,
+                dst: RequestDst::Dst(Destination::Name("0".into(), 12345)),
+            },
+            consumed: input.len(),
+        }
+    );
+    // The same name for CONNECT is a destination, checked and refused.
+    let connect = [5, 1, 0, 3, 1, b'0', 0x30, 0x39];
+    assert!(matches!(parse_request(&connect), Parsed::Invalid(_)));
+    // An empty hint too; a short one still waits for its bytes.
+    let empty = [5, 3, 0, 3, 0, 0, 0];
+    assert!(matches!(
+        every_split(parse_request, &empty),
+        Parsed::Done { .. }
+    ));
+    assert_eq!(parse_request(&[5, 3, 0, 3, 4, b'a']), Parsed::Incomplete);
 }

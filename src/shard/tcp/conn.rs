@@ -256,6 +256,32 @@ impl Logic {
         }
     }
 
+    /// What a relay's `ConnOp::Associate` asks for (see `Relay::association_ask`).
+    pub(super) fn association_ask(
+        &self,
+    ) -> Option<(
+        std::net::IpAddr,
+        std::net::IpAddr,
+        std::sync::Arc<crate::tcp::handshake::NamedSpec>,
+    )> {
+        match self {
+            Logic::Relay(r) => r.association_ask(),
+            Logic::Echo(_) | Logic::Serve(_) => None,
+        }
+    }
+
+    pub(super) fn handle_associated(&mut self, res: Result<SocketAddr, i32>, cx: &mut Cx<'_>) {
+        if let Logic::Relay(r) = self {
+            r.handle_associated(res, cx);
+        }
+    }
+
+    pub(super) fn association_ended(&mut self, reason: crate::stats::CloseReason, cx: &mut Cx<'_>) {
+        if let Logic::Relay(r) = self {
+            r.association_ended(reason, cx);
+        }
+    }
+
     /// The name a relay asked the shard to resolve.
     pub(super) fn resolve_name(&self) -> Option<&str> {
         match self {

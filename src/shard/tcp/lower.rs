@@ -60,6 +60,13 @@ impl TcpService {
                         }
                         continue;
                     }
+                    ConnOp::Associate => {
+                        let listener = self.listeners.get(conn.listener as usize);
+                        let name = listener.map(|l| l.spec.name.clone()).unwrap_or_default();
+                        self.associations
+                            .ask(id, conn.logic.association_ask(), name);
+                        continue;
+                    }
                     ConnOp::WantPipe(side) => {
                         push_answer(&mut answers, &mut n, Answer::Pipe(side));
                         continue;
@@ -347,6 +354,7 @@ fn lower_io(
         // Handled by the caller (answered at once, or shard bookkeeping).
         ConnOp::NextTarget
         | ConnOp::Resolve
+        | ConnOp::Associate
         | ConnOp::WantPipe(_)
         | ConnOp::Report { .. }
         | ConnOp::Release(_)

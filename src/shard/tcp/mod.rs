@@ -5,6 +5,7 @@
 //! machines' `ConnOp`s into `Op`s (`lower`). No I/O.
 
 mod accept;
+mod associate;
 mod conn;
 mod gate;
 mod health;
@@ -245,6 +246,8 @@ pub(crate) struct TcpService {
     /// Names connections asked to resolve, for the engine to hand to the
     /// shard's resolver (`take_lookups`).
     lookups: Vec<(ConnId, String)>,
+    /// SOCKS5 UDP associations its connections asked for and control.
+    associations: associate::Associations,
     bufs: Held,
     cap: u32,
     splice: SpliceConfig,
@@ -412,6 +415,7 @@ impl TcpService {
             starved: VecDeque::new(),
             scratch: Vec::with_capacity(16),
             lookups: Vec::new(),
+            associations: associate::Associations::default(),
             bufs: Held::new(cfg.buffers),
             cap: cfg.cap,
             splice,
@@ -720,6 +724,7 @@ impl TcpService {
         let Some(conn) = self.conns.remove(id) else {
             return;
         };
+        self.associations.conn_freed(id);
         let closed = conn.closed();
         let Some(l) = self.listeners.get_mut(conn.listener as usize) else {
             return;

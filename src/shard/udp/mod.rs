@@ -33,7 +33,9 @@ use crate::udp::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
 use crate::upstream::{Attempts, Balancer, Change, Member, Outcome, Pool, Target};
 use std::time::SystemTime;
 
+mod assoc;
 mod reload;
+pub use assoc::AssocEvent;
 use reload::Role;
 pub use reload::{UdpReload, UdpReloadListener};
 
@@ -227,6 +229,7 @@ pub struct UdpConn {
 pub enum UdpWaiter {
     Listener(u32),
     Session(SessionId),
+    Assoc(super::slab::AssocId),
 }
 
 fn listener_token(kind: OpKind, index: u32) -> Token {
@@ -259,6 +262,8 @@ pub struct UdpService {
     session_ops: Vec<SessionOp>,
     /// Counters of listeners a reload removed whose slot was reused.
     retired: crate::stats::ShardStats,
+    /// SOCKS5 UDP associations (their control connections are the TCP service's).
+    assocs: assoc::Assocs,
 }
 
 /// Whether a client may open a session: not in `deny` (which wins), and in
@@ -284,6 +289,7 @@ impl UdpService {
             dgram: Held::new(cfg.datagram_buffers),
             session_ops: Vec::with_capacity(16),
             retired: crate::stats::ShardStats::default(),
+            assocs: assoc::Assocs::default(),
         }
     }
 
@@ -319,9 +325,11 @@ impl UdpService {
         self.dgram.held()
     }
 
-    /// No session and every listener closed.
+    /// No session or association, and every listener closed.
     pub fn is_done(&self) -> bool {
-        self.sessions.is_empty() && self.udp_listeners.iter().all(UdpListener::is_closed)
+        self.sessions.is_empty()
+            && self.assocs.is_empty()
+            && self.udp_listeners.iter().all(UdpListener::is_closed)
     }
 
     /// Counters of every listener (with its session gauge).
@@ -335,6 +343,7 @@ impl UdpService {
                 ..Default::default()
             });
         }
+        self.assoc_snapshot(out);
     }
 
     pub(super) fn arm_udp_listener(&mut self, ctx: &mut Ctx, index: u32) {
@@ -392,11 +401,19 @@ impl UdpService {
                     l.recv = ListenRecv::Closed;
                 }
             }
+            OpKind::AssocSocket
+            | OpKind::AssocBind
+            | OpKind::AssocRecv
+            | OpKind::AssocSend
+            | OpKind::AssocReply
+            | OpKind::AssocCancel
+            | OpKind::AssocClose => self.on_assoc_cqe(ctx, token, res, flags, meta, None, now),
             _ => self.on_session_cqe(ctx, token, res, flags, meta, now),
         }
     }
 
-    /// A completion for a session that is gone: give back what it carries.
+    /// A completion for a session or association that is gone: give back
+    /// what it carries.
     fn udp_stale(&mut self, ctx: &mut Ctx, token: Token, res: i32, flags: u32) {
         ctx.counters.inc(Counter::StaleCompletions);
         if let Some(bid) = buffer_id(flags) {
@@ -404,11 +421,13 @@ impl UdpService {
             self.release_datagram(ctx, bid);
         }
         match token.kind {
-            OpKind::UdpUpSend | OpKind::UdpReplySend => self.release_datagram(ctx, token.aux),
-            OpKind::UdpSocket if res >= 0 => ctx.reject(Fd(res)),
+            OpKind::UdpUpSend | OpKind::UdpReplySend | OpKind::AssocSend | OpKind::AssocReply => {
+                self.release_datagram(ctx, token.aux)
+            }
+            OpKind::UdpSocket | OpKind::AssocSocket if res >= 0 => ctx.reject(Fd(res)),
             _ => {}
         }
-        debug!(shard = ctx.shard, kind = ?token.kind, res, "dropped a UDP completion for a freed session");
+        debug!(shard = ctx.shard, kind = ?token.kind, res, "dropped a UDP completion for a freed session or association");
     }
 
     fn on_listener_recv(
@@ -990,6 +1009,11 @@ impl UdpService {
                         self.after_session(ctx, slot, now);
                     }
                 }
+                UdpWaiter::Assoc(id) => {
+                    if self.wake_assoc(ctx, id) {
+                        free -= 1;
+                    }
+                }
             }
         }
         self.close_idle_udp_listeners(ctx);
@@ -1015,6 +1039,7 @@ impl UdpService {
             }
             self.after_session(ctx, slot, now);
         }
+        self.stop_associations(ctx, now);
         self.close_idle_udp_listeners(ctx);
     }
 
@@ -1223,7 +1248,8 @@ fn log_session_end(ctx: &mut Ctx, c: &UdpConn, end: SessionEnd, name: &str, now:
         | SessionEnd::Responses
         | SessionEnd::Shutdown
         | SessionEnd::Drained
-        | SessionEnd::Evicted => {
+        | SessionEnd::Evicted
+        | SessionEnd::ControlClosed => {
             debug!(shard = ctx.shard, listener = %name, client = %c.client, upstream = %upstream, end = end.name(), "UDP session ended");
         }
         SessionEnd::Refused | SessionEnd::Error => {

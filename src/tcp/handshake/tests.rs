@@ -14,9 +14,17 @@ fn users() -> Users {
 /// Runs `input` through a handshake split at every point into two reads;
 /// every split must give the same step, replies and bytes left over.
 fn every_split(kind: NamedKind, users: &Users, input: &[u8]) -> (HsStep, Vec<u8>, Vec<u8>) {
+    every_split_of(|| Handshake::new(kind), users, input)
+}
+
+fn every_split_of(
+    new: impl Fn() -> Handshake,
+    users: &Users,
+    input: &[u8],
+) -> (HsStep, Vec<u8>, Vec<u8>) {
     let mut seen: Option<(HsStep, Vec<u8>, Vec<u8>)> = None;
     for cut in 0..=input.len() {
-        let mut hs = Handshake::new(kind);
+        let mut hs = new();
         let mut out = Vec::new();
         let mut buf = input[..cut].to_vec();
         let (mut step, mut used) = hs.step(&buf, users, &mut out);
@@ -222,4 +230,58 @@ fn the_loop_guard_knows_exact_and_wildcard_listeners() {
         !g.hits("192.0.2.9:1080".parse().expect("addr")),
         "not a wildcard's port"
     );
+}
+
+/// A SOCKS5 listener with `udp = true`.
+fn udp_spec(users: Users) -> NamedSpec {
+    NamedSpec {
+        kind: NamedKind::Socks5,
+        users,
+        policy: DestinationPolicy {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            ports: Vec::new(),
+        },
+        guard: LoopGuard::default(),
+        udp_idle_ms: Some(60_000),
+    }
+}
+
+#[test]
+fn udp_associate_is_asked_for_only_where_the_listener_serves_it() {
+    let spec = udp_spec(Users::default());
+    let input = [5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0xaa];
+    let (step, out, rest) =
+        every_split_of(|| Handshake::for_spec(&spec), &Users::default(), &input);
+    assert_eq!(
+        step,
+        HsStep::Associate {
+            hint: Destination::Ip("0.0.0.0:0".parse().unwrap()),
+            user: None
+        }
+    );
+    assert_eq!(
+        out,
+        [5, 0],
+        "the method reply only: the success reply waits for the socket"
+    );
+    assert_eq!(rest, [0xaa]);
+    // With users, the authenticated name comes along.
+    let spec = udp_spec(users());
+    let input = b"\x05\x01\x02\x01\x05alice\x06secret\x05\x03\x00\x01\xc0\x00\x02\x07\x10\x00";
+    let (step, _, _) = every_split_of(|| Handshake::for_spec(&spec), &users(), input);
+    assert_eq!(
+        step,
+        HsStep::Associate {
+            hint: Destination::Ip("192.0.2.7:4096".parse().unwrap()),
+            user: Some("alice".into())
+        }
+    );
+    // `udp = false`: command not supported (7), as before.
+    let mut off = udp_spec(Users::default());
+    off.udp_idle_ms = None;
+    let input = [5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0];
+    let (step, out, _) = every_split_of(|| Handshake::for_spec(&off), &Users::default(), &input);
+    assert_eq!(step, HsStep::Refuse(CloseReason::CommandUnsupported));
+    assert_eq!(&out[..4], &[5, 0, 5, 7]);
 }

@@ -35,6 +35,7 @@ fn spec(kind: NamedKind, deny: &[&str]) -> Arc<NamedSpec> {
             ports: Vec::new(),
         },
         guard: LoopGuard::new(["192.0.2.250:1080".parse::<SocketAddr>().expect("addr")]),
+        udp_idle_ms: None,
     })
 }
 
