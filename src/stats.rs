@@ -240,6 +240,10 @@ counters! {
     /// Times a listener stopped accepting because the shard's descriptor
     /// budget had no room (or accept/socket said EMFILE/ENFILE).
     AcceptPausedFd = "accept_paused_fd",
+    /// Times a listener's armed accept was re-armed because clients waited
+    /// in its accept queue for a second without being taken (a lost
+    /// wakeup; see `shard/tcp/watch.rs`).
+    AcceptRearmed = "accept_rearmed",
     /// Releases of a provided buffer that was not out of its ring (refused:
     /// a bug guard; a debug build asserts).
     BufferDoubleRelease = "buffer_double_release",

@@ -603,6 +603,16 @@ impl Sim {
                 self.held[bid as usize] = false;
                 self.ring.push_back(bid);
             }
+            // The accept watch: the clients waiting in the listener's queue.
+            Op::ListenQueue { token, fd } => {
+                let i = self.listener_of_fd(fd.0);
+                let n = i32::try_from(self.listeners[i].waiting.len()).unwrap_or(i32::MAX);
+                self.pending.push(Pending {
+                    ud: token,
+                    fd: None,
+                    action: Action::Fixed(n),
+                });
+            }
             other => check!(self, false, "unexpected operation {other:?}"),
         }
     }

@@ -625,6 +625,16 @@ impl Sim {
                     action: Action::Send { bid, offset, len },
                 });
             }
+            // The accept watch: clients not accepted yet wait in the queue.
+            Op::ListenQueue { token, fd } => {
+                check!(self, fd.0 == LISTEN_FD, "accept queue of fd {}", fd.0);
+                let n = i32::try_from(self.waiting_clients.len()).unwrap_or(i32::MAX);
+                self.pending.push(Pending {
+                    user_data: token,
+                    fd: None,
+                    action: Action::Fixed(n),
+                });
+            }
             Op::Shutdown { token, fd } => {
                 let fd = fd.0;
                 self.sock(fd, "shutdown").ops.push(token);
@@ -1272,6 +1282,7 @@ impl Sim {
                         | OpKind::CancelAccept
                         | OpKind::CloseListener
                         | OpKind::Reject
+                        | OpKind::ListenQueue
                         // A stale socket completion carries a descriptor the
                         // engine must close; that path has its own test.
                         | OpKind::Socket
@@ -1940,7 +1951,11 @@ mod serve_modes {
             if let Some(t) = Token::decode(user_data)
                 && !matches!(
                     t.kind,
-                    OpKind::Accept | OpKind::CancelAccept | OpKind::CloseListener | OpKind::Reject
+                    OpKind::Accept
+                        | OpKind::CancelAccept
+                        | OpKind::CloseListener
+                        | OpKind::Reject
+                        | OpKind::ListenQueue
                 )
             {
                 self.history.push((user_data, t));
@@ -2143,6 +2158,12 @@ mod serve_modes {
                     self.held[bid as usize] = false;
                     self.ring.push_back(bid);
                 }
+                // The accept watch (these clients are not queued: none waits).
+                Op::ListenQueue { token, .. } => self.pending.push(Pending {
+                    user_data: token,
+                    fd: None,
+                    action: Action::Fixed(0),
+                }),
                 other => check!(self, false, "unexpected op {other:?}"),
             }
         }
@@ -2899,6 +2920,68 @@ mod scripted {
         s.engine.advance(100);
         let ops = s.ops();
         assert!(armed(&ops).is_some(), "{ops:?}");
+    }
+
+    /// The accept watch's read of the listener's queue, if `ops` has one.
+    fn queue_read(ops: &[Op]) -> Option<u64> {
+        ops.iter().find_map(|op| match *op {
+            Op::ListenQueue {
+                token,
+                fd: Fd(LISTEN_FD),
+            } => Some(token),
+            _ => None,
+        })
+    }
+
+    /// An armed accept that took no client for a second while clients wait
+    /// in the listen queue lost its wakeup (as when an upgrade's old process
+    /// cancels its accept on the shared socket): it is re-armed, which takes
+    /// them, and counted. An empty queue, or a client taken, leaves it be.
+    #[test]
+    fn an_armed_accept_that_misses_waiting_clients_is_re_armed() {
+        let mut s = Script::new(Script::forwarder(8));
+        s.engine.advance(999);
+        assert!(s.ops().is_empty(), "looked at before a second");
+        s.engine.advance(1000);
+        let ops = s.ops();
+        let Some(read) = queue_read(&ops) else {
+            panic!("no look at an idle listener: {ops:?}")
+        };
+        assert!(s.cqe(read, 0, 0, 1000).is_empty(), "an empty queue is fine");
+        // A client taken in the next second: nothing to look at.
+        s.accept_client(CLIENT_FD, 1500);
+        s.engine.advance(2000);
+        assert_eq!(queue_read(&s.ops()), None, "a listener that took a client");
+        // Then a second with clients waiting and none taken.
+        s.engine.advance(3000);
+        let ops = s.ops();
+        let Some(read) = queue_read(&ops) else {
+            panic!("{ops:?}")
+        };
+        let ops = s.cqe(read, 3, 0, 3000);
+        let cancel = ops.iter().find_map(|op| match op {
+            Op::CancelAccept { target, .. } => Some(*target),
+            _ => None,
+        });
+        assert_eq!(cancel, Some(s.accept), "{ops:?}");
+        assert_eq!(s.engine.stats().get(Counter::AcceptRearmed), 1);
+        let ops = s.cqe(s.accept, -libc::ECANCELED, 0, 3000);
+        assert!(armed(&ops).is_some(), "re-armed at once: {ops:?}");
+        assert_eq!(s.engine.stats().get(Counter::AcceptErrors), 0);
+    }
+
+    /// A drain stops the watch: no look at a listener that is closing.
+    #[test]
+    fn a_drain_stops_the_accept_watch() {
+        let mut s = Script::new(Script::forwarder(8));
+        s.engine.drain();
+        let ops = s.ops();
+        assert!(
+            has(&ops, |op| matches!(op, Op::CancelAccept { .. })),
+            "{ops:?}"
+        );
+        s.engine.advance(1000);
+        assert_eq!(queue_read(&s.ops()), None);
     }
 
     /// A drain closes a listener paused for descriptors.

@@ -48,6 +48,8 @@ pub enum TimerKey {
     Resolver {
         deadline: Millis,
     },
+    /// A TCP listener's accept watch (see `tcp/watch.rs`).
+    AcceptWatch(u32),
     /// A SOCKS5 UDP association's idle deadline.
     Assoc {
         id: AssocId,

@@ -474,6 +474,7 @@ impl Engine {
             match key {
                 TimerKey::Conn { id, deadline } => self.tcp.timer(&mut self.ctx, id, deadline, now),
                 TimerKey::Listener(index) => self.tcp.backoff_over(&mut self.ctx, index, now),
+                TimerKey::AcceptWatch(index) => self.tcp.watch_tick(&mut self.ctx, index, now),
                 TimerKey::Session { id, deadline } => {
                     self.udp.session_timer(&mut self.ctx, id, deadline, now)
                 }

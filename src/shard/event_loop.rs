@@ -740,6 +740,18 @@ impl Loop {
                 });
             }
             Op::CancelFd { token, fd } => self.ring.cancel_fd(fd.raw(), token),
+            Op::ListenQueue { token, fd } => {
+                // Inline: a getsockopt once a second on an idle listener.
+                let res = match socket::accept_queue_len(fd.raw()) {
+                    Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                };
+                self.synthetic.push(Cqe {
+                    user_data: token,
+                    res,
+                    flags: 0,
+                });
+            }
             Op::Close { token, fd, linger0 } => self.close(token, fd, linger0, engine),
             Op::Release { bid } => {
                 if !self.ring.release(bid) {

@@ -217,6 +217,12 @@ pub enum Op {
     ReleaseDatagram {
         bid: u16,
     },
+    /// Read listening socket `fd`'s accept queue length, run inline:
+    /// completes with the length, or `-errno` (the accept watch).
+    ListenQueue {
+        token: u64,
+        fd: Fd,
+    },
     /// bind(2) a UDP socket to `addr` (port 0: the kernel picks), run
     /// inline: completes with the bound port, or `-errno`.
     UdpBind {

@@ -75,6 +75,8 @@ pub enum OpKind {
     AssocReply = 41,
     AssocCancel = 42,
     AssocClose = 43,
+    /// The accept watch's read of a listener's accept queue (index = listener).
+    ListenQueue = 44,
 }
 
 impl OpKind {
@@ -162,6 +164,7 @@ impl OpKind {
             41 => AssocReply,
             42 => AssocCancel,
             43 => AssocClose,
+            44 => ListenQueue,
             _ => return None,
         })
     }
@@ -248,7 +251,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind_side_and_extreme_slots() {
-        for k in 1..=43u8 {
+        for k in 1..=44u8 {
             let kind = OpKind::from_u8(k).expect("kind");
             for side in [Side::Client, Side::Upstream] {
                 for (index, generation) in [(0, 0), (MAX_INDEX, GEN_MASK), (12345, 678)] {
@@ -265,6 +268,6 @@ mod tests {
     fn rejects_values_never_issued() {
         assert_eq!(Token::decode(0), None);
         assert_eq!(Token::decode(200), None);
-        assert_eq!(Token::decode(44), None);
+        assert_eq!(Token::decode(45), None);
     }
 }

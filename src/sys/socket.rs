@@ -434,6 +434,31 @@ pub(crate) fn endpoints(fd: RawFd) -> (Option<SocketAddr>, Option<SocketAddr>) {
     (peer, local)
 }
 
+/// Clients waiting in listening socket `fd`'s accept queue (`TCP_INFO`'s
+/// `tcpi_unacked`, which a listening socket fills with its accept backlog).
+pub(crate) fn accept_queue_len(fd: RawFd) -> io::Result<u32> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a zeroed `tcp_info` of `len` bytes that the kernel
+    // writes at most `len` bytes into; `fd` is a socket the caller owns.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised, and the kernel wrote the rest: every bit
+    // pattern is a valid `tcp_info` (plain integers).
+    let info = unsafe { info.assume_init() };
+    Ok(info.tcpi_unacked)
+}
+
 /// Binds socket `fd` to `addr` (port 0: one the kernel picks) and returns
 /// the port it got (a SOCKS5 UDP association's socket).
 pub(crate) fn bind_port(fd: RawFd, addr: SocketAddr) -> io::Result<u16> {
@@ -479,6 +504,32 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd as _;
+
+    #[test]
+    fn the_accept_queue_length_counts_clients_not_yet_accepted() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        assert_eq!(accept_queue_len(l.as_raw_fd()).expect("read"), 0);
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        // The server side queues each client when the handshake's last ACK
+        // arrives, which may be just after connect returns.
+        let queued = |n: u32| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if accept_queue_len(l.as_raw_fd()).expect("read") == n {
+                    return true;
+                }
+                std::thread::yield_now();
+            }
+            false
+        };
+        assert!(queued(3), "three clients wait");
+        let _taken = l.accept().expect("accept");
+        assert!(queued(2), "one was taken");
+        drop(clients);
+    }
 
     fn bind(how: StreamListen) -> (Vec<OwnedFd>, SocketAddr) {
         bind_stream_listeners("t", "127.0.0.1:0".parse().unwrap(), 2, how).unwrap()

@@ -57,6 +57,9 @@ pub(super) enum Pause {
     Room,
     /// accept or socket() said EMFILE/ENFILE: resume after a back-off.
     OutOfFds,
+    /// The accept watch saw clients waiting that the armed accept did not
+    /// take (a lost wakeup): re-arm at once.
+    Rearm,
 }
 
 /// How a listener's accept ended (its completion without IORING_CQE_F_MORE).
@@ -88,6 +91,7 @@ impl TcpService {
             Op::Accept { token, fd }
         };
         ctx.push_own(op);
+        self.start_watch(ctx, index);
     }
 
     pub(super) fn close_listener(&mut self, ctx: &mut Ctx, index: u32) {
@@ -156,6 +160,7 @@ impl TcpService {
         let serving = l.role == super::Role::Serving;
         let mut ended = AcceptEnd::Normal;
         if res >= 0 {
+            l.watch.accepted();
             let fd = Fd(res);
             // Draining: the kernel completed this accept before our cancel,
             // so the client is connected; serve it like the open ones. (On
@@ -269,7 +274,7 @@ impl TcpService {
         self.cancel_accept(ctx, index, Pause::Room);
     }
 
-    fn cancel_accept(&mut self, ctx: &mut Ctx, index: u32, why: Pause) {
+    pub(super) fn cancel_accept(&mut self, ctx: &mut Ctx, index: u32, why: Pause) {
         self.set_accept(index, AcceptState::Pausing(why));
         ctx.push_own(Op::CancelAccept {
             token: own_token(OpKind::CancelAccept, index),

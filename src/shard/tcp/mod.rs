@@ -12,6 +12,7 @@ mod health;
 mod lower;
 mod reload;
 mod resolve;
+mod watch;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -206,6 +207,8 @@ struct Listener {
     role: Role,
     gate: Gate,
     accept: AcceptState,
+    /// The accept watch (see `watch.rs`).
+    watch: watch::Watch,
     active: u32,
     counters: Counters,
     /// Upstream connect time and connection duration (for /metrics).
@@ -358,6 +361,7 @@ impl TcpService {
                 spec,
                 role: Role::Serving,
                 accept: AcceptState::Closed,
+                watch: watch::Watch::default(),
                 active: 0,
                 counters: Counters::default(),
                 connect_time: Histogram::default(),
@@ -490,6 +494,7 @@ impl TcpService {
                 self.on_accept(ctx, token.slot.index, res, flags, Ends::default(), now)
             }
             OpKind::CancelAccept | OpKind::Reject => ctx.own_done(),
+            OpKind::ListenQueue => self.on_listen_queue(ctx, token.slot.index, res, now),
             OpKind::CloseListener => {
                 ctx.own_done();
                 if let Some(l) = self.listeners.get_mut(token.slot.index as usize) {

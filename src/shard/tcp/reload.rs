@@ -153,6 +153,7 @@ impl TcpService {
             spec,
             role: Role::Serving,
             accept: AcceptState::Closed,
+            watch: super::watch::Watch::default(),
             active: 0,
             counters: Counters::default(),
             connect_time: Histogram::default(),
