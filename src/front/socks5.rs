@@ -270,15 +270,21 @@ fn request(r: &mut Reader<'_>) -> Scan<Request> {
 
 /// UDP ASSOCIATE's DST as a name: where the client says it will send from,
 /// a hint that is never resolved or connected to, so the host-name rules do
-/// not apply (PySocks sends the name "0").
+/// not apply (PySocks sends the name "0"); it is kept for the log, so only
+/// printable ASCII is taken.
 fn hint_name(r: &mut Reader<'_>) -> Scan<Destination> {
     let len = r.byte()?;
     let name = r.take(usize::from(len))?;
     let port = r.port()?;
-    Ok(Destination::Name(
-        String::from_utf8_lossy(name).into_owned(),
-        port,
-    ))
+    match std::str::from_utf8(name) {
+        Ok(text) if name.iter().all(u8::is_ascii_graphic) => {
+            Ok(Destination::Name(text.to_owned(), port))
+        }
+        _ => Err(Stop::Invalid(
+            "SOCKS5 UDP ASSOCIATE: the address hint is a name with a byte that is not \
+             printable ASCII; send 0.0.0.0 (ATYP 1) when the address is not known",
+        )),
+    }
 }
 
 /// Writes a reply `VER REP RSV=0 ATYP BND.ADDR BND.PORT` into `out`; returns

@@ -700,4 +700,22 @@ fn udp_associates_hint_name_is_taken_as_sent_not_checked_as_a_host() {
         Parsed::Done { .. }
     ));
     assert_eq!(parse_request(&[5, 3, 0, 3, 4, b'a']), Parsed::Incomplete);
+    // Kept for the log: printable ASCII only.
+    let bad = [5, 3, 0, 3, 2, b'a', 0x9f, 0, 0];
+    assert!(matches!(
+        every_split(parse_request, &bad),
+        Parsed::Invalid(_)
+    ));
+}
+
+/// Found by `cargo fuzz run socks5_request`: a UDP ASSOCIATE whose hint name
+/// is not UTF-8 was taken lossily, so the request built again from the
+/// parsed value parsed to another one. Such a hint is now refused.
+#[test]
+fn fuzz_regression_a_udp_associate_hint_that_is_not_ascii() {
+    let mut input = vec![0x05, 0x03, 0x00, 0x03, 0x82, 0x00, 0x9f];
+    input.extend_from_slice(&[0x47; 6]);
+    input.extend_from_slice(&[0xff; 0x82 - 8]);
+    input.extend_from_slice(&[0x00, 0x50]);
+    assert!(matches!(parse_request(&input), Parsed::Invalid(_)));
 }
