@@ -64,6 +64,14 @@ pub enum OpKind {
     /// Cancel of the receive on a resolver socket (before its close).
     DnsCancel = 35,
     DnsClose = 36,
+    /// A UDP TPROXY session's reply socket made (inline, `Op::UdpTransparentSocket`).
+    TproxyOpen = 48,
+    /// Multishot recvmsg on a reply socket (the client's later datagrams).
+    TproxyRecv = 49,
+    /// Reply upstream→client on the reply socket (aux = buffer id).
+    TproxySend = 50,
+    TproxyCancel = 51,
+    TproxyClose = 52,
 }
 
 impl OpKind {
@@ -95,6 +103,18 @@ impl OpKind {
                 | OpKind::UdpClose
                 | OpKind::UdpListenCancel
                 | OpKind::UdpListenClose
+        ) || self.is_tproxy()
+    }
+
+    /// Whether it is on a UDP TPROXY session's reply socket.
+    pub fn is_tproxy(self) -> bool {
+        matches!(
+            self,
+            OpKind::TproxyOpen
+                | OpKind::TproxyRecv
+                | OpKind::TproxySend
+                | OpKind::TproxyCancel
+                | OpKind::TproxyClose
         )
     }
 
@@ -137,6 +157,11 @@ impl OpKind {
             34 => DnsRecv,
             35 => DnsCancel,
             36 => DnsClose,
+            48 => TproxyOpen,
+            49 => TproxyRecv,
+            50 => TproxySend,
+            51 => TproxyCancel,
+            52 => TproxyClose,
             _ => return None,
         })
     }
@@ -233,6 +258,24 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_tproxy_kinds_round_trip_and_are_udp() {
+        for k in 48..=52u8 {
+            let kind = OpKind::from_u8(k).expect("kind");
+            assert!(kind.is_udp() && kind.is_tproxy(), "{kind:?}");
+            let t = Token::new(
+                kind,
+                Side::Upstream,
+                SlotId {
+                    index: 7,
+                    generation: 9,
+                },
+            )
+            .with_aux(MAX_AUX);
+            assert_eq!(Token::decode(t.encode()), Some(t));
         }
     }
 

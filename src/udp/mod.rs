@@ -8,6 +8,7 @@ pub(crate) mod drops;
 pub(crate) mod limiter;
 pub(crate) mod loops;
 pub mod map;
+pub mod reply;
 pub mod session;
 
 /// A datagram the kernel handed over in provided buffer `bid`: the payload is
@@ -59,6 +60,16 @@ pub enum SessionOp {
     CancelRecv,
     /// Close the upstream socket.
     Close,
+    /// `transparent = "tproxy"`: make the session's reply socket (bound to
+    /// the client's original destination, connected to the client).
+    OpenReply,
+    /// Multishot recvmsg on the reply socket (the client's later datagrams
+    /// reach it rather than the listener).
+    ArmReplyRecv,
+    /// Cancel the armed receive on the reply socket (teardown).
+    CancelReplyRecv,
+    /// Close the reply socket.
+    CloseReply,
 }
 
 /// Why a session ended. Every session end is counted under exactly one.
@@ -135,10 +146,13 @@ pub enum DropReason {
     /// Dropped by the kernel on a session's upstream socket (`session_rcvbuf`):
     /// upstream replies that ringfwd never saw.
     RcvbufU2c,
+    /// A new client of a `transparent = "tproxy"` listener while this shard
+    /// holds `tproxy_reply_sockets` reply sockets for it.
+    ReplySockets,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Truncated,
         DropReason::Denied,
         DropReason::SessionLimit,
@@ -150,6 +164,7 @@ impl DropReason {
         DropReason::Loop,
         DropReason::RcvbufC2u,
         DropReason::RcvbufU2c,
+        DropReason::ReplySockets,
     ];
 
     pub fn name(self) -> &'static str {
@@ -165,6 +180,7 @@ impl DropReason {
             DropReason::Loop => "loop",
             DropReason::RcvbufC2u => "rcvbuf_c2u",
             DropReason::RcvbufU2c => "rcvbuf_u2c",
+            DropReason::ReplySockets => "reply_sockets",
         }
     }
 }
