@@ -290,6 +290,29 @@ impl Topology {
 }}
 "
         ))?;
+        self.route_marked_locally()
+    }
+
+    /// nftables TPROXY in the router for UDP only, to any of `ports`: the
+    /// recipe tuning.md gives for `[[udp]] transparent = "tproxy"`.
+    pub(crate) fn tproxy_udp(&self, ports: &[u16], to: u16) -> Result<(), String> {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        self.router.nft(&format!(
+            "table ip ringfwd_test {{
+  chain prerouting {{
+    type filter hook prerouting priority mangle; policy accept;
+    iifname \"r0\" udp dport {{ {} }} tproxy to :{to} meta mark set {TPROXY_MARK} accept
+  }}
+}}
+",
+            ports.join(", ")
+        ))?;
+        self.route_marked_locally()
+    }
+
+    /// Policy routing for TPROXY'd packets: the mark selects a table whose
+    /// only route delivers everything locally.
+    fn route_marked_locally(&self) -> Result<(), String> {
         self.router
             .ip(&["rule", "add", "fwmark", TPROXY_MARK, "lookup", TPROXY_TABLE])?;
         self.router.ip(&[
@@ -363,6 +386,31 @@ impl Peer {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+}
+
+impl Peer {
+    /// Waits (bounded) until `n` lines starting with `prefix` were seen;
+    /// returns them all (more than `n` if more came in by then).
+    pub(crate) fn wait_lines(&mut self, prefix: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let count = |seen: &[String]| seen.iter().filter(|l| l.starts_with(prefix)).count();
+        while count(&self.seen) < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // What else already arrived: a duplicate must not go unseen.
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 }
 
@@ -663,4 +711,181 @@ fn topology_is_removed_on_drop_even_on_panic() {
             "{n} left behind:\n{list}"
         );
     }
+}
+
+/// UDP echo on each port of argv[1:]: answers `re:` + the datagram, and
+/// prints `got LOCALPORT PEERIP:PEERPORT DATA` for each.
+const UDP_ECHO_SERVER: &str = r#"
+import select, socket, sys
+socks = []
+for p in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", int(p)))
+    socks.append(s)
+print("ready", flush=True)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        d, a = s.recvfrom(2048)
+        print("got %d %s:%d %s" % (s.getsockname()[1], a[0], a[1], d.decode()), flush=True)
+        s.sendto(b"re:" + d, a)
+"#;
+
+/// UDP client on one socket (so one client address for every destination):
+/// for each `IP:PORT` of argv[3:], two rounds of argv[1] datagrams sent
+/// back to back, the replies collected for up to argv[2] seconds; prints
+/// `reply SRCIP:SRCPORT DATA` for each reply, then `done`.
+const UDP_ROUNDS_CLIENT: &str = r#"
+import socket, sys, time
+n, wait = int(sys.argv[1]), float(sys.argv[2])
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.bind(("0.0.0.0", 0))
+for dest in sys.argv[3:]:
+    ip, port = dest.rsplit(":", 1)
+    for r in range(2):
+        for i in range(n):
+            c.sendto(("%s-%d" % (port, r * n + i)).encode(), (ip, int(port)))
+        got, deadline = 0, time.time() + wait
+        while got < n and time.time() < deadline:
+            c.settimeout(max(0.01, deadline - time.time()))
+            try:
+                d, a = c.recvfrom(2048)
+            except socket.timeout:
+                break
+            got += 1
+            print("reply %s:%d %s" % (a[0], a[1], d.decode()), flush=True)
+print("done", flush=True)
+"#;
+
+/// Runs [`UDP_ROUNDS_CLIENT`] in the client namespace: the replies, as
+/// (source, data).
+fn udp_rounds(t: &Topology, n: usize, wait: &str, dests: &[SocketAddr]) -> Vec<(String, String)> {
+    let n = n.to_string();
+    let dests: Vec<String> = dests.iter().map(SocketAddr::to_string).collect();
+    let mut args = vec!["-c", UDP_ROUNDS_CLIENT, &n, wait];
+    args.extend(dests.iter().map(String::as_str));
+    let out = t.client.exec("python3", &args).expect("udp client");
+    assert!(out.ends_with("done\n"), "{out}");
+    out.lines()
+        .filter_map(|l| l.strip_prefix("reply "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, d)| (a.to_owned(), d.to_owned()))
+        .collect()
+}
+
+/// A `[[udp]] transparent = "tproxy"` listener on the router's INTERCEPT
+/// port, allowing destination ports 7000 and 7001 only.
+fn udp_tproxy_config(reply_sockets: u32) -> String {
+    format!(
+        "[runtime]\nshards = 1\nstats_interval = \"100ms\"\n\
+         [[udp]]\nname = \"u\"\nlisten = \"0.0.0.0:{INTERCEPT}\"\n\
+         transparent = \"tproxy\"\nports = [{DIAL}, {}]\ntproxy_reply_sockets = {reply_sockets}\n",
+        DIAL + 1
+    )
+}
+
+const ROUNDS: usize = 5;
+
+/// Every datagram of both rounds to `dest` came back once, from `dest`.
+fn assert_answered_from(replies: &[(String, String)], dest: SocketAddr, log: &str) {
+    let mut from: Vec<&str> = replies
+        .iter()
+        .filter(|(_, d)| d.starts_with(&format!("re:{}-", dest.port())))
+        .map(|(a, d)| {
+            assert_eq!(
+                a,
+                &dest.to_string(),
+                "a reply not from the original destination; ringfwd log:\n{log}"
+            );
+            d.as_str()
+        })
+        .collect();
+    from.sort_unstable();
+    let mut want: Vec<String> = (0..2 * ROUNDS)
+        .map(|i| format!("re:{}-{i}", dest.port()))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(
+        from, want,
+        "lost or duplicated replies from {dest}; ringfwd log:\n{log}"
+    );
+}
+
+/// A client talks to two destinations through a UDP TPROXY ringfwd, in
+/// both directions and several datagrams each way per session; the server
+/// sees the router's address (ringfwd's upstream socket, as for TCP) and
+/// every datagram exactly once; the client's replies come from the
+/// addresses it wrote to. A port outside `ports` is dropped and counted, and
+/// so is a datagram sent straight to ringfwd's own listen address (a loop).
+#[test]
+fn transparent_tproxy_udp_answers_from_the_original_destinations() {
+    let Some(t) = Topology::new(true) else {
+        return;
+    };
+    let denied = DIAL + 2;
+    t.tproxy_udp(&[DIAL, DIAL + 1, denied], INTERCEPT)
+        .expect("tproxy rules");
+    let ports = [DIAL, DIAL + 1, denied].map(|p| p.to_string());
+    let mut server = Peer::start(
+        &t.server,
+        UDP_ECHO_SERVER,
+        &[&ports[0], &ports[1], &ports[2]],
+    );
+    let fwd = t.router.ringfwd(&udp_tproxy_config(16), 1);
+    let (a, b) = (addr(SERVER_IP, DIAL), addr(SERVER_IP, DIAL + 1));
+    let replies = udp_rounds(&t, ROUNDS, "3", &[a, b]);
+    assert_answered_from(&replies, a, &fwd.log());
+    assert_answered_from(&replies, b, &fwd.log());
+    assert_eq!(replies.len(), 4 * ROUNDS, "{replies:?}");
+    // One client address, two destinations: two sessions.
+    fwd.wait_stat("udp_sessions_created", Duration::from_secs(5), |v| v == 2);
+    // The server got each datagram once, from the router.
+    let got = server.wait_lines("got ", 4 * ROUNDS, Duration::from_secs(5));
+    assert_eq!(got.len(), 4 * ROUNDS, "{got:?}");
+    for l in &got {
+        assert!(
+            l.split(' ')
+                .nth(2)
+                .is_some_and(|p| p.starts_with(&format!("{ROUTER_SERVER_SIDE}:"))),
+            "{l}"
+        );
+    }
+
+    let none = udp_rounds(&t, 1, "0.5", &[addr(SERVER_IP, denied)]);
+    assert!(none.is_empty(), "{none:?}");
+    fwd.wait_stat("udp_drop_denied", Duration::from_secs(5), |v| v >= 2);
+    // Straight to ringfwd's own port on a router address: not TPROXY'd,
+    // its original destination is the listener itself.
+    let own = udp_rounds(&t, 1, "0.5", &[addr(ROUTER_CLIENT_SIDE, INTERCEPT)]);
+    assert!(own.is_empty(), "{own:?}");
+    fwd.wait_stat("udp_drop_loop", Duration::from_secs(5), |v| v >= 2);
+    assert_eq!(fwd.stat("udp_sessions_created"), 2);
+    assert!(
+        !server
+            .seen
+            .iter()
+            .any(|l| l.starts_with(&format!("got {denied} "))),
+        "{:?}",
+        server.seen
+    );
+}
+
+/// With `tproxy_reply_sockets = 1`, the session holding the one reply
+/// socket works and a second destination is refused and counted.
+#[test]
+fn transparent_tproxy_udp_reply_sockets_are_bounded_per_shard() {
+    let Some(t) = Topology::new(true) else {
+        return;
+    };
+    t.tproxy_udp(&[DIAL, DIAL + 1], INTERCEPT)
+        .expect("tproxy rules");
+    let ports = [DIAL, DIAL + 1].map(|p| p.to_string());
+    let _server = Peer::start(&t.server, UDP_ECHO_SERVER, &[&ports[0], &ports[1]]);
+    let fwd = t.router.ringfwd(&udp_tproxy_config(1), 1);
+    let (a, b) = (addr(SERVER_IP, DIAL), addr(SERVER_IP, DIAL + 1));
+    let replies = udp_rounds(&t, ROUNDS, "3", &[a]);
+    assert_answered_from(&replies, a, &fwd.log());
+    let refused = udp_rounds(&t, 1, "0.5", &[b]);
+    assert!(refused.is_empty(), "{refused:?}");
+    fwd.wait_stat("udp_drop_reply_sockets", Duration::from_secs(5), |v| v >= 2);
+    assert_eq!(fwd.stat("udp_sessions_created"), 1);
 }
