@@ -424,4 +424,224 @@ mod tests {
         );
         assert_eq!(DropReason::ReplySockets.name(), "reply_sockets");
     }
+
+    /// The engine, with a fake kernel's completions given by hand: a
+    /// transparent session's two sockets, both receives, the bound, and a
+    /// teardown that closes the reply socket only after its send is back.
+    mod engine {
+        use super::*;
+        use crate::shard::engine::{Engine, EngineConfig, FdBudget};
+        use crate::shard::ops::CQE_F_BUFFER;
+        use crate::shard::udp::{UdpKind, UdpListenerSpec, UdpRouteSpec};
+
+        fn addr(s: &str) -> SocketAddr {
+            s.parse().expect("addr")
+        }
+
+        fn engine() -> Engine {
+            Engine::new(
+                EngineConfig {
+                    shard: 0,
+                    datagram_buffers: 8,
+                    udp_listeners: vec![UdpListenerSpec {
+                        name: "tp".into(),
+                        fd: 7,
+                        kind: UdpKind::Forward { route: 0 },
+                        limit: 100,
+                        listen: addr("0.0.0.0:15353"),
+                    }],
+                    udp_routes: vec![UdpRouteSpec {
+                        upstreams: Vec::new(),
+                        weights: Vec::new(),
+                        balance: crate::config::Balance::RoundRobin,
+                        passive: crate::config::PassiveHealth::default(),
+                        session_rcvbuf: None,
+                        send_proxy: false,
+                        idle_ms: 60_000,
+                        max_responses: None,
+                        new_sessions_per_second_per_source: None,
+                        allow: Vec::new(),
+                        deny: Vec::new(),
+                        transparent: Some(TproxySpec {
+                            policy: DestinationPolicy {
+                                allow: Vec::new(),
+                                deny: Vec::new(),
+                                ports: Vec::new(),
+                            },
+                            reply_sockets: 1,
+                            host: Vec::new(),
+                        }),
+                    }],
+                    fd_budget: FdBudget::Max(16),
+                    ..EngineConfig::default()
+                },
+                0,
+            )
+        }
+
+        fn take(engine: &mut Engine) -> Vec<Op> {
+            let mut ops = Vec::new();
+            engine.take_ops(&mut ops);
+            ops
+        }
+
+        fn meta(src: Option<SocketAddr>, orig_dst: Option<SocketAddr>) -> DatagramMeta {
+            DatagramMeta {
+                src,
+                local: None,
+                offset: 0,
+                len: 4,
+                truncated: false,
+                drops: None,
+                orig_dst,
+            }
+        }
+
+        fn flags(bid: u16) -> u32 {
+            CQE_F_BUFFER | CQE_F_MORE | (u32::from(bid) << 16)
+        }
+
+        fn kind(token: u64) -> Option<OpKind> {
+            Token::decode(token).map(|t| t.kind)
+        }
+
+        /// The token of the first op `f` picks out.
+        fn find(ops: &[Op], f: impl Fn(&Op) -> Option<u64>) -> u64 {
+            ops.iter()
+                .find_map(f)
+                .unwrap_or_else(|| panic!("not among {ops:?}"))
+        }
+
+        #[test]
+        fn a_transparent_session_lives_and_ends_with_its_reply_socket() {
+            let mut e = engine();
+            e.start();
+            let listen = find(&take(&mut e), |op| match op {
+                Op::UdpRecvMulti { token, .. } => Some(*token),
+                _ => None,
+            });
+            let (client, a, b) = (
+                addr("10.0.0.1:4000"),
+                addr("10.9.0.1:53"),
+                addr("10.9.0.2:53"),
+            );
+            e.handle_datagram_cqe(listen, 4, flags(0), Some(meta(Some(client), Some(a))), 1);
+            let opened = take(&mut e);
+            let socket = find(&opened, |op| match op {
+                Op::UdpSocket { token, .. } => Some(*token),
+                _ => None,
+            });
+            let reply = find(&opened, |op| match op {
+                Op::UdpTransparentSocket { token, bind, peer } if *bind == a && *peer == client => {
+                    Some(*token)
+                }
+                _ => None,
+            });
+            // A second destination of the same client is another session:
+            // over the bound of one reply socket, refused and counted.
+            e.handle_datagram_cqe(listen, 4, flags(1), Some(meta(Some(client), Some(b))), 1);
+            assert!(take(&mut e).contains(&Op::ReleaseDatagram { bid: 1 }));
+            assert_eq!(e.stats().udp_drops_for(DropReason::ReplySockets), 1);
+
+            e.handle_cqe(reply, 100, 0, 2);
+            let reply_recv = find(&take(&mut e), |op| match op {
+                Op::UdpRecvMulti {
+                    token,
+                    fd,
+                    template: RecvTemplate::Upstream,
+                } if fd.raw() == 100 => Some(*token),
+                _ => None,
+            });
+            e.handle_cqe(socket, 101, 0, 2);
+            let connect = find(&take(&mut e), |op| match op {
+                Op::UdpConnect { token, addr, .. } if *addr == a => Some(*token),
+                _ => None,
+            });
+            e.handle_cqe(connect, 0, 0, 3);
+            let ready = take(&mut e);
+            let up_recv = find(&ready, |op| match op {
+                Op::UdpRecvMulti { token, fd, .. } if fd.raw() == 101 => Some(*token),
+                _ => None,
+            });
+            let first = find(&ready, |op| match op {
+                Op::SendDatagram {
+                    token, fd, bid: 0, ..
+                } if fd.raw() == 101 => Some(*token),
+                _ => None,
+            });
+            // The client's later datagram, read from the reply socket,
+            // goes up like one read from the listener.
+            e.handle_datagram_cqe(reply_recv, 4, flags(2), Some(meta(None, None)), 4);
+            let second = find(&take(&mut e), |op| match op {
+                Op::SendDatagram {
+                    token, fd, bid: 2, ..
+                } if fd.raw() == 101 => Some(*token),
+                _ => None,
+            });
+            // The upstream's answer leaves from the reply socket.
+            e.handle_datagram_cqe(up_recv, 4, flags(3), Some(meta(None, None)), 5);
+            let answer = find(&take(&mut e), |op| match op {
+                Op::SendDatagram {
+                    token, fd, bid: 3, ..
+                } if fd.raw() == 100 => Some(*token),
+                _ => None,
+            });
+            assert_eq!(kind(answer), Some(OpKind::TproxySend));
+            e.handle_cqe(first, 4, 0, 6);
+            e.handle_cqe(second, 4, 0, 6);
+            take(&mut e);
+
+            // Shutdown: both receives are cancelled; the reply socket
+            // stays open while its send is in flight.
+            e.stop(7);
+            let stopping = take(&mut e);
+            let cancels: Vec<u64> = stopping
+                .iter()
+                .filter_map(|op| match op {
+                    Op::CancelOne { token, target } => Some((*token, *target)),
+                    _ => None,
+                })
+                .map(|(token, target)| {
+                    assert!(target == up_recv || target == reply_recv, "{stopping:?}");
+                    token
+                })
+                .collect();
+            assert_eq!(cancels.len(), 2, "{stopping:?}");
+            for c in cancels {
+                e.handle_cqe(c, 0, 0, 8);
+            }
+            e.handle_datagram_cqe(up_recv, -libc::ECANCELED, 0, None, 8);
+            e.handle_datagram_cqe(reply_recv, -libc::ECANCELED, 0, None, 8);
+            let closing = take(&mut e);
+            assert!(
+                !closing
+                    .iter()
+                    .any(|op| matches!(op, Op::Close { fd, .. } if fd.raw() == 100)),
+                "the reply socket closed under its send: {closing:?}"
+            );
+            let mut closes: Vec<u64> = closing
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Close { token, fd, .. } if fd.raw() == 101 => Some(*token),
+                    _ => None,
+                })
+                .collect();
+            e.handle_cqe(answer, 4, 0, 9);
+            let last = take(&mut e);
+            closes.extend(last.iter().filter_map(|op| match op {
+                Op::Close { token, fd, .. } if fd.raw() == 100 => Some(*token),
+                _ => None,
+            }));
+            assert_eq!(closes.len(), 2, "{closing:?} {last:?}");
+            assert_eq!(e.sessions(), 1, "freed before its sockets closed");
+            for c in closes {
+                e.handle_cqe(c, 0, 0, 10);
+            }
+            assert_eq!(e.sessions(), 0);
+            let stats = e.stats();
+            assert_eq!(stats.get(Counter::UdpDatagramsC2u), 2);
+            assert_eq!(stats.get(Counter::UdpDatagramsU2c), 1);
+            assert_eq!(stats.get(Counter::StaleCompletions), 0);
+        }
+    }
 }
