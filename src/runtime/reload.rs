@@ -746,4 +746,31 @@ mod tests {
         upstream.tcp[0].upstream_mptcp = true;
         assert!(restart_keys(&old, &upstream, true).is_empty());
     }
+
+    #[test]
+    fn a_kept_udp_listener_turning_transparent_needs_a_restart_and_stays_as_it_was() {
+        let forward = plan(UDP);
+        let tproxy =
+            plan("[[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:3\"\ntransparent = \"tproxy\"\n");
+        assert_eq!(restart_keys(&forward, &tproxy, true), vec![KEPT_UDP_TPROXY]);
+        assert_eq!(restart_keys(&tproxy, &forward, true), vec![KEPT_UDP_TPROXY]);
+        // Its sockets lack (or have) IP_RECVORIGDSTADDR: it keeps forwarding as before.
+        assert_eq!(
+            effective_plan(&forward, tproxy.clone(), true).udp,
+            forward.udp
+        );
+        assert_eq!(
+            effective_plan(&tproxy, forward.clone(), true).udp,
+            tproxy.udp
+        );
+        // A transparent listener's policy changes live.
+        let narrower = plan(
+            "[[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:3\"\ntransparent = \"tproxy\"\nports = [53]\n",
+        );
+        assert!(restart_keys(&tproxy, &narrower, true).is_empty());
+        assert_eq!(
+            effective_plan(&tproxy, narrower.clone(), true).udp,
+            narrower.udp
+        );
+    }
 }
