@@ -512,11 +512,13 @@ mod tests {
                 .unwrap_or_else(|| panic!("not among {ops:?}"))
         }
 
-        #[test]
-        fn a_transparent_session_lives_and_ends_with_its_reply_socket() {
-            let mut e = engine();
+        /// A session to 10.9.0.1:53 with its reply socket (fd 100) and
+        /// upstream socket (fd 101) open and receiving, its first datagram
+        /// sent; a second destination refused by the bound. Returns the
+        /// tokens of the reply receive, the upstream receive and the send.
+        fn ready_session(e: &mut Engine) -> (u64, u64, u64) {
             e.start();
-            let listen = find(&take(&mut e), |op| match op {
+            let listen = find(&take(e), |op| match op {
                 Op::UdpRecvMulti { token, .. } => Some(*token),
                 _ => None,
             });
@@ -526,7 +528,7 @@ mod tests {
                 addr("10.9.0.2:53"),
             );
             e.handle_datagram_cqe(listen, 4, flags(0), Some(meta(Some(client), Some(a))), 1);
-            let opened = take(&mut e);
+            let opened = take(e);
             let socket = find(&opened, |op| match op {
                 Op::UdpSocket { token, .. } => Some(*token),
                 _ => None,
@@ -540,11 +542,11 @@ mod tests {
             // A second destination of the same client is another session:
             // over the bound of one reply socket, refused and counted.
             e.handle_datagram_cqe(listen, 4, flags(1), Some(meta(Some(client), Some(b))), 1);
-            assert!(take(&mut e).contains(&Op::ReleaseDatagram { bid: 1 }));
+            assert!(take(e).contains(&Op::ReleaseDatagram { bid: 1 }));
             assert_eq!(e.stats().udp_drops_for(DropReason::ReplySockets), 1);
 
             e.handle_cqe(reply, 100, 0, 2);
-            let reply_recv = find(&take(&mut e), |op| match op {
+            let reply_recv = find(&take(e), |op| match op {
                 Op::UdpRecvMulti {
                     token,
                     fd,
@@ -553,12 +555,12 @@ mod tests {
                 _ => None,
             });
             e.handle_cqe(socket, 101, 0, 2);
-            let connect = find(&take(&mut e), |op| match op {
+            let connect = find(&take(e), |op| match op {
                 Op::UdpConnect { token, addr, .. } if *addr == a => Some(*token),
                 _ => None,
             });
             e.handle_cqe(connect, 0, 0, 3);
-            let ready = take(&mut e);
+            let ready = take(e);
             let up_recv = find(&ready, |op| match op {
                 Op::UdpRecvMulti { token, fd, .. } if fd.raw() == 101 => Some(*token),
                 _ => None,
@@ -569,6 +571,13 @@ mod tests {
                 } if fd.raw() == 101 => Some(*token),
                 _ => None,
             });
+            (reply_recv, up_recv, first)
+        }
+
+        #[test]
+        fn a_transparent_session_lives_and_ends_with_its_reply_socket() {
+            let mut e = engine();
+            let (reply_recv, up_recv, first) = ready_session(&mut e);
             // The client's later datagram, read from the reply socket,
             // goes up like one read from the listener.
             e.handle_datagram_cqe(reply_recv, 4, flags(2), Some(meta(None, None)), 4);
