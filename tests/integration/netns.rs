@@ -777,6 +777,7 @@ fn udp_rounds(t: &Topology, n: usize, wait: &str, dests: &[SocketAddr]) -> Vec<(
 fn udp_tproxy_config(reply_sockets: u32) -> String {
     format!(
         "[runtime]\nshards = 1\nstats_interval = \"100ms\"\n\
+         [log]\naccess = \"stderr\"\nformat = \"json\"\n\
          [[udp]]\nname = \"u\"\nlisten = \"0.0.0.0:{INTERCEPT}\"\n\
          transparent = \"tproxy\"\nports = [{DIAL}, {}]\ntproxy_reply_sockets = {reply_sockets}\n",
         DIAL + 1
@@ -888,4 +889,12 @@ fn transparent_tproxy_udp_reply_sockets_are_bounded_per_shard() {
     assert!(refused.is_empty(), "{refused:?}");
     fwd.wait_stat("udp_drop_reply_sockets", Duration::from_secs(5), |v| v >= 2);
     assert_eq!(fwd.stat("udp_sessions_created"), 1);
+    // A drain ends the session (it owes no reply): its access log line has
+    // the original destination as where it went and where it was going.
+    fwd.signal(libc::SIGTERM);
+    let line = fwd.wait_log("\"reason\":\"drained\"", Duration::from_secs(5));
+    let at = |key: &str| format!("\"{key}\":\"{a}\"");
+    for key in ["local", "upstream", "destination"] {
+        assert!(line.contains(&at(key)), "{key} not {a} in: {line}");
+    }
 }

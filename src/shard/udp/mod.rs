@@ -1211,6 +1211,8 @@ fn log_access(
     now: Millis,
 ) {
     let moved = c.session.moved();
+    // A transparent client's destination is the one it wrote to.
+    let destination = c.tproxy.as_ref().map(|t| t.orig_dst.to_string());
     let local = match &c.tproxy {
         Some(t) => t.orig_dst,
         None => SocketAddr::new(
@@ -1236,7 +1238,7 @@ fn log_access(
         bytes_c2u: moved.bytes_c2u,
         bytes_u2c: moved.bytes_u2c,
         reason: end.name(),
-        destination: None,
+        destination: destination.as_deref(),
         user: None,
     });
 }
