@@ -310,6 +310,62 @@ impl Topology {
         self.route_marked_locally()
     }
 
+    /// IPv6 beside IPv4, for the tests that want it: the same links get
+    /// fd00:231:0::/64 (client side) and fd00:231:1::/64 (server side),
+    /// without duplicate address detection (the addresses work at once),
+    /// and the router forwards IPv6 too.
+    pub(crate) fn with_ipv6(&self) -> Result<(), String> {
+        for (ns, dev, addr) in [
+            (&self.client, "c0", "fd00:231:0::2/64"),
+            (&self.router, "r0", "fd00:231:0::1/64"),
+            (&self.router, "r1", "fd00:231:1::1/64"),
+            (&self.server, "s0", "fd00:231:1::2/64"),
+        ] {
+            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])?;
+        }
+        self.client
+            .ip(&["-6", "route", "add", "default", "via", "fd00:231:0::1"])?;
+        self.server
+            .ip(&["-6", "route", "add", "default", "via", "fd00:231:1::1"])?;
+        self.router.sysctl("net.ipv6.conf.all.forwarding", "1")
+    }
+
+    /// [`Topology::tproxy_udp`] for IPv6 (after [`Topology::with_ipv6`]).
+    pub(crate) fn tproxy_udp6(&self, ports: &[u16], to: u16) -> Result<(), String> {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        self.router.nft(&format!(
+            "table ip6 ringfwd_test6 {{
+  chain prerouting {{
+    type filter hook prerouting priority mangle; policy accept;
+    iifname \"r0\" udp dport {{ {} }} tproxy to :{to} meta mark set {TPROXY_MARK} accept
+  }}
+}}
+",
+            ports.join(", ")
+        ))?;
+        self.router.ip(&[
+            "-6",
+            "rule",
+            "add",
+            "fwmark",
+            TPROXY_MARK,
+            "lookup",
+            TPROXY_TABLE,
+        ])?;
+        self.router.ip(&[
+            "-6",
+            "route",
+            "add",
+            "local",
+            "::/0",
+            "dev",
+            "lo",
+            "table",
+            TPROXY_TABLE,
+        ])?;
+        Ok(())
+    }
+
     /// Policy routing for TPROXY'd packets: the mark selects a table whose
     /// only route delivers everything locally.
     fn route_marked_locally(&self) -> Result<(), String> {
@@ -713,20 +769,22 @@ fn topology_is_removed_on_drop_even_on_panic() {
     }
 }
 
-/// UDP echo on each port of argv[1:]: answers `re:` + the datagram, and
-/// prints `got LOCALPORT PEERIP:PEERPORT DATA` for each.
+/// UDP echo on each port of argv[2:] (argv[1]: "4" or "6", the family):
+/// answers `re:` + the datagram, and prints `got LOCALPORT PEERIP:PEERPORT
+/// DATA` for each.
 const UDP_ECHO_SERVER: &str = r#"
 import select, socket, sys
+v6 = sys.argv[1] == "6"
 socks = []
-for p in sys.argv[1:]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", int(p)))
+for p in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("::" if v6 else "0.0.0.0", int(p)))
     socks.append(s)
 print("ready", flush=True)
 while True:
     for s in select.select(socks, [], [])[0]:
         d, a = s.recvfrom(2048)
-        print("got %d %s:%d %s" % (s.getsockname()[1], a[0], a[1], d.decode()), flush=True)
+        print("got %d %s %s" % (s.getsockname()[1], ("[%s]:%d" if v6 else "%s:%d") % a[:2], d.decode()), flush=True)
         s.sendto(b"re:" + d, a)
 "#;
 
@@ -737,10 +795,12 @@ while True:
 const UDP_ROUNDS_CLIENT: &str = r#"
 import socket, sys, time
 n, wait = int(sys.argv[1]), float(sys.argv[2])
-c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-c.bind(("0.0.0.0", 0))
+v6 = sys.argv[3].startswith("[")
+c = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+c.bind(("::" if v6 else "0.0.0.0", 0))
 for dest in sys.argv[3:]:
     ip, port = dest.rsplit(":", 1)
+    ip = ip.strip("[]")
     for r in range(2):
         for i in range(n):
             c.sendto(("%s-%d" % (port, r * n + i)).encode(), (ip, int(port)))
@@ -752,7 +812,7 @@ for dest in sys.argv[3:]:
             except socket.timeout:
                 break
             got += 1
-            print("reply %s:%d %s" % (a[0], a[1], d.decode()), flush=True)
+            print("reply %s %s" % (("[%s]:%d" if v6 else "%s:%d") % a[:2], d.decode()), flush=True)
 print("done", flush=True)
 "#;
 
@@ -774,11 +834,12 @@ fn udp_rounds(t: &Topology, n: usize, wait: &str, dests: &[SocketAddr]) -> Vec<(
 
 /// A `[[udp]] transparent = "tproxy"` listener on the router's INTERCEPT
 /// port, allowing destination ports 7000 and 7001 only.
-fn udp_tproxy_config(reply_sockets: u32) -> String {
+fn udp_tproxy_config(reply_sockets: u32, any: &str) -> String {
+    let listen = SocketAddr::new(any.parse().expect("ip"), INTERCEPT);
     format!(
         "[runtime]\nshards = 1\nstats_interval = \"100ms\"\n\
          [log]\naccess = \"stderr\"\nformat = \"json\"\n\
-         [[udp]]\nname = \"u\"\nlisten = \"0.0.0.0:{INTERCEPT}\"\n\
+         [[udp]]\nname = \"u\"\nlisten = \"{listen}\"\n\
          transparent = \"tproxy\"\nports = [{DIAL}, {}]\ntproxy_reply_sockets = {reply_sockets}\n",
         DIAL + 1
     )
@@ -825,15 +886,61 @@ fn transparent_tproxy_udp_answers_from_the_original_destinations() {
     let denied = DIAL + 2;
     t.tproxy_udp(&[DIAL, DIAL + 1, denied], INTERCEPT)
         .expect("tproxy rules");
+    check_udp_tproxy(&t, &V4);
+}
+
+/// The same over IPv6: IPV6_TRANSPARENT, IPV6_RECVORIGDSTADDR and a
+/// reply socket bound to an IPv6 original destination.
+#[test]
+fn transparent_tproxy_udp_over_ipv6_answers_from_the_original_destinations() {
+    let Some(t) = Topology::new(true) else {
+        return;
+    };
+    t.with_ipv6().expect("ipv6 addresses");
+    t.tproxy_udp6(&[DIAL, DIAL + 1, DIAL + 2], INTERCEPT)
+        .expect("tproxy rules");
+    check_udp_tproxy(&t, &V6);
+}
+
+/// The addresses of one family in the topology.
+struct Family {
+    /// The server's python argument ("4" or "6").
+    name: &'static str,
+    server: &'static str,
+    router_server_side: &'static str,
+    router_client_side: &'static str,
+    /// ringfwd's wildcard listen address.
+    any: &'static str,
+}
+
+const V4: Family = Family {
+    name: "4",
+    server: SERVER_IP,
+    router_server_side: ROUTER_SERVER_SIDE,
+    router_client_side: ROUTER_CLIENT_SIDE,
+    any: "0.0.0.0",
+};
+
+const V6: Family = Family {
+    name: "6",
+    server: "fd00:231:1::2",
+    router_server_side: "fd00:231:1::1",
+    router_client_side: "fd00:231:0::1",
+    any: "::",
+};
+
+fn check_udp_tproxy(t: &Topology, f: &Family) {
+    let denied = DIAL + 2;
     let ports = [DIAL, DIAL + 1, denied].map(|p| p.to_string());
     let mut server = Peer::start(
         &t.server,
         UDP_ECHO_SERVER,
-        &[&ports[0], &ports[1], &ports[2]],
+        &[f.name, &ports[0], &ports[1], &ports[2]],
     );
-    let fwd = t.router.ringfwd(&udp_tproxy_config(16), 1);
-    let (a, b) = (addr(SERVER_IP, DIAL), addr(SERVER_IP, DIAL + 1));
-    let replies = udp_rounds(&t, ROUNDS, "3", &[a, b]);
+    let fwd = t.router.ringfwd(&udp_tproxy_config(16, f.any), 1);
+    let at = |ip: &str, port| SocketAddr::new(ip.parse().expect("ip"), port);
+    let (a, b) = (at(f.server, DIAL), at(f.server, DIAL + 1));
+    let replies = udp_rounds(t, ROUNDS, "3", &[a, b]);
     assert_answered_from(&replies, a, &fwd.log());
     assert_answered_from(&replies, b, &fwd.log());
     assert_eq!(replies.len(), 4 * ROUNDS, "{replies:?}");
@@ -842,21 +949,18 @@ fn transparent_tproxy_udp_answers_from_the_original_destinations() {
     // The server got each datagram once, from the router.
     let got = server.wait_lines("got ", 4 * ROUNDS, Duration::from_secs(5));
     assert_eq!(got.len(), 4 * ROUNDS, "{got:?}");
+    let router = at(f.router_server_side, 0).ip();
     for l in &got {
-        assert!(
-            l.split(' ')
-                .nth(2)
-                .is_some_and(|p| p.starts_with(&format!("{ROUTER_SERVER_SIDE}:"))),
-            "{l}"
-        );
+        let peer: Option<SocketAddr> = l.split(' ').nth(2).and_then(|p| p.parse().ok());
+        assert_eq!(peer.map(|p| p.ip()), Some(router), "{l}");
     }
 
-    let none = udp_rounds(&t, 1, "0.5", &[addr(SERVER_IP, denied)]);
+    let none = udp_rounds(t, 1, "0.5", &[at(f.server, denied)]);
     assert!(none.is_empty(), "{none:?}");
     fwd.wait_stat("udp_drop_denied", Duration::from_secs(5), |v| v >= 2);
     // Straight to ringfwd's own port on a router address: not TPROXY'd,
     // its original destination is the listener itself.
-    let own = udp_rounds(&t, 1, "0.5", &[addr(ROUTER_CLIENT_SIDE, INTERCEPT)]);
+    let own = udp_rounds(t, 1, "0.5", &[at(f.router_client_side, INTERCEPT)]);
     assert!(own.is_empty(), "{own:?}");
     fwd.wait_stat("udp_drop_loop", Duration::from_secs(5), |v| v >= 2);
     assert_eq!(fwd.stat("udp_sessions_created"), 2);
@@ -880,8 +984,8 @@ fn transparent_tproxy_udp_reply_sockets_are_bounded_per_shard() {
     t.tproxy_udp(&[DIAL, DIAL + 1], INTERCEPT)
         .expect("tproxy rules");
     let ports = [DIAL, DIAL + 1].map(|p| p.to_string());
-    let _server = Peer::start(&t.server, UDP_ECHO_SERVER, &[&ports[0], &ports[1]]);
-    let fwd = t.router.ringfwd(&udp_tproxy_config(1), 1);
+    let _server = Peer::start(&t.server, UDP_ECHO_SERVER, &["4", &ports[0], &ports[1]]);
+    let fwd = t.router.ringfwd(&udp_tproxy_config(1, V4.any), 1);
     let (a, b) = (addr(SERVER_IP, DIAL), addr(SERVER_IP, DIAL + 1));
     let replies = udp_rounds(&t, ROUNDS, "3", &[a]);
     assert_answered_from(&replies, a, &fwd.log());
