@@ -29,7 +29,7 @@ use crate::udp::map::{SessionKey, SessionMap};
 /// For the drain announcement: how long a UDP session owed a reply may stay quiet.
 pub use crate::udp::session::DRAIN_GRACE_MS as UDP_DRAIN_GRACE_MS;
 use crate::udp::session::{Session, SessionConfig};
-use crate::udp::{DropReason, Payload, SessionEnd, SessionOp};
+use crate::udp::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
 use crate::upstream::{Attempts, Balancer, Change, Member, Outcome, Pool, Target};
 use std::time::SystemTime;
 
@@ -858,7 +858,7 @@ impl UdpService {
                     stats.udp_drops(DropReason::RcvbufU2c, u64::from(n));
                 }
                 let more = flags & CQE_F_MORE != 0;
-                let ev = tproxy::recv_event(res, flags, meta, &mut self.dgram, out);
+                let ev = recv_event(res, flags, meta, &mut self.dgram, out);
                 s.handle_upstream_recv(ev, more, now, out, stats);
             }
             OpKind::UdpUpSend => {
@@ -1085,6 +1085,43 @@ impl UdpService {
                     });
                 }
                 ListenRecv::Cancelling | ListenRecv::CloseInFlight | ListenRecv::Closed => {}
+            }
+        }
+    }
+}
+
+/// A multishot recvmsg completion as a datagram event; the buffer it
+/// carries is counted as taken from the datagram ring.
+fn recv_event(
+    res: i32,
+    flags: u32,
+    meta: Option<DatagramMeta>,
+    dgram: &mut Held,
+    out: &mut Vec<SessionOp>,
+) -> DatagramEvent {
+    match (res, buffer_id(flags)) {
+        (r, Some(bid)) if r > 0 => {
+            dgram.take();
+            match meta {
+                Some(m) if !m.truncated => DatagramEvent::Data(Payload {
+                    bid,
+                    offset: m.offset,
+                    len: m.len,
+                }),
+                _ => DatagramEvent::Truncated { bid },
+            }
+        }
+        (r, bid) => {
+            if let Some(bid) = bid {
+                // A buffer without a datagram: straight back.
+                dgram.take();
+                out.push(SessionOp::Release(bid));
+            }
+            match -r {
+                libc::ENOBUFS => DatagramEvent::NoBuffers,
+                libc::ECANCELED => DatagramEvent::Cancelled,
+                e if r < 0 => DatagramEvent::Error(e),
+                _ => DatagramEvent::Error(libc::EIO),
             }
         }
     }

@@ -11,9 +11,8 @@ use tracing::{info, warn};
 
 use super::{UdpConn, UdpService};
 use crate::config::forward::{DestinationPolicy, Refusal};
-use crate::shard::buffers::Held;
 use crate::shard::context::Ctx;
-use crate::shard::ops::{CQE_F_MORE, Fd, Op, RecvTemplate, buffer_id, result, unit};
+use crate::shard::ops::{CQE_F_MORE, Fd, Op, RecvTemplate, result, unit};
 use crate::shard::slab::SessionId;
 use crate::shard::token::{OpKind, Token};
 use crate::stats::{Counter, Counters};
@@ -22,7 +21,7 @@ use crate::time::Millis;
 use crate::udp::loops::LoopGuard;
 use crate::udp::map::SessionKey;
 use crate::udp::reply::ReplySocket;
-use crate::udp::{DatagramEvent, DropReason, Payload, SessionEnd, SessionOp};
+use crate::udp::{DatagramEvent, DropReason, SessionEnd, SessionOp};
 
 use super::DatagramMeta;
 
@@ -116,43 +115,6 @@ impl TproxyConn {
             reply: ReplySocket::open(out),
             fd: None,
             orig_dst,
-        }
-    }
-}
-
-/// A multishot recvmsg completion as a datagram event; the buffer it
-/// carries is counted as taken from the datagram ring.
-pub(super) fn recv_event(
-    res: i32,
-    flags: u32,
-    meta: Option<DatagramMeta>,
-    dgram: &mut Held,
-    out: &mut Vec<SessionOp>,
-) -> DatagramEvent {
-    match (res, buffer_id(flags)) {
-        (r, Some(bid)) if r > 0 => {
-            dgram.take();
-            match meta {
-                Some(m) if !m.truncated => DatagramEvent::Data(Payload {
-                    bid,
-                    offset: m.offset,
-                    len: m.len,
-                }),
-                _ => DatagramEvent::Truncated { bid },
-            }
-        }
-        (r, bid) => {
-            if let Some(bid) = bid {
-                // A buffer without a datagram: straight back.
-                dgram.take();
-                out.push(SessionOp::Release(bid));
-            }
-            match -r {
-                libc::ENOBUFS => DatagramEvent::NoBuffers,
-                libc::ECANCELED => DatagramEvent::Cancelled,
-                e if r < 0 => DatagramEvent::Error(e),
-                _ => DatagramEvent::Error(libc::EIO),
-            }
         }
     }
 }
@@ -289,7 +251,7 @@ impl UdpService {
             }
             OpKind::TproxyRecv => {
                 let more = flags & CQE_F_MORE != 0;
-                let ev = recv_event(res, flags, meta, &mut self.dgram, out);
+                let ev = super::recv_event(res, flags, meta, &mut self.dgram, out);
                 client_datagram(c, ev, now, out, stats);
                 if let Some(t) = c.tproxy.as_mut() {
                     t.reply.handle_recv(ev, more, out);
