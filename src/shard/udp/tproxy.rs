@@ -178,9 +178,9 @@ pub(super) fn lower(op: SessionOp, c: &mut UdpConn, slot: SessionId) -> Option<O
 }
 
 impl UdpService {
-    /// For a new client of a transparent listener: the destination it
-    /// wrote to, if the session may start; otherwise the counted drop
-    /// (with a rate-limited log line).
+    /// For a new client of a transparent listener: whether its session
+    /// may start (always, on any other listener); otherwise the reason its
+    /// datagram is dropped, with a rate-limited log line.
     pub(super) fn admit_transparent(
         &mut self,
         ctx: &mut Ctx,
@@ -227,13 +227,17 @@ impl UdpService {
         let Some(c) = self.sessions.get_mut(slot) else {
             return;
         };
+        if c.tproxy.is_none() {
+            // Not a transparent session's (a bug guard): give back what it carries.
+            self.udp_stale(ctx, token, res, flags);
+            return;
+        }
         let out = &mut self.session_ops;
         let (stats, name) = match self.udp_listeners.get_mut(c.listener as usize) {
             Some(l) => (&mut l.counters, l.spec.name.as_str()),
             None => (&mut ctx.counters, "?"),
         };
         let Some(t) = c.tproxy.as_mut() else {
-            ctx.counters.inc(Counter::StaleCompletions);
             return;
         };
         match token.kind {
@@ -245,7 +249,7 @@ impl UdpService {
                     c.session.abort(SessionEnd::Error, out);
                     if ctx.log.allow(now, ctx.shard) {
                         let error = std::io::Error::from_raw_os_error(e);
-                        warn!(shard = ctx.shard, listener = %name, client = %c.client, destination = %t.orig_dst, %error, "transparent UDP session ended: its reply socket could not be bound to the destination (IP_TRANSPARENT and SO_REUSEADDR on a bind to it); counted as an error end");
+                        warn!(shard = ctx.shard, listener = %name, client = %c.client, destination = %t.orig_dst, %error, "transparent UDP session ended: its reply socket could not be bound to the destination (EADDRINUSE: a socket of this host holds that address and port without SO_REUSEADDR, keep local services off intercepted destinations; EPERM: ringfwd lacks CAP_NET_ADMIN); counted in udp_end_error");
                     }
                 }
             }
@@ -278,7 +282,7 @@ impl UdpService {
             .collect()
     }
 
-    pub(super) fn listener_is_transparent(&self, l: &super::UdpListener) -> bool {
+    fn listener_is_transparent(&self, l: &super::UdpListener) -> bool {
         match l.spec.kind {
             super::UdpKind::Forward { route } => self
                 .udp_routes
