@@ -1002,3 +1002,40 @@ fn transparent_tproxy_udp_reply_sockets_are_bounded_per_shard() {
         assert!(line.contains(&at(key)), "{key} not {a} in: {line}");
     }
 }
+
+/// A transparent UDP listener a reload adds gets its socket options
+/// (IP_TRANSPARENT, IP_RECVORIGDSTADDR) and a receive layout with room for
+/// the original destination, as one bound at start does. Over IPv6: an
+/// IPv4 original destination cut to a plain listener's room still parses
+/// (the kernel cuts the `sockaddr_in` after its address), an IPv6 one does
+/// not.
+#[test]
+fn a_transparent_udp_listener_added_by_a_reload_answers_from_the_original_destination() {
+    let Some(t) = Topology::new(true) else {
+        return;
+    };
+    t.with_ipv6().expect("ipv6 addresses");
+    t.tproxy_udp6(&[DIAL], INTERCEPT).expect("tproxy rules");
+    let mut server = Peer::start(&t.server, UDP_ECHO_SERVER, &["6", &DIAL.to_string()]);
+    // A UDP listener from the start, so the shards have datagram buffers.
+    let plain = format!(
+        "[[udp]]\nname = \"plain\"\nlisten = \"127.0.0.1:9100\"\nupstreams = [\"{SERVER_IP}:{DIAL}\"]\n"
+    );
+    let start = format!("[runtime]\nshards = 1\nstats_interval = \"100ms\"\n{plain}");
+    let path = write_config(&start);
+    let path_text = path.to_str().expect("path");
+    let fwd = Proc::start_in_netns(&t.router.name, &["run", "--config", path_text], 1);
+    let added = udp_tproxy_config(16, V6.any).replace("[[udp]]", &format!("{plain}[[udp]]"));
+    std::fs::write(&path, added).expect("write config");
+    fwd.signal(libc::SIGHUP);
+    fwd.wait_log("SIGHUP: configuration reloaded", Duration::from_secs(10));
+    let a = SocketAddr::new(V6.server.parse().expect("ip"), DIAL);
+    let replies = udp_rounds(&t, ROUNDS, "3", &[a]);
+    assert_answered_from(&replies, a, &fwd.log());
+    // Through ringfwd, not routed past it: the server saw the router.
+    let got = server.wait_lines("got ", 2 * ROUNDS, Duration::from_secs(5));
+    assert_eq!(got.len(), 2 * ROUNDS, "{got:?}");
+    let from_router = format!("got {DIAL} [{}]:", V6.router_server_side);
+    assert!(got.iter().all(|l| l.starts_with(&from_router)), "{got:?}");
+    fwd.wait_stat("udp_sessions_created", Duration::from_secs(5), |v| v == 1);
+}
