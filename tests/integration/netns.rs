@@ -1039,3 +1039,41 @@ fn a_transparent_udp_listener_added_by_a_reload_answers_from_the_original_destin
     assert!(got.iter().all(|l| l.starts_with(&from_router)), "{got:?}");
     fwd.wait_stat("udp_sessions_created", Duration::from_secs(5), |v| v == 1);
 }
+
+/// Without CAP_NET_ADMIN a transparent UDP listener cannot be made: `check`
+/// and `run` refuse (exit 3), naming the listener and the capability.
+#[test]
+fn a_transparent_udp_listener_without_cap_net_admin_is_refused_naming_it() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        eprintln!("skipped: dropping to user nobody (setpriv) needs root");
+        return;
+    }
+    let path = write_config(
+        "[runtime]\nshards = 1\n[[udp]]\nname = \"tp\"\nlisten = \"127.0.0.1:0\"\n\
+         transparent = \"tproxy\"\n",
+    );
+    for cmd in ["check", "run"] {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(crate::harness::BIN)
+            .args([cmd, "--config", path.to_str().expect("path")])
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv (util-linux) is needed for this test");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{cmd}: {err}");
+        assert!(
+            err.contains("udp listener 'tp'") && err.contains("CAP_NET_ADMIN"),
+            "{cmd}: {err}"
+        );
+    }
+}
