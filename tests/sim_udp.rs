@@ -259,6 +259,7 @@ impl Sim {
                 new_sessions_per_second_per_source: None,
                 allow: Vec::new(),
                 deny: Vec::new(),
+                transparent: None,
             });
             listeners.push(Listener {
                 fd: 3 + i as i32,
@@ -821,6 +822,7 @@ impl Sim {
                 len,
                 truncated,
                 drops: None,
+                orig_dst: None,
             },
         ))
     }
@@ -1322,6 +1324,7 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
                 new_sessions_per_second_per_source: None,
                 allow: Vec::new(),
                 deny: Vec::new(),
+                transparent: None,
             }],
             // One relay (2) and one session (1) fit; a second relay does not.
             fd_budget: FdBudget::Max(4),
@@ -1357,6 +1360,7 @@ fn a_session_ending_resumes_a_tcp_listener_paused_for_descriptors() {
         len: 10,
         truncated: false,
         drops: None,
+        orig_dst: None,
     };
     let flags = CQE_F_BUFFER | CQE_F_MORE;
     engine.handle_datagram_cqe(recv, 10, flags, Some(meta), 1);

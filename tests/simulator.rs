@@ -3035,6 +3035,7 @@ mod scripted {
                     new_sessions_per_second_per_source: None,
                     allow: Vec::new(),
                     deny: Vec::new(),
+                    transparent: None,
                 }],
                 fd_budget: FdBudget::Max(1),
                 ..EngineConfig::default()
@@ -3058,6 +3059,7 @@ mod scripted {
                 len: 10,
                 truncated: false,
                 drops: None,
+                orig_dst: None,
             };
             let flags = CQE_F_BUFFER | CQE_F_MORE | (u32::from(bid) << 16);
             engine.handle_datagram_cqe(recv, 10, flags, Some(meta), 0);

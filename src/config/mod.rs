@@ -54,6 +54,7 @@ pub use error::ConfigError;
 pub use health::HealthCheck;
 pub use limits::{Access, TcpLimits};
 pub use loops::{LocalLoop, local_loop};
+pub use udp::UdpTransparent;
 
 /// Facts about the host the plan is resolved against (passed in so parsing is testable).
 #[derive(Debug, Clone)]
@@ -368,6 +369,9 @@ pub struct UdpListenerPlan {
     pub session_rcvbuf: Option<u32>,
     /// PROXY v2 header on every datagram to the upstream.
     pub send_proxy: UdpSendProxy,
+    /// `transparent = "tproxy"`: no upstreams; each datagram goes where its
+    /// client sent it.
+    pub transparent: Option<UdpTransparent>,
 }
 
 /// The transport a listener serves; TCP and UDP listeners may share an address.

@@ -406,7 +406,10 @@ fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt
     writeln!(f, "[[udp]]")?;
     writeln!(f, "name = {:?}", udp.name)?;
     writeln!(f, "listen = \"{}\"", udp.listen)?;
-    write_pool(f, &udp.upstreams, &udp.weights, udp.balance, udp.passive)?;
+    match &udp.transparent {
+        Some(t) => write_udp_transparent(f, t)?,
+        None => write_pool(f, &udp.upstreams, &udp.weights, udp.balance, udp.passive)?,
+    }
     writeln!(
         f,
         "idle_timeout = \"{}\"",
@@ -448,6 +451,19 @@ fn write_udp(f: &mut Formatter<'_>, udp: &UdpListenerPlan, shards: usize) -> fmt
         }
     }
     writeln!(f, "send_proxy = \"{}\"", udp.send_proxy.name())
+}
+
+fn write_udp_transparent(f: &mut Formatter<'_>, t: &super::UdpTransparent) -> fmt::Result {
+    writeln!(
+        f,
+        "transparent = \"tproxy\"  # each datagram goes where its client sent it"
+    )?;
+    write_policy(f, &t.policy)?;
+    writeln!(
+        f,
+        "tproxy_reply_sockets = {}  # per shard; each one a descriptor",
+        t.reply_sockets
+    )
 }
 
 fn write_echo(f: &mut Formatter<'_>, echo: &EchoPlan) -> fmt::Result {

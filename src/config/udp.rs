@@ -7,14 +7,20 @@ use std::time::Duration;
 use super::balance;
 use super::cidr::Cidr;
 use super::error::{ConfigError, Origin};
+use super::forward::DestinationPolicy;
 use super::keys::{Timeout, cidr_list, timeout};
 use super::proxy::udp_send_proxy;
 use super::raw::{Field, Section};
 use super::section::{Claim, DAY, count, limit, required, section_claim, split_spec};
 use super::{Proto, UdpListenerPlan, UdpSendProxy};
 
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 21] = [
     "name",
+    "transparent",
+    "destinations_allow",
+    "destinations_deny",
+    "ports",
+    "tproxy_reply_sockets",
     "balance",
     "max_fails",
     "fail_timeout",
@@ -52,18 +58,26 @@ pub(super) fn file_udp_listener(
 ) -> Result<(UdpListenerPlan, Claim), ConfigError> {
     section.deny_unknown(&KEYS, "in [[udp]]")?;
     let claim = section_claim(section, Proto::Udp)?;
-    let upstreams_example = "upstreams = [\"10.0.0.53:53\"]";
-    let pool = balance::pool(&required(
-        section,
-        Proto::Udp,
-        "upstreams",
-        upstreams_example,
-    )?)?;
+    let transparent = udp_transparent(section)?;
+    let (upstreams, weights) = match transparent {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => {
+            let upstreams_example = "upstreams = [\"10.0.0.53:53\"] (or transparent = \"tproxy\" \
+                 to forward each datagram where its client sent it)";
+            let pool = balance::pool(&required(
+                section,
+                Proto::Udp,
+                "upstreams",
+                upstreams_example,
+            )?)?;
+            (pool.upstreams, pool.weights)
+        }
+    };
     let plan = UdpListenerPlan {
         name: claim.name.clone(),
         listen: claim.listen,
-        upstreams: pool.upstreams,
-        weights: pool.weights,
+        upstreams,
+        weights,
         balance: balance::balance(section)?,
         passive: balance::passive(section)?,
         idle_timeout: timeout(section, &IDLE_TIMEOUT)?,
@@ -92,8 +106,101 @@ pub(super) fn file_udp_listener(
         sndbuf: socket_buffer(section.get("sndbuf"))?,
         session_rcvbuf: socket_buffer(section.get("session_rcvbuf"))?,
         send_proxy: udp_send_proxy(section.get("send_proxy"))?,
+        transparent,
     };
     Ok((plan, claim))
+}
+
+/// `transparent = "tproxy"` on a `[[udp]]` listener: each datagram goes to
+/// the address its client sent it to (IP_RECVORIGDSTADDR), within the
+/// destination policy, and the replies leave from that address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UdpTransparent {
+    pub policy: DestinationPolicy,
+    /// Reply sockets (one per session, bound to its original destination)
+    /// each shard may hold for this listener; a new session beyond it is
+    /// refused (`udp_drop_reply_sockets`).
+    pub reply_sockets: u32,
+}
+
+/// Reply sockets per shard by default: each is a descriptor and a socket
+/// beside the session's own, so a shard at the bound holds twice this many
+/// descriptors for the listener; 4096 sessions per shard is far above what
+/// a host's transparent UDP (DNS, QUIC, games) keeps open at once, and far
+/// below the default `max_sessions` share, whose ceiling would be a
+/// descriptor exhaustion first.
+pub(super) const DEFAULT_REPLY_SOCKETS: u32 = 4096;
+const REPLY_SOCKETS: RangeInclusive<u32> = 1..=1_000_000;
+
+/// Keys about a pool of upstreams, which a transparent listener has none
+/// of (as on `[[tcp]]`).
+const NOT_TRANSPARENT: [&str; 4] = ["upstreams", "balance", "max_fails", "fail_timeout"];
+
+/// `transparent = "tproxy"` and the keys it allows and forbids; without it,
+/// the destination policy keys and `tproxy_reply_sockets` are refused.
+fn udp_transparent(section: &Section<'_>) -> Result<Option<UdpTransparent>, ConfigError> {
+    let example = "transparent = \"tproxy\"";
+    let Some(field) = section.get("transparent") else {
+        let only_transparent = super::socks::POLICY_KEYS
+            .iter()
+            .chain(&["tproxy_reply_sockets"])
+            .find_map(|k| section.get(k));
+        if let Some(key) = only_transparent {
+            return Err(key.error(
+                "applies to a transparent listener, and this [[udp]] listener is not \
+                 transparent (its datagrams go to its upstreams); remove it, or set \
+                 transparent = \"tproxy\"",
+            ));
+        }
+        return Ok(None);
+    };
+    match field.string(example)?.trim() {
+        "tproxy" => {}
+        "redirect" => {
+            return Err(field.error(
+                "\"redirect\" cannot work for UDP: REDIRECT rewrites each datagram's \
+                 destination, and conntrack's original destination (SO_ORIGINAL_DST) is \
+                 readable per connected socket, not per datagram; use transparent = \"tproxy\" \
+                 with an nftables tproxy rule (see tuning.md)",
+            ));
+        }
+        _ => {
+            return Err(field.error(format!(
+                "{} is not a transparent mode of a [[udp]] listener; use \"tproxy\" \
+                 (TPROXY: each datagram goes where its client sent it), like {example}",
+                field.shown()
+            )));
+        }
+    }
+    if let Some(key) = NOT_TRANSPARENT.iter().find_map(|k| section.get(k)) {
+        let name = key
+            .origin
+            .key
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let why = match name.as_str() {
+            "upstreams" => "a transparent listener has no upstreams: each datagram goes to \
+                            the address its client sent it to"
+                .to_owned(),
+            _ => format!(
+                "{name} does not apply to a transparent listener, whose datagrams go to the \
+                 address each client sent them to, not to upstreams"
+            ),
+        };
+        return Err(key.error(format!(
+            "{why}; remove {name}, or transparent to forward to upstreams"
+        )));
+    }
+    Ok(Some(UdpTransparent {
+        policy: super::socks::destination_policy(section, Vec::new())?,
+        reply_sockets: section
+            .get("tproxy_reply_sockets")
+            .map(|f| count(&f, REPLY_SOCKETS, DEFAULT_REPLY_SOCKETS))
+            .transpose()?
+            .unwrap_or(DEFAULT_REPLY_SOCKETS),
+    }))
 }
 
 fn socket_buffer(field: Option<Field<'_>>) -> Result<Option<u32>, ConfigError> {
@@ -151,6 +258,7 @@ pub(super) fn flag_udp_listener(
         sndbuf: None,
         session_rcvbuf: None,
         send_proxy: UdpSendProxy::Off,
+        transparent: None,
     };
     Ok((plan, claim))
 }

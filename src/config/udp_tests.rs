@@ -67,6 +67,7 @@ fn the_documented_example_resolves_to_the_exact_plan() {
             sndbuf: None,
             session_rcvbuf: None,
             send_proxy: UdpSendProxy::Off,
+            transparent: None,
         }]
     );
     assert!(plan.tcp.is_empty());
@@ -294,5 +295,132 @@ fn udp_display_round_trips_and_shows_shares_and_buffers() {
             "{line:?} not in:\n{shown}"
         );
     }
+    assert_eq!(resolve_file(&shown), Ok(plan));
+}
+
+const TPROXY: &str = "listen = \"0.0.0.0:15353\"\ntransparent = \"tproxy\"";
+
+fn cidrs(texts: &[&str]) -> Vec<Cidr> {
+    texts.iter().map(|t| Cidr::parse(t).unwrap()).collect()
+}
+
+#[test]
+fn tproxy_udp_has_a_policy_a_reply_bound_and_no_upstreams() {
+    let plan = resolve_file(&format!("[[udp]]\n{TPROXY}\n")).unwrap();
+    let udp = &plan.udp[0];
+    assert!(udp.upstreams.is_empty());
+    assert_eq!(
+        udp.transparent,
+        Some(UdpTransparent {
+            policy: forward::DestinationPolicy {
+                allow: Vec::new(),
+                // The same default as a transparent [[tcp]]: no loopback,
+                // no link-local (cloud metadata).
+                deny: cidrs(&["127.0.0.0/8", "169.254.0.0/16", "::1/128", "fe80::/10"]),
+                ports: Vec::new(),
+            },
+            reply_sockets: udp::DEFAULT_REPLY_SOCKETS,
+        })
+    );
+    let keyed = format!(
+        "[[udp]]\n{TPROXY}\ndestinations_allow = [\"10.0.0.0/8\"]\n\
+         destinations_deny = []\nports = [53, \"5000-5001\"]\ntproxy_reply_sockets = 7\n\
+         max_responses = 1\nsend_proxy = \"v2\"\n"
+    );
+    let udp = resolve_file(&keyed).unwrap().udp.remove(0);
+    assert_eq!(
+        udp.transparent,
+        Some(UdpTransparent {
+            policy: forward::DestinationPolicy {
+                allow: cidrs(&["10.0.0.0/8"]),
+                deny: Vec::new(),
+                ports: vec![53..=53, 5000..=5001],
+            },
+            reply_sockets: 7,
+        })
+    );
+    assert_eq!(udp.max_responses, Some(1));
+}
+
+#[test]
+fn tproxy_udp_refuses_redirect_and_the_keys_of_an_upstream_pool() {
+    let at = |k: &str| format!("udp[0].{k}");
+    assert_udp_rejected(
+        "listen = \"0.0.0.0:15353\"\ntransparent = \"redirect\"",
+        &at("transparent"),
+        &["cannot work for UDP", "not per datagram", "\"tproxy\""],
+    );
+    assert_udp_rejected(
+        "listen = \"0.0.0.0:15353\"\ntransparent = \"tproxi\"",
+        &at("transparent"),
+        &["\"tproxi\" is not a transparent mode", "\"tproxy\""],
+    );
+    assert_udp_rejected(
+        &format!("{TPROXY}\nupstreams = [\"10.0.0.53:53\"]"),
+        &at("upstreams"),
+        &["no upstreams", "remove upstreams"],
+    );
+    for key in [
+        "balance = \"random\"",
+        "max_fails = 2",
+        "fail_timeout = \"5s\"",
+    ] {
+        let name = key.split(' ').next().unwrap();
+        assert_udp_rejected(
+            &format!("{TPROXY}\n{key}"),
+            &at(name),
+            &[&format!("{name} does not apply to a transparent listener")],
+        );
+    }
+    assert_udp_rejected(
+        &format!("{TPROXY}\ntproxy_reply_sockets = 0"),
+        &at("tproxy_reply_sockets"),
+        &["0 is out of range", "1 to 1000000"],
+    );
+}
+
+#[test]
+fn transparent_keys_without_transparent_name_it() {
+    for key in [
+        "destinations_allow = [\"10.0.0.0/8\"]",
+        "destinations_deny = []",
+        "ports = [53]",
+        "tproxy_reply_sockets = 5",
+    ] {
+        let name = key.split(' ').next().unwrap();
+        assert_udp_rejected(
+            &format!("{MINIMAL}\n{key}"),
+            &format!("udp[0].{name}"),
+            &["not transparent", "set transparent = \"tproxy\""],
+        );
+    }
+    assert_udp_rejected(
+        "listen = \"0.0.0.0:15353\"",
+        "udp[0].upstreams",
+        &["missing", "or transparent = \"tproxy\""],
+    );
+}
+
+#[test]
+fn check_prints_every_tproxy_key_and_reads_it_back() {
+    let text = format!(
+        "[[udp]]\nname = \"tp\"\n{TPROXY}\nports = [53]\ndestinations_allow = [\"10.0.0.0/8\"]\n\
+         tproxy_reply_sockets = 9\n"
+    );
+    let plan = resolve_file(&text).unwrap();
+    let shown = plan.to_string();
+    for line in [
+        "transparent = \"tproxy\"  # each datagram goes where its client sent it",
+        "destinations_allow = [\"10.0.0.0/8\"]",
+        "destinations_deny = [\"127.0.0.0/8\", \"169.254.0.0/16\", \"::1/128\", \"fe80::/10\"]",
+        "ports = [53]",
+        "tproxy_reply_sockets = 9  # per shard; each one a descriptor",
+    ] {
+        assert!(
+            shown.lines().any(|l| l == line),
+            "{line:?} not in:\n{shown}"
+        );
+    }
+    assert!(!shown.contains("upstreams"), "{shown}");
     assert_eq!(resolve_file(&shown), Ok(plan));
 }

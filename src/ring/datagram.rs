@@ -22,9 +22,12 @@ const fn cmsg_space(data: u32) -> u32 {
 pub const PKTINFO_SPACE: u32 = cmsg_space(20);
 /// Control space of the SO_RXQ_OVFL message (a u32 drop counter).
 pub const OVFL_SPACE: u32 = cmsg_space(4);
+/// Control space of one IP_ORIGDSTADDR / IPV6_ORIGDSTADDR message (a
+/// `sockaddr_in6`, 28 bytes, holds a `sockaddr_in`, 16).
+pub const ORIGDST_SPACE: u32 = cmsg_space(28);
 /// Bytes of a datagram buffer that are not payload, at most (the widest
-/// layout: a wildcard listener's).
-pub const OVERHEAD: u32 = RECVMSG_OUT + NAME_SPACE + PKTINFO_SPACE + OVFL_SPACE;
+/// layout: a wildcard TPROXY listener's).
+pub const OVERHEAD: u32 = RECVMSG_OUT + NAME_SPACE + PKTINFO_SPACE + OVFL_SPACE + ORIGDST_SPACE;
 
 /// Buffer size that holds `max_datagram` payload bytes after the headers.
 /// Rounding leaves more room than that; `parse` holds datagrams to
@@ -63,6 +66,19 @@ impl Layout {
         }
     }
 
+    /// A `transparent = "tproxy"` listener: as [`Layout::listener`], and
+    /// room for the original destination (IP_ORIGDSTADDR), which the kernel
+    /// writes after SO_RXQ_OVFL and PKTINFO: without room for all three it
+    /// would be the one cut (MSG_CTRUNC), and the datagram would have
+    /// nowhere to go.
+    pub fn tproxy_listener(wildcard: bool) -> Layout {
+        let base = Layout::listener(wildcard);
+        Layout {
+            namelen: base.namelen,
+            controllen: base.controllen + ORIGDST_SPACE,
+        }
+    }
+
     /// Where the payload starts in a buffer.
     pub fn payload_at(self) -> u32 {
         RECVMSG_OUT + self.namelen + self.controllen
@@ -75,6 +91,9 @@ pub struct Datagram {
     pub src: Option<SocketAddr>,
     /// The address the datagram was sent to (IP_PKTINFO), when asked for.
     pub local: Option<IpAddr>,
+    /// The address and port its sender wrote to, before a TPROXY rule
+    /// steered it here (IP_ORIGDSTADDR), when asked for.
+    pub orig_dst: Option<SocketAddr>,
     /// The socket's cumulative drop counter (SO_RXQ_OVFL) when the kernel
     /// queued this datagram; `None` while it was 0 (the kernel then sends
     /// no message).
@@ -122,16 +141,18 @@ pub fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
 
 /// What the control messages of one datagram said.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Control {
+pub(crate) struct Control {
     /// The destination address (IP_PKTINFO / IPV6_PKTINFO).
     local: Option<IpAddr>,
+    /// The original destination (IP_ORIGDSTADDR / IPV6_ORIGDSTADDR).
+    pub(crate) orig_dst: Option<SocketAddr>,
     /// The socket's drop counter (SO_RXQ_OVFL).
     drops: Option<u32>,
 }
 
 /// Reads the control messages ringfwd asks for; others are skipped, and a
 /// malformed one ends the walk with what was read before it.
-fn parse_control(control: &[u8]) -> Control {
+pub(crate) fn parse_control(control: &[u8]) -> Control {
     let mut out = Control::default();
     let mut at = 0usize;
     while at + 16 <= control.len() {
@@ -157,6 +178,13 @@ fn parse_control(control: &[u8]) -> Control {
             }
             (Some(libc::SOL_SOCKET), Some(libc::SO_RXQ_OVFL)) => {
                 out.drops = u32_at(control, data);
+            }
+            // A sockaddr_in / sockaddr_in6, as the message's length says.
+            (Some(libc::IPPROTO_IP), Some(libc::IP_ORIGDSTADDR))
+            | (Some(libc::IPPROTO_IPV6), Some(libc::IPV6_ORIGDSTADDR)) => {
+                out.orig_dst = control
+                    .get(data..at.saturating_add(len))
+                    .and_then(parse_sockaddr);
             }
             _ => {}
         }
@@ -200,6 +228,7 @@ pub fn parse(buf: &[u8], layout: Layout, max_payload: u32) -> Option<Datagram> {
     Some(Datagram {
         src,
         local: control.local,
+        orig_dst: control.orig_dst,
         drops: control.drops,
         offset: u32::try_from(payload_at).ok()?,
         len: payloadlen.min(u32::try_from(room).ok()?),
@@ -436,6 +465,52 @@ mod tests {
         }
     }
 
+    /// An IP_ORIGDSTADDR / IPV6_ORIGDSTADDR message carrying `dst`.
+    fn origdst(dst: SocketAddr) -> Vec<u8> {
+        let mut name = [0u8; 28];
+        let n = write_sockaddr(dst, &mut name) as usize;
+        let (level, kind) = match dst {
+            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_ORIGDSTADDR),
+            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_ORIGDSTADDR),
+        };
+        let mut c = vec![0u8; (16 + n).next_multiple_of(8)];
+        c[0..8].copy_from_slice(&((16 + n) as u64).to_ne_bytes());
+        c[8..12].copy_from_slice(&level.to_ne_bytes());
+        c[12..16].copy_from_slice(&kind.to_ne_bytes());
+        c[16..16 + n].copy_from_slice(&name[..n]);
+        c
+    }
+
+    #[test]
+    fn a_tproxy_listener_reads_the_original_destination_after_the_others() {
+        for wildcard in [false, true] {
+            let layout = Layout::tproxy_listener(wildcard);
+            for (src, dst, local) in [
+                ("10.231.1.2:5353", "10.231.2.2:53", "10.231.2.2"),
+                ("[fd00:231::2]:5353", "[fd00:232::2]:53", "fd00:232::2"),
+            ] {
+                let src: SocketAddr = src.parse().expect("addr");
+                let dst: SocketAddr = dst.parse().expect("addr");
+                // The kernel's order, and every message a wildcard TPROXY
+                // socket gets: SO_RXQ_OVFL, PKTINFO, then ORIGDSTADDR.
+                let mut control = ovfl(3);
+                if wildcard {
+                    control.extend(pktinfo(local.parse().expect("ip")));
+                }
+                control.extend(origdst(dst));
+                let b = recvmsg_buffer(src, &control, b"q", layout, 512);
+                let d = parse(&b, layout, 256).expect("parse");
+                assert_eq!(d.orig_dst, Some(dst), "{layout:?}");
+                assert_eq!(d.drops, Some(3));
+                assert_eq!(d.src, Some(src));
+                // Without the room, the original destination is the one lost.
+                let narrow = Layout::listener(wildcard);
+                let cut = recvmsg_buffer(src, &control, b"q", narrow, 512);
+                assert_eq!(parse(&cut, narrow, 256).expect("parse").orig_dst, None);
+            }
+        }
+    }
+
     #[test]
     fn an_upstream_datagram_carries_the_drop_counter() {
         let src: SocketAddr = "127.0.0.1:1".parse().expect("addr");
@@ -463,6 +538,15 @@ mod tests {
             space(in6) + space(std::mem::size_of::<u32>())
         );
         assert!(NAME_SPACE as usize >= std::mem::size_of::<libc::sockaddr_in6>());
+        assert_eq!(
+            ORIGDST_SPACE,
+            space(std::mem::size_of::<libc::sockaddr_in6>())
+        );
+        assert_eq!(
+            Layout::tproxy_listener(true).payload_at(),
+            OVERHEAD,
+            "the widest layout sets the overhead"
+        );
     }
 
     #[test]
@@ -471,6 +555,8 @@ mod tests {
             Layout::UPSTREAM,
             Layout::listener(false),
             Layout::listener(true),
+            Layout::tproxy_listener(false),
+            Layout::tproxy_listener(true),
         ];
         for max in [512, 513, 1024, 1400, 4096, 65507, 65527] {
             let size = buffer_size(max);

@@ -39,16 +39,28 @@ pub(super) fn limits(plan: &Plan) -> Vec<Limit> {
         descriptors: u64::from(t.max_connections) * 2,
         source: t.max_connections_given,
     });
-    let udp = plan.udp.iter().map(|u| Limit {
+    let shards = plan.runtime.shards as u64;
+    let udp = plan.udp.iter().map(move |u| Limit {
         what: format!(
             "udp listener '{}' max_sessions = {}",
             u.name, u.max_sessions
         ),
         proto: Proto::Udp,
-        descriptors: u64::from(u.max_sessions),
+        descriptors: udp_descriptors(u, shards),
         source: u.max_sessions_given,
     });
     tcp.chain(udp).collect()
+}
+
+/// One per session (its upstream socket), and on a `transparent =
+/// "tproxy"` listener one more per reply socket, of which each shard holds
+/// at most `tproxy_reply_sockets`.
+fn udp_descriptors(u: &crate::config::UdpListenerPlan, shards: u64) -> u64 {
+    let sessions = u64::from(u.max_sessions);
+    let replies = u.transparent.as_ref().map_or(0, |t| {
+        sessions.min(u64::from(t.reply_sockets).saturating_mul(shards))
+    });
+    sessions + replies
 }
 
 /// What to tell the operator about the limit.
@@ -161,6 +173,30 @@ mod tests {
             hard: limit,
             raised_from: None,
         }
+    }
+
+    #[test]
+    fn a_transparent_udp_session_counts_its_reply_socket_up_to_the_bound() {
+        let plan = |keys: &str| {
+            let text = format!(
+                "[runtime]\nshards = 2\n[[udp]]\nlisten = \"0.0.0.0:15353\"\n\
+                 transparent = \"tproxy\"\n{keys}\n"
+            );
+            let host = crate::config::HostFacts {
+                available_cpus: vec![0, 1],
+            };
+            Plan::resolve(Some(("t.toml", &text)), &Default::default(), &host).expect("plan")
+        };
+        let udp = |p: &Plan| limits(p).iter().map(|l| l.descriptors).sum::<u64>();
+        assert_eq!(
+            udp(&plan("max_sessions = 1000\ntproxy_reply_sockets = 100")),
+            1000 + 2 * 100
+        );
+        assert_eq!(
+            udp(&plan("max_sessions = 10\ntproxy_reply_sockets = 100")),
+            10 + 10,
+            "no more reply sockets than sessions"
+        );
     }
 
     #[test]

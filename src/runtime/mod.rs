@@ -160,6 +160,30 @@ fn socket_buffers(
     Ok(())
 }
 
+/// A `transparent = "tproxy"` UDP listener's sockets (bound here, or
+/// handed over by the process this one upgrades): IP_TRANSPARENT and
+/// IP_RECVORIGDSTADDR on each.
+pub(super) fn transparent_udp(
+    u: &crate::config::UdpListenerPlan,
+    fds: &[OwnedFd],
+    addr: SocketAddr,
+) -> Result<(), HostError> {
+    use std::os::fd::AsRawFd as _;
+    if u.transparent.is_none() {
+        return Ok(());
+    }
+    for fd in fds {
+        crate::sys::transparent::prepare_udp_listener(fd.as_raw_fd(), addr).map_err(|e| {
+            HostError::Bind {
+                what: format!("udp listener '{}' (transparent = \"tproxy\")", u.name),
+                addr,
+                error: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// Warns, as `socket_buffers` does for listeners, when the kernel would give
 /// session sockets less `session_rcvbuf` than asked. Probed once on a socket
 /// of the first upstream's family: every session socket is capped the same.
@@ -315,6 +339,7 @@ fn bind_groups(plan: &Plan, inherited: &mut upgrade::Inherited) -> Result<Groups
         .map(|u| {
             let (fds, addr) = group(ListenKind::Udp, &u.name, u.listen, true)?;
             socket_buffers(u, &fds, addr)?;
+            transparent_udp(u, &fds, addr)?;
             Ok((fds, addr))
         })
         .collect::<Result<_, HostError>>()?;

@@ -214,6 +214,7 @@ fn restart_keys(old: &Plan, new: &Plan, udp_ring: bool) -> Vec<&'static str> {
         ("[admin]", old.admin != new.admin),
         (KEPT_MPTCP, kept_socket_changed(old, new, |t| t.mptcp)),
         (KEPT_TPROXY, kept_socket_changed(old, new, is_tproxy)),
+        (KEPT_UDP_TPROXY, kept_udp_transparent_changed(old, new)),
     ];
     checks
         .into_iter()
@@ -227,6 +228,19 @@ fn restart_keys(old: &Plan, new: &Plan, udp_ring: bool) -> Vec<&'static str> {
 /// reload keeps; an upgrade hands the same sockets over.
 const KEPT_MPTCP: &str = "mptcp of a [[tcp]] listener that stays (its sockets keep their protocol)";
 const KEPT_TPROXY: &str = "transparent = \"tproxy\" of a [[tcp]] listener that stays (its sockets keep IP_TRANSPARENT as made)";
+
+const KEPT_UDP_TPROXY: &str = "transparent = \"tproxy\" of a [[udp]] listener that stays (its sockets keep IP_TRANSPARENT and IP_RECVORIGDSTADDR as made)";
+
+/// Whether a `[[udp]]` listener of `new` that keeps its sockets turns
+/// `transparent` on or off.
+fn kept_udp_transparent_changed(old: &Plan, new: &Plan) -> bool {
+    new.udp.iter().any(|n| {
+        old.udp
+            .iter()
+            .find(|o| o.listen == n.listen)
+            .is_some_and(|o| o.transparent.is_some() != n.transparent.is_some())
+    })
+}
 
 fn is_tproxy(t: &crate::config::TcpListenerPlan) -> bool {
     use crate::config::forward::{TcpKind, TransparentMode};
@@ -270,6 +284,14 @@ fn effective_plan(old: &Plan, new: Plan, udp_ring: bool) -> Plan {
     for t in &mut plan.tcp {
         if let Some(o) = old.tcp.iter().find(|o| o.listen == t.listen) {
             t.mptcp = o.mptcp;
+        }
+    }
+    // Likewise a kept UDP listener stays transparent or not (KEPT_UDP_TPROXY).
+    for u in &mut plan.udp {
+        if let Some(o) = old.udp.iter().find(|o| o.listen == u.listen)
+            && o.transparent.is_some() != u.transparent.is_some()
+        {
+            *u = o.clone();
         }
     }
     plan
@@ -409,7 +431,15 @@ impl Runtime {
             let kind = listen_kind(key);
             let bound = match kind {
                 ListenKind::Udp | ListenKind::UdpEcho => {
-                    socket::bind_udp_listeners(kind, name, key.listen, n)
+                    socket::bind_udp_listeners(kind, name, key.listen, n).and_then(|(fds, a)| {
+                        match plan.udp.iter().find(|u| u.name == *name) {
+                            Some(u) if matches!(kind, ListenKind::Udp) => {
+                                super::transparent_udp(u, &fds, a)?
+                            }
+                            _ => {}
+                        }
+                        Ok((fds, a))
+                    })
                 }
                 ListenKind::Tcp => match plan.tcp.iter().find(|t| t.name == *name) {
                     Some(t) => listen_socket(t, fallbacks)
@@ -715,5 +745,32 @@ mod tests {
         let mut upstream = plan(TCP);
         upstream.tcp[0].upstream_mptcp = true;
         assert!(restart_keys(&old, &upstream, true).is_empty());
+    }
+
+    #[test]
+    fn a_kept_udp_listener_turning_transparent_needs_a_restart_and_stays_as_it_was() {
+        let forward = plan(UDP);
+        let tproxy =
+            plan("[[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:3\"\ntransparent = \"tproxy\"\n");
+        assert_eq!(restart_keys(&forward, &tproxy, true), vec![KEPT_UDP_TPROXY]);
+        assert_eq!(restart_keys(&tproxy, &forward, true), vec![KEPT_UDP_TPROXY]);
+        // Its sockets lack (or have) IP_RECVORIGDSTADDR: it keeps forwarding as before.
+        assert_eq!(
+            effective_plan(&forward, tproxy.clone(), true).udp,
+            forward.udp
+        );
+        assert_eq!(
+            effective_plan(&tproxy, forward.clone(), true).udp,
+            tproxy.udp
+        );
+        // A transparent listener's policy changes live.
+        let narrower = plan(
+            "[[udp]]\nname = \"u\"\nlisten = \"127.0.0.1:3\"\ntransparent = \"tproxy\"\nports = [53]\n",
+        );
+        assert!(restart_keys(&tproxy, &narrower, true).is_empty());
+        assert_eq!(
+            effective_plan(&tproxy, narrower.clone(), true).udp,
+            narrower.udp
+        );
     }
 }

@@ -13,7 +13,7 @@ use crate::config::{
     EchoMode, EchoPlan, Plan, Proto, TcpListenerPlan, UdpListenerPlan, UdpSendProxy,
 };
 use crate::shard::engine::{FrontSpec, ListenerKind, ListenerSpec, RouteSpec};
-use crate::shard::udp::{UdpKind, UdpListenerSpec, UdpRouteSpec};
+use crate::shard::udp::{TproxySpec, UdpKind, UdpListenerSpec, UdpRouteSpec};
 use crate::sys::host::HostError;
 use crate::time::millis;
 
@@ -167,6 +167,13 @@ pub(super) fn udp_route(u: &UdpListenerPlan) -> UdpRouteSpec {
         new_sessions_per_second_per_source: u.new_sessions_per_second_per_source,
         allow: u.allow.clone(),
         deny: u.deny.clone(),
+        transparent: u.transparent.as_ref().map(|t| TproxySpec {
+            policy: t.policy.clone(),
+            reply_sockets: t.reply_sockets,
+            // For the loop guard of a wildcard listener; read only here,
+            // at start and reload.
+            host: crate::sys::host::local_addresses(),
+        }),
     }
 }
 

@@ -533,6 +533,11 @@ impl Engine {
         self.udp.udp_listener_addrs()
     }
 
+    /// Each UDP listener slot: whether it is `transparent = "tproxy"`.
+    pub fn udp_listener_transparent(&self) -> Vec<bool> {
+        self.udp.udp_listener_transparent()
+    }
+
     /// A reading of UDP listener `index`'s kernel drop counter.
     pub fn note_listener_drops(&mut self, index: u32, reading: u32) {
         self.udp.note_listener_drops(index, reading);

@@ -224,6 +224,15 @@ fn new_ring(setup: &ShardSetup) -> std::io::Result<Ring> {
     }
 }
 
+/// A UDP listener's receive layout: room for PKTINFO on a wildcard
+/// address, and for the original destination on a transparent listener.
+fn listener_layout(wildcard: bool, transparent: bool) -> Layout {
+    match transparent {
+        true => Layout::tproxy_listener(wildcard),
+        false => Layout::listener(wildcard),
+    }
+}
+
 /// What a shard registers for UDP: the upstream recvmsg layout, one
 /// layout per listener, and the listeners with their descriptors.
 type UdpRegistered = (TemplateId, Vec<TemplateId>, Vec<UdpListenerSpec>);
@@ -254,7 +263,13 @@ fn register_udp(
     let mut listen_templates = Vec::new();
     let mut specs = Vec::new();
     for (mut spec, fd, wildcard) in listeners {
-        listen_templates.push(ring.add_recvmsg_template(Layout::listener(wildcard)));
+        let transparent = match spec.kind {
+            super::udp::UdpKind::Forward { route } => routes
+                .get(usize::from(route))
+                .is_some_and(|r| r.transparent.is_some()),
+            super::udp::UdpKind::Echo => false,
+        };
+        listen_templates.push(ring.add_recvmsg_template(listener_layout(wildcard, transparent)));
         spec.fd = fd.into_raw_fd();
         if let Err(e) = socket::set_rxq_ovfl(spec.fd) {
             warn!(shard, listener = %spec.name, error = %e, "SO_RXQ_OVFL failed: datagrams the kernel drops on this listener are counted only at stats snapshots");
@@ -460,7 +475,7 @@ pub(crate) fn run(setup: ShardSetup, control: Control) {
         region,
         upstream_template,
         listen_templates,
-        wildcard_templates: [None, None],
+        wildcard_templates: [None; 4],
         control,
         control_armed: false,
         ops: Vec::with_capacity(1024),
@@ -492,8 +507,9 @@ struct Loop {
     region: Option<RegionId>,
     upstream_template: TemplateId,
     listen_templates: Vec<TemplateId>,
-    /// The receive templates a reload gave listeners: a non-wildcard's, a wildcard's.
-    wildcard_templates: [Option<TemplateId>; 2],
+    /// The receive templates a reload gave listeners: a non-wildcard's, a
+    /// wildcard's, then the same two of a transparent listener.
+    wildcard_templates: [Option<TemplateId>; 4],
     control: Control,
     control_armed: bool,
     ops: Vec<Op>,
@@ -783,6 +799,19 @@ impl Loop {
             | Op::SendDatagramTo { .. }
             | Op::UdpBind { .. }
             | Op::SendDatagramToWithHeader { .. } => self.execute_datagram_op(op),
+            Op::UdpTransparentSocket { token, bind, peer } => {
+                // Inline, not on the ring: see `transparent::reply_socket`.
+                // The result comes back as a completion like any other.
+                let res = match transparent::reply_socket(bind, peer) {
+                    Ok(fd) => fd.into_raw_fd(),
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                };
+                self.synthetic.push(Cqe {
+                    user_data: token,
+                    res,
+                    flags: 0,
+                });
+            }
         }
     }
 
@@ -845,7 +874,7 @@ impl Loop {
                 let t = match template {
                     RecvTemplate::Listener(i) => self.listen_templates.get(i as usize).copied(),
                     RecvTemplate::Upstream => Some(self.upstream_template),
-                    RecvTemplate::Association => Some(self.listener_template(false)),
+                    RecvTemplate::Association => Some(self.listener_template(false, false)),
                 };
                 let queued = t.is_some_and(|t| self.ring.recvmsg_multi(fd.raw(), t, token).is_ok());
                 if !queued {
@@ -1069,6 +1098,8 @@ impl Loop {
             OpKind::UdpListenRecv => *self.listen_templates.get(token.slot.index as usize)?,
             OpKind::UdpUpRecv => self.upstream_template,
             OpKind::AssocRecv => self.wildcard_templates.first().copied().flatten()?,
+            // A reply socket is connected to its client, as a session's is to its upstream.
+            OpKind::TproxyRecv => self.upstream_template,
             _ => return None,
         };
         if c.res <= 0 || c.flags & super::engine::CQE_F_BUFFER == 0 {
@@ -1085,6 +1116,7 @@ impl Loop {
                     len: d.len,
                     truncated: d.truncated,
                     drops: d.drops,
+                    orig_dst: d.orig_dst,
                 }),
         )
     }
@@ -1132,24 +1164,25 @@ impl Loop {
                 warn!(shard = self.shard, listener = %spec.name, error = %e, "SO_RXQ_OVFL failed: datagrams the kernel drops on this listener are counted only at stats snapshots");
             }
         }
+        let transparent = engine.udp_listener_transparent();
         self.listen_templates = engine
             .udp_listener_addrs()
             .into_iter()
-            .map(|a| self.listener_template(a.ip().is_unspecified()))
+            .zip(transparent)
+            .map(|(a, t)| self.listener_template(a.ip().is_unspecified(), t))
             .collect();
     }
 
-    fn listener_template(&mut self, wildcard: bool) -> TemplateId {
-        let cached = self
-            .wildcard_templates
-            .get(usize::from(wildcard))
-            .copied()
-            .flatten();
+    fn listener_template(&mut self, wildcard: bool, transparent: bool) -> TemplateId {
+        let at = usize::from(wildcard) + 2 * usize::from(transparent);
+        let cached = self.wildcard_templates.get(at).copied().flatten();
         if let Some(t) = cached {
             return t;
         }
-        let t = self.ring.add_recvmsg_template(Layout::listener(wildcard));
-        if let Some(c) = self.wildcard_templates.get_mut(usize::from(wildcard)) {
+        let t = self
+            .ring
+            .add_recvmsg_template(listener_layout(wildcard, transparent));
+        if let Some(c) = self.wildcard_templates.get_mut(at) {
             *c = Some(t);
         }
         t

@@ -257,6 +257,15 @@ pub enum Op {
         pipe: u16,
         fds: PipeFds,
     },
+    /// A UDP TPROXY session's reply socket: transparent, SO_REUSEADDR,
+    /// bound to `bind` (the client's original destination) and connected
+    /// to `peer` (the client). Made inline by the event loop (no bind on
+    /// the ring before 6.11); completes with the descriptor or `-errno`.
+    UdpTransparentSocket {
+        token: u64,
+        bind: SocketAddr,
+        peer: SocketAddr,
+    },
 }
 
 /// The two ends of one of the shard's pipes.

@@ -77,6 +77,14 @@ pub enum OpKind {
     AssocClose = 43,
     /// The accept watch's read of a listener's accept queue (index = listener).
     ListenQueue = 44,
+    /// A UDP TPROXY session's reply socket made (inline, `Op::UdpTransparentSocket`).
+    TproxyOpen = 45,
+    /// Multishot recvmsg on a reply socket (the client's later datagrams).
+    TproxyRecv = 46,
+    /// Reply upstream→client on the reply socket (aux = buffer id).
+    TproxySend = 47,
+    TproxyCancel = 48,
+    TproxyClose = 49,
 }
 
 impl OpKind {
@@ -115,6 +123,18 @@ impl OpKind {
                 | OpKind::AssocReply
                 | OpKind::AssocCancel
                 | OpKind::AssocClose
+        ) || self.is_tproxy()
+    }
+
+    /// Whether it is on a UDP TPROXY session's reply socket.
+    pub fn is_tproxy(self) -> bool {
+        matches!(
+            self,
+            OpKind::TproxyOpen
+                | OpKind::TproxyRecv
+                | OpKind::TproxySend
+                | OpKind::TproxyCancel
+                | OpKind::TproxyClose
         )
     }
 
@@ -165,6 +185,11 @@ impl OpKind {
             42 => AssocCancel,
             43 => AssocClose,
             44 => ListenQueue,
+            45 => TproxyOpen,
+            46 => TproxyRecv,
+            47 => TproxySend,
+            48 => TproxyCancel,
+            49 => TproxyClose,
             _ => return None,
         })
     }
@@ -251,7 +276,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind_side_and_extreme_slots() {
-        for k in 1..=44u8 {
+        for k in 1..=49u8 {
             let kind = OpKind::from_u8(k).expect("kind");
             for side in [Side::Client, Side::Upstream] {
                 for (index, generation) in [(0, 0), (MAX_INDEX, GEN_MASK), (12345, 678)] {
@@ -265,9 +290,27 @@ mod tests {
     }
 
     #[test]
+    fn the_tproxy_kinds_round_trip_and_are_udp() {
+        for k in 45..=49u8 {
+            let kind = OpKind::from_u8(k).expect("kind");
+            assert!(kind.is_udp() && kind.is_tproxy(), "{kind:?}");
+            let t = Token::new(
+                kind,
+                Side::Upstream,
+                SlotId {
+                    index: 7,
+                    generation: 9,
+                },
+            )
+            .with_aux(MAX_AUX);
+            assert_eq!(Token::decode(t.encode()), Some(t));
+        }
+    }
+
+    #[test]
     fn rejects_values_never_issued() {
         assert_eq!(Token::decode(0), None);
         assert_eq!(Token::decode(200), None);
-        assert_eq!(Token::decode(45), None);
+        assert_eq!(Token::decode(50), None);
     }
 }

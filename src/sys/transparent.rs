@@ -5,16 +5,9 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 
 use crate::ring::datagram::parse_sockaddr;
-
-/// `struct cmsghdr` on 64-bit Linux: len (u64), level (i32), type (i32).
-#[allow(
-    dead_code,
-    reason = "for UDP transparent = \"tproxy\", not wired yet (issue 15)"
-)]
-const CMSG_HEADER: usize = 16;
 
 /// The destination of accepted connection `fd` before a netfilter REDIRECT
 /// (or DNAT) rewrote it: `SO_ORIGINAL_DST` at SOL_IP for IPv4,
@@ -72,18 +65,62 @@ pub(crate) fn set_transparent(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
 
 /// IP_RECVORIGDSTADDR (IPV6_RECVORIGDSTADDR): each datagram then carries
 /// the destination its sender wrote to in a control message
-/// ([`orig_dst_from_control`] reads it) — for a UDP TPROXY socket, the
+/// (`ring::datagram` reads it) — for a UDP TPROXY socket, the
 /// address a reply must come from.
-#[allow(
-    dead_code,
-    reason = "for UDP transparent = \"tproxy\", not wired yet (issue 15)"
-)]
 pub(crate) fn set_recv_orig_dst(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
     let on: libc::c_int = 1;
     match addr {
         SocketAddr::V4(_) => setsockopt_int(fd, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, on),
         SocketAddr::V6(_) => setsockopt_int(fd, libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, on),
     }
+}
+
+/// A `transparent = "tproxy"` UDP listener's socket options, set on each
+/// shard's socket: IP_TRANSPARENT (the TPROXY rule assigns datagrams only to
+/// a transparent socket) and IP_RECVORIGDSTADDR (where each one was going).
+/// EPERM names the capability it takes.
+pub(crate) fn prepare_udp_listener(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
+    set_transparent(fd, addr).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "transparent = \"tproxy\" needs CAP_NET_ADMIN to set IP_TRANSPARENT ({e}): run ringfwd as root or give it the capability (`setcap cap_net_admin=+ep`, or AmbientCapabilities=CAP_NET_ADMIN in the systemd unit)"
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    set_recv_orig_dst(fd, addr)
+}
+
+/// The socket a UDP TPROXY session answers its client from: transparent,
+/// bound to the address the client wrote to (`orig_dst`, not this host's),
+/// and connected to the client. SO_REUSEADDR lets every session of that
+/// destination bind it (one per client). Connected, it is the kernel's
+/// best match for the client's later datagrams (the TPROXY rule's
+/// established-socket lookup and the plain UDP lookup both prefer it to
+/// the listener), so its receive is read too; any other client's datagram
+/// to `orig_dst` does not match it and reaches the listener. Made outside
+/// the ring: io_uring has no bind before 6.11, and these are a few
+/// non-blocking syscalls once per session.
+pub(crate) fn reply_socket(orig_dst: SocketAddr, client: SocketAddr) -> io::Result<OwnedFd> {
+    let orig_dst = SocketAddr::new(orig_dst.ip().to_canonical(), orig_dst.port());
+    let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(orig_dst),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    set_transparent(std::os::fd::AsRawFd::as_raw_fd(&s), orig_dst)?;
+    s.set_reuse_address(true)?;
+    if orig_dst.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&orig_dst.into())?;
+    s.connect(&client.into())?;
+    Ok(OwnedFd::from(s))
 }
 
 fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
@@ -105,40 +142,20 @@ fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: libc::c_int) -> io::R
     }
 }
 
-/// The original destination in a datagram's control messages (as
-/// recvmsg wrote them: `msg_control` up to `msg_controllen`), from an
-/// IP_ORIGDSTADDR (`sockaddr_in`) or IPV6_ORIGDSTADDR (`sockaddr_in6`)
-/// message. Other messages are skipped; a malformed one ends the walk.
-#[allow(
-    dead_code,
-    reason = "for UDP transparent = \"tproxy\", not wired yet (issue 15)"
-)]
-pub(crate) fn orig_dst_from_control(control: &[u8]) -> Option<SocketAddr> {
-    let mut at = 0usize;
-    while let Some(header) = control.get(at..at + CMSG_HEADER) {
-        let len = usize::try_from(u64::from_ne_bytes(header.get(..8)?.try_into().ok()?)).ok()?;
-        let level = i32::from_ne_bytes(header.get(8..12)?.try_into().ok()?);
-        let kind = i32::from_ne_bytes(header.get(12..16)?.try_into().ok()?);
-        if len < CMSG_HEADER {
-            return None;
-        }
-        let data = control.get(at + CMSG_HEADER..at + len)?;
-        let wanted = (level == libc::SOL_IP && kind == libc::IP_ORIGDSTADDR)
-            || (level == libc::SOL_IPV6 && kind == libc::IPV6_ORIGDSTADDR);
-        if wanted {
-            return parse_sockaddr(data);
-        }
-        at = at.checked_add(len.next_multiple_of(8))?;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sys::testns::in_own_netns;
     use std::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6, UdpSocket};
     use std::os::fd::AsRawFd as _;
+
+    /// `struct cmsghdr` on 64-bit Linux: len (u64), level (i32), type (i32).
+    const CMSG_HEADER: usize = 16;
+
+    /// The ring's own control-message reader, which the data path uses.
+    fn orig_dst_from_control(control: &[u8]) -> Option<SocketAddr> {
+        crate::ring::datagram::parse_control(control).orig_dst
+    }
 
     fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
         let len = (CMSG_HEADER + data.len()) as u64;
@@ -285,6 +302,41 @@ mod tests {
         // without nf_conntrack.
         if let Some(got) = got {
             assert!(got.is_err(), "{got:?}");
+        }
+    }
+
+    /// A reply socket speaks from the original destination, not this
+    /// host's address, and only its client reaches it.
+    #[test]
+    fn a_reply_socket_answers_from_the_original_destination() {
+        let got = in_own_netns(&[], || {
+            let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let caddr = client.local_addr().unwrap();
+            // Not an address of this namespace: only IP_TRANSPARENT binds it.
+            let orig: SocketAddr = "192.0.2.53:53".parse().unwrap();
+            let a = reply_socket(orig, caddr).map_err(|e| e.raw_os_error())?;
+            // A second session of the same destination (another client port).
+            let other = reply_socket(orig, "127.0.0.1:9".parse().unwrap());
+            let a = UdpSocket::from(a);
+            Ok::<_, Option<i32>>((
+                a.local_addr().unwrap(),
+                a.peer_addr().unwrap(),
+                caddr,
+                other.is_ok(),
+            ))
+        });
+        match got {
+            Some(Ok((local, peer, client, second))) => {
+                assert_eq!(local, "192.0.2.53:53".parse().unwrap());
+                assert_eq!(peer, client);
+                assert!(
+                    second,
+                    "SO_REUSEADDR lets two sessions bind one destination"
+                );
+            }
+            // Without CAP_NET_ADMIN the bind is refused, as documented.
+            Some(Err(e)) => assert_eq!(e, Some(libc::EPERM)),
+            None => {}
         }
     }
 

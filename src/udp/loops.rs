@@ -60,6 +60,24 @@ impl LoopGuard {
             || self.own.iter().any(|a| a.ip() == ip)
     }
 
+    /// Whether a `transparent = "tproxy"` session to `dst` would send its
+    /// datagrams into one of this forwarder's own UDP listeners: `dst` is a
+    /// listen address, or a wildcard listener's port on loopback, the
+    /// unspecified address or one of the host's addresses (`host`, read by
+    /// the control thread). A datagram sent straight to a TPROXY listener's
+    /// own address has that address as its original destination.
+    pub(crate) fn is_own_destination(&self, dst: SocketAddr, host: &[IpAddr]) -> bool {
+        let dst = canonical(dst);
+        self.own.iter().any(|a| {
+            a.port() == dst.port()
+                && (a.ip() == dst.ip()
+                    || (a.ip().is_unspecified()
+                        && (dst.ip().is_loopback()
+                            || dst.ip().is_unspecified()
+                            || host.iter().any(|h| h.to_canonical() == dst.ip()))))
+        })
+    }
+
     /// `Some` when a datagram from `src`, sent to `local`, would loop.
     pub(crate) fn check(&self, src: SocketAddr, local: Option<IpAddr>) -> Option<Loop> {
         let src = canonical(src);
@@ -132,5 +150,23 @@ mod tests {
             Some(Loop::Upstream)
         );
         assert_eq!(g.check(a("127.0.0.1:54"), None), None);
+    }
+
+    #[test]
+    fn a_tproxy_destination_among_the_listen_addresses_is_refused() {
+        let g = LoopGuard::new(&[a("0.0.0.0:15353"), a("10.231.2.1:5300")], &[]);
+        let host = [ip("10.231.1.1"), ip("10.231.2.1")];
+        for own in [
+            "10.231.2.1:5300",
+            "127.0.0.1:15353",
+            "0.0.0.0:15353",
+            "10.231.1.1:15353",
+            "[::ffff:10.231.1.1]:15353",
+        ] {
+            assert!(g.is_own_destination(a(own), &host), "{own}");
+        }
+        for elsewhere in ["10.231.2.2:15353", "10.231.2.1:53", "10.231.3.1:5300"] {
+            assert!(!g.is_own_destination(a(elsewhere), &host), "{elsewhere}");
+        }
     }
 }

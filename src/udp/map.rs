@@ -8,10 +8,15 @@ use std::net::{IpAddr, SocketAddr};
 /// What identifies a session: the client's address and, on a wildcard
 /// listener, the local address it wrote to (replies must leave from that one,
 /// so a client talking to two of the host's addresses has two sessions).
+/// On a `transparent = "tproxy"` listener, the address and port the client
+/// wrote to (IP_RECVORIGDSTADDR): that is where the session goes and where
+/// its replies come from, so one client talking to two destinations has
+/// two sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     pub client: SocketAddr,
     pub local: Option<IpAddr>,
+    pub orig_dst: Option<SocketAddr>,
 }
 
 impl From<SocketAddr> for SessionKey {
@@ -19,6 +24,7 @@ impl From<SocketAddr> for SessionKey {
         SessionKey {
             client,
             local: None,
+            orig_dst: None,
         }
     }
 }
@@ -105,11 +111,31 @@ mod tests {
         let to = |ip: &str| SessionKey {
             client,
             local: Some(ip.parse().expect("ip")),
+            orig_dst: None,
         };
         m.insert(to("192.0.2.1"), slot(1, 0));
         m.insert(to("192.0.2.2"), slot(2, 0));
         assert_eq!(m.get(&to("192.0.2.1")), Some(slot(1, 0)));
         assert_eq!(m.get(&to("192.0.2.2")), Some(slot(2, 0)));
+        assert_eq!(m.get(&client.into()), None);
+    }
+
+    #[test]
+    fn one_client_writing_to_two_original_destinations_has_two_sessions() {
+        let mut m = SessionMap::default();
+        let client: SocketAddr = "10.231.1.2:5000".parse().expect("addr");
+        let to = |dst: &str| SessionKey {
+            client,
+            local: None,
+            orig_dst: Some(dst.parse().expect("addr")),
+        };
+        m.insert(to("10.231.2.2:53"), slot(1, 0));
+        m.insert(to("10.231.2.2:54"), slot(2, 0));
+        m.insert(to("10.231.2.3:53"), slot(3, 0));
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.get(&to("10.231.2.2:53")), Some(slot(1, 0)));
+        assert_eq!(m.get(&to("10.231.2.2:54")), Some(slot(2, 0)));
+        assert_eq!(m.get(&to("10.231.2.3:53")), Some(slot(3, 0)));
         assert_eq!(m.get(&client.into()), None);
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod drops;
 pub(crate) mod limiter;
 pub(crate) mod loops;
 pub mod map;
+pub mod reply;
 pub mod session;
 
 /// A datagram the kernel handed over in provided buffer `bid`: the payload is
@@ -60,6 +61,16 @@ pub enum SessionOp {
     CancelRecv,
     /// Close the upstream socket.
     Close,
+    /// `transparent = "tproxy"`: make the session's reply socket (bound to
+    /// the client's original destination, connected to the client).
+    OpenReply,
+    /// Multishot recvmsg on the reply socket (the client's later datagrams
+    /// reach it rather than the listener).
+    ArmReplyRecv,
+    /// Cancel the armed receive on the reply socket (teardown).
+    CancelReplyRecv,
+    /// Close the reply socket.
+    CloseReply,
 }
 
 /// Why a session ended. Every session end is counted under exactly one.
@@ -151,10 +162,13 @@ pub enum DropReason {
     /// SOCKS5 UDP: a client datagram for a name that did not resolve (or
     /// waiting behind too many others that do).
     Unresolved,
+    /// A new client of a `transparent = "tproxy"` listener while this shard
+    /// holds `tproxy_reply_sockets` reply sockets for it.
+    ReplySockets,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Truncated,
         DropReason::Denied,
         DropReason::SessionLimit,
@@ -170,6 +184,7 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::Stranger,
         DropReason::Unresolved,
+        DropReason::ReplySockets,
     ];
 
     pub fn name(self) -> &'static str {
@@ -189,6 +204,7 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::Stranger => "stranger",
             DropReason::Unresolved => "unresolved",
+            DropReason::ReplySockets => "reply_sockets",
         }
     }
 }

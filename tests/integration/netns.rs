@@ -290,6 +290,85 @@ impl Topology {
 }}
 "
         ))?;
+        self.route_marked_locally()
+    }
+
+    /// nftables TPROXY in the router for UDP only, to any of `ports`: the
+    /// recipe tuning.md gives for `[[udp]] transparent = "tproxy"`.
+    pub(crate) fn tproxy_udp(&self, ports: &[u16], to: u16) -> Result<(), String> {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        self.router.nft(&format!(
+            "table ip ringfwd_test {{
+  chain prerouting {{
+    type filter hook prerouting priority mangle; policy accept;
+    iifname \"r0\" udp dport {{ {} }} tproxy to :{to} meta mark set {TPROXY_MARK} accept
+  }}
+}}
+",
+            ports.join(", ")
+        ))?;
+        self.route_marked_locally()
+    }
+
+    /// IPv6 beside IPv4, for the tests that want it: the same links get
+    /// fd00:231:0::/64 (client side) and fd00:231:1::/64 (server side),
+    /// without duplicate address detection (the addresses work at once),
+    /// and the router forwards IPv6 too.
+    pub(crate) fn with_ipv6(&self) -> Result<(), String> {
+        for (ns, dev, addr) in [
+            (&self.client, "c0", "fd00:231:0::2/64"),
+            (&self.router, "r0", "fd00:231:0::1/64"),
+            (&self.router, "r1", "fd00:231:1::1/64"),
+            (&self.server, "s0", "fd00:231:1::2/64"),
+        ] {
+            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])?;
+        }
+        self.client
+            .ip(&["-6", "route", "add", "default", "via", "fd00:231:0::1"])?;
+        self.server
+            .ip(&["-6", "route", "add", "default", "via", "fd00:231:1::1"])?;
+        self.router.sysctl("net.ipv6.conf.all.forwarding", "1")
+    }
+
+    /// [`Topology::tproxy_udp`] for IPv6 (after [`Topology::with_ipv6`]).
+    pub(crate) fn tproxy_udp6(&self, ports: &[u16], to: u16) -> Result<(), String> {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        self.router.nft(&format!(
+            "table ip6 ringfwd_test6 {{
+  chain prerouting {{
+    type filter hook prerouting priority mangle; policy accept;
+    iifname \"r0\" udp dport {{ {} }} tproxy to :{to} meta mark set {TPROXY_MARK} accept
+  }}
+}}
+",
+            ports.join(", ")
+        ))?;
+        self.router.ip(&[
+            "-6",
+            "rule",
+            "add",
+            "fwmark",
+            TPROXY_MARK,
+            "lookup",
+            TPROXY_TABLE,
+        ])?;
+        self.router.ip(&[
+            "-6",
+            "route",
+            "add",
+            "local",
+            "::/0",
+            "dev",
+            "lo",
+            "table",
+            TPROXY_TABLE,
+        ])?;
+        Ok(())
+    }
+
+    /// Policy routing for TPROXY'd packets: the mark selects a table whose
+    /// only route delivers everything locally.
+    fn route_marked_locally(&self) -> Result<(), String> {
         self.router
             .ip(&["rule", "add", "fwmark", TPROXY_MARK, "lookup", TPROXY_TABLE])?;
         self.router.ip(&[
@@ -363,6 +442,31 @@ impl Peer {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+}
+
+impl Peer {
+    /// Waits (bounded) until `n` lines starting with `prefix` were seen;
+    /// returns them all (more than `n` if more came in by then).
+    pub(crate) fn wait_lines(&mut self, prefix: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let count = |seen: &[String]| seen.iter().filter(|l| l.starts_with(prefix)).count();
+        while count(&self.seen) < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // What else already arrived: a duplicate must not go unseen.
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 }
 
@@ -661,6 +765,315 @@ fn topology_is_removed_on_drop_even_on_panic() {
         assert!(
             !list.split_whitespace().any(|w| w == n),
             "{n} left behind:\n{list}"
+        );
+    }
+}
+
+/// UDP echo on each port of argv[2:] (argv[1]: "4" or "6", the family):
+/// answers `re:` + the datagram, and prints `got LOCALPORT PEERIP:PEERPORT
+/// DATA` for each.
+const UDP_ECHO_SERVER: &str = r#"
+import select, socket, sys
+v6 = sys.argv[1] == "6"
+socks = []
+for p in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("::" if v6 else "0.0.0.0", int(p)))
+    socks.append(s)
+print("ready", flush=True)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        d, a = s.recvfrom(2048)
+        print("got %d %s %s" % (s.getsockname()[1], ("[%s]:%d" if v6 else "%s:%d") % a[:2], d.decode()), flush=True)
+        s.sendto(b"re:" + d, a)
+"#;
+
+/// UDP client on one socket (so one client address for every destination):
+/// for each `IP:PORT` of argv[3:], two rounds of argv[1] datagrams sent
+/// back to back, the replies collected for up to argv[2] seconds; prints
+/// `reply SRCIP:SRCPORT DATA` for each reply, then `done`.
+const UDP_ROUNDS_CLIENT: &str = r#"
+import socket, sys, time
+n, wait = int(sys.argv[1]), float(sys.argv[2])
+v6 = sys.argv[3].startswith("[")
+c = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+c.bind(("::" if v6 else "0.0.0.0", 0))
+for dest in sys.argv[3:]:
+    ip, port = dest.rsplit(":", 1)
+    ip = ip.strip("[]")
+    for r in range(2):
+        for i in range(n):
+            c.sendto(("%s-%d" % (port, r * n + i)).encode(), (ip, int(port)))
+        got, deadline = 0, time.time() + wait
+        while got < n and time.time() < deadline:
+            c.settimeout(max(0.01, deadline - time.time()))
+            try:
+                d, a = c.recvfrom(2048)
+            except socket.timeout:
+                break
+            got += 1
+            print("reply %s %s" % (("[%s]:%d" if v6 else "%s:%d") % a[:2], d.decode()), flush=True)
+print("done", flush=True)
+"#;
+
+/// Runs [`UDP_ROUNDS_CLIENT`] in the client namespace: the replies, as
+/// (source, data).
+fn udp_rounds(t: &Topology, n: usize, wait: &str, dests: &[SocketAddr]) -> Vec<(String, String)> {
+    let n = n.to_string();
+    let dests: Vec<String> = dests.iter().map(SocketAddr::to_string).collect();
+    let mut args = vec!["-c", UDP_ROUNDS_CLIENT, &n, wait];
+    args.extend(dests.iter().map(String::as_str));
+    let out = t.client.exec("python3", &args).expect("udp client");
+    assert!(out.ends_with("done\n"), "{out}");
+    out.lines()
+        .filter_map(|l| l.strip_prefix("reply "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, d)| (a.to_owned(), d.to_owned()))
+        .collect()
+}
+
+/// A `[[udp]] transparent = "tproxy"` listener on the router's INTERCEPT
+/// port, allowing destination ports 7000 and 7001 only.
+fn udp_tproxy_config(reply_sockets: u32, any: &str) -> String {
+    let listen = SocketAddr::new(any.parse().expect("ip"), INTERCEPT);
+    format!(
+        "[runtime]\nshards = 1\nstats_interval = \"100ms\"\n\
+         [log]\naccess = \"stderr\"\nformat = \"json\"\n\
+         [[udp]]\nname = \"u\"\nlisten = \"{listen}\"\n\
+         transparent = \"tproxy\"\nports = [{DIAL}, {}]\ntproxy_reply_sockets = {reply_sockets}\n",
+        DIAL + 1
+    )
+}
+
+const ROUNDS: usize = 5;
+
+/// Every datagram of both rounds to `dest` came back once, from `dest`.
+fn assert_answered_from(replies: &[(String, String)], dest: SocketAddr, log: &str) {
+    let mut from: Vec<&str> = replies
+        .iter()
+        .filter(|(_, d)| d.starts_with(&format!("re:{}-", dest.port())))
+        .map(|(a, d)| {
+            assert_eq!(
+                a,
+                &dest.to_string(),
+                "a reply not from the original destination; ringfwd log:\n{log}"
+            );
+            d.as_str()
+        })
+        .collect();
+    from.sort_unstable();
+    let mut want: Vec<String> = (0..2 * ROUNDS)
+        .map(|i| format!("re:{}-{i}", dest.port()))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(
+        from, want,
+        "lost or duplicated replies from {dest}; ringfwd log:\n{log}"
+    );
+}
+
+/// A client talks to two destinations through a UDP TPROXY ringfwd, in
+/// both directions and several datagrams each way per session; the server
+/// sees the router's address (ringfwd's upstream socket, as for TCP) and
+/// every datagram exactly once; the client's replies come from the
+/// addresses it wrote to. A port outside `ports` is dropped and counted, and
+/// so is a datagram sent straight to ringfwd's own listen address (a loop).
+#[test]
+fn transparent_tproxy_udp_answers_from_the_original_destinations() {
+    let Some(t) = Topology::new(true) else {
+        return;
+    };
+    let denied = DIAL + 2;
+    t.tproxy_udp(&[DIAL, DIAL + 1, denied], INTERCEPT)
+        .expect("tproxy rules");
+    check_udp_tproxy(&t, &V4);
+}
+
+/// The same over IPv6: IPV6_TRANSPARENT, IPV6_RECVORIGDSTADDR and a
+/// reply socket bound to an IPv6 original destination.
+#[test]
+fn transparent_tproxy_udp_over_ipv6_answers_from_the_original_destinations() {
+    let Some(t) = Topology::new(true) else {
+        return;
+    };
+    t.with_ipv6().expect("ipv6 addresses");
+    t.tproxy_udp6(&[DIAL, DIAL + 1, DIAL + 2], INTERCEPT)
+        .expect("tproxy rules");
+    check_udp_tproxy(&t, &V6);
+}
+
+/// The addresses of one family in the topology.
+struct Family {
+    /// The server's python argument ("4" or "6").
+    name: &'static str,
+    server: &'static str,
+    router_server_side: &'static str,
+    router_client_side: &'static str,
+    /// ringfwd's wildcard listen address.
+    any: &'static str,
+}
+
+const V4: Family = Family {
+    name: "4",
+    server: SERVER_IP,
+    router_server_side: ROUTER_SERVER_SIDE,
+    router_client_side: ROUTER_CLIENT_SIDE,
+    any: "0.0.0.0",
+};
+
+const V6: Family = Family {
+    name: "6",
+    server: "fd00:231:1::2",
+    router_server_side: "fd00:231:1::1",
+    router_client_side: "fd00:231:0::1",
+    any: "::",
+};
+
+fn check_udp_tproxy(t: &Topology, f: &Family) {
+    let denied = DIAL + 2;
+    let ports = [DIAL, DIAL + 1, denied].map(|p| p.to_string());
+    let mut server = Peer::start(
+        &t.server,
+        UDP_ECHO_SERVER,
+        &[f.name, &ports[0], &ports[1], &ports[2]],
+    );
+    let fwd = t.router.ringfwd(&udp_tproxy_config(16, f.any), 1);
+    let at = |ip: &str, port| SocketAddr::new(ip.parse().expect("ip"), port);
+    let (a, b) = (at(f.server, DIAL), at(f.server, DIAL + 1));
+    let replies = udp_rounds(t, ROUNDS, "3", &[a, b]);
+    assert_answered_from(&replies, a, &fwd.log());
+    assert_answered_from(&replies, b, &fwd.log());
+    assert_eq!(replies.len(), 4 * ROUNDS, "{replies:?}");
+    // One client address, two destinations: two sessions.
+    fwd.wait_stat("udp_sessions_created", Duration::from_secs(5), |v| v == 2);
+    // The server got each datagram once, from the router.
+    let got = server.wait_lines("got ", 4 * ROUNDS, Duration::from_secs(5));
+    assert_eq!(got.len(), 4 * ROUNDS, "{got:?}");
+    let router = at(f.router_server_side, 0).ip();
+    for l in &got {
+        let peer: Option<SocketAddr> = l.split(' ').nth(2).and_then(|p| p.parse().ok());
+        assert_eq!(peer.map(|p| p.ip()), Some(router), "{l}");
+    }
+
+    let none = udp_rounds(t, 1, "0.5", &[at(f.server, denied)]);
+    assert!(none.is_empty(), "{none:?}");
+    fwd.wait_stat("udp_drop_denied", Duration::from_secs(5), |v| v >= 2);
+    // Straight to ringfwd's own port on a router address: not TPROXY'd,
+    // its original destination is the listener itself.
+    let own = udp_rounds(t, 1, "0.5", &[at(f.router_client_side, INTERCEPT)]);
+    assert!(own.is_empty(), "{own:?}");
+    fwd.wait_stat("udp_drop_loop", Duration::from_secs(5), |v| v >= 2);
+    assert_eq!(fwd.stat("udp_sessions_created"), 2);
+    assert!(
+        !server
+            .seen
+            .iter()
+            .any(|l| l.starts_with(&format!("got {denied} "))),
+        "{:?}",
+        server.seen
+    );
+}
+
+/// With `tproxy_reply_sockets = 1`, the session holding the one reply
+/// socket works and a second destination is refused and counted.
+#[test]
+fn transparent_tproxy_udp_reply_sockets_are_bounded_per_shard() {
+    let Some(t) = Topology::new(true) else {
+        return;
+    };
+    t.tproxy_udp(&[DIAL, DIAL + 1], INTERCEPT)
+        .expect("tproxy rules");
+    let ports = [DIAL, DIAL + 1].map(|p| p.to_string());
+    let _server = Peer::start(&t.server, UDP_ECHO_SERVER, &["4", &ports[0], &ports[1]]);
+    let fwd = t.router.ringfwd(&udp_tproxy_config(1, V4.any), 1);
+    let (a, b) = (addr(SERVER_IP, DIAL), addr(SERVER_IP, DIAL + 1));
+    let replies = udp_rounds(&t, ROUNDS, "3", &[a]);
+    assert_answered_from(&replies, a, &fwd.log());
+    let refused = udp_rounds(&t, 1, "0.5", &[b]);
+    assert!(refused.is_empty(), "{refused:?}");
+    fwd.wait_stat("udp_drop_reply_sockets", Duration::from_secs(5), |v| v >= 2);
+    assert_eq!(fwd.stat("udp_sessions_created"), 1);
+    // A drain ends the session (it owes no reply): its access log line has
+    // the original destination as where it went and where it was going.
+    fwd.signal(libc::SIGTERM);
+    let line = fwd.wait_log("\"reason\":\"drained\"", Duration::from_secs(5));
+    let at = |key: &str| format!("\"{key}\":\"{a}\"");
+    for key in ["local", "upstream", "destination"] {
+        assert!(line.contains(&at(key)), "{key} not {a} in: {line}");
+    }
+}
+
+/// A transparent UDP listener a reload adds gets its socket options
+/// (IP_TRANSPARENT, IP_RECVORIGDSTADDR) and a receive layout with room for
+/// the original destination, as one bound at start does. Over IPv6: an
+/// IPv4 original destination cut to a plain listener's room still parses
+/// (the kernel cuts the `sockaddr_in` after its address), an IPv6 one does
+/// not.
+#[test]
+fn a_transparent_udp_listener_added_by_a_reload_answers_from_the_original_destination() {
+    let Some(t) = Topology::new(true) else {
+        return;
+    };
+    t.with_ipv6().expect("ipv6 addresses");
+    t.tproxy_udp6(&[DIAL], INTERCEPT).expect("tproxy rules");
+    let mut server = Peer::start(&t.server, UDP_ECHO_SERVER, &["6", &DIAL.to_string()]);
+    // A UDP listener from the start, so the shards have datagram buffers.
+    let plain = format!(
+        "[[udp]]\nname = \"plain\"\nlisten = \"127.0.0.1:9100\"\nupstreams = [\"{SERVER_IP}:{DIAL}\"]\n"
+    );
+    let start = format!("[runtime]\nshards = 1\nstats_interval = \"100ms\"\n{plain}");
+    let path = write_config(&start);
+    let path_text = path.to_str().expect("path");
+    let fwd = Proc::start_in_netns(&t.router.name, &["run", "--config", path_text], 1);
+    let added = udp_tproxy_config(16, V6.any).replace("[[udp]]", &format!("{plain}[[udp]]"));
+    std::fs::write(&path, added).expect("write config");
+    fwd.signal(libc::SIGHUP);
+    fwd.wait_log("SIGHUP: configuration reloaded", Duration::from_secs(10));
+    let a = SocketAddr::new(V6.server.parse().expect("ip"), DIAL);
+    let replies = udp_rounds(&t, ROUNDS, "3", &[a]);
+    assert_answered_from(&replies, a, &fwd.log());
+    // Through ringfwd, not routed past it: the server saw the router.
+    let got = server.wait_lines("got ", 2 * ROUNDS, Duration::from_secs(5));
+    assert_eq!(got.len(), 2 * ROUNDS, "{got:?}");
+    let from_router = format!("got {DIAL} [{}]:", V6.router_server_side);
+    assert!(got.iter().all(|l| l.starts_with(&from_router)), "{got:?}");
+    fwd.wait_stat("udp_sessions_created", Duration::from_secs(5), |v| v == 1);
+}
+
+/// Without CAP_NET_ADMIN a transparent UDP listener cannot be made: `check`
+/// and `run` refuse (exit 3), naming the listener and the capability.
+#[test]
+fn a_transparent_udp_listener_without_cap_net_admin_is_refused_naming_it() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        eprintln!("skipped: dropping to user nobody (setpriv) needs root");
+        return;
+    }
+    let path = write_config(
+        "[runtime]\nshards = 1\n[[udp]]\nname = \"tp\"\nlisten = \"127.0.0.1:0\"\n\
+         transparent = \"tproxy\"\n",
+    );
+    for cmd in ["check", "run"] {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(crate::harness::BIN)
+            .args([cmd, "--config", path.to_str().expect("path")])
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv (util-linux) is needed for this test");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{cmd}: {err}");
+        assert!(
+            err.contains("udp listener 'tp'") && err.contains("CAP_NET_ADMIN"),
+            "{cmd}: {err}"
         );
     }
 }

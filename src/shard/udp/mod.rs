@@ -57,6 +57,8 @@ const ECHO_CAP: u32 = 1024;
 const LISTEN_BACKOFF_MS: Millis = 100;
 
 mod drops;
+mod tproxy;
+pub use tproxy::TproxySpec;
 
 /// Where a received datagram's payload is, as parsed from the recvmsg buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +74,9 @@ pub struct DatagramMeta {
     /// The socket's kernel drop counter when this datagram was queued
     /// (SO_RXQ_OVFL; `None` while it is 0).
     pub drops: Option<u32>,
+    /// Where the client sent it before a TPROXY rule steered it here
+    /// (IP_RECVORIGDSTADDR; transparent listeners only).
+    pub orig_dst: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +115,9 @@ pub struct UdpRouteSpec {
     pub allow: Vec<Cidr>,
     /// Clients dropped whatever `allow` says.
     pub deny: Vec<Cidr>,
+    /// `transparent = "tproxy"`: no upstreams; each session goes where its
+    /// client's first datagram was sent.
+    pub transparent: Option<TproxySpec>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +152,8 @@ pub struct UdpListener {
     /// Bumped when a reload replaces the balancer: a session started on an
     /// older one is not among the new one's members.
     epoch: u32,
+    /// Reply sockets its transparent sessions hold on this shard.
+    replies: u32,
 }
 
 impl UdpListener {
@@ -191,6 +201,7 @@ impl UdpListener {
             counters: Counters::default(),
             role: Role::Serving,
             epoch: 0,
+            replies: 0,
         }
     }
 
@@ -222,6 +233,8 @@ pub struct UdpConn {
     epoch: u32,
     /// SO_RCVBUF of its upstream socket, as its route said when it started.
     rcvbuf: Option<u32>,
+    /// A transparent session's reply socket.
+    tproxy: Option<tproxy::TproxyConn>,
 }
 
 /// Who waits for datagram buffers.
@@ -421,10 +434,14 @@ impl UdpService {
             self.release_datagram(ctx, bid);
         }
         match token.kind {
-            OpKind::UdpUpSend | OpKind::UdpReplySend | OpKind::AssocSend | OpKind::AssocReply => {
-                self.release_datagram(ctx, token.aux)
+            OpKind::UdpUpSend
+            | OpKind::UdpReplySend
+            | OpKind::TproxySend
+            | OpKind::AssocSend
+            | OpKind::AssocReply => self.release_datagram(ctx, token.aux),
+            OpKind::UdpSocket | OpKind::TproxyOpen | OpKind::AssocSocket if res >= 0 => {
+                ctx.reject(Fd(res))
             }
-            OpKind::UdpSocket | OpKind::AssocSocket if res >= 0 => ctx.reject(Fd(res)),
             _ => {}
         }
         debug!(shard = ctx.shard, kind = ?token.kind, res, "dropped a UDP completion for a freed session or association");
@@ -560,9 +577,15 @@ impl UdpService {
         match l.spec.kind {
             UdpKind::Echo => self.echo_datagram(ctx, index, payload, src, m.local),
             UdpKind::Forward { route } => {
+                // A transparent session is also keyed by where it goes.
+                let transparent = self
+                    .udp_routes
+                    .get(route as usize)
+                    .is_some_and(|r| r.transparent.is_some());
                 let key = SessionKey {
                     client: src,
                     local: m.local,
+                    orig_dst: m.orig_dst.filter(|_| transparent),
                 };
                 self.forward_datagram(ctx, index, route, payload, key, now);
             }
@@ -662,6 +685,10 @@ impl UdpService {
             self.drop_datagram(ctx, index, DropReason::Draining, payload.bid);
             return;
         }
+        if let Err(why) = self.admit_transparent(ctx, index, route, &key, now) {
+            self.drop_datagram(ctx, index, why, payload.bid);
+            return;
+        }
         match self.make_room(ctx, index, key.client, now) {
             Ok(()) => self.open_session(ctx, index, route, payload, key, now),
             Err(why) => self.drop_datagram(ctx, index, why, payload.bid),
@@ -746,15 +773,25 @@ impl UdpService {
             self.release_datagram(ctx, payload.bid);
             return;
         };
-        let mut walk = Attempts::default();
-        let Some(picked) = l.balancer.pick(Some(key.client), &mut walk, now) else {
-            self.release_datagram(ctx, payload.bid);
-            return;
+        let transparent = r.transparent.is_some().then_some(key.orig_dst).flatten();
+        let target = match transparent {
+            // Where its client sent it (admitted by `admit_transparent`).
+            Some(addr) => Target {
+                upstream: None,
+                addr,
+            },
+            None => {
+                let mut walk = Attempts::default();
+                let Some(picked) = l.balancer.pick(Some(key.client), &mut walk, now) else {
+                    self.release_datagram(ctx, payload.bid);
+                    return;
+                };
+                if picked.pool == Pool::AllDown {
+                    l.counters.inc(Counter::AllDown);
+                }
+                picked.target
+            }
         };
-        if picked.pool == Pool::AllDown {
-            l.counters.inc(Counter::AllDown);
-        }
-        let target = picked.target;
         let member = l.balancer.index_of(target).unwrap_or(usize::MAX);
         let cfg = SessionConfig {
             idle_ms: r.idle_ms,
@@ -764,11 +801,13 @@ impl UdpService {
         let mut session = Session::new(cfg, now);
         session.start(&mut self.session_ops);
         session.handle_client_datagram(payload, now, &mut self.session_ops, &mut l.counters);
+        let tproxy = transparent.map(|dst| tproxy::TproxyConn::open(dst, &mut self.session_ops));
         let proxy_header = r.send_proxy.then(|| {
-            let local = SocketAddr::new(
+            // A transparent client reached its original destination.
+            let local = key.orig_dst.unwrap_or(SocketAddr::new(
                 key.local.unwrap_or(l.spec.listen.ip()),
                 l.spec.listen.port(),
-            );
+            ));
             let mut h = [0u8; 52];
             let n = proxy_header::write_v2(ProxyProto::Udp, key.client, local, &mut h);
             (h, u8::try_from(n).unwrap_or(0))
@@ -787,12 +826,15 @@ impl UdpService {
             drops: KernelDrops::default(),
             epoch: l.epoch,
             rcvbuf: r.session_rcvbuf,
+            tproxy,
         };
+        let fds = 1 + u32::from(transparent.is_some());
         match self.sessions.insert(conn) {
             Some(slot) => {
                 l.sessions.insert(key, slot);
                 l.active += 1;
-                ctx.fds.sessions += 1;
+                l.replies += fds - 1;
+                ctx.fds.sessions += fds;
                 let sessions = &self.sessions;
                 l.embryonic
                     .push(slot, |s| sessions.get(*s).is_some_and(|c| c.in_embryonic));
@@ -820,6 +862,10 @@ impl UdpService {
             self.udp_stale(ctx, token, res, flags);
             return;
         };
+        if token.kind.is_tproxy() {
+            self.on_reply_cqe(ctx, token, res, flags, meta, now);
+            return;
+        }
         let out = &mut self.session_ops;
         let stats = match self.udp_listeners.get_mut(c.listener as usize) {
             Some(l) => &mut l.counters,
@@ -833,32 +879,7 @@ impl UdpService {
                     stats.udp_drops(DropReason::RcvbufU2c, u64::from(n));
                 }
                 let more = flags & CQE_F_MORE != 0;
-                let ev = match (res, buffer_id(flags)) {
-                    (r, Some(bid)) if r > 0 => {
-                        self.dgram.take();
-                        match meta {
-                            Some(m) if !m.truncated => DatagramEvent::Data(Payload {
-                                bid,
-                                offset: m.offset,
-                                len: m.len,
-                            }),
-                            _ => DatagramEvent::Truncated { bid },
-                        }
-                    }
-                    (r, bid) => {
-                        if let Some(bid) = bid {
-                            // A buffer without a datagram: straight back.
-                            self.dgram.take();
-                            out.push(SessionOp::Release(bid));
-                        }
-                        match -r {
-                            libc::ENOBUFS => DatagramEvent::NoBuffers,
-                            libc::ECANCELED => DatagramEvent::Cancelled,
-                            e if r < 0 => DatagramEvent::Error(e),
-                            _ => DatagramEvent::Error(libc::EIO),
-                        }
-                    }
-                };
+                let ev = recv_event(res, flags, meta, &mut self.dgram, out);
                 s.handle_upstream_recv(ev, more, now, out, stats);
             }
             OpKind::UdpUpSend => {
@@ -899,6 +920,11 @@ impl UdpService {
         };
         let rcvbuf = c.rcvbuf;
         let listener_fd = Fd(l.spec.fd);
+        if c.session.is_closing()
+            && let Some(t) = c.tproxy.as_mut()
+        {
+            t.reply.begin_close(&mut self.session_ops);
+        }
         for op in self.session_ops.drain(..) {
             let lowered = match op {
                 SessionOp::Release(bid) => {
@@ -924,10 +950,12 @@ impl UdpService {
             let key = SessionKey {
                 client: c.client,
                 local: c.local,
+                orig_dst: c.tproxy.as_ref().map(|t| t.orig_dst),
             };
             l.sessions.remove(&key, slot);
         }
-        if !c.session.is_finished() {
+        let reply_open = c.tproxy.as_ref().is_some_and(|t| !t.reply.is_finished());
+        if !c.session.is_finished() || reply_open {
             if let Some(d) = c.session.deadline()
                 && c.timer_at.is_none_or(|t| d < t)
             {
@@ -947,6 +975,10 @@ impl UdpService {
             return;
         };
         ctx.release_session_fd();
+        if c.tproxy.is_some() {
+            ctx.release_session_fd();
+            l.replies = l.replies.saturating_sub(1);
+        }
         let end = c.session.end().unwrap_or(SessionEnd::Error);
         l.counters.udp_end(end);
         session_health(ctx, l, &c, end, now);
@@ -1005,6 +1037,9 @@ impl UdpService {
                 UdpWaiter::Session(slot) => {
                     if let Some(c) = self.sessions.get_mut(slot) {
                         c.session.handle_buffers(&mut self.session_ops);
+                        if let Some(t) = c.tproxy.as_mut() {
+                            t.reply.handle_buffers(&mut self.session_ops);
+                        }
                         free -= 1;
                         self.after_session(ctx, slot, now);
                     }
@@ -1082,6 +1117,43 @@ impl UdpService {
     }
 }
 
+/// A multishot recvmsg completion as a datagram event; the buffer it
+/// carries is counted as taken from the datagram ring.
+fn recv_event(
+    res: i32,
+    flags: u32,
+    meta: Option<DatagramMeta>,
+    dgram: &mut Held,
+    out: &mut Vec<SessionOp>,
+) -> DatagramEvent {
+    match (res, buffer_id(flags)) {
+        (r, Some(bid)) if r > 0 => {
+            dgram.take();
+            match meta {
+                Some(m) if !m.truncated => DatagramEvent::Data(Payload {
+                    bid,
+                    offset: m.offset,
+                    len: m.len,
+                }),
+                _ => DatagramEvent::Truncated { bid },
+            }
+        }
+        (r, bid) => {
+            if let Some(bid) = bid {
+                // A buffer without a datagram: straight back.
+                dgram.take();
+                out.push(SessionOp::Release(bid));
+            }
+            match -r {
+                libc::ENOBUFS => DatagramEvent::NoBuffers,
+                libc::ECANCELED => DatagramEvent::Cancelled,
+                e if r < 0 => DatagramEvent::Error(e),
+                _ => DatagramEvent::Error(libc::EIO),
+            }
+        }
+    }
+}
+
 /// Lowers one operation of session `slot` (not `Release`/`Starved`, which
 /// the caller accounts) to a ring operation on its socket, or its failure
 /// (EBADF) when the socket is absent, so the session's accounting stays exact.
@@ -1092,6 +1164,18 @@ fn lower_session_op(
     listener_fd: Fd,
     rcvbuf: Option<u32>,
 ) -> Option<Op> {
+    if c.tproxy.is_some()
+        && matches!(
+            op,
+            SessionOp::SendClient(_)
+                | SessionOp::OpenReply
+                | SessionOp::ArmReplyRecv
+                | SessionOp::CancelReplyRecv
+                | SessionOp::CloseReply
+        )
+    {
+        return tproxy::lower(op, c, slot);
+    }
     let tok = |kind| Token::new(kind, Side::Upstream, slot.0);
     // An operation on the session's socket, or its failure when the
     // socket is absent (EBADF: the session's accounting stays exact).
@@ -1154,8 +1238,13 @@ fn lower_session_op(
             dest: c.client,
             local: c.local,
         },
-        // Accounted by the caller.
-        SessionOp::Release(_) | SessionOp::Starved => return None,
+        // Accounted by the caller; the reply socket's are lowered above.
+        SessionOp::Release(_)
+        | SessionOp::Starved
+        | SessionOp::OpenReply
+        | SessionOp::ArmReplyRecv
+        | SessionOp::CancelReplyRecv
+        | SessionOp::CloseReply => return None,
         SessionOp::CancelRecv => Op::CancelOne {
             token: tok(OpKind::UdpCancel).encode(),
             target: tok(OpKind::UdpUpRecv).encode(),
@@ -1186,10 +1275,15 @@ fn log_access(
     now: Millis,
 ) {
     let moved = c.session.moved();
-    let local = SocketAddr::new(
-        c.local.unwrap_or(listener.listen.ip()),
-        listener.listen.port(),
-    );
+    // A transparent client's destination is the one it wrote to.
+    let destination = c.tproxy.as_ref().map(|t| t.orig_dst.to_string());
+    let local = match &c.tproxy {
+        Some(t) => t.orig_dst,
+        None => SocketAddr::new(
+            c.local.unwrap_or(listener.listen.ip()),
+            listener.listen.port(),
+        ),
+    };
     access.log(&AccessRecord {
         time: SystemTime::now(),
         listener: &listener.name,
@@ -1208,7 +1302,7 @@ fn log_access(
         bytes_c2u: moved.bytes_c2u,
         bytes_u2c: moved.bytes_u2c,
         reason: end.name(),
-        destination: None,
+        destination: destination.as_deref(),
         user: None,
     });
 }
