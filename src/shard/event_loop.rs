@@ -742,32 +742,11 @@ impl Loop {
                     self.fail(token, libc::EINVAL);
                 }
             }
-            Op::Shutdown { token, fd } => {
-                // Inline, not on the ring: see `socket::shutdown_write`. The
-                // result comes back as a completion like any other.
-                let res = match socket::shutdown_write(fd.raw()) {
-                    Ok(()) => 0,
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-                };
-                self.synthetic.push(Cqe {
-                    user_data: token,
-                    res,
-                    flags: 0,
-                });
-            }
             Op::CancelFd { token, fd } => self.ring.cancel_fd(fd.raw(), token),
-            Op::ListenQueue { token, fd } => {
-                // Inline: a getsockopt once a second on an idle listener.
-                let res = match socket::accept_queue_len(fd.raw()) {
-                    Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-                };
-                self.synthetic.push(Cqe {
-                    user_data: token,
-                    res,
-                    flags: 0,
-                });
-            }
+            Op::Shutdown { .. }
+            | Op::ListenQueue { .. }
+            | Op::UdpBind { .. }
+            | Op::UdpTransparentSocket { .. } => self.execute_inline(op),
             Op::Close { token, fd, linger0 } => self.close(token, fd, linger0, engine),
             Op::Release { bid } => {
                 if !self.ring.release(bid) {
@@ -797,22 +776,49 @@ impl Loop {
             | Op::SendDatagram { .. }
             | Op::SendDatagramProxied { .. }
             | Op::SendDatagramTo { .. }
-            | Op::UdpBind { .. }
             | Op::SendDatagramToWithHeader { .. } => self.execute_datagram_op(op),
-            Op::UdpTransparentSocket { token, bind, peer } => {
-                // Inline, not on the ring: see `transparent::reply_socket`.
-                // The result comes back as a completion like any other.
-                let res = match transparent::reply_socket(bind, peer) {
-                    Ok(fd) => fd.into_raw_fd(),
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-                };
-                self.synthetic.push(Cqe {
-                    user_data: token,
-                    res,
-                    flags: 0,
-                });
-            }
         }
+    }
+
+    /// The operations run with a plain syscall instead of on the ring; each
+    /// completes with a synthetic completion, like any other.
+    /// - shutdown: see `socket::shutdown_write` (IORING_OP_SHUTDOWN always
+    ///   goes to an io-wq worker);
+    /// - the accept watch's getsockopt, once a second on an idle listener;
+    /// - bind of an association's socket (io_uring's bind needs kernel 6.11,
+    ///   and a datagram bind never blocks): completes with the port;
+    /// - a UDP TPROXY reply socket (see `transparent::reply_socket`):
+    ///   completes with the descriptor.
+    fn execute_inline(&mut self, op: Op) {
+        let errno = |e: std::io::Error| -e.raw_os_error().unwrap_or(libc::EIO);
+        let (token, res) = match op {
+            Op::Shutdown { token, fd } => (
+                token,
+                socket::shutdown_write(fd.raw()).map_or_else(errno, |()| 0),
+            ),
+            Op::ListenQueue { token, fd } => (
+                token,
+                socket::accept_queue_len(fd.raw())
+                    .map_or_else(errno, |n| i32::try_from(n).unwrap_or(i32::MAX)),
+            ),
+            Op::UdpBind { token, fd, addr } => (
+                token,
+                socket::bind_port(fd.raw(), addr).map_or_else(errno, i32::from),
+            ),
+            Op::UdpTransparentSocket { token, bind, peer } => (
+                token,
+                transparent::reply_socket(bind, peer).map_or_else(errno, |fd| fd.into_raw_fd()),
+            ),
+            other => {
+                warn!(shard = self.shard, op = ?other, "not an inline operation; ignored");
+                return;
+            }
+        };
+        self.synthetic.push(Cqe {
+            user_data: token,
+            res,
+            flags: 0,
+        });
     }
 
     /// Sends from a provided buffer or from the periodic region.
@@ -947,19 +953,6 @@ impl Loop {
                 {
                     self.fail(token, libc::EINVAL);
                 }
-            }
-            Op::UdpBind { token, fd, addr } => {
-                // Inline, as `Op::Shutdown`: io_uring's bind needs kernel
-                // 6.11, and a datagram bind never blocks.
-                let res = match socket::bind_port(fd.raw(), addr) {
-                    Ok(port) => i32::from(port),
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EADDRNOTAVAIL),
-                };
-                self.synthetic.push(Cqe {
-                    user_data: token,
-                    res,
-                    flags: 0,
-                });
             }
             Op::SendDatagramTo {
                 token,
