@@ -59,6 +59,9 @@ pub struct AssocAsk {
     pub spec: Arc<NamedSpec>,
     /// The listener's name (its counters, log lines).
     pub listener: String,
+    /// The user the client authenticated as (for the association's access
+    /// log line).
+    pub user: Option<String>,
 }
 
 /// ringfwd's own TCP listen addresses: a destination among them would send

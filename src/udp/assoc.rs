@@ -60,6 +60,11 @@ impl Association {
         }
     }
 
+    /// The control connection's client IP.
+    pub fn client_ip(&self) -> IpAddr {
+        self.client
+    }
+
     /// The client's address, once its first datagram came.
     pub fn client(&self) -> Option<SocketAddr> {
         self.client_port.map(|p| SocketAddr::new(self.client, p))

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::bench_payload::dns_query;
 use crate::dns::{answer_for, have, start_dnsmasq};
 use crate::dnsd::Dnsd;
-use crate::harness::{Proc, temp_path, write_config};
+use crate::harness::{Proc, temp_path, wait_until, write_config};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -47,12 +47,28 @@ fn udp_echo() -> SocketAddr {
 /// Opens a control connection to `proxy` (via `via`, the address dialled)
 /// and asks for an association; returns the connection and the reply's BND.
 fn associate(via: SocketAddr) -> (TcpStream, SocketAddr) {
+    associate_as(via, None)
+}
+
+/// `associate`, authenticating as `user` (name, password) when given.
+fn associate_as(via: SocketAddr, user: Option<(&str, &str)>) -> (TcpStream, SocketAddr) {
     let mut s = TcpStream::connect(via).expect("connect to the proxy");
     s.set_read_timeout(Some(WAIT)).expect("timeout");
-    s.write_all(&[5, 1, 0]).expect("greeting");
-    let mut method = [0u8; 2];
-    s.read_exact(&mut method).expect("method reply");
-    assert_eq!(method, [5, 0]);
+    let method = if user.is_some() { 2 } else { 0 };
+    s.write_all(&[5, 1, method]).expect("greeting");
+    let mut chosen = [0u8; 2];
+    s.read_exact(&mut chosen).expect("method reply");
+    assert_eq!(chosen, [5, method]);
+    if let Some((name, password)) = user {
+        let mut auth = vec![1, name.len() as u8];
+        auth.extend_from_slice(name.as_bytes());
+        auth.push(password.len() as u8);
+        auth.extend_from_slice(password.as_bytes());
+        s.write_all(&auth).expect("authentication");
+        let mut status = [0u8; 2];
+        s.read_exact(&mut status).expect("authentication reply");
+        assert_eq!(status, [1, 0], "authenticated");
+    }
     s.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
         .expect("UDP ASSOCIATE");
     let mut reply = [0u8; 10];
@@ -204,12 +220,16 @@ fn a_wildcard_listener_names_the_address_the_client_reached_never_0_0_0_0() {
 #[test]
 fn an_idle_association_closes_its_control_connection() {
     let echo = udp_echo();
+    let log = temp_path("access.log");
     let p = proxy(
         "127.0.0.1:0",
-        "destinations_deny = []\nudp_idle_timeout = \"300ms\"",
-        "",
+        "destinations_deny = []\nudp_idle_timeout = \"300ms\"\nusers = [{ name = \"alice\", password = \"pw\" }]",
+        &format!(
+            "\n[log]\naccess = {:?}\nformat = \"json\"",
+            log.display().to_string()
+        ),
     );
-    let (mut control, bnd) = associate(p.first_addr());
+    let (mut control, bnd) = associate_as(p.first_addr(), Some(("alice", "pw")));
     let u = client();
     u.send_to(&datagram(0, echo, b"x"), bnd).expect("send");
     assert!(recv(&u).is_some(), "relayed while active");
@@ -221,6 +241,37 @@ fn an_idle_association_closes_its_control_connection() {
     p.wait_stat("udp_end_idle", WAIT, |v| v == 1);
     p.wait_stat("close_idle_timeout", WAIT, |v| v == 1);
     p.wait_stat("udp_sessions_active", WAIT, |v| v == 0);
+    // One access log line for the association, one for its control connection.
+    let mut lines = Vec::new();
+    let both = wait_until(WAIT, || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect();
+        lines.len() == 2
+    });
+    assert!(both, "{lines:?}\n{}", p.log());
+    let assoc = lines
+        .iter()
+        .find(|l| l["proto"] == "udp")
+        .unwrap_or_else(|| panic!("no UDP line: {lines:?}"));
+    assert_eq!(assoc["listener"], "p");
+    assert_eq!(assoc["local"], bnd.to_string(), "the association's socket");
+    assert_eq!(assoc["client"], u.local_addr().expect("addr").to_string());
+    assert_eq!(assoc["destination"], echo.to_string());
+    assert_eq!(assoc["upstream"], echo.to_string());
+    assert_eq!(assoc["datagrams_c2u"], 1);
+    assert_eq!(assoc["datagrams_u2c"], 1);
+    assert_eq!(assoc["bytes_c2u"], 1, "the payload, not the header");
+    assert_eq!(assoc["reason"], "idle");
+    assert_eq!(assoc["user"], "alice", "the control connection's user");
+    let control = lines
+        .iter()
+        .find(|l| l["proto"] == "tcp")
+        .unwrap_or_else(|| panic!("no TCP line: {lines:?}"));
+    assert_eq!(control["reason"], "idle_timeout");
+    assert_eq!(control["user"], "alice");
 }
 
 /// PySocks' UDP support: a DNS query through the association, then the

@@ -3,15 +3,14 @@
 //! ending its association. The engine carries them between the services.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use super::TcpService;
 use crate::shard::context::Ctx;
 use crate::shard::slab::ConnId;
 use crate::stats::CloseReason;
 use crate::tcp::cx::Cx;
-use crate::tcp::handshake::{AssocAsk, NamedSpec};
+use crate::tcp::handshake::AssocAsk;
 use crate::time::Millis;
 
 /// The associations of the shard's connections, as the TCP service sees them.
@@ -30,22 +29,11 @@ pub(super) struct Associations {
 }
 
 impl Associations {
-    pub(super) fn ask(
-        &mut self,
-        id: ConnId,
-        ask: Option<(IpAddr, IpAddr, Arc<NamedSpec>)>,
-        listener: String,
-    ) {
+    pub(super) fn ask(&mut self, id: ConnId, ask: Option<AssocAsk>, listener: String) {
         match ask {
-            Some((client, local, spec)) => {
+            Some(ask) => {
                 self.owners.insert(id);
-                let ask = AssocAsk {
-                    client,
-                    local,
-                    spec,
-                    listener,
-                };
-                self.asks.push((id, ask));
+                self.asks.push((id, AssocAsk { listener, ..ask }));
             }
             None => self.unaskable.push(id),
         }

@@ -257,13 +257,7 @@ impl Logic {
     }
 
     /// What a relay's `ConnOp::Associate` asks for (see `Relay::association_ask`).
-    pub(super) fn association_ask(
-        &self,
-    ) -> Option<(
-        std::net::IpAddr,
-        std::net::IpAddr,
-        std::sync::Arc<crate::tcp::handshake::NamedSpec>,
-    )> {
+    pub(super) fn association_ask(&self) -> Option<crate::tcp::handshake::AssocAsk> {
         match self {
             Logic::Relay(r) => r.association_ask(),
             Logic::Echo(_) | Logic::Serve(_) => None,

@@ -8,10 +8,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tracing::{debug, info};
 
 use super::{DatagramMeta, UdpService, UdpWaiter, session_cap};
+use crate::accesslog::{AccessLogShard, AccessRecord, Proto as AccessProto};
 use crate::config::forward::Refusal;
 use crate::front::Destination;
 use crate::front::socks5::{self, MAX_UDP_IP_HEADER};
@@ -92,6 +94,22 @@ struct AssocConn {
     timer_at: Option<Millis>,
     end: Option<SessionEnd>,
     opened_at: Millis,
+    /// For its access log line: the user, the last destination the client
+    /// asked for (as it asked: a name or an address) and the last address
+    /// a datagram went to, and what it relayed.
+    user: Option<String>,
+    asked: Option<Destination>,
+    last_sent: Option<SocketAddr>,
+    moved: Moved,
+}
+
+/// Datagrams and payload bytes an association relayed each way.
+#[derive(Clone, Copy, Debug, Default)]
+struct Moved {
+    datagrams_c2u: u64,
+    datagrams_u2c: u64,
+    bytes_c2u: u64,
+    bytes_u2c: u64,
 }
 
 /// Counters of one SOCKS5 listener's associations (merged with the
@@ -185,6 +203,10 @@ impl UdpService {
             timer_at: None,
             end: None,
             opened_at: now,
+            user: ask.user,
+            asked: None,
+            last_sent: None,
+            moved: Moved::default(),
         };
         let family = Family::of(SocketAddr::new(ask.local, 0));
         let Some(id) = self.assocs.slab.insert(a) else {
@@ -471,6 +493,9 @@ impl UdpService {
         match a.assoc.classify(src, bytes, now) {
             Inbound::Drop(why) => self.assoc_drop(ctx, id, why, bid),
             Inbound::FromClient { dst, header } => {
+                if a.asked.as_ref() != Some(&dst) {
+                    a.asked = Some(dst.clone());
+                }
                 let payload = Payload {
                     bid,
                     offset: m.offset.saturating_add(header),
@@ -544,6 +569,9 @@ impl UdpService {
         a.assoc.sent_to(dst);
         a.sends += 1;
         a.inflight += 1;
+        a.last_sent = Some(dst);
+        a.moved.datagrams_c2u += 1;
+        a.moved.bytes_c2u += u64::from(p.len);
         ctx.push(Op::SendDatagramTo {
             token: assoc_token(OpKind::AssocSend, id).with_aux(p.bid).encode(),
             fd,
@@ -580,6 +608,8 @@ impl UdpService {
         }
         a.sends += 1;
         a.inflight += 1;
+        a.moved.datagrams_u2c += 1;
+        a.moved.bytes_u2c += u64::from(p.len);
         let mut header = [0u8; MAX_UDP_IP_HEADER];
         let n = socks5::write_udp_header(src, &mut header);
         ctx.push(Op::SendDatagramToWithHeader {
@@ -749,8 +779,11 @@ impl UdpService {
         let end = a.end.unwrap_or(SessionEnd::Error);
         if let Some(s) = self.assocs.stats.get_mut(a.stats) {
             s.active = s.active.saturating_sub(1);
-            if a.bound.is_some() {
+            if let Some(bound) = a.bound {
                 s.counters.udp_end(end);
+                if let Some(access) = ctx.access.as_mut() {
+                    log_access(access, &a, &s.name, bound, end, now);
+                }
             }
             debug!(shard = ctx.shard, listener = %s.name, client = ?a.assoc.client(), end = end.name(), lasted_ms = now.saturating_sub(a.opened_at), "UDP association ended");
         }
@@ -776,4 +809,43 @@ impl UdpService {
         }
         self.after_assoc(ctx, id, now);
     }
+}
+
+/// An ended association's access log line: a UDP line of its listener, the
+/// client as its datagrams came (its IP with port 0 if none came), the
+/// association's socket as the local address, the last destination asked
+/// for and the last address reached.
+fn log_access(
+    access: &mut AccessLogShard,
+    a: &AssocConn,
+    listener: &str,
+    bound: SocketAddr,
+    end: SessionEnd,
+    now: Millis,
+) {
+    let client = a
+        .assoc
+        .client()
+        .unwrap_or_else(|| SocketAddr::new(a.assoc.client_ip(), 0));
+    let destination = a.asked.as_ref().map(ToString::to_string);
+    access.log(&AccessRecord {
+        time: SystemTime::now(),
+        listener,
+        proto: AccessProto::Udp {
+            datagrams_c2u: a.moved.datagrams_c2u,
+            datagrams_u2c: a.moved.datagrams_u2c,
+        },
+        client,
+        peer: client,
+        local: bound,
+        upstream: a.last_sent,
+        sni: None,
+        connect_ms: None,
+        duration_ms: now.saturating_sub(a.opened_at),
+        bytes_c2u: a.moved.bytes_c2u,
+        bytes_u2c: a.moved.bytes_u2c,
+        reason: end.name(),
+        destination: destination.as_deref(),
+        user: a.user.as_deref(),
+    });
 }

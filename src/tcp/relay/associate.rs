@@ -4,14 +4,13 @@
 //! the control connection. Its end ends the association; the association's
 //! end (idle, a socket error, shutdown) closes it.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use super::{Phase, Relay, reset_reason};
 use crate::stats::{CloseReason, Counter};
 use crate::tcp::Emit;
 use crate::tcp::cx::Cx;
-use crate::tcp::handshake::{self, NamedKind, NamedSpec, Outcome};
+use crate::tcp::handshake::{self, AssocAsk, NamedKind, Outcome};
 use crate::tcp::{ConnOp, FrontRead, Side};
 use crate::time::Millis;
 
@@ -28,15 +27,21 @@ impl Relay {
         cx.push(ConnOp::Associate);
     }
 
-    /// Who may send the association's datagrams (the control connection's
-    /// client, as a trusted PROXY header named it or as the socket has it),
-    /// the address it reached, and the listener's policy; `None` when the
-    /// shard did not read the socket's endpoints.
-    pub fn association_ask(&self) -> Option<(IpAddr, IpAddr, Arc<NamedSpec>)> {
+    /// What to ask the shard for: who may send the association's datagrams
+    /// (the control connection's client, as a trusted PROXY header named it
+    /// or as the socket has it), the address it reached, the listener's
+    /// policy and the user; `None` when the shard did not read the socket's
+    /// endpoints. The shard fills in the listener's name.
+    pub fn association_ask(&self) -> Option<AssocAsk> {
         let client = self.learnt.proxied.map(|(src, _)| src).or(self.ends.peer)?;
         let local = self.ends.local?;
-        let spec = self.named.as_ref()?.spec.clone();
-        Some((client.ip().to_canonical(), local.ip().to_canonical(), spec))
+        Some(AssocAsk {
+            client: client.ip().to_canonical(),
+            local: local.ip().to_canonical(),
+            spec: self.named.as_ref()?.spec.clone(),
+            listener: String::new(),
+            user: self.learnt.user.clone(),
+        })
     }
 
     /// Whether this connection controls a UDP association (asked for or open).

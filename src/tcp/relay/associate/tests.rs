@@ -9,7 +9,7 @@ use super::*;
 use crate::config::forward::{DestinationPolicy, Users};
 use crate::stats::Counters;
 use crate::tcp::front::FrontConfig;
-use crate::tcp::handshake::LoopGuard;
+use crate::tcp::handshake::{LoopGuard, NamedSpec};
 use crate::tcp::lifecycle::{Lifecycle, SockState};
 use crate::tcp::relay::{Ends, ProxyOut, RelayConfig};
 
@@ -90,10 +90,14 @@ fn the_ask_names_the_peer_and_the_address_it_reached() {
     let (run, ops) = Run::associating();
     assert!(ops.contains(&ConnOp::Associate), "{ops:?}");
     assert!(run.relay.is_association());
-    let (client, local, spec) = run.relay.association_ask().expect("an ask");
-    assert_eq!(client, "192.0.2.7".parse::<std::net::IpAddr>().unwrap());
-    assert_eq!(local, "198.51.100.1".parse::<std::net::IpAddr>().unwrap());
-    assert_eq!(spec.udp_idle_ms, Some(60_000));
+    let ask = run.relay.association_ask().expect("an ask");
+    assert_eq!(ask.client, "192.0.2.7".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(
+        ask.local,
+        "198.51.100.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(ask.spec.udp_idle_ms, Some(60_000));
+    assert_eq!(ask.user, None, "no users on this listener");
     assert!(
         !ops.iter()
             .any(|op| matches!(op, ConnOp::OpenUpstream { .. } | ConnOp::NextTarget)),
