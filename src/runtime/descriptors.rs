@@ -112,8 +112,9 @@ pub(super) fn budget(limits: &[Limit], fixed: u64, shards: usize, nofile: NoFile
         Note::Warn(format!(
             "descriptor limit (RLIMIT_NOFILE) is {}{hard}: after listeners and pipes it leaves \
              room for {cap} per process, but {} need {explicit_need} descriptors (two per TCP \
-             connection, one per UDP session); clients past the cap wait in the listen queue \
-             (counted in accept_paused_fd). Raise it with `ulimit -n {need}` or \
+             connection, one per UDP session and one more per TPROXY reply socket); clients \
+             past the cap wait in the listen queue (counted in accept_paused_fd). Raise it \
+             with `ulimit -n {need}` or \
              LimitNOFILE={need} in the systemd unit, or lower the limits",
             nofile.limit,
             keys.join(", ")
