@@ -319,27 +319,11 @@ fn tcp_kind(section: &Section<'_>) -> Result<TcpKind, ConfigError> {
             )));
         }
     };
-    if let Some(key) = NOT_TRANSPARENT.iter().find_map(|k| section.get(k)) {
-        let name = key
-            .origin
-            .key
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let why = match name.as_str() {
-            "upstreams" => "a transparent listener has no upstreams: each connection goes to \
-                            the address its client dialled"
-                .to_owned(),
-            _ => format!(
-                "{name} does not apply to a transparent listener, whose connections go to the \
-                 address each client dialled, not to upstreams"
-            ),
-        };
-        return Err(key.error(format!(
-            "{why}; remove {name}, or transparent to forward to upstreams"
-        )));
-    }
+    super::section::refuse_upstream_keys(
+        section,
+        &NOT_TRANSPARENT,
+        "each connection goes to the address its client dialled",
+    )?;
     let policy = socks::destination_policy(section, Vec::new())?;
     Ok(TcpKind::Transparent(TransparentPlan { mode, policy }))
 }

@@ -38,6 +38,27 @@ pub(super) const SPEC_FORM: &str =
     "expected LISTEN=UPSTREAM[,UPSTREAM...], like 127.0.0.1:8080=127.0.0.1:9000";
 
 /// `max_connections` of a `[[tcp]]`, `[[socks5]]` or `[[http_connect]]` listener.
+/// A transparent listener's traffic goes where its client sent it: the
+/// first of `keys` (those of a listener with upstreams) in `section` is
+/// refused, saying so (`goes`: where each connection or datagram goes).
+pub(super) fn refuse_upstream_keys(
+    section: &Section<'_>,
+    keys: &[&str],
+    goes: &str,
+) -> Result<(), ConfigError> {
+    let Some(key) = keys.iter().find_map(|k| section.get(k)) else {
+        return Ok(());
+    };
+    let name = key.origin.key.rsplit('.').next().unwrap_or_default();
+    let why = match name {
+        "upstreams" => format!("a transparent listener has no upstreams: {goes}"),
+        _ => format!("{name} does not apply to a transparent listener: {goes}, not to upstreams"),
+    };
+    Err(key.error(format!(
+        "{why}; remove {name}, or transparent to forward to upstreams"
+    )))
+}
+
 pub(super) fn max_connections(field: Option<Field<'_>>, shards: usize) -> Result<u32, ConfigError> {
     limit(field, MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, shards)
 }

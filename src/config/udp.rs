@@ -172,27 +172,11 @@ fn udp_transparent(section: &Section<'_>) -> Result<Option<UdpTransparent>, Conf
             )));
         }
     }
-    if let Some(key) = NOT_TRANSPARENT.iter().find_map(|k| section.get(k)) {
-        let name = key
-            .origin
-            .key
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let why = match name.as_str() {
-            "upstreams" => "a transparent listener has no upstreams: each datagram goes to \
-                            the address its client sent it to"
-                .to_owned(),
-            _ => format!(
-                "{name} does not apply to a transparent listener, whose datagrams go to the \
-                 address each client sent them to, not to upstreams"
-            ),
-        };
-        return Err(key.error(format!(
-            "{why}; remove {name}, or transparent to forward to upstreams"
-        )));
-    }
+    super::section::refuse_upstream_keys(
+        section,
+        &NOT_TRANSPARENT,
+        "each datagram goes to the address its client sent it to",
+    )?;
     Ok(Some(UdpTransparent {
         policy: super::socks::destination_policy(section, Vec::new())?,
         reply_sockets: section

@@ -412,13 +412,12 @@ impl Engine {
             if idle {
                 return;
             }
-            let asks = self.lookups.drain(..).map(|(id, n)| (Asker::Conn(id), n));
-            let asks = asks.chain(
-                self.assoc_lookups
-                    .drain(..)
-                    .map(|(id, n)| (Asker::Assoc(id), n)),
-            );
-            for (asker, name) in asks.collect::<Vec<_>>() {
+            let conns = self.lookups.drain(..).map(|(id, n)| (Asker::Conn(id), n));
+            let assocs = self
+                .assoc_lookups
+                .drain(..)
+                .map(|(id, n)| (Asker::Assoc(id), n));
+            for (asker, name) in conns.chain(assocs) {
                 if let Some(answer) = self.resolve.lookup(&mut self.ctx, asker, &name, now) {
                     self.answers.push((asker, answer));
                 }

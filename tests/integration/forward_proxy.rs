@@ -11,7 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::dnsd::{Dnsd, Mode as DnsMode};
-use crate::harness::{Peer, Proc, blackhole, dead_port, echo_upstream, run_to_end, write_config};
+use crate::harness::{Proc, blackhole, dead_port, echo_upstream, nginx, run_to_end, write_config};
 
 const WAIT: Duration = Duration::from_secs(10);
 const BODY: &[u8] = b"hello through the proxy\n";
@@ -494,19 +494,7 @@ fn curl_tunnels_to_nginx_through_http_connect_and_socks5() {
         ),
     )
     .expect("write nginx.conf");
-    let _nginx = Peer(
-        Command::new("nginx")
-            .args([
-                "-c",
-                conf.to_str().expect("path"),
-                "-p",
-                dir.to_str().expect("path"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx"),
-    );
+    let _nginx = nginx(&dir, &conf);
     assert!(
         crate::harness::wait_until(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
         "nginx listens"

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -589,6 +589,24 @@ impl Drop for Peer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// nginx in the foreground with the configuration file `conf`, its prefix
+/// `dir`; stopped when dropped.
+pub(crate) fn nginx(dir: &Path, conf: &Path) -> Peer {
+    Peer(
+        Command::new("nginx")
+            .args([
+                "-c",
+                conf.to_str().expect("path"),
+                "-p",
+                dir.to_str().expect("path"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx"),
+    )
 }
 
 /// The inodes of `pid`'s own sockets in `/proc/PID/net/{table}` ("tcp",

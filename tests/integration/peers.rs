@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use crate::harness::{Peer, Proc, temp_path, wait_until, write_config};
+use crate::harness::{Peer, Proc, nginx, temp_path, wait_until, write_config};
 
 fn have(tool: &str) -> bool {
     let ok = Command::new("sh")
@@ -191,19 +191,7 @@ fn nginx_stream_reads_the_header_send_proxy_writes() {
         ),
     )
     .expect("write nginx.conf");
-    let _nginx = Peer(
-        Command::new("nginx")
-            .args([
-                "-c",
-                conf.to_str().expect("path"),
-                "-p",
-                dir.to_str().expect("path"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx"),
-    );
+    let _nginx = nginx(&dir, &conf);
     assert!(wait_listening(port), "nginx listens");
     for version in ["v1", "v2"] {
         let cfg = write_config(&format!(

@@ -173,14 +173,24 @@ impl UdpService {
         ask: AssocAsk,
         now: Millis,
     ) {
-        if !ctx.fd_room(1) || self.dgram.total() == 0 {
-            let errno = if self.dgram.total() == 0 {
-                libc::ENOBUFS
-            } else {
-                libc::EMFILE
-            };
+        let refused = if self.dgram.total() == 0 {
+            // A guard: `udp = true` gives the shards datagram buffers at
+            // start, and a reload cannot add the first one.
+            Some((
+                libc::ENOBUFS,
+                "this process has no datagram buffers (restart it to serve UDP ASSOCIATE)",
+            ))
+        } else if !ctx.fd_room(1) {
+            Some((
+                libc::EMFILE,
+                "no descriptor left in this shard's budget (raise the open-file limit, see tuning.md)",
+            ))
+        } else {
+            None
+        };
+        if let Some((errno, why)) = refused {
             if ctx.log.allow(now, ctx.shard) {
-                info!(shard = ctx.shard, listener = %ask.listener, client = %ask.client, "UDP ASSOCIATE refused: no descriptor left in this shard's budget (raise the open-file limit, see tuning.md)");
+                info!(shard = ctx.shard, listener = %ask.listener, client = %ask.client, "UDP ASSOCIATE refused: {why}");
             }
             self.assocs.events.push((conn, AssocEvent::Failed(errno)));
             return;

@@ -1249,24 +1249,27 @@ fn lower_session_op(
             token: tok(OpKind::UdpCancel).encode(),
             target: tok(OpKind::UdpUpRecv).encode(),
         },
-        SessionOp::Close => {
-            let token = tok(OpKind::UdpClose).encode();
-            match c.fd.take() {
-                Some(fd) => Op::Close {
-                    token,
-                    fd,
-                    linger0: false,
-                },
-                None => Op::Fail {
-                    token,
-                    errno: libc::EBADF,
-                },
-            }
-        }
+        SessionOp::Close => close_or_fail(tok(OpKind::UdpClose).encode(), c.fd.take()),
     })
 }
 
 /// One access log line for an ended session.
+/// Closes a session's socket; one that was never made completes at once
+/// with EBADF, so the session's accounting stays exact.
+pub(super) fn close_or_fail(token: u64, fd: Option<Fd>) -> Op {
+    match fd {
+        Some(fd) => Op::Close {
+            token,
+            fd,
+            linger0: false,
+        },
+        None => Op::Fail {
+            token,
+            errno: libc::EBADF,
+        },
+    }
+}
+
 fn log_access(
     access: &mut AccessLogShard,
     c: &UdpConn,

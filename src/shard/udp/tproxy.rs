@@ -160,18 +160,7 @@ pub(super) fn lower(op: SessionOp, c: &mut UdpConn, slot: SessionId) -> Option<O
             target: tok(OpKind::TproxyRecv).encode(),
         },
         SessionOp::CloseReply => {
-            let token = tok(OpKind::TproxyClose).encode();
-            match t.fd.take() {
-                Some(fd) => Op::Close {
-                    token,
-                    fd,
-                    linger0: false,
-                },
-                None => Op::Fail {
-                    token,
-                    errno: libc::EBADF,
-                },
-            }
+            super::close_or_fail(tok(OpKind::TproxyClose).encode(), t.fd.take())
         }
         _ => return None,
     })
